@@ -1,0 +1,474 @@
+//! auditctl: the command-line client. Ingest NDJSON, search, get one event,
+//! and generate sample events.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use auditd::json::JsonEvent;
+use auditd::proto::audit_log_client::AuditLogClient;
+use auditd::proto::{AuditEvent, GetEventRequest, IngestRequest, Outcome, SearchRequest};
+use clap::{Parser, Subcommand, ValueEnum};
+use tonic::transport::Channel;
+
+/// Largest message the client sends or accepts.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "auditctl: the auditd command-line client")]
+struct Cli {
+    /// The daemon's gRPC address.
+    #[arg(
+        long,
+        env = "AUDITCTL_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ingest an NDJSON file of events (the JSON form; `-` reads stdin).
+    Ingest(IngestArgs),
+    /// Search events; every filter is optional and they are AND-ed.
+    Search(Box<SearchArgs>),
+    /// Print one event by id.
+    Get {
+        id: String,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Write deterministic sample events as NDJSON to stdout.
+    Gen(GenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct IngestArgs {
+    file: PathBuf,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Reply only once each batch is searchable.
+    #[arg(long)]
+    wait_searchable: bool,
+    /// No progress bar (a summary line is still printed).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct SearchArgs {
+    /// Action, exact or a prefix ending in `*` (repeatable; OR-ed).
+    #[arg(long = "action")]
+    actions: Vec<String>,
+    #[arg(long = "access-id")]
+    access_ids: Vec<String>,
+    #[arg(long = "subject")]
+    subjects: Vec<String>,
+    /// An address or a CIDR block.
+    #[arg(long = "ip")]
+    ips: Vec<String>,
+    #[arg(long)]
+    status_min: Option<i32>,
+    #[arg(long)]
+    status_max: Option<i32>,
+    #[arg(long, value_enum)]
+    outcome: Option<OutcomeArg>,
+    #[arg(long = "type")]
+    types: Vec<String>,
+    #[arg(long = "source-name")]
+    source_names: Vec<String>,
+    /// From this time, inclusive: seconds since the epoch or RFC 3339.
+    #[arg(long)]
+    from: Option<String>,
+    /// Up to this time, exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Free text; every word must match.
+    #[arg(long)]
+    text: Option<String>,
+    /// Tantivy query syntax over named fields.
+    #[arg(long)]
+    query: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Oldest first.
+    #[arg(long)]
+    ascending: bool,
+    /// Continue from a previous page.
+    #[arg(long)]
+    page_token: Option<String>,
+    /// Follow every page to the end.
+    #[arg(long)]
+    all: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum OutcomeArg {
+    Success,
+    Failure,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq)]
+enum Format {
+    #[default]
+    Table,
+    /// One JSON event per line.
+    Json,
+    /// One id per line.
+    Ids,
+}
+
+#[derive(clap::Args, Debug)]
+struct GenArgs {
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 5_000)]
+    accesses: usize,
+    #[arg(long, default_value_t = 2_000)]
+    subjects: usize,
+    #[arg(long, default_value_t = 20_000)]
+    addresses: usize,
+    /// Time of the first event, seconds since the epoch.
+    #[arg(long, default_value_t = 1_700_000_000.0)]
+    start: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gen(args) => gen(args),
+        Command::Ingest(args) => ingest(connect(&cli.addr).await?, args).await,
+        Command::Search(args) => search(connect(&cli.addr).await?, *args).await,
+        Command::Get { id, format } => {
+            let mut client = connect(&cli.addr).await?;
+            let event = client
+                .get_event(GetEventRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            print_events(&mut out, &[event], format)?;
+            Ok(())
+        }
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<AuditLogClient<Channel>> {
+    let channel = Channel::from_shared(addr.to_owned())
+        .with_context(|| format!("bad address {addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach auditd at {addr} (is it running?)"))?;
+    Ok(AuditLogClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn gen(args: GenArgs) -> anyhow::Result<()> {
+    let opts = auditd::gen::GenOptions {
+        count: args.count,
+        seed: args.seed,
+        accesses: args.accesses,
+        subjects: args.subjects,
+        addresses: args.addresses,
+        start: args.start,
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match auditd::gen::write_ndjson(&opts, &mut out).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other.map(|_| ())?),
+    }
+}
+
+/// Reads the file on a blocking thread, `concurrency` tasks send batches;
+/// a batch that meets RESOURCE_EXHAUSTED or UNAVAILABLE is retried with its
+/// batch id, so a retry never stores anything twice.
+async fn ingest(client: AuditLogClient<Channel>, args: IngestArgs) -> anyhow::Result<()> {
+    if args.batch_size == 0 || args.concurrency == 0 {
+        bail!("--batch-size and --concurrency must be at least 1");
+    }
+    let total_bytes = if args.file.as_os_str() == "-" {
+        0
+    } else {
+        std::fs::metadata(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+            .len()
+    };
+    let progress = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total_bytes)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("a valid template"),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Vec<AuditEvent>, u64)>(args.concurrency * 2);
+    let file = args.file.clone();
+    let batch_size = args.batch_size;
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(&file)
+                    .with_context(|| format!("opening {}", file.display()))?,
+            ))
+        };
+        let mut batch = Vec::with_capacity(batch_size);
+        let mut bytes = 0u64;
+        let mut number = 0u64;
+        for (n, line) in input.lines().enumerate() {
+            let line = line.with_context(|| format!("reading line {}", n + 1))?;
+            bytes += line.len() as u64 + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let event = JsonEvent::parse(&line)
+                .and_then(JsonEvent::into_proto)
+                .with_context(|| format!("line {}", n + 1))?;
+            batch.push(event);
+            if batch.len() == batch_size {
+                number += 1;
+                if tx
+                    .blocking_send((number, std::mem::take(&mut batch), bytes))
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.blocking_send((number + 1, batch, bytes));
+        }
+        Ok(())
+    });
+
+    let run_id = ulid::Ulid::new().to_string();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let events = Arc::new(AtomicU64::new(0));
+    let sent_bytes = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (rx, events, sent_bytes, progress) = (
+            rx.clone(),
+            events.clone(),
+            sent_bytes.clone(),
+            progress.clone(),
+        );
+        let mut client = client.clone();
+        let run_id = run_id.clone();
+        let wait_for = if args.wait_searchable { 1 } else { 0 };
+        workers.push(tokio::spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((number, batch, bytes)) = next else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let count = batch.len() as u64;
+                let request = IngestRequest {
+                    events: batch,
+                    batch_id: format!("{run_id}-{number}"),
+                    wait_for,
+                };
+                send_with_retry(&mut client, request)
+                    .await
+                    .with_context(|| format!("batch {number}"))?;
+                let done = events.fetch_add(count, Ordering::Relaxed) + count;
+                sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+                progress.inc(bytes);
+                progress.set_message(format!("{done} events"));
+            }
+        }));
+    }
+    let mut result = Ok(());
+    for worker in workers {
+        if let Err(e) = worker.await? {
+            result = Err(e);
+        }
+    }
+    drop(rx);
+    let read = reader.await?;
+    progress.finish_and_clear();
+    result?;
+    read?;
+    let seconds = started.elapsed().as_secs_f64();
+    let events = events.load(Ordering::Relaxed);
+    let mb = sent_bytes.load(Ordering::Relaxed) as f64 / 1e6;
+    println!(
+        "ingested {events} events ({mb:.1} MB of NDJSON) in {seconds:.2} s: {:.0} events/s, {:.1} MB/s",
+        events as f64 / seconds,
+        mb / seconds
+    );
+    Ok(())
+}
+
+/// Most attempts for one batch before giving up.
+const MAX_ATTEMPTS: u32 = 50;
+
+async fn send_with_retry(
+    client: &mut AuditLogClient<Channel>,
+    request: IngestRequest,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match client.ingest(request.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(status)
+                if attempt < MAX_ATTEMPTS
+                    && matches!(
+                        status.code(),
+                        tonic::Code::ResourceExhausted
+                            | tonic::Code::Unavailable
+                            | tonic::Code::Aborted
+                    ) =>
+            {
+                let hint = status
+                    .metadata()
+                    .get(auditd::grpc::RETRY_AFTER_MS)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100u64);
+                tokio::time::sleep(Duration::from_millis(hint.min(5_000))).await;
+            }
+            Err(status) => return Err(status_error(status)),
+        }
+    }
+}
+
+async fn search(mut client: AuditLogClient<Channel>, args: SearchArgs) -> anyhow::Result<()> {
+    let mut request = SearchRequest {
+        from_time: args.from.as_deref().map(parse_time).transpose()?,
+        to_time: args.to.as_deref().map(parse_time).transpose()?,
+        actions: args.actions,
+        access_ids: args.access_ids,
+        subjects: args.subjects,
+        ips: args.ips,
+        status_min: args.status_min,
+        status_max: args.status_max,
+        outcome: match args.outcome {
+            None => Outcome::Any,
+            Some(OutcomeArg::Success) => Outcome::Success,
+            Some(OutcomeArg::Failure) => Outcome::Failure,
+        } as i32,
+        types: args.types,
+        source_names: args.source_names,
+        text: args.text.unwrap_or_default(),
+        query: args.query.unwrap_or_default(),
+        limit: args.limit,
+        ascending: args.ascending,
+        page_token: args.page_token.unwrap_or_default(),
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut first = true;
+    loop {
+        let page = client
+            .search(request.clone())
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        if first {
+            eprintln!("{} matching events", page.total_hits);
+            if args.format == Format::Table {
+                writeln!(
+                    out,
+                    "{:<27} {:<22} {:>6} {:<14} {:<26} {:<24} ID",
+                    "TIME", "ACTION", "STATUS", "SUBJECT", "ACCESS", "IP"
+                )?;
+            }
+            first = false;
+        }
+        print_events(&mut out, &page.events, args.format)?;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if !args.all {
+            out.flush()?;
+            eprintln!("more: --page-token {}", page.next_page_token);
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_events(out: &mut impl Write, events: &[AuditEvent], format: Format) -> anyhow::Result<()> {
+    for event in events {
+        match format {
+            Format::Ids => writeln!(out, "{}", event.id)?,
+            Format::Json => writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&JsonEvent::from_proto(event.clone()))?
+            )?,
+            Format::Table => {
+                let time = event
+                    .time
+                    .as_ref()
+                    .and_then(|t| {
+                        time::OffsetDateTime::from_unix_timestamp_nanos(
+                            i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
+                        )
+                        .ok()
+                    })
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                let ip = event.source.as_ref().map_or("", |s| s.ip.as_str());
+                writeln!(
+                    out,
+                    "{:<27} {:<22} {:>6} {:<14} {:<26} {:<24} {}",
+                    time, event.action, event.status, event.subject, event.access_id, ip, event.id
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch (`1700000000.5`) or RFC 3339.
+fn parse_time(value: &str) -> anyhow::Result<prost_types::Timestamp> {
+    if let Ok(seconds) = value.parse::<f64>() {
+        if !seconds.is_finite() {
+            bail!("{value:?} is not a time");
+        }
+        let micros = (seconds * 1e6).round() as i64;
+        return Ok(auditd::schema::micros_to_timestamp(micros));
+    }
+    let t = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{value:?} is neither seconds since the epoch nor RFC 3339"))?;
+    Ok(prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    })
+}

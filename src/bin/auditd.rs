@@ -1,0 +1,63 @@
+//! The daemon. Parses arguments and calls `auditd::run`; nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// auditd: takes audit events over gRPC, keeps every acknowledged event
+/// safe on disk, indexes them, and answers searches.
+///
+/// Every setting has a default; a TOML file (--config) and AUDITD_*
+/// environment variables override them (nested with __, e.g.
+/// AUDITD_WAL__SYNC=never), and these flags override both.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address (/metrics, /healthz) [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = auditd::Config::load(args.config.as_deref())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = args.grpc_addr {
+        config.grpc_addr = addr;
+    }
+    if let Some(addr) = args.http_addr {
+        config.http_addr = addr;
+    }
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AUDITD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log)),
+        )
+        .init();
+    let listeners = auditd::Listeners::bind(&config)
+        .await
+        .with_context(|| format!("binding {} and {}", config.grpc_addr, config.http_addr))?;
+    auditd::run(config, listeners, auditd::server::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! Every setting, with its default, in one place.
+//!
+//! Layers, later wins: embedded defaults → TOML file (`--config`) →
+//! `AUDITD_*` environment variables (nested with `__`:
+//! `AUDITD_WAL__SYNC=never`) → command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::wal::{Recovery, SyncPolicy};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the WAL, the index partitions and the checkpoint live.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (`AuditLog`, health, reflection).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (`/metrics`, `/healthz`).
+    pub http_addr: SocketAddr,
+    /// `tracing` filter, e.g. `info` or `auditd=debug`.
+    pub log: String,
+    pub limits: Limits,
+    pub wal: WalConfig,
+    pub index: IndexConfig,
+    pub ingest: IngestConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
+            http_addr: "127.0.0.1:8080".parse().expect("valid address"),
+            log: "info".into(),
+            limits: Limits::default(),
+            wal: WalConfig::default(),
+            index: IndexConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+/// What one request may carry. Violations are INVALID_ARGUMENT naming the
+/// event and field.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Events in one Ingest batch (at most 65,536).
+    pub max_batch_events: usize,
+    /// Largest gRPC message, decoded or encoded; set on the tonic server.
+    pub max_message_bytes: usize,
+    /// Identifier-like fields: type, action, access_id, subject,
+    /// source.name, resource, error_id, forwarded_for.
+    pub max_field_bytes: usize,
+    /// Text fields: error_message, before, after.
+    pub max_text_bytes: usize,
+    /// Entries in `query` and in `attributes`, each.
+    pub max_map_entries: usize,
+    pub max_map_key_bytes: usize,
+    pub max_map_value_bytes: usize,
+    /// How far in the future an event's `time` may be.
+    pub max_clock_skew_secs: u64,
+    /// Largest page Search returns, whatever `limit` asks for.
+    pub max_search_limit: u32,
+    /// Page size when `limit` is 0.
+    pub default_search_limit: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_events: 10_000,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_field_bytes: 1024,
+            max_text_bytes: 64 * 1024,
+            max_map_entries: 64,
+            max_map_key_bytes: 128,
+            max_map_value_bytes: 4096,
+            max_clock_skew_secs: 300,
+            max_search_limit: 10_000,
+            default_search_limit: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalConfig {
+    /// `always` (fsync before each acknowledgement, shared by concurrent
+    /// batches), `interval` (at most one fsync per `sync_interval_ms`;
+    /// acknowledgements wait for it) or `never` (benchmarks only).
+    pub sync: SyncMode,
+    pub sync_interval_ms: u64,
+    /// A new segment file starts once the active one reaches this size.
+    pub segment_bytes: u64,
+    /// `tolerate_torn_tail` (cut a partial last record and log it) or
+    /// `strict` (refuse to start on any damage).
+    pub recovery: Recovery,
+    /// How far the WAL may run ahead of the index before Ingest refuses
+    /// with RESOURCE_EXHAUSTED. Bounds replay time after a crash.
+    pub lag_budget_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            sync: SyncMode::Always,
+            sync_interval_ms: 10,
+            segment_bytes: 64 * 1024 * 1024,
+            recovery: Recovery::TolerateTornTail,
+            lag_budget_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl WalConfig {
+    pub fn sync_policy(&self) -> SyncPolicy {
+        match self.sync {
+            SyncMode::Always => SyncPolicy::Always,
+            SyncMode::Interval => {
+                SyncPolicy::Interval(Duration::from_millis(self.sync_interval_ms.max(1)))
+            }
+            SyncMode::Never => SyncPolicy::Never,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// How often the indexer commits, making new events searchable.
+    pub commit_interval_ms: u64,
+    /// Indexing threads per open partition writer.
+    pub writer_threads: usize,
+    /// Memory budget per open partition writer (Tantivy's arena), in bytes.
+    pub writer_heap_bytes: usize,
+    /// Partition writers kept open at once; the least recently used is
+    /// committed and closed past this. Bounds indexing memory at
+    /// `max_open_writers × writer_heap_bytes`.
+    pub max_open_writers: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            commit_interval_ms: 1000,
+            writer_threads: 2,
+            writer_heap_bytes: 128 * 1024 * 1024,
+            max_open_writers: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Durable batches waiting for the indexer. When full, the WAL thread
+    /// waits, its request queue fills, and Ingest refuses.
+    pub queue_capacity: usize,
+    /// Batches waiting for the WAL thread.
+    pub wal_queue_capacity: usize,
+    /// How long Ingest waits for room before RESOURCE_EXHAUSTED.
+    pub submit_timeout_ms: u64,
+    /// How long a `batch_id` is remembered; survives a restart.
+    pub idempotency_window_secs: u64,
+    /// Most batch ids remembered in memory; older ones are found in the
+    /// index instead.
+    pub idempotency_capacity: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            queue_capacity: 16,
+            wal_queue_capacity: 1024,
+            submit_timeout_ms: 2000,
+            idempotency_window_secs: 600,
+            idempotency_capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults, then `file` (when given), then `AUDITD_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    field: "--config",
+                    reason: format!("{} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("AUDITD_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rejects settings the pipeline cannot honour.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.limits.max_batch_events == 0
+            || self.limits.max_batch_events > crate::messages::MAX_EVENTS_PER_RECORD
+        {
+            return invalid("limits.max_batch_events", "must be between 1 and 65536");
+        }
+        if self.limits.max_search_limit == 0 {
+            return invalid("limits.max_search_limit", "must be at least 1");
+        }
+        if self.ingest.queue_capacity == 0 || self.ingest.wal_queue_capacity == 0 {
+            return invalid(
+                "ingest.queue_capacity",
+                "queues need room for at least one batch",
+            );
+        }
+        if self.index.max_open_writers == 0 || self.index.writer_threads == 0 {
+            return invalid(
+                "index.max_open_writers",
+                "at least one writer with one thread",
+            );
+        }
+        // Tantivy refuses less than 15 MB per indexing thread.
+        if self.index.writer_heap_bytes < self.index.writer_threads * 15_000_000 {
+            return invalid(
+                "index.writer_heap_bytes",
+                "at least 15 MB per writer thread",
+            );
+        }
+        if self.wal.segment_bytes < 4096 {
+            return invalid("wal.segment_bytes", "at least 4096");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return its error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_the_checks_and_file_and_env_override() {
+        Config::default().check().unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "auditd.toml",
+                "grpc_addr = \"127.0.0.1:6000\"\n[wal]\nsync = \"interval\"\n",
+            )?;
+            jail.set_env("AUDITD_INDEX__COMMIT_INTERVAL_MS", "250");
+            let config = Config::load(Some(Path::new("auditd.toml"))).unwrap();
+            assert_eq!(config.grpc_addr.port(), 6000);
+            assert_eq!(config.wal.sync, SyncMode::Interval);
+            assert_eq!(config.index.commit_interval_ms, 250);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_setting_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("auditd.toml", "[wal]\nsnyc = \"never\"\n")?;
+            assert!(Config::load(Some(Path::new("auditd.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,316 @@
+//! The indexer thread: takes durable batches off the bounded queue in log
+//! order, adds them to the partition writers, and every `commit_interval`
+//! commits each touched partition with the WAL position it covers, reloads
+//! its searcher, writes the checkpoint, and tells waiting clients.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tantivy::IndexWriter;
+use tokio::sync::watch;
+
+use crate::messages::{event_seq, Checkpoint, IndexBatch};
+use crate::metrics as m;
+use crate::partition::{day_of, Day, Partition, PartitionError, Partitions};
+use crate::schema::{timestamp_micros, AuditSchema};
+use crate::status::{PipelineStatus, WorkerGuard};
+use crate::wal::group_commit::WalPositions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    #[error("index error in {path}: {source}")]
+    Tantivy {
+        path: PathBuf,
+        source: tantivy::TantivyError,
+    },
+    #[error("checkpoint {path}: {source}")]
+    Checkpoint {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexerSettings {
+    pub commit_interval: Duration,
+    pub writer_threads: usize,
+    pub writer_heap_bytes: usize,
+    pub max_open_writers: usize,
+}
+
+struct OpenWriter {
+    partition: Arc<Partition>,
+    writer: IndexWriter,
+    /// Records that start below this are already in the partition (its
+    /// last commit's payload): replay must not add them twice.
+    skip_below: u64,
+    /// The batch counter when it was last written to, for LRU closing.
+    last_batch: u64,
+    dirty: bool,
+}
+
+pub struct Indexer {
+    partitions: Arc<Partitions>,
+    schema: AuditSchema,
+    settings: IndexerSettings,
+    checkpoint_path: PathBuf,
+    writers: HashMap<Day, OpenWriter>,
+    /// End of the last record added to the writers.
+    indexed: u64,
+    /// End of the last record covered by a commit.
+    committed: u64,
+    batches: u64,
+    positions: Arc<WalPositions>,
+    searchable: watch::Sender<u64>,
+    body: Vec<u8>,
+}
+
+impl Indexer {
+    pub fn new(
+        partitions: Arc<Partitions>,
+        settings: IndexerSettings,
+        data_dir: &Path,
+        start: u64,
+        positions: Arc<WalPositions>,
+        searchable: watch::Sender<u64>,
+    ) -> Indexer {
+        Indexer {
+            schema: partitions.schema().clone(),
+            partitions,
+            settings,
+            checkpoint_path: checkpoint_path(data_dir),
+            writers: HashMap::new(),
+            indexed: start,
+            committed: start,
+            batches: 0,
+            positions,
+            searchable,
+            body: Vec::new(),
+        }
+    }
+
+    /// Runs on a thread named `auditd-indexer` until every sender of
+    /// `queue` is dropped, then commits what it holds and returns. Should it
+    /// fail, the pipeline is marked failed so producers get an error instead
+    /// of waiting forever.
+    pub fn spawn(
+        mut self,
+        queue: Receiver<IndexBatch>,
+        status: Arc<PipelineStatus>,
+    ) -> std::io::Result<JoinHandle<Result<(), IndexError>>> {
+        std::thread::Builder::new()
+            .name("auditd-indexer".into())
+            .spawn(move || {
+                let guard = WorkerGuard::new(status, "indexer");
+                let result = self.run(&queue);
+                if result.is_ok() {
+                    guard.defuse();
+                }
+                result
+            })
+    }
+
+    fn run(&mut self, queue: &Receiver<IndexBatch>) -> Result<(), IndexError> {
+        let mut next_commit = Instant::now() + self.settings.commit_interval;
+        loop {
+            match queue.recv_deadline(next_commit) {
+                Ok(batch) => {
+                    self.add(batch)?;
+                    metrics::gauge!(m::QUEUE_DEPTH).set(queue.len() as f64);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return self.commit(),
+            }
+            if Instant::now() >= next_commit {
+                self.commit()?;
+                next_commit = Instant::now() + self.settings.commit_interval;
+            }
+        }
+    }
+
+    /// Adds one durable batch to the partition writers of its events' days.
+    pub fn add(&mut self, batch: IndexBatch) -> Result<(), IndexError> {
+        self.batches += 1;
+        let IndexBatch { span, batch } = batch;
+        for (i, event) in batch.events.iter().enumerate() {
+            let day = day_of(timestamp_micros(event.time.as_ref()));
+            let body = &mut self.body;
+            let writer = writer_for(
+                &mut self.writers,
+                &self.partitions,
+                &self.settings,
+                day,
+                self.batches,
+                span.start,
+            )?;
+            if span.start < writer.skip_below {
+                continue;
+            }
+            let doc = self
+                .schema
+                .document(event, event_seq(span.start, i), &batch.batch_id, body);
+            writer
+                .writer
+                .add_document(doc)
+                .map_err(|source| IndexError::Tantivy {
+                    path: writer.partition.path.clone(),
+                    source,
+                })?;
+            writer.dirty = true;
+            writer.last_batch = self.batches;
+        }
+        self.indexed = span.end;
+        Ok(())
+    }
+
+    /// Commits every touched partition with the indexed position as its
+    /// payload, reloads their searchers, then writes the checkpoint. Only
+    /// after that may the WAL below it go.
+    pub fn commit(&mut self) -> Result<(), IndexError> {
+        if self.indexed == self.committed {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let position = self.indexed;
+        for open in self.writers.values_mut().filter(|w| w.dirty) {
+            commit_writer(open, position)?;
+        }
+        write_checkpoint(
+            &self.checkpoint_path,
+            Checkpoint {
+                wal_position: position,
+            },
+        )?;
+        self.committed = position;
+        self.positions.checkpoint.store(position, Ordering::Release);
+        self.searchable.send_replace(position);
+        metrics::counter!(m::COMMITS).increment(1);
+        metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::gauge!(m::INDEXED_POSITION).set(position as f64);
+        let docs: u64 = self
+            .writers
+            .values()
+            .map(|w| w.partition.reader.searcher().num_docs())
+            .sum();
+        metrics::gauge!(m::INDEX_DOCS, "scope" => "open_partitions").set(docs as f64);
+        Ok(())
+    }
+}
+
+/// The open writer for `day`, opening it (and closing the least recently
+/// used one past the limit) when needed.
+fn writer_for<'a>(
+    writers: &'a mut HashMap<Day, OpenWriter>,
+    partitions: &Partitions,
+    settings: &IndexerSettings,
+    day: Day,
+    batch: u64,
+    record_start: u64,
+) -> Result<&'a mut OpenWriter, IndexError> {
+    if !writers.contains_key(&day) {
+        if writers.len() >= settings.max_open_writers {
+            // Never close a writer the current batch wrote to: its payload
+            // could not say which of the batch's events it holds.
+            let lru = writers
+                .iter()
+                .filter(|(_, w)| w.last_batch < batch)
+                .min_by_key(|(_, w)| w.last_batch)
+                .map(|(d, _)| *d);
+            if let Some(lru) = lru {
+                let mut closing = writers.remove(&lru).expect("present");
+                if closing.dirty {
+                    // Everything before the current record is added.
+                    commit_writer(&mut closing, record_start)?;
+                }
+                wait_merging(closing)?;
+            }
+        }
+        let partition = partitions.get_or_create(day)?;
+        let skip_below = partition.committed_position()?;
+        let writer = partition
+            .index
+            .writer_with_num_threads(settings.writer_threads, settings.writer_heap_bytes)
+            .map_err(|source| IndexError::Tantivy {
+                path: partition.path.clone(),
+                source,
+            })?;
+        writers.insert(
+            day,
+            OpenWriter {
+                partition,
+                writer,
+                skip_below,
+                last_batch: batch,
+                dirty: false,
+            },
+        );
+    }
+    Ok(writers.get_mut(&day).expect("inserted above"))
+}
+
+fn commit_writer(open: &mut OpenWriter, position: u64) -> Result<(), IndexError> {
+    let path = open.partition.path.clone();
+    let tantivy_err = |source| IndexError::Tantivy {
+        path: path.clone(),
+        source,
+    };
+    let mut prepared = open.writer.prepare_commit().map_err(tantivy_err)?;
+    prepared.set_payload(&position.to_string());
+    prepared.commit().map_err(tantivy_err)?;
+    open.partition.reader.reload().map_err(tantivy_err)?;
+    open.dirty = false;
+    Ok(())
+}
+
+fn wait_merging(open: OpenWriter) -> Result<(), IndexError> {
+    let path = open.partition.path.clone();
+    open.writer
+        .wait_merging_threads()
+        .map_err(|source| IndexError::Tantivy { path, source })
+}
+
+pub fn checkpoint_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkpoint.json")
+}
+
+/// The checkpoint of the last run; position 0 when there is none.
+pub fn read_checkpoint(data_dir: &Path) -> Result<Checkpoint, IndexError> {
+    let path = checkpoint_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IndexError::Checkpoint {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
+        Err(source) => Err(IndexError::Checkpoint { path, source }),
+    }
+}
+
+/// Write to a temporary file, fsync, rename over, fsync the directory: a
+/// crash leaves the old checkpoint or the new one, never half of either.
+fn write_checkpoint(path: &Path, checkpoint: Checkpoint) -> Result<(), IndexError> {
+    let err = |source| IndexError::Checkpoint {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(&checkpoint).expect("a checkpoint serializes");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        file.write_all(&bytes).map_err(err)?;
+        file.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        crate::wal::segment::sync_dir(dir).map_err(err)?;
+    }
+    Ok(())
+}

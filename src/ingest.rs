@@ -1,0 +1,335 @@
+//! The write path's front: validate a batch whole, give it ids, hand it to
+//! the WAL thread, and answer once it is durable (or searchable).
+//!
+//! Knows nothing of gRPC; `grpc` maps `IngestError` to status codes.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use prost::Message;
+use tokio::sync::{oneshot, watch, Semaphore};
+
+use crate::config::{Limits, WalConfig};
+use crate::idempotency::{Begin, Idempotency};
+use crate::messages::{AppendRequest, WalBatch};
+use crate::metrics as m;
+use crate::partition::day_of;
+use crate::proto::{IngestRequest, IngestResponse, WaitFor};
+use crate::schema::{micros_to_timestamp, timestamp_micros};
+use crate::search::Searcher;
+use crate::status::{Health, PipelineStatus};
+use crate::validate::{validate_batch, InvalidBatch};
+use crate::wal::group_commit::WalPositions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Invalid(InvalidBatch),
+    /// The pipeline is full; try again after `retry_after`.
+    #[error("overloaded: {reason}; retry after {} ms", retry_after.as_millis())]
+    Overloaded {
+        reason: &'static str,
+        retry_after: Duration,
+    },
+    #[error("batch_id {0:?} is being stored by another request; retry it")]
+    InFlight(String),
+    #[error("auditd is starting (replaying its write-ahead log)")]
+    Starting,
+    /// The batch could not be made durable; it was not stored.
+    #[error("not stored: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub limits: Limits,
+    /// How long to wait for room before RESOURCE_EXHAUSTED.
+    pub submit_timeout: Duration,
+    /// WAL bytes that may wait for the indexer.
+    pub lag_budget_bytes: u64,
+}
+
+impl IngestSettings {
+    pub fn new(limits: Limits, wal: &WalConfig, submit_timeout: Duration) -> Self {
+        IngestSettings {
+            limits,
+            submit_timeout,
+            lag_budget_bytes: wal.lag_budget_bytes,
+        }
+    }
+}
+
+pub struct IngestService {
+    settings: IngestSettings,
+    wal: Sender<AppendRequest>,
+    /// One permit per slot of the WAL queue: waiting for a permit is the
+    /// async way to wait for room, with a timeout, without blocking a
+    /// runtime thread. The WAL thread drops the permit when it takes the
+    /// request.
+    slots: Arc<Semaphore>,
+    positions: Arc<WalPositions>,
+    searchable: watch::Receiver<u64>,
+    memo: Arc<Idempotency>,
+    searcher: Searcher,
+    status: Arc<PipelineStatus>,
+    ids: Mutex<ulid::Generator>,
+}
+
+impl IngestService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: IngestSettings,
+        wal: Sender<AppendRequest>,
+        wal_slots: usize,
+        positions: Arc<WalPositions>,
+        searchable: watch::Receiver<u64>,
+        memo: Arc<Idempotency>,
+        searcher: Searcher,
+        status: Arc<PipelineStatus>,
+    ) -> Self {
+        IngestService {
+            settings,
+            wal,
+            slots: Arc::new(Semaphore::new(wal_slots)),
+            positions,
+            searchable,
+            memo,
+            searcher,
+            status,
+            ids: Mutex::new(ulid::Generator::new()),
+        }
+    }
+
+    /// Stores `request` all or nothing. Returns once the batch is durable
+    /// (or, with `WAIT_FOR_SEARCHABLE`, visible to Search).
+    pub async fn ingest(&self, mut request: IngestRequest) -> Result<IngestResponse, IngestError> {
+        let started = Instant::now();
+        match self.status.health() {
+            Health::Serving => {}
+            Health::Starting => return Err(IngestError::Starting),
+            Health::Failed(reason) => return Err(IngestError::Unavailable(reason)),
+        }
+        let now = now_micros();
+        if let Err(invalid) = validate_batch(&request.events, &self.settings.limits, now) {
+            metrics::counter!(m::BATCHES_REJECTED, "reason" => "invalid").increment(1);
+            metrics::counter!(m::EVENTS_REJECTED).increment(request.events.len() as u64);
+            return Err(IngestError::Invalid(invalid));
+        }
+        let wait_for = WaitFor::try_from(request.wait_for).unwrap_or(WaitFor::Durable);
+        let batch_id = std::mem::take(&mut request.batch_id);
+        let mut memo_guard = None;
+        if !batch_id.is_empty() {
+            if let Some(ids) = self.already_stored(&batch_id, &request, now).await? {
+                metrics::counter!(m::BATCHES_DEDUPLICATED).increment(1);
+                return Ok(response(ids));
+            }
+            memo_guard = Some(MemoGuard {
+                memo: &self.memo,
+                batch_id: &batch_id,
+                done: false,
+            });
+        }
+
+        let received = micros_to_timestamp(now);
+        {
+            let mut ids = self.ids.lock().expect("id generator lock");
+            for event in &mut request.events {
+                if event.id.is_empty() {
+                    event.id = next_id(&mut ids, now);
+                }
+                event.received = Some(received);
+                // Event time is kept to the microsecond, as it is indexed.
+                let time = event
+                    .time
+                    .as_ref()
+                    .map_or(now, |t| timestamp_micros(Some(t)));
+                event.time = Some(micros_to_timestamp(time));
+            }
+        }
+        let ids: Vec<String> = request.events.iter().map(|e| e.id.clone()).collect();
+
+        self.wait_for_room().await?;
+        let permit = tokio::time::timeout(
+            self.settings.submit_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| self.overloaded("the write-ahead log queue is full"))?
+        .map_err(|_| IngestError::Unavailable("shutting down".into()))?;
+        let batch = WalBatch {
+            batch_id: batch_id.clone(),
+            events: request.events,
+        };
+        let payload = batch.encode_to_vec();
+        let (reply, replied) = oneshot::channel();
+        let append = AppendRequest {
+            payload,
+            batch,
+            reply,
+            permit: Some(permit),
+        };
+        match self.wal.try_send(append) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(self.overloaded("the write-ahead log queue is full"))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(IngestError::Unavailable(
+                    "the write-ahead log is closed".into(),
+                ))
+            }
+        }
+        let span = replied
+            .await
+            .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
+            .map_err(IngestError::Unavailable)?;
+        if let Some(guard) = memo_guard.as_mut() {
+            guard.complete(ids.clone(), now);
+        }
+        if wait_for == WaitFor::Searchable {
+            let mut searchable = self.searchable.clone();
+            searchable
+                .wait_for(|indexed| *indexed >= span.end)
+                .await
+                .map_err(|_| {
+                    IngestError::Unavailable(
+                        "stored, but the indexer stopped before it was searchable".into(),
+                    )
+                })?;
+        }
+        metrics::counter!(m::BATCHES_INGESTED).increment(1);
+        metrics::counter!(m::EVENTS_INGESTED).increment(ids.len() as u64);
+        metrics::histogram!(m::INGEST_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(response(ids))
+    }
+
+    /// The ids of an earlier batch with this id, from memory or the index.
+    async fn already_stored(
+        &self,
+        batch_id: &str,
+        request: &IngestRequest,
+        now: i64,
+    ) -> Result<Option<Vec<String>>, IngestError> {
+        match self.memo.begin(batch_id, now) {
+            Begin::Done(ids) => return Ok(Some(ids)),
+            Begin::InFlight => {
+                metrics::counter!(m::BATCHES_REJECTED, "reason" => "in_flight").increment(1);
+                return Err(IngestError::InFlight(batch_id.to_owned()));
+            }
+            Begin::New => {}
+        }
+        // A retry carries the same events, so the days they fall on are the
+        // partitions that would hold the first attempt.
+        let mut days: Vec<i64> = request
+            .events
+            .iter()
+            .map(|e| day_of(e.time.as_ref().map_or(now, |t| timestamp_micros(Some(t)))))
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        let searcher = self.searcher.clone();
+        let id = batch_id.to_owned();
+        let found = tokio::task::spawn_blocking(move || searcher.find_batch(&id, &days))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(|e| IngestError::Internal(e.to_string())));
+        match found {
+            Ok(Some((ids, received))) if now - received <= self.memo.window_micros() => {
+                self.memo.complete(batch_id, ids.clone(), received);
+                Ok(Some(ids))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => {
+                self.memo.abort(batch_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits, at most `submit_timeout`, while the WAL is further ahead of
+    /// the index than the lag budget.
+    async fn wait_for_room(&self) -> Result<(), IngestError> {
+        let budget = self.settings.lag_budget_bytes;
+        let positions = &self.positions;
+        let over = || {
+            let end = positions.end.load(Ordering::Acquire);
+            let indexed = positions.checkpoint.load(Ordering::Acquire);
+            end.saturating_sub(indexed) > budget
+        };
+        if !over() {
+            return Ok(());
+        }
+        let mut indexed = self.searchable.clone();
+        let waited = tokio::time::timeout(self.settings.submit_timeout, async {
+            while over() {
+                if indexed.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) if !over() => Ok(()),
+            _ => Err(self
+                .overloaded("the index is behind the write-ahead log by more than its lag budget")),
+        }
+    }
+
+    fn overloaded(&self, reason: &'static str) -> IngestError {
+        metrics::counter!(m::BATCHES_REJECTED, "reason" => "overloaded").increment(1);
+        IngestError::Overloaded {
+            reason,
+            retry_after: self.settings.submit_timeout / 2,
+        }
+    }
+}
+
+fn response(ids: Vec<String>) -> IngestResponse {
+    IngestResponse {
+        accepted: ids.len() as u32,
+        ids,
+    }
+}
+
+/// A time-sortable id: a ULID, monotonic within the same millisecond.
+fn next_id(generator: &mut ulid::Generator, now_micros: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_micros(now_micros.max(0) as u64);
+    match generator.generate_from_datetime(at) {
+        Ok(id) => id.to_string(),
+        // 2^80 ids in one millisecond: fall back to a fresh random one.
+        Err(_) => ulid::Ulid::from_datetime(at).to_string(),
+    }
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Forgets an in-flight `batch_id` unless the batch was stored, so a
+/// failed attempt can be retried.
+struct MemoGuard<'a> {
+    memo: &'a Idempotency,
+    batch_id: &'a str,
+    done: bool,
+}
+
+impl MemoGuard<'_> {
+    fn complete(&mut self, ids: Vec<String>, received: i64) {
+        self.memo.complete(self.batch_id, ids, received);
+        self.done = true;
+    }
+}
+
+impl Drop for MemoGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.memo.abort(self.batch_id);
+        }
+    }
+}

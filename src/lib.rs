@@ -1,0 +1,36 @@
+//! auditd: a durable, searchable audit-log daemon.
+//!
+//! The write path, one module per stage:
+//! `grpc` → `ingest` (+ `validate`, `idempotency`) → `wal` (group commit) →
+//! `indexer` (+ `schema`, `partition`). The read path: `grpc` → `search`.
+//! `messages` holds what passes between stages; `server::run` wires them.
+//! See ARCHITECTURE.md.
+
+pub mod config;
+pub mod gen;
+pub mod grpc;
+pub mod http;
+pub mod idempotency;
+pub mod indexer;
+pub mod ingest;
+pub mod json;
+pub mod messages;
+pub mod metrics;
+pub mod partition;
+pub mod schema;
+pub mod search;
+pub mod server;
+pub mod status;
+pub mod validate;
+pub mod wal;
+
+pub use config::Config;
+pub use server::{run, Listeners};
+
+/// The generated gRPC types of `proto/audit/v1/audit.proto`.
+pub mod proto {
+    #![allow(clippy::all)]
+    tonic::include_proto!("audit.v1");
+    /// For gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("audit_descriptor");
+}

@@ -1,0 +1,60 @@
+//! The messages that pass between pipeline stages.
+//!
+//! ```text
+//! ingest ──AppendRequest──▶ wal::group_commit ──IndexBatch──▶ indexer
+//!        ◀──────Span───────┘                                 └─▶ Checkpoint
+//! ```
+
+use tokio::sync::oneshot;
+
+use crate::proto::AuditEvent;
+use crate::wal::Span;
+
+/// What one WAL record holds: a validated batch, ids and `received` set.
+/// Encoded with prost, so the log shares the API's schema evolution rules.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WalBatch {
+    #[prost(string, tag = "1")]
+    pub batch_id: String,
+    #[prost(message, repeated, tag = "2")]
+    pub events: Vec<AuditEvent>,
+}
+
+/// An ingest handler's request to the WAL thread. `payload` is `batch`
+/// encoded, done on the handler's task so the WAL thread only writes.
+pub struct AppendRequest {
+    pub payload: Vec<u8>,
+    pub batch: WalBatch,
+    /// `Ok` once the record is as durable as the sync policy makes it.
+    pub reply: oneshot::Sender<Result<Span, String>>,
+    /// A slot of the bounded WAL queue, given back when the WAL thread
+    /// takes the request.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A durable batch on its way to the indexer, with its place in the log.
+#[derive(Debug)]
+pub struct IndexBatch {
+    pub span: Span,
+    pub batch: WalBatch,
+}
+
+/// Bits of an event's sequence number given to its index inside its batch.
+/// `seq = record_start << SEQ_BATCH_BITS | index`: unique, increasing in log
+/// order, and the same on every replay.
+pub const SEQ_BATCH_BITS: u32 = 16;
+
+/// The most events one batch may hold, so that the index fits its bits.
+pub const MAX_EVENTS_PER_RECORD: usize = 1 << SEQ_BATCH_BITS;
+
+pub fn event_seq(record_start: u64, index: usize) -> u64 {
+    debug_assert!(index < MAX_EVENTS_PER_RECORD);
+    (record_start << SEQ_BATCH_BITS) | index as u64
+}
+
+/// The indexed checkpoint: every WAL record that starts below `wal_position`
+/// is committed to the index. Written atomically after each commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub wal_position: u64,
+}

@@ -1,0 +1,23 @@
+//! Metric names, in one place so a dashboard can be written from this file.
+//! Exposed in Prometheus form at `/metrics`.
+
+pub const EVENTS_INGESTED: &str = "auditd_events_ingested_total";
+pub const EVENTS_REJECTED: &str = "auditd_events_rejected_total";
+pub const BATCHES_INGESTED: &str = "auditd_batches_ingested_total";
+/// Labelled by `reason`: invalid, overloaded, unavailable, in_flight.
+pub const BATCHES_REJECTED: &str = "auditd_batches_rejected_total";
+pub const BATCHES_DEDUPLICATED: &str = "auditd_batches_deduplicated_total";
+pub const INGEST_SECONDS: &str = "auditd_ingest_duration_seconds";
+pub const QUEUE_DEPTH: &str = "auditd_indexer_queue_depth";
+pub const WAL_BYTES: &str = "auditd_wal_bytes_total";
+pub const WAL_END_POSITION: &str = "auditd_wal_end_position";
+pub const WAL_SEGMENTS: &str = "auditd_wal_segments";
+pub const WAL_ROTATIONS: &str = "auditd_wal_rotations_total";
+pub const WAL_SYNC_SECONDS: &str = "auditd_wal_sync_duration_seconds";
+pub const COMMITS: &str = "auditd_index_commits_total";
+pub const COMMIT_SECONDS: &str = "auditd_index_commit_duration_seconds";
+pub const INDEXED_POSITION: &str = "auditd_index_committed_position";
+pub const INDEX_DOCS: &str = "auditd_index_docs";
+pub const PARTITIONS: &str = "auditd_index_partitions";
+pub const SEARCH_SECONDS: &str = "auditd_search_duration_seconds";
+pub const REPLAY_SECONDS: &str = "auditd_replay_duration_seconds";

@@ -1,0 +1,237 @@
+//! Time partitions: one Tantivy index per UTC day of event time, under
+//! `<data_dir>/index/YYYY-MM-DD/`. Retention can drop a whole directory, and
+//! a time-bounded search opens only the days it covers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use tantivy::directory::MmapDirectory;
+use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy};
+
+use crate::schema::AuditSchema;
+
+/// Width of one partition.
+pub const PARTITION_MICROS: i64 = 86_400 * 1_000_000;
+
+/// Days since the epoch; the partition key.
+pub type Day = i64;
+
+pub fn day_of(time_micros: i64) -> Day {
+    time_micros.div_euclid(PARTITION_MICROS)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    #[error("index error in {path}: {source}")]
+    Tantivy {
+        path: PathBuf,
+        source: tantivy::TantivyError,
+    },
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: commit payload {payload:?} is not a WAL position")]
+    BadPayload { path: PathBuf, payload: String },
+}
+
+/// One day's index and the reader searches share.
+pub struct Partition {
+    pub day: Day,
+    pub path: PathBuf,
+    pub index: Index,
+    pub reader: IndexReader,
+}
+
+impl Partition {
+    /// The WAL position this partition's last commit covers: every record
+    /// that starts below it and holds events of this day is in the index.
+    pub fn committed_position(&self) -> Result<u64, PartitionError> {
+        let metas = self
+            .index
+            .load_metas()
+            .map_err(|source| PartitionError::Tantivy {
+                path: self.path.clone(),
+                source,
+            })?;
+        match metas.payload {
+            None => Ok(0),
+            Some(payload) => payload.parse().map_err(|_| PartitionError::BadPayload {
+                path: self.path.clone(),
+                payload,
+            }),
+        }
+    }
+}
+
+/// Every partition, shared by the indexer (which creates them) and search.
+pub struct Partitions {
+    root: PathBuf,
+    schema: AuditSchema,
+    map: RwLock<BTreeMap<Day, Arc<Partition>>>,
+}
+
+impl Partitions {
+    /// Opens every partition under `root` (created when missing).
+    pub fn open(root: &Path, schema: AuditSchema) -> Result<Partitions, PartitionError> {
+        std::fs::create_dir_all(root).map_err(|source| PartitionError::Io {
+            path: root.to_owned(),
+            source,
+        })?;
+        let mut map = BTreeMap::new();
+        let entries = std::fs::read_dir(root).map_err(|source| PartitionError::Io {
+            path: root.to_owned(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| PartitionError::Io {
+                path: root.to_owned(),
+                source,
+            })?;
+            let Some(day) = entry.file_name().to_str().and_then(parse_day) else {
+                continue;
+            };
+            map.insert(
+                day,
+                Arc::new(open_partition(&entry.path(), day, &schema, false)?),
+            );
+        }
+        Ok(Partitions {
+            root: root.to_owned(),
+            schema,
+            map: RwLock::new(map),
+        })
+    }
+
+    pub fn schema(&self) -> &AuditSchema {
+        &self.schema
+    }
+
+    /// The partition for `day`, created on first use.
+    pub fn get_or_create(&self, day: Day) -> Result<Arc<Partition>, PartitionError> {
+        if let Some(p) = self.map.read().expect("partition map lock").get(&day) {
+            return Ok(p.clone());
+        }
+        let path = self.root.join(format_day(day));
+        let partition = Arc::new(open_partition(&path, day, &self.schema, true)?);
+        let mut map = self.map.write().expect("partition map lock");
+        let partition = map.entry(day).or_insert(partition).clone();
+        metrics::gauge!(crate::metrics::PARTITIONS).set(map.len() as f64);
+        Ok(partition)
+    }
+
+    pub fn get(&self, day: Day) -> Option<Arc<Partition>> {
+        self.map
+            .read()
+            .expect("partition map lock")
+            .get(&day)
+            .cloned()
+    }
+
+    /// The partitions that can hold events in `[from, to)` (microseconds;
+    /// `None` is unbounded).
+    pub fn overlapping(&self, from: Option<i64>, to: Option<i64>) -> Vec<Arc<Partition>> {
+        let lo = from.map_or(Day::MIN, day_of);
+        // `to` is exclusive: an event at to - 1 µs is the last that counts.
+        let hi = to.map_or(Day::MAX, |t| day_of(t.saturating_sub(1)));
+        if lo > hi {
+            return Vec::new();
+        }
+        self.map
+            .read()
+            .expect("partition map lock")
+            .range(lo..=hi)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().expect("partition map lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn open_partition(
+    path: &Path,
+    day: Day,
+    schema: &AuditSchema,
+    create: bool,
+) -> Result<Partition, PartitionError> {
+    let tantivy_err = |source| PartitionError::Tantivy {
+        path: path.to_owned(),
+        source,
+    };
+    if create {
+        std::fs::create_dir_all(path).map_err(|source| PartitionError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    let dir = MmapDirectory::open(path).map_err(|e| tantivy_err(e.into()))?;
+    let index = if Index::exists(&dir).map_err(|e| tantivy_err(e.into()))? {
+        Index::open(dir).map_err(tantivy_err)?
+    } else {
+        let settings = IndexSettings {
+            docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
+            ..IndexSettings::default()
+        };
+        Index::builder()
+            .schema(schema.schema.clone())
+            .settings(settings)
+            .open_or_create(dir)
+            .map_err(tantivy_err)?
+    };
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()
+        .map_err(tantivy_err)?;
+    Ok(Partition {
+        day,
+        path: path.to_owned(),
+        index,
+        reader,
+    })
+}
+
+/// `2023-11-14` for the day starting at that UTC midnight.
+pub fn format_day(day: Day) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(day * 86_400) {
+        Ok(t) => {
+            let d = t.date();
+            format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+        }
+        Err(_) => format!("day{day}"),
+    }
+}
+
+fn parse_day(name: &str) -> Option<Day> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(name, &format).ok()?;
+    Some(
+        date.midnight()
+            .assume_utc()
+            .unix_timestamp()
+            .div_euclid(86_400),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_names_round_trip() {
+        for day in [0, 1, 19_675, 2_932_896] {
+            assert_eq!(parse_day(&format_day(day)), Some(day));
+        }
+        assert_eq!(day_of(PARTITION_MICROS - 1), 0);
+        assert_eq!(day_of(PARTITION_MICROS), 1);
+    }
+}

@@ -1,0 +1,729 @@
+//! The read path: a `SearchRequest` becomes one Tantivy query, run over the
+//! partitions its time range touches, ordered by (time, seq) with a custom
+//! collector, and cut into pages by a cursor that stays right while events
+//! keep arriving.
+//!
+//! Synchronous: the gRPC adapter runs it on the blocking pool.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::IpAddr;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use prost::Message;
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::Column;
+use tantivy::query::{
+    AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, RegexQuery, TermQuery,
+};
+use tantivy::schema::{IndexRecordOption, Term, Value};
+use tantivy::tokenizer::TextAnalyzer;
+use tantivy::{DocAddress, DocId, Index, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
+use tokio::sync::watch;
+
+use crate::config::Limits;
+use crate::messages::SEQ_BATCH_BITS;
+use crate::partition::{Partition, Partitions};
+use crate::proto::{AuditEvent, Outcome, SearchRequest, SearchResponse};
+use crate::schema::{names, timestamp_micros, to_v6, AuditSchema};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The request is wrong; `field` names the request field.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("index error: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("stored event {address:?} does not decode: {reason}")]
+    Corrupt { address: DocAddress, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> SearchError {
+    SearchError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Searches the partitions. Cheap to clone.
+#[derive(Clone)]
+pub struct Searcher {
+    partitions: Arc<Partitions>,
+    schema: AuditSchema,
+    limits: Limits,
+    /// The indexed position: what a new page snapshot may see.
+    searchable: watch::Receiver<u64>,
+    /// An empty in-memory index with the schema, for parsing `query`
+    /// strings and tokenizing `text` when no partition exists yet.
+    parsing: Index,
+    text_analyzer: TextAnalyzer,
+}
+
+/// Where a page ends: the last event's (time, seq), and the snapshot the
+/// first page saw, so later pages see the same set of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    time: i64,
+    seq: u64,
+    snapshot: u64,
+    ascending: bool,
+}
+
+const PAGE_TOKEN_VERSION: &str = "p1";
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let raw = format!(
+            "{PAGE_TOKEN_VERSION}:{}:{}:{}:{}",
+            self.time, self.seq, self.snapshot, self.ascending as u8
+        );
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn decode(token: &str) -> Result<Cursor, SearchError> {
+        let bad = || invalid("page_token", "not a page token from a previous response");
+        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let mut parts = raw.split(':');
+        if parts.next() != Some(PAGE_TOKEN_VERSION) {
+            return Err(bad());
+        }
+        let mut next = || parts.next().ok_or_else(bad);
+        let time = next()?.parse().map_err(|_| bad())?;
+        let seq = next()?.parse().map_err(|_| bad())?;
+        let snapshot = next()?.parse().map_err(|_| bad())?;
+        let ascending = match next()? {
+            "0" => false,
+            "1" => true,
+            _ => return Err(bad()),
+        };
+        Ok(Cursor {
+            time,
+            seq,
+            snapshot,
+            ascending,
+        })
+    }
+}
+
+impl Searcher {
+    pub fn new(
+        partitions: Arc<Partitions>,
+        limits: Limits,
+        searchable: watch::Receiver<u64>,
+    ) -> Searcher {
+        let schema = partitions.schema().clone();
+        let parsing = Index::create_in_ram(schema.schema.clone());
+        let text_analyzer = parsing
+            .tokenizer_for_field(schema.text)
+            .expect("the text field has a tokenizer");
+        Searcher {
+            partitions,
+            schema,
+            limits,
+            searchable,
+            parsing,
+            text_analyzer,
+        }
+    }
+
+    /// Runs one page of `request`. `Err(Invalid)` names the request field
+    /// that is wrong; nothing is searched then.
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
+        let started = std::time::Instant::now();
+        let (from, to) = time_range(request)?;
+        let query = self.build_query(request, from, to)?;
+        let limit = match request.limit {
+            0 => self.limits.default_search_limit,
+            n => n.min(self.limits.max_search_limit),
+        } as usize;
+        let cursor = match request.page_token.as_str() {
+            "" => None,
+            token => {
+                let cursor = Cursor::decode(token)?;
+                if cursor.ascending != request.ascending {
+                    return Err(invalid(
+                        "page_token",
+                        "the token was made for the other sort order",
+                    ));
+                }
+                Some(cursor)
+            }
+        };
+        // Events whose record starts below the indexed position are all
+        // visible; later ones are left out of every page of this search.
+        let snapshot = match cursor {
+            Some(c) => c.snapshot,
+            None => *self.searchable.borrow() << SEQ_BATCH_BITS,
+        };
+        let collector = TimeOrder {
+            limit,
+            ascending: request.ascending,
+            after: cursor.map(|c| (c.time, c.seq)),
+            snapshot,
+        };
+        let partitions = self.partitions.overlapping(from, to);
+        let page = self.collect(&partitions, &*query, &collector)?;
+        let next_page_token = match (page.more, page.hits.last()) {
+            (true, Some(last)) => Cursor {
+                time: last.time,
+                seq: last.seq,
+                snapshot,
+                ascending: request.ascending,
+            }
+            .encode(),
+            _ => String::new(),
+        };
+        let events = self.fetch(&partitions, &page.hits)?;
+        metrics::histogram!(crate::metrics::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(SearchResponse {
+            events,
+            next_page_token,
+            total_hits: page.total,
+        })
+    }
+
+    /// The newest event with this id, if any.
+    pub fn get(&self, id: &str) -> Result<Option<AuditEvent>, SearchError> {
+        let term = Term::from_field_text(self.schema.id, id);
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let collector = TimeOrder {
+            limit: 1,
+            ascending: false,
+            after: None,
+            snapshot: u64::MAX,
+        };
+        let partitions = self.partitions.overlapping(None, None);
+        let page = self.collect(&partitions, &query, &collector)?;
+        Ok(self.fetch(&partitions, &page.hits)?.into_iter().next())
+    }
+
+    /// The ids stored under `batch_id` in the partitions of `days`, in
+    /// request order, with their `received` time (microseconds).
+    pub fn find_batch(
+        &self,
+        batch_id: &str,
+        days: &[i64],
+    ) -> Result<Option<(Vec<String>, i64)>, SearchError> {
+        let term = Term::from_field_text(self.schema.batch_id, batch_id);
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let partitions: Vec<_> = days
+            .iter()
+            .filter_map(|d| self.partitions.get(*d))
+            .collect();
+        let collector = TimeOrder {
+            limit: crate::messages::MAX_EVENTS_PER_RECORD,
+            ascending: true,
+            after: None,
+            snapshot: u64::MAX,
+        };
+        let mut page = self.collect(&partitions, &query, &collector)?;
+        if page.hits.is_empty() {
+            return Ok(None);
+        }
+        page.hits.sort_by_key(|h| h.seq);
+        let events = self.fetch(&partitions, &page.hits)?;
+        let received = events
+            .first()
+            .map_or(0, |e| timestamp_micros(e.received.as_ref()));
+        Ok(Some((events.into_iter().map(|e| e.id).collect(), received)))
+    }
+
+    fn collect(
+        &self,
+        partitions: &[Arc<Partition>],
+        query: &dyn Query,
+        collector: &TimeOrder,
+    ) -> Result<Page, SearchError> {
+        let mut total = 0;
+        let mut more = 0;
+        let mut hits = Vec::new();
+        for (p, partition) in partitions.iter().enumerate() {
+            let searcher = partition.reader.searcher();
+            let fruit = searcher.search(query, collector)?;
+            total += fruit.total;
+            more += fruit.after_cursor;
+            hits.extend(fruit.hits.into_iter().map(|mut h| {
+                h.partition = p;
+                h
+            }));
+        }
+        sort_best_first(&mut hits, collector.ascending);
+        hits.truncate(collector.limit);
+        Ok(Page {
+            total,
+            more: more > hits.len() as u64,
+            hits,
+        })
+    }
+
+    fn fetch(
+        &self,
+        partitions: &[Arc<Partition>],
+        hits: &[Hit],
+    ) -> Result<Vec<AuditEvent>, SearchError> {
+        let mut searchers: Vec<Option<tantivy::Searcher>> = vec![None; partitions.len()];
+        hits.iter()
+            .map(|hit| {
+                let searcher = searchers[hit.partition]
+                    .get_or_insert_with(|| partitions[hit.partition].reader.searcher());
+                let doc: TantivyDocument = searcher.doc(hit.address)?;
+                let corrupt = |reason: String| SearchError::Corrupt {
+                    address: hit.address,
+                    reason,
+                };
+                let body = doc
+                    .get_first(self.schema.body)
+                    .and_then(|v| v.as_bytes())
+                    .ok_or_else(|| corrupt("no body".into()))?;
+                AuditEvent::decode(body).map_err(|e| corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn build_query(
+        &self,
+        r: &SearchRequest,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Box<dyn Query>, SearchError> {
+        let s = &self.schema;
+        let mut must: Vec<Box<dyn Query>> = Vec::new();
+        if from.is_some() || to.is_some() {
+            let lower = from.map_or(Bound::Unbounded, |t| {
+                Bound::Included(Term::from_field_i64(s.time, t))
+            });
+            let upper = to.map_or(Bound::Unbounded, |t| {
+                Bound::Excluded(Term::from_field_i64(s.time, t))
+            });
+            must.push(Box::new(RangeQuery::new(lower, upper)));
+        }
+        if !r.actions.is_empty() {
+            let mut any: Vec<Box<dyn Query>> = Vec::new();
+            for action in &r.actions {
+                match action.strip_suffix('*') {
+                    Some(prefix) => {
+                        let pattern = format!("{}.*", regex_syntax_escape(prefix));
+                        any.push(Box::new(
+                            RegexQuery::from_pattern(&pattern, s.action)
+                                .map_err(|e| invalid("actions", e.to_string()))?,
+                        ));
+                    }
+                    None => any.push(term(s.action, action)),
+                }
+            }
+            must.push(one_of(any));
+        }
+        for (field, values) in [
+            (s.access_id, &r.access_ids),
+            (s.subject, &r.subjects),
+            (s.type_, &r.types),
+            (s.source_name, &r.source_names),
+        ] {
+            if !values.is_empty() {
+                must.push(one_of(values.iter().map(|v| term(field, v)).collect()));
+            }
+        }
+        if !r.ips.is_empty() {
+            let mut any: Vec<Box<dyn Query>> = Vec::new();
+            for ip in &r.ips {
+                let (lo, hi) = parse_ip_filter(ip)?;
+                if lo == hi {
+                    any.push(Box::new(TermQuery::new(
+                        Term::from_field_ip_addr(s.ip, lo),
+                        IndexRecordOption::Basic,
+                    )));
+                } else {
+                    any.push(Box::new(RangeQuery::new(
+                        Bound::Included(Term::from_field_ip_addr(s.ip, lo)),
+                        Bound::Included(Term::from_field_ip_addr(s.ip, hi)),
+                    )));
+                }
+            }
+            must.push(one_of(any));
+        }
+        if let Some((lo, hi)) = status_range(r)? {
+            must.push(Box::new(RangeQuery::new(
+                Bound::Included(Term::from_field_i64(s.status, lo)),
+                Bound::Included(Term::from_field_i64(s.status, hi)),
+            )));
+        }
+        if !r.text.is_empty() {
+            let words = self.words(&r.text);
+            if words.is_empty() {
+                return Err(invalid("text", "no searchable words (letters or digits)"));
+            }
+            for word in words {
+                must.push(term(s.text, &word));
+            }
+        }
+        if !r.query.trim().is_empty() {
+            let parser = QueryParser::for_index(&self.parsing, vec![s.text]);
+            let parsed = parser
+                .parse_query(&r.query)
+                .map_err(|e| invalid("query", e.to_string()))?;
+            must.push(parsed);
+        }
+        Ok(match must.len() {
+            0 => Box::new(AllQuery),
+            1 => must.pop().expect("one"),
+            _ => Box::new(BooleanQuery::intersection(must)),
+        })
+    }
+
+    /// `text` split the way the index splits it.
+    fn words(&self, text: &str) -> Vec<String> {
+        let mut analyzer = self.text_analyzer.clone();
+        let mut stream = analyzer.token_stream(text);
+        let mut words = Vec::new();
+        while let Some(token) = stream.next() {
+            if !words.contains(&token.text) {
+                words.push(token.text.clone());
+            }
+        }
+        words
+    }
+}
+
+fn term(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, value),
+        IndexRecordOption::Basic,
+    ))
+}
+
+fn one_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    if queries.len() == 1 {
+        return queries.pop().expect("one");
+    }
+    Box::new(BooleanQuery::new(
+        queries.into_iter().map(|q| (Occur::Should, q)).collect(),
+    ))
+}
+
+/// `[from, to)` in microseconds, checked.
+fn time_range(r: &SearchRequest) -> Result<(Option<i64>, Option<i64>), SearchError> {
+    let from = r.from_time.as_ref().map(|t| timestamp_micros(Some(t)));
+    let to = r.to_time.as_ref().map(|t| timestamp_micros(Some(t)));
+    for (field, ts) in [("from_time", &r.from_time), ("to_time", &r.to_time)] {
+        if let Some(ts) = ts {
+            if !(0..1_000_000_000).contains(&ts.nanos) {
+                return Err(invalid(field, "nanos out of range 0..1e9"));
+            }
+            if ts.seconds.checked_mul(1_000_000).is_none() {
+                return Err(invalid(field, "out of range"));
+            }
+        }
+    }
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            return Err(invalid("to_time", "must be after from_time"));
+        }
+    }
+    Ok((from, to))
+}
+
+/// The inclusive status range the request asks for, if any. Either bound,
+/// and either outcome, leaves out events without a status (0).
+fn status_range(r: &SearchRequest) -> Result<Option<(i64, i64)>, SearchError> {
+    let outcome = Outcome::try_from(r.outcome)
+        .map_err(|_| invalid("outcome", format!("unknown value {}", r.outcome)))?;
+    let (mut lo, mut hi) = match outcome {
+        Outcome::Any => (i64::MIN, i64::MAX),
+        Outcome::Success => (1, 399),
+        Outcome::Failure => (400, i64::MAX),
+    };
+    if outcome == Outcome::Any && r.status_min.is_none() && r.status_max.is_none() {
+        return Ok(None);
+    }
+    lo = lo.max(1);
+    if let Some(min) = r.status_min {
+        lo = lo.max(i64::from(min));
+    }
+    if let Some(max) = r.status_max {
+        hi = hi.min(i64::from(max));
+    }
+    if let (Some(min), Some(max)) = (r.status_min, r.status_max) {
+        if min > max {
+            return Err(invalid("status_max", "must be at least status_min"));
+        }
+    }
+    Ok(Some((lo, hi)))
+}
+
+/// An address gives `(ip, ip)`; a CIDR block its first and last address.
+/// IPv4 comes out IPv4-mapped, as the index holds it.
+pub fn parse_ip_filter(
+    value: &str,
+) -> Result<(std::net::Ipv6Addr, std::net::Ipv6Addr), SearchError> {
+    if value.contains('/') {
+        let net: ipnet::IpNet = value.parse().map_err(|_| {
+            invalid(
+                "ips",
+                format!("{value:?} is not an address or a CIDR block"),
+            )
+        })?;
+        if net.addr() != net.network() {
+            return Err(invalid(
+                "ips",
+                format!("{value:?} has host bits set; did you mean {}?", net.trunc()),
+            ));
+        }
+        Ok((to_v6(net.network()), to_v6(net.broadcast())))
+    } else {
+        let ip: IpAddr = value.parse().map_err(|_| {
+            invalid(
+                "ips",
+                format!("{value:?} is not an address or a CIDR block"),
+            )
+        })?;
+        Ok((to_v6(ip), to_v6(ip)))
+    }
+}
+
+/// Escapes a literal for Tantivy's regex syntax.
+fn regex_syntax_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if "\\.+*?()|[]{}^$#&-~\"@<>".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Ordering by (time, seq)
+
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    time: i64,
+    seq: u64,
+    address: DocAddress,
+    partition: usize,
+}
+
+struct Page {
+    total: u64,
+    /// More hits past this page.
+    more: bool,
+    hits: Vec<Hit>,
+}
+
+/// Best first: newest first, or oldest first when ascending.
+fn sort_best_first(hits: &mut [Hit], ascending: bool) {
+    if ascending {
+        hits.sort_by_key(|h| (h.time, h.seq));
+    } else {
+        hits.sort_by_key(|h| Reverse((h.time, h.seq)));
+    }
+}
+
+/// Collects the top `limit` hits by (time, seq) past the cursor, counting
+/// every hit inside the snapshot. Scores are never computed.
+struct TimeOrder {
+    limit: usize,
+    ascending: bool,
+    after: Option<(i64, u64)>,
+    snapshot: u64,
+}
+
+struct Fruit {
+    total: u64,
+    after_cursor: u64,
+    hits: Vec<Hit>,
+}
+
+impl Collector for TimeOrder {
+    type Fruit = Fruit;
+    type Child = TimeOrderSegment;
+
+    fn for_segment(
+        &self,
+        segment_ord: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<TimeOrderSegment> {
+        let fast = reader.fast_fields();
+        Ok(TimeOrderSegment {
+            segment_ord,
+            time: fast.i64(names::TIME)?,
+            seq: fast.u64(names::SEQ)?,
+            limit: self.limit,
+            ascending: self.ascending,
+            after: self.after,
+            snapshot: self.snapshot,
+            total: 0,
+            after_cursor: 0,
+            heap: BinaryHeap::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Fruit>) -> tantivy::Result<Fruit> {
+        let mut merged = Fruit {
+            total: 0,
+            after_cursor: 0,
+            hits: Vec::new(),
+        };
+        for fruit in fruits {
+            merged.total += fruit.total;
+            merged.after_cursor += fruit.after_cursor;
+            merged.hits.extend(fruit.hits);
+        }
+        sort_best_first(&mut merged.hits, self.ascending);
+        merged.hits.truncate(self.limit);
+        Ok(merged)
+    }
+}
+
+/// A rank where larger is better, whatever the direction. Times are never
+/// negative (validation refuses events before 1970), so negation is safe.
+type Rank = (i64, u64);
+
+struct TimeOrderSegment {
+    segment_ord: SegmentOrdinal,
+    time: Column<i64>,
+    seq: Column<u64>,
+    limit: usize,
+    ascending: bool,
+    after: Option<(i64, u64)>,
+    snapshot: u64,
+    total: u64,
+    after_cursor: u64,
+    /// The best `limit` so far, worst on top.
+    heap: BinaryHeap<Reverse<(Rank, DocId)>>,
+}
+
+impl SegmentCollector for TimeOrderSegment {
+    type Fruit = Fruit;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        let (Some(time), Some(seq)) = (self.time.first(doc), self.seq.first(doc)) else {
+            return;
+        };
+        if seq >= self.snapshot {
+            return;
+        }
+        self.total += 1;
+        if let Some(after) = self.after {
+            let past = if self.ascending {
+                (time, seq) > after
+            } else {
+                (time, seq) < after
+            };
+            if !past {
+                return;
+            }
+        }
+        self.after_cursor += 1;
+        if self.limit == 0 {
+            return;
+        }
+        let rank = if self.ascending {
+            (-time, u64::MAX - seq)
+        } else {
+            (time, seq)
+        };
+        if self.heap.len() < self.limit {
+            self.heap.push(Reverse((rank, doc)));
+        } else if let Some(Reverse((worst, _))) = self.heap.peek() {
+            if rank > *worst {
+                self.heap.pop();
+                self.heap.push(Reverse((rank, doc)));
+            }
+        }
+    }
+
+    fn harvest(self) -> Fruit {
+        let segment_ord = self.segment_ord;
+        let ascending = self.ascending;
+        let hits = self
+            .heap
+            .into_iter()
+            .map(|Reverse((rank, doc))| {
+                let (time, seq) = if ascending {
+                    (-rank.0, u64::MAX - rank.1)
+                } else {
+                    rank
+                };
+                Hit {
+                    time,
+                    seq,
+                    address: DocAddress::new(segment_ord, doc),
+                    partition: 0,
+                }
+            })
+            .collect();
+        Fruit {
+            total: self.total,
+            after_cursor: self.after_cursor,
+            hits,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        let c = Cursor {
+            time: 1_700_000_000_123_456,
+            seq: 42 << 16 | 7,
+            snapshot: 99 << 16,
+            ascending: true,
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        for bad in ["", "x", "cDE6MQ", &URL_SAFE_NO_PAD.encode("p1:1:2:3:4")] {
+            assert!(
+                matches!(
+                    Cursor::decode(bad),
+                    Err(SearchError::Invalid {
+                        field: "page_token",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ip_filters() {
+        let (lo, hi) = parse_ip_filter("10.1.0.0/16").unwrap();
+        assert_eq!(
+            lo,
+            "10.1.0.0"
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped()
+        );
+        assert_eq!(
+            hi,
+            "10.1.255.255"
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped()
+        );
+        let (lo, hi) = parse_ip_filter("::ffff:10.0.0.1").unwrap();
+        assert_eq!(lo, hi);
+        assert_eq!(
+            lo,
+            "10.0.0.1"
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped()
+        );
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.1/8", "2001:db8::/129"] {
+            assert!(parse_ip_filter(bad).is_err(), "{bad}");
+        }
+    }
+}

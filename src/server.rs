@@ -1,0 +1,316 @@
+//! `run`: start every stage, replay the WAL, serve until `shutdown`, then
+//! stop in order — stop accepting, let the WAL thread finish what it holds,
+//! let the indexer drain its queue and commit, and join both.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::grpc::AuditLogService;
+use crate::idempotency::Idempotency;
+use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
+use crate::ingest::{IngestService, IngestSettings};
+use crate::messages::{IndexBatch, WalBatch};
+use crate::partition::{PartitionError, Partitions};
+use crate::proto::audit_log_server::AuditLogServer;
+use crate::schema::{timestamp_micros, AuditSchema};
+use crate::search::Searcher;
+use crate::status::PipelineStatus;
+use crate::wal::group_commit::{self, WalPositions};
+use crate::wal::{Wal, WalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another auditd")]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] WalError),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a pipeline thread panicked: {0}")]
+    Panicked(&'static str),
+}
+
+/// The sockets the daemon serves on, bound by the caller (tests bind
+/// `127.0.0.1:0` and read the ports back).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(config.grpc_addr).await?,
+            http: TcpListener::bind(config.http_addr).await?,
+        })
+    }
+
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.grpc.local_addr()?, self.http.local_addr()?))
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then stops gracefully.
+/// Returns `Err` when start-up fails (bad data directory, damaged WAL) or a
+/// pipeline thread failed.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let partitions = Arc::new(Partitions::open(
+        &data_dir.join("index"),
+        AuditSchema::new(),
+    )?);
+    let checkpoint = read_checkpoint(&data_dir)?;
+    let status = Arc::new(PipelineStatus::default());
+    let positions = Arc::new(WalPositions::default());
+    positions
+        .checkpoint
+        .store(checkpoint.wal_position, Ordering::Release);
+    let (searchable_tx, searchable) = tokio::sync::watch::channel(checkpoint.wal_position);
+
+    // Durable batches waiting for the indexer. When full, the WAL thread
+    // blocks, its queue fills and Ingest answers RESOURCE_EXHAUSTED.
+    let (index_tx, index_rx) =
+        crossbeam_channel::bounded::<IndexBatch>(config.ingest.queue_capacity);
+    let indexer = Indexer::new(
+        partitions.clone(),
+        IndexerSettings {
+            commit_interval: Duration::from_millis(config.index.commit_interval_ms.max(1)),
+            writer_threads: config.index.writer_threads,
+            writer_heap_bytes: config.index.writer_heap_bytes,
+            max_open_writers: config.index.max_open_writers,
+        },
+        &data_dir,
+        checkpoint.wal_position,
+        positions.clone(),
+        searchable_tx,
+    )
+    .spawn(index_rx, status.clone())?;
+
+    let memo = Arc::new(Idempotency::new(
+        config.ingest.idempotency_window_secs,
+        config.ingest.idempotency_capacity,
+    ));
+    let searcher = Searcher::new(
+        partitions.clone(),
+        config.limits.clone(),
+        searchable.clone(),
+    );
+    // Batches waiting for the WAL thread; its slots are the ingest
+    // service's semaphore permits.
+    let (wal_tx, wal_rx) = crossbeam_channel::bounded(config.ingest.wal_queue_capacity);
+    let ingest = Arc::new(IngestService::new(
+        IngestSettings::new(
+            config.limits.clone(),
+            &config.wal,
+            Duration::from_millis(config.ingest.submit_timeout_ms),
+        ),
+        wal_tx,
+        config.ingest.wal_queue_capacity,
+        positions.clone(),
+        searchable,
+        memo.clone(),
+        searcher.clone(),
+        status.clone(),
+    ));
+
+    // Serve from the start, so health can say NOT_SERVING during replay.
+    let stop = CancellationToken::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<AuditLogServer<AuditLogService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
+    let audit_service = AuditLogServer::new(AuditLogService::new(ingest, searcher, status.clone()))
+        .max_decoding_message_size(config.limits.max_message_bytes)
+        .max_encoding_message_size(config.limits.max_message_bytes);
+    let (grpc_addr, http_addr) = listeners.addrs()?;
+    let grpc_stop = stop.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(audit_service)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.grpc),
+                grpc_stop.cancelled_owned(),
+            ),
+    );
+    let http_stop = stop.clone();
+    let http_router = crate::http::router(status.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listeners.http, http_router)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(%grpc_addr, %http_addr, data_dir = %data_dir.display(), "listening; replaying the write-ahead log");
+
+    // Replay: every record from the checkpoint on goes to the indexer
+    // again, and its batch id back into the idempotency window.
+    let started = Instant::now();
+    let wal_dir = data_dir.join("wal");
+    let (segment_bytes, recovery) = (config.wal.segment_bytes, config.wal.recovery);
+    let from = checkpoint.wal_position;
+    let replay_tx = index_tx.clone();
+    let replay_memo = memo.clone();
+    let (wal, report) = tokio::task::spawn_blocking(move || {
+        Wal::open(&wal_dir, from, segment_bytes, recovery, |record| {
+            let batch = WalBatch::decode(record.payload).map_err(|e| WalError::BadRecord {
+                position: record.start,
+                reason: e.to_string(),
+            })?;
+            if !batch.batch_id.is_empty() {
+                let received = batch
+                    .events
+                    .first()
+                    .map_or(0, |e| timestamp_micros(e.received.as_ref()));
+                let ids = batch.events.iter().map(|e| e.id.clone()).collect();
+                replay_memo.complete(&batch.batch_id, ids, received);
+            }
+            let span = crate::wal::Span {
+                start: record.start,
+                end: record.end,
+            };
+            replay_tx
+                .send(IndexBatch { span, batch })
+                .map_err(|_| WalError::IndexerGone)
+        })
+    })
+    .await
+    .map_err(|_| ServerError::Panicked("wal replay"))??;
+    metrics::histogram!(crate::metrics::REPLAY_SECONDS).record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        records = report.records,
+        bytes = report.bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        truncated = ?report.truncated,
+        "write-ahead log replayed"
+    );
+
+    let wal_thread = group_commit::spawn(
+        wal,
+        config.wal.sync_policy(),
+        wal_rx,
+        index_tx,
+        positions,
+        status.clone(),
+    )?;
+    status.set_ready();
+    health
+        .set_serving::<AuditLogServer<AuditLogService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    tracing::info!("serving");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests; draining the pipeline");
+    health
+        .set_not_serving::<AuditLogServer<AuditLogService>>()
+        .await;
+    stop.cancel();
+    // The gRPC server owns the ingest service and with it the WAL queue's
+    // only sender: once it returns, the WAL thread drains and stops, which
+    // drops the indexer's sender, so the indexer commits and stops.
+    let grpc_result = grpc
+        .await
+        .map_err(|_| ServerError::Panicked("grpc server"))?;
+    let _ = http.await;
+    let wal_result = join(wal_thread, "wal").await?;
+    let index_result = join(indexer, "indexer").await?;
+    grpc_result?;
+    wal_result?;
+    index_result?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn join<T: Send + 'static>(
+    handle: std::thread::JoinHandle<T>,
+    name: &'static str,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .map_err(|_| ServerError::Panicked(name))?
+        .map_err(|_| ServerError::Panicked(name))
+}
+
+/// An exclusive lock on `<data_dir>/LOCK`, held while the daemon runs: two
+/// daemons on one WAL would corrupt it.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServerError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Locked(data_dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServerError::DataDir { path, source }),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

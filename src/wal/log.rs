@@ -1,0 +1,372 @@
+//! The log: segment files in a directory, appended to at the end, replayed
+//! from a position on open, and trimmed at the front once indexed.
+//!
+//! Synchronous on purpose: one thread owns it (see `group_commit`).
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::frame::{self, Decoded};
+use super::segment::{self, SegmentFile, MAGIC};
+use super::WalError;
+
+/// What to do with a torn tail: a partial last record, which a crash during
+/// a write leaves behind. Damage anywhere else always refuses to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recovery {
+    /// Cut the torn tail off, log file, offset and reason, and go on. The
+    /// cut record was never acknowledged: acknowledgement follows the sync.
+    #[default]
+    TolerateTornTail,
+    /// Refuse to open; an operator decides.
+    Strict,
+}
+
+/// A record as replay hands it out: its global span and its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub payload: &'a [u8],
+}
+
+/// What `open` found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub records: u64,
+    pub bytes: u64,
+    /// `(file, offset, reason)` of a torn tail that was cut off.
+    pub truncated: Option<(PathBuf, u64, &'static str)>,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    segments: Vec<SegmentFile>,
+    active: File,
+    /// Global position of the active segment's first frame.
+    active_start: u64,
+    /// End of what is in the file (written, maybe not synced).
+    written: u64,
+    /// End including what is still buffered.
+    end: u64,
+    segment_bytes: u64,
+    buf: Vec<u8>,
+}
+
+/// A record's place in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created when missing) and hands every record
+    /// at or after `from` to `visit`, in order.
+    ///
+    /// `from` must be a record boundary: the position a previous run
+    /// reported as indexed. Returns `Err` on damage before the tail, on a
+    /// torn tail under `Recovery::Strict`, or when `visit` fails.
+    pub fn open(
+        dir: &Path,
+        from: u64,
+        segment_bytes: u64,
+        recovery: Recovery,
+        mut visit: impl FnMut(Record<'_>) -> Result<(), WalError>,
+    ) -> Result<(Wal, ReplayReport), WalError> {
+        fs::create_dir_all(dir).map_err(|source| WalError::io(dir, source))?;
+        let mut segments = segment::list(dir).map_err(|source| WalError::io(dir, source))?;
+        let mut report = ReplayReport::default();
+
+        // Segments wholly before `from` are already indexed: skip them.
+        let first = segments.iter().rposition(|s| s.start <= from).unwrap_or(0);
+        let mut end = from;
+        let count = segments.len();
+        for (i, seg) in segments.iter().enumerate().skip(first) {
+            let is_last = i + 1 == count;
+            let data = read_file(&seg.path)?;
+            if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+                if is_last && data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
+                    // A crash while the segment was being created.
+                    truncate_tail(
+                        &seg.path,
+                        0,
+                        "segment header never finished",
+                        recovery,
+                        &mut report,
+                    )?;
+                    fs::remove_file(&seg.path).map_err(|source| WalError::io(&seg.path, source))?;
+                    break;
+                }
+                return Err(WalError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: "not a WAL segment (bad magic)",
+                });
+            }
+            let body = &data[MAGIC.len()..];
+            let mut offset = if seg.start <= from {
+                let skip = from - seg.start;
+                if skip > body.len() as u64 {
+                    if is_last {
+                        // The index covers more than the log holds: only
+                        // possible when the log was not synced (sync =
+                        // never) and the machine went down. New records
+                        // must still land above `from`.
+                        tracing::warn!(path = %seg.path.display(), from, wal_end = seg.start + body.len() as u64,
+                            "the WAL ends before the indexed position; starting a new segment there");
+                        break;
+                    }
+                    return Err(WalError::Corrupt {
+                        path: seg.path.clone(),
+                        offset: MAGIC.len() as u64 + body.len() as u64,
+                        reason: "segment ends before the indexed position",
+                    });
+                }
+                skip as usize
+            } else {
+                if seg.start != end {
+                    return Err(WalError::Corrupt {
+                        path: seg.path.clone(),
+                        offset: 0,
+                        reason: "gap between segments",
+                    });
+                }
+                0
+            };
+            loop {
+                if offset == body.len() {
+                    break;
+                }
+                let rest = &body[offset..];
+                let damage = match frame::decode(rest) {
+                    Decoded::Frame { payload, len } => {
+                        let start = seg.start + offset as u64;
+                        let record = Record {
+                            start,
+                            end: start + len as u64,
+                            payload,
+                        };
+                        visit(record)?;
+                        report.records += 1;
+                        report.bytes += len as u64;
+                        offset += len;
+                        continue;
+                    }
+                    Decoded::Incomplete => "incomplete record",
+                    Decoded::Corrupt { reason } => {
+                        if !is_last || !is_torn_tail(rest) {
+                            return Err(WalError::Corrupt {
+                                path: seg.path.clone(),
+                                offset: (MAGIC.len() + offset) as u64,
+                                reason,
+                            });
+                        }
+                        reason
+                    }
+                };
+                if !is_last {
+                    return Err(WalError::Corrupt {
+                        path: seg.path.clone(),
+                        offset: (MAGIC.len() + offset) as u64,
+                        reason: damage,
+                    });
+                }
+                truncate_tail(
+                    &seg.path,
+                    (MAGIC.len() + offset) as u64,
+                    damage,
+                    recovery,
+                    &mut report,
+                )?;
+                break;
+            }
+            end = seg.start + offset as u64;
+        }
+
+        // Append to the last segment when the log ends where replay ended;
+        // otherwise (empty log, or a log that ends short of `from`) start a
+        // fresh segment at the replay end.
+        segments = segment::list(dir).map_err(|source| WalError::io(dir, source))?;
+        let reuse = segments
+            .last()
+            .is_some_and(|last| last.start <= end && file_end(last).ok() == Some(end));
+        let (active, active_start) = if reuse {
+            let last = segments.last().expect("checked");
+            let file = fs::OpenOptions::new()
+                .append(true)
+                .open(&last.path)
+                .map_err(|source| WalError::io(&last.path, source))?;
+            (file, last.start)
+        } else {
+            let file = segment::create(dir, end).map_err(|source| WalError::io(dir, source))?;
+            segments.push(SegmentFile {
+                start: end,
+                path: segment::path_for(dir, end),
+            });
+            (file, end)
+        };
+        Ok((
+            Wal {
+                dir: dir.to_owned(),
+                segments,
+                active,
+                active_start,
+                written: end,
+                end,
+                segment_bytes,
+                buf: Vec::new(),
+            },
+            report,
+        ))
+    }
+
+    /// The position after the last appended record.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Buffers one record; it reaches the file with `flush` or `sync`.
+    /// Starts a new segment first when the active one is full.
+    pub fn append(&mut self, payload: &[u8]) -> Result<Span, WalError> {
+        if self.end - self.active_start >= self.segment_bytes {
+            self.rotate()?;
+        }
+        let start = self.end;
+        frame::encode(payload, &mut self.buf);
+        self.end = start + (frame::HEADER_LEN + payload.len()) as u64;
+        Ok(Span {
+            start,
+            end: self.end,
+        })
+    }
+
+    /// Writes buffered records to the file (not synced). On failure every
+    /// record appended since the last successful flush is dropped and the
+    /// file is cut back to where it was.
+    pub fn flush(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.active.write_all(&self.buf);
+        self.buf.clear();
+        match result {
+            Ok(()) => {
+                self.written = self.end;
+                Ok(())
+            }
+            Err(source) => {
+                self.end = self.written;
+                let keep = MAGIC.len() as u64 + (self.written - self.active_start);
+                if let Err(cut) = self.active.set_len(keep) {
+                    tracing::error!(error = %cut, "could not cut a failed WAL write back");
+                }
+                Err(WalError::io(&self.active_path(), source))
+            }
+        }
+    }
+
+    /// Flushes, then makes everything written durable.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.flush()?;
+        self.active
+            .sync_data()
+            .map_err(|source| WalError::io(&self.active_path(), source))
+    }
+
+    /// Deletes every segment that holds only records before `position`.
+    /// The active segment always stays.
+    pub fn remove_below(&mut self, position: u64) -> Result<usize, WalError> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].start <= position {
+            let seg = self.segments.remove(0);
+            fs::remove_file(&seg.path).map_err(|source| WalError::io(&seg.path, source))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            segment::sync_dir(&self.dir).map_err(|source| WalError::io(&self.dir, source))?;
+        }
+        Ok(removed)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active_path(&self) -> PathBuf {
+        segment::path_for(&self.dir, self.active_start)
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        // The old segment must be whole on disk before the new one exists,
+        // or replay could find a gap.
+        self.sync()?;
+        let start = self.end;
+        self.active =
+            segment::create(&self.dir, start).map_err(|source| WalError::io(&self.dir, source))?;
+        self.segments.push(SegmentFile {
+            start,
+            path: segment::path_for(&self.dir, start),
+        });
+        self.active_start = start;
+        metrics::counter!(crate::metrics::WAL_ROTATIONS).increment(1);
+        Ok(())
+    }
+}
+
+/// A tail is torn, rather than damaged, when nothing intact could follow
+/// it: only zeroes, or a frame whose stated length runs to the end.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    if rest.iter().all(|&b| b == 0) {
+        return true;
+    }
+    if rest.len() < frame::HEADER_LEN {
+        return true;
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    frame::HEADER_LEN + len >= rest.len()
+}
+
+fn truncate_tail(
+    path: &Path,
+    offset: u64,
+    reason: &'static str,
+    recovery: Recovery,
+    report: &mut ReplayReport,
+) -> Result<(), WalError> {
+    if recovery == Recovery::Strict {
+        return Err(WalError::Corrupt {
+            path: path.to_owned(),
+            offset,
+            reason,
+        });
+    }
+    tracing::warn!(path = %path.display(), offset, reason, "cutting a torn WAL tail");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| WalError::io(path, source))?;
+    file.set_len(offset)
+        .map_err(|source| WalError::io(path, source))?;
+    file.sync_all()
+        .map_err(|source| WalError::io(path, source))?;
+    report.truncated = Some((path.to_owned(), offset, reason));
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, WalError> {
+    let mut file = File::open(path).map_err(|source| WalError::io(path, source))?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)
+        .map_err(|source| WalError::io(path, source))?;
+    Ok(data)
+}
+
+/// The global position just past the last byte of `seg`'s file.
+fn file_end(seg: &SegmentFile) -> std::io::Result<u64> {
+    let mut file = File::open(&seg.path)?;
+    let len = file.seek(SeekFrom::End(0))?;
+    Ok(seg.start + len.saturating_sub(MAGIC.len() as u64))
+}
