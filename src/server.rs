@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -169,7 +168,9 @@ pub async fn run(
             .add_service(reflection)
             .add_service(audit_service)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
+                // Small replies must not wait for Nagle's algorithm.
+                tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true)),
                 grpc_stop.cancelled_owned(),
             ),
     );

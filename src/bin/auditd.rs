@@ -49,11 +49,11 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .with_context(|| format!("log = {:?} is not a tracing filter", config.log))?;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AUDITD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log)),
-        )
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let listeners = auditd::Listeners::bind(&config)
         .await

@@ -1,0 +1,195 @@
+//! The test harness: the real server, in-process, on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use auditd::gen::GenOptions;
+use auditd::json::JsonEvent;
+use auditd::proto::audit_log_client::AuditLogClient;
+use auditd::proto::{AuditEvent, IngestRequest, IngestResponse, SearchRequest, WaitFor};
+use auditd::server::ServerError;
+use auditd::{Config, Listeners};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Longest any test waits for a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+/// A config for tests: the given data directory, ephemeral ports, fast
+/// commits, small writers.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = data_dir.to_owned();
+    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.index.commit_interval_ms = 100;
+    config.index.writer_threads = 1;
+    config.index.writer_heap_bytes = 20_000_000;
+    config
+}
+
+impl TestServer {
+    /// Starts a server and waits until it reports SERVING.
+    pub async fn start(config: Config) -> TestServer {
+        let server = Self::spawn(config).await;
+        server.wait_serving().await;
+        server
+    }
+
+    /// Starts a server without waiting for it.
+    pub async fn spawn(config: Config) -> TestServer {
+        let listeners = Listeners::bind(&config).await.expect("bind 127.0.0.1:0");
+        let (grpc, http) = listeners.addrs().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let data_dir = config.data_dir.clone();
+        let task = tokio::spawn(auditd::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            grpc,
+            http,
+            data_dir,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn client(&self) -> AuditLogClient<Channel> {
+        AuditLogClient::connect(self.url())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// Follows the gRPC health watch stream until the server says SERVING.
+    pub async fn wait_serving(&self) {
+        let wait = async {
+            let channel = Channel::from_shared(self.url())
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect health");
+            let mut health = HealthClient::new(channel);
+            let mut updates = health
+                .watch(HealthCheckRequest {
+                    service: "audit.v1.AuditLog".into(),
+                })
+                .await
+                .expect("health watch")
+                .into_inner();
+            while let Some(update) = updates.message().await.expect("health stream") {
+                if update.status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+            panic!("health stream ended before SERVING");
+        };
+        tokio::time::timeout(DEADLINE, wait)
+            .await
+            .expect("server did not become SERVING in time");
+    }
+
+    /// Graceful stop: returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("server did not stop in time")
+            .expect("server task panicked")
+    }
+
+    /// What `run` returned without being asked to stop (start-up errors).
+    pub async fn outcome(mut self) -> Result<(), ServerError> {
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("server did not return")
+            .expect("server task panicked")
+    }
+}
+
+/// `count` generated events, with times moved so that every `per_day`
+/// events fall on a new day (several partitions).
+pub fn generated(count: u64, seed: u64, per_day: u64) -> Vec<AuditEvent> {
+    let opts = GenOptions {
+        count,
+        seed,
+        accesses: 50,
+        subjects: 20,
+        addresses: 200,
+        start: 1_700_000_000.0,
+    };
+    auditd::gen::events(&opts)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut event = JsonEvent::parse(&e.to_json_line())
+                .unwrap()
+                .into_proto()
+                .unwrap();
+            let shift = (i as u64 / per_day) as i64 * 86_400;
+            event.time.as_mut().unwrap().seconds += shift;
+            event
+        })
+        .collect()
+}
+
+pub async fn ingest(
+    client: &mut AuditLogClient<Channel>,
+    events: Vec<AuditEvent>,
+    wait: WaitFor,
+) -> IngestResponse {
+    client
+        .ingest(IngestRequest {
+            events,
+            batch_id: String::new(),
+            wait_for: wait as i32,
+        })
+        .await
+        .expect("ingest")
+        .into_inner()
+}
+
+/// Every page of `request`, concatenated; checks total_hits stays put.
+pub async fn search_all(
+    client: &mut AuditLogClient<Channel>,
+    mut request: SearchRequest,
+) -> (Vec<AuditEvent>, u64) {
+    let mut events = Vec::new();
+    let mut total = None;
+    loop {
+        let page = client
+            .search(request.clone())
+            .await
+            .expect("search")
+            .into_inner();
+        assert_eq!(
+            *total.get_or_insert(page.total_hits),
+            page.total_hits,
+            "total_hits changed between pages"
+        );
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    (events, total.unwrap_or(0))
+}
