@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tantivy::IndexWriter;
 use tokio::sync::watch;
 
-use crate::messages::{event_seq, Checkpoint, IndexBatch};
+use crate::messages::{event_seq, Checkpoint, IndexBatch, ToIndexer};
 use crate::metrics as m;
 use crate::partition::{day_of, Day, Partition, PartitionError, Partitions};
 use crate::schema::{timestamp_micros, AuditSchema};
@@ -102,7 +102,7 @@ impl Indexer {
     /// of waiting forever.
     pub fn spawn(
         mut self,
-        queue: Receiver<IndexBatch>,
+        queue: Receiver<ToIndexer>,
         status: Arc<PipelineStatus>,
     ) -> std::io::Result<JoinHandle<Result<(), IndexError>>> {
         std::thread::Builder::new()
@@ -117,13 +117,17 @@ impl Indexer {
             })
     }
 
-    fn run(&mut self, queue: &Receiver<IndexBatch>) -> Result<(), IndexError> {
+    fn run(&mut self, queue: &Receiver<ToIndexer>) -> Result<(), IndexError> {
         let mut next_commit = Instant::now() + self.settings.commit_interval;
         loop {
             match queue.recv_deadline(next_commit) {
-                Ok(batch) => {
+                Ok(ToIndexer::Batch(batch)) => {
                     self.add(batch)?;
                     metrics::gauge!(m::QUEUE_DEPTH).set(queue.len() as f64);
+                }
+                Ok(ToIndexer::Commit) => {
+                    self.commit()?;
+                    next_commit = Instant::now() + self.settings.commit_interval;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.commit(),

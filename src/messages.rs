@@ -32,6 +32,16 @@ pub struct AppendRequest {
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// What the indexer queue carries.
+#[derive(Debug)]
+pub enum ToIndexer {
+    Batch(IndexBatch),
+    /// Commit now instead of at the next interval: start-up sends it after
+    /// replay, so the daemon serves only once the replayed events are
+    /// searchable.
+    Commit,
+}
+
 /// A durable batch on its way to the indexer, with its place in the log.
 #[derive(Debug)]
 pub struct IndexBatch {

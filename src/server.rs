@@ -18,7 +18,7 @@ use crate::grpc::AuditLogService;
 use crate::idempotency::Idempotency;
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
-use crate::messages::{IndexBatch, WalBatch};
+use crate::messages::{IndexBatch, ToIndexer, WalBatch};
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
 use crate::schema::{timestamp_micros, AuditSchema};
@@ -96,11 +96,12 @@ pub async fn run(
         .checkpoint
         .store(checkpoint.wal_position, Ordering::Release);
     let (searchable_tx, searchable) = tokio::sync::watch::channel(checkpoint.wal_position);
+    let mut searchable_rx_for_replay = searchable.clone();
 
     // Durable batches waiting for the indexer. When full, the WAL thread
     // blocks, its queue fills and Ingest answers RESOURCE_EXHAUSTED.
     let (index_tx, index_rx) =
-        crossbeam_channel::bounded::<IndexBatch>(config.ingest.queue_capacity);
+        crossbeam_channel::bounded::<ToIndexer>(config.ingest.queue_capacity);
     let indexer = Indexer::new(
         partitions.clone(),
         IndexerSettings {
@@ -210,12 +211,21 @@ pub async fn run(
                 end: record.end,
             };
             replay_tx
-                .send(IndexBatch { span, batch })
+                .send(ToIndexer::Batch(IndexBatch { span, batch }))
                 .map_err(|_| WalError::IndexerGone)
         })
     })
     .await
     .map_err(|_| ServerError::Panicked("wal replay"))??;
+    // Serve only once what was replayed is searchable.
+    let replayed_to = wal.end();
+    index_tx
+        .send(ToIndexer::Commit)
+        .map_err(|_| WalError::IndexerGone)?;
+    searchable_rx_for_replay
+        .wait_for(|indexed| *indexed >= replayed_to)
+        .await
+        .map_err(|_| WalError::IndexerGone)?;
     metrics::histogram!(crate::metrics::REPLAY_SECONDS).record(started.elapsed().as_secs_f64());
     tracing::info!(
         records = report.records,

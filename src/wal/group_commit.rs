@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Span, SyncPolicy, Wal, WalError};
-use crate::messages::{AppendRequest, IndexBatch};
+use crate::messages::{AppendRequest, IndexBatch, ToIndexer};
 use crate::metrics as m;
 use crate::status::{PipelineStatus, WorkerGuard};
 
@@ -41,7 +41,7 @@ pub fn spawn(
     mut wal: Wal,
     policy: SyncPolicy,
     requests: Receiver<AppendRequest>,
-    indexer: Sender<IndexBatch>,
+    indexer: Sender<ToIndexer>,
     positions: Arc<WalPositions>,
     status: Arc<PipelineStatus>,
 ) -> std::io::Result<JoinHandle<Result<(), WalError>>> {
@@ -62,7 +62,7 @@ fn run(
     wal: &mut Wal,
     policy: SyncPolicy,
     requests: &Receiver<AppendRequest>,
-    indexer: &Sender<IndexBatch>,
+    indexer: &Sender<ToIndexer>,
     positions: &WalPositions,
 ) -> Result<(), WalError> {
     let mut pending: Vec<Pending> = Vec::new();
@@ -121,13 +121,11 @@ fn run(
                     // Blocks while the indexer queue is full: that
                     // stalls this thread, fills the request queue,
                     // and Ingest answers RESOURCE_EXHAUSTED.
-                    if indexer
-                        .send(IndexBatch {
-                            span,
-                            batch: request.batch,
-                        })
-                        .is_err()
-                    {
+                    let batch = IndexBatch {
+                        span,
+                        batch: request.batch,
+                    };
+                    if indexer.send(ToIndexer::Batch(batch)).is_err() {
                         return Err(WalError::IndexerGone);
                     }
                 }

@@ -1,0 +1,392 @@
+//! Durability: what was acknowledged survives a clean stop, a kill, a torn
+//! WAL tail; damage before the tail stops start-up; batch ids stay
+//! idempotent across a restart; WAIT_FOR_SEARCHABLE and paging keep their
+//! promises while events arrive.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use auditd::messages::WalBatch;
+use auditd::proto::{AuditEvent, IngestRequest, SearchRequest, WaitFor};
+use auditd::schema::micros_to_timestamp;
+use auditd::wal::{Recovery, Wal};
+use common::*;
+use prost::Message;
+
+fn ids(events: &[AuditEvent]) -> Vec<String> {
+    events.iter().map(|e| e.id.clone()).collect()
+}
+
+fn everything() -> SearchRequest {
+    SearchRequest {
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generated(3_000, 21, 1_000);
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    for chunk in events.chunks(1_000) {
+        ingest(&mut client, chunk.to_vec(), WaitFor::Durable).await;
+    }
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let (found, total) = search_all(&mut client, everything()).await;
+    assert_eq!(total, 3_000);
+    let found: HashSet<String> = ids(&found).into_iter().collect();
+    assert_eq!(found, ids(&events).into_iter().collect());
+    server.stop().await.unwrap();
+}
+
+/// A daemon in a child process, so it can be killed for real.
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Daemon {
+    fn start(data_dir: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_auditd"))
+            .args(["--data-dir", data_dir.to_str().unwrap()])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            // Never commit on its own: everything acknowledged is only in
+            // the WAL when the kill comes.
+            .env("AUDITD_INDEX__COMMIT_INTERVAL_MS", "3600000")
+            .env("AUDITD_INDEX__WRITER_THREADS", "1")
+            .env("AUDITD_INDEX__WRITER_HEAP_BYTES", "20000000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start auditd");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("auditd exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("grpc_addr=").nth(1) {
+                break format!("http://{}", rest.split_whitespace().next().unwrap());
+            }
+        };
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Daemon { child, url }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_acknowledged_before_a_kill_are_replayed_from_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(dir.path());
+    let mut client = {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            match auditd::proto::audit_log_client::AuditLogClient::connect(daemon.url.clone()).await
+            {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => panic!("cannot connect: {e}"),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    };
+    let events = generated(2_000, 31, 2_000);
+    let mut acknowledged = Vec::new();
+    for chunk in events.chunks(250) {
+        // The daemon may still be replaying its (empty) WAL: retry while
+        // it says UNAVAILABLE.
+        let reply = loop {
+            match client
+                .ingest(IngestRequest {
+                    events: chunk.to_vec(),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unavailable => tokio::task::yield_now().await,
+                Err(s) => panic!("ingest: {s:?}"),
+            }
+        };
+        acknowledged.extend(reply.ids);
+    }
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert_eq!(
+        auditd::indexer::read_checkpoint(dir.path())
+            .unwrap()
+            .wal_position,
+        0,
+        "nothing was committed to the index before the kill"
+    );
+
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let (found, total) = search_all(&mut client, everything()).await;
+    assert_eq!(total as usize, acknowledged.len());
+    let found: HashSet<String> = ids(&found).into_iter().collect();
+    assert_eq!(found, acknowledged.into_iter().collect());
+    server.stop().await.unwrap();
+}
+
+/// Writes batches straight into a WAL, as an ingest would, with nothing
+/// indexed: start-up must replay them. Returns each record's span.
+fn write_wal(data_dir: &Path, batches: &[Vec<AuditEvent>]) -> Vec<(u64, u64)> {
+    let (mut wal, _) = Wal::open(
+        &data_dir.join("wal"),
+        0,
+        1 << 20,
+        Recovery::TolerateTornTail,
+        |_| Ok(()),
+    )
+    .unwrap();
+    let mut spans = Vec::new();
+    for events in batches {
+        let mut events = events.clone();
+        for e in &mut events {
+            e.received = Some(micros_to_timestamp(1_700_000_000_000_000));
+        }
+        let batch = WalBatch {
+            batch_id: String::new(),
+            events,
+        };
+        let span = wal.append(&batch.encode_to_vec()).unwrap();
+        spans.push((span.start, span.end));
+    }
+    wal.sync().unwrap();
+    spans
+}
+
+fn segment_path(data_dir: &Path) -> std::path::PathBuf {
+    auditd::wal::segment::list(&data_dir.join("wal")).unwrap()[0]
+        .path
+        .clone()
+}
+
+fn three_batches() -> Vec<Vec<AuditEvent>> {
+    let mut events = generated(30, 41, 30);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.id = format!("ev-{i}");
+    }
+    events.chunks(10).map(<[AuditEvent]>::to_vec).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_at_any_offset_and_the_rest_is_served() {
+    let batches = three_batches();
+    let probe = tempfile::tempdir().unwrap();
+    let spans = write_wal(probe.path(), &batches);
+    let (last_start, last_end) = spans[2];
+    let header = auditd::wal::segment::MAGIC.len() as u64;
+    let last_len = last_end - last_start;
+    // Cut inside the header, just after it, in the middle, one byte short;
+    // and a tail of zeroes such as a pre-extended file leaves.
+    let mut cuts: Vec<Box<dyn Fn(&Path)>> = Vec::new();
+    for keep in [1, 7, 9, last_len / 2, last_len - 1] {
+        cuts.push(Box::new(move |path: &Path| {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_len(header + last_start + keep).unwrap();
+        }));
+    }
+    cuts.push(Box::new(move |path: &Path| {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(header + last_start).unwrap();
+        file.set_len(header + last_start + 4096).unwrap();
+    }));
+    for (n, cut) in cuts.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        write_wal(dir.path(), &batches);
+        let segment = segment_path(dir.path());
+        cut(&segment);
+        let server = TestServer::start(test_config(dir.path())).await;
+        let mut client = server.client().await;
+        // The two whole batches are replayed; the torn one is gone.
+        let (found, total) = search_all(&mut client, everything()).await;
+        assert_eq!(total, 20, "cut {n}");
+        let mut found = ids(&found);
+        found.sort();
+        let mut expected: Vec<String> = (0..20).map(|i| format!("ev-{i}")).collect();
+        expected.sort();
+        assert_eq!(found, expected, "cut {n}");
+        // New writes land after the cut, and survive a restart.
+        ingest(&mut client, batches[2].clone(), WaitFor::Durable).await;
+        server.stop().await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&segment).map(|m| m.len()).unwrap_or(0) >= header + last_start,
+            true
+        );
+        let server = TestServer::start(test_config(dir.path())).await;
+        let mut client = server.client().await;
+        assert_eq!(
+            search_all(&mut client, everything()).await.1,
+            30,
+            "cut {n} after restart"
+        );
+        server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_before_the_tail_stops_start_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let spans = write_wal(dir.path(), &three_batches());
+    let segment = segment_path(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let header = auditd::wal::segment::MAGIC.len();
+    // A flipped bit in the middle of the first record's payload.
+    let at = header + (spans[0].0 + spans[0].1) as usize / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let server = TestServer::spawn(test_config(dir.path())).await;
+    let error = server
+        .outcome()
+        .await
+        .expect_err("start-up must fail")
+        .to_string();
+    assert!(error.contains("damaged"), "{error}");
+    assert!(error.contains(&segment.display().to_string()), "{error}");
+    assert!(
+        error.contains(&format!("offset {}", header as u64 + spans[0].0)),
+        "{error}"
+    );
+    // Nothing was cut: the operator decides.
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_id_is_idempotent_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generated(100, 51, 100);
+    let mut events_without_ids = events.clone();
+    for e in &mut events_without_ids {
+        e.id.clear();
+    }
+    let request = IngestRequest {
+        events: events_without_ids,
+        batch_id: "batch-0001".into(),
+        wait_for: WaitFor::Durable as i32,
+    };
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let first = client.ingest(request.clone()).await.unwrap().into_inner();
+    assert_eq!(first.ids.len(), 100);
+    assert!(
+        first.ids.windows(2).all(|w| w[0] < w[1]),
+        "server ids sort by time"
+    );
+    let again = client.ingest(request.clone()).await.unwrap().into_inner();
+    assert_eq!(again.ids, first.ids, "a retry in the same run");
+    server.stop().await.unwrap();
+
+    // After a restart the memory is gone: the index answers.
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let after = client.ingest(request.clone()).await.unwrap().into_inner();
+    assert_eq!(after.ids, first.ids, "a retry after a restart");
+    let (_, total) = search_all(&mut client, everything()).await;
+    assert_eq!(total, 100, "nothing stored twice");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_searchable_means_visible_and_durable_alone_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.index.commit_interval_ms = 3_600_000;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let events = generated(10, 61, 10);
+    ingest(&mut client, events.clone(), WaitFor::Durable).await;
+    assert_eq!(
+        search_all(&mut client, everything()).await.1,
+        0,
+        "not committed yet"
+    );
+    server.stop().await.unwrap();
+    // A graceful stop commits.
+    let mut config = test_config(dir.path());
+    config.index.commit_interval_ms = 200;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    assert_eq!(search_all(&mut client, everything()).await.1, 10);
+
+    for round in 0..5 {
+        let batch = generated(20, 70 + round, 20);
+        let reply = ingest(&mut client, batch, WaitFor::Searchable).await;
+        for id in reply.ids {
+            let found = client
+                .get_event(auditd::proto::GetEventRequest { id: id.clone() })
+                .await;
+            assert!(
+                found.is_ok(),
+                "round {round}: {id} not visible after WAIT_FOR_SEARCHABLE"
+            );
+        }
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_while_events_keep_arriving_has_no_duplicate_and_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let first = generated(1_000, 81, 1_000);
+    ingest(&mut client, first.clone(), WaitFor::Searchable).await;
+
+    let mut request = SearchRequest {
+        limit: 37,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut round = 0u64;
+    loop {
+        let page = client.search(request.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            page.total_hits, 1_000,
+            "the snapshot of the first page holds"
+        );
+        seen.extend(ids(&page.events));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+        // Newer and older events arrive, and become searchable, between
+        // pages.
+        round += 1;
+        let mut more = generated(20, 900 + round, 20);
+        for (i, e) in more.iter_mut().enumerate() {
+            e.id = format!("late-{round}-{i}");
+            if i % 2 == 0 {
+                e.time.as_mut().unwrap().seconds -= 3_600;
+            } else {
+                e.time.as_mut().unwrap().seconds += 3_600;
+            }
+        }
+        ingest(&mut client, more, WaitFor::Searchable).await;
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no duplicates");
+    assert_eq!(
+        unique,
+        ids(&first).iter().collect::<HashSet<_>>(),
+        "exactly the first 1,000"
+    );
+    // A new search sees the late arrivals too.
+    assert_eq!(
+        search_all(&mut client, everything()).await.1,
+        1_000 + 20 * round
+    );
+    server.stop().await.unwrap();
+}
