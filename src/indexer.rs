@@ -199,11 +199,12 @@ impl Indexer {
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::gauge!(m::INDEXED_POSITION).set(position as f64);
         let docs: u64 = self
-            .writers
-            .values()
-            .map(|w| w.partition.reader.searcher().num_docs())
+            .partitions
+            .overlapping(None, None)
+            .iter()
+            .map(|p| p.reader.searcher().num_docs())
             .sum();
-        metrics::gauge!(m::INDEX_DOCS, "scope" => "open_partitions").set(docs as f64);
+        metrics::gauge!(m::INDEX_DOCS).set(docs as f64);
         Ok(())
     }
 }

@@ -46,6 +46,7 @@ pub fn spawn(
     status: Arc<PipelineStatus>,
 ) -> std::io::Result<JoinHandle<Result<(), WalError>>> {
     positions.end.store(wal.end(), Ordering::Release);
+    metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64);
     std::thread::Builder::new()
         .name("auditd-wal".into())
         .spawn(move || {

@@ -156,18 +156,11 @@ impl Wal {
                         continue;
                     }
                     Decoded::Incomplete => "incomplete record",
-                    Decoded::Corrupt { reason } => {
-                        if !is_last || !is_torn_tail(rest) {
-                            return Err(WalError::Corrupt {
-                                path: seg.path.clone(),
-                                offset: (MAGIC.len() + offset) as u64,
-                                reason,
-                            });
-                        }
-                        reason
-                    }
+                    Decoded::Corrupt { reason } => reason,
                 };
-                if !is_last {
+                // Only the end of the log can be torn; anything an intact
+                // record follows was damaged after it was written.
+                if !is_last || intact_frame_after(rest) {
                     return Err(WalError::Corrupt {
                         path: seg.path.clone(),
                         offset: (MAGIC.len() + offset) as u64,
@@ -316,17 +309,13 @@ impl Wal {
     }
 }
 
-/// A tail is torn, rather than damaged, when nothing intact could follow
-/// it: only zeroes, or a frame whose stated length runs to the end.
-fn is_torn_tail(rest: &[u8]) -> bool {
-    if rest.iter().all(|&b| b == 0) {
-        return true;
-    }
-    if rest.len() < frame::HEADER_LEN {
-        return true;
-    }
-    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-    frame::HEADER_LEN + len >= rest.len()
+/// Whether an intact frame starts anywhere after the first byte of
+/// `rest`. A crash tears only the last write, so a damaged record followed
+/// by an intact one is corruption, not a torn tail; this also catches a
+/// flipped bit in a length field that makes a record seem to run to the
+/// end of the file.
+fn intact_frame_after(rest: &[u8]) -> bool {
+    (1..rest.len()).any(|at| matches!(frame::decode(&rest[at..]), Decoded::Frame { .. }))
 }
 
 fn truncate_tail(
@@ -369,4 +358,128 @@ fn file_end(seg: &SegmentFile) -> std::io::Result<u64> {
     let mut file = File::open(&seg.path)?;
     let len = file.seek(SeekFrom::End(0))?;
     Ok(seg.start + len.saturating_sub(MAGIC.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, from: u64, segment_bytes: u64) -> (Wal, Vec<(u64, Vec<u8>)>) {
+        let mut seen = Vec::new();
+        let (wal, _) = Wal::open(dir, from, segment_bytes, Recovery::TolerateTornTail, |r| {
+            seen.push((r.start, r.payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (wal, seen)
+    }
+
+    #[test]
+    fn records_span_segments_replay_from_any_boundary_and_old_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, seen) = open(dir.path(), 0, 100);
+        assert!(seen.is_empty());
+        let mut spans = Vec::new();
+        for i in 0..20u8 {
+            spans.push(wal.append(&[i; 30]).unwrap());
+            if i % 3 == 0 {
+                wal.sync().unwrap();
+            }
+        }
+        wal.sync().unwrap();
+        assert!(wal.segment_count() > 5, "rotated: {}", wal.segment_count());
+        let end = wal.end();
+        drop(wal);
+
+        // Replay from every record boundary gives exactly the records after it.
+        for (k, span) in spans.iter().enumerate() {
+            let (wal, seen) = open(dir.path(), span.start, 100);
+            let expected: Vec<(u64, Vec<u8>)> = spans[k..]
+                .iter()
+                .enumerate()
+                .map(|(j, s)| (s.start, vec![(k + j) as u8; 30]))
+                .collect();
+            assert_eq!(seen, expected, "from record {k}");
+            assert_eq!(wal.end(), end);
+        }
+
+        // Trimming keeps every segment that holds a record at or after
+        // the position.
+        let (mut wal, _) = open(dir.path(), 0, 100);
+        let keep_from = spans[12].start;
+        let before = wal.segment_count();
+        assert!(wal.remove_below(keep_from).unwrap() > 0);
+        assert!(wal.segment_count() < before);
+        drop(wal);
+        let (_, seen) = open(dir.path(), keep_from, 100);
+        assert_eq!(seen.len(), 8);
+    }
+
+    #[test]
+    fn every_cut_of_the_last_record_is_a_torn_tail_and_strict_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 0, 1 << 20);
+        let first = wal.append(b"first record").unwrap();
+        let last = wal.append(b"second record, torn").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segment::list(dir.path()).unwrap()[0].path.clone();
+        let whole = std::fs::read(&path).unwrap();
+        let header = MAGIC.len() as u64;
+        for cut in last.start + 1..last.end {
+            std::fs::write(&path, &whole[..(header + cut) as usize]).unwrap();
+            let strict = Wal::open(dir.path(), 0, 1 << 20, Recovery::Strict, |_| Ok(()));
+            assert!(
+                matches!(strict, Err(WalError::Corrupt { .. })),
+                "strict at {cut}"
+            );
+            let mut seen = 0;
+            let (wal, report) =
+                Wal::open(dir.path(), 0, 1 << 20, Recovery::TolerateTornTail, |_| {
+                    seen += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(seen, 1, "cut at {cut}");
+            assert_eq!(wal.end(), first.end);
+            let (_, offset, _) = report.truncated.expect("reported");
+            assert_eq!(offset, header + last.start);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), header + first.end);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_before_the_tail_is_an_error_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 0, 1 << 20);
+        let spans: Vec<Span> = (0..3).map(|i| wal.append(&[i; 50]).unwrap()).collect();
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segment::list(dir.path()).unwrap()[0].path.clone();
+        let whole = std::fs::read(&path).unwrap();
+        let header = MAGIC.len() as u64;
+        for at in spans[0].start..spans[1].end {
+            let mut damaged = whole.clone();
+            damaged[(header + at) as usize] ^= 0x10;
+            std::fs::write(&path, &damaged).unwrap();
+            match Wal::open(dir.path(), 0, 1 << 20, Recovery::TolerateTornTail, |_| {
+                Ok(())
+            }) {
+                Err(WalError::Corrupt {
+                    path: p, offset, ..
+                }) => {
+                    assert_eq!(p, path);
+                    let record = if at < spans[1].start {
+                        spans[0]
+                    } else {
+                        spans[1]
+                    };
+                    assert_eq!(offset, header + record.start, "flip at {at}");
+                }
+                Err(other) => panic!("flip at {at}: {other}"),
+                Ok(_) => panic!("flip at {at} went unnoticed"),
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing cut");
+        }
+    }
 }
