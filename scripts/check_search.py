@@ -302,7 +302,7 @@ def build_queries(ev, count, seed):
 
 
 def run_search(auditctl, addr, extra, flags):
-    argv = [auditctl, "--addr", addr, *extra, "search", *flags, "--all", "--format", "ids"]
+    argv = [auditctl, "--addr", addr, *extra, "search", *flags, "--limit", "10000", "--all", "--format", "ids"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"auditctl exited {proc.returncode}: {proc.stderr.strip()[-500:]}")

@@ -125,6 +125,12 @@ impl IngestService {
         if !batch_id.is_empty() {
             if let Some(ids) = self.already_stored(&batch_id, &request, now).await? {
                 metrics::counter!(m::BATCHES_DEDUPLICATED).increment(1);
+                if wait_for == WaitFor::Searchable {
+                    // Where the first attempt landed is not remembered;
+                    // everything durable now covers it.
+                    self.wait_searchable(self.positions.end.load(Ordering::Acquire))
+                        .await?;
+                }
                 return Ok(response(ids));
             }
             memo_guard = Some(MemoGuard {
@@ -191,20 +197,26 @@ impl IngestService {
             guard.complete(ids.clone(), now);
         }
         if wait_for == WaitFor::Searchable {
-            let mut searchable = self.searchable.clone();
-            searchable
-                .wait_for(|indexed| *indexed >= span.end)
-                .await
-                .map_err(|_| {
-                    IngestError::Unavailable(
-                        "stored, but the indexer stopped before it was searchable".into(),
-                    )
-                })?;
+            self.wait_searchable(span.end).await?;
         }
         metrics::counter!(m::BATCHES_INGESTED).increment(1);
         metrics::counter!(m::EVENTS_INGESTED).increment(ids.len() as u64);
         metrics::histogram!(m::INGEST_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(response(ids))
+    }
+
+    /// Returns once every WAL record below `position` is searchable.
+    async fn wait_searchable(&self, position: u64) -> Result<(), IngestError> {
+        let mut searchable = self.searchable.clone();
+        searchable
+            .wait_for(|indexed| *indexed >= position)
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                IngestError::Unavailable(
+                    "stored, but the indexer stopped before it was searchable".into(),
+                )
+            })
     }
 
     /// The ids of an earlier batch with this id, from memory or the index.

@@ -316,10 +316,22 @@ async fn wait_for_searchable_means_visible_and_durable_alone_does_not() {
     server.stop().await.unwrap();
     // A graceful stop commits.
     let mut config = test_config(dir.path());
-    config.index.commit_interval_ms = 200;
+    config.index.commit_interval_ms = 500;
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
     assert_eq!(search_all(&mut client, everything()).await.1, 10);
+
+    // A retry of a stored batch with WAIT_FOR_SEARCHABLE stores nothing and
+    // returns once the first attempt is searchable.
+    let mut retried = IngestRequest {
+        events: generated(30, 69, 30),
+        batch_id: "retry-until-searchable".into(),
+        wait_for: WaitFor::Durable as i32,
+    };
+    client.ingest(retried.clone()).await.unwrap();
+    retried.wait_for = WaitFor::Searchable as i32;
+    client.ingest(retried).await.unwrap();
+    assert_eq!(search_all(&mut client, everything()).await.1, 40);
 
     for round in 0..5 {
         let batch = generated(20, 70 + round, 20);

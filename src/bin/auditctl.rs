@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use auditd::json::JsonEvent;
 use auditd::proto::audit_log_client::AuditLogClient;
-use auditd::proto::{AuditEvent, GetEventRequest, IngestRequest, Outcome, SearchRequest};
+use auditd::proto::{AuditEvent, GetEventRequest, IngestRequest, Outcome, SearchRequest, WaitFor};
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::transport::Channel;
 
@@ -57,9 +57,10 @@ struct IngestArgs {
     /// Batches in flight at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Reply only once each batch is searchable.
+    /// Return once every batch is durable, without waiting for the last
+    /// ones to become searchable.
     #[arg(long)]
-    wait_searchable: bool,
+    no_wait: bool,
     /// No progress bar (a summary line is still printed).
     #[arg(long)]
     quiet: bool,
@@ -272,6 +273,7 @@ async fn ingest(client: AuditLogClient<Channel>, args: IngestArgs) -> anyhow::Re
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let events = Arc::new(AtomicU64::new(0));
     let sent_bytes = Arc::new(AtomicU64::new(0));
+    let last_sent: Arc<std::sync::Mutex<Option<IngestRequest>>> = Arc::default();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
@@ -281,9 +283,9 @@ async fn ingest(client: AuditLogClient<Channel>, args: IngestArgs) -> anyhow::Re
             sent_bytes.clone(),
             progress.clone(),
         );
+        let last_sent = last_sent.clone();
         let mut client = client.clone();
         let run_id = run_id.clone();
-        let wait_for = if args.wait_searchable { 1 } else { 0 };
         workers.push(tokio::spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
@@ -294,11 +296,12 @@ async fn ingest(client: AuditLogClient<Channel>, args: IngestArgs) -> anyhow::Re
                 let request = IngestRequest {
                     events: batch,
                     batch_id: format!("{run_id}-{number}"),
-                    wait_for,
+                    wait_for: WaitFor::Durable as i32,
                 };
-                send_with_retry(&mut client, request)
+                send_with_retry(&mut client, &request)
                     .await
                     .with_context(|| format!("batch {number}"))?;
+                *last_sent.lock().expect("lock") = Some(request);
                 let done = events.fetch_add(count, Ordering::Relaxed) + count;
                 sent_bytes.fetch_add(bytes, Ordering::Relaxed);
                 progress.inc(bytes);
@@ -321,10 +324,23 @@ async fn ingest(client: AuditLogClient<Channel>, args: IngestArgs) -> anyhow::Re
     let events = events.load(Ordering::Relaxed);
     let mb = sent_bytes.load(Ordering::Relaxed) as f64 / 1e6;
     println!(
-        "ingested {events} events ({mb:.1} MB of NDJSON) in {seconds:.2} s: {:.0} events/s, {:.1} MB/s",
+        "ingested {events} events ({mb:.1} MB of NDJSON), durable in {seconds:.2} s: {:.0} events/s, {:.1} MB/s",
         events as f64 / seconds,
         mb / seconds
     );
+    // A retry of a stored batch with WAIT_FOR_SEARCHABLE stores nothing and
+    // returns once everything durable is searchable.
+    let last = last_sent.lock().expect("lock").take();
+    if let (false, Some(mut last)) = (args.no_wait, last) {
+        last.wait_for = WaitFor::Searchable as i32;
+        send_with_retry(&mut client.clone(), &last)
+            .await
+            .context("waiting until searchable")?;
+        println!(
+            "all searchable after {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -333,7 +349,7 @@ const MAX_ATTEMPTS: u32 = 50;
 
 async fn send_with_retry(
     client: &mut AuditLogClient<Channel>,
-    request: IngestRequest,
+    request: &IngestRequest,
 ) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {

@@ -32,10 +32,12 @@ pub struct TestServer {
 /// A config for tests: the given data directory, ephemeral ports, fast
 /// commits, small writers.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = data_dir.to_owned();
-    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     config.index.commit_interval_ms = 100;
     config.index.writer_threads = 1;
     config.index.writer_heap_bytes = 20_000_000;
