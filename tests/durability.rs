@@ -56,7 +56,12 @@ struct Daemon {
 
 impl Daemon {
     fn start(data_dir: &Path) -> Daemon {
+        Self::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_auditd"))
+            .envs(env.iter().copied())
             .args(["--data-dir", data_dir.to_str().unwrap()])
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             // Never commit on its own: everything acknowledged is only in
@@ -82,6 +87,42 @@ impl Daemon {
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         Daemon { child, url }
+    }
+
+    async fn client(
+        &self,
+    ) -> auditd::proto::audit_log_client::AuditLogClient<tonic::transport::Channel> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            match auditd::proto::audit_log_client::AuditLogClient::connect(self.url.clone()).await {
+                Ok(c) => return c,
+                Err(e) if std::time::Instant::now() > deadline => panic!("cannot connect: {e}"),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+}
+
+/// Ingests, retrying while the daemon still replays (UNAVAILABLE).
+async fn ingest_when_ready(
+    client: &mut auditd::proto::audit_log_client::AuditLogClient<tonic::transport::Channel>,
+    events: Vec<AuditEvent>,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let request = IngestRequest {
+            events: events.clone(),
+            ..Default::default()
+        };
+        match client.ingest(request).await {
+            Ok(r) => return r.into_inner().ids,
+            Err(s)
+                if s.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline =>
+            {
+                tokio::task::yield_now().await
+            }
+            Err(s) => panic!("ingest: {s:?}"),
+        }
     }
 }
 
@@ -396,6 +437,88 @@ async fn paging_while_events_keep_arriving_has_no_duplicate_and_no_gap() {
     assert_eq!(
         search_all(&mut client, everything()).await.1,
         1_000 + 20 * round
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_closed_early_are_not_indexed_twice_on_replay_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // One writer open at a time: each batch on a new day commits and
+    // closes the previous day's partition, ahead of any checkpoint.
+    let env = [("AUDITD_INDEX__MAX_OPEN_WRITERS", "1")];
+    let mut daemon = Daemon::start_with(dir.path(), &env);
+    let mut client = daemon.client().await;
+    // Six days, one batch each, then backfill from 1999 and a batch that
+    // spans every day at once.
+    let events = generated(700, 91, 100);
+    let mut acknowledged = Vec::new();
+    for day in events.chunks(100).take(6) {
+        acknowledged.extend(ingest_when_ready(&mut client, day.to_vec()).await);
+    }
+    let mut backfill = events[600..700].to_vec();
+    for e in &mut backfill {
+        e.time.as_mut().unwrap().seconds -= 24 * 365 * 86_400;
+    }
+    acknowledged.extend(ingest_when_ready(&mut client, backfill).await);
+    let mut spanning: Vec<AuditEvent> = events[..600].iter().step_by(50).cloned().collect();
+    for (i, e) in spanning.iter_mut().enumerate() {
+        e.id = format!("span-{i}");
+    }
+    acknowledged.extend(ingest_when_ready(&mut client, spanning).await);
+    // Wait until the indexer has closed the early partitions (their commit
+    // payloads are on disk) — then kill it before any checkpoint.
+    let committed_early = |dir: &Path| -> usize {
+        let Ok(days) = std::fs::read_dir(dir.join("index")) else { return 0 };
+        days.filter_map(|d| std::fs::read(d.ok()?.path().join("meta.json")).ok())
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
+            .filter(|m| m["payload"].as_str().is_some_and(|p| p != "0"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while committed_early(dir.path()) < 6 {
+        assert!(std::time::Instant::now() < deadline, "partitions were never closed early");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert_eq!(auditd::indexer::read_checkpoint(dir.path()).unwrap().wal_position, 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("index")).unwrap().count(), 7, "six days and one in 1999");
+
+    // Replay: records already in a partition closed early are skipped.
+    let mut daemon = Daemon::start_with(dir.path(), &env);
+    let mut client = daemon.client().await;
+    let probe = ingest_when_ready(&mut client, generated(1, 92, 1)).await;
+    acknowledged.extend(probe);
+    // SIGTERM: drain, commit, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = daemon.child.wait().unwrap();
+    assert!(exit.success(), "auditd exited with {exit:?} on SIGTERM");
+
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let (found, total) = search_all(&mut client, everything()).await;
+    assert_eq!(
+        total as usize,
+        acknowledged.len(),
+        "every event exactly once"
+    );
+    let found: HashSet<String> = ids(&found).into_iter().collect();
+    assert_eq!(found.len(), acknowledged.len());
+    assert_eq!(found, acknowledged.into_iter().collect());
+    let old = SearchRequest {
+        to_time: Some(micros_to_timestamp(1_000_000_000_000_000)),
+        limit: 1_000,
+        ..Default::default()
+    };
+    assert_eq!(
+        search_all(&mut client, old).await.1,
+        100,
+        "the backfilled events, by time range"
     );
     server.stop().await.unwrap();
 }
