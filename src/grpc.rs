@@ -1,6 +1,8 @@
 //! The gRPC adapter: unwrap the request, call a service that knows nothing
 //! of tonic, map the result. Every error becomes one precise status here.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +11,18 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::auth::{AuthError, Caller, TokenStore};
 use crate::ingest::{IngestError, IngestService};
 use crate::proto::audit_log_server::AuditLog;
+use crate::proto::tokens_server::Tokens;
 use crate::proto::{
-    AuditEvent, GetEventRequest, IngestRequest, IngestResponse, SearchRequest, SearchResponse,
+    AuditEvent, CreateTokenRequest, CreateTokenResponse, GetEventRequest, IngestRequest,
+    IngestResponse, ListTokensRequest, ListTokensResponse, RevokeTokenRequest, SearchRequest,
+    SearchResponse, TokenInfo, TokenKind,
 };
 use crate::search::{SearchError, Searcher};
 use crate::status::{Health, PipelineStatus};
+use crate::trail;
 
 /// Responses an IngestStream may have waiting for a slow reader before it
 /// stops reading requests.
@@ -29,6 +36,15 @@ pub struct AuditLogService {
     ingest: Arc<IngestService>,
     searcher: Searcher,
     status: Arc<PipelineStatus>,
+}
+
+/// The caller the authentication interceptor put into the request.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| auth_status(AuthError::Unauthenticated))
 }
 
 impl AuditLogService {
@@ -68,6 +84,31 @@ impl AuditLogService {
     }
 }
 
+/// Stores the trail event of a read before the read's answer goes out: a
+/// read that cannot be audited is not served.
+async fn audited<T>(
+    ingest: &IngestService,
+    caller: &Caller,
+    action: &str,
+    peer: Option<SocketAddr>,
+    query: HashMap<String, String>,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
+    let outcome = result.as_ref().err().map(|s| (s.code(), s.message()));
+    let event = trail::event(caller, action, peer, query, outcome);
+    let request = IngestRequest {
+        events: vec![event],
+        ..Default::default()
+    };
+    if let Err(error) = ingest.ingest(request).await {
+        tracing::error!(%error, action, "a read could not be audited; refusing it");
+        return Err(Status::unavailable(format!(
+            "the read could not be audited: {error}"
+        )));
+    }
+    result
+}
+
 type IngestStream = Pin<Box<dyn Stream<Item = Result<IngestResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -76,11 +117,10 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
-        let reply = self
-            .ingest
-            .ingest(request.into_inner())
-            .await
-            .map_err(ingest_status)?;
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        caller.check_write(&request.events).map_err(auth_status)?;
+        let reply = self.ingest.ingest(request).await.map_err(ingest_status)?;
         Ok(Response::new(reply))
     }
 
@@ -90,6 +130,8 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<Self::IngestStreamStream>, Status> {
+        let caller = caller(&request)?;
+        caller.check_write(&[]).map_err(auth_status)?;
         let mut inbound = request.into_inner();
         let ingest = self.ingest.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_REPLY_BUFFER);
@@ -105,7 +147,10 @@ impl AuditLog for AuditLogService {
                         break;
                     }
                 };
-                let reply = ingest.ingest(next).await.map_err(ingest_status);
+                let reply = match caller.check_write(&next.events) {
+                    Ok(()) => ingest.ingest(next).await.map_err(ingest_status),
+                    Err(denied) => Err(auth_status(denied)),
+                };
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {
                     break;
@@ -121,8 +166,16 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
+        let caller = caller(&request)?;
+        let peer = request.remote_addr();
         let request = request.into_inner();
-        let reply = self.blocking(move |s| s.search(&request)).await?;
+        let query = trail::search_query(&request);
+        let scope = caller.read_scope("search").map_err(auth_status);
+        let result = match scope {
+            Ok(scope) => self.blocking(move |s| s.search(&request, &scope)).await,
+            Err(denied) => Err(denied),
+        };
+        let reply = audited(&self.ingest, &caller, trail::SEARCH, peer, query, result).await?;
         Ok(Response::new(reply))
     }
 
@@ -130,15 +183,169 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<AuditEvent>, Status> {
+        let caller = caller(&request)?;
+        let peer = request.remote_addr();
         let id = request.into_inner().id;
-        if id.is_empty() {
-            return Err(bad_request("id", "required"));
+        let query = HashMap::from([("id".to_owned(), id.clone())]);
+        let result = async {
+            let scope = caller.read_scope("read events").map_err(auth_status)?;
+            if id.is_empty() {
+                return Err(bad_request("id", "required"));
+            }
+            let lookup = id.clone();
+            // Outside the scope is exactly as absent as nonexistent.
+            self.blocking(move |s| s.get(&lookup, &scope))
+                .await?
+                .ok_or_else(|| Status::not_found(format!("no event with id {id:?}")))
         }
-        let lookup = id.clone();
-        match self.blocking(move |s| s.get(&lookup)).await? {
-            Some(event) => Ok(Response::new(event)),
-            None => Err(Status::not_found(format!("no event with id {id:?}"))),
+        .await;
+        let event = audited(&self.ingest, &caller, trail::GET_EVENT, peer, query, result).await?;
+        Ok(Response::new(event))
+    }
+}
+
+/// Token management: admin tokens only, every change audited.
+pub struct TokensService {
+    store: Arc<TokenStore>,
+    ingest: Arc<IngestService>,
+}
+
+impl TokensService {
+    pub fn new(store: Arc<TokenStore>, ingest: Arc<IngestService>) -> Self {
+        TokensService { store, ingest }
+    }
+}
+
+fn token_query(info: &TokenInfo) -> HashMap<String, String> {
+    let mut q = HashMap::from([("token".to_owned(), info.id.clone())]);
+    for (key, value) in [
+        (
+            "kind",
+            TokenKind::try_from(info.kind)
+                .map(|k| k.as_str_name().to_owned())
+                .unwrap_or_default(),
+        ),
+        ("subject", info.subject.clone()),
+        ("access_id", info.access_id.clone()),
+        ("name", info.name.clone()),
+    ] {
+        if !value.is_empty() {
+            q.insert(key.to_owned(), value);
         }
+    }
+    q
+}
+
+#[tonic::async_trait]
+impl Tokens for TokensService {
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let result = caller
+            .require_admin("manage tokens")
+            .and_then(|()| self.store.create(request))
+            .map_err(auth_status);
+        let query = result
+            .as_ref()
+            .map(|(info, _)| token_query(info))
+            .unwrap_or_default();
+        let (token, secret) = audited(
+            &self.ingest,
+            &caller,
+            trail::TOKEN_CREATE,
+            peer,
+            query,
+            result,
+        )
+        .await?;
+        Ok(Response::new(CreateTokenResponse {
+            token: Some(token),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let caller = caller(&request)?;
+        let peer = request.remote_addr();
+        let result = caller
+            .require_admin("manage tokens")
+            .map(|()| self.store.list())
+            .map_err(auth_status);
+        let tokens = audited(
+            &self.ingest,
+            &caller,
+            trail::TOKEN_LIST,
+            peer,
+            HashMap::new(),
+            result,
+        )
+        .await?;
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<TokenInfo>, Status> {
+        let caller = caller(&request)?;
+        let peer = request.remote_addr();
+        let id = request.into_inner().id;
+        let result = caller
+            .require_admin("manage tokens")
+            .and_then(|()| self.store.revoke(&id))
+            .map_err(auth_status);
+        let query = HashMap::from([("token".to_owned(), id)]);
+        let info = audited(
+            &self.ingest,
+            &caller,
+            trail::TOKEN_REVOKE,
+            peer,
+            query,
+            result,
+        )
+        .await?;
+        Ok(Response::new(info))
+    }
+}
+
+/// The interceptor in front of every `AuditLog` and `Tokens` call: finds
+/// the caller behind the bearer token, or refuses.
+#[derive(Clone)]
+pub struct Authenticate(pub Arc<TokenStore>);
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = self.0.authenticate(header).map_err(auth_status)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The one place auth failures become status codes.
+pub fn auth_status(error: AuthError) -> Status {
+    let message = error.to_string();
+    match error {
+        AuthError::Unauthenticated => Status::unauthenticated(message),
+        AuthError::Forbidden { .. } => Status::permission_denied(message),
+        AuthError::OutsideBinding { field, reason } => Status::with_error_details(
+            tonic::Code::PermissionDenied,
+            message,
+            ErrorDetails::with_bad_request(vec![FieldViolation::new(field, reason)]),
+        ),
+        AuthError::Invalid { field, reason } => bad_request(&field, &reason),
+        AuthError::NotFound(_) => Status::not_found(message),
+        AuthError::Store { .. } => Status::unavailable(message),
     }
 }
 

@@ -6,6 +6,7 @@
 //! `messages` holds what passes between stages; `server::run` wires them.
 //! See ARCHITECTURE.md.
 
+pub mod auth;
 pub mod config;
 pub mod gen;
 pub mod grpc;
@@ -21,6 +22,7 @@ pub mod schema;
 pub mod search;
 pub mod server;
 pub mod status;
+pub mod trail;
 pub mod validate;
 pub mod wal;
 

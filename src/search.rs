@@ -24,11 +24,13 @@ use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{DocAddress, DocId, Index, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
 use tokio::sync::watch;
 
+use crate::auth::ReadScope;
 use crate::config::Limits;
 use crate::messages::SEQ_BATCH_BITS;
 use crate::partition::{Partition, Partitions};
 use crate::proto::{AuditEvent, Outcome, SearchRequest, SearchResponse};
 use crate::schema::{names, timestamp_micros, to_v6, AuditSchema};
+use crate::trail::TRAIL_TYPE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -132,10 +134,17 @@ impl Searcher {
 
     /// Runs one page of `request`. `Err(Invalid)` names the request field
     /// that is wrong; nothing is searched then.
-    pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
+    ///
+    /// `scope` is what the caller may read: it becomes clauses of the query
+    /// that nothing in `request` can widen.
+    pub fn search(
+        &self,
+        request: &SearchRequest,
+        scope: &ReadScope,
+    ) -> Result<SearchResponse, SearchError> {
         let started = std::time::Instant::now();
         let (from, to) = time_range(request)?;
-        let query = self.build_query(request, from, to)?;
+        let query = self.build_query(request, from, to, scope)?;
         let limit = match request.limit {
             0 => self.limits.default_search_limit,
             n => n.min(self.limits.max_search_limit),
@@ -186,10 +195,12 @@ impl Searcher {
         })
     }
 
-    /// The newest event with this id, if any.
-    pub fn get(&self, id: &str) -> Result<Option<AuditEvent>, SearchError> {
-        let term = Term::from_field_text(self.schema.id, id);
-        let query = TermQuery::new(term, IndexRecordOption::Basic);
+    /// The newest event with this id inside `scope`, if any: an event
+    /// outside it is exactly as absent as one that does not exist.
+    pub fn get(&self, id: &str, scope: &ReadScope) -> Result<Option<AuditEvent>, SearchError> {
+        let mut must = vec![term(self.schema.id, id)];
+        self.add_scope(scope, &mut must);
+        let query = BooleanQuery::intersection(must);
         let collector = TimeOrder {
             limit: 1,
             ascending: false,
@@ -284,14 +295,29 @@ impl Searcher {
             .collect()
     }
 
+    fn add_scope(&self, scope: &ReadScope, must: &mut Vec<Box<dyn Query>>) {
+        match scope {
+            ReadScope::All => {}
+            ReadScope::Subject(subject) => must.push(term(self.schema.subject, subject)),
+            ReadScope::SubjectAndAccess { subject, access_id } => {
+                must.push(term(self.schema.subject, subject));
+                must.push(term(self.schema.access_id, access_id));
+            }
+        }
+    }
+
     fn build_query(
         &self,
         r: &SearchRequest,
         from: Option<i64>,
         to: Option<i64>,
+        scope: &ReadScope,
     ) -> Result<Box<dyn Query>, SearchError> {
         let s = &self.schema;
+        // The caller's scope comes first and is AND-ed with everything
+        // else: the request's own filters can only narrow it.
         let mut must: Vec<Box<dyn Query>> = Vec::new();
+        self.add_scope(scope, &mut must);
         if from.is_some() || to.is_some() {
             let lower = from.map_or(Bound::Unbounded, |t| {
                 Bound::Included(Term::from_field_i64(s.time, t))
@@ -367,11 +393,18 @@ impl Searcher {
                 .map_err(|e| invalid("query", e.to_string()))?;
             must.push(parsed);
         }
-        Ok(match must.len() {
-            0 => Box::new(AllQuery),
-            1 => must.pop().expect("one"),
-            _ => Box::new(BooleanQuery::intersection(must)),
-        })
+        // The trail of reads (`audit-log/auditd`) would otherwise grow with
+        // every search; it shows only when asked for by type.
+        let wants_trail = r.types.iter().any(|t| t == TRAIL_TYPE) || r.query.contains(TRAIL_TYPE);
+        if must.is_empty() {
+            must.push(Box::new(AllQuery));
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+            must.into_iter().map(|q| (Occur::Must, q)).collect();
+        if !wants_trail {
+            clauses.push((Occur::MustNot, term(s.type_, TRAIL_TYPE)));
+        }
+        Ok(Box::new(BooleanQuery::new(clauses)))
     }
 
     /// `text` split the way the index splits it.

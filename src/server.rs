@@ -13,19 +13,22 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthError, TokenStore};
 use crate::config::Config;
-use crate::grpc::AuditLogService;
+use crate::grpc::{AuditLogService, Authenticate, TokensService};
 use crate::idempotency::Idempotency;
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
 use crate::messages::{IndexBatch, ToIndexer, WalBatch};
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
+use crate::proto::tokens_server::TokensServer;
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::Searcher;
 use crate::status::PipelineStatus;
 use crate::wal::group_commit::{self, WalPositions};
 use crate::wal::{Wal, WalError};
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -46,6 +49,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("a pipeline thread panicked: {0}")]
     Panicked(&'static str),
 }
@@ -85,6 +90,17 @@ pub async fn run(
     })?;
     let _lock = lock_data_dir(&data_dir)?;
 
+    let (tokens, first_admin) = TokenStore::open(&data_dir)?;
+    let tokens = Arc::new(tokens);
+    if let Some(secret) = first_admin {
+        let file = data_dir.join(crate::auth::ADMIN_TOKEN_FILE);
+        // Shown once; the file keeps it for auditctl.
+        println!(
+            "first start: admin token {secret}\n(also written to {}, readable by its owner only)",
+            file.display()
+        );
+        tracing::info!(file = %file.display(), "created the first admin token");
+    }
     let partitions = Arc::new(Partitions::open(
         &data_dir.join("index"),
         AuditSchema::new(),
@@ -158,9 +174,23 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
-    let audit_service = AuditLogServer::new(AuditLogService::new(ingest, searcher, status.clone()))
+    // Every AuditLog and Tokens call passes the bearer-token check first;
+    // health and reflection stay open.
+    let authenticate = Authenticate(tokens.clone());
+    let audit_service = InterceptedService::new(
+        AuditLogServer::new(AuditLogService::new(
+            ingest.clone(),
+            searcher,
+            status.clone(),
+        ))
         .max_decoding_message_size(config.limits.max_message_bytes)
-        .max_encoding_message_size(config.limits.max_message_bytes);
+        .max_encoding_message_size(config.limits.max_message_bytes),
+        authenticate.clone(),
+    );
+    let tokens_service = InterceptedService::new(
+        TokensServer::new(TokensService::new(tokens, ingest)),
+        authenticate,
+    );
     let (grpc_addr, http_addr) = listeners.addrs()?;
     let grpc_stop = stop.clone();
     let grpc = tokio::spawn(
@@ -168,6 +198,7 @@ pub async fn run(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(audit_service)
+            .add_service(tokens_service)
             .serve_with_incoming_shutdown(
                 // Small replies must not wait for Nagle's algorithm.
                 tonic::transport::server::TcpIncoming::from(listeners.grpc)

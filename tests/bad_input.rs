@@ -3,10 +3,8 @@
 
 mod common;
 
-use auditd::proto::audit_log_client::AuditLogClient;
 use auditd::proto::{AuditEvent, IngestRequest, SearchRequest, Source, WaitFor};
 use common::*;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 fn valid(n: usize) -> AuditEvent {
@@ -23,7 +21,7 @@ fn valid(n: usize) -> AuditEvent {
 }
 
 /// Everything stored, counted through Search.
-async fn stored(client: &mut AuditLogClient<Channel>) -> u64 {
+async fn stored(client: &mut Client) -> u64 {
     client
         .search(SearchRequest::default())
         .await

@@ -89,25 +89,14 @@ impl Daemon {
         Daemon { child, url }
     }
 
-    async fn client(
-        &self,
-    ) -> auditd::proto::audit_log_client::AuditLogClient<tonic::transport::Channel> {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            match auditd::proto::audit_log_client::AuditLogClient::connect(self.url.clone()).await {
-                Ok(c) => return c,
-                Err(e) if std::time::Instant::now() > deadline => panic!("cannot connect: {e}"),
-                Err(_) => tokio::task::yield_now().await,
-            }
-        }
+    /// A client with the admin token (written before the daemon listens).
+    async fn client(&self, data_dir: &Path) -> Client {
+        connect(&self.url, &admin_token(data_dir)).await
     }
 }
 
 /// Ingests, retrying while the daemon still replays (UNAVAILABLE).
-async fn ingest_when_ready(
-    client: &mut auditd::proto::audit_log_client::AuditLogClient<tonic::transport::Channel>,
-    events: Vec<AuditEvent>,
-) -> Vec<String> {
+async fn ingest_when_ready(client: &mut Client, events: Vec<AuditEvent>) -> Vec<String> {
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let request = IngestRequest {
@@ -130,36 +119,11 @@ async fn ingest_when_ready(
 async fn events_acknowledged_before_a_kill_are_replayed_from_the_wal() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start(dir.path());
-    let mut client = {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            match auditd::proto::audit_log_client::AuditLogClient::connect(daemon.url.clone()).await
-            {
-                Ok(c) => break c,
-                Err(e) if std::time::Instant::now() > deadline => panic!("cannot connect: {e}"),
-                Err(_) => tokio::task::yield_now().await,
-            }
-        }
-    };
+    let mut client = daemon.client(dir.path()).await;
     let events = generated(2_000, 31, 2_000);
     let mut acknowledged = Vec::new();
     for chunk in events.chunks(250) {
-        // The daemon may still be replaying its (empty) WAL: retry while
-        // it says UNAVAILABLE.
-        let reply = loop {
-            match client
-                .ingest(IngestRequest {
-                    events: chunk.to_vec(),
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(r) => break r.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unavailable => tokio::task::yield_now().await,
-                Err(s) => panic!("ingest: {s:?}"),
-            }
-        };
-        acknowledged.extend(reply.ids);
+        acknowledged.extend(ingest_when_ready(&mut client, chunk.to_vec()).await);
     }
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
@@ -448,7 +412,7 @@ async fn partitions_closed_early_are_not_indexed_twice_on_replay_and_sigterm_exi
     // closes the previous day's partition, ahead of any checkpoint.
     let env = [("AUDITD_INDEX__MAX_OPEN_WRITERS", "1")];
     let mut daemon = Daemon::start_with(dir.path(), &env);
-    let mut client = daemon.client().await;
+    let mut client = daemon.client(dir.path()).await;
     // Six days, one batch each, then backfill from 1999 and a batch that
     // spans every day at once.
     let events = generated(700, 91, 100);
@@ -469,7 +433,9 @@ async fn partitions_closed_early_are_not_indexed_twice_on_replay_and_sigterm_exi
     // Wait until the indexer has closed the early partitions (their commit
     // payloads are on disk) — then kill it before any checkpoint.
     let committed_early = |dir: &Path| -> usize {
-        let Ok(days) = std::fs::read_dir(dir.join("index")) else { return 0 };
+        let Ok(days) = std::fs::read_dir(dir.join("index")) else {
+            return 0;
+        };
         days.filter_map(|d| std::fs::read(d.ok()?.path().join("meta.json")).ok())
             .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
             .filter(|m| m["payload"].as_str().is_some_and(|p| p != "0"))
@@ -477,17 +443,29 @@ async fn partitions_closed_early_are_not_indexed_twice_on_replay_and_sigterm_exi
     };
     let deadline = std::time::Instant::now() + DEADLINE;
     while committed_early(dir.path()) < 6 {
-        assert!(std::time::Instant::now() < deadline, "partitions were never closed early");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions were never closed early"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
-    assert_eq!(auditd::indexer::read_checkpoint(dir.path()).unwrap().wal_position, 0);
-    assert_eq!(std::fs::read_dir(dir.path().join("index")).unwrap().count(), 7, "six days and one in 1999");
+    assert_eq!(
+        auditd::indexer::read_checkpoint(dir.path())
+            .unwrap()
+            .wal_position,
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("index")).unwrap().count(),
+        7,
+        "six days and one in 1999"
+    );
 
     // Replay: records already in a partition closed early are skipped.
     let mut daemon = Daemon::start_with(dir.path(), &env);
-    let mut client = daemon.client().await;
+    let mut client = daemon.client(dir.path()).await;
     let probe = ingest_when_ready(&mut client, generated(1, 92, 1)).await;
     acknowledged.extend(probe);
     // SIGTERM: drain, commit, exit 0.

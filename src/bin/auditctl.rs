@@ -8,10 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use auditd::auth::BearerToken;
 use auditd::json::JsonEvent;
 use auditd::proto::audit_log_client::AuditLogClient;
-use auditd::proto::{AuditEvent, GetEventRequest, IngestRequest, Outcome, SearchRequest, WaitFor};
+use auditd::proto::tokens_client::TokensClient;
+use auditd::proto::{
+    AuditEvent, CreateTokenRequest, GetEventRequest, IngestRequest, ListTokensRequest, Outcome,
+    RevokeTokenRequest, SearchRequest, TokenInfo, TokenKind, WaitFor,
+};
 use clap::{Parser, Subcommand, ValueEnum};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Largest message the client sends or accepts.
@@ -28,9 +34,23 @@ struct Cli {
         global = true
     )]
     addr: String,
+    /// Bearer token. Default: the admin token auditd wrote on first start
+    /// to <data-dir>/admin.token.
+    #[arg(long, env = "AUDITCTL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// The daemon's data directory, where its first admin token is.
+    #[arg(
+        long,
+        env = "AUDITCTL_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
+
+type Client = AuditLogClient<InterceptedService<Channel, BearerToken>>;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -46,9 +66,49 @@ enum Command {
     },
     /// Write deterministic sample events as NDJSON to stdout.
     Gen(GenArgs),
+    /// Manage tokens (needs an admin token).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token and print its secret (shown once).
+    Create {
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// A name to recognise it by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// personal, app, shared: whose events it reads.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// app, shared: the access whose events it reads.
+        #[arg(long, default_value = "")]
+        access_id: String,
+        /// ingest: a source name it may write (repeatable; none: any).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// ingest: the prefix every event type it writes must have.
+        #[arg(long, default_value = "")]
+        type_prefix: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id; takes effect at once.
+    Revoke { id: String },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum KindArg {
+    Admin,
+    Personal,
+    App,
+    Shared,
+    Ingest,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 struct IngestArgs {
     file: PathBuf,
     /// Events per batch.
@@ -66,7 +126,7 @@ struct IngestArgs {
     quiet: bool,
 }
 
-#[derive(clap::Args, Debug, Default)]
+#[derive(clap::Args, Debug, Default, Clone)]
 struct SearchArgs {
     /// Action, exact or a prefix ending in `*` (repeatable; OR-ed).
     #[arg(long = "action")]
@@ -131,7 +191,7 @@ enum Format {
     Ids,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct GenArgs {
     #[arg(long, default_value_t = 100_000)]
     count: u64,
@@ -151,12 +211,17 @@ struct GenArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Gen(args) => gen(args),
-        Command::Ingest(args) => ingest(connect(&cli.addr).await?, args).await,
-        Command::Search(args) => search(connect(&cli.addr).await?, *args).await,
+    let bearer = || bearer(&cli);
+    match &cli.command {
+        Command::Gen(args) => gen(args.clone()),
+        Command::Ingest(args) => ingest(connect(&cli.addr, bearer()?).await?, args.clone()).await,
+        Command::Search(args) => {
+            search(connect(&cli.addr, bearer()?).await?, (**args).clone()).await
+        }
+        Command::Token(command) => tokens(&cli.addr, bearer()?, command).await,
         Command::Get { id, format } => {
-            let mut client = connect(&cli.addr).await?;
+            let (id, format) = (id.clone(), *format);
+            let mut client = connect(&cli.addr, bearer()?).await?;
             let event = client
                 .get_event(GetEventRequest { id })
                 .await
@@ -169,15 +234,108 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn connect(addr: &str) -> anyhow::Result<AuditLogClient<Channel>> {
-    let channel = Channel::from_shared(addr.to_owned())
+/// `--token`, else `AUDITCTL_TOKEN`, else the first admin token file.
+fn bearer(cli: &Cli) -> anyhow::Result<BearerToken> {
+    let token = match &cli.token {
+        Some(token) => token.clone(),
+        None => {
+            let file = cli.data_dir.join(auditd::auth::ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&file).with_context(|| {
+                format!("no token: pass --token or AUDITCTL_TOKEN, or run where auditd's data directory is ({} not readable)", file.display())
+            })?
+        }
+    };
+    BearerToken::new(&token)
+        .map_err(|_| anyhow::anyhow!("the token has characters a header cannot carry"))
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(addr.to_owned())
         .with_context(|| format!("bad address {addr}"))?
         .connect()
         .await
-        .with_context(|| format!("cannot reach auditd at {addr} (is it running?)"))?;
-    Ok(AuditLogClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .with_context(|| format!("cannot reach auditd at {addr} (is it running?)"))
+}
+
+async fn connect(addr: &str, bearer: BearerToken) -> anyhow::Result<Client> {
+    Ok(
+        AuditLogClient::with_interceptor(channel(addr).await?, bearer)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}
+
+async fn tokens(addr: &str, bearer: BearerToken, command: &TokenCommand) -> anyhow::Result<()> {
+    let mut client = TokensClient::with_interceptor(channel(addr).await?, bearer);
+    let print = |t: &TokenInfo| {
+        let kind = TokenKind::try_from(t.kind).map_or("?", |k| k.as_str_name());
+        println!(
+            "{:<26} {:<20} {:<8} subject={:?} access_id={:?} name={:?}{}",
+            t.id,
+            kind.trim_start_matches("TOKEN_KIND_").to_lowercase(),
+            if t.revoked { "revoked" } else { "active" },
+            t.subject,
+            t.access_id,
+            t.name,
+            if t.sources.is_empty() && t.type_prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" sources={:?} type_prefix={:?}", t.sources, t.type_prefix)
+            }
+        );
+    };
+    match command {
+        TokenCommand::Create {
+            kind,
+            name,
+            subject,
+            access_id,
+            sources,
+            type_prefix,
+        } => {
+            let kind = match kind {
+                KindArg::Admin => TokenKind::Admin,
+                KindArg::Personal => TokenKind::Personal,
+                KindArg::App => TokenKind::App,
+                KindArg::Shared => TokenKind::Shared,
+                KindArg::Ingest => TokenKind::Ingest,
+            };
+            let reply = client
+                .create_token(CreateTokenRequest {
+                    kind: kind as i32,
+                    name: name.clone(),
+                    subject: subject.clone(),
+                    access_id: access_id.clone(),
+                    sources: sources.clone(),
+                    type_prefix: type_prefix.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if let Some(token) = &reply.token {
+                eprint!("created: ");
+                eprintln!("{} (the secret below is shown once)", token.id);
+            }
+            println!("{}", reply.secret);
+        }
+        TokenCommand::List => {
+            let reply = client
+                .list_tokens(ListTokensRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            reply.tokens.iter().for_each(print);
+        }
+        TokenCommand::Revoke { id } => {
+            let reply = client
+                .revoke_token(RevokeTokenRequest { id: id.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print(&reply);
+        }
+    }
+    Ok(())
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -204,7 +362,7 @@ fn gen(args: GenArgs) -> anyhow::Result<()> {
 /// Reads the file on a blocking thread, `concurrency` tasks send batches;
 /// a batch that meets RESOURCE_EXHAUSTED or UNAVAILABLE is retried with its
 /// batch id, so a retry never stores anything twice.
-async fn ingest(client: AuditLogClient<Channel>, args: IngestArgs) -> anyhow::Result<()> {
+async fn ingest(client: Client, args: IngestArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 || args.concurrency == 0 {
         bail!("--batch-size and --concurrency must be at least 1");
     }
@@ -347,10 +505,7 @@ async fn ingest(client: AuditLogClient<Channel>, args: IngestArgs) -> anyhow::Re
 /// Most attempts for one batch before giving up.
 const MAX_ATTEMPTS: u32 = 50;
 
-async fn send_with_retry(
-    client: &mut AuditLogClient<Channel>,
-    request: &IngestRequest,
-) -> anyhow::Result<()> {
+async fn send_with_retry(client: &mut Client, request: &IngestRequest) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -378,7 +533,7 @@ async fn send_with_retry(
     }
 }
 
-async fn search(mut client: AuditLogClient<Channel>, args: SearchArgs) -> anyhow::Result<()> {
+async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
     let mut request = SearchRequest {
         from_time: args.from.as_deref().map(parse_time).transpose()?,
         to_time: args.to.as_deref().map(parse_time).transpose()?,

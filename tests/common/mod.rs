@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use auditd::auth::BearerToken;
 use auditd::gen::GenOptions;
 use auditd::json::JsonEvent;
 use auditd::proto::audit_log_client::AuditLogClient;
@@ -13,6 +14,7 @@ use auditd::server::ServerError;
 use auditd::{Config, Listeners};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -74,12 +76,18 @@ impl TestServer {
         format!("http://{}", self.grpc)
     }
 
-    pub async fn client(&self) -> AuditLogClient<Channel> {
-        AuditLogClient::connect(self.url())
-            .await
-            .expect("connect")
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+    /// The admin token the server wrote on first start.
+    pub fn admin_token(&self) -> String {
+        admin_token(&self.data_dir)
+    }
+
+    /// A client holding the admin token.
+    pub async fn client(&self) -> Client {
+        self.client_with(&self.admin_token()).await
+    }
+
+    pub async fn client_with(&self, token: &str) -> Client {
+        connect(&self.url(), token).await
     }
 
     /// Follows the gRPC health watch stream until the server says SERVING.
@@ -128,6 +136,23 @@ impl TestServer {
     }
 }
 
+pub type Client = AuditLogClient<InterceptedService<Channel, BearerToken>>;
+
+pub fn admin_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join(auditd::auth::ADMIN_TOKEN_FILE)).expect("admin.token")
+}
+
+pub async fn connect(url: &str, token: &str) -> Client {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    AuditLogClient::with_interceptor(channel, BearerToken::new(token).unwrap())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
 /// `count` generated events, with times moved so that every `per_day`
 /// events fall on a new day (several partitions).
 pub fn generated(count: u64, seed: u64, per_day: u64) -> Vec<AuditEvent> {
@@ -153,11 +178,7 @@ pub fn generated(count: u64, seed: u64, per_day: u64) -> Vec<AuditEvent> {
         .collect()
 }
 
-pub async fn ingest(
-    client: &mut AuditLogClient<Channel>,
-    events: Vec<AuditEvent>,
-    wait: WaitFor,
-) -> IngestResponse {
+pub async fn ingest(client: &mut Client, events: Vec<AuditEvent>, wait: WaitFor) -> IngestResponse {
     client
         .ingest(IngestRequest {
             events,
@@ -170,10 +191,7 @@ pub async fn ingest(
 }
 
 /// Every page of `request`, concatenated; checks total_hits stays put.
-pub async fn search_all(
-    client: &mut AuditLogClient<Channel>,
-    mut request: SearchRequest,
-) -> (Vec<AuditEvent>, u64) {
+pub async fn search_all(client: &mut Client, mut request: SearchRequest) -> (Vec<AuditEvent>, u64) {
     let mut events = Vec::new();
     let mut total = None;
     loop {
