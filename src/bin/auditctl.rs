@@ -209,8 +209,19 @@ struct GenArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with its causes; no backtrace for a user's mistake.
+            eprintln!("auditctl: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let bearer = || bearer(&cli);
     match &cli.command {
         Command::Gen(args) => gen(args.clone()),
