@@ -29,6 +29,26 @@ pub struct Config {
     pub wal: WalConfig,
     pub index: IndexConfig,
     pub ingest: IngestConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS for gRPC (rustls). Off unless `cert` and `key` are set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate: when set, clients must present a certificate it
+    /// signed (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
 }
 
 impl Default for Config {
@@ -42,6 +62,7 @@ impl Default for Config {
             wal: WalConfig::default(),
             index: IndexConfig::default(),
             ingest: IngestConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -257,6 +278,12 @@ impl Config {
                 "index.writer_heap_bytes",
                 "at least 15 MB per writer thread",
             );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert", "tls.cert and tls.key go together");
+        }
+        if self.tls.client_ca.is_some() && !self.tls.enabled() {
+            return invalid("tls.client_ca", "needs tls.cert and tls.key");
         }
         if self.wal.segment_bytes < 4096 {
             return invalid("wal.segment_bytes", "at least 4096");

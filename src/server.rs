@@ -51,6 +51,11 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("TLS file {path}: {source}")]
+    Tls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("a pipeline thread panicked: {0}")]
     Panicked(&'static str),
 }
@@ -193,8 +198,17 @@ pub async fn run(
     );
     let (grpc_addr, http_addr) = listeners.addrs()?;
     let grpc_stop = stop.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls(&config.tls)? {
+        builder = builder.tls_config(tls)?;
+    } else if !grpc_addr.ip().is_loopback() {
+        tracing::warn!(%grpc_addr, "serving gRPC WITHOUT TLS on a non-loopback address: tokens and audit data cross the network in clear text; set tls.cert and tls.key");
+    }
+    if !http_addr.ip().is_loopback() {
+        tracing::warn!(%http_addr, "the HTTP endpoints (/metrics, /healthz) are plain text on a non-loopback address");
+    }
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(audit_service)
@@ -333,6 +347,27 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
         Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Locked(data_dir.to_owned())),
         Err(std::fs::TryLockError::Error(source)) => Err(ServerError::DataDir { path, source }),
     }
+}
+
+/// The gRPC server's TLS settings, when `tls` turns TLS on.
+fn server_tls(
+    tls: &crate::config::TlsConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| ServerError::Tls {
+            path: path.clone(),
+            source,
+        })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// Waits for SIGINT or SIGTERM.

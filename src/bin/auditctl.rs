@@ -18,7 +18,7 @@ use auditd::proto::{
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Largest message the client sends or accepts.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -46,6 +46,15 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
+    /// PEM CA certificate to trust for an https:// address (a private CA).
+    #[arg(long, env = "AUDITCTL_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a daemon that requires mutual TLS.
+    #[arg(long, global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -223,16 +232,19 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let bearer = || bearer(&cli);
+    let endpoint = || endpoint(&cli);
     match &cli.command {
         Command::Gen(args) => gen(args.clone()),
-        Command::Ingest(args) => ingest(connect(&cli.addr, bearer()?).await?, args.clone()).await,
-        Command::Search(args) => {
-            search(connect(&cli.addr, bearer()?).await?, (**args).clone()).await
+        Command::Ingest(args) => {
+            ingest(connect(&endpoint()?, bearer()?).await?, args.clone()).await
         }
-        Command::Token(command) => tokens(&cli.addr, bearer()?, command).await,
+        Command::Search(args) => {
+            search(connect(&endpoint()?, bearer()?).await?, (**args).clone()).await
+        }
+        Command::Token(command) => tokens(&endpoint()?, bearer()?, command).await,
         Command::Get { id, format } => {
             let (id, format) = (id.clone(), *format);
-            let mut client = connect(&cli.addr, bearer()?).await?;
+            let mut client = connect(&endpoint()?, bearer()?).await?;
             let event = client
                 .get_event(GetEventRequest { id })
                 .await
@@ -260,24 +272,48 @@ fn bearer(cli: &Cli) -> anyhow::Result<BearerToken> {
         .map_err(|_| anyhow::anyhow!("the token has characters a header cannot carry"))
 }
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(addr.to_owned())
-        .with_context(|| format!("bad address {addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach auditd at {addr} (is it running?)"))
+/// Where and how to connect: TLS when a CA or client certificate is given.
+fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
+    let addr = &cli.addr;
+    let mut endpoint =
+        Channel::from_shared(addr.clone()).with_context(|| format!("bad address {addr}"))?;
+    if cli.tls_ca.is_some() || cli.tls_cert.is_some() {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &cli.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    Ok(endpoint)
 }
 
-async fn connect(addr: &str, bearer: BearerToken) -> anyhow::Result<Client> {
+async fn channel(endpoint: &Endpoint) -> anyhow::Result<Channel> {
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach auditd at {} (is it running?)", endpoint.uri()))
+}
+
+async fn connect(endpoint: &Endpoint, bearer: BearerToken) -> anyhow::Result<Client> {
     Ok(
-        AuditLogClient::with_interceptor(channel(addr).await?, bearer)
+        AuditLogClient::with_interceptor(channel(endpoint).await?, bearer)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
 }
 
-async fn tokens(addr: &str, bearer: BearerToken, command: &TokenCommand) -> anyhow::Result<()> {
-    let mut client = TokensClient::with_interceptor(channel(addr).await?, bearer);
+async fn tokens(
+    endpoint: &Endpoint,
+    bearer: BearerToken,
+    command: &TokenCommand,
+) -> anyhow::Result<()> {
+    let mut client = TokensClient::with_interceptor(channel(endpoint).await?, bearer);
     let print = |t: &TokenInfo| {
         let kind = TokenKind::try_from(t.kind).map_or("?", |k| k.as_str_name());
         println!(

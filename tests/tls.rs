@@ -1,0 +1,173 @@
+//! TLS on gRPC, with certificates made at test time: TLS clients that trust
+//! the CA get in, plain-text clients do not, and with a client CA set, a
+//! client without a certificate is refused.
+
+mod common;
+
+use std::path::Path;
+
+use auditd::auth::BearerToken;
+use auditd::config::TlsConfig;
+use auditd::proto::audit_log_client::AuditLogClient;
+use auditd::proto::SearchRequest;
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca_cert.pem(),
+        server: leaf(vec!["localhost".into(), "127.0.0.1".into()]),
+        client: leaf(vec!["auditctl".into()]),
+    }
+}
+
+fn write_tls(dir: &Path, pki: &Pki, mutual: bool) -> TlsConfig {
+    let put = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    TlsConfig {
+        cert: Some(put("server.pem", &pki.server.0)),
+        key: Some(put("server.key", &pki.server.1)),
+        client_ca: mutual.then(|| put("ca.pem", &pki.ca)),
+    }
+}
+
+async fn tls_search(
+    server: &TestServer,
+    ca: Option<&str>,
+    identity: Option<&(String, String)>,
+) -> Result<u64, String> {
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{}", server.grpc)).unwrap();
+    if let Some(ca) = ca {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls).unwrap();
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut client =
+        AuditLogClient::with_interceptor(channel, BearerToken::new(&server.admin_token()).unwrap());
+    client
+        .search(SearchRequest::default())
+        .await
+        .map(|r| r.into_inner().total_hits)
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// Starts without waiting on the health stream (which would need TLS too):
+/// the admin token file appears before the listeners serve.
+async fn start_tls(dir: &Path, tls: TlsConfig) -> TestServer {
+    let mut config = test_config(dir);
+    config.tls = tls;
+    let server = TestServer::spawn(config).await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !dir.join(auditd::auth::ADMIN_TOKEN_FILE).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_get_in_and_plain_text_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let server = start_tls(dir.path(), write_tls(certs.path(), &pki, false)).await;
+    // Retry while the daemon still replays its (empty) log.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match tls_search(&server, Some(&pki.ca), None).await {
+            Ok(total) => {
+                assert_eq!(total, 0);
+                break;
+            }
+            Err(e) if e.starts_with("Unavailable") && std::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("a TLS client trusting the CA: {e}"),
+        }
+    }
+    let plain = tls_search(&server, None, None).await;
+    assert!(
+        plain.is_err(),
+        "a plain-text client got an answer: {plain:?}"
+    );
+    let other_ca = pki_ca_of_another_pki();
+    let untrusted = tls_search(&server, Some(&other_ca), None).await;
+    assert!(
+        untrusted.is_err(),
+        "a client that does not trust the server's CA connected"
+    );
+    server.stop().await.unwrap();
+}
+
+fn pki_ca_of_another_pki() -> String {
+    pki().ca
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_a_client_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let server = start_tls(dir.path(), write_tls(certs.path(), &pki, true)).await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match tls_search(&server, Some(&pki.ca), Some(&pki.client)).await {
+            Ok(_) => break,
+            Err(e) if e.starts_with("Unavailable") && std::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("a client with a certificate: {e}"),
+        }
+    }
+    let anonymous = tls_search(&server, Some(&pki.ca), None).await;
+    assert!(
+        anonymous.is_err(),
+        "a client without a certificate got in: {anonymous:?}"
+    );
+    let stranger = pki_ca_of_another_client();
+    let foreign = tls_search(&server, Some(&pki.ca), Some(&stranger)).await;
+    assert!(
+        foreign.is_err(),
+        "a certificate from another CA got in: {foreign:?}"
+    );
+    server.stop().await.unwrap();
+}
+
+fn pki_ca_of_another_client() -> (String, String) {
+    pki().client
+}
