@@ -25,6 +25,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `tracing` filter, e.g. `info` or `auditd=debug`.
     pub log: String,
+    /// `/metrics` asks for an admin bearer token, like the API. Off by
+    /// default so a Prometheus on the same host can scrape it.
+    pub metrics_require_token: bool,
     pub limits: Limits,
     pub wal: WalConfig,
     pub index: IndexConfig,
@@ -58,6 +61,7 @@ impl Default for Config {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
             http_addr: "127.0.0.1:8080".parse().expect("valid address"),
             log: "info".into(),
+            metrics_require_token: false,
             limits: Limits::default(),
             wal: WalConfig::default(),
             index: IndexConfig::default(),

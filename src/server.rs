@@ -60,6 +60,9 @@ pub enum ServerError {
     Panicked(&'static str),
 }
 
+/// How long HTTPS connections may finish their requests at shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
 /// The sockets the daemon serves on, bound by the caller (tests bind
 /// `127.0.0.1:0` and read the ports back).
 pub struct Listeners {
@@ -193,7 +196,7 @@ pub async fn run(
         authenticate.clone(),
     );
     let tokens_service = InterceptedService::new(
-        TokensServer::new(TokensService::new(tokens, ingest)),
+        TokensServer::new(TokensService::new(tokens.clone(), ingest)),
         authenticate,
     );
     let (grpc_addr, http_addr) = listeners.addrs()?;
@@ -221,12 +224,31 @@ pub async fn run(
             ),
     );
     let http_stop = stop.clone();
-    let http_router = crate::http::router(status.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(listeners.http, http_router)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-    });
+    let http_router = crate::http::router(
+        status.clone(),
+        config.metrics_require_token.then(|| tokens.clone()),
+    );
+    let http = match crate::http::rustls_config(&config.tls)? {
+        None => tokio::spawn(async move {
+            axum::serve(listeners.http, http_router)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+        }),
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let on_stop = handle.clone();
+            tokio::spawn(async move {
+                http_stop.cancelled().await;
+                on_stop.graceful_shutdown(Some(HTTP_DRAIN));
+            });
+            let server = axum_server::tls_rustls::from_tcp_rustls(
+                listeners.http.into_std()?,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )?
+            .handle(handle);
+            tokio::spawn(async move { server.serve(http_router.into_make_service()).await })
+        }
+    };
     tracing::info!(%grpc_addr, %http_addr, data_dir = %data_dir.display(), "listening; replaying the write-ahead log");
 
     // Replay: every record from the checkpoint on goes to the indexer

@@ -119,8 +119,20 @@ async fn past_the_lag_budget_ingest_waits_then_refuses_with_a_retry_hint() {
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, None).await
+}
+
+async fn http_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -159,5 +171,27 @@ async fn healthz_and_metrics() {
     }
     let (code, _) = http_get(server.http, "/nope").await;
     assert_eq!(code, 404);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.metrics_require_token = true;
+    let server = TestServer::start(config).await;
+    assert_eq!(http_get(server.http, "/metrics").await.0, 401);
+    assert_eq!(
+        http_get_with(server.http, "/metrics", Some("adt.bogus.token"))
+            .await
+            .0,
+        401
+    );
+    let (code, body) =
+        http_get_with(server.http, "/metrics", Some(server.admin_token().trim())).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("auditd_"));
+    // /healthz stays open for load balancers.
+    assert_eq!(http_get(server.http, "/healthz").await.0, 200);
     server.stop().await.unwrap();
 }

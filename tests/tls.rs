@@ -171,3 +171,99 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
 fn pki_ca_of_another_client() -> (String, String) {
     pki().client
 }
+
+/// GET over HTTPS with rustls; `Err` when the handshake or the request
+/// fails, the raw response otherwise.
+async fn https_get(
+    server: &TestServer,
+    ca: &str,
+    identity: Option<&(String, String)>,
+    path: &str,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+            builder
+                .with_client_auth_cert(
+                    chain,
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.http)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    tls.read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response)
+}
+
+/// A plain-text GET; the raw bytes of whatever comes back.
+async fn plain_get(server: &TestServer, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tcp.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_side_speaks_tls_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let server = start_tls(dir.path(), write_tls(certs.path(), &pki, false)).await;
+    let response = https_get(&server, &pki.ca, None, "/metrics")
+        .await
+        .expect("HTTPS with the CA");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let plain = plain_get(&server, "/metrics").await;
+    assert!(
+        !plain.starts_with("HTTP/1.1 200"),
+        "plain text was served: {plain:?}"
+    );
+    server.stop().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_tls(dir.path(), write_tls(certs.path(), &pki, true)).await;
+    let with_cert = https_get(&server, &pki.ca, Some(&pki.client), "/metrics")
+        .await
+        .expect("mutual TLS");
+    assert!(with_cert.starts_with("HTTP/1.1 200"), "{with_cert}");
+    let without = https_get(&server, &pki.ca, None, "/metrics").await;
+    assert!(
+        !without.is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
+        "no client certificate, yet served"
+    );
+    server.stop().await.unwrap();
+}
