@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use auditd::messages::WalBatch;
 use auditd::proto::{AuditEvent, IngestRequest, SearchRequest, WaitFor};
@@ -46,73 +45,6 @@ async fn a_clean_restart_keeps_everything() {
     let found: HashSet<String> = ids(&found).into_iter().collect();
     assert_eq!(found, ids(&events).into_iter().collect());
     server.stop().await.unwrap();
-}
-
-/// A daemon in a child process, so it can be killed for real.
-struct Daemon {
-    child: Child,
-    url: String,
-}
-
-impl Daemon {
-    fn start(data_dir: &Path) -> Daemon {
-        Self::start_with(data_dir, &[])
-    }
-
-    fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_auditd"))
-            .envs(env.iter().copied())
-            .args(["--data-dir", data_dir.to_str().unwrap()])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            // Never commit on its own: everything acknowledged is only in
-            // the WAL when the kill comes.
-            .env("AUDITD_INDEX__COMMIT_INTERVAL_MS", "3600000")
-            .env("AUDITD_INDEX__WRITER_THREADS", "1")
-            .env("AUDITD_INDEX__WRITER_HEAP_BYTES", "20000000")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start auditd");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("auditd exited before listening")
-                .unwrap();
-            if let Some(rest) = line.split("grpc_addr=").nth(1) {
-                break format!("http://{}", rest.split_whitespace().next().unwrap());
-            }
-        };
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Daemon { child, url }
-    }
-
-    /// A client with the admin token (written before the daemon listens).
-    async fn client(&self, data_dir: &Path) -> Client {
-        connect(&self.url, &admin_token(data_dir)).await
-    }
-}
-
-/// Ingests, retrying while the daemon still replays (UNAVAILABLE).
-async fn ingest_when_ready(client: &mut Client, events: Vec<AuditEvent>) -> Vec<String> {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let request = IngestRequest {
-            events: events.clone(),
-            ..Default::default()
-        };
-        match client.ingest(request).await {
-            Ok(r) => return r.into_inner().ids,
-            Err(s)
-                if s.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline =>
-            {
-                tokio::task::yield_now().await
-            }
-            Err(s) => panic!("ingest: {s:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

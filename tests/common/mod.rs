@@ -1,8 +1,10 @@
 //! The test harness: the real server, in-process, on 127.0.0.1:0.
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use auditd::auth::BearerToken;
@@ -212,4 +214,72 @@ pub async fn search_all(client: &mut Client, mut request: SearchRequest) -> (Vec
         request.page_token = page.next_page_token;
     }
     (events, total.unwrap_or(0))
+}
+
+/// A daemon in a child process, so it can be killed for real.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Daemon {
+    pub fn start(data_dir: &Path) -> Daemon {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_auditd"))
+            .args(["--data-dir", data_dir.to_str().unwrap()])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            // By default it never commits on its own: everything
+            // acknowledged is only in the WAL when a kill comes. `env`
+            // comes last and may say otherwise.
+            .env("AUDITD_INDEX__COMMIT_INTERVAL_MS", "3600000")
+            .env("AUDITD_INDEX__WRITER_THREADS", "1")
+            .env("AUDITD_INDEX__WRITER_HEAP_BYTES", "20000000")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start auditd");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("auditd exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("grpc_addr=").nth(1) {
+                break format!("http://{}", rest.split_whitespace().next().unwrap());
+            }
+        };
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Daemon { child, url }
+    }
+
+    /// A client with the admin token (written before the daemon listens).
+    pub async fn client(&self, data_dir: &Path) -> Client {
+        connect(&self.url, &admin_token(data_dir)).await
+    }
+}
+
+/// Ingests, retrying while the daemon still replays (UNAVAILABLE).
+pub async fn ingest_when_ready(client: &mut Client, events: Vec<AuditEvent>) -> Vec<String> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let request = IngestRequest {
+            events: events.clone(),
+            ..Default::default()
+        };
+        match client.ingest(request).await {
+            Ok(r) => return r.into_inner().ids,
+            Err(s)
+                if s.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline =>
+            {
+                tokio::task::yield_now().await
+            }
+            Err(s) => panic!("ingest: {s:?}"),
+        }
+    }
 }

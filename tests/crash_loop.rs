@@ -1,0 +1,174 @@
+//! The crash loop: a real daemon in a child process, concurrent producers
+//! that record every acknowledged id, and a SIGKILL at a random moment —
+//! mid-batch, mid-commit, mid-rotation (small segments, frequent commits),
+//! or during start-up replay — cycle after cycle. At the end every
+//! acknowledged id must be searchable exactly once, and nothing else may
+//! appear but events that were sent.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use auditd::proto::{AuditEvent, IngestRequest, SearchRequest};
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Cycles in CI; `CRASH_LOOP_CYCLES` runs more.
+const DEFAULT_CYCLES: usize = 20;
+const PRODUCERS: usize = 3;
+const BATCH: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_across_random_kills() {
+    let cycles = std::env::var("CRASH_LOOP_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CYCLES);
+    let seed = std::env::var("CRASH_LOOP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261123u64);
+    eprintln!("crash loop: {cycles} cycles, seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments and frequent commits put rotations and commits in the
+    // way of the kills.
+    let env = [
+        ("AUDITD_INDEX__COMMIT_INTERVAL_MS", "30"),
+        ("AUDITD_WAL__SEGMENT_BYTES", "65536"),
+        ("AUDITD_INDEX__MAX_OPEN_WRITERS", "2"),
+    ];
+    let template = generated(BATCH as u64 * 4, 7, BATCH as u64);
+    let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let sent: Arc<Mutex<HashMap<String, AuditEvent>>> = Arc::default();
+
+    for cycle in 0..cycles {
+        let mut daemon = Daemon::start_with(dir.path(), &env);
+        // Kill after this many acknowledged batches; 0 kills at once,
+        // often in the middle of replay.
+        let kill_after = if rng.random_bool(0.15) {
+            0
+        } else {
+            rng.random_range(1..25)
+        };
+        let acked_batches = Arc::new(AtomicUsize::new(0));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut producers = Vec::new();
+        if kill_after > 0 {
+            for p in 0..PRODUCERS {
+                let mut client = daemon.client(dir.path()).await;
+                let (acknowledged, sent, acked_batches, notify) = (
+                    acknowledged.clone(),
+                    sent.clone(),
+                    acked_batches.clone(),
+                    notify.clone(),
+                );
+                let template = template.clone();
+                producers.push(tokio::spawn(async move {
+                    for n in 0.. {
+                        let events: Vec<AuditEvent> = template
+                            [(n % 4) * BATCH..(n % 4 + 1) * BATCH]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, e)| {
+                                let mut e = e.clone();
+                                e.id = format!("c{cycle}-p{p}-b{n}-{i}");
+                                e
+                            })
+                            .collect();
+                        {
+                            let mut sent = sent.lock().unwrap();
+                            for e in &events {
+                                sent.insert(e.id.clone(), e.clone());
+                            }
+                        }
+                        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+                        let request = IngestRequest {
+                            events,
+                            ..Default::default()
+                        };
+                        match client.ingest(request).await {
+                            Ok(reply) => {
+                                assert_eq!(reply.into_inner().ids, ids);
+                                acknowledged.lock().unwrap().extend(ids);
+                                acked_batches.fetch_add(1, Ordering::SeqCst);
+                                notify.notify_one();
+                            }
+                            // Starting up: try again.
+                            Err(s)
+                                if s.code() == tonic::Code::Unavailable
+                                    && s.message().contains("starting") =>
+                            {
+                                tokio::task::yield_now().await
+                            }
+                            // The kill: whatever was in flight is unacknowledged.
+                            Err(_) => return,
+                        }
+                    }
+                }));
+            }
+            let deadline = std::time::Instant::now() + DEADLINE;
+            while acked_batches.load(Ordering::SeqCst) < kill_after {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cycle {cycle}: no progress"
+                );
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notify.notified())
+                    .await;
+            }
+        }
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+        for producer in producers {
+            producer.await.unwrap();
+        }
+    }
+
+    // A clean start replays whatever the last kill left.
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let (found, total) = search_all(
+        &mut client,
+        SearchRequest {
+            limit: 10_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let sent = sent.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() >= cycles * BATCH / 2,
+        "the loop acknowledged too little to mean anything"
+    );
+    let mut seen = HashSet::new();
+    for event in &found {
+        assert!(
+            seen.insert(event.id.clone()),
+            "{} is stored twice",
+            event.id
+        );
+        let original = sent
+            .get(&event.id)
+            .unwrap_or_else(|| panic!("{} was never sent", event.id));
+        let mut stored = event.clone();
+        stored.received = None;
+        assert_eq!(&stored, original, "{} came back damaged", event.id);
+    }
+    let missing: Vec<&String> = acknowledged.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "crash loop: {cycles} kills, {} acknowledged, {} stored (the rest were in flight), 0 lost",
+        acknowledged.len(),
+        total
+    );
+    server.stop().await.unwrap();
+}
