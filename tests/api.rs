@@ -195,3 +195,45 @@ async fn metrics_can_require_an_admin_token() {
     assert_eq!(http_get(server.http, "/healthz").await.0, 200);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_frames_on_the_grpc_port_leave_the_server_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let garbage: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        (0..=255u8).cycle().take(10_000).collect(),
+        vec![0; 64 * 1024],
+        // The HTTP/2 preface, then a frame header promising more than comes.
+        [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+            &[0, 0, 18, 4, 0, 0, 0, 0, 0, 0, 3],
+        ]
+        .concat(),
+        // The preface and a gRPC body cut mid-message.
+        [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+            &[0, 0, 0, 4, 0, 0, 0, 0, 0],
+            &[0, 0, 5, 0, 1, 0, 0, 0, 1, 0],
+        ]
+        .concat(),
+    ];
+    for bytes in &garbage {
+        let mut stream = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+        let _ = stream.write_all(bytes).await;
+        let _ = stream.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut sink)).await;
+    }
+    // Still serving, and nothing was stored by any of it.
+    ingest(&mut client, generated(2, 4, 2), WaitFor::Searchable).await;
+    let total = client
+        .search(SearchRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .total_hits;
+    assert_eq!(total, 2);
+    server.stop().await.unwrap();
+}
