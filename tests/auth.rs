@@ -94,6 +94,13 @@ fn expected(filter: impl Fn(&AuditEvent) -> bool) -> Vec<String> {
         .collect::<Vec<_>>())
 }
 
+/// One event of the dataset with the id left to the server.
+fn one_fresh_event() -> Vec<AuditEvent> {
+    let mut event = dataset().swap_remove(0);
+    event.id.clear();
+    vec![event]
+}
+
 fn all() -> SearchRequest {
     SearchRequest {
         limit: 1_000,
@@ -237,16 +244,7 @@ async fn each_token_kind_reads_and_writes_exactly_what_it_may() {
     }
 
     // Writes: readers may not; the ingest token only within its binding.
-    let one = || {
-        dataset()[..1]
-            .iter()
-            .cloned()
-            .map(|mut e| {
-                e.id.clear();
-                e
-            })
-            .collect::<Vec<_>>()
-    };
+    let one = one_fresh_event;
     for (name, token) in [("personal", &personal), ("app", &app), ("shared", &shared)] {
         let mut client = server.client_with(token).await;
         let status = client
@@ -440,19 +438,7 @@ async fn a_search_is_audited_once_and_visible_to_admin_and_to_the_searcher() {
         .await
         .unwrap();
     // The trail event is durable before the reply; make it searchable.
-    ingest(
-        &mut admin,
-        dataset()[..1]
-            .iter()
-            .cloned()
-            .map(|mut e| {
-                e.id.clear();
-                e
-            })
-            .collect(),
-        WaitFor::Searchable,
-    )
-    .await;
+    ingest(&mut admin, one_fresh_event(), WaitFor::Searchable).await;
 
     let (seen_by_admin, _) = search_all(&mut admin, trail("audit.search")).await;
     assert_eq!(
@@ -481,19 +467,7 @@ async fn a_search_is_audited_once_and_visible_to_admin_and_to_the_searcher() {
         })
         .await
         .unwrap_err();
-    ingest(
-        &mut admin,
-        dataset()[..1]
-            .iter()
-            .cloned()
-            .map(|mut e| {
-                e.id.clear();
-                e
-            })
-            .collect(),
-        WaitFor::Searchable,
-    )
-    .await;
+    ingest(&mut admin, one_fresh_event(), WaitFor::Searchable).await;
     let (seen, _) = search_all(
         &mut admin,
         SearchRequest {

@@ -47,6 +47,18 @@ async fn a_clean_restart_keeps_everything() {
     server.stop().await.unwrap();
 }
 
+/// SIGKILL, then check the kill came before any index checkpoint: every
+/// acknowledged event is only in the WAL.
+fn kill_before_any_checkpoint(daemon: &mut Daemon, data_dir: &Path) {
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let checkpoint = auditd::indexer::read_checkpoint(data_dir).unwrap();
+    assert_eq!(
+        checkpoint.wal_position, 0,
+        "nothing was committed to the index before the kill"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_acknowledged_before_a_kill_are_replayed_from_the_wal() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,15 +69,7 @@ async fn events_acknowledged_before_a_kill_are_replayed_from_the_wal() {
     for chunk in events.chunks(250) {
         acknowledged.extend(ingest_when_ready(&mut client, chunk.to_vec()).await);
     }
-    daemon.child.kill().unwrap();
-    daemon.child.wait().unwrap();
-    assert_eq!(
-        auditd::indexer::read_checkpoint(dir.path())
-            .unwrap()
-            .wal_position,
-        0,
-        "nothing was committed to the index before the kill"
-    );
+    kill_before_any_checkpoint(&mut daemon, dir.path());
 
     let server = TestServer::start(test_config(dir.path())).await;
     let mut client = server.client().await;
@@ -381,14 +385,7 @@ async fn partitions_closed_early_are_not_indexed_twice_on_replay_and_sigterm_exi
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    daemon.child.kill().unwrap();
-    daemon.child.wait().unwrap();
-    assert_eq!(
-        auditd::indexer::read_checkpoint(dir.path())
-            .unwrap()
-            .wal_position,
-        0
-    );
+    kill_before_any_checkpoint(&mut daemon, dir.path());
     assert_eq!(
         std::fs::read_dir(dir.path().join("index")).unwrap().count(),
         7,

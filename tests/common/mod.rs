@@ -192,6 +192,16 @@ pub async fn ingest(client: &mut Client, events: Vec<AuditEvent>, wait: WaitFor)
         .into_inner()
 }
 
+/// How many events a plain search sees (the trail of reads excluded).
+pub async fn count_stored(client: &mut Client) -> u64 {
+    client
+        .search(SearchRequest::default())
+        .await
+        .expect("search")
+        .into_inner()
+        .total_hits
+}
+
 /// Every page of `request`, concatenated; checks total_hits stays put.
 pub async fn search_all(client: &mut Client, mut request: SearchRequest) -> (Vec<AuditEvent>, u64) {
     let mut events = Vec::new();

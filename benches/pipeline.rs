@@ -1,0 +1,155 @@
+//! Criterion benches for the hot steps of the write path, on generated
+//! events of the shape `gen_events.py` writes, and the raw-engine limit:
+//! auditd's own schema and document code indexing straight into a Tantivy
+//! IndexWriter, with no network, no WAL and no queue.
+//!
+//!     cargo bench --bench pipeline
+//!
+//! Throughput is reported in events/s (criterion's "elem/s").
+
+use std::hint::black_box;
+
+use auditd::config::Limits;
+use auditd::json::JsonEvent;
+use auditd::messages::{event_seq, WalBatch};
+use auditd::proto::{AuditEvent, IngestRequest};
+use auditd::schema::{micros_to_timestamp, AuditSchema};
+use auditd::validate::validate_batch;
+use auditd::wal::{Recovery, Wal};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use prost::Message;
+
+/// Events per batch, as `auditctl ingest` sends them.
+const BATCH: usize = 1_000;
+/// Events per raw-engine run.
+const ENGINE_EVENTS: usize = 100_000;
+
+fn events(count: usize) -> Vec<AuditEvent> {
+    let opts = auditd::gen::GenOptions {
+        count: count as u64,
+        ..Default::default()
+    };
+    auditd::gen::events(&opts)
+        .map(|e| {
+            let mut event = JsonEvent::parse(&e.to_json_line())
+                .unwrap()
+                .into_proto()
+                .unwrap();
+            event.received = Some(micros_to_timestamp(1_800_000_000_000_000));
+            event
+        })
+        .collect()
+}
+
+fn decode_and_validate(c: &mut Criterion) {
+    let batch = events(BATCH);
+    let bytes = IngestRequest {
+        events: batch,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("decode+validate 1000 events", |b| {
+        b.iter(|| {
+            let request = IngestRequest::decode(black_box(bytes.as_slice())).unwrap();
+            validate_batch(&request.events, &limits, 1_800_000_000_000_000).unwrap();
+            request
+        })
+    });
+    group.finish();
+}
+
+fn document_building(c: &mut Criterion) {
+    let batch = events(BATCH);
+    let schema = AuditSchema::new();
+    let mut body = Vec::new();
+    let mut group = c.benchmark_group("index");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("build 1000 documents", |b| {
+        b.iter(|| {
+            for (i, event) in batch.iter().enumerate() {
+                black_box(schema.document(event, event_seq(0, i), "", &mut body));
+            }
+        })
+    });
+    group.finish();
+}
+
+fn wal_append(c: &mut Criterion) {
+    let payload = WalBatch {
+        batch_id: String::new(),
+        events: events(BATCH),
+    }
+    .encode_to_vec();
+    let mut group = c.benchmark_group("wal");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, sync) in [
+        ("append 1000-event batch, fsync", true),
+        ("append 1000-event batch, no fsync", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0, 64 << 20, Recovery::TolerateTornTail, |_| {
+            Ok(())
+        })
+        .unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                wal.append(&payload).unwrap();
+                if sync {
+                    wal.sync().unwrap();
+                } else {
+                    wal.flush().unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The raw-engine limit: the same documents into an IndexWriter with two
+/// threads, then one commit.
+fn raw_engine(c: &mut Criterion) {
+    let all = events(ENGINE_EVENTS);
+    let schema = AuditSchema::new();
+    let mut group = c.benchmark_group("engine");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(ENGINE_EVENTS as u64));
+    group.bench_function("raw tantivy: 100k events, 2 threads, commit", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                let index = tantivy::Index::builder()
+                    .schema(schema.schema.clone())
+                    .settings(tantivy::IndexSettings {
+                        docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
+                        ..Default::default()
+                    })
+                    .create_in_dir(dir.path())
+                    .unwrap();
+                let mut writer: tantivy::IndexWriter =
+                    index.writer_with_num_threads(2, 128 << 20).unwrap();
+                let mut body = Vec::new();
+                for (i, event) in all.iter().enumerate() {
+                    writer
+                        .add_document(schema.document(event, event_seq(0, i), "", &mut body))
+                        .unwrap();
+                }
+                writer.commit().unwrap();
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_and_validate,
+    document_building,
+    wal_append,
+    raw_engine
+);
+criterion_main!(benches);
