@@ -260,9 +260,15 @@ pub fn to_v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
-/// Microseconds since the epoch; 0 for a missing timestamp.
+/// Microseconds since the epoch; 0 for a missing timestamp. Saturates at
+/// the ends of i64: callers validate ranges, this must never overflow on a
+/// hostile value.
 pub fn timestamp_micros(ts: Option<&prost_types::Timestamp>) -> i64 {
-    ts.map_or(0, |ts| ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1000)
+    ts.map_or(0, |ts| {
+        ts.seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(ts.nanos) / 1000)
+    })
 }
 
 pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {

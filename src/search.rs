@@ -439,18 +439,22 @@ fn one_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
 
 /// `[from, to)` in microseconds, checked.
 fn time_range(r: &SearchRequest) -> Result<(Option<i64>, Option<i64>), SearchError> {
-    let from = r.from_time.as_ref().map(|t| timestamp_micros(Some(t)));
-    let to = r.to_time.as_ref().map(|t| timestamp_micros(Some(t)));
-    for (field, ts) in [("from_time", &r.from_time), ("to_time", &r.to_time)] {
-        if let Some(ts) = ts {
-            if !(0..1_000_000_000).contains(&ts.nanos) {
-                return Err(invalid(field, "nanos out of range 0..1e9"));
-            }
-            if ts.seconds.checked_mul(1_000_000).is_none() {
-                return Err(invalid(field, "out of range"));
-            }
+    // Checked before any arithmetic: the values come straight off the wire.
+    let micros = |field: &'static str,
+                  ts: &Option<prost_types::Timestamp>|
+     -> Result<Option<i64>, SearchError> {
+        let Some(ts) = ts else { return Ok(None) };
+        if !(0..1_000_000_000).contains(&ts.nanos) {
+            return Err(invalid(field, "nanos out of range 0..1e9"));
         }
-    }
+        ts.seconds
+            .checked_mul(1_000_000)
+            .and_then(|s| s.checked_add(i64::from(ts.nanos) / 1000))
+            .map(Some)
+            .ok_or_else(|| invalid(field, "out of range"))
+    };
+    let from = micros("from_time", &r.from_time)?;
+    let to = micros("to_time", &r.to_time)?;
     if let (Some(f), Some(t)) = (from, to) {
         if f >= t {
             return Err(invalid("to_time", "must be after from_time"));
