@@ -17,7 +17,8 @@ use prost::Message;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::query::{
-    AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, RegexQuery, TermQuery,
+    AllQuery, BooleanQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, RegexQuery,
+    TermQuery,
 };
 use tantivy::schema::{IndexRecordOption, Term, Value};
 use tantivy::tokenizer::TextAnalyzer;
@@ -390,6 +391,12 @@ impl Searcher {
             let parser = QueryParser::for_index(&self.parsing, vec![s.text]);
             let parsed = parser
                 .parse_query(&r.query)
+                .map_err(|e| invalid("query", e.to_string()))?;
+            // Some queries parse but name what the schema lacks (`x:*` is
+            // an exists-query on field `x`): building the weight finds
+            // those now, rather than as an index error mid-search.
+            parsed
+                .weight(EnableScoring::disabled_from_schema(&s.schema))
                 .map_err(|e| invalid("query", e.to_string()))?;
             must.push(parsed);
         }

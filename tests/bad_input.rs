@@ -213,6 +213,14 @@ async fn bad_searches_name_the_field() {
             },
         ),
         (
+            "query",
+            SearchRequest {
+                // Parses (an exists-query), but no such field: found by fuzzing.
+                query: "\u{e}:*".into(),
+                ..Default::default()
+            },
+        ),
+        (
             "text",
             SearchRequest {
                 text: "!!! ???".into(),
