@@ -100,26 +100,33 @@ async fn start_tls(dir: &Path, tls: TlsConfig) -> TestServer {
     server
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_clients_get_in_and_plain_text_ones_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    let pki = pki();
-    let server = start_tls(dir.path(), write_tls(certs.path(), &pki, false)).await;
-    // Retry while the daemon still replays its (empty) log.
+/// A TLS search, retried while the daemon still replays its (empty) log;
+/// any other failure fails the test.
+async fn search_once_serving(
+    server: &TestServer,
+    ca: &str,
+    identity: Option<&(String, String)>,
+) -> u64 {
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
-        match tls_search(&server, Some(&pki.ca), None).await {
-            Ok(total) => {
-                assert_eq!(total, 0);
-                break;
-            }
+        match tls_search(server, Some(ca), identity).await {
+            Ok(total) => return total,
             Err(e) if e.starts_with("Unavailable") && std::time::Instant::now() < deadline => {
                 tokio::task::yield_now().await
             }
             Err(e) => panic!("a TLS client trusting the CA: {e}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_get_in_and_plain_text_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let server = start_tls(dir.path(), write_tls(certs.path(), &pki, false)).await;
+    let total = search_once_serving(&server, &pki.ca, None).await;
+    assert_eq!(total, 0);
     let plain = tls_search(&server, None, None).await;
     assert!(
         plain.is_err(),
@@ -144,16 +151,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     let certs = tempfile::tempdir().unwrap();
     let pki = pki();
     let server = start_tls(dir.path(), write_tls(certs.path(), &pki, true)).await;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        match tls_search(&server, Some(&pki.ca), Some(&pki.client)).await {
-            Ok(_) => break,
-            Err(e) if e.starts_with("Unavailable") && std::time::Instant::now() < deadline => {
-                tokio::task::yield_now().await
-            }
-            Err(e) => panic!("a client with a certificate: {e}"),
-        }
-    }
+    search_once_serving(&server, &pki.ca, Some(&pki.client)).await;
     let anonymous = tls_search(&server, Some(&pki.ca), None).await;
     assert!(
         anonymous.is_err(),
