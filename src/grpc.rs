@@ -66,7 +66,7 @@ impl AuditLogService {
                 "auditd is starting (replaying its write-ahead log)",
             )),
             // Reads still work when writes cannot be made durable.
-            Health::Serving | Health::Failed(_) => Ok(()),
+            Health::Serving | Health::Degraded(_) | Health::Failed(_) => Ok(()),
         }
     }
 

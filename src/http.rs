@@ -80,6 +80,10 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             "starting: replaying the write-ahead log\n".into(),
         ),
+        Health::Degraded(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {reason}\n"),
+        ),
         Health::Failed(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("failed: {reason}\n"),

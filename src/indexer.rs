@@ -20,6 +20,7 @@ use crate::partition::{day_of, Day, Partition, PartitionError, Partitions};
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::group_commit::WalPositions;
+use crate::wal::WalError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -35,6 +36,8 @@ pub enum IndexError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("re-reading the write-ahead log: {0}")]
+    Wal(#[from] WalError),
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +64,13 @@ pub struct Indexer {
     schema: AuditSchema,
     settings: IndexerSettings,
     checkpoint_path: PathBuf,
+    wal_dir: PathBuf,
     writers: HashMap<Day, OpenWriter>,
+    /// Set after a failed add or commit: the writers were dropped with what
+    /// they held, and `[committed, indexed)` is re-read from the WAL before
+    /// the next commit. Meanwhile batches off the queue only move `indexed`
+    /// on: they are in the WAL, and the re-read takes them too.
+    rebuild: bool,
     /// End of the last record added to the writers.
     indexed: u64,
     /// End of the last record covered by a commit.
@@ -86,7 +95,9 @@ impl Indexer {
             partitions,
             settings,
             checkpoint_path: checkpoint_path(data_dir),
+            wal_dir: crate::wal::dir(data_dir),
             writers: HashMap::new(),
+            rebuild: false,
             indexed: start,
             committed: start,
             batches: 0,
@@ -97,9 +108,15 @@ impl Indexer {
     }
 
     /// Runs on a thread named `auditd-indexer` until every sender of
-    /// `queue` is dropped, then commits what it holds and returns. Should it
-    /// fail, the pipeline is marked failed so producers get an error instead
-    /// of waiting forever.
+    /// `queue` is dropped, then commits what it holds and returns.
+    ///
+    /// A failed add or commit (a full disk, an I/O error) loses nothing:
+    /// the batches are in the WAL, which is not trimmed past the last good
+    /// commit. The indexer marks the pipeline degraded, drops its writers,
+    /// and at each commit interval re-reads the WAL from the checkpoint and
+    /// tries again; meanwhile the index falls behind, and past the lag
+    /// budget Ingest answers RESOURCE_EXHAUSTED. Only a fault still there at
+    /// shutdown ends the thread with an error.
     pub fn spawn(
         mut self,
         queue: Receiver<ToIndexer>,
@@ -108,8 +125,8 @@ impl Indexer {
         std::thread::Builder::new()
             .name("auditd-indexer".into())
             .spawn(move || {
-                let guard = WorkerGuard::new(status, "indexer");
-                let result = self.run(&queue);
+                let guard = WorkerGuard::new(status.clone(), "indexer");
+                let result = self.run(&queue, &status);
                 if result.is_ok() {
                     guard.defuse();
                 }
@@ -117,30 +134,77 @@ impl Indexer {
             })
     }
 
-    fn run(&mut self, queue: &Receiver<ToIndexer>) -> Result<(), IndexError> {
+    fn run(
+        &mut self,
+        queue: &Receiver<ToIndexer>,
+        status: &PipelineStatus,
+    ) -> Result<(), IndexError> {
         let mut next_commit = Instant::now() + self.settings.commit_interval;
+        let mut commit_now = false;
         loop {
             match queue.recv_deadline(next_commit) {
                 Ok(ToIndexer::Batch(batch)) => {
-                    self.add(batch)?;
+                    if let Err(error) = self.add(batch) {
+                        self.fault(&error, status);
+                    }
                     metrics::gauge!(m::QUEUE_DEPTH).set(queue.len() as f64);
                 }
-                Ok(ToIndexer::Commit) => {
-                    self.commit()?;
-                    next_commit = Instant::now() + self.settings.commit_interval;
-                }
+                Ok(ToIndexer::Commit) => commit_now = true,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.commit(),
             }
-            if Instant::now() >= next_commit {
-                self.commit()?;
+            if commit_now || Instant::now() >= next_commit {
+                match self.commit() {
+                    Ok(()) => status.set_fault("index", None),
+                    Err(error) => self.fault(&error, status),
+                }
+                commit_now = false;
                 next_commit = Instant::now() + self.settings.commit_interval;
             }
+            let lag = self
+                .positions
+                .end
+                .load(Ordering::Acquire)
+                .saturating_sub(self.committed);
+            metrics::gauge!(m::INDEX_LAG_BYTES).set(lag as f64);
         }
+    }
+
+    /// Drops the writers and what they held since the last commit; the next
+    /// commit re-reads it from the WAL.
+    fn fault(&mut self, error: &IndexError, status: &PipelineStatus) {
+        metrics::counter!(m::INDEX_ERRORS).increment(1);
+        status.set_fault("index", Some(error.to_string()));
+        // Dropping an IndexWriter discards what it did not commit.
+        self.writers.clear();
+        self.rebuild = true;
+    }
+
+    /// Re-reads `[committed, indexed)` from the WAL into fresh writers.
+    fn reread(&mut self) -> Result<(), IndexError> {
+        let (from, to) = (self.committed, self.indexed);
+        tracing::info!(from, to, "re-reading the write-ahead log into the index");
+        self.rebuild = false;
+        self.indexed = from;
+        let dir = self.wal_dir.clone();
+        let result = crate::wal::read_range(&dir, from, to, |record| {
+            let batch = IndexBatch::decode(record)?;
+            self.add(batch)
+        });
+        if result.is_err() {
+            self.writers.clear();
+            self.rebuild = true;
+            self.indexed = to;
+        }
+        result
     }
 
     /// Adds one durable batch to the partition writers of its events' days.
     pub fn add(&mut self, batch: IndexBatch) -> Result<(), IndexError> {
+        if self.rebuild {
+            self.indexed = batch.span.end;
+            return Ok(());
+        }
         self.batches += 1;
         let IndexBatch { span, batch } = batch;
         for (i, event) in batch.events.iter().enumerate() {
@@ -179,7 +243,11 @@ impl Indexer {
     /// after that may the WAL below it go.
     pub fn commit(&mut self) -> Result<(), IndexError> {
         if self.indexed == self.committed {
+            self.rebuild = false;
             return Ok(());
+        }
+        if self.rebuild {
+            self.reread()?;
         }
         let started = Instant::now();
         let position = self.indexed;
@@ -198,6 +266,9 @@ impl Indexer {
         metrics::counter!(m::COMMITS).increment(1);
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::gauge!(m::INDEXED_POSITION).set(position as f64);
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            metrics::gauge!(m::LAST_COMMIT_SECONDS).set(now.as_secs_f64());
+        }
         let docs: u64 = self
             .partitions
             .overlapping(None, None)
@@ -266,6 +337,7 @@ fn commit_writer(open: &mut OpenWriter, position: u64) -> Result<(), IndexError>
         path: path.clone(),
         source,
     };
+    crate::failpoint::io("index::commit").map_err(|e| tantivy_err(e.into()))?;
     let mut prepared = open.writer.prepare_commit().map_err(tantivy_err)?;
     prepared.set_payload(&position.to_string());
     prepared.commit().map_err(tantivy_err)?;

@@ -109,7 +109,9 @@ impl IngestService {
     pub async fn ingest(&self, mut request: IngestRequest) -> Result<IngestResponse, IngestError> {
         let started = Instant::now();
         match self.status.health() {
-            Health::Serving => {}
+            // A degraded WAL refuses or takes the batch itself: each batch
+            // is also how it learns that the disk works again.
+            Health::Serving | Health::Degraded(_) => {}
             Health::Starting => return Err(IngestError::Starting),
             Health::Failed(reason) => return Err(IngestError::Unavailable(reason)),
         }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod failpoint;
 pub mod gen;
 pub mod grpc;
 pub mod http;

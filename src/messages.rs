@@ -8,7 +8,7 @@
 use tokio::sync::oneshot;
 
 use crate::proto::AuditEvent;
-use crate::wal::Span;
+use crate::wal::{Record, Span, WalError};
 
 /// What one WAL record holds: a validated batch, ids and `received` set.
 /// Encoded with prost, so the log shares the API's schema evolution rules.
@@ -47,6 +47,26 @@ pub enum ToIndexer {
 pub struct IndexBatch {
     pub span: Span,
     pub batch: WalBatch,
+}
+
+impl IndexBatch {
+    /// Decodes a WAL record read back (replay at start-up, or the indexer
+    /// re-reading after a failed commit).
+    pub fn decode(record: Record<'_>) -> Result<IndexBatch, WalError> {
+        let batch = <WalBatch as prost::Message>::decode(record.payload).map_err(|e| {
+            WalError::BadRecord {
+                position: record.start,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(IndexBatch {
+            span: Span {
+                start: record.start,
+                end: record.end,
+            },
+            batch,
+        })
+    }
 }
 
 /// Bits of an event's sequence number given to its index inside its batch.

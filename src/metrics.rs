@@ -21,3 +21,14 @@ pub const INDEX_DOCS: &str = "auditd_index_docs";
 pub const PARTITIONS: &str = "auditd_index_partitions";
 pub const SEARCH_SECONDS: &str = "auditd_search_duration_seconds";
 pub const REPLAY_SECONDS: &str = "auditd_replay_duration_seconds";
+/// 1 while a stage (`stage` = wal, index) is degraded by a fault it retries.
+pub const DEGRADED: &str = "auditd_degraded";
+/// WAL write, sync, rotation and repair errors, labelled by `op`.
+pub const WAL_ERRORS: &str = "auditd_wal_errors_total";
+/// Index commit errors; each one rolls the writers back and re-reads the
+/// WAL from the checkpoint.
+pub const INDEX_ERRORS: &str = "auditd_index_errors_total";
+/// WAL bytes acknowledged but not yet committed to the index.
+pub const INDEX_LAG_BYTES: &str = "auditd_index_lag_bytes";
+/// Unix time of the last index commit; `time() - this` is the time since.
+pub const LAST_COMMIT_SECONDS: &str = "auditd_index_last_commit_timestamp_seconds";

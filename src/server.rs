@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,13 +18,13 @@ use crate::grpc::{AuditLogService, Authenticate, TokensService};
 use crate::idempotency::Idempotency;
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
-use crate::messages::{IndexBatch, ToIndexer, WalBatch};
+use crate::messages::{IndexBatch, ToIndexer};
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
 use crate::proto::tokens_server::TokensServer;
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::Searcher;
-use crate::status::PipelineStatus;
+use crate::status::{Health, PipelineStatus};
 use crate::wal::group_commit::{self, WalPositions};
 use crate::wal::{Wal, WalError};
 use tonic::service::interceptor::InterceptedService;
@@ -177,6 +176,12 @@ pub async fn run(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    health
+        .set_service_status(
+            INGEST_HEALTH_SERVICE,
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -254,17 +259,15 @@ pub async fn run(
     // Replay: every record from the checkpoint on goes to the indexer
     // again, and its batch id back into the idempotency window.
     let started = Instant::now();
-    let wal_dir = data_dir.join("wal");
+    let wal_dir = crate::wal::dir(&data_dir);
     let (segment_bytes, recovery) = (config.wal.segment_bytes, config.wal.recovery);
     let from = checkpoint.wal_position;
     let replay_tx = index_tx.clone();
     let replay_memo = memo.clone();
     let (wal, report) = tokio::task::spawn_blocking(move || {
         Wal::open(&wal_dir, from, segment_bytes, recovery, |record| {
-            let batch = WalBatch::decode(record.payload).map_err(|e| WalError::BadRecord {
-                position: record.start,
-                reason: e.to_string(),
-            })?;
+            let replayed = IndexBatch::decode(record)?;
+            let batch = &replayed.batch;
             if !batch.batch_id.is_empty() {
                 let received = batch
                     .events
@@ -273,12 +276,8 @@ pub async fn run(
                 let ids = batch.events.iter().map(|e| e.id.clone()).collect();
                 replay_memo.complete(&batch.batch_id, ids, received);
             }
-            let span = crate::wal::Span {
-                start: record.start,
-                end: record.end,
-            };
             replay_tx
-                .send(ToIndexer::Batch(IndexBatch { span, batch }))
+                .send(ToIndexer::Batch(replayed))
                 .map_err(|_| WalError::IndexerGone)
         })
     })
@@ -311,16 +310,12 @@ pub async fn run(
         status.clone(),
     )?;
     status.set_ready();
-    health
-        .set_serving::<AuditLogServer<AuditLogService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    let follower = tokio::spawn(follow_health(status.clone(), health.clone()));
     tracing::info!("serving");
 
     shutdown.await;
     tracing::info!("shutting down: no new requests; draining the pipeline");
+    follower.abort();
     health
         .set_not_serving::<AuditLogServer<AuditLogService>>()
         .await;
@@ -339,6 +334,37 @@ pub async fn run(
     index_result?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The gRPC health service name that reports whether writes can be made
+/// durable. `""` and `audit.v1.AuditLog` stay SERVING while only writes are
+/// degraded, since reads go on.
+pub const INGEST_HEALTH_SERVICE: &str = "auditd.ingest";
+
+/// Keeps the gRPC health service in step with the pipeline's health.
+async fn follow_health(status: Arc<PipelineStatus>, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let mut changes = status.subscribe();
+    loop {
+        let (reads, writes) = match status.health() {
+            Health::Serving => (Serving, Serving),
+            Health::Degraded(_) => (Serving, NotServing),
+            Health::Starting | Health::Failed(_) => (NotServing, NotServing),
+        };
+        health.set_service_status("", reads).await;
+        health
+            .set_service_status(
+                <AuditLogServer<AuditLogService> as tonic::server::NamedService>::NAME,
+                reads,
+            )
+            .await;
+        health
+            .set_service_status(INGEST_HEALTH_SERVICE, writes)
+            .await;
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn join<T: Send + 'static>(

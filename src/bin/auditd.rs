@@ -64,6 +64,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    auditd::failpoint::setup_from_env();
     let listeners = auditd::Listeners::bind(&config)
         .await
         .with_context(|| format!("binding {} and {}", config.grpc_addr, config.http_addr))?;

@@ -33,10 +33,26 @@ pub struct WalPositions {
 
 type Pending = (Span, AppendRequest);
 
+/// While degraded and idle, how often the WAL thread checks whether the
+/// disk works again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// A failed write, sync or rotation the thread is working its way out of.
+struct Fault {
+    /// Whether the log is cut back to the acknowledged end (`Wal::repair`);
+    /// until then nothing may be appended.
+    repaired: bool,
+    last_probe: Instant,
+}
+
 /// Starts the thread. It stops, after finishing what it has, when every
-/// sender of `requests` is dropped; it stops early, failing what it holds,
-/// when a write or sync fails, since the page cache can no longer be
-/// trusted after a failed fsync.
+/// sender of `requests` is dropped.
+///
+/// A failed write, sync or rotation fails the batches it touched (their
+/// clients get UNAVAILABLE; nothing of them is acknowledged), marks the
+/// pipeline degraded, and cuts the log back to what was acknowledged. The
+/// thread then goes on: the next batch that syncs, or an idle probe, clears
+/// the fault, so ingest resumes by itself once the disk does.
 pub fn spawn(
     mut wal: Wal,
     policy: SyncPolicy,
@@ -50,8 +66,8 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("auditd-wal".into())
         .spawn(move || {
-            let guard = WorkerGuard::new(status, "wal");
-            let result = run(&mut wal, policy, &requests, &indexer, &positions);
+            let guard = WorkerGuard::new(status.clone(), "wal");
+            let result = run(&mut wal, policy, &requests, &indexer, &positions, &status);
             if result.is_ok() {
                 guard.defuse();
             }
@@ -65,10 +81,14 @@ fn run(
     requests: &Receiver<AppendRequest>,
     indexer: &Sender<ToIndexer>,
     positions: &WalPositions,
+    status: &PipelineStatus,
 ) -> Result<(), WalError> {
     let mut pending: Vec<Pending> = Vec::new();
     let mut last_sync = Instant::now();
     let mut trimmed = 0u64;
+    let mut fault: Option<Fault> = None;
+    // The end of what was acknowledged: a repair cuts the log back to it.
+    let acknowledged = |positions: &WalPositions| positions.end.load(Ordering::Acquire);
     loop {
         let timeout = match policy {
             SyncPolicy::Interval(every) if !pending.is_empty() => {
@@ -86,10 +106,39 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                for mut request in group {
+                if let Some(f) = &mut fault {
+                    if !f.repaired {
+                        match wal.repair(acknowledged(positions)) {
+                            Ok(()) => f.repaired = true,
+                            Err(error) => {
+                                count_error("repair");
+                                refuse(group, &error);
+                                continue;
+                            }
+                        }
+                    }
+                }
+                let mut group = group.into_iter();
+                let mut failed = None;
+                for mut request in group.by_ref() {
                     drop(request.permit.take());
-                    let span = wal.append(&request.payload)?;
-                    pending.push((span, request));
+                    match wal.append(&request.payload) {
+                        Ok(span) => pending.push((span, request)),
+                        Err(error) => {
+                            // Only a rotation fails here: it syncs the old
+                            // segment and creates the next.
+                            let _ = request.reply.send(Err(refusal(&error)));
+                            failed = Some(error);
+                            break;
+                        }
+                    }
+                }
+                if let Some(error) = failed {
+                    count_error("rotate");
+                    refuse(group, &error);
+                    fail_all(&mut pending, &error);
+                    fault = Some(enter_fault(wal, acknowledged(positions), &error, status));
+                    continue;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -105,8 +154,13 @@ fn run(
             let started = Instant::now();
             let written = if due { wal.sync() } else { wal.flush() };
             if let Err(error) = written {
+                count_error(if due { "sync" } else { "write" });
                 fail_all(&mut pending, &error);
-                return Err(error);
+                fault = Some(enter_fault(wal, acknowledged(positions), &error, status));
+                if closed {
+                    return Ok(());
+                }
+                continue;
             }
             if due {
                 last_sync = Instant::now();
@@ -114,6 +168,9 @@ fn run(
             }
             let ready = due || policy == SyncPolicy::Never;
             if ready {
+                if fault.take().is_some() {
+                    status.set_fault("wal", None);
+                }
                 positions.end.store(wal.end(), Ordering::Release);
                 metrics::gauge!(m::WAL_END_POSITION).set(wal.end() as f64);
                 for (span, request) in pending.drain(..) {
@@ -131,12 +188,39 @@ fn run(
                     }
                 }
             }
+        } else if let Some(f) = &mut fault {
+            // Idle while degraded: find out whether the disk works again.
+            if f.last_probe.elapsed() >= PROBE_EVERY {
+                f.last_probe = Instant::now();
+                let healed = if f.repaired {
+                    wal.probe()
+                } else {
+                    wal.repair(acknowledged(positions))
+                };
+                match healed {
+                    Ok(()) if f.repaired => {
+                        fault = None;
+                        status.set_fault("wal", None);
+                    }
+                    Ok(()) => f.repaired = true,
+                    Err(error) => {
+                        count_error("probe");
+                        status.set_fault("wal", Some(error.to_string()));
+                    }
+                }
+            }
         }
 
         let checkpoint = positions.checkpoint.load(Ordering::Acquire);
         if checkpoint > trimmed {
-            wal.remove_below(checkpoint)?;
-            trimmed = checkpoint;
+            // Not fatal: the segments stay, and the next pass tries again.
+            match wal.remove_below(checkpoint) {
+                Ok(_) => trimmed = checkpoint,
+                Err(error) => {
+                    count_error("remove");
+                    tracing::warn!(%error, "could not remove indexed WAL segments; will retry");
+                }
+            }
             metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64);
         }
         if closed && pending.is_empty() {
@@ -145,9 +229,45 @@ fn run(
     }
 }
 
+/// Marks the log degraded and tries a first repair at once.
+fn enter_fault(
+    wal: &mut Wal,
+    acknowledged: u64,
+    error: &WalError,
+    status: &PipelineStatus,
+) -> Fault {
+    status.set_fault("wal", Some(error.to_string()));
+    let repaired = match wal.repair(acknowledged) {
+        Ok(()) => true,
+        Err(repair) => {
+            count_error("repair");
+            tracing::warn!(error = %repair, "could not cut the WAL back yet; will retry");
+            false
+        }
+    };
+    Fault {
+        repaired,
+        last_probe: Instant::now(),
+    }
+}
+
+fn count_error(op: &'static str) {
+    metrics::counter!(m::WAL_ERRORS, "op" => op).increment(1);
+}
+
+/// What a client whose batch could not be made durable is told.
+fn refusal(error: &WalError) -> String {
+    format!("the batch could not be made durable and was not stored: {error}")
+}
+
+fn refuse(requests: impl IntoIterator<Item = AppendRequest>, error: &WalError) {
+    for mut request in requests {
+        drop(request.permit.take());
+        let _ = request.reply.send(Err(refusal(error)));
+    }
+}
+
 fn fail_all(pending: &mut Vec<Pending>, error: &WalError) {
     tracing::error!(%error, batches = pending.len(), "wal write failed; failing the batches it held");
-    for (_, request) in pending.drain(..) {
-        let _ = request.reply.send(Err(error.to_string()));
-    }
+    refuse(pending.drain(..).map(|(_, request)| request), error);
 }

@@ -243,7 +243,8 @@ impl Wal {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self.active.write_all(&self.buf);
+        let result =
+            crate::failpoint::io("wal::write").and_then(|()| self.active.write_all(&self.buf));
         self.buf.clear();
         match result {
             Ok(()) => {
@@ -264,9 +265,94 @@ impl Wal {
     /// Flushes, then makes everything written durable.
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.flush()?;
-        self.active
-            .sync_data()
+        crate::failpoint::io("wal::fsync")
+            .and_then(|()| self.active.sync_data())
             .map_err(|source| WalError::io(&self.active_path(), source))
+    }
+
+    /// Brings the log back to `keep`, the end of what was acknowledged,
+    /// after a failed write, sync or rotation, so that appending can go on.
+    ///
+    /// Everything past `keep` was never acknowledged. After a failed fsync
+    /// the kernel may have dropped the dirty pages and marked them clean, so
+    /// none of it is trusted or synced again: the segment holding `keep` is
+    /// cut back to it, segments a rotation created past it are removed, and
+    /// new records are written afresh. Fails (and may be called again) while
+    /// the disk still fails.
+    pub fn repair(&mut self, keep: u64) -> Result<(), WalError> {
+        self.buf.clear();
+        let dir = self.dir.clone();
+        let dir_err = |source| WalError::io(&dir, source);
+        let mut on_disk = segment::list(&dir).map_err(dir_err)?;
+        // Segments past `keep`, and one half created at `keep`, hold nothing
+        // acknowledged.
+        while let Some(last) = on_disk.last() {
+            let half_created = last.start == keep
+                && fs::metadata(&last.path).map_or(true, |m| m.len() < MAGIC.len() as u64);
+            if last.start < keep || (last.start == keep && !half_created) {
+                break;
+            }
+            fs::remove_file(&last.path).map_err(|source| WalError::io(&last.path, source))?;
+            on_disk.pop();
+        }
+        let (file, start) = match on_disk.last() {
+            Some(base) => {
+                let file = fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&base.path)
+                    .map_err(|source| WalError::io(&base.path, source))?;
+                let len = MAGIC.len() as u64 + (keep - base.start);
+                let actual = file
+                    .metadata()
+                    .map_err(|source| WalError::io(&base.path, source))?
+                    .len();
+                if actual < len {
+                    return Err(WalError::Corrupt {
+                        path: base.path.clone(),
+                        offset: actual,
+                        reason: "acknowledged records are missing from the segment",
+                    });
+                }
+                file.set_len(len)
+                    .map_err(|source| WalError::io(&base.path, source))?;
+                crate::failpoint::io("wal::fsync")
+                    .and_then(|()| file.sync_all())
+                    .map_err(|source| WalError::io(&base.path, source))?;
+                (file, base.start)
+            }
+            None => {
+                let file = segment::create(&dir, keep).map_err(dir_err)?;
+                on_disk.push(SegmentFile {
+                    start: keep,
+                    path: segment::path_for(&dir, keep),
+                });
+                (file, keep)
+            }
+        };
+        segment::sync_dir(&dir).map_err(dir_err)?;
+        self.active = file;
+        self.active_start = start;
+        self.segments = on_disk;
+        self.written = keep;
+        self.end = keep;
+        Ok(())
+    }
+
+    /// Writes and syncs a small scratch file beside the segments: a degraded
+    /// log uses it, while no batch arrives, to learn that the disk works
+    /// again.
+    pub fn probe(&self) -> Result<(), WalError> {
+        let path = self.dir.join("probe.tmp");
+        let result = (|| {
+            crate::failpoint::io("wal::write")?;
+            let mut file = File::create(&path)?;
+            file.write_all(&[0u8; 4096])?;
+            crate::failpoint::io("wal::fsync")?;
+            file.sync_all()
+        })();
+        let _ = fs::remove_file(&path);
+        result.map_err(|source| WalError::io(&path, source))
     }
 
     /// Deletes every segment that holds only records before `position`.
@@ -297,8 +383,9 @@ impl Wal {
         // or replay could find a gap.
         self.sync()?;
         let start = self.end;
-        self.active =
-            segment::create(&self.dir, start).map_err(|source| WalError::io(&self.dir, source))?;
+        self.active = crate::failpoint::io("wal::rotate")
+            .and_then(|()| segment::create(&self.dir, start))
+            .map_err(|source| WalError::io(&self.dir, source))?;
         self.segments.push(SegmentFile {
             start,
             path: segment::path_for(&self.dir, start),
@@ -342,6 +429,68 @@ fn truncate_tail(
     file.sync_all()
         .map_err(|source| WalError::io(path, source))?;
     report.truncated = Some((path.to_owned(), offset, reason));
+    Ok(())
+}
+
+/// Hands every record in `[from, to)` to `visit`, read straight from the
+/// segment files in `dir`: for a reader beside the log's owner (the indexer
+/// re-reading what a failed commit lost). `from` must be a record boundary
+/// and the range acknowledged, which the owner neither rewrites nor removes
+/// while the checkpoint is below it; any damage in it is an error.
+pub fn read_range<E: From<WalError>>(
+    dir: &Path,
+    from: u64,
+    to: u64,
+    mut visit: impl FnMut(Record<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let segments = segment::list(dir).map_err(|source| WalError::io(dir, source))?;
+    let mut position = from;
+    for (i, seg) in segments.iter().enumerate() {
+        let wholly_before = segments
+            .get(i + 1)
+            .is_some_and(|next| next.start <= position);
+        if position >= to || wholly_before {
+            continue;
+        }
+        let data = read_file(&seg.path)?;
+        let corrupt = |offset: usize, reason| WalError::Corrupt {
+            path: seg.path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        if seg.start > position || data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            return Err(corrupt(0, "segment missing or damaged before the indexed range").into());
+        }
+        let body = &data[MAGIC.len()..];
+        let mut offset = (position - seg.start) as usize;
+        while position < to && offset < body.len() {
+            match frame::decode(&body[offset..]) {
+                Decoded::Frame { payload, len } => {
+                    visit(Record {
+                        start: position,
+                        end: position + len as u64,
+                        payload,
+                    })?;
+                    position += len as u64;
+                    offset += len;
+                }
+                Decoded::Incomplete => {
+                    return Err(corrupt(MAGIC.len() + offset, "incomplete record").into())
+                }
+                Decoded::Corrupt { reason } => {
+                    return Err(corrupt(MAGIC.len() + offset, reason).into())
+                }
+            }
+        }
+    }
+    if position < to {
+        return Err(WalError::Corrupt {
+            path: dir.to_owned(),
+            offset: position,
+            reason: "the log ends before the acknowledged position",
+        }
+        .into());
+    }
     Ok(())
 }
 

@@ -13,7 +13,12 @@ pub mod segment;
 
 use std::path::{Path, PathBuf};
 
-pub use log::{Record, Recovery, ReplayReport, Span, Wal};
+pub use log::{read_range, Record, Recovery, ReplayReport, Span, Wal};
+
+/// Where the log lives inside the data directory.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {

@@ -94,30 +94,7 @@ impl TestServer {
 
     /// Follows the gRPC health watch stream until the server says SERVING.
     pub async fn wait_serving(&self) {
-        let wait = async {
-            let channel = Channel::from_shared(self.url())
-                .unwrap()
-                .connect()
-                .await
-                .expect("connect health");
-            let mut health = HealthClient::new(channel);
-            let mut updates = health
-                .watch(HealthCheckRequest {
-                    service: "audit.v1.AuditLog".into(),
-                })
-                .await
-                .expect("health watch")
-                .into_inner();
-            while let Some(update) = updates.message().await.expect("health stream") {
-                if update.status == ServingStatus::Serving as i32 {
-                    return;
-                }
-            }
-            panic!("health stream ended before SERVING");
-        };
-        tokio::time::timeout(DEADLINE, wait)
-            .await
-            .expect("server did not become SERVING in time");
+        wait_health(&self.url(), "audit.v1.AuditLog", ServingStatus::Serving).await;
     }
 
     /// Graceful stop: returns what `run` returned.
@@ -292,4 +269,60 @@ pub async fn ingest_when_ready(client: &mut Client, events: Vec<AuditEvent>) -> 
             Err(s) => panic!("ingest: {s:?}"),
         }
     }
+}
+
+/// A plain HTTP/1.1 GET: status code and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, None).await
+}
+
+pub async fn http_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Follows the gRPC health watch of `service` until it reports `want`.
+pub async fn wait_health(url: &str, service: &str, want: ServingStatus) {
+    let wait = async {
+        let channel = Channel::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect health");
+        let mut health = HealthClient::new(channel);
+        let mut updates = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        while let Some(update) = updates.message().await.expect("health stream") {
+            if update.status == want as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended before {want:?}");
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{service} did not become {want:?} in time"));
 }
