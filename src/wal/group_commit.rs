@@ -257,7 +257,7 @@ fn count_error(op: &'static str) {
 
 /// What a client whose batch could not be made durable is told.
 fn refusal(error: &WalError) -> String {
-    format!("the batch could not be made durable and was not stored: {error}")
+    format!("the write-ahead log could not make the batch durable: {error}")
 }
 
 fn refuse(requests: impl IntoIterator<Item = AppendRequest>, error: &WalError) {
