@@ -95,6 +95,17 @@ pub struct Limits {
     pub max_search_limit: u32,
     /// Page size when `limit` is 0.
     pub default_search_limit: u32,
+    /// Open gRPC connections; one more is accepted and closed at once
+    /// (logged, counted in `auditd_connections_refused_total`).
+    pub max_connections: usize,
+    /// Concurrent requests (HTTP/2 streams) on one gRPC connection,
+    /// announced to the client in the HTTP/2 settings.
+    pub max_streams_per_connection: u32,
+    /// A connection with no byte read or written for this long is closed.
+    pub idle_connection_timeout_ms: u64,
+    /// An IngestStream with no request for this long is ended with
+    /// DEADLINE_EXCEEDED.
+    pub stream_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -110,6 +121,10 @@ impl Default for Limits {
             max_clock_skew_secs: 300,
             max_search_limit: 10_000,
             default_search_limit: 100,
+            max_connections: 1024,
+            max_streams_per_connection: 128,
+            idle_connection_timeout_ms: 300_000,
+            stream_idle_timeout_ms: 120_000,
         }
     }
 }
@@ -288,6 +303,12 @@ impl Config {
         }
         if self.tls.client_ca.is_some() && !self.tls.enabled() {
             return invalid("tls.client_ca", "needs tls.cert and tls.key");
+        }
+        if self.limits.max_connections == 0 || self.limits.max_streams_per_connection == 0 {
+            return invalid(
+                "limits.max_connections",
+                "at least one connection with one stream",
+            );
         }
         if self.wal.segment_bytes < 4096 {
             return invalid("wal.segment_bytes", "at least 4096");

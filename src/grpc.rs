@@ -36,6 +36,16 @@ pub struct AuditLogService {
     ingest: Arc<IngestService>,
     searcher: Searcher,
     status: Arc<PipelineStatus>,
+    streams: StreamSettings,
+}
+
+/// How long-lived IngestStreams end: after `idle_timeout` without a
+/// request, or when the server begins to shut down (`stop`), so that
+/// neither an idle producer nor a SIGTERM leaves a stream open for ever.
+#[derive(Clone)]
+pub struct StreamSettings {
+    pub idle_timeout: Duration,
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// The caller the authentication interceptor put into the request.
@@ -52,11 +62,13 @@ impl AuditLogService {
         ingest: Arc<IngestService>,
         searcher: Searcher,
         status: Arc<PipelineStatus>,
+        streams: StreamSettings,
     ) -> Self {
         AuditLogService {
             ingest,
             searcher,
             status,
+            streams,
         }
     }
 
@@ -134,16 +146,35 @@ impl AuditLog for AuditLogService {
         caller.check_write(&[]).map_err(auth_status)?;
         let mut inbound = request.into_inner();
         let ingest = self.ingest.clone();
+        let StreamSettings { idle_timeout, stop } = self.streams.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_REPLY_BUFFER);
         tokio::spawn(async move {
             // One reply per request, in order; the first error ends the
-            // stream, as gRPC streams end with a status.
+            // stream, as gRPC streams end with a status. A batch already
+            // taken is always answered; shutdown and idleness end the
+            // stream only between batches.
             loop {
-                let next = match inbound.message().await {
-                    Ok(Some(next)) => next,
-                    Ok(None) => break,
-                    Err(status) => {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "auditd is shutting down; every batch sent on this stream was answered",
+                        )));
+                        break;
+                    }
+                    next = tokio::time::timeout(idle_timeout, inbound.message()) => next,
+                };
+                let next = match next {
+                    Ok(Ok(Some(next))) => next,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(status)) => {
                         let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    Err(_idle) => {
+                        let _ = tx.try_send(Err(Status::deadline_exceeded(format!(
+                            "no request for {} ms (limits.stream_idle_timeout_ms); stream closed",
+                            idle_timeout.as_millis()
+                        ))));
                         break;
                     }
                 };

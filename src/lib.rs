@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod failpoint;
 pub mod gen;
 pub mod grpc;

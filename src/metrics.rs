@@ -32,3 +32,9 @@ pub const INDEX_ERRORS: &str = "auditd_index_errors_total";
 pub const INDEX_LAG_BYTES: &str = "auditd_index_lag_bytes";
 /// Unix time of the last index commit; `time() - this` is the time since.
 pub const LAST_COMMIT_SECONDS: &str = "auditd_index_last_commit_timestamp_seconds";
+/// Open gRPC connections.
+pub const CONNECTIONS: &str = "auditd_grpc_connections";
+/// Connections closed at once because `limits.max_connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "auditd_connections_refused_total";
+/// Connections closed after `limits.idle_connection_timeout_ms` idle.
+pub const CONNECTIONS_IDLE_CLOSED: &str = "auditd_connections_idle_closed_total";

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, TokenStore};
 use crate::config::Config;
-use crate::grpc::{AuditLogService, Authenticate, TokensService};
+use crate::grpc::{AuditLogService, Authenticate, StreamSettings, TokensService};
 use crate::idempotency::Idempotency;
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
@@ -195,6 +195,10 @@ pub async fn run(
             ingest.clone(),
             searcher,
             status.clone(),
+            StreamSettings {
+                idle_timeout: Duration::from_millis(config.limits.stream_idle_timeout_ms),
+                stop: stop.clone(),
+            },
         ))
         .max_decoding_message_size(config.limits.max_message_bytes)
         .max_encoding_message_size(config.limits.max_message_bytes),
@@ -206,7 +210,8 @@ pub async fn run(
     );
     let (grpc_addr, http_addr) = listeners.addrs()?;
     let grpc_stop = stop.clone();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.limits.max_streams_per_connection));
     if let Some(tls) = server_tls(&config.tls)? {
         builder = builder.tls_config(tls)?;
     } else if !grpc_addr.ip().is_loopback() {
@@ -222,9 +227,11 @@ pub async fn run(
             .add_service(audit_service)
             .add_service(tokens_service)
             .serve_with_incoming_shutdown(
-                // Small replies must not wait for Nagle's algorithm.
-                tonic::transport::server::TcpIncoming::from(listeners.grpc)
-                    .with_nodelay(Some(true)),
+                crate::conn::incoming(
+                    listeners.grpc,
+                    config.limits.max_connections,
+                    Duration::from_millis(config.limits.idle_connection_timeout_ms),
+                ),
                 grpc_stop.cancelled_owned(),
             ),
     );
