@@ -108,19 +108,7 @@ async fn an_idle_ingest_stream_ends_with_deadline_exceeded() {
     config.limits.stream_idle_timeout_ms = 200;
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = client
-        .ingest_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    tx.send(IngestRequest {
-        events: generated(10, 1, 10),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert_eq!(replies.message().await.unwrap().unwrap().ids.len(), 10);
+    let (tx, mut replies) = stream_with_one_batch(&mut client).await;
     // Then nothing: the server ends the stream, the client's sender open.
     let ended = tokio::time::timeout(DEADLINE, replies.message())
         .await
@@ -140,19 +128,7 @@ async fn shutdown_ends_open_streams_and_returns() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     let mut client = server.client().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = client
-        .ingest_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    tx.send(IngestRequest {
-        events: generated(10, 1, 10),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert_eq!(replies.message().await.unwrap().unwrap().ids.len(), 10);
+    let (tx, mut replies) = stream_with_one_batch(&mut client).await;
 
     // The producer keeps its stream open; shutdown must not wait for it.
     let stopping = tokio::spawn(server.stop());
@@ -170,4 +146,28 @@ async fn shutdown_ends_open_streams_and_returns() {
     let mut client = server.client().await;
     assert_eq!(count_stored(&mut client).await, 10);
     server.stop().await.unwrap();
+}
+
+/// An open IngestStream whose first batch (10 events) was answered; the
+/// sender stays open.
+async fn stream_with_one_batch(
+    client: &mut Client,
+) -> (
+    tokio::sync::mpsc::Sender<IngestRequest>,
+    tonic::Streaming<auditd::proto::IngestResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = client
+        .ingest_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(IngestRequest {
+        events: generated(10, 1, 10),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(replies.message().await.unwrap().unwrap().ids.len(), 10);
+    (tx, replies)
 }

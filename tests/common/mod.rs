@@ -326,3 +326,35 @@ pub async fn wait_health(url: &str, service: &str, want: ServingStatus) {
         .await
         .unwrap_or_else(|_| panic!("{service} did not become {want:?} in time"));
 }
+
+/// Every stored event (the trail of reads excluded), checked to hold each
+/// id once and every id of `acknowledged`.
+pub async fn stored_once_with_all_of(
+    client: &mut Client,
+    acknowledged: &std::collections::HashSet<String>,
+) -> Vec<AuditEvent> {
+    let (found, _) = search_all(
+        client,
+        SearchRequest {
+            limit: 10_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    for event in &found {
+        assert!(
+            seen.insert(event.id.clone()),
+            "{} is stored twice",
+            event.id
+        );
+    }
+    let missing: Vec<&String> = acknowledged.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    found
+}
