@@ -84,14 +84,7 @@ async fn past_the_lag_budget_ingest_waits_then_refuses_with_a_retry_hint() {
         "{}",
         refused.message()
     );
-    let hint: u64 = refused
-        .metadata()
-        .get("retry-after-ms")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let hint = retry_after_ms(&refused);
     assert!(hint > 0);
     assert!(refused
         .get_details_retry_info()

@@ -209,14 +209,7 @@ async fn overload_is_refused_with_a_hint_memory_stays_flat_and_it_recovers() {
             }
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                 clean_in_a_row = 0;
-                let hint: u64 = status
-                    .metadata()
-                    .get("retry-after-ms")
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let hint = retry_after_ms(&status);
                 tokio::time::sleep(Duration::from_millis(hint)).await;
             }
             Err(status) => panic!("after the flood: {status:?}"),

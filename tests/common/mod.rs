@@ -358,3 +358,15 @@ pub async fn stored_once_with_all_of(
     );
     found
 }
+
+/// The `retry-after-ms` hint of a refusal; panics when it has none.
+pub fn retry_after_ms(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("retry-after-ms")
+        .expect("a retry-after-ms hint")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
