@@ -192,6 +192,11 @@ pub struct IndexConfig {
     /// committed and closed past this. Bounds indexing memory at
     /// `max_open_writers × writer_heap_bytes`.
     pub max_open_writers: usize,
+    /// Check every partition's files against their checksums at start-up
+    /// (reads the whole index once). Damage then stops start-up with the
+    /// file named, instead of wrong or failing searches later. Turn off
+    /// only for an index too big to read at each start.
+    pub verify_on_start: bool,
 }
 
 impl Default for IndexConfig {
@@ -201,6 +206,7 @@ impl Default for IndexConfig {
             writer_threads: 2,
             writer_heap_bytes: 128 * 1024 * 1024,
             max_open_writers: 4,
+            verify_on_start: true,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! commits each touched partition with the WAL position it covers, reloads
 //! its searcher, writes the checkpoint, and tells waiting clients.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,9 +14,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tantivy::IndexWriter;
 use tokio::sync::watch;
 
-use crate::messages::{event_seq, Checkpoint, IndexBatch, ToIndexer};
+use crate::messages::{event_seq, Checkpoint, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
-use crate::partition::{day_of, Day, Partition, PartitionError, Partitions};
+use crate::partition::{day_of, format_day, Day, Partition, PartitionError, Partitions};
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::group_commit::WalPositions;
@@ -66,6 +66,8 @@ pub struct Indexer {
     checkpoint_path: PathBuf,
     wal_dir: PathBuf,
     writers: HashMap<Day, OpenWriter>,
+    /// Every partition as of its last commit, written into the checkpoint.
+    ledger: BTreeMap<Day, PartitionLedger>,
     /// Set after a failed add or commit: the writers were dropped with what
     /// they held, and `[committed, indexed)` is re-read from the WAL before
     /// the next commit. Meanwhile batches off the queue only move `indexed`
@@ -90,7 +92,21 @@ impl Indexer {
         positions: Arc<WalPositions>,
         searchable: watch::Sender<u64>,
     ) -> Indexer {
+        let ledger = partitions
+            .overlapping(None, None)
+            .iter()
+            .map(|p| {
+                let entry = PartitionLedger {
+                    events: p.reader.searcher().num_docs(),
+                    // Start-up has already refused a payload that does not
+                    // parse; a partition created since has none.
+                    committed: p.committed_position().unwrap_or(0),
+                };
+                (p.day, entry)
+            })
+            .collect();
         Indexer {
+            ledger,
             schema: partitions.schema().clone(),
             partitions,
             settings,
@@ -212,6 +228,7 @@ impl Indexer {
             let body = &mut self.body;
             let writer = writer_for(
                 &mut self.writers,
+                &mut self.ledger,
                 &self.partitions,
                 &self.settings,
                 day,
@@ -252,12 +269,17 @@ impl Indexer {
         let started = Instant::now();
         let position = self.indexed;
         for open in self.writers.values_mut().filter(|w| w.dirty) {
-            commit_writer(open, position)?;
+            commit_writer(open, position, &mut self.ledger)?;
         }
         write_checkpoint(
             &self.checkpoint_path,
-            Checkpoint {
+            &Checkpoint {
                 wal_position: position,
+                partitions: self
+                    .ledger
+                    .iter()
+                    .map(|(day, entry)| (format_day(*day), *entry))
+                    .collect(),
             },
         )?;
         self.committed = position;
@@ -284,6 +306,7 @@ impl Indexer {
 /// used one past the limit) when needed.
 fn writer_for<'a>(
     writers: &'a mut HashMap<Day, OpenWriter>,
+    ledger: &mut BTreeMap<Day, PartitionLedger>,
     partitions: &Partitions,
     settings: &IndexerSettings,
     day: Day,
@@ -303,7 +326,7 @@ fn writer_for<'a>(
                 let mut closing = writers.remove(&lru).expect("present");
                 if closing.dirty {
                     // Everything before the current record is added.
-                    commit_writer(&mut closing, record_start)?;
+                    commit_writer(&mut closing, record_start, ledger)?;
                 }
                 wait_merging(closing)?;
             }
@@ -331,7 +354,13 @@ fn writer_for<'a>(
     Ok(writers.get_mut(&day).expect("inserted above"))
 }
 
-fn commit_writer(open: &mut OpenWriter, position: u64) -> Result<(), IndexError> {
+/// Commits one partition with `position` as its payload, reloads its
+/// searcher and notes what it now holds in `ledger`.
+fn commit_writer(
+    open: &mut OpenWriter,
+    position: u64,
+    ledger: &mut BTreeMap<Day, PartitionLedger>,
+) -> Result<(), IndexError> {
     let path = open.partition.path.clone();
     let tantivy_err = |source| IndexError::Tantivy {
         path: path.clone(),
@@ -343,6 +372,13 @@ fn commit_writer(open: &mut OpenWriter, position: u64) -> Result<(), IndexError>
     prepared.commit().map_err(tantivy_err)?;
     open.partition.reader.reload().map_err(tantivy_err)?;
     open.dirty = false;
+    ledger.insert(
+        open.partition.day,
+        PartitionLedger {
+            events: open.partition.reader.searcher().num_docs(),
+            committed: position,
+        },
+    );
     Ok(())
 }
 
@@ -372,13 +408,13 @@ pub fn read_checkpoint(data_dir: &Path) -> Result<Checkpoint, IndexError> {
 
 /// Write to a temporary file, fsync, rename over, fsync the directory: a
 /// crash leaves the old checkpoint or the new one, never half of either.
-fn write_checkpoint(path: &Path, checkpoint: Checkpoint) -> Result<(), IndexError> {
+pub fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<(), IndexError> {
     let err = |source| IndexError::Checkpoint {
         path: path.to_owned(),
         source,
     };
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(&checkpoint).expect("a checkpoint serializes");
+    let bytes = serde_json::to_vec(checkpoint).expect("a checkpoint serializes");
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp).map_err(err)?;

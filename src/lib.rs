@@ -20,6 +20,7 @@ pub mod json;
 pub mod messages;
 pub mod metrics;
 pub mod partition;
+pub mod recover;
 pub mod schema;
 pub mod search;
 pub mod server;

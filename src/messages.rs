@@ -84,7 +84,24 @@ pub fn event_seq(record_start: u64, index: usize) -> u64 {
 
 /// The indexed checkpoint: every WAL record that starts below `wal_position`
 /// is committed to the index. Written atomically after each commit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub wal_position: u64,
+    /// What each partition held at that commit, keyed by day
+    /// (`2026-11-23`). A copy kept outside the index on purpose: when a
+    /// partition's own files are damaged, `auditd recover` still knows how
+    /// many events it held, so it can say exactly how many the WAL cannot
+    /// give back.
+    #[serde(default)]
+    pub partitions: std::collections::BTreeMap<String, PartitionLedger>,
+}
+
+/// One partition as of a commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionLedger {
+    /// Events (documents) it held.
+    pub events: u64,
+    /// Its commit payload: every record that starts below this and holds
+    /// events of its day is in it.
+    pub committed: u64,
 }

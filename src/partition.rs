@@ -36,6 +36,13 @@ pub enum PartitionError {
     },
     #[error("{path}: commit payload {payload:?} is not a WAL position")]
     BadPayload { path: PathBuf, payload: String },
+    #[error("{path}: damaged index files (checksum mismatch): {}", list(files))]
+    Damaged { path: PathBuf, files: Vec<PathBuf> },
+}
+
+fn list(files: &[PathBuf]) -> String {
+    let names: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
+    names.join(", ")
 }
 
 /// One day's index and the reader searches share.
@@ -75,8 +82,15 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    /// Opens every partition under `root` (created when missing).
-    pub fn open(root: &Path, schema: AuditSchema) -> Result<Partitions, PartitionError> {
+    /// Opens every partition under `root` (created when missing). With
+    /// `verify`, also checks each one's commit payload and the checksum of
+    /// every file its last commit uses (reading them all once): damage is
+    /// then an error here instead of wrong or failing searches later.
+    pub fn open(
+        root: &Path,
+        schema: AuditSchema,
+        verify: bool,
+    ) -> Result<Partitions, PartitionError> {
         std::fs::create_dir_all(root).map_err(|source| PartitionError::Io {
             path: root.to_owned(),
             source,
@@ -94,10 +108,12 @@ impl Partitions {
             let Some(day) = entry.file_name().to_str().and_then(parse_day) else {
                 continue;
             };
-            map.insert(
-                day,
-                Arc::new(open_partition(&entry.path(), day, &schema, false)?),
-            );
+            let partition = if verify {
+                verify_partition(&entry.path(), day, &schema)?
+            } else {
+                open_partition(&entry.path(), day, &schema, false)?
+            };
+            map.insert(day, Arc::new(partition));
         }
         Ok(Partitions {
             root: root.to_owned(),
@@ -157,6 +173,34 @@ impl Partitions {
     }
 }
 
+/// Opens an existing partition and checks that its commit payload parses
+/// and that every file its last commit uses matches its checksum.
+pub fn verify_partition(
+    path: &Path,
+    day: Day,
+    schema: &AuditSchema,
+) -> Result<Partition, PartitionError> {
+    let partition = open_partition(path, day, schema, false)?;
+    partition.committed_position()?;
+    let damaged =
+        partition
+            .index
+            .validate_checksum()
+            .map_err(|source| PartitionError::Tantivy {
+                path: path.to_owned(),
+                source,
+            })?;
+    if !damaged.is_empty() {
+        let mut files: Vec<_> = damaged.into_iter().map(|f| path.join(f)).collect();
+        files.sort();
+        return Err(PartitionError::Damaged {
+            path: path.to_owned(),
+            files,
+        });
+    }
+    Ok(partition)
+}
+
 fn open_partition(
     path: &Path,
     day: Day,
@@ -211,7 +255,7 @@ pub fn format_day(day: Day) -> String {
     }
 }
 
-fn parse_day(name: &str) -> Option<Day> {
+pub fn parse_day(name: &str) -> Option<Day> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let date = time::Date::parse(name, &format).ok()?;
     Some(

@@ -40,6 +40,16 @@ pub enum ServerError {
     Locked(PathBuf),
     #[error(transparent)]
     Partition(#[from] PartitionError),
+    #[error(
+        "{source}\nthe index is damaged. `auditd recover --data-dir {}` moves the damaged \
+         partition aside, re-indexes what the write-ahead log still holds, and reports exactly \
+         how many events it could not give back (README: \"Recovering from damage\")",
+        data_dir.display()
+    )]
+    Damaged {
+        source: PartitionError,
+        data_dir: PathBuf,
+    },
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error("write-ahead log: {0}")]
@@ -108,10 +118,17 @@ pub async fn run(
         );
         tracing::info!(file = %file.display(), "created the first admin token");
     }
-    let partitions = Arc::new(Partitions::open(
-        &data_dir.join("index"),
-        AuditSchema::new(),
-    )?);
+    let partitions = Arc::new(
+        Partitions::open(
+            &data_dir.join("index"),
+            AuditSchema::new(),
+            config.index.verify_on_start,
+        )
+        .map_err(|source| ServerError::Damaged {
+            source,
+            data_dir: data_dir.clone(),
+        })?,
+    );
     let checkpoint = read_checkpoint(&data_dir)?;
     let status = Arc::new(PipelineStatus::default());
     let positions = Arc::new(WalPositions::default());
@@ -386,7 +403,7 @@ async fn join<T: Send + 'static>(
 
 /// An exclusive lock on `<data_dir>/LOCK`, held while the daemon runs: two
 /// daemons on one WAL would corrupt it.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+pub(crate) fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
     let path = data_dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
         .create(true)

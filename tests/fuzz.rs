@@ -163,7 +163,7 @@ proptest! {
 
 /// A searcher over one small partition, so parsed queries really run.
 fn searcher(dir: &std::path::Path) -> Searcher {
-    let partitions = Arc::new(Partitions::open(dir, AuditSchema::new()).unwrap());
+    let partitions = Arc::new(Partitions::open(dir, AuditSchema::new(), false).unwrap());
     let events = common::generated(200, 5, 200);
     let partition = partitions
         .get_or_create(day_of(timestamp_micros(events[0].time.as_ref())))

@@ -15,11 +15,13 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Data directory [default: ./data].
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long)]
@@ -30,6 +32,15 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// With the daemon stopped: move damaged index partitions aside, so the
+    /// next start re-indexes what the write-ahead log holds, and report
+    /// exactly how many events could not be recovered. Changes nothing
+    /// when no partition is damaged.
+    Recover,
 }
 
 #[tokio::main]
@@ -56,6 +67,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.print_config {
         print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    if let Some(Command::Recover) = args.command {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .init();
+        let report = auditd::recover::recover(&config)?;
+        print!("{report}");
         return Ok(());
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
