@@ -218,6 +218,8 @@ fn open_partition(
         })?;
     }
     let dir = MmapDirectory::open(path).map_err(|e| tantivy_err(e.into()))?;
+    #[cfg(feature = "failpoints")]
+    let dir = crate::failpoint::FailingDirectory(dir);
     let index = if Index::exists(&dir).map_err(|e| tantivy_err(e.into()))? {
         Index::open(dir).map_err(tantivy_err)?
     } else {

@@ -168,11 +168,10 @@ async fn failed_wal_rotation_refuses_the_batch_and_heals() {
     wal_fault_refuses_then_heals("wal::rotate", "return", 4096).await;
 }
 
-/// A failing index commit: batches are still acknowledged (they are in the
-/// WAL), reads go on, health is degraded, and once commits work again
+/// An index fault at `point`: batches are still acknowledged (they are in
+/// the WAL), reads go on, health is degraded, and once commits work again
 /// every acknowledged event becomes searchable, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_index_commit_loses_nothing_and_heals() {
+async fn index_fault_loses_nothing_and_heals(point: &str) {
     let faults = Faults::take();
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
@@ -180,7 +179,7 @@ async fn failed_index_commit_loses_nothing_and_heals() {
     let mut client = server.client().await;
     ingest(&mut client, tagged("before", 20, 1), WaitFor::Searchable).await;
 
-    faults.arm("index::commit", "return");
+    faults.arm(point, "return");
     for seed in 0..5 {
         ingest(
             &mut client,
@@ -198,7 +197,7 @@ async fn failed_index_commit_loses_nothing_and_heals() {
     assert_eq!(count_action(&mut client, "fault.before").await, 20);
     assert_eq!(count_action(&mut client, "fault.during").await, 0);
 
-    faults.clear("index::commit");
+    faults.clear(point);
     wait_health(&server.url(), "auditd.ingest", ServingStatus::Serving).await;
     ingest(&mut client, tagged("after", 20, 3), WaitFor::Searchable).await;
     assert_eq!(count_action(&mut client, "fault.during").await, 100);
@@ -211,4 +210,16 @@ async fn failed_index_commit_loses_nothing_and_heals() {
     assert_eq!(count_action(&mut client, "fault.during").await, 100);
     assert_eq!(count_action(&mut client, "fault.after").await, 20);
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_index_commit_loses_nothing_and_heals() {
+    index_fault_loses_nothing_and_heals("index::commit").await;
+}
+
+/// Tantivy cannot create a segment file (the full-disk case inside the
+/// index, as the indexing threads flush at commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_segment_file_write_loses_nothing_and_heals() {
+    index_fault_loses_nothing_and_heals("index::segment_write").await;
 }
