@@ -52,13 +52,20 @@ pub struct IndexBatch {
 impl IndexBatch {
     /// Decodes a WAL record read back (replay at start-up, or the indexer
     /// re-reading after a failed commit).
+    /// A skip record (damaged bytes `auditd recover` wrote over) decodes
+    /// as an empty batch: nothing to index, but its span still moves the
+    /// indexed position on.
     pub fn decode(record: Record<'_>) -> Result<IndexBatch, WalError> {
-        let batch = <WalBatch as prost::Message>::decode(record.payload).map_err(|e| {
-            WalError::BadRecord {
-                position: record.start,
-                reason: e.to_string(),
-            }
-        })?;
+        let batch = if crate::wal::frame::is_skip(record.payload) {
+            WalBatch::default()
+        } else {
+            <WalBatch as prost::Message>::decode(record.payload).map_err(|e| {
+                WalError::BadRecord {
+                    position: record.start,
+                    reason: e.to_string(),
+                }
+            })?
+        };
         Ok(IndexBatch {
             span: Span {
                 start: record.start,

@@ -5,15 +5,18 @@
 //! partial answers. This offline pass, run with the daemon stopped:
 //!
 //! 1. finds every damaged partition, with the reason;
-//! 2. reads the whole write-ahead log, counting the events of each damaged
+//! 2. writes a skip record over damaged bytes before the log's tail (the
+//!    segment as it was is copied aside first), so start-up no longer
+//!    refuses the log and every record after the damage keeps its place;
+//! 3. reads the whole write-ahead log, counting the events of each damaged
 //!    day it still holds (the log is trimmed below each checkpoint, so it
 //!    may no longer hold all of them);
-//! 3. moves each damaged partition, untouched, to `<data_dir>/damaged/`;
-//! 4. lowers the checkpoint to the start of the log, so the next start
+//! 4. moves each damaged partition, untouched, to `<data_dir>/damaged/`;
+//! 5. lowers the checkpoint to the start of the log, so the next start
 //!    replays all of it: a fresh partition takes back every event of its
 //!    day the log holds, and the healthy partitions skip what their own
 //!    commit payloads say they have;
-//! 5. reports, per partition, how many events it held (from the copy of
+//! 6. reports, per partition, how many events it held (from the copy of
 //!    the ledger in the checkpoint, which lives outside the damaged files),
 //!    how many the log gives back, and exactly how many are lost.
 //!
@@ -29,7 +32,7 @@ use crate::messages::{Checkpoint, IndexBatch};
 use crate::partition::{day_of, format_day, parse_day, verify_partition, Day};
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::server::ServerError;
-use crate::wal::{Wal, WalError};
+use crate::wal::{SkippedDamage, Wal, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
@@ -43,8 +46,8 @@ pub enum RecoverError {
     #[error(transparent)]
     Checkpoint(#[from] IndexError),
     #[error(
-        "the write-ahead log is damaged before its tail ({0}); the index cannot be rebuilt \
-         from it. Keep the data directory as it is and restore it from a backup"
+        "the write-ahead log: {0}. Nothing was changed past the damage; keep the data \
+         directory as it is and restore it from a backup"
     )]
     Wal(#[from] WalError),
 }
@@ -52,6 +55,8 @@ pub enum RecoverError {
 /// What `recover` found and did.
 #[derive(Debug, Default)]
 pub struct RecoverReport {
+    /// Damaged log bytes a skip record now covers.
+    pub wal_skipped: Vec<SkippedDamage>,
     pub partitions_checked: usize,
     pub damaged: Vec<DamagedPartition>,
     /// The log's first and last positions: what it can give back.
@@ -101,6 +106,13 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
         ..RecoverReport::default()
     };
 
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = data_dir.join("damaged");
+    let wal_dir = crate::wal::dir(data_dir);
+    report.wal_skipped = crate::wal::skip_damage(&wal_dir, &aside.join(format!("wal-{stamp}")))?;
+
     let schema = AuditSchema::new();
     let root = data_dir.join("index");
     let mut damaged: BTreeMap<Day, (PathBuf, String)> = BTreeMap::new();
@@ -115,7 +127,6 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
     // Count, per damaged day, the events the log still holds, split at
     // the partition's last commit. Opening the log is what start-up does
     // too: a torn tail is cut (and logged), damage before it is an error.
-    let wal_dir = crate::wal::dir(data_dir);
     let wal_start = crate::wal::segment::list(&wal_dir)
         .map_err(|source| RecoverError::Io {
             path: wal_dir.clone(),
@@ -180,14 +191,10 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
         return Ok(report);
     }
 
-    let aside = data_dir.join("damaged");
     std::fs::create_dir_all(&aside).map_err(|source| RecoverError::Io {
         path: aside.clone(),
         source,
     })?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let mut ledger = checkpoint.partitions.clone();
     for (day, (path, reason)) in damaged {
         let name = format_day(day);
@@ -275,13 +282,36 @@ fn metadata_ledger(path: &Path) -> Option<(u64, u64)> {
 
 impl std::fmt::Display for RecoverReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for skip in &self.wal_skipped {
+            writeln!(
+                f,
+                "write-ahead log {} at offset {}: {} ({} bytes, log positions [{}, {})): \
+                 replaced by a skip record; the segment as it was is in {}",
+                skip.path.display(),
+                skip.offset,
+                skip.reason,
+                skip.len,
+                skip.start,
+                skip.end,
+                skip.copy.display()
+            )?;
+            if skip.end <= self.checkpoint_before {
+                writeln!(f, "  already indexed before the damage: nothing lost")?;
+            } else {
+                writeln!(
+                    f,
+                    "  acknowledged but not yet indexed: the events in these bytes are lost, \
+                     and their number cannot be read from damaged bytes"
+                )?;
+            }
+        }
         writeln!(
             f,
             "checked {} partition(s); the write-ahead log holds [{}, {})",
             self.partitions_checked, self.wal_start, self.wal_end
         )?;
         if self.damaged.is_empty() {
-            return writeln!(f, "no damaged partition: nothing to do");
+            return writeln!(f, "no damaged partition");
         }
         for d in &self.damaged {
             writeln!(f, "partition {}: {}", d.day, d.reason)?;

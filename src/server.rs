@@ -54,6 +54,13 @@ pub enum ServerError {
     Index(#[from] IndexError),
     #[error("write-ahead log: {0}")]
     Wal(#[from] WalError),
+    #[error(
+        "write-ahead log: {source}\nthe log is damaged before its last record. `auditd recover \
+         --data-dir {}` copies the segment aside and writes a skip record over the damaged \
+         bytes, so every record after them is replayed (README: \"Recovering from damage\")",
+        data_dir.display()
+    )]
+    WalDamaged { source: WalError, data_dir: PathBuf },
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("{0}")]
@@ -306,7 +313,14 @@ pub async fn run(
         })
     })
     .await
-    .map_err(|_| ServerError::Panicked("wal replay"))??;
+    .map_err(|_| ServerError::Panicked("wal replay"))?
+    .map_err(|error| match error {
+        WalError::Corrupt { .. } => ServerError::WalDamaged {
+            source: error,
+            data_dir: data_dir.clone(),
+        },
+        other => ServerError::Wal(other),
+    })?;
     // Serve only once what was replayed is searchable.
     let replayed_to = wal.end();
     index_tx

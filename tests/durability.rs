@@ -198,8 +198,78 @@ async fn damage_before_the_tail_stops_start_up_with_a_clear_error() {
         error.contains(&format!("offset {}", header as u64 + spans[0].0)),
         "{error}"
     );
+    assert!(error.contains("auditd recover --data-dir"), "{error}");
     // Nothing was cut: the operator decides.
     assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+
+    // The way out: a skip record over exactly the damaged record, the
+    // segment as it was kept aside, and the records after it replayed.
+    let report = auditd::recover::recover(&test_config(dir.path())).unwrap();
+    eprintln!("{report}");
+    let [skip] = &report.wal_skipped[..] else {
+        panic!("one damaged span expected: {report}")
+    };
+    assert_eq!((skip.start, skip.end), spans[0], "{report}");
+    assert_eq!(std::fs::read(&skip.copy).unwrap(), bytes);
+    assert!(report.to_string().contains("not yet indexed"), "{report}");
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let (found, total) = search_all(&mut client, everything()).await;
+    assert_eq!(total, 20);
+    let mut found = ids(&found);
+    found.sort();
+    let mut expected: Vec<String> = (10..30).map(|i| format!("ev-{i}")).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    server.stop().await.unwrap();
+    let again = auditd::recover::recover(&test_config(dir.path())).unwrap();
+    assert!(again.wal_skipped.is_empty(), "{again}");
+}
+
+/// Damage at a sample of offsets in older records: each is refused at
+/// start-up, and recover skips exactly the damaged record, whatever byte
+/// of it was hit (header or payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_skips_exactly_the_damaged_record_at_any_offset() {
+    let batches = three_batches();
+    let probe = tempfile::tempdir().unwrap();
+    let spans = write_wal(probe.path(), &batches);
+    let header = auditd::wal::segment::MAGIC.len() as u64;
+    let (start, end) = spans[1];
+    let offsets: Vec<u64> = (start..end)
+        .step_by(37)
+        .chain([start + 4, end - 1])
+        .collect();
+    for at in offsets {
+        let dir = tempfile::tempdir().unwrap();
+        write_wal(dir.path(), &batches);
+        let segment = segment_path(dir.path());
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[(header + at) as usize] ^= 0x20;
+        std::fs::write(&segment, &bytes).unwrap();
+        let report = auditd::recover::recover(&test_config(dir.path())).unwrap();
+        let spans_skipped: Vec<(u64, u64)> = report
+            .wal_skipped
+            .iter()
+            .map(|s| (s.start, s.end))
+            .collect();
+        assert_eq!(spans_skipped, vec![spans[1]], "flip at {at}: {report}");
+        let mut replayed = Vec::new();
+        Wal::open(
+            &dir.path().join("wal"),
+            0,
+            1 << 20,
+            Recovery::Strict,
+            |record| {
+                let batch = auditd::messages::IndexBatch::decode(record)?;
+                replayed.extend(batch.batch.events.into_iter().map(|e| e.id));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let expected: Vec<String> = (0..10).chain(20..30).map(|i| format!("ev-{i}")).collect();
+        assert_eq!(replayed, expected, "flip at {at}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,21 @@ pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Appends a *skip* frame of exactly `total` bytes (header included, at
+/// least `HEADER_LEN`): what `auditd recover` writes over damaged bytes so
+/// the records after them keep their positions. Its payload is zeros; a
+/// record payload never starts with a zero byte (prost: field number 0 is
+/// invalid), so [`is_skip`] cannot mistake a real batch for one.
+pub fn encode_skip(total: usize, out: &mut Vec<u8>) {
+    debug_assert!(total >= HEADER_LEN);
+    encode(&vec![0; total - HEADER_LEN], out);
+}
+
+/// Whether a decoded payload is a skip frame's.
+pub fn is_skip(payload: &[u8]) -> bool {
+    payload.first().is_none_or(|b| *b == 0)
+}
+
 fn checksum(len: [u8; 4], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len);
@@ -95,6 +110,21 @@ mod tests {
             panic!("second frame")
         };
         assert!(payload.is_empty());
+    }
+
+    #[test]
+    fn skip_frames_fill_their_span_and_are_told_apart_from_batches() {
+        for total in [HEADER_LEN, HEADER_LEN + 1, 700] {
+            let mut buf = Vec::new();
+            encode_skip(total, &mut buf);
+            assert_eq!(buf.len(), total);
+            let Decoded::Frame { payload, len } = decode(&buf) else {
+                panic!("a skip frame is a frame")
+            };
+            assert_eq!(len, total);
+            assert!(is_skip(payload));
+        }
+        assert!(!is_skip(b"\x0a\x03abc"));
     }
 
     #[test]

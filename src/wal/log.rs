@@ -401,6 +401,130 @@ impl Wal {
 /// by an intact one is corruption, not a torn tail; this also catches a
 /// flipped bit in a length field that makes a record seem to run to the
 /// end of the file.
+/// Damaged bytes that [`skip_damage`] wrote a skip frame over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedDamage {
+    pub path: PathBuf,
+    /// Offset in the file and length of the damaged bytes.
+    pub offset: u64,
+    pub len: u64,
+    /// Global log positions of the damaged bytes.
+    pub start: u64,
+    pub end: u64,
+    pub reason: &'static str,
+    /// The segment as it was, copied aside before the change.
+    pub copy: PathBuf,
+}
+
+/// For `auditd recover`: finds damage before the tail (which `Wal::open`
+/// refuses), copies each damaged segment into `aside` untouched, and writes
+/// a skip frame over the damaged bytes, up to the next point from which
+/// intact frames run to the end of the segment. Every record after the
+/// damage keeps its position, so checkpoints and commit payloads stay
+/// valid; replay passes over the skip frame. A torn tail is left for
+/// `Wal::open` to cut. The damaged bytes' events cannot be read back.
+pub fn skip_damage(dir: &Path, aside: &Path) -> Result<Vec<SkippedDamage>, WalError> {
+    let segments = segment::list(dir).map_err(|source| WalError::io(dir, source))?;
+    let mut skipped = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
+        let mut data = read_file(&seg.path)?;
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            if is_last && MAGIC.starts_with(&data) {
+                continue; // a segment whose creation a crash cut short
+            }
+            return Err(WalError::Corrupt {
+                path: seg.path.clone(),
+                offset: 0,
+                reason: "not a WAL segment (bad magic); recover cannot skip a whole segment",
+            });
+        }
+        // A segment ends where the next begins; a short one was cut.
+        let body_len = match segments.get(i + 1) {
+            Some(next) => (next.start - seg.start) as usize,
+            None => data.len() - MAGIC.len(),
+        };
+        let mut offset = 0;
+        let mut copied = None;
+        while offset < body_len {
+            let body = &data[MAGIC.len()..];
+            let reason = match frame::decode(body.get(offset..).unwrap_or_default()) {
+                Decoded::Frame { len, .. } if offset + len <= body_len => {
+                    offset += len;
+                    continue;
+                }
+                Decoded::Frame { .. } => "record runs past the next segment's start",
+                Decoded::Incomplete => "incomplete record",
+                Decoded::Corrupt { reason } => reason,
+            };
+            if is_last && !intact_frame_after(&body[offset..]) {
+                break; // a torn tail: `Wal::open` cuts it
+            }
+            // Resume where intact frames run to the segment's end; with
+            // none, the damage reaches it (or the segment was cut short).
+            let intact_end = body_len.min(body.len());
+            let resume = (offset + 1..intact_end)
+                .find(|&at| frames_run_to_end(&body[at..intact_end], is_last))
+                .unwrap_or(body_len);
+            let len = resume - offset;
+            if len < frame::HEADER_LEN {
+                return Err(WalError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: (MAGIC.len() + offset) as u64,
+                    reason: "damaged span shorter than a frame header; recover cannot skip it",
+                });
+            }
+            if copied.is_none() {
+                fs::create_dir_all(aside).map_err(|source| WalError::io(aside, source))?;
+                let name = seg.path.file_name().expect("segment files have names");
+                let copy = aside.join(name);
+                fs::copy(&seg.path, &copy).map_err(|source| WalError::io(&copy, source))?;
+                copied = Some(copy);
+            }
+            let mut patched = Vec::with_capacity(MAGIC.len() + body_len.max(body.len()));
+            patched.extend_from_slice(&data[..MAGIC.len() + offset]);
+            frame::encode_skip(len, &mut patched);
+            patched.extend_from_slice(data.get(MAGIC.len() + resume..).unwrap_or_default());
+            tracing::warn!(path = %seg.path.display(), offset = MAGIC.len() + offset, len, reason,
+                "writing a skip record over damaged WAL bytes");
+            skipped.push(SkippedDamage {
+                path: seg.path.clone(),
+                offset: (MAGIC.len() + offset) as u64,
+                len: len as u64,
+                start: seg.start + offset as u64,
+                end: seg.start + resume as u64,
+                reason,
+                copy: copied.clone().expect("copied above"),
+            });
+            data = patched;
+            offset = resume;
+        }
+        if copied.is_some() {
+            let tmp = seg.path.with_extension("recover.tmp");
+            let mut file = File::create(&tmp).map_err(|source| WalError::io(&tmp, source))?;
+            file.write_all(&data)
+                .and_then(|()| file.sync_all())
+                .map_err(|source| WalError::io(&tmp, source))?;
+            fs::rename(&tmp, &seg.path).map_err(|source| WalError::io(&seg.path, source))?;
+            segment::sync_dir(dir).map_err(|source| WalError::io(dir, source))?;
+        }
+    }
+    Ok(skipped)
+}
+
+/// Whether intact frames run from the start of `rest` to its end (or, in
+/// the last segment, to a torn tail).
+fn frames_run_to_end(rest: &[u8], is_last: bool) -> bool {
+    let mut at = 0;
+    while at < rest.len() {
+        match frame::decode(&rest[at..]) {
+            Decoded::Frame { len, .. } => at += len,
+            _ => return is_last && at > 0 && !intact_frame_after(&rest[at..]),
+        }
+    }
+    at == rest.len()
+}
+
 fn intact_frame_after(rest: &[u8]) -> bool {
     (1..rest.len()).any(|at| matches!(frame::decode(&rest[at..]), Decoded::Frame { .. }))
 }

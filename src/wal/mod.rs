@@ -13,7 +13,7 @@ pub mod segment;
 
 use std::path::{Path, PathBuf};
 
-pub use log::{read_range, Record, Recovery, ReplayReport, Span, Wal};
+pub use log::{read_range, skip_damage, Record, Recovery, ReplayReport, SkippedDamage, Span, Wal};
 
 /// Where the log lives inside the data directory.
 pub fn dir(data_dir: &Path) -> PathBuf {
