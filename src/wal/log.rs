@@ -755,4 +755,57 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing cut");
         }
     }
+
+    #[test]
+    fn every_flip_in_the_last_record_is_a_torn_tail_cut_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 0, 1 << 20);
+        let first = wal.append(b"first record").unwrap();
+        let last = wal.append(b"second record, flipped").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segment::list(dir.path()).unwrap()[0].path.clone();
+        let whole = std::fs::read(&path).unwrap();
+        let header = MAGIC.len() as u64;
+        for at in last.start..last.end {
+            let mut damaged = whole.clone();
+            damaged[(header + at) as usize] ^= 0x04;
+            std::fs::write(&path, &damaged).unwrap();
+            let (wal, seen) = open(dir.path(), 0, 1 << 20);
+            assert_eq!(seen.len(), 1, "flip at {at}");
+            assert_eq!(wal.end(), first.end, "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn skip_damage_covers_exactly_the_damaged_record_at_every_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 0, 1 << 20);
+        let spans: Vec<Span> = (0..3).map(|i| wal.append(&[i + 1; 40]).unwrap()).collect();
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segment::list(dir.path()).unwrap()[0].path.clone();
+        let whole = std::fs::read(&path).unwrap();
+        let header = MAGIC.len() as u64;
+        let aside = tempfile::tempdir().unwrap();
+        for at in spans[0].start..spans[1].end {
+            let hit = if at < spans[1].start { 0 } else { 1 };
+            let mut damaged = whole.clone();
+            damaged[(header + at) as usize] ^= 0x08;
+            std::fs::write(&path, &damaged).unwrap();
+            let skipped = skip_damage(dir.path(), aside.path()).unwrap();
+            let [skip] = &skipped[..] else {
+                panic!("flip at {at}: {skipped:?}")
+            };
+            assert_eq!((skip.start, skip.end), (spans[hit].start, spans[hit].end));
+            assert_eq!(std::fs::read(&skip.copy).unwrap(), damaged);
+            let (wal, seen) = open(dir.path(), 0, 1 << 20);
+            assert_eq!(wal.end(), spans[2].end, "flip at {at}");
+            let skips: Vec<bool> = seen.iter().map(|(_, p)| frame::is_skip(p)).collect();
+            let mut expected = vec![false; 3];
+            expected[hit] = true;
+            assert_eq!(skips, expected, "flip at {at}");
+            assert!(skip_damage(dir.path(), aside.path()).unwrap().is_empty());
+        }
+    }
 }
