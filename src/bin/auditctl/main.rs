@@ -1,5 +1,7 @@
 //! auditctl: the command-line client. Ingest NDJSON, search, get one event,
-//! and generate sample events.
+//! generate sample events, and drive a daemon with load (`load.rs`).
+
+mod load;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -13,8 +15,8 @@ use auditd::json::JsonEvent;
 use auditd::proto::audit_log_client::AuditLogClient;
 use auditd::proto::tokens_client::TokensClient;
 use auditd::proto::{
-    AuditEvent, CreateTokenRequest, GetEventRequest, IngestRequest, ListTokensRequest, Outcome,
-    RevokeTokenRequest, SearchRequest, TokenInfo, TokenKind, WaitFor,
+    AuditEvent, CreateTokenRequest, GetEventRequest, IngestRequest, IngestResponse,
+    ListTokensRequest, Outcome, RevokeTokenRequest, SearchRequest, TokenInfo, TokenKind, WaitFor,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::service::interceptor::InterceptedService;
@@ -75,6 +77,9 @@ enum Command {
     },
     /// Write deterministic sample events as NDJSON to stdout.
     Gen(GenArgs),
+    /// Drive the daemon with load and report events/s, MB/s, acknowledgement
+    /// latency and time to searchable (a benchmark; see BENCHMARKS.md).
+    Load(Box<load::LoadArgs>),
     /// Manage tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -235,6 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let endpoint = || endpoint(&cli);
     match &cli.command {
         Command::Gen(args) => gen(args.clone()),
+        Command::Load(args) => load::load(endpoint()?, bearer()?, (**args).clone()).await,
         Command::Ingest(args) => {
             ingest(connect(&endpoint()?, bearer()?).await?, args.clone()).await
         }
@@ -552,12 +558,17 @@ async fn ingest(client: Client, args: IngestArgs) -> anyhow::Result<()> {
 /// Most attempts for one batch before giving up.
 const MAX_ATTEMPTS: u32 = 50;
 
-async fn send_with_retry(client: &mut Client, request: &IngestRequest) -> anyhow::Result<()> {
+/// Sends `request`, retrying refusals after the server's hint; returns the
+/// reply and how many retries it took.
+async fn send_with_retry(
+    client: &mut Client,
+    request: &IngestRequest,
+) -> anyhow::Result<(IngestResponse, u32)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match client.ingest(request.clone()).await {
-            Ok(_) => return Ok(()),
+            Ok(reply) => return Ok((reply.into_inner(), attempt - 1)),
             Err(status)
                 if attempt < MAX_ATTEMPTS
                     && matches!(

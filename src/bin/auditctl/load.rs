@@ -1,0 +1,355 @@
+//! `auditctl load`: drives a daemon with NDJSON events (a file, or
+//! generated in the same format as `gen_events.py`) over N concurrent
+//! connections, closed-loop or at a fixed target rate, and reports
+//! throughput, acknowledgement latency and time to searchable.
+//!
+//! Everything is parsed and batched before the clock starts, so the figure
+//! is the daemon's, not the client's JSON parser's. With `--rate`, each
+//! batch has a due time and its latency counts from that due time, not from
+//! when it was actually sent: a stalled daemon cannot hide its stall by
+//! slowing the client down (no coordinated omission).
+//!
+//! Time to searchable: one batch in every `batches / markers` is a marker.
+//! Once it is acknowledged, a probe asks `GetEvent` for its first event
+//! every `PROBE_INTERVAL` until it is found, and records the time from the
+//! batch's send (or due time) to the first answer that finds it. Probes are
+//! reads, and every read is audited through the WAL, so they add a little
+//! write load of their own.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use auditd::auth::BearerToken;
+use auditd::json::JsonEvent;
+use auditd::proto::{AuditEvent, GetEventRequest, IngestRequest, WaitFor};
+use tonic::transport::Endpoint;
+
+use crate::{connect, send_with_retry};
+
+/// How often a probe asks whether its marker is searchable: the resolution
+/// of the time-to-searchable figures.
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// A marker not found by then is reported as missing.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most events `load` holds in memory (about 1 KB each once parsed).
+const MAX_LOAD_EVENTS: u64 = 20_000_000;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// NDJSON file of events (`-` reads stdin). Without it, `--generate`.
+    file: Option<PathBuf>,
+    /// Generate this many events in memory instead of reading a file
+    /// (the generator of `auditctl gen`).
+    #[arg(long, conflicts_with = "file")]
+    generate: Option<u64>,
+    /// Seed for `--generate`.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Concurrent connections, each with one batch in flight.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Target rate in events per second (open loop); without it, each
+    /// connection sends its next batch as soon as the last is acknowledged.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How many batches carry a time-to-searchable probe.
+    #[arg(long, default_value_t = 50)]
+    markers: usize,
+    /// Print the report as one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One batch, ready to send.
+struct Batch {
+    events: Vec<AuditEvent>,
+    ndjson_bytes: u64,
+}
+
+/// What the connections and probes record.
+#[derive(Default)]
+struct Samples {
+    /// Per batch: acknowledgement latency, seconds.
+    ack: Vec<f64>,
+    /// Per marker found: time to searchable, seconds.
+    searchable: Vec<f64>,
+    missing_markers: u64,
+    retries: u64,
+}
+
+pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> anyhow::Result<()> {
+    if args.batch_size == 0 || args.streams == 0 {
+        bail!("--batch-size and --streams must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of events per second");
+    }
+    let batches = Arc::new(prepare(&args)?);
+    if batches.is_empty() {
+        bail!("no events to send");
+    }
+    let marker_every = (batches.len() / args.markers.max(1)).max(1);
+    let mut clients = Vec::with_capacity(args.streams);
+    for _ in 0..args.streams {
+        // One connection each: concurrency across connections, as from
+        // separate producers.
+        clients.push(connect(&endpoint, bearer.clone()).await?);
+    }
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let acked_events = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let (rate, batch_size) = (args.rate, args.batch_size);
+    let due = move |k: usize| -> Option<Instant> {
+        rate.map(|rate| started + Duration::from_secs_f64((k * batch_size) as f64 / rate))
+    };
+    let mut workers = Vec::new();
+    let probes = Arc::new(Mutex::new(Vec::new()));
+    for mut client in clients {
+        let (next, batches, samples, acked_events, probes) = (
+            next.clone(),
+            batches.clone(),
+            samples.clone(),
+            acked_events.clone(),
+            probes.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.get(k) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let from = match due(k) {
+                    Some(at) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                let request = IngestRequest {
+                    events: batch.events.clone(),
+                    batch_id: String::new(),
+                    wait_for: WaitFor::Durable as i32,
+                };
+                let (reply, retries) = send_with_retry(&mut client, &request)
+                    .await
+                    .with_context(|| format!("batch {k}"))?;
+                let acked = from.elapsed().as_secs_f64();
+                acked_events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                {
+                    let mut s = samples.lock().expect("samples lock");
+                    s.ack.push(acked);
+                    s.retries += u64::from(retries);
+                }
+                if k % marker_every == 0 {
+                    if let Some(id) = reply.ids.first().cloned() {
+                        let probe = tokio::spawn(probe(client.clone(), id, from, samples.clone()));
+                        probes.lock().expect("probes lock").push(probe);
+                    }
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let probes = std::mem::take(&mut *probes.lock().expect("probes lock"));
+    for probe in probes {
+        probe.await??;
+    }
+
+    let events = acked_events.load(Ordering::Relaxed);
+    let ndjson_bytes: u64 = batches.iter().map(|b| b.ndjson_bytes).sum();
+    let mut samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    let report = serde_json::json!({
+        "events": events,
+        "batches": batches.len(),
+        "batch_size": args.batch_size,
+        "streams": args.streams,
+        "target_rate": args.rate,
+        "seconds": seconds,
+        "events_per_sec": events as f64 / seconds,
+        "ndjson_mb_per_sec": ndjson_bytes as f64 / 1e6 / seconds,
+        "retries": samples.retries,
+        "ack_latency_ms": percentiles(
+            &mut samples.ack,
+            &[("p50", 0.5), ("p99", 0.99), ("p999", 0.999)]
+        ),
+        "searchable_ms": percentiles(&mut samples.searchable, &[("p50", 0.5), ("p99", 0.99)]),
+        "markers_found": samples.searchable.len(),
+        "markers_missing": samples.missing_markers,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_summary(&report);
+    }
+    Ok(())
+}
+
+/// Polls `GetEvent(id)` until it is found, then records the time since
+/// `from`.
+async fn probe(
+    mut client: crate::Client,
+    id: String,
+    from: Instant,
+    samples: Arc<Mutex<Samples>>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    loop {
+        match client.get_event(GetEventRequest { id: id.clone() }).await {
+            Ok(_) => {
+                let seconds = from.elapsed().as_secs_f64();
+                samples
+                    .lock()
+                    .expect("samples lock")
+                    .searchable
+                    .push(seconds);
+                return Ok(());
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            // Reads may be refused for a moment under overload; retry.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                ) => {}
+            Err(status) => return Err(crate::status_error(status)),
+        }
+        if Instant::now() >= deadline {
+            samples.lock().expect("samples lock").missing_markers += 1;
+            return Ok(());
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Reads (or generates) and parses every event into batches, before the
+/// clock starts.
+fn prepare(args: &LoadArgs) -> anyhow::Result<Vec<Batch>> {
+    let lines: Box<dyn Iterator<Item = anyhow::Result<String>>> = match (&args.file, args.generate)
+    {
+        (Some(file), _) => {
+            let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::with_capacity(
+                    1 << 20,
+                    std::fs::File::open(file)
+                        .with_context(|| format!("opening {}", file.display()))?,
+                ))
+            };
+            Box::new(std::io::BufRead::lines(input).map(|l| l.context("reading")))
+        }
+        (None, Some(count)) => {
+            if count > MAX_LOAD_EVENTS {
+                bail!("--generate at most {MAX_LOAD_EVENTS} events");
+            }
+            let opts = auditd::gen::GenOptions {
+                count,
+                seed: args.seed,
+                ..auditd::gen::GenOptions::default()
+            };
+            Box::new(auditd::gen::events(&opts).map(|e| Ok(e.to_json_line())))
+        }
+        (None, None) => bail!("give an NDJSON file or --generate COUNT"),
+    };
+    let mut batches = Vec::new();
+    let mut current = Batch {
+        events: Vec::with_capacity(args.batch_size),
+        ndjson_bytes: 0,
+    };
+    let mut total = 0u64;
+    for (n, line) in lines.enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        total += 1;
+        if total > MAX_LOAD_EVENTS {
+            bail!("more than {MAX_LOAD_EVENTS} events: split the file");
+        }
+        current.ndjson_bytes += line.len() as u64 + 1;
+        current.events.push(
+            JsonEvent::parse(&line)
+                .and_then(JsonEvent::into_proto)
+                .with_context(|| format!("line {}", n + 1))?,
+        );
+        if current.events.len() == args.batch_size {
+            let full = std::mem::replace(
+                &mut current,
+                Batch {
+                    events: Vec::with_capacity(args.batch_size),
+                    ndjson_bytes: 0,
+                },
+            );
+            batches.push(full);
+        }
+    }
+    if !current.events.is_empty() {
+        batches.push(current);
+    }
+    Ok(batches)
+}
+
+/// Nearest-rank percentiles, in milliseconds, plus the maximum; `null`
+/// when there are no samples.
+fn percentiles(samples: &mut [f64], ranks: &[(&str, f64)]) -> serde_json::Value {
+    if samples.is_empty() {
+        return serde_json::Value::Null;
+    }
+    samples.sort_by(f64::total_cmp);
+    let mut out = serde_json::Map::new();
+    for &(name, rank) in ranks {
+        let i = ((rank * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+        out.insert(name.into(), (samples[i] * 1e3).into());
+    }
+    out.insert("max".into(), (samples[samples.len() - 1] * 1e3).into());
+    out.into()
+}
+
+fn print_summary(report: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{} events in {} batches of {} over {} connections{}: {:.2} s",
+        report["events"],
+        report["batches"],
+        report["batch_size"],
+        report["streams"],
+        match report["target_rate"].as_f64() {
+            Some(rate) => format!(" at a target of {rate:.0} events/s"),
+            None => String::new(),
+        },
+        f(&report["seconds"]),
+    );
+    println!(
+        "throughput: {:.0} events/s, {:.1} MB/s of NDJSON ({} retries after a refusal)",
+        f(&report["events_per_sec"]),
+        f(&report["ndjson_mb_per_sec"]),
+        report["retries"],
+    );
+    let line = |name: &str, v: &serde_json::Value| match v.as_object() {
+        None => println!("{name}: no samples"),
+        Some(map) => {
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k} {:.1} ms", v.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            println!("{name}: {}", parts.join(", "));
+        }
+    };
+    line("acknowledged (durable)", &report["ack_latency_ms"]);
+    line("time to searchable", &report["searchable_ms"]);
+    println!(
+        "markers: {} found, {} missing",
+        report["markers_found"], report["markers_missing"]
+    );
+}
