@@ -1,6 +1,7 @@
-//! `auditctl load` against a real server: every generated event is
-//! acknowledged and stored once, the JSON report holds the figures the
-//! benchmarks quote, and a target rate is kept to (never exceeded).
+//! `auditctl load` and `auditctl bench-search` against a real server: every
+//! generated event is acknowledged and stored once, the JSON reports hold
+//! the figures the benchmarks quote, and a target rate is kept to (never
+//! exceeded).
 
 mod common;
 
@@ -8,11 +9,16 @@ use common::*;
 
 /// Runs `auditctl load ... --json` against `server` and parses its report.
 async fn load(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    auditctl(server, "load", args).await
+}
+
+/// Runs `auditctl <command> ... --json` and parses its report.
+async fn auditctl(server: &TestServer, subcommand: &str, args: &[&str]) -> serde_json::Value {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auditctl"));
     command
         .args(["--addr", &server.url()])
         .args(["--data-dir", server.data_dir.to_str().unwrap()])
-        .arg("load")
+        .arg(subcommand)
         .args(args)
         .arg("--json");
     let out = tokio::task::spawn_blocking(move || command.output().unwrap())
@@ -68,19 +74,18 @@ async fn load_reports_throughput_latency_and_time_to_searchable() {
     assert!(ms(&report, "searchable_ms", "max") >= ms(&report, "searchable_ms", "p50"));
 
     let mut client = server.client().await;
-    let stored: std::collections::HashSet<String> =
-        auditd::gen::events(&auditd::gen::GenOptions {
-            count: 3000,
-            ..Default::default()
-        })
-        .map(|e| {
-            auditd::json::JsonEvent::parse(&e.to_json_line())
-                .unwrap()
-                .into_proto()
-                .unwrap()
-                .id
-        })
-        .collect();
+    let stored: std::collections::HashSet<String> = auditd::gen::events(&auditd::gen::GenOptions {
+        count: 3000,
+        ..Default::default()
+    })
+    .map(|e| {
+        auditd::json::JsonEvent::parse(&e.to_json_line())
+            .unwrap()
+            .into_proto()
+            .unwrap()
+            .id
+    })
+    .collect();
     let found = stored_once_with_all_of(&mut client, &stored).await;
     assert_eq!(found.len(), 3000);
     server.stop().await.unwrap();
@@ -111,5 +116,35 @@ async fn load_at_a_target_rate_never_runs_ahead_of_it() {
     assert_eq!(report["target_rate"], 2000.0, "{report}");
     assert!(report["seconds"].as_f64().unwrap() >= 0.45, "{report}");
     assert!(report["events_per_sec"].as_f64().unwrap() <= 2000.0 * 1000.0 / 900.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_search_times_every_query_of_the_mix_and_each_finds_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    load(&server, &["--generate", "3000", "--markers", "0"]).await;
+    let report = auditctl(&server, "bench-search", &["--iterations", "3"]).await;
+    let queries: Vec<(&String, &serde_json::Value)> = report
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.get("total_hits").is_some())
+        .collect();
+    assert_eq!(queries.len(), 9, "{report}");
+    for (name, figures) in queries {
+        assert!(
+            figures["total_hits"].as_u64().unwrap() > 0,
+            "{name}: {report}"
+        );
+        let (p50, p99) = (
+            figures["p50_ms"].as_f64().unwrap(),
+            figures["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99, "{name}: {report}");
+    }
+    for group in ["all_filtered", "all_free_text"] {
+        assert!(report[group]["p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    }
     server.stop().await.unwrap();
 }

@@ -58,7 +58,7 @@ pub struct LoadArgs {
     /// connection sends its next batch as soon as the last is acknowledged.
     #[arg(long)]
     rate: Option<f64>,
-    /// How many batches carry a time-to-searchable probe.
+    /// How many batches carry a time-to-searchable probe (0: none).
     #[arg(long, default_value_t = 50)]
     markers: usize,
     /// Print the report as one JSON object instead of a summary.
@@ -94,7 +94,8 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     if batches.is_empty() {
         bail!("no events to send");
     }
-    let marker_every = (batches.len() / args.markers.max(1)).max(1);
+    let markers = args.markers;
+    let marker_every = (batches.len() / markers.max(1)).max(1);
     let mut clients = Vec::with_capacity(args.streams);
     for _ in 0..args.streams {
         // One connection each: concurrency across connections, as from
@@ -112,13 +113,16 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     };
     let mut workers = Vec::new();
     let probes = Arc::new(Mutex::new(Vec::new()));
+    let run_id = ulid::Ulid::new().to_string();
+    let mut last_client = clients[0].clone();
     for mut client in clients {
-        let (next, batches, samples, acked_events, probes) = (
+        let (next, batches, samples, acked_events, probes, run_id) = (
             next.clone(),
             batches.clone(),
             samples.clone(),
             acked_events.clone(),
             probes.clone(),
+            run_id.clone(),
         );
         workers.push(tokio::spawn(async move {
             loop {
@@ -135,7 +139,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
                 };
                 let request = IngestRequest {
                     events: batch.events.clone(),
-                    batch_id: String::new(),
+                    batch_id: batch_id(&run_id, k),
                     wait_for: WaitFor::Durable as i32,
                 };
                 let (reply, retries) = send_with_retry(&mut client, &request)
@@ -148,7 +152,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
                     s.ack.push(acked);
                     s.retries += u64::from(retries);
                 }
-                if k % marker_every == 0 {
+                if markers > 0 && k % marker_every == 0 {
                     if let Some(id) = reply.ids.first().cloned() {
                         let probe = tokio::spawn(probe(client.clone(), id, from, samples.clone()));
                         probes.lock().expect("probes lock").push(probe);
@@ -161,6 +165,18 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         worker.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Sending the last batch again, with its id, stores nothing and
+    // returns once everything durable is searchable.
+    let last = batches.len() - 1;
+    let again = IngestRequest {
+        events: batches[last].events.clone(),
+        batch_id: batch_id(&run_id, last),
+        wait_for: WaitFor::Searchable as i32,
+    };
+    send_with_retry(&mut last_client, &again)
+        .await
+        .context("waiting until everything is searchable")?;
+    let all_searchable = started.elapsed().as_secs_f64();
     let probes = std::mem::take(&mut *probes.lock().expect("probes lock"));
     for probe in probes {
         probe.await??;
@@ -176,6 +192,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         "streams": args.streams,
         "target_rate": args.rate,
         "seconds": seconds,
+        "all_searchable_seconds": all_searchable,
         "events_per_sec": events as f64 / seconds,
         "ndjson_mb_per_sec": ndjson_bytes as f64 / 1e6 / seconds,
         "retries": samples.retries,
@@ -193,6 +210,12 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         print_summary(&report);
     }
     Ok(())
+}
+
+/// Batch ids make a retry (and the final wait for searchability) store
+/// nothing twice.
+fn batch_id(run_id: &str, k: usize) -> String {
+    format!("load-{run_id}-{k}")
 }
 
 /// Polls `GetEvent(id)` until it is found, then records the time since
@@ -329,6 +352,10 @@ fn print_summary(report: &serde_json::Value) {
             None => String::new(),
         },
         f(&report["seconds"]),
+    );
+    println!(
+        "everything searchable after {:.2} s",
+        f(&report["all_searchable_seconds"])
     );
     println!(
         "throughput: {:.0} events/s, {:.1} MB/s of NDJSON ({} retries after a refusal)",

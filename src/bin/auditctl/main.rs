@@ -1,6 +1,7 @@
 //! auditctl: the command-line client. Ingest NDJSON, search, get one event,
 //! generate sample events, and drive a daemon with load (`load.rs`).
 
+mod bench_search;
 mod load;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -80,6 +81,9 @@ enum Command {
     /// Drive the daemon with load and report events/s, MB/s, acknowledgement
     /// latency and time to searchable (a benchmark; see BENCHMARKS.md).
     Load(Box<load::LoadArgs>),
+    /// Time a fixed mix of searches (filters, CIDR, time range, free text,
+    /// paging) and report p50/p99 per query (see BENCHMARKS.md).
+    BenchSearch(bench_search::BenchSearchArgs),
     /// Manage tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -241,6 +245,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Gen(args) => gen(args.clone()),
         Command::Load(args) => load::load(endpoint()?, bearer()?, (**args).clone()).await,
+        Command::BenchSearch(args) => {
+            let client = connect(&endpoint()?, bearer()?).await?;
+            bench_search::bench_search(client, args.clone()).await
+        }
         Command::Ingest(args) => {
             ingest(connect(&endpoint()?, bearer()?).await?, args.clone()).await
         }

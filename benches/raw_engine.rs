@@ -1,0 +1,86 @@
+//! The raw-engine limit on a given NDJSON file: auditd's own schema and
+//! document code indexing the file's events straight into one Tantivy
+//! IndexWriter (2 threads, 128 MiB, zstd doc store, as the daemon's
+//! defaults), then one commit. No network, no WAL, no queue. Parsing the
+//! JSON is done before the clock starts, as `auditctl load` does.
+//!
+//!     BENCH_NDJSON=events.ndjson BENCH_RUNS=3 cargo bench --bench raw_engine
+//!
+//! Prints one JSON line per run and one with the median, for
+//! `scripts/bench_ingest.sh` to put beside the end-to-end figure of the
+//! same run. Without `BENCH_NDJSON` it says so and exits (so that a plain
+//! `cargo bench` still runs the criterion benches).
+
+use std::time::Instant;
+
+use auditd::json::JsonEvent;
+use auditd::messages::event_seq;
+use auditd::proto::AuditEvent;
+use auditd::schema::{micros_to_timestamp, AuditSchema};
+
+/// Same per-writer settings as the daemon's defaults (`[index]`).
+const WRITER_THREADS: usize = 2;
+const WRITER_HEAP_BYTES: usize = 128 << 20;
+
+fn main() {
+    let Some(path) = std::env::var_os("BENCH_NDJSON") else {
+        eprintln!("raw_engine: set BENCH_NDJSON=<file.ndjson> to run (skipped)");
+        return;
+    };
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let text = std::fs::read_to_string(&path).expect("reading BENCH_NDJSON");
+    let bytes = text.len() as u64;
+    let events: Vec<AuditEvent> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut event = JsonEvent::parse(line).unwrap().into_proto().unwrap();
+            event.received = Some(micros_to_timestamp(1_800_000_000_000_000));
+            event
+        })
+        .collect();
+    drop(text);
+    let schema = AuditSchema::new();
+    let mut rates = Vec::new();
+    for run in 1..=runs {
+        let dir = tempfile::tempdir().unwrap();
+        let index = tantivy::Index::builder()
+            .schema(schema.schema.clone())
+            .settings(tantivy::IndexSettings {
+                docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
+                ..Default::default()
+            })
+            .create_in_dir(dir.path())
+            .unwrap();
+        let started = Instant::now();
+        let mut writer: tantivy::IndexWriter = index
+            .writer_with_num_threads(WRITER_THREADS, WRITER_HEAP_BYTES)
+            .unwrap();
+        let mut body = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            writer
+                .add_document(schema.document(event, event_seq(0, i), "", &mut body))
+                .unwrap();
+        }
+        writer.commit().unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        writer.wait_merging_threads().unwrap();
+        let rate = events.len() as f64 / seconds;
+        rates.push(rate);
+        println!(
+            "{{\"run\":{run},\"events\":{},\"seconds\":{seconds:.3},\"events_per_sec\":{rate:.0},\"ndjson_mb_per_sec\":{:.2}}}",
+            events.len(),
+            bytes as f64 / 1e6 / seconds
+        );
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "{{\"median_events_per_sec\":{:.0},\"min\":{:.0},\"max\":{:.0}}}",
+        rates[rates.len() / 2],
+        rates[0],
+        rates[rates.len() - 1]
+    );
+}

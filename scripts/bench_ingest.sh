@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# End-to-end ingest benchmark (issue 4), every figure from one run of this
+# script: the raw-engine limit and auditd's durable ingest on the same
+# NDJSON, interleaved run by run, then a run at half the measured rate for
+# time to searchable. Each auditd run starts on an empty data directory
+# with the embedded defaults (sync = always).
+#
+#   scripts/bench_ingest.sh                  # 1,000,000 events, 3 runs
+#   COUNT=200000 RUNS=5 scripts/bench_ingest.sh
+#
+# Writes target/bench-ingest/*.json and prints a summary (python3 formats
+# it). Events come from ../shared/workload/gen_events.py when it is there,
+# else from `auditctl gen` (the same shape and skew, ported to Rust).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNT=${COUNT:-1000000}
+RUNS=${RUNS:-3}
+STREAMS=${STREAMS:-4}
+BATCH=${BATCH:-1000}
+GRPC_PORT=${GRPC_PORT:-50951}
+HTTP_PORT=${HTTP_PORT:-50952}
+OUT=target/bench-ingest
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+
+cargo build --release --bins
+cargo bench --bench raw_engine --no-run
+AUDITD=target/release/auditd
+AUDITCTL=target/release/auditctl
+
+NDJSON="$OUT/events-$COUNT.ndjson"
+if [ ! -s "$NDJSON" ]; then
+    if [ -f ../shared/workload/gen_events.py ]; then
+        python3 ../shared/workload/gen_events.py --count "$COUNT" > "$NDJSON"
+    else
+        "$AUDITCTL" gen --count "$COUNT" > "$NDJSON"
+    fi
+fi
+
+# Starts auditd (on a fresh data directory unless DATA is set and KEEP=1);
+# sets PID and DATA; returns once it answers a search.
+start_daemon() {
+    if [ "${KEEP:-0}" != 1 ]; then DATA=$(mktemp -d "$OUT/data.XXXXXX"); fi
+    "$AUDITD" --data-dir "$DATA" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+        --http-addr "127.0.0.1:$HTTP_PORT" > "$OUT/auditd.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 600); do
+        if "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" \
+            search --limit 1 > /dev/null 2>&1; then
+            return
+        fi
+        kill -0 "$PID" || { cat "$OUT/auditd.log"; exit 1; }
+        sleep 0.1
+    done
+    echo "auditd did not answer within 60 s" >&2
+    exit 1
+}
+
+# Stops it (SIGTERM: commit, exit) and records peak RSS and disk use.
+stop_daemon() {
+    local name=$1 hwm
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
+    kill -TERM "$PID"
+    wait "$PID"
+    echo "{\"peak_rss_kib\":$hwm,\"index_bytes\":$(du -sb "$DATA/index" | cut -f1),\"wal_bytes\":$(du -sb "$DATA/wal" | cut -f1),\"ndjson_bytes\":$(stat -c %s "$NDJSON")}" \
+        > "$OUT/$name-daemon.json"
+    rm -rf "$DATA"
+}
+
+load() {
+    "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" \
+        load "$NDJSON" --streams "$STREAMS" --batch-size "$BATCH" --json "$@"
+}
+
+for run in $(seq "$RUNS"); do
+    echo "== run $run/$RUNS: raw engine" >&2
+    BENCH_NDJSON="$NDJSON" BENCH_RUNS=1 cargo bench --bench raw_engine -q 2>/dev/null \
+        | grep '"run"' > "$OUT/raw-$run.json"
+    echo "== run $run/$RUNS: auditd, closed loop" >&2
+    start_daemon
+    load > "$OUT/e2e-$run.json"
+    stop_daemon "e2e-$run"
+done
+
+HALF=$(python3 -c "
+import json, statistics, sys
+rates = [json.load(open(f'$OUT/e2e-{r}.json'))['events_per_sec'] for r in range(1, $RUNS + 1)]
+print(round(statistics.median(rates) / 2))")
+echo "== auditd at half the median rate ($HALF events/s), time to searchable" >&2
+start_daemon
+load --rate "$HALF" --markers 200 > "$OUT/half.json"
+stop_daemon half
+
+echo "== start-up with $COUNT acknowledged events only in the WAL" >&2
+# No commit for an hour: every acknowledged event is only in the WAL when
+# the SIGKILL comes; the restart replays and indexes all of them before it
+# answers.
+export AUDITD_INDEX__COMMIT_INTERVAL_MS=3600000
+start_daemon
+unset AUDITD_INDEX__COMMIT_INTERVAL_MS
+load --markers 0 > "$OUT/unindexed-load.json"
+kill -KILL "$PID"
+wait "$PID" || true
+STARTED=$(date +%s.%N)
+KEEP=1 start_daemon
+READY=$(date +%s.%N)
+COUNTED=$("$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" search --limit 1 2>&1 >/dev/null | awk '{print $1}')
+echo "{\"seconds_to_serving\":$(python3 -c "print(round($READY - $STARTED, 3))"),\"events_searchable\":$COUNTED}" > "$OUT/startup.json"
+stop_daemon startup
+
+python3 scripts/bench_summary.py "$OUT" "$RUNS"

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Formats the JSON files of scripts/bench_ingest.sh as the Markdown tables
+of BENCHMARKS.md: per run, the raw-engine limit and auditd's durable ingest
+measured back to back, their ratio, latency, peak RSS and disk; then the
+medians with their spread, and the half-rate run's time to searchable."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+out, runs = Path(sys.argv[1]), int(sys.argv[2])
+
+
+def load(name):
+    return json.loads((out / name).read_text())
+
+
+rows = []
+for r in range(1, runs + 1):
+    raw, e2e, daemon = load(f"raw-{r}.json"), load(f"e2e-{r}.json"), load(f"e2e-{r}-daemon.json")
+    rows.append({
+        "raw": raw["events_per_sec"],
+        "e2e": e2e["events_per_sec"],
+        "ratio": e2e["events_per_sec"] / raw["events_per_sec"],
+        "mbs": e2e["ndjson_mb_per_sec"],
+        "p50": e2e["ack_latency_ms"]["p50"],
+        "p99": e2e["ack_latency_ms"]["p99"],
+        "p999": e2e["ack_latency_ms"]["p999"],
+        "ts50": (e2e["searchable_ms"] or {}).get("p50", float("nan")),
+        "ts99": (e2e["searchable_ms"] or {}).get("p99", float("nan")),
+        "rss": daemon["peak_rss_kib"] / 1024,
+        "index": daemon["index_bytes"] / daemon["ndjson_bytes"],
+        "disk": (daemon["index_bytes"] + daemon["wal_bytes"]) / daemon["ndjson_bytes"],
+        "events": e2e["events"],
+        "retries": e2e["retries"],
+    })
+
+print(f"| run | raw engine (events/s) | auditd (events/s) | ratio | MB/s | ack p50 / p99 / p99.9 (ms) "
+      f"| searchable p50 / p99 (ms) | peak RSS (MiB) | index / NDJSON | (index + WAL) / NDJSON |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for i, r in enumerate(rows, 1):
+    print(f"| {i} | {r['raw']:,.0f} | {r['e2e']:,.0f} | {r['ratio']:.2f} | {r['mbs']:.1f} "
+          f"| {r['p50']:.1f} / {r['p99']:.1f} / {r['p999']:.1f} | {r['ts50']:.0f} / {r['ts99']:.0f} "
+          f"| {r['rss']:.0f} | {r['index']:.3f} | {r['disk']:.3f} |")
+
+
+def summary(key, fmt):
+    values = [r[key] for r in rows]
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+print()
+print(f"median (spread) over {runs} runs: raw {summary('raw', '{:,.0f}')} events/s; "
+      f"auditd {summary('e2e', '{:,.0f}')} events/s; ratio {summary('ratio', '{:.2f}')}; "
+      f"ack p99 {summary('p99', '{:.1f}')} ms; peak RSS {summary('rss', '{:.0f}')} MiB; "
+      f"(index + WAL) / NDJSON {summary('disk', '{:.3f}')}; "
+      f"events {rows[0]['events']:,}, retries {sum(r['retries'] for r in rows)}")
+
+half, daemon = load("half.json"), load("half-daemon.json")
+s = half["searchable_ms"] or {}
+print()
+print(f"half rate: target {half['target_rate']:,.0f} events/s, achieved {half['events_per_sec']:,.0f}; "
+      f"time to searchable p50 {s.get('p50', float('nan')):.0f} ms, p99 {s.get('p99', float('nan')):.0f} ms, "
+      f"max {s.get('max', float('nan')):.0f} ms ({half['markers_found']} markers, {half['markers_missing']} missing); "
+      f"ack p50 {half['ack_latency_ms']['p50']:.1f} ms, p99 {half['ack_latency_ms']['p99']:.1f} ms; "
+      f"peak RSS {daemon['peak_rss_kib'] / 1024:.0f} MiB")
+
+startup = load("startup.json")
+print()
+print(f"start-up with {rows[0]['events']:,} acknowledged events only in the WAL (SIGKILL, no commit): "
+      f"serving after {startup['seconds_to_serving']:.2f} s, {startup['events_searchable']:,} events searchable")
