@@ -99,13 +99,13 @@ echo "== start-up with $COUNT acknowledged events only in the WAL" >&2
 export AUDITD_INDEX__COMMIT_INTERVAL_MS=3600000
 start_daemon
 unset AUDITD_INDEX__COMMIT_INTERVAL_MS
-load --markers 0 > "$OUT/unindexed-load.json"
+load --markers 0 --no-wait > "$OUT/unindexed-load.json"
 kill -KILL "$PID"
 wait "$PID" || true
 STARTED=$(date +%s.%N)
 KEEP=1 start_daemon
 READY=$(date +%s.%N)
-COUNTED=$("$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" search --limit 1 2>&1 >/dev/null | awk '{print $1}')
+COUNTED=$("$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" search --limit 1 2>&1 >/dev/null | awk 'NR == 1 {print $1}')
 echo "{\"seconds_to_serving\":$(python3 -c "print(round($READY - $STARTED, 3))"),\"events_searchable\":$COUNTED}" > "$OUT/startup.json"
 stop_daemon startup
 
