@@ -26,17 +26,10 @@ rm -f "$OUT"/*.json
 
 cargo build --release --bins
 cargo bench --bench raw_engine --no-run
-AUDITD=target/release/auditd
-AUDITCTL=target/release/auditctl
+source scripts/bench_common.sh
 
 NDJSON="$OUT/events-$COUNT.ndjson"
-if [ ! -s "$NDJSON" ]; then
-    if [ -f ../shared/workload/gen_events.py ]; then
-        python3 ../shared/workload/gen_events.py --count "$COUNT" > "$NDJSON"
-    else
-        "$AUDITCTL" gen --count "$COUNT" > "$NDJSON"
-    fi
-fi
+ensure_ndjson "$NDJSON"
 
 # Starts auditd (on a fresh data directory unless DATA is set and KEEP=1);
 # sets PID and DATA; returns once it answers a search.

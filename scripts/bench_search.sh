@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Search latency on a 10,000,000-event index (issue 4): builds the index
+# from `gen_events.py --count 10000000` with `auditctl ingest` into a
+# release auditd with its defaults, then times the query mix of
+# `auditctl bench-search` (each query once to warm up, then ITERATIONS
+# times, limit 100), over gRPC on loopback.
+#
+#   scripts/bench_search.sh                       # 10 M events, 100 iterations
+#   COUNT=1000000 ITERATIONS=200 scripts/bench_search.sh
+#
+# Writes target/bench-search/search.json and prints the table. The data
+# directory is kept (target/bench-search/data) so a second run with
+# REUSE=1 skips the ingest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNT=${COUNT:-10000000}
+ITERATIONS=${ITERATIONS:-100}
+GRPC_PORT=${GRPC_PORT:-50961}
+HTTP_PORT=${HTTP_PORT:-50962}
+OUT=target/bench-search
+DATA=$OUT/data
+mkdir -p "$OUT"
+
+cargo build --release --bins
+source scripts/bench_common.sh
+ctl() { "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" "$@"; }
+
+NDJSON="$OUT/events-$COUNT.ndjson"
+ensure_ndjson "$NDJSON"
+if [ "${REUSE:-0}" != 1 ]; then rm -rf "$DATA"; fi
+
+"$AUDITD" --data-dir "$DATA" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+    --http-addr "127.0.0.1:$HTTP_PORT" > "$OUT/auditd.log" 2>&1 &
+PID=$!
+trap 'kill -TERM $PID 2>/dev/null; wait $PID' EXIT
+for _ in $(seq 1200); do
+    ctl search --limit 1 > /dev/null 2>&1 && break
+    kill -0 "$PID"
+    sleep 0.1
+done
+
+if [ "${REUSE:-0}" != 1 ]; then
+    echo "== ingesting $COUNT events" >&2
+    ctl ingest "$NDJSON" --quiet
+fi
+echo "== index: $(du -sb "$DATA/index" | cut -f1) bytes for $(stat -c %s "$NDJSON") bytes of NDJSON" >&2
+echo "== search mix, $ITERATIONS iterations each" >&2
+ctl bench-search --iterations "$ITERATIONS" --json > "$OUT/search.json"
+ctl bench-search --iterations "$ITERATIONS"
