@@ -58,6 +58,7 @@ async fn overload_is_refused_with_a_hint_memory_stays_flat_and_it_recovers() {
         ],
     );
     let pid = daemon.child.id();
+    daemon.wait_serving().await;
     let template = generated(BATCH, 3, BATCH);
     let acked = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));

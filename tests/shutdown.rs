@@ -33,6 +33,7 @@ fn batch(producer: usize, n: usize, template: &[AuditEvent]) -> Vec<AuditEvent> 
 async fn sigterm_under_load_answers_every_batch_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start_with(dir.path(), &[("AUDITD_INDEX__COMMIT_INTERVAL_MS", "200")]);
+    daemon.wait_serving().await;
     let template = generated(BATCH as u64, 11, BATCH as u64);
     let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
     let acked_batches = Arc::new(AtomicUsize::new(0));
@@ -112,6 +113,10 @@ async fn sigterm_under_load_answers_every_batch_and_exits_zero() {
 
     let deadline = Instant::now() + DEADLINE;
     while acked_batches.load(Ordering::SeqCst) < SIGTERM_AFTER {
+        assert!(
+            !producers.iter().all(|p| p.is_finished()),
+            "every producer ended before the SIGTERM"
+        );
         assert!(Instant::now() < deadline, "no ingest progress");
         let _ = tokio::time::timeout(DEADLINE, progress.notified()).await;
     }

@@ -245,6 +245,13 @@ impl Daemon {
         Daemon { child, url }
     }
 
+    /// Follows gRPC health until the daemon serves: `start` returns once it
+    /// listens, which is before its replay ends (a crash test may want to
+    /// kill it then); a producer that starts earlier meets UNAVAILABLE.
+    pub async fn wait_serving(&self) {
+        wait_health(&self.url, "audit.v1.AuditLog", ServingStatus::Serving).await;
+    }
+
     /// A client with the admin token (written before the daemon listens).
     pub async fn client(&self, data_dir: &Path) -> Client {
         connect(&self.url, &admin_token(data_dir)).await
