@@ -209,3 +209,21 @@ async fn recover_refuses_while_a_daemon_holds_the_data_directory() {
     assert!(error.contains("in use by another auditd"), "{error}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_segment_file_is_refused_then_recovered_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let events = generated(2_000, 53, 1_000);
+    let by_day = ingest_and_stop(config.clone(), &events).await;
+    let day = by_day.keys().next().unwrap().clone();
+    let partition = partition_dir(dir.path(), &day);
+    std::fs::remove_file(largest_file(&partition)).unwrap();
+    start_up_refuses(config.clone(), &partition.display().to_string()).await;
+
+    let report = auditd::recover::recover(&config).unwrap();
+    assert_eq!(report.damaged.len(), 1, "{report}");
+    assert_eq!(report.damaged[0].day, day);
+    assert_eq!(report.lost(), Some(0), "the whole log is there: {report}");
+    check_after_recovery(config, &by_day, &report).await;
+}
