@@ -9,6 +9,9 @@
 
 use std::hint::black_box;
 
+#[path = "common/engine.rs"]
+mod engine;
+
 use auditd::config::Limits;
 use auditd::json::JsonEvent;
 use auditd::messages::{event_seq, WalBatch};
@@ -120,23 +123,7 @@ fn raw_engine(c: &mut Criterion) {
         b.iter_batched(
             || tempfile::tempdir().unwrap(),
             |dir| {
-                let index = tantivy::Index::builder()
-                    .schema(schema.schema.clone())
-                    .settings(tantivy::IndexSettings {
-                        docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
-                        ..Default::default()
-                    })
-                    .create_in_dir(dir.path())
-                    .unwrap();
-                let mut writer: tantivy::IndexWriter =
-                    index.writer_with_num_threads(2, 128 << 20).unwrap();
-                let mut body = Vec::new();
-                for (i, event) in all.iter().enumerate() {
-                    writer
-                        .add_document(schema.document(event, event_seq(0, i), "", &mut body))
-                        .unwrap();
-                }
-                writer.commit().unwrap();
+                engine::index_all(dir.path(), &schema, &all, 2, 128 << 20);
                 dir
             },
             BatchSize::PerIteration,

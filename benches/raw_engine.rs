@@ -13,8 +13,10 @@
 
 use std::time::Instant;
 
+#[path = "common/engine.rs"]
+mod engine;
+
 use auditd::json::JsonEvent;
-use auditd::messages::event_seq;
 use auditd::proto::AuditEvent;
 use auditd::schema::{micros_to_timestamp, AuditSchema};
 
@@ -47,25 +49,14 @@ fn main() {
     let mut rates = Vec::new();
     for run in 1..=runs {
         let dir = tempfile::tempdir().unwrap();
-        let index = tantivy::Index::builder()
-            .schema(schema.schema.clone())
-            .settings(tantivy::IndexSettings {
-                docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
-                ..Default::default()
-            })
-            .create_in_dir(dir.path())
-            .unwrap();
         let started = Instant::now();
-        let mut writer: tantivy::IndexWriter = index
-            .writer_with_num_threads(WRITER_THREADS, WRITER_HEAP_BYTES)
-            .unwrap();
-        let mut body = Vec::new();
-        for (i, event) in events.iter().enumerate() {
-            writer
-                .add_document(schema.document(event, event_seq(0, i), "", &mut body))
-                .unwrap();
-        }
-        writer.commit().unwrap();
+        let writer = engine::index_all(
+            dir.path(),
+            &schema,
+            &events,
+            WRITER_THREADS,
+            WRITER_HEAP_BYTES,
+        );
         let seconds = started.elapsed().as_secs_f64();
         writer.wait_merging_threads().unwrap();
         let rate = events.len() as f64 / seconds;

@@ -21,15 +21,7 @@ async fn auditctl(server: &TestServer, subcommand: &str, args: &[&str]) -> serde
         .arg(subcommand)
         .args(args)
         .arg("--json");
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(command).await;
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 

@@ -171,16 +171,9 @@ async fn damaged_metadata_and_commit_payload_are_recovered_in_full_from_the_log(
     std::fs::write(&meta, serde_json::to_vec(&json).unwrap()).unwrap();
 
     // The command a user runs; the log is whole, so nothing is lost.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditd"))
-        .args(["recover", "--data-dir", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut recover = std::process::Command::new(env!("CARGO_BIN_EXE_auditd"));
+    recover.args(["recover", "--data-dir", dir.path().to_str().unwrap()]);
+    let stdout = run_ok(recover).await;
     assert!(
         stdout.contains(&format!("partition {}:", days[1])),
         "{stdout}"

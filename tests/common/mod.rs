@@ -258,6 +258,22 @@ impl Daemon {
     }
 }
 
+/// Runs a command of the project's binaries on a blocking thread (the
+/// server under test keeps the runtime) and returns its stdout; panics,
+/// with both outputs, unless it succeeds.
+pub async fn run_ok(mut command: Command) -> String {
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Ingests, retrying while the daemon still replays (UNAVAILABLE).
 pub async fn ingest_when_ready(client: &mut Client, events: Vec<AuditEvent>) -> Vec<String> {
     let deadline = std::time::Instant::now() + DEADLINE;

@@ -1,0 +1,38 @@
+//! The raw-engine step both benches time: auditd's schema and document
+//! code, straight into one Tantivy IndexWriter (zstd doc store, as the
+//! daemon's partitions), one commit. No network, no WAL, no queue.
+
+use std::path::Path;
+
+use auditd::messages::event_seq;
+use auditd::proto::AuditEvent;
+use auditd::schema::AuditSchema;
+
+/// Indexes `events` into a new index in `dir` and commits once. Returns
+/// the writer, whose merges may still run.
+pub fn index_all(
+    dir: &Path,
+    schema: &AuditSchema,
+    events: &[AuditEvent],
+    threads: usize,
+    heap_bytes: usize,
+) -> tantivy::IndexWriter {
+    let index = tantivy::Index::builder()
+        .schema(schema.schema.clone())
+        .settings(tantivy::IndexSettings {
+            docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
+            ..Default::default()
+        })
+        .create_in_dir(dir)
+        .unwrap();
+    let mut writer: tantivy::IndexWriter =
+        index.writer_with_num_threads(threads, heap_bytes).unwrap();
+    let mut body = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        writer
+            .add_document(schema.document(event, event_seq(0, i), "", &mut body))
+            .unwrap();
+    }
+    writer.commit().unwrap();
+    writer
+}
