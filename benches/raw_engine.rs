@@ -61,10 +61,12 @@ fn main() {
         writer.wait_merging_threads().unwrap();
         let rate = events.len() as f64 / seconds;
         rates.push(rate);
+        let (index_bytes, by_kind) = index_bytes(dir.path());
         println!(
-            "{{\"run\":{run},\"events\":{},\"seconds\":{seconds:.3},\"events_per_sec\":{rate:.0},\"ndjson_mb_per_sec\":{:.2}}}",
+            "{{\"run\":{run},\"events\":{},\"seconds\":{seconds:.3},\"events_per_sec\":{rate:.0},\"ndjson_mb_per_sec\":{:.2},\"index_bytes\":{index_bytes},\"index_per_ndjson\":{:.3},\"index_bytes_by_kind\":{by_kind}}}",
             events.len(),
-            bytes as f64 / 1e6 / seconds
+            bytes as f64 / 1e6 / seconds,
+            index_bytes as f64 / bytes as f64,
         );
     }
     rates.sort_by(f64::total_cmp);
@@ -74,4 +76,21 @@ fn main() {
         rates[0],
         rates[rates.len() - 1]
     );
+}
+
+/// The index's size once merges have settled, and a JSON object of bytes
+/// by file kind (`store`, `term`, `idx`, ...): where the disk
+/// figure goes.
+fn index_bytes(dir: &std::path::Path) -> (u64, String) {
+    let mut total = 0;
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let len = entry.metadata().unwrap().len();
+        total += len;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = name.rsplit('.').next().unwrap_or("").to_owned();
+        *kinds.entry(kind).or_default() += len;
+    }
+    (total, serde_json::to_string(&kinds).unwrap())
 }

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 
 use prost::Message;
+use sha2::{Digest, Sha256};
 use tantivy::schema::{
     Field, IndexRecordOption, IpAddrOptions, JsonObjectOptions, NumericOptions, OwnedValue, Schema,
-    TextFieldIndexing, TextOptions, FAST, STORED, STRING,
+    TextFieldIndexing, TextOptions, FAST, STORED,
 };
-use tantivy::TantivyDocument;
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
+use tantivy::{Index, TantivyDocument};
 
 use crate::proto::AuditEvent;
 
@@ -47,9 +49,11 @@ pub mod names {
 #[derive(Debug, Clone)]
 pub struct AuditSchema {
     pub schema: Schema,
+    /// Indexed as `id_key(id)` (the `ID_TOKENIZER`), not as the id itself.
     pub id: Field,
-    /// Event time, microseconds since the epoch (i64, not a Tantivy date: the
-    /// inverted index truncates dates to seconds, and ranges must be exact).
+    /// Event time, microseconds since the epoch: an i64 fast field (not a
+    /// Tantivy date, whose precision is a setting to get wrong; ranges must
+    /// be exact to the microsecond).
     pub time: Field,
     pub received: Field,
     pub type_: Field,
@@ -69,7 +73,8 @@ pub struct AuditSchema {
     pub before: Field,
     pub after: Field,
     pub attributes: Field,
-    /// Every string field but the addresses, for free-text search.
+    /// Every string field but the id and the addresses, for free-text
+    /// search.
     pub text: Field,
     /// Log-order sequence number (`messages::event_seq`): tie-break for
     /// equal times, and the snapshot that keeps paging stable.
@@ -89,45 +94,55 @@ impl AuditSchema {
         use names::*;
         let mut b = Schema::builder();
         let exact_i64 = NumericOptions::default().set_indexed().set_fast();
-        // Words only: no frequencies or positions, since results are ordered
-        // by time, never by score.
-        let words = TextOptions::default().set_indexing_options(
+        // Times are fast fields only: a range query reads the fast field
+        // whenever there is one, so an inverted index of (nearly unique)
+        // times would cost disk and indexing time for no query.
+        let time_micros = NumericOptions::default().set_fast();
+        // No field keeps field norms (a byte per document and field): they
+        // only serve scoring, and results are ordered by time, never by
+        // score. For the same reason the words keep no frequencies.
+        let indexing = |tokenizer, record| {
             TextFieldIndexing::default()
-                .set_tokenizer("default")
-                .set_index_option(IndexRecordOption::Basic),
-        );
+                .set_tokenizer(tokenizer)
+                .set_index_option(record)
+                .set_fieldnorms(false)
+        };
+        let keyword =
+            TextOptions::default().set_indexing_options(indexing("raw", IndexRecordOption::Basic));
+        let words = TextOptions::default()
+            .set_indexing_options(indexing("default", IndexRecordOption::Basic));
         // Positions kept on the long text fields so `query` can use phrases.
-        let phrases = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("default")
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        let phrases = TextOptions::default().set_indexing_options(indexing(
+            "default",
+            IndexRecordOption::WithFreqsAndPositions,
+        ));
+        let map = JsonObjectOptions::default()
+            .set_indexing_options(indexing("raw", IndexRecordOption::Basic));
+        let id = b.add_text_field(
+            ID,
+            TextOptions::default()
+                .set_indexing_options(indexing(ID_TOKENIZER, IndexRecordOption::Basic)),
         );
-        let map = JsonObjectOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic),
-        );
-        let id = b.add_text_field(ID, STRING);
-        let time = b.add_i64_field(TIME, exact_i64.clone());
-        let received = b.add_i64_field(RECEIVED, exact_i64.clone());
-        let type_ = b.add_text_field(TYPE, STRING);
-        let action = b.add_text_field(ACTION, STRING);
-        let access_id = b.add_text_field(ACCESS_ID, STRING);
-        let subject = b.add_text_field(SUBJECT, STRING);
-        let source_name = b.add_text_field(SOURCE_NAME, STRING);
+        let time = b.add_i64_field(TIME, time_micros.clone());
+        let received = b.add_i64_field(RECEIVED, time_micros);
+        let type_ = b.add_text_field(TYPE, keyword.clone());
+        let action = b.add_text_field(ACTION, keyword.clone());
+        let access_id = b.add_text_field(ACCESS_ID, keyword.clone());
+        let subject = b.add_text_field(SUBJECT, keyword.clone());
+        let source_name = b.add_text_field(SOURCE_NAME, keyword.clone());
         let ip = b.add_ip_addr_field(IP, IpAddrOptions::default().set_indexed().set_fast());
-        let forwarded_for = b.add_text_field(FORWARDED_FOR, STRING);
-        let resource = b.add_text_field(RESOURCE, STRING);
+        let forwarded_for = b.add_text_field(FORWARDED_FOR, keyword.clone());
+        let resource = b.add_text_field(RESOURCE, keyword.clone());
         let query = b.add_json_field(QUERY, map.clone());
         let status = b.add_i64_field(STATUS, exact_i64);
-        let error_id = b.add_text_field(ERROR_ID, STRING);
+        let error_id = b.add_text_field(ERROR_ID, keyword.clone());
         let error_message = b.add_text_field(ERROR_MESSAGE, phrases.clone());
         let before = b.add_text_field(BEFORE, phrases.clone());
         let after = b.add_text_field(AFTER, phrases);
         let attributes = b.add_json_field(ATTRIBUTES, map);
         let text = b.add_text_field(TEXT, words);
         let seq = b.add_u64_field(SEQ, FAST);
-        let batch_id = b.add_text_field(BATCH_ID, STRING);
+        let batch_id = b.add_text_field(BATCH_ID, keyword);
         let body = b.add_bytes_field(BODY, STORED);
         AuditSchema {
             schema: b.build(),
@@ -222,10 +237,87 @@ impl AuditSchema {
     }
 }
 
-/// The string values free text searches: all but the addresses.
+/// The tokenizer of the `id` field.
+pub const ID_TOKENIZER: &str = "auditd_id";
+
+/// Registers auditd's own tokenizers with `index`: every index with this
+/// schema (a partition, the query parser's) needs them before it can index
+/// or parse.
+pub fn register_tokenizers(index: &Index) {
+    index
+        .tokenizers()
+        .register(ID_TOKENIZER, IdTokenizer::default());
+}
+
+/// The term an event id is indexed as: the first 64 bits of its SHA-256,
+/// seven bits to a character (ASCII, so a valid `str` term, and as dense
+/// as one can be).
+///
+/// Why not the id itself: ids are unique, so each is one more term in the
+/// dictionary, and a 25-character random id took 30 bytes an event there,
+/// a fifth of the index. Ten random bytes take about a third of that.
+/// Two ids can share a key (a chance of n / 2^64 for a given id among n
+/// events); `Searcher::get` therefore compares the stored id, and a
+/// `query` of `id:x` could, that rarely, also return the other event.
+/// SHA-256 rather than a faster hash so that nobody can craft an id that
+/// shares a given id's key.
+pub fn id_key(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut bits = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    let mut key = String::with_capacity(10);
+    for _ in 0..10 {
+        key.push(char::from((bits & 0x7f) as u8));
+        bits >>= 7;
+    }
+    key
+}
+
+/// One token a value: its `id_key`.
+#[derive(Clone, Default)]
+pub struct IdTokenizer {
+    token: Token,
+}
+
+pub struct IdTokenStream<'a> {
+    token: &'a mut Token,
+    has_token: bool,
+}
+
+impl Tokenizer for IdTokenizer {
+    type TokenStream<'a> = IdTokenStream<'a>;
+    fn token_stream<'a>(&'a mut self, text: &str) -> IdTokenStream<'a> {
+        self.token.reset();
+        self.token.position = 0;
+        self.token.position_length = 1;
+        self.token.offset_to = text.len();
+        self.token.text = id_key(text);
+        IdTokenStream {
+            token: &mut self.token,
+            has_token: true,
+        }
+    }
+}
+
+impl TokenStream for IdTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        std::mem::replace(&mut self.has_token, false)
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
+}
+
+/// The string values free text searches: all but the addresses and the
+/// event id. An id is one unique term per event; kept here as well as in
+/// `id` it was a third of the term dictionary, and an id is looked up by
+/// `id:` or GetEvent, not by free text.
 fn text_values(event: &AuditEvent) -> impl Iterator<Item = &str> {
     let singles = [
-        &event.id,
         &event.r#type,
         &event.action,
         &event.access_id,
@@ -275,5 +367,77 @@ pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tantivy::collector::Count;
+    use tantivy::query::{QueryParser, TermQuery};
+    use tantivy::schema::Term;
+
+    fn event(id: &str, second: i64) -> AuditEvent {
+        AuditEvent {
+            id: id.to_owned(),
+            time: Some(micros_to_timestamp(second * 1_000_000)),
+            received: Some(micros_to_timestamp(second * 1_000_000)),
+            action: "events.get".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn id_keys_are_fixed_ascii_and_differ() {
+        let key = id_key("ckpkb85gpsol7lvmd2kdzoy1q");
+        assert_eq!(key.len(), 10);
+        assert!(key.is_ascii());
+        // The key is on disk: it must never change between versions.
+        assert_eq!(key, id_key("ckpkb85gpsol7lvmd2kdzoy1q"));
+        assert_eq!(
+            key.bytes().collect::<Vec<_>>(),
+            // Python: hashlib.sha256(id).digest()[:8], big-endian, 7 bits at a time from the low end.
+            [35, 2, 26, 54, 42, 126, 126, 20, 87, 1]
+        );
+        assert_ne!(key, id_key("ckpkb85gpsol7lvmd2kdzoy1r"));
+    }
+
+    /// Ids are found by their key, through `Searcher::get`'s term and
+    /// through `query` syntax alike; times take ranges, not single values.
+    #[test]
+    fn ids_and_times_are_searchable_as_documented() {
+        let schema = AuditSchema::new();
+        let index = Index::create_in_ram(schema.schema.clone());
+        register_tokenizers(&index);
+        let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15 << 20).unwrap();
+        let mut body = Vec::new();
+        for (i, id) in ["a1", "b2", "c3"].into_iter().enumerate() {
+            let doc = schema.document(&event(id, 100 + i as i64), i as u64, "", &mut body);
+            writer.add_document(doc).unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let count = |query: &dyn tantivy::query::Query| searcher.search(query, &Count).unwrap();
+
+        let by_key = TermQuery::new(
+            Term::from_field_text(schema.id, &id_key("b2")),
+            IndexRecordOption::Basic,
+        );
+        assert_eq!(count(&by_key), 1);
+        let raw = TermQuery::new(
+            Term::from_field_text(schema.id, "b2"),
+            IndexRecordOption::Basic,
+        );
+        assert_eq!(count(&raw), 0, "the raw id is not a term");
+
+        let parser = QueryParser::for_index(&index, vec![schema.text]);
+        assert_eq!(count(&parser.parse_query("id:b2").unwrap()), 1);
+        assert_eq!(count(&parser.parse_query("id:zz").unwrap()), 0);
+        let range = parser.parse_query("time:[101000000 TO 102000000}").unwrap();
+        assert_eq!(count(&range), 1);
+        assert!(parser.parse_query("time:101000000").is_err());
+        // Free text leaves the id out.
+        assert_eq!(count(&parser.parse_query("a1").unwrap()), 0);
+        assert_eq!(count(&parser.parse_query("events").unwrap()), 3);
     }
 }

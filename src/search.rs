@@ -30,7 +30,7 @@ use crate::config::Limits;
 use crate::messages::SEQ_BATCH_BITS;
 use crate::partition::{Partition, Partitions};
 use crate::proto::{AuditEvent, Outcome, SearchRequest, SearchResponse};
-use crate::schema::{names, timestamp_micros, to_v6, AuditSchema};
+use crate::schema::{id_key, names, timestamp_micros, to_v6, AuditSchema};
 use crate::trail::TRAIL_TYPE;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,11 @@ struct Cursor {
 
 const PAGE_TOKEN_VERSION: &str = "p1";
 
+/// How many events sharing an id's index key `get` fetches to find the one
+/// with that id. Keys of two different ids collide about never; the same id
+/// stored more than once (a client's own duplicates) is the usual case.
+const GET_CANDIDATES: usize = 16;
+
 impl Cursor {
     fn encode(&self) -> String {
         let raw = format!(
@@ -120,6 +125,7 @@ impl Searcher {
     ) -> Searcher {
         let schema = partitions.schema().clone();
         let parsing = Index::create_in_ram(schema.schema.clone());
+        crate::schema::register_tokenizers(&parsing);
         let text_analyzer = parsing
             .tokenizer_for_field(schema.text)
             .expect("the text field has a tokenizer");
@@ -198,19 +204,24 @@ impl Searcher {
 
     /// The newest event with this id inside `scope`, if any: an event
     /// outside it is exactly as absent as one that does not exist.
+    ///
+    /// The index holds `id_key(id)`, which another id may share: the
+    /// newest `GET_CANDIDATES` events under the key are fetched and the
+    /// first whose stored id is `id` wins.
     pub fn get(&self, id: &str, scope: &ReadScope) -> Result<Option<AuditEvent>, SearchError> {
-        let mut must = vec![term(self.schema.id, id)];
+        let mut must = vec![term(self.schema.id, &id_key(id))];
         self.add_scope(scope, &mut must);
         let query = BooleanQuery::intersection(must);
         let collector = TimeOrder {
-            limit: 1,
+            limit: GET_CANDIDATES,
             ascending: false,
             after: None,
             snapshot: u64::MAX,
         };
         let partitions = self.partitions.overlapping(None, None);
         let page = self.collect(&partitions, &query, &collector)?;
-        Ok(self.fetch(&partitions, &page.hits)?.into_iter().next())
+        let events = self.fetch(&partitions, &page.hits)?;
+        Ok(events.into_iter().find(|e| e.id == id))
     }
 
     /// The ids stored under `batch_id` in the partitions of `days`, in

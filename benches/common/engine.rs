@@ -19,12 +19,10 @@ pub fn index_all(
 ) -> tantivy::IndexWriter {
     let index = tantivy::Index::builder()
         .schema(schema.schema.clone())
-        .settings(tantivy::IndexSettings {
-            docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
-            ..Default::default()
-        })
+        .settings(auditd::partition::index_settings())
         .create_in_dir(dir)
         .unwrap();
+    auditd::schema::register_tokenizers(&index);
     let mut writer: tantivy::IndexWriter =
         index.writer_with_num_threads(threads, heap_bytes).unwrap();
     let mut body = Vec::new();
