@@ -262,14 +262,20 @@ pub fn register_tokenizers(index: &Index) {
 /// SHA-256 rather than a faster hash so that nobody can craft an id that
 /// shares a given id's key.
 pub fn id_key(id: &str) -> String {
+    let mut key = String::with_capacity(10);
+    push_id_key(id, &mut key);
+    key
+}
+
+/// Appends `id_key(id)` to `key`: the tokenizer reuses its token's buffer
+/// rather than allocating a key per event.
+fn push_id_key(id: &str, key: &mut String) {
     let digest = Sha256::digest(id.as_bytes());
     let mut bits = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
-    let mut key = String::with_capacity(10);
     for _ in 0..10 {
         key.push(char::from((bits & 0x7f) as u8));
         bits >>= 7;
     }
-    key
 }
 
 /// One token a value: its `id_key`.
@@ -290,7 +296,8 @@ impl Tokenizer for IdTokenizer {
         self.token.position = 0;
         self.token.position_length = 1;
         self.token.offset_to = text.len();
-        self.token.text = id_key(text);
+        self.token.text.clear();
+        push_id_key(text, &mut self.token.text);
         IdTokenStream {
             token: &mut self.token,
             has_token: true,
