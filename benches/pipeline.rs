@@ -65,14 +65,14 @@ fn decode_and_validate(c: &mut Criterion) {
 }
 
 fn document_building(c: &mut Criterion) {
-    let batch = events(BATCH);
+    let mut batch = events(BATCH);
     let schema = AuditSchema::new();
     let mut body = Vec::new();
     let mut group = c.benchmark_group("index");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("build 1000 documents", |b| {
         b.iter(|| {
-            for (i, event) in batch.iter().enumerate() {
+            for (i, event) in batch.iter_mut().enumerate() {
                 black_box(schema.document(event, event_seq(0, i), "", &mut body));
             }
         })
@@ -114,7 +114,7 @@ fn wal_append(c: &mut Criterion) {
 /// The raw-engine limit: the same documents into an IndexWriter with two
 /// threads, then one commit.
 fn raw_engine(c: &mut Criterion) {
-    let all = events(ENGINE_EVENTS);
+    let mut all = events(ENGINE_EVENTS);
     let schema = AuditSchema::new();
     let mut group = c.benchmark_group("engine");
     group.sample_size(10);
@@ -123,7 +123,7 @@ fn raw_engine(c: &mut Criterion) {
         b.iter_batched(
             || tempfile::tempdir().unwrap(),
             |dir| {
-                engine::index_all(dir.path(), &schema, &all, 2, 128 << 20);
+                engine::index_all(dir.path(), &schema, &mut all, 2, 128 << 20);
                 dir
             },
             BatchSize::PerIteration,

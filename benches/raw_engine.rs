@@ -35,7 +35,7 @@ fn main() {
         .unwrap_or(3);
     let text = std::fs::read_to_string(&path).expect("reading BENCH_NDJSON");
     let bytes = text.len() as u64;
-    let events: Vec<AuditEvent> = text
+    let mut events: Vec<AuditEvent> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -53,7 +53,7 @@ fn main() {
         let writer = engine::index_all(
             dir.path(),
             &schema,
-            &events,
+            &mut events,
             WRITER_THREADS,
             WRITER_HEAP_BYTES,
         );

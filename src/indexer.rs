@@ -224,8 +224,8 @@ impl Indexer {
             return Ok(());
         }
         self.batches += 1;
-        let IndexBatch { span, batch } = batch;
-        for (i, event) in batch.events.iter().enumerate() {
+        let IndexBatch { span, mut batch } = batch;
+        for (i, event) in batch.events.iter_mut().enumerate() {
             let day = day_of(timestamp_micros(event.time.as_ref()));
             let body = &mut self.body;
             let writer = writer_for(

@@ -30,7 +30,7 @@ use crate::config::Limits;
 use crate::messages::SEQ_BATCH_BITS;
 use crate::partition::{Partition, Partitions};
 use crate::proto::{AuditEvent, Outcome, SearchRequest, SearchResponse};
-use crate::schema::{id_key, names, timestamp_micros, to_v6, AuditSchema};
+use crate::schema::{id_key, names, restore_times, timestamp_micros, to_v6, AuditSchema};
 use crate::trail::TRAIL_TYPE;
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +283,8 @@ impl Searcher {
         })
     }
 
+    /// The events of `hits`, each body decoded and its times put back
+    /// from the fast fields (`schema::restore_times`).
     fn fetch(
         &self,
         partitions: &[Arc<Partition>],
@@ -302,7 +304,15 @@ impl Searcher {
                     .get_first(self.schema.body)
                     .and_then(|v| v.as_bytes())
                     .ok_or_else(|| corrupt("no body".into()))?;
-                AuditEvent::decode(body).map_err(|e| corrupt(e.to_string()))
+                let mut event = AuditEvent::decode(body).map_err(|e| corrupt(e.to_string()))?;
+                let received = searcher
+                    .segment_reader(hit.address.segment_ord)
+                    .fast_fields()
+                    .i64(names::RECEIVED)?
+                    .first(hit.address.doc_id)
+                    .ok_or_else(|| corrupt("no received time".into()))?;
+                restore_times(&mut event, hit.time, received);
+                Ok(event)
             })
             .collect()
     }

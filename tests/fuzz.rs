@@ -118,7 +118,8 @@ proptest! {
         match validate_batch(&events, &Limits::default(), NOW) {
             Ok(()) => {
                 let mut body = Vec::new();
-                for (i, event) in events.iter().enumerate() {
+                let mut events = events;
+                for (i, event) in events.iter_mut().enumerate() {
                     prop_assert!(!event.action.is_empty());
                     // Time within what the day partitions can name.
                     let micros = timestamp_micros(event.time.as_ref());
@@ -174,7 +175,7 @@ fn searcher(dir: &std::path::Path) -> Searcher {
         .writer_with_num_threads(1, 20_000_000)
         .unwrap();
     let mut body = Vec::new();
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in events.clone().iter_mut().enumerate() {
         writer
             .add_document(schema.document(event, event_seq(1, i), "", &mut body))
             .unwrap();

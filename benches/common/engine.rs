@@ -13,7 +13,7 @@ use auditd::schema::AuditSchema;
 pub fn index_all(
     dir: &Path,
     schema: &AuditSchema,
-    events: &[AuditEvent],
+    events: &mut [AuditEvent],
     threads: usize,
     heap_bytes: usize,
 ) -> tantivy::IndexWriter {
@@ -26,7 +26,7 @@ pub fn index_all(
     let mut writer: tantivy::IndexWriter =
         index.writer_with_num_threads(threads, heap_bytes).unwrap();
     let mut body = Vec::new();
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in events.iter_mut().enumerate() {
         writer
             .add_document(schema.document(event, event_seq(0, i), "", &mut body))
             .unwrap();
