@@ -95,6 +95,11 @@ pub struct Limits {
     pub max_search_limit: u32,
     /// Page size when `limit` is 0.
     pub default_search_limit: u32,
+    /// Search counts matches exactly up to this many; past it `total_hits`
+    /// is this number, flagged as a lower bound, unless the request asks
+    /// for `exact_total`. Counting everything costs a pass over every
+    /// match, where the page itself may need only the newest segments.
+    pub exact_total_hits: u32,
     /// Open gRPC connections; one more is accepted and closed at once
     /// (logged, counted in `auditd_connections_refused_total`).
     pub max_connections: usize,
@@ -121,6 +126,7 @@ impl Default for Limits {
             max_clock_skew_secs: 300,
             max_search_limit: 10_000,
             default_search_limit: 100,
+            exact_total_hits: 10_000,
             max_connections: 1024,
             max_streams_per_connection: 128,
             idle_connection_timeout_ms: 300_000,
@@ -286,6 +292,13 @@ impl Config {
         }
         if self.limits.max_search_limit == 0 {
             return invalid("limits.max_search_limit", "must be at least 1");
+        }
+        if self.limits.exact_total_hits < self.limits.max_search_limit {
+            // A page never holds more events than `total_hits` says.
+            return invalid(
+                "limits.exact_total_hits",
+                "must be at least limits.max_search_limit",
+            );
         }
         if self.ingest.queue_capacity == 0 || self.ingest.wal_queue_capacity == 0 {
             return invalid(

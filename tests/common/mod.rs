@@ -170,9 +170,13 @@ pub async fn ingest(client: &mut Client, events: Vec<AuditEvent>, wait: WaitFor)
 }
 
 /// How many events a plain search sees (the trail of reads excluded).
+/// How many events the daemon holds: an exact count, however many.
 pub async fn count_stored(client: &mut Client) -> u64 {
     client
-        .search(SearchRequest::default())
+        .search(SearchRequest {
+            exact_total: true,
+            ..Default::default()
+        })
         .await
         .expect("search")
         .into_inner()
@@ -189,9 +193,10 @@ pub async fn search_all(client: &mut Client, mut request: SearchRequest) -> (Vec
             .await
             .expect("search")
             .into_inner();
+        let count = (page.total_hits, page.total_hits_is_lower_bound);
         assert_eq!(
-            *total.get_or_insert(page.total_hits),
-            page.total_hits,
+            *total.get_or_insert(count),
+            count,
             "total_hits changed between pages"
         );
         events.extend(page.events);
@@ -200,7 +205,7 @@ pub async fn search_all(client: &mut Client, mut request: SearchRequest) -> (Vec
         }
         request.page_token = page.next_page_token;
     }
-    (events, total.unwrap_or(0))
+    (events, total.map_or(0, |(n, _)| n))
 }
 
 /// A daemon in a child process, so it can be killed for real.

@@ -189,6 +189,9 @@ struct SearchArgs {
     /// Follow every page to the end.
     #[arg(long)]
     all: bool,
+    /// Count every match, past the server's `exact_total_hits`.
+    #[arg(long)]
+    exact_total: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -621,6 +624,7 @@ async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
         limit: args.limit,
         ascending: args.ascending,
         page_token: args.page_token.unwrap_or_default(),
+        exact_total: args.exact_total,
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -632,7 +636,10 @@ async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
             .map_err(status_error)?
             .into_inner();
         if first {
-            eprintln!("{} matching events", page.total_hits);
+            match page.total_hits_is_lower_bound {
+                true => eprintln!("at least {} matching events", page.total_hits),
+                false => eprintln!("{} matching events", page.total_hits),
+            }
             if args.format == Format::Table {
                 writeln!(
                     out,

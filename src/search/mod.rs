@@ -1,12 +1,10 @@
 //! The read path: a `SearchRequest` becomes one Tantivy query, run over the
-//! partitions its time range touches, ordered by (time, seq) with a custom
-//! collector, and cut into pages by a cursor that stays right while events
+//! partitions its time range touches, ordered by (time, seq) segment by
+//! segment, newest first (`time_order`), and cut into pages by a cursor that stays right while events
 //! keep arriving.
 //!
 //! Synchronous: the gRPC adapter runs it on the blocking pool.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::IpAddr;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -14,15 +12,13 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use prost::Message;
-use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::Column;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, RegexQuery,
-    TermQuery,
+    AllQuery, BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, Query, QueryParser,
+    RangeQuery, RegexQuery, TermQuery,
 };
 use tantivy::schema::{IndexRecordOption, Term, Value};
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::{DocAddress, DocId, Index, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
+use tantivy::{DocAddress, Index, TantivyDocument};
 use tokio::sync::watch;
 
 use crate::auth::ReadScope;
@@ -32,6 +28,9 @@ use crate::partition::{Partition, Partitions};
 use crate::proto::{AuditEvent, Outcome, SearchRequest, SearchResponse};
 use crate::schema::{id_key, names, restore_times, timestamp_micros, to_v6, AuditSchema};
 use crate::trail::TRAIL_TYPE;
+
+mod time_order;
+use time_order::{Hit, TimeOrder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -175,14 +174,19 @@ impl Searcher {
             Some(c) => c.snapshot,
             None => *self.searchable.borrow() << SEQ_BATCH_BITS,
         };
-        let collector = TimeOrder {
+        let count_up_to = match request.exact_total {
+            true => u64::MAX,
+            false => u64::from(self.limits.exact_total_hits),
+        };
+        let order = TimeOrder {
             limit,
             ascending: request.ascending,
             after: cursor.map(|c| (c.time, c.seq)),
             snapshot,
+            count_up_to,
         };
-        let partitions = self.partitions.overlapping(from, to);
-        let page = self.collect(&partitions, &*query, &collector)?;
+        let searchers = Self::searchers(&self.partitions.overlapping(from, to));
+        let page = time_order::collect(&searchers, &*query, &order)?;
         let next_page_token = match (page.more, page.hits.last()) {
             (true, Some(last)) => Cursor {
                 time: last.time,
@@ -193,12 +197,16 @@ impl Searcher {
             .encode(),
             _ => String::new(),
         };
-        let events = self.fetch(&partitions, &page.hits)?;
+        let events = self.fetch(&searchers, &page.hits)?;
         metrics::histogram!(crate::metrics::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
+        // Past `count_up_to` the count is the bound itself, so that every
+        // page of the search says the same.
+        let total_hits_is_lower_bound = page.total >= count_up_to;
         Ok(SearchResponse {
             events,
             next_page_token,
-            total_hits: page.total,
+            total_hits: page.total.min(count_up_to),
+            total_hits_is_lower_bound,
         })
     }
 
@@ -212,15 +220,16 @@ impl Searcher {
         let mut must = vec![term(self.schema.id, &id_key(id))];
         self.add_scope(scope, &mut must);
         let query = BooleanQuery::intersection(must);
-        let collector = TimeOrder {
+        let order = TimeOrder {
             limit: GET_CANDIDATES,
             ascending: false,
             after: None,
             snapshot: u64::MAX,
+            count_up_to: 0,
         };
-        let partitions = self.partitions.overlapping(None, None);
-        let page = self.collect(&partitions, &query, &collector)?;
-        let events = self.fetch(&partitions, &page.hits)?;
+        let searchers = Self::searchers(&self.partitions.overlapping(None, None));
+        let page = time_order::collect(&searchers, &query, &order)?;
+        let events = self.fetch(&searchers, &page.hits)?;
         Ok(events.into_iter().find(|e| e.id == id))
     }
 
@@ -237,69 +246,47 @@ impl Searcher {
             .iter()
             .filter_map(|d| self.partitions.get(*d))
             .collect();
-        let collector = TimeOrder {
+        let order = TimeOrder {
             limit: crate::messages::MAX_EVENTS_PER_RECORD,
             ascending: true,
             after: None,
             snapshot: u64::MAX,
+            count_up_to: 0,
         };
-        let mut page = self.collect(&partitions, &query, &collector)?;
+        let searchers = Self::searchers(&partitions);
+        let mut page = time_order::collect(&searchers, &query, &order)?;
         if page.hits.is_empty() {
             return Ok(None);
         }
         page.hits.sort_by_key(|h| h.seq);
-        let events = self.fetch(&partitions, &page.hits)?;
+        let events = self.fetch(&searchers, &page.hits)?;
         let received = events
             .first()
             .map_or(0, |e| timestamp_micros(e.received.as_ref()));
         Ok(Some((events.into_iter().map(|e| e.id).collect(), received)))
     }
 
-    fn collect(
-        &self,
-        partitions: &[Arc<Partition>],
-        query: &dyn Query,
-        collector: &TimeOrder,
-    ) -> Result<Page, SearchError> {
-        let mut total = 0;
-        let mut more = 0;
-        let mut hits = Vec::new();
-        for (p, partition) in partitions.iter().enumerate() {
-            let searcher = partition.reader.searcher();
-            let fruit = searcher.search(query, collector)?;
-            total += fruit.total;
-            more += fruit.after_cursor;
-            hits.extend(fruit.hits.into_iter().map(|mut h| {
-                h.partition = p;
-                h
-            }));
-        }
-        sort_best_first(&mut hits, collector.ascending);
-        hits.truncate(collector.limit);
-        Ok(Page {
-            total,
-            more: more > hits.len() as u64,
-            hits,
-        })
+    /// One searcher per partition: the hits' addresses point into them,
+    /// so the same searchers must fetch the events.
+    fn searchers(partitions: &[Arc<Partition>]) -> Vec<tantivy::Searcher> {
+        partitions.iter().map(|p| p.reader.searcher()).collect()
     }
 
     /// The events of `hits`, each body decoded and its times put back
     /// from the fast fields (`schema::restore_times`).
     fn fetch(
         &self,
-        partitions: &[Arc<Partition>],
+        searchers: &[tantivy::Searcher],
         hits: &[Hit],
     ) -> Result<Vec<AuditEvent>, SearchError> {
-        let mut searchers: Vec<Option<tantivy::Searcher>> = vec![None; partitions.len()];
         hits.iter()
             .map(|hit| {
-                let searcher = searchers[hit.partition]
-                    .get_or_insert_with(|| partitions[hit.partition].reader.searcher());
-                let doc: TantivyDocument = searcher.doc(hit.address)?;
+                let searcher = &searchers[hit.partition];
                 let corrupt = |reason: String| SearchError::Corrupt {
                     address: hit.address,
                     reason,
                 };
+                let doc: TantivyDocument = searcher.doc(hit.address)?;
                 let body = doc
                     .get_first(self.schema.body)
                     .and_then(|v| v.as_bytes())
@@ -385,7 +372,10 @@ impl Searcher {
                         IndexRecordOption::Basic,
                     )));
                 } else {
-                    any.push(Box::new(RangeQuery::new(
+                    // Through the term dictionary, not the fast field:
+                    // a block holds few distinct addresses, so reading
+                    // their postings beats scanning every event's address.
+                    any.push(Box::new(InvertedIndexRangeQuery::new(
                         Bound::Included(Term::from_field_ip_addr(s.ip, lo)),
                         Bound::Included(Term::from_field_ip_addr(s.ip, hi)),
                     )));
@@ -559,179 +549,6 @@ fn regex_syntax_escape(literal: &str) -> String {
         out.push(c);
     }
     out
-}
-
-// ---------------------------------------------------------------------------
-// Ordering by (time, seq)
-
-#[derive(Debug, Clone, Copy)]
-struct Hit {
-    time: i64,
-    seq: u64,
-    address: DocAddress,
-    partition: usize,
-}
-
-struct Page {
-    total: u64,
-    /// More hits past this page.
-    more: bool,
-    hits: Vec<Hit>,
-}
-
-/// Best first: newest first, or oldest first when ascending.
-fn sort_best_first(hits: &mut [Hit], ascending: bool) {
-    if ascending {
-        hits.sort_by_key(|h| (h.time, h.seq));
-    } else {
-        hits.sort_by_key(|h| Reverse((h.time, h.seq)));
-    }
-}
-
-/// Collects the top `limit` hits by (time, seq) past the cursor, counting
-/// every hit inside the snapshot. Scores are never computed.
-struct TimeOrder {
-    limit: usize,
-    ascending: bool,
-    after: Option<(i64, u64)>,
-    snapshot: u64,
-}
-
-struct Fruit {
-    total: u64,
-    after_cursor: u64,
-    hits: Vec<Hit>,
-}
-
-impl Collector for TimeOrder {
-    type Fruit = Fruit;
-    type Child = TimeOrderSegment;
-
-    fn for_segment(
-        &self,
-        segment_ord: SegmentOrdinal,
-        reader: &SegmentReader,
-    ) -> tantivy::Result<TimeOrderSegment> {
-        let fast = reader.fast_fields();
-        Ok(TimeOrderSegment {
-            segment_ord,
-            time: fast.i64(names::TIME)?,
-            seq: fast.u64(names::SEQ)?,
-            limit: self.limit,
-            ascending: self.ascending,
-            after: self.after,
-            snapshot: self.snapshot,
-            total: 0,
-            after_cursor: 0,
-            heap: BinaryHeap::new(),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Fruit>) -> tantivy::Result<Fruit> {
-        let mut merged = Fruit {
-            total: 0,
-            after_cursor: 0,
-            hits: Vec::new(),
-        };
-        for fruit in fruits {
-            merged.total += fruit.total;
-            merged.after_cursor += fruit.after_cursor;
-            merged.hits.extend(fruit.hits);
-        }
-        sort_best_first(&mut merged.hits, self.ascending);
-        merged.hits.truncate(self.limit);
-        Ok(merged)
-    }
-}
-
-/// A rank where larger is better, whatever the direction. Times are never
-/// negative (validation refuses events before 1970), so negation is safe.
-type Rank = (i64, u64);
-
-struct TimeOrderSegment {
-    segment_ord: SegmentOrdinal,
-    time: Column<i64>,
-    seq: Column<u64>,
-    limit: usize,
-    ascending: bool,
-    after: Option<(i64, u64)>,
-    snapshot: u64,
-    total: u64,
-    after_cursor: u64,
-    /// The best `limit` so far, worst on top.
-    heap: BinaryHeap<Reverse<(Rank, DocId)>>,
-}
-
-impl SegmentCollector for TimeOrderSegment {
-    type Fruit = Fruit;
-
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        let (Some(time), Some(seq)) = (self.time.first(doc), self.seq.first(doc)) else {
-            return;
-        };
-        if seq >= self.snapshot {
-            return;
-        }
-        self.total += 1;
-        if let Some(after) = self.after {
-            let past = if self.ascending {
-                (time, seq) > after
-            } else {
-                (time, seq) < after
-            };
-            if !past {
-                return;
-            }
-        }
-        self.after_cursor += 1;
-        if self.limit == 0 {
-            return;
-        }
-        let rank = if self.ascending {
-            (-time, u64::MAX - seq)
-        } else {
-            (time, seq)
-        };
-        if self.heap.len() < self.limit {
-            self.heap.push(Reverse((rank, doc)));
-        } else if let Some(Reverse((worst, _))) = self.heap.peek() {
-            if rank > *worst {
-                self.heap.pop();
-                self.heap.push(Reverse((rank, doc)));
-            }
-        }
-    }
-
-    fn harvest(self) -> Fruit {
-        let segment_ord = self.segment_ord;
-        let ascending = self.ascending;
-        let hits = self
-            .heap
-            .into_iter()
-            .map(|Reverse((rank, doc))| {
-                let (time, seq) = if ascending {
-                    (-rank.0, u64::MAX - rank.1)
-                } else {
-                    rank
-                };
-                Hit {
-                    time,
-                    seq,
-                    address: DocAddress::new(segment_ord, doc),
-                    partition: 0,
-                }
-            })
-            .collect();
-        Fruit {
-            total: self.total,
-            after_cursor: self.after_cursor,
-            hits,
-        }
-    }
 }
 
 #[cfg(test)]
