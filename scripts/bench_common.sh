@@ -16,3 +16,18 @@ ensure_ndjson() {
         "$AUDITCTL" gen --count "$COUNT" > "$file"
     fi
 }
+
+# Waits until the index under $1 has stopped changing size (merges done,
+# merged-away files deleted): three equal readings of `du -sb`, two
+# seconds apart, or 120 s at most. Prints the seconds it waited.
+wait_settled() {
+    local dir=$1 last=-1 same=0 now waited=0
+    while [ "$same" -lt 3 ] && [ "$waited" -lt 120 ]; do
+        sleep 2
+        waited=$((waited + 2))
+        now=$(du -sb "$dir" | cut -f1)
+        if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; fi
+        last=$now
+    done
+    echo "$waited"
+}

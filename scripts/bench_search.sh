@@ -42,8 +42,11 @@ done
 
 if [ "${REUSE:-0}" != 1 ]; then
     echo "== ingesting $COUNT events" >&2
+    STARTED=$(date +%s.%N)
     ctl ingest "$NDJSON" --quiet
+    echo "== ingested in $(python3 -c "print(round($(date +%s.%N) - $STARTED, 1))") s" >&2
 fi
+echo "== merges settled after $(wait_settled "$DATA/index") s" >&2
 echo "== index: $(du -sb "$DATA/index" | cut -f1) bytes for $(stat -c %s "$NDJSON") bytes of NDJSON" >&2
 echo "== search mix, $ITERATIONS iterations each" >&2
 ctl bench-search --iterations "$ITERATIONS" --json > "$OUT/search.json"
