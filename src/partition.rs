@@ -247,7 +247,13 @@ fn open_partition(
 /// must build the same index to be a fair limit).
 pub fn index_settings() -> IndexSettings {
     IndexSettings {
-        docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
+        // Level 6 rather than zstd's default 3: 3.5 bytes an event less
+        // (62 -> 58 of the doc store, 1 M events) at no measurable cost in
+        // indexing rate; level 8 saves 0.7 more at 15 % of the rate.
+        // Decompression, which fetching pays, is as fast at either level.
+        docstore_compression: Compressor::Zstd(ZstdCompressor {
+            compression_level: Some(6),
+        }),
         // 64 KiB blocks (Tantivy's default is 16 KiB): a tenth less disk;
         // a fetched event costs one block's decompression.
         docstore_blocksize: 64 << 10,

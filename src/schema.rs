@@ -131,7 +131,9 @@ impl AuditSchema {
         let access_id = b.add_text_field(ACCESS_ID, keyword.clone());
         let subject = b.add_text_field(SUBJECT, keyword.clone());
         let source_name = b.add_text_field(SOURCE_NAME, keyword.clone());
-        let ip = b.add_ip_addr_field(IP, IpAddrOptions::default().set_indexed().set_fast());
+        // Indexed only: exact addresses and CIDR ranges both read the term
+        // dictionary, so a fast column of addresses would serve no query.
+        let ip = b.add_ip_addr_field(IP, IpAddrOptions::default().set_indexed());
         let forwarded_for = b.add_text_field(FORWARDED_FOR, keyword.clone());
         let resource = b.add_text_field(RESOURCE, keyword.clone());
         let query = b.add_json_field(QUERY, map.clone());
