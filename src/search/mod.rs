@@ -12,13 +12,14 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use prost::Message;
+use tantivy::columnar::Column;
 use tantivy::query::{
     AllQuery, BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, Query, QueryParser,
     RangeQuery, RegexQuery, TermQuery,
 };
 use tantivy::schema::{IndexRecordOption, Term, Value};
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::{DocAddress, Index, TantivyDocument};
+use tantivy::{DocAddress, Index, SegmentOrdinal, TantivyDocument};
 use tokio::sync::watch;
 
 use crate::auth::ReadScope;
@@ -279,6 +280,9 @@ impl Searcher {
         searchers: &[tantivy::Searcher],
         hits: &[Hit],
     ) -> Result<Vec<AuditEvent>, SearchError> {
+        // Opening a column is a lookup in the segment's column directory:
+        // once per segment of the page, not once per hit.
+        let mut received_columns: Vec<((usize, SegmentOrdinal), Column<i64>)> = Vec::new();
         hits.iter()
             .map(|hit| {
                 let searcher = &searchers[hit.partition];
@@ -292,10 +296,19 @@ impl Searcher {
                     .and_then(|v| v.as_bytes())
                     .ok_or_else(|| corrupt("no body".into()))?;
                 let mut event = AuditEvent::decode(body).map_err(|e| corrupt(e.to_string()))?;
-                let received = searcher
-                    .segment_reader(hit.address.segment_ord)
-                    .fast_fields()
-                    .i64(names::RECEIVED)?
+                let segment = (hit.partition, hit.address.segment_ord);
+                let column = match received_columns.iter().position(|(s, _)| *s == segment) {
+                    Some(i) => &received_columns[i].1,
+                    None => {
+                        let column = searcher
+                            .segment_reader(segment.1)
+                            .fast_fields()
+                            .i64(names::RECEIVED)?;
+                        received_columns.push((segment, column));
+                        &received_columns[received_columns.len() - 1].1
+                    }
+                };
+                let received = column
                     .first(hit.address.doc_id)
                     .ok_or_else(|| corrupt("no received time".into()))?;
                 restore_times(&mut event, hit.time, received);
