@@ -18,13 +18,14 @@ ensure_ndjson() {
 }
 
 # Waits until the index under $1 has stopped changing size (merges done,
-# merged-away files deleted): three equal readings of `du -sb`, two
-# seconds apart, or 120 s at most. Prints the seconds it waited.
+# the idle partition compacted, merged-away files deleted): three equal
+# readings of `du -sb`, five seconds apart (compaction starts after 10 s
+# without events), or 180 s at most. Prints the seconds it waited.
 wait_settled() {
     local dir=$1 last=-1 same=0 now waited=0
-    while [ "$same" -lt 3 ] && [ "$waited" -lt 120 ]; do
-        sleep 2
-        waited=$((waited + 2))
+    while [ "$same" -lt 3 ] && [ "$waited" -lt 180 ]; do
+        sleep 5
+        waited=$((waited + 5))
         now=$(du -sb "$dir" | cut -f1)
         if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; fi
         last=$now

@@ -46,6 +46,8 @@ pub struct IndexerSettings {
     pub writer_threads: usize,
     pub writer_heap_bytes: usize,
     pub max_open_writers: usize,
+    /// See `IndexConfig::compact_after_idle_ms`; `None`: never.
+    pub compact_after_idle: Option<Duration>,
 }
 
 struct OpenWriter {
@@ -57,6 +59,13 @@ struct OpenWriter {
     /// The batch counter when it was last written to, for LRU closing.
     last_batch: u64,
     dirty: bool,
+    /// When an event was last added: compaction waits for a quiet spell.
+    last_write: Instant,
+    /// Merged down to one segment since the last write.
+    compacted: bool,
+    /// The thread waiting for this writer's compaction merge; true if the
+    /// merge succeeded.
+    compacting: Option<JoinHandle<bool>>,
 }
 
 pub struct Indexer {
@@ -179,6 +188,9 @@ impl Indexer {
                 next_commit =
                     Instant::now() + commit_pause(self.settings.commit_interval, started.elapsed());
             }
+            if let Some(idle) = self.settings.compact_after_idle {
+                self.compact_idle(idle);
+            }
             let lag = self
                 .positions
                 .end
@@ -252,6 +264,8 @@ impl Indexer {
                 })?;
             writer.dirty = true;
             writer.last_batch = self.batches;
+            writer.last_write = Instant::now();
+            writer.compacted = false;
         }
         self.indexed = span.end;
         Ok(())
@@ -301,6 +315,75 @@ impl Indexer {
             .sum();
         metrics::gauge!(m::INDEX_DOCS).set(docs as f64);
         Ok(())
+    }
+}
+
+impl Indexer {
+    /// Merges the partition of a day that is over, once idle for `idle`,
+    /// down to one segment; and finishes a compaction that has ended.
+    ///
+    /// One compaction runs at a time. The merge itself runs on Tantivy's
+    /// merge threads; a thread named `auditd-compact` only waits for it,
+    /// so that the indexer never blocks on a merge that can take seconds.
+    /// A merge Tantivy refuses (a segment is in a merge of the merge
+    /// policy's own) is tried again on a later tick.
+    fn compact_idle(&mut self, idle: Duration) {
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(Day::MAX, |d| day_of(d.as_micros() as i64));
+        for open in self.writers.values_mut() {
+            let Some(handle) = open.compacting.take_if(|h| h.is_finished()) else {
+                continue;
+            };
+            if handle.join().unwrap_or(false) {
+                // Only the writer deletes files: the merged-away segments
+                // go now, not at the partition's next commit (if any).
+                if let Err(error) = open.writer.garbage_collect_files().wait() {
+                    tracing::warn!(%error, path = %open.partition.path.display(), "compaction: deleting merged files");
+                }
+                if let Err(error) = open.partition.reader.reload() {
+                    tracing::warn!(%error, path = %open.partition.path.display(), "compaction: reloading the searcher");
+                }
+                open.compacted = true;
+                metrics::counter!(m::COMPACTIONS).increment(1);
+            }
+        }
+        if self.writers.values().any(|w| w.compacting.is_some()) {
+            return;
+        }
+        let candidate = self.writers.values_mut().find(|w| {
+            !w.compacted && !w.dirty && w.partition.day < today && w.last_write.elapsed() >= idle
+        });
+        let Some(open) = candidate else {
+            return;
+        };
+        let segments = match open.partition.index.searchable_segment_ids() {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::warn!(%error, path = %open.partition.path.display(), "compaction: listing segments");
+                open.compacted = true;
+                return;
+            }
+        };
+        if segments.len() <= 1 {
+            open.compacted = true;
+            return;
+        }
+        let merge = open.writer.merge(&segments);
+        let path = open.partition.path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("auditd-compact".into())
+            .spawn(move || match merge.wait() {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::debug!(%error, path = %path.display(), "compaction: merge refused; will retry");
+                    false
+                }
+            });
+        match spawned {
+            Ok(handle) => open.compacting = Some(handle),
+            Err(error) => tracing::warn!(%error, "compaction: spawning its thread"),
+        }
     }
 }
 
@@ -370,6 +453,9 @@ fn writer_for<'a>(
                 skip_below,
                 last_batch: batch,
                 dirty: false,
+                last_write: Instant::now(),
+                compacted: false,
+                compacting: None,
             },
         );
     }

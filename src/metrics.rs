@@ -15,6 +15,7 @@ pub const WAL_SEGMENTS: &str = "auditd_wal_segments";
 pub const WAL_ROTATIONS: &str = "auditd_wal_rotations_total";
 pub const WAL_SYNC_SECONDS: &str = "auditd_wal_sync_duration_seconds";
 pub const COMMITS: &str = "auditd_index_commits_total";
+pub const COMPACTIONS: &str = "auditd_index_compactions_total";
 pub const COMMIT_SECONDS: &str = "auditd_index_commit_duration_seconds";
 pub const INDEXED_POSITION: &str = "auditd_index_committed_position";
 pub const INDEX_DOCS: &str = "auditd_index_docs";

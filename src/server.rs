@@ -156,6 +156,10 @@ pub async fn run(
             writer_threads: config.index.writer_threads,
             writer_heap_bytes: config.index.writer_heap_bytes,
             max_open_writers: config.index.max_open_writers,
+            compact_after_idle: match config.index.compact_after_idle_ms {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
         },
         &data_dir,
         checkpoint.wal_position,
