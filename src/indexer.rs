@@ -187,9 +187,11 @@ impl Indexer {
                 commit_now = false;
                 next_commit =
                     Instant::now() + commit_pause(self.settings.commit_interval, started.elapsed());
-            }
-            if let Some(idle) = self.settings.compact_after_idle {
-                self.compact_idle(idle);
+                // On the commit tick, not per batch: idleness is measured
+                // in seconds.
+                if let Some(idle) = self.settings.compact_after_idle {
+                    self.compact_idle(idle);
+                }
             }
             let lag = self
                 .positions
