@@ -369,6 +369,14 @@ mod tests {
     }
 
     #[test]
+    fn an_exact_total_bound_below_a_page_names_its_setting() {
+        let mut config = Config::default();
+        config.limits.exact_total_hits = config.limits.max_search_limit - 1;
+        let error = config.check().unwrap_err().to_string();
+        assert!(error.contains("limits.exact_total_hits"), "{error}");
+    }
+
+    #[test]
     fn an_unknown_setting_is_an_error() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("auditd.toml", "[wal]\nsnyc = \"never\"\n")?;
