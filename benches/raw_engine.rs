@@ -13,6 +13,11 @@
 
 use std::time::Instant;
 
+/// The daemon's allocator (`src/bin/auditd.rs`), so that the limit and
+/// the daemon differ only in what the daemon adds.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "common/engine.rs"]
 mod engine;
 

@@ -6,6 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
+/// mimalloc rather than the system allocator: the write path allocates
+/// per field of every event (protobuf strings, Tantivy documents) on many
+/// threads, where glibc's per-thread arenas cost time and keep freed
+/// memory. See BENCHMARKS.md for what it changed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// auditd: takes audit events over gRPC, keeps every acknowledged event
 /// safe on disk, indexes them, and answers searches.
 ///

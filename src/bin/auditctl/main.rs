@@ -23,6 +23,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// The daemon's allocator: `auditctl load` shares the machine with the daemon
+/// it measures, so its own allocations should cost as little.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Largest message the client sends or accepts.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
