@@ -6,6 +6,9 @@
 //!
 //!     BENCH_NDJSON=events.ndjson BENCH_RUNS=3 cargo bench --bench raw_engine
 //!
+//! `BENCH_KEEP=<dir>` (with one run) keeps the index there, for
+//! `examples/index_space.rs` to break down.
+//!
 //! Prints one JSON line per run and one with the median, for
 //! `scripts/bench_ingest.sh` to put beside the end-to-end figure of the
 //! same run. Without `BENCH_NDJSON` it says so and exits (so that a plain
@@ -73,6 +76,10 @@ fn main() {
             bytes as f64 / 1e6 / seconds,
             index_bytes as f64 / bytes as f64,
         );
+        if let Some(keep) = std::env::var_os("BENCH_KEEP") {
+            // For `cargo run --example index_space -- <dir>`.
+            std::fs::rename(dir.keep(), &keep).expect("moving the index to BENCH_KEEP");
+        }
     }
     rates.sort_by(f64::total_cmp);
     println!(
