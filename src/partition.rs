@@ -36,6 +36,12 @@ pub enum PartitionError {
     },
     #[error("{path}: commit payload {payload:?} is not a WAL position")]
     BadPayload { path: PathBuf, payload: String },
+    #[error(
+        "{path}: {detail}. This build reads only SSTable term dictionaries; \
+         partitions written before 2026-11-23 used FSTs. Nothing was changed: \
+         read it with the earlier build, or move it aside and ingest its events again"
+    )]
+    Format { path: PathBuf, detail: String },
     #[error("{path}: damaged index files (checksum mismatch): {}", list(files))]
     Damaged { path: PathBuf, files: Vec<PathBuf> },
 }
@@ -230,17 +236,46 @@ fn open_partition(
             .map_err(tantivy_err)?
     };
     crate::schema::register_tokenizers(&index);
-    let reader = index
+    let reader: IndexReader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
         .try_into()
         .map_err(tantivy_err)?;
+    check_dictionaries(path, &reader, schema)?;
     Ok(Partition {
         day,
         path: path.to_owned(),
         index,
         reader,
     })
+}
+
+/// Opens one term dictionary of every segment: Tantivy opens them only
+/// when a query first needs them, so a partition in the older FST format
+/// would otherwise start and then fail searches.
+fn check_dictionaries(
+    path: &Path,
+    reader: &IndexReader,
+    schema: &AuditSchema,
+) -> Result<(), PartitionError> {
+    for segment in reader.searcher().segment_readers() {
+        if let Err(error) = segment.inverted_index(schema.id) {
+            let detail = error.to_string();
+            // Tantivy says so only in its message ("Unsupported dictionary
+            // type, compiled tantivy with SSTable, but got Fst").
+            if detail.contains("dictionary type") {
+                return Err(PartitionError::Format {
+                    path: path.to_owned(),
+                    detail,
+                });
+            }
+            return Err(PartitionError::Tantivy {
+                path: path.to_owned(),
+                source: error,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The settings of every new partition (and of the raw-engine bench, which
@@ -294,5 +329,41 @@ mod tests {
         }
         assert_eq!(day_of(PARTITION_MICROS - 1), 0);
         assert_eq!(day_of(PARTITION_MICROS), 1);
+    }
+
+    /// `tests/fixtures/fst-index` holds one partition (three events) that
+    /// the build before the SSTable switch wrote. It must be refused at
+    /// open, naming the partition, with or without verification, and be
+    /// left as it was.
+    #[test]
+    fn a_partition_with_fst_dictionaries_is_refused_and_left_alone() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fst-index");
+        let dir = tempfile::tempdir().unwrap();
+        let day_dir = dir.path().join("2023-11-14");
+        std::fs::create_dir(&day_dir).unwrap();
+        let mut before = Vec::new();
+        for entry in std::fs::read_dir(fixture.join("2023-11-14")).unwrap() {
+            let entry = entry.unwrap();
+            let bytes = std::fs::read(entry.path()).unwrap();
+            std::fs::write(day_dir.join(entry.file_name()), &bytes).unwrap();
+            before.push((entry.file_name(), bytes));
+        }
+        for verify in [false, true] {
+            let error = match Partitions::open(dir.path(), AuditSchema::new(), verify) {
+                Ok(_) => panic!("an FST partition was opened (verify: {verify})"),
+                Err(error) => error,
+            };
+            assert!(matches!(error, PartitionError::Format { .. }), "{error}");
+            let message = error.to_string();
+            assert!(message.contains("2023-11-14"), "{message}");
+            assert!(message.contains("SSTable"), "{message}");
+        }
+        for (name, bytes) in before {
+            assert_eq!(
+                std::fs::read(day_dir.join(&name)).unwrap(),
+                bytes,
+                "{name:?} changed"
+            );
+        }
     }
 }
