@@ -239,6 +239,7 @@ impl Indexer {
         }
         self.batches += 1;
         let IndexBatch { span, mut batch } = batch;
+        let events = batch.events.len();
         for (i, event) in batch.events.iter_mut().enumerate() {
             let day = day_of(timestamp_micros(event.time.as_ref()));
             let body = &mut self.body;
@@ -254,9 +255,9 @@ impl Indexer {
             if span.start < writer.skip_below {
                 continue;
             }
-            let doc = self
-                .schema
-                .document(event, event_seq(span.start, i), &batch.batch_id, body);
+            let doc =
+                self.schema
+                    .document(event, event_seq(&span, events, i), &batch.batch_id, body);
             writer
                 .writer
                 .add_document(doc)

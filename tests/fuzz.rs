@@ -15,7 +15,6 @@ use std::sync::Arc;
 use auditd::auth::ReadScope;
 use auditd::config::Limits;
 use auditd::json::JsonEvent;
-use auditd::messages::event_seq;
 use auditd::partition::{day_of, Partitions};
 use auditd::proto::{AuditEvent, IngestRequest, SearchRequest, Source};
 use auditd::schema::{timestamp_micros, AuditSchema};
@@ -125,7 +124,7 @@ proptest! {
                     let micros = timestamp_micros(event.time.as_ref());
                     prop_assert!(micros >= 0);
                     let _ = day_of(micros);
-                    schema.document(event, event_seq(0, i), "batch", &mut body);
+                    schema.document(event, i as u64, "batch", &mut body);
                 }
             }
             Err(invalid) => {
@@ -177,13 +176,13 @@ fn searcher(dir: &std::path::Path) -> Searcher {
     let mut body = Vec::new();
     for (i, event) in events.clone().iter_mut().enumerate() {
         writer
-            .add_document(schema.document(event, event_seq(1, i), "", &mut body))
+            .add_document(schema.document(event, 1 + i as u64, "", &mut body))
             .unwrap();
     }
     writer.commit().unwrap();
     partition.reader.reload().unwrap();
     // Everything is visible: the snapshot covers any sequence number.
-    let (_, searchable) = tokio::sync::watch::channel(u64::MAX >> 16);
+    let (_, searchable) = tokio::sync::watch::channel(u64::MAX);
     Searcher::new(partitions, Limits::default(), searchable)
 }
 

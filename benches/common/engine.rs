@@ -7,6 +7,7 @@ use std::path::Path;
 use auditd::messages::event_seq;
 use auditd::proto::AuditEvent;
 use auditd::schema::AuditSchema;
+use auditd::wal::Span;
 
 /// Indexes `events` into a new index in `dir` and commits once. Returns
 /// the writer, whose merges may still run.
@@ -26,9 +27,16 @@ pub fn index_all(
     let mut writer: tantivy::IndexWriter =
         index.writer_with_num_threads(threads, heap_bytes).unwrap();
     let mut body = Vec::new();
+    // One record as long as its events: seq is then the event's ordinal,
+    // the cheapest column there is.
+    let n = events.len();
+    let record = Span {
+        start: 0,
+        end: n as u64,
+    };
     for (i, event) in events.iter_mut().enumerate() {
         writer
-            .add_document(schema.document(event, event_seq(0, i), "", &mut body))
+            .add_document(schema.document(event, event_seq(&record, n, i), "", &mut body))
             .unwrap();
     }
     writer.commit().unwrap();
