@@ -48,6 +48,8 @@ pub struct IndexerSettings {
     pub max_open_writers: usize,
     /// See `IndexConfig::compact_after_idle_ms`; `None`: never.
     pub compact_after_idle: Option<Duration>,
+    /// See `IndexConfig::max_segment_docs`.
+    pub max_segment_docs: u32,
 }
 
 struct OpenWriter {
@@ -61,10 +63,10 @@ struct OpenWriter {
     dirty: bool,
     /// When an event was last added: compaction waits for a quiet spell.
     last_write: Instant,
-    /// Merged down to one segment since the last write.
+    /// Compacted since the last write.
     compacted: bool,
-    /// The thread waiting for this writer's compaction merge; true if the
-    /// merge succeeded.
+    /// The thread waiting for this writer's compaction merges; true if
+    /// they all succeeded.
     compacting: Option<JoinHandle<bool>>,
 }
 
@@ -360,34 +362,82 @@ impl Indexer {
         let Some(open) = candidate else {
             return;
         };
-        let segments = match open.partition.index.searchable_segment_ids() {
-            Ok(ids) => ids,
+        let runs = match compaction_runs(&open.partition, self.settings.max_segment_docs) {
+            Ok(runs) => runs,
             Err(error) => {
                 tracing::warn!(%error, path = %open.partition.path.display(), "compaction: listing segments");
                 open.compacted = true;
                 return;
             }
         };
-        if segments.len() <= 1 {
+        if runs.is_empty() {
             open.compacted = true;
             return;
         }
-        let merge = open.writer.merge(&segments);
+        let merges: Vec<_> = runs.iter().map(|run| open.writer.merge(run)).collect();
         let path = open.partition.path.clone();
         let spawned = std::thread::Builder::new()
             .name("auditd-compact".into())
-            .spawn(move || match merge.wait() {
-                Ok(_) => true,
-                Err(error) => {
-                    tracing::debug!(%error, path = %path.display(), "compaction: merge refused; will retry");
-                    false
+            .spawn(move || {
+                let mut all = true;
+                for merge in merges {
+                    if let Err(error) = merge.wait() {
+                        tracing::debug!(%error, path = %path.display(), "compaction: merge refused; will retry");
+                        all = false;
+                    }
                 }
+                all
             });
         match spawned {
             Ok(handle) => open.compacting = Some(handle),
             Err(error) => tracing::warn!(%error, "compaction: spawning its thread"),
         }
     }
+}
+
+/// The merges that compact `partition`: its segments in time order, cut
+/// into runs of consecutive segments holding fewer than `max_docs` events
+/// together; only runs of two or more. Time order keeps each merged
+/// segment's time range narrow, which is what lets a search skip it.
+fn compaction_runs(
+    partition: &Partition,
+    max_docs: u32,
+) -> tantivy::Result<Vec<Vec<tantivy::index::SegmentId>>> {
+    partition.reader.reload()?;
+    let searcher = partition.reader.searcher();
+    let mut segments = Vec::new();
+    for segment in searcher.segment_readers() {
+        let time = segment.fast_fields().i64(crate::schema::names::TIME)?;
+        segments.push((time.min_value(), segment.segment_id(), segment.max_doc()));
+    }
+    segments.sort_unstable_by_key(|&(min, id, _)| (min, id));
+    let mut runs = Vec::new();
+    let mut run = Vec::new();
+    let mut docs = 0u64;
+    for (_, id, max_doc) in segments {
+        if docs + u64::from(max_doc) >= u64::from(max_docs) {
+            if run.len() > 1 {
+                runs.push(std::mem::take(&mut run));
+            }
+            run.clear();
+            docs = 0;
+        }
+        run.push(id);
+        docs += u64::from(max_doc);
+    }
+    if run.len() > 1 {
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// Tantivy's log merge policy (its defaults), except that a segment of
+/// `max_docs` events or more is never merged again: see
+/// `IndexConfig::max_segment_docs`.
+fn merge_policy(max_docs: u32) -> Box<dyn tantivy::merge_policy::MergePolicy> {
+    let mut policy = tantivy::merge_policy::LogMergePolicy::default();
+    policy.set_max_docs_before_merge(max_docs as usize);
+    Box::new(policy)
 }
 
 /// After a commit that took `t`, the next one waits at least
@@ -448,6 +498,7 @@ fn writer_for<'a>(
                 path: partition.path.clone(),
                 source,
             })?;
+        writer.set_merge_policy(merge_policy(settings.max_segment_docs));
         writers.insert(
             day,
             OpenWriter {

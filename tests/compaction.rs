@@ -1,6 +1,7 @@
 //! Compaction: the partition of a day that is over, once idle, is merged
-//! down to one segment in the background (`index.compact_after_idle_ms`),
-//! its merged-away files are deleted, and every event is still found.
+//! in the background (`index.compact_after_idle_ms`) into as few segments
+//! as `index.max_segment_docs` allows, in time order; its merged-away
+//! files are deleted, and every event is still found.
 
 mod common;
 
@@ -85,5 +86,63 @@ async fn an_idle_past_day_is_merged_to_one_segment_and_loses_nothing() {
     late.id = "late-event".into();
     ingest(&mut client, vec![late], WaitFor::Searchable).await;
     assert_eq!(count_stored(&mut client).await, 1_001);
+    server.stop().await.unwrap();
+}
+
+/// `(docs, min time, max time)` of every segment of the partition in
+/// `dir`, by min time.
+fn segment_shapes(dir: &Path) -> Vec<(u32, i64, i64)> {
+    let index = tantivy::Index::open_in_dir(dir).expect("open the partition");
+    let searcher = index.reader().expect("reader").searcher();
+    let mut shapes: Vec<_> = searcher
+        .segment_readers()
+        .iter()
+        .map(|s| {
+            let time = s.fast_fields().i64("time").expect("time column");
+            (s.num_docs(), time.min_value(), time.max_value())
+        })
+        .collect();
+    shapes.sort_by_key(|&(_, min, _)| min);
+    shapes
+}
+
+/// With `index.max_segment_docs` at 250, seven segments of 100 events
+/// compact to runs of consecutive segments below it: 200, 200, 200, and
+/// the last one alone, each covering its own stretch of time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_time_ordered_runs_below_max_segment_docs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.index.compact_after_idle_ms = 2_000;
+    config.index.max_segment_docs = 250;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+
+    // Seven searchable commits, seven segments: fewer than the eight the
+    // merge policy waits for, so only compaction merges them.
+    let events = generated(700, 9, 700);
+    for chunk in events.chunks(100) {
+        ingest(&mut client, chunk.to_vec(), WaitFor::Searchable).await;
+    }
+    let partition = dir.path().join("index").join("2023-11-14");
+    assert_eq!(segment_shapes(&partition).len(), 7);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let shapes = loop {
+        ticker.tick().await;
+        let shapes = segment_shapes(&partition);
+        if shapes.len() == 4 {
+            break shapes;
+        }
+        assert!(Instant::now() < deadline, "not compacted: {shapes:?}");
+    };
+    let docs: Vec<u32> = shapes.iter().map(|s| s.0).collect();
+    assert_eq!(docs, [200, 200, 200, 100], "{shapes:?}");
+    assert!(
+        shapes.windows(2).all(|w| w[0].2 <= w[1].1),
+        "merged segments overlap in time: {shapes:?}"
+    );
+    assert_eq!(count_stored(&mut client).await, 700);
     server.stop().await.unwrap();
 }
