@@ -20,6 +20,11 @@ use tantivy::{DocAddress, DocId, DocSet, SegmentOrdinal, SegmentReader, TERMINAT
 
 use crate::schema::names;
 
+/// The first chunk a newest-first search visits at the end of a segment
+/// (`State::collect_all`); each next one, further back, is four times as
+/// long, until the page is full.
+const NEWEST_FIRST_CHUNK_DOCS: u32 = 4096;
+
 /// One hit: where it is and its sort key.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Hit {
@@ -173,37 +178,82 @@ impl State<'_> {
     fn collect_all(&mut self, segment: &Segment, weight: &dyn Weight) -> tantivy::Result<()> {
         let check_seq = segment.seq.max_value() >= self.order.snapshot;
         let alive = segment.reader.alive_bitset();
-        let mut result = Ok(());
-        weight.for_each_no_score(segment.reader, &mut |docs| {
-            for &doc in docs {
-                if alive.is_some_and(|a| !a.is_alive(doc)) {
-                    continue;
+        if self.order.ascending {
+            let mut result = Ok(());
+            weight.for_each_no_score(segment.reader, &mut |docs| {
+                for &doc in docs {
+                    if alive.is_some_and(|a| !a.is_alive(doc)) {
+                        continue;
+                    }
+                    if let Err(e) = self.offer(segment, doc, check_seq) {
+                        result = Err(e);
+                        return;
+                    }
                 }
-                if let Err(e) = self.offer(segment, doc, check_seq) {
-                    result = Err(e);
-                    return;
-                }
+            })?;
+            self.top.settle();
+            return result;
+        }
+        // Newest first. Documents are written, and compaction merges
+        // segments, roughly in time order, so the newest matches sit at the
+        // end: visited first, in chunks from the end, each four times the
+        // last until the page is full, then the rest in one go, they fill
+        // the page early and the rest mostly fall below its threshold. In
+        // doc order every match would beat the one before and enter the
+        // page (page 10 of 430 k matches: 13 ms p50, against 7).
+        let mut end = segment.reader.max_doc();
+        let mut chunk = NEWEST_FIRST_CHUNK_DOCS;
+        while end > 0 {
+            let start = end.saturating_sub(chunk);
+            let mut scorer = weight.scorer(segment.reader, 1.0)?;
+            let mut doc = scorer.doc();
+            if doc < start {
+                doc = scorer.seek(start);
             }
-        })?;
+            // TERMINATED is past every segment's end.
+            while doc < end {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    self.offer(segment, doc, check_seq)?;
+                }
+                doc = scorer.advance();
+            }
+            end = start;
+            chunk = if self.top.threshold().is_some() {
+                end
+            } else {
+                chunk.saturating_mul(4)
+            };
+        }
         self.top.settle();
-        result
+        Ok(())
     }
 
     fn offer(&mut self, segment: &Segment, doc: DocId, check_seq: bool) -> tantivy::Result<()> {
         let missing = || tantivy::TantivyError::InternalError(format!("doc {doc} has no time/seq"));
         let time = segment.time.first(doc).ok_or_else(missing)?;
         let read_seq = || segment.seq.first(doc).ok_or_else(missing);
-        // The seq is read only when it decides something.
+        // The seq is read only when it decides something: the snapshot
+        // (new segments only), a time equal to the cursor's, or a place on
+        // the page. Most matches of a large old segment need the time only.
         let mut seq = None;
-        if check_seq || self.order.after.is_some() {
-            seq = Some(read_seq()?);
-        }
-        if check_seq && seq.is_some_and(|s| s >= self.order.snapshot) {
-            return Ok(());
+        if check_seq {
+            let s = read_seq()?;
+            if s >= self.order.snapshot {
+                return Ok(());
+            }
+            seq = Some(s);
         }
         self.total += 1;
-        if let Some(s) = seq {
-            if !self.past_cursor(time, s) {
+        if let Some((after_time, _)) = self.order.after {
+            if time == after_time && seq.is_none() {
+                seq = Some(read_seq()?);
+            }
+            let past = match seq {
+                Some(s) => self.past_cursor(time, s),
+                None if self.order.ascending => time > after_time,
+                None => time < after_time,
+            };
+            if !past {
                 return Ok(());
             }
         }
