@@ -22,6 +22,19 @@ fn main() -> anyhow::Result<()> {
     }
     let searcher = index.reader()?.searcher();
     let docs = searcher.num_docs().max(1) as f64;
+    if std::env::var_os("SEGMENTS").is_some() {
+        // Each segment's size and time range (µs), oldest first: what
+        // lets a newest-first search skip it.
+        let mut shapes = Vec::new();
+        for segment in searcher.segment_readers() {
+            let time = segment.fast_fields().i64("time")?;
+            shapes.push((time.min_value(), time.max_value(), segment.num_docs()));
+        }
+        shapes.sort_unstable();
+        for (min, max, docs) in shapes {
+            println!("segment: {docs:>9} events, time {min} ..= {max}");
+        }
+    }
     let usage = serde_json::to_value(searcher.space_usage()?)?;
     let mut sizes: BTreeMap<(String, String), u64> = BTreeMap::new();
     for segment in usage["segments"].as_array().into_iter().flatten() {
@@ -36,8 +49,7 @@ fn main() -> anyhow::Result<()> {
         }
         let store = &segment["components"]["store"]["Store"];
         *sizes.entry(("store".into(), "body".into())).or_default() +=
-            store["data_usage"].as_u64().unwrap_or(0)
-                + store["offsets_usage"].as_u64().unwrap_or(0);
+            store["data"].as_u64().unwrap_or(0) + store["offsets"].as_u64().unwrap_or(0);
     }
     println!(
         "{} segments, {} events",
