@@ -419,7 +419,7 @@ fn compaction_runs(
             if run.len() > 1 {
                 runs.push(std::mem::take(&mut run));
             }
-            run.clear();
+            run.clear(); // a lone segment is no merge
             docs = 0;
         }
         run.push(id);
