@@ -30,6 +30,9 @@ pub struct BenchSearchArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run only the queries whose name contains this (to profile one).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// Which summary a query's samples join.
@@ -54,7 +57,13 @@ pub async fn bench_search(mut client: Client, args: BenchSearchArgs) -> anyhow::
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    let queries = mix(&mut client).await?;
+    let mut queries = mix(&mut client).await?;
+    if let Some(only) = &args.only {
+        queries.retain(|q| q.name.contains(only.as_str()));
+        if queries.is_empty() {
+            bail!("--only {only:?}: no query of the mix has that in its name");
+        }
+    }
     let mut report = serde_json::Map::new();
     let mut all = [Vec::new(), Vec::new()];
     let mut rows = Vec::new();
@@ -150,8 +159,12 @@ async fn run(client: &mut Client, query: &Query) -> anyhow::Result<(f64, u64, bo
     ))
 }
 
-/// Nearest-rank percentile of sorted samples.
+/// Nearest-rank percentile of sorted samples (NaN, shown as null in JSON,
+/// when there are none: `--only` can leave a group empty).
 fn rank(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
 }
