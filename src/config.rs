@@ -207,8 +207,9 @@ pub struct IndexConfig {
     /// the many small ones frequent commits leave. Late events for that
     /// day are still taken (as a new segment). 0 turns it off.
     pub compact_after_idle_ms: u64,
-    /// No merge (compaction, or Tantivy's merge policy) takes in a segment
-    /// of this many events or more, and compaction builds none larger. A
+    /// No merge (compaction, or the writer's merge policy) takes in a
+    /// segment of this many events or more, or builds one; both merge only
+    /// segments that are neighbours in time (`merge.rs`). A
     /// search for the newest matches reads every match of the newest
     /// segment before it can skip older ones: at 10 M events in one
     /// segment, the newest 1,000 of everything took 60 ms (p50).

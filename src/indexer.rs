@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tantivy::IndexWriter;
 use tokio::sync::watch;
 
+use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
 use crate::messages::{event_seq, Checkpoint, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
 use crate::partition::{day_of, format_day, Day, Partition, PartitionError, Partitions};
@@ -68,6 +69,9 @@ struct OpenWriter {
     /// The thread waiting for this writer's compaction merges; true if
     /// they all succeeded.
     compacting: Option<JoinHandle<bool>>,
+    /// What the writer's merge policy orders segments by; noted after each
+    /// reload of the partition's reader.
+    segment_times: SegmentTimes,
 }
 
 pub struct Indexer {
@@ -349,6 +353,7 @@ impl Indexer {
                 if let Err(error) = open.partition.reader.reload() {
                     tracing::warn!(%error, path = %open.partition.path.display(), "compaction: reloading the searcher");
                 }
+                note_segment_times(&open.partition, &open.segment_times);
                 open.compacted = true;
                 metrics::counter!(m::COMPACTIONS).increment(1);
             }
@@ -362,7 +367,15 @@ impl Indexer {
         let Some(open) = candidate else {
             return;
         };
-        let runs = match compaction_runs(&open.partition, self.settings.max_segment_docs) {
+        // A reload first, so that no run names a segment a policy merge
+        // has already replaced.
+        let runs = open.partition.reader.reload().and_then(|()| {
+            compaction_runs(
+                &open.partition.reader.searcher(),
+                self.settings.max_segment_docs,
+            )
+        });
+        let runs = match runs {
             Ok(runs) => runs,
             Err(error) => {
                 tracing::warn!(%error, path = %open.partition.path.display(), "compaction: listing segments");
@@ -393,51 +406,6 @@ impl Indexer {
             Err(error) => tracing::warn!(%error, "compaction: spawning its thread"),
         }
     }
-}
-
-/// The merges that compact `partition`: its segments in time order, cut
-/// into runs of consecutive segments holding fewer than `max_docs` events
-/// together; only runs of two or more. Time order keeps each merged
-/// segment's time range narrow, which is what lets a search skip it.
-fn compaction_runs(
-    partition: &Partition,
-    max_docs: u32,
-) -> tantivy::Result<Vec<Vec<tantivy::index::SegmentId>>> {
-    partition.reader.reload()?;
-    let searcher = partition.reader.searcher();
-    let mut segments = Vec::new();
-    for segment in searcher.segment_readers() {
-        let time = segment.fast_fields().i64(crate::schema::names::TIME)?;
-        segments.push((time.min_value(), segment.segment_id(), segment.max_doc()));
-    }
-    segments.sort_unstable_by_key(|&(min, id, _)| (min, id));
-    let mut runs = Vec::new();
-    let mut run = Vec::new();
-    let mut docs = 0u64;
-    for (_, id, max_doc) in segments {
-        if docs + u64::from(max_doc) >= u64::from(max_docs) {
-            if run.len() > 1 {
-                runs.push(std::mem::take(&mut run));
-            }
-            run.clear(); // a lone segment is no merge
-            docs = 0;
-        }
-        run.push(id);
-        docs += u64::from(max_doc);
-    }
-    if run.len() > 1 {
-        runs.push(run);
-    }
-    Ok(runs)
-}
-
-/// Tantivy's log merge policy (its defaults), except that a segment of
-/// `max_docs` events or more is never merged again: see
-/// `IndexConfig::max_segment_docs`.
-fn merge_policy(max_docs: u32) -> Box<dyn tantivy::merge_policy::MergePolicy> {
-    let mut policy = tantivy::merge_policy::LogMergePolicy::default();
-    policy.set_max_docs_before_merge(max_docs as usize);
-    Box::new(policy)
 }
 
 /// After a commit that took `t`, the next one waits at least
@@ -498,7 +466,12 @@ fn writer_for<'a>(
                 path: partition.path.clone(),
                 source,
             })?;
-        writer.set_merge_policy(merge_policy(settings.max_segment_docs));
+        let segment_times = SegmentTimes::default();
+        note_segment_times(&partition, &segment_times);
+        writer.set_merge_policy(Box::new(TimeOrderedMergePolicy::new(
+            settings.max_segment_docs,
+            segment_times.clone(),
+        )));
         writers.insert(
             day,
             OpenWriter {
@@ -510,6 +483,7 @@ fn writer_for<'a>(
                 last_write: Instant::now(),
                 compacted: false,
                 compacting: None,
+                segment_times,
             },
         );
     }
@@ -533,6 +507,7 @@ fn commit_writer(
     prepared.set_payload(&position.to_string());
     prepared.commit().map_err(tantivy_err)?;
     open.partition.reader.reload().map_err(tantivy_err)?;
+    note_segment_times(&open.partition, &open.segment_times);
     open.dirty = false;
     ledger.insert(
         open.partition.day,
@@ -542,6 +517,15 @@ fn commit_writer(
         },
     );
     Ok(())
+}
+
+/// Notes the partition's segments, as its reader now sees them, for its
+/// writer's merge policy. A segment that cannot be read here is left out
+/// of merges, not made an indexing fault: searches will report it.
+fn note_segment_times(partition: &Partition, times: &SegmentTimes) {
+    if let Err(error) = times.note(&partition.reader.searcher()) {
+        tracing::warn!(%error, path = %partition.path.display(), "merge policy: reading segment times");
+    }
 }
 
 fn wait_merging(open: OpenWriter) -> Result<(), IndexError> {

@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod indexer;
 pub mod ingest;
 pub mod json;
+pub mod merge;
 pub mod messages;
 pub mod metrics;
 pub mod partition;

@@ -146,3 +146,42 @@ async fn compaction_merges_time_ordered_runs_below_max_segment_docs() {
     assert_eq!(count_stored(&mut client).await, 700);
     server.stop().await.unwrap();
 }
+
+/// While a day is written, the merge policy too merges only neighbours in
+/// time and builds no segment of `index.max_segment_docs` or more:
+/// Tantivy's log policy alone would merge eight segments of any times
+/// into one of any size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_merges_are_time_neighbours_below_max_segment_docs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.index.compact_after_idle_ms = 0;
+    config.index.max_segment_docs = 250;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+
+    // Twenty searchable commits of 40 events: the policy merges from the
+    // ninth on, in runs of up to six.
+    let events = generated(800, 13, 800);
+    for chunk in events.chunks(40) {
+        ingest(&mut client, chunk.to_vec(), WaitFor::Searchable).await;
+    }
+    let partition = dir.path().join("index").join("2023-11-14");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let shapes = loop {
+        ticker.tick().await;
+        let shapes = segment_shapes(&partition);
+        if shapes.len() <= 10 {
+            break shapes;
+        }
+        assert!(Instant::now() < deadline, "not merged: {shapes:?}");
+    };
+    assert!(shapes.iter().all(|s| s.0 < 250), "{shapes:?}");
+    assert!(
+        shapes.windows(2).all(|w| w[0].2 <= w[1].1),
+        "merged segments overlap in time: {shapes:?}"
+    );
+    assert_eq!(count_stored(&mut client).await, 800);
+    server.stop().await.unwrap();
+}
