@@ -271,11 +271,7 @@ impl State<'_> {
         check_seq: bool,
     ) -> tantivy::Result<()> {
         let alive = segment.reader.alive_bitset();
-        let mut scorer = weight.scorer(segment.reader, 1.0)?;
-        let mut doc = scorer.doc();
-        if doc < block.start {
-            doc = scorer.seek(block.start);
-        }
+        let (mut scorer, mut doc) = scorer_at(segment, weight, block.start)?;
         // TERMINATED is past every segment's end.
         while doc < block.end {
             if alive.is_none_or(|a| a.is_alive(doc)) {
@@ -312,11 +308,7 @@ impl State<'_> {
             .time
             .get_docids_for_value_range(times, block.clone(), &mut candidates);
         let alive = segment.reader.alive_bitset();
-        let mut scorer = weight.scorer(segment.reader, 1.0)?;
-        let mut doc = scorer.doc();
-        if doc < block.start {
-            doc = scorer.seek(block.start);
-        }
+        let (mut scorer, mut doc) = scorer_at(segment, weight, block.start)?;
         let mut next = 0;
         // Every match, while the count is still wanted. The ones not
         // among the candidates rank below the page's worst, so they are
@@ -337,7 +329,10 @@ impl State<'_> {
         }
         // Then the candidates only: does each match?
         for &candidate in candidates.iter().skip(next) {
-            if candidate < doc || doc >= block.end {
+            if doc >= block.end {
+                break; // no match left in the block
+            }
+            if candidate < doc {
                 continue;
             }
             doc = scorer.seek(candidate);
@@ -442,6 +437,21 @@ impl State<'_> {
         }
         Ok(())
     }
+}
+
+/// A scorer of `weight` on the segment, and its first match at or past
+/// `start`.
+fn scorer_at(
+    segment: &Segment,
+    weight: &dyn Weight,
+    start: DocId,
+) -> tantivy::Result<(Box<dyn tantivy::query::Scorer>, DocId)> {
+    let mut scorer = weight.scorer(segment.reader, 1.0)?;
+    let mut doc = scorer.doc();
+    if doc < start {
+        doc = scorer.seek(start);
+    }
+    Ok((scorer, doc))
 }
 
 /// Whether `weight` matches at least one document in `density` of the
