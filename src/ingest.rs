@@ -236,6 +236,9 @@ impl IngestService {
             }
             Begin::New => {}
         }
+        if !self.memo.index_may_hold(now) {
+            return Ok(None);
+        }
         // A retry carries the same events, so the days they fall on are the
         // partitions that would hold the first attempt.
         let mut days: Vec<i64> = request

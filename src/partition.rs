@@ -170,6 +170,29 @@ impl Partitions {
             .collect()
     }
 
+    /// The latest `received` (µs) of any event in the index, from each
+    /// segment's column bounds (deleted events count too); `None` when the
+    /// index is empty.
+    pub fn latest_received(&self) -> Result<Option<i64>, PartitionError> {
+        let map = self.map.read().expect("partition map lock");
+        let mut latest = None;
+        for partition in map.values() {
+            for segment in partition.reader.searcher().segment_readers() {
+                let column = segment
+                    .fast_fields()
+                    .i64(crate::schema::names::RECEIVED)
+                    .map_err(|source| PartitionError::Tantivy {
+                        path: partition.path.clone(),
+                        source,
+                    })?;
+                if segment.max_doc() > 0 {
+                    latest = latest.max(Some(column.max_value()));
+                }
+            }
+        }
+        Ok(latest)
+    }
+
     pub fn len(&self) -> usize {
         self.map.read().expect("partition map lock").len()
     }

@@ -173,6 +173,17 @@ pub async fn run(
         config.ingest.idempotency_window_secs,
         config.ingest.idempotency_capacity,
     ));
+    // Batches stored before this start are in the index (or the WAL,
+    // whose replay below puts them in the map).
+    let index_received = partitions
+        .latest_received()
+        .map_err(|source| ServerError::Damaged {
+            source,
+            data_dir: data_dir.clone(),
+        })?;
+    if let Some(received) = index_received {
+        memo.index_holds_until(received);
+    }
     let searcher = Searcher::new(
         partitions.clone(),
         config.limits.clone(),
