@@ -1,7 +1,7 @@
 //! The gRPC adapter: unwrap the request, call a service that knows nothing
 //! of tonic, map the result. Every error becomes one precise status here.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -103,7 +103,7 @@ async fn audited<T>(
     caller: &Caller,
     action: &str,
     peer: Option<SocketAddr>,
-    query: HashMap<String, String>,
+    query: BTreeMap<String, String>,
     result: Result<T, Status>,
 ) -> Result<T, Status> {
     let outcome = result.as_ref().err().map(|s| (s.code(), s.message()));
@@ -217,7 +217,7 @@ impl AuditLog for AuditLogService {
         let caller = caller(&request)?;
         let peer = request.remote_addr();
         let id = request.into_inner().id;
-        let query = HashMap::from([("id".to_owned(), id.clone())]);
+        let query = BTreeMap::from([("id".to_owned(), id.clone())]);
         let result = async {
             let scope = caller.read_scope("read events").map_err(auth_status)?;
             if id.is_empty() {
@@ -247,8 +247,8 @@ impl TokensService {
     }
 }
 
-fn token_query(info: &TokenInfo) -> HashMap<String, String> {
-    let mut q = HashMap::from([("token".to_owned(), info.id.clone())]);
+fn token_query(info: &TokenInfo) -> BTreeMap<String, String> {
+    let mut q = BTreeMap::from([("token".to_owned(), info.id.clone())]);
     for (key, value) in [
         (
             "kind",
@@ -314,7 +314,7 @@ impl Tokens for TokensService {
             &caller,
             trail::TOKEN_LIST,
             peer,
-            HashMap::new(),
+            BTreeMap::new(),
             result,
         )
         .await?;
@@ -332,7 +332,7 @@ impl Tokens for TokensService {
             .require_admin("manage tokens")
             .and_then(|()| self.store.revoke(&id))
             .map_err(auth_status);
-        let query = HashMap::from([("token".to_owned(), id)]);
+        let query = BTreeMap::from([("token".to_owned(), id)]);
         let info = audited(
             &self.ingest,
             &caller,

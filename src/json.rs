@@ -2,7 +2,7 @@
 //! names, `time` and `received` as seconds since the epoch, as Pryv writes
 //! them. On output it also carries Pryv's derived stream ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -119,13 +119,13 @@ impl JsonEvent {
             }),
             forwarded_for: self.forwarded_for,
             resource: self.resource,
-            query: self.query.into_iter().collect::<HashMap<_, _>>(),
+            query: self.query,
             status: self.status,
             error_id: self.error_id,
             error_message: self.error_message,
             before: self.before,
             after: self.after,
-            attributes: self.attributes.into_iter().collect::<HashMap<_, _>>(),
+            attributes: self.attributes,
         })
     }
 
@@ -157,13 +157,13 @@ impl JsonEvent {
             }),
             forwarded_for: event.forwarded_for,
             resource: event.resource,
-            query: event.query.into_iter().collect(),
+            query: event.query,
             status: event.status,
             error_id: event.error_id,
             error_message: event.error_message,
             before: event.before,
             after: event.after,
-            attributes: event.attributes.into_iter().collect(),
+            attributes: event.attributes,
             stream_ids,
         }
     }

@@ -386,7 +386,7 @@ fn text_values(event: &AuditEvent) -> impl Iterator<Item = &str> {
         .filter(|s| !s.is_empty())
 }
 
-fn to_object(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, OwnedValue> {
+fn to_object(map: &BTreeMap<String, String>) -> BTreeMap<String, OwnedValue> {
     map.iter()
         .map(|(k, v)| (k.clone(), OwnedValue::Str(v.clone())))
         .collect()

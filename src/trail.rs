@@ -2,7 +2,7 @@
 //! GetEvent and token change becomes an event of type `audit-log/auditd`,
 //! stored through the same durable path as any other.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::auth::Caller;
@@ -25,10 +25,10 @@ pub fn event(
     caller: &Caller,
     action: &str,
     peer: Option<SocketAddr>,
-    query: HashMap<String, String>,
+    query: BTreeMap<String, String>,
     outcome: Option<(tonic::Code, &str)>,
 ) -> AuditEvent {
-    let mut attributes = HashMap::new();
+    let mut attributes = BTreeMap::new();
     attributes.insert("token_id".to_owned(), caller.token_id.clone());
     attributes.insert("token_kind".to_owned(), caller.kind.name().to_owned());
     let (status, error_id, error_message) = match outcome {
@@ -54,8 +54,8 @@ pub fn event(
 }
 
 /// The filters of a search, as the trail records them.
-pub fn search_query(r: &SearchRequest) -> HashMap<String, String> {
-    let mut q = HashMap::new();
+pub fn search_query(r: &SearchRequest) -> BTreeMap<String, String> {
+    let mut q = BTreeMap::new();
     let mut put = |key: &str, value: String| {
         if !value.is_empty() {
             q.insert(key.to_owned(), clean(&value));

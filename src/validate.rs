@@ -88,7 +88,7 @@ pub fn validate_batch(
             ),
         );
     }
-    let mut seen_ids: HashMap<&str, usize> = HashMap::new();
+    let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(events.len());
     let mut invalid: HashSet<usize> = HashSet::new();
     for (i, event) in events.iter().enumerate() {
         let before = out.total;
@@ -111,6 +111,14 @@ pub fn validate_batch(
         invalid_events: invalid.len(),
         events: events.len(),
     })
+}
+
+/// Whether `value` holds a Unicode control character (C0, DEL or C1). A
+/// byte scan first: C0 and DEL are single bytes, and every C1 character
+/// (U+0080..U+009F) is encoded as 0xC2 then a second byte, so text
+/// without those bytes (nearly all of it) skips decoding its characters.
+fn has_control(value: &str) -> bool {
+    value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) && value.chars().any(char::is_control)
 }
 
 #[derive(Default)]
@@ -190,7 +198,7 @@ fn validate_event(i: usize, e: &AuditEvent, limits: &Limits, now_micros: i64, ou
     ];
     for (field, value) in identifiers {
         check_len(at, field, value, limits.max_field_bytes, out);
-        if value.chars().any(char::is_control) {
+        if has_control(value) {
             out.push(at, field, "control characters are not allowed".into());
         }
     }
@@ -314,6 +322,20 @@ fn truncate(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn has_control_agrees_with_char_is_control() {
+        let mut samples: Vec<String> = ["", "plain", "é ü ß", "\u{a0}nbsp", "日本語", "\u{1F600}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for c in (0..0x250u32).filter_map(char::from_u32) {
+            samples.push(format!("a{c}b"));
+        }
+        for s in &samples {
+            assert_eq!(has_control(s), s.chars().any(char::is_control), "{s:?}");
+        }
+    }
     use crate::proto::Source;
 
     fn valid() -> AuditEvent {

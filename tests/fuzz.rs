@@ -71,7 +71,7 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
             nasty_string(),
         ),
         (
-            prop::collection::hash_map(nasty_string(), nasty_string(), 0..4),
+            prop::collection::btree_map(nasty_string(), nasty_string(), 0..4),
             nasty_string(),
         ),
     )
