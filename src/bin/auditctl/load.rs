@@ -3,8 +3,11 @@
 //! connections, closed-loop or at a fixed target rate, and reports
 //! throughput, acknowledgement latency and time to searchable.
 //!
-//! Everything is parsed and batched before the clock starts, so the figure
-//! is the daemon's, not the client's JSON parser's. With `--rate`, each
+//! Everything is parsed, batched and encoded as protobuf before the clock
+//! starts, so the figure is the daemon's, not the client's JSON parser's or
+//! encoder's: the client shares the machine's cores with the daemon, and
+//! cloning and encoding each request took about 1 CPU-second per million
+//! events from them (`perf`, BENCHMARKS.md). With `--rate`, each
 //! batch has a due time and its latency counts from that due time, not from
 //! when it was actually sent: a stalled daemon cannot hide its stall by
 //! slowing the client down (no coordinated omission).
@@ -24,17 +27,22 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use auditd::auth::BearerToken;
 use auditd::json::JsonEvent;
-use auditd::proto::{AuditEvent, GetEventRequest, IngestRequest, WaitFor};
-use tonic::transport::Endpoint;
+use auditd::proto::audit_log_client::AuditLogClient;
+use auditd::proto::{GetEventRequest, IngestRequest, IngestResponse, WaitFor};
+use prost::bytes::BufMut;
+use prost::Message;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
-use crate::{connect, send_with_retry};
+use crate::{channel, retry, send_with_retry, MAX_MESSAGE_BYTES};
 
 /// How often a probe asks whether its marker is searchable: the resolution
 /// of the time-to-searchable figures.
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// A marker not found by then is reported as missing.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most events `load` holds in memory (about 1 KB each once parsed).
+/// Most events `load` holds in memory (about 300 bytes each once encoded).
 const MAX_LOAD_EVENTS: u64 = 20_000_000;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -70,9 +78,11 @@ pub struct LoadArgs {
     json: bool,
 }
 
-/// One batch, ready to send.
+/// One batch, ready to send: an `IngestRequest` (its `batch_id` set,
+/// waiting for durability) already encoded.
 struct Batch {
-    events: Vec<AuditEvent>,
+    request: Arc<[u8]>,
+    events: usize,
     ndjson_bytes: u64,
 }
 
@@ -94,7 +104,8 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number of events per second");
     }
-    let batches = Arc::new(prepare(&args)?);
+    let run_id = ulid::Ulid::new().to_string();
+    let batches = Arc::new(prepare(&args, &run_id)?);
     if batches.is_empty() {
         bail!("no events to send");
     }
@@ -103,8 +114,13 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     let mut clients = Vec::with_capacity(args.streams);
     for _ in 0..args.streams {
         // One connection each: concurrency across connections, as from
-        // separate producers.
-        clients.push(connect(&endpoint, bearer.clone()).await?);
+        // separate producers. Batches go out pre-encoded; probes and the
+        // final wait use the generated client on the same connection.
+        let channel = channel(&endpoint).await?;
+        let client = AuditLogClient::with_interceptor(channel.clone(), bearer.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        clients.push((PreEncodedIngest::new(channel, bearer.clone()), client));
     }
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -117,16 +133,14 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     };
     let mut workers = Vec::new();
     let probes = Arc::new(Mutex::new(Vec::new()));
-    let run_id = ulid::Ulid::new().to_string();
-    let mut last_client = clients[0].clone();
-    for mut client in clients {
-        let (next, batches, samples, acked_events, probes, run_id) = (
+    let mut last_client = clients[0].1.clone();
+    for (sender, client) in clients {
+        let (next, batches, samples, acked_events, probes) = (
             next.clone(),
             batches.clone(),
             samples.clone(),
             acked_events.clone(),
             probes.clone(),
-            run_id.clone(),
         );
         workers.push(tokio::spawn(async move {
             loop {
@@ -141,16 +155,14 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
                     }
                     None => Instant::now(),
                 };
-                let request = IngestRequest {
-                    events: batch.events.clone(),
-                    batch_id: batch_id(&run_id, k),
-                    wait_for: WaitFor::Durable as i32,
-                };
-                let (reply, retries) = send_with_retry(&mut client, &request)
-                    .await
-                    .with_context(|| format!("batch {k}"))?;
+                let (reply, retries) = retry(|| {
+                    let (mut sender, request) = (sender.clone(), batch.request.clone());
+                    async move { sender.ingest(request).await }
+                })
+                .await
+                .with_context(|| format!("batch {k}"))?;
                 let acked = from.elapsed().as_secs_f64();
-                acked_events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                acked_events.fetch_add(batch.events as u64, Ordering::Relaxed);
                 {
                     let mut s = samples.lock().expect("samples lock");
                     s.ack.push(acked);
@@ -174,12 +186,9 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     let all_searchable = if args.no_wait {
         None
     } else {
-        let last = batches.len() - 1;
-        let again = IngestRequest {
-            events: batches[last].events.clone(),
-            batch_id: batch_id(&run_id, last),
-            wait_for: WaitFor::Searchable as i32,
-        };
+        let mut again = IngestRequest::decode(&*batches[batches.len() - 1].request)
+            .context("decoding the last batch")?;
+        again.wait_for = WaitFor::Searchable as i32;
         send_with_retry(&mut last_client, &again)
             .await
             .context("waiting until everything is searchable")?;
@@ -218,6 +227,65 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         print_summary(&report);
     }
     Ok(())
+}
+
+/// `Ingest` with a request encoded beforehand: the encoder only copies its
+/// bytes into the frame. Same method, headers and limits as the generated
+/// client.
+#[derive(Clone)]
+struct PreEncodedIngest(tonic::client::Grpc<InterceptedService<Channel, BearerToken>>);
+
+impl PreEncodedIngest {
+    fn new(channel: Channel, bearer: BearerToken) -> Self {
+        PreEncodedIngest(
+            tonic::client::Grpc::new(InterceptedService::new(channel, bearer))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
+    async fn ingest(
+        &mut self,
+        request: Arc<[u8]>,
+    ) -> Result<tonic::Response<IngestResponse>, tonic::Status> {
+        self.0
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/audit.v1.AuditLog/Ingest");
+        self.0
+            .unary(tonic::Request::new(request), path, PreEncoded)
+            .await
+    }
+}
+
+/// Sends bytes as they are; decodes the reply with prost.
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Arc<[u8]>;
+    type Decode = IngestResponse;
+    type Encoder = PreEncoded;
+    type Decoder = tonic_prost::ProstDecoder<IngestResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(Default::default())
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Arc<[u8]>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Arc<[u8]>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
 }
 
 /// Batch ids make a retry (and the final wait for searchability) store
@@ -265,7 +333,7 @@ async fn probe(
 
 /// Reads (or generates) and parses every event into batches, before the
 /// clock starts.
-fn prepare(args: &LoadArgs) -> anyhow::Result<Vec<Batch>> {
+fn prepare(args: &LoadArgs, run_id: &str) -> anyhow::Result<Vec<Batch>> {
     let lines: Box<dyn Iterator<Item = anyhow::Result<String>>> = match (&args.file, args.generate)
     {
         (Some(file), _) => {
@@ -294,11 +362,21 @@ fn prepare(args: &LoadArgs) -> anyhow::Result<Vec<Batch>> {
         (None, None) => bail!("give an NDJSON file or --generate COUNT"),
     };
     let mut batches = Vec::new();
-    let mut current = Batch {
-        events: Vec::with_capacity(args.batch_size),
-        ndjson_bytes: 0,
-    };
+    let mut events = Vec::with_capacity(args.batch_size);
+    let mut ndjson_bytes = 0;
     let mut total = 0u64;
+    let mut seal = |events: &mut Vec<_>, ndjson_bytes: &mut u64| {
+        let request = IngestRequest {
+            events: std::mem::replace(events, Vec::with_capacity(args.batch_size)),
+            batch_id: batch_id(run_id, batches.len()),
+            wait_for: WaitFor::Durable as i32,
+        };
+        batches.push(Batch {
+            request: request.encode_to_vec().into(),
+            events: request.events.len(),
+            ndjson_bytes: std::mem::take(ndjson_bytes),
+        });
+    };
     for (n, line) in lines.enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -308,25 +386,18 @@ fn prepare(args: &LoadArgs) -> anyhow::Result<Vec<Batch>> {
         if total > MAX_LOAD_EVENTS {
             bail!("more than {MAX_LOAD_EVENTS} events: split the file");
         }
-        current.ndjson_bytes += line.len() as u64 + 1;
-        current.events.push(
+        ndjson_bytes += line.len() as u64 + 1;
+        events.push(
             JsonEvent::parse(&line)
                 .and_then(JsonEvent::into_proto)
                 .with_context(|| format!("line {}", n + 1))?,
         );
-        if current.events.len() == args.batch_size {
-            let full = std::mem::replace(
-                &mut current,
-                Batch {
-                    events: Vec::with_capacity(args.batch_size),
-                    ndjson_bytes: 0,
-                },
-            );
-            batches.push(full);
+        if events.len() == args.batch_size {
+            seal(&mut events, &mut ndjson_bytes);
         }
     }
-    if !current.events.is_empty() {
-        batches.push(current);
+    if !events.is_empty() {
+        seal(&mut events, &mut ndjson_bytes);
     }
     Ok(batches)
 }

@@ -29,7 +29,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Largest message the client sends or accepts.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "auditctl: the auditd command-line client")]
@@ -315,7 +315,7 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
     Ok(endpoint)
 }
 
-async fn channel(endpoint: &Endpoint) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(endpoint: &Endpoint) -> anyhow::Result<Channel> {
     endpoint
         .connect()
         .await
@@ -580,10 +580,25 @@ async fn send_with_retry(
     client: &mut Client,
     request: &IngestRequest,
 ) -> anyhow::Result<(IngestResponse, u32)> {
+    retry(|| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.ingest(request).await }
+    })
+    .await
+}
+
+/// Runs `call` until it succeeds, retrying refusals (RESOURCE_EXHAUSTED,
+/// UNAVAILABLE, ABORTED) after the server's hint, at most `MAX_ATTEMPTS`
+/// times; returns the reply and how many retries it took.
+async fn retry<F, Fut>(mut call: F) -> anyhow::Result<(IngestResponse, u32)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<IngestResponse>, tonic::Status>>,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match client.ingest(request.clone()).await {
+        match call().await {
             Ok(reply) => return Ok((reply.into_inner(), attempt - 1)),
             Err(status)
                 if attempt < MAX_ATTEMPTS
