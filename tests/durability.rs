@@ -308,6 +308,36 @@ async fn a_batch_id_is_idempotent_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_id_pushed_out_of_memory_is_found_in_the_index() {
+    // The map remembers one batch: the second pushes the first out, and
+    // a retry of the first must then be found in the index.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.ingest.idempotency_capacity = 1;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let batch = |id: &str, seed| {
+        let mut events = generated(20, seed, 20);
+        for e in &mut events {
+            e.id.clear();
+        }
+        IngestRequest {
+            events,
+            batch_id: id.into(),
+            wait_for: WaitFor::Searchable as i32,
+        }
+    };
+    let (first, second) = (batch("batch-a", 71), batch("batch-b", 72));
+    let a = client.ingest(first.clone()).await.unwrap().into_inner();
+    client.ingest(second).await.unwrap();
+    let again = client.ingest(first).await.unwrap().into_inner();
+    assert_eq!(again.ids, a.ids, "the first attempt's ids");
+    let (_, total) = search_all(&mut client, everything()).await;
+    assert_eq!(total, 40, "nothing stored twice");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_searchable_means_visible_and_durable_alone_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
