@@ -16,7 +16,7 @@ use auditd::config::Limits;
 use auditd::json::JsonEvent;
 use auditd::messages::WalBatch;
 use auditd::proto::{AuditEvent, IngestRequest};
-use auditd::schema::{micros_to_timestamp, AuditSchema};
+use auditd::schema::AuditSchema;
 use auditd::validate::validate_batch;
 use auditd::wal::{Recovery, Wal};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -32,16 +32,16 @@ fn events(count: usize) -> Vec<AuditEvent> {
         count: count as u64,
         ..Default::default()
     };
-    auditd::gen::events(&opts)
+    let mut events: Vec<AuditEvent> = auditd::gen::events(&opts)
         .map(|e| {
-            let mut event = JsonEvent::parse(&e.to_json_line())
+            JsonEvent::parse(&e.to_json_line())
                 .unwrap()
                 .into_proto()
-                .unwrap();
-            event.received = Some(micros_to_timestamp(1_800_000_000_000_000));
-            event
+                .unwrap()
         })
-        .collect()
+        .collect();
+    engine::receive(&mut events);
+    events
 }
 
 fn decode_and_validate(c: &mut Criterion) {

@@ -2,7 +2,9 @@
 //! document code indexing the file's events straight into one Tantivy
 //! IndexWriter (2 threads, 128 MiB, zstd doc store, as the daemon's
 //! defaults), then one commit. No network, no WAL, no queue. Parsing the
-//! JSON is done before the clock starts, as `auditctl load` does.
+//! JSON, and the arrival times the daemon would stamp, are done before the
+//! clock starts, as `auditctl load` does; the documents carry batch ids
+//! as the load generator's batches do (`engine::BATCH_EVENTS`).
 //!
 //!     BENCH_NDJSON=events.ndjson BENCH_RUNS=3 cargo bench --bench raw_engine
 //!
@@ -26,7 +28,7 @@ mod engine;
 
 use auditd::json::JsonEvent;
 use auditd::proto::AuditEvent;
-use auditd::schema::{micros_to_timestamp, AuditSchema};
+use auditd::schema::AuditSchema;
 
 /// Same per-writer settings as the daemon's defaults (`[index]`).
 const WRITER_THREADS: usize = 2;
@@ -46,18 +48,16 @@ fn main() {
     let mut events: Vec<AuditEvent> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let mut event = JsonEvent::parse(line).unwrap().into_proto().unwrap();
-            event.received = Some(micros_to_timestamp(1_800_000_000_000_000));
-            event
-        })
+        .map(|line| JsonEvent::parse(line).unwrap().into_proto().unwrap())
         .collect();
+    engine::receive(&mut events);
     drop(text);
     let schema = AuditSchema::new();
     let mut rates = Vec::new();
     for run in 1..=runs {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
+        let (cpu_before, main_before) = cpu_now();
         let writer = engine::index_all(
             dir.path(),
             &schema,
@@ -66,15 +66,18 @@ fn main() {
             WRITER_HEAP_BYTES,
         );
         let seconds = started.elapsed().as_secs_f64();
+        let (cpu_after, main_after) = cpu_now();
         writer.wait_merging_threads().unwrap();
         let rate = events.len() as f64 / seconds;
         rates.push(rate);
         let (index_bytes, by_kind) = index_bytes(dir.path());
         println!(
-            "{{\"run\":{run},\"events\":{},\"seconds\":{seconds:.3},\"events_per_sec\":{rate:.0},\"ndjson_mb_per_sec\":{:.2},\"index_bytes\":{index_bytes},\"index_per_ndjson\":{:.3},\"index_bytes_by_kind\":{by_kind}}}",
+            "{{\"run\":{run},\"events\":{},\"seconds\":{seconds:.3},\"events_per_sec\":{rate:.0},\"ndjson_mb_per_sec\":{:.2},\"index_bytes\":{index_bytes},\"index_per_ndjson\":{:.3},\"index_bytes_by_kind\":{by_kind},\"cpu_seconds\":{:.2},\"main_thread_cpu_seconds\":{:.2}}}",
             events.len(),
             bytes as f64 / 1e6 / seconds,
             index_bytes as f64 / bytes as f64,
+            cpu_after - cpu_before,
+            main_after - main_before,
         );
         if let Some(keep) = std::env::var_os("BENCH_KEEP") {
             // For `cargo run --example index_space -- <dir>`.
@@ -88,6 +91,17 @@ fn main() {
         rates[0],
         rates[rates.len() - 1]
     );
+}
+
+/// CPU seconds so far of the process and of this thread (the one that
+/// builds the documents; Tantivy's own threads do the rest), 0 where
+/// `/proc` is not there. `scripts/bench_summary.py` sets them beside the
+/// daemon's, thread by thread.
+fn cpu_now() -> (f64, f64) {
+    (
+        auditd::metrics::process_cpu_seconds().unwrap_or(0.0),
+        auditd::metrics::thread_cpu_seconds().unwrap_or(0.0),
+    )
 }
 
 /// The index's size once merges have settled, and a JSON object of bytes

@@ -22,7 +22,7 @@ GRPC_PORT=${GRPC_PORT:-50951}
 HTTP_PORT=${HTTP_PORT:-50952}
 OUT=target/bench-ingest
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT"/*-cpu-*.txt
 
 cargo build --release --bins
 cargo bench --bench raw_engine --no-run
@@ -64,6 +64,22 @@ stop_daemon() {
     rm -rf "$DATA"
 }
 
+# The daemon's CPU so far, in clock ticks, to $1: a "process - ticks" line,
+# then "tid name ticks" per live thread. bench_summary.py takes the
+# difference across a load, thread name by thread name; threads that ended
+# meanwhile (Tantivy's indexing workers end at each commit) are what the
+# process used beyond its live threads.
+cpu_snapshot() {
+    local task
+    {
+        echo "process - $(cut -d')' -f2- "/proc/$PID/stat" | awk '{print $12 + $13}')"
+        for task in /proc/"$PID"/task/*; do
+            # A thread may end between the glob and the read: skipped.
+            echo "${task##*/} $(tr ' ' '_' < "$task/comm" 2>/dev/null) $(cut -d')' -f2- "$task/stat" 2>/dev/null | awk '{print $12 + $13}')"
+        done
+    } > "$1"
+}
+
 load() {
     "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" \
         load "$NDJSON" --streams "$STREAMS" --batch-size "$BATCH" --json "$@"
@@ -75,7 +91,9 @@ for run in $(seq "$RUNS"); do
         | grep '"run"' > "$OUT/raw-$run.json"
     echo "== run $run/$RUNS: auditd, closed loop" >&2
     start_daemon
+    cpu_snapshot "$OUT/e2e-$run-cpu-before.txt"
     load > "$OUT/e2e-$run.json"
+    cpu_snapshot "$OUT/e2e-$run-cpu-after.txt"
     stop_daemon "e2e-$run"
 done
 

@@ -57,6 +57,82 @@ print(f"median (spread) over {runs} runs: raw {summary('raw', '{:,.0f}')} events
       f"(index + WAL) / NDJSON {summary('disk', '{:.3f}')}; "
       f"events {rows[0]['events']:,}, retries {sum(r['retries'] for r in rows)}")
 
+
+def thread_ticks(name):
+    """{tid: (thread name, ticks)} and the process's ticks, from a
+    cpu_snapshot file of bench_ingest.sh."""
+    threads, process = {}, 0
+    for line in (out / name).read_text().splitlines():
+        fields = line.split()
+        if len(fields) != 3:
+            continue  # a thread that ended while it was read
+        if fields[0] == "process":
+            process = int(fields[2])
+        else:
+            threads[fields[0]] = (fields[1], int(fields[2]))
+    return threads, process
+
+
+def stage(thread):
+    """The pipeline stage a daemon thread (by its name) works for."""
+    for prefix, stage in [("tokio-rt-worker", "grpc"), ("auditd-indexer", "documents"),
+                          ("merge_thread", "merges"), ("auditd-wal", "wal"),
+                          ("thrd-tantivy", "tantivy"), ("docstore", "tantivy")]:
+        if thread.startswith(prefix):
+            return stage
+    return "other"
+
+
+def daemon_cpu(run):
+    """CPU seconds by stage over the load of run `run`. Threads that ended
+    during it (Tantivy's indexing workers end at each commit) are the
+    process's CPU beyond its live threads', counted as `tantivy`."""
+    before, start = thread_ticks(f"e2e-{run}-cpu-before.txt")
+    after, end = thread_ticks(f"e2e-{run}-cpu-after.txt")
+    stages = dict.fromkeys(["tantivy", "documents", "merges", "grpc", "wal", "other"], 0)
+    live = 0
+    for tid, (name, ticks) in after.items():
+        used = ticks - before.get(tid, (name, 0))[1]
+        stages[stage(name)] += used
+        live += used
+    stages["tantivy"] += (end - start) - live
+    return {k: v / 100 for k, v in stages.items()}
+
+
+# CPU seconds per million events, stage by stage: the raw engine's
+# document-building thread and Tantivy's threads, beside the daemon's.
+per_m = []
+for r in range(1, runs + 1):
+    raw, e2e = load(f"raw-{r}.json"), load(f"e2e-{r}.json")
+    if "cpu_seconds" not in raw or not (out / f"e2e-{r}-cpu-after.txt").exists():
+        break
+    m_raw, m_e2e = 1e6 / raw["events"], 1e6 / e2e["events"]
+    cpu = {k: v * m_e2e for k, v in daemon_cpu(r).items()}
+    cpu["daemon"] = sum(cpu.values())
+    cpu["client"] = (e2e.get("cpu_seconds") or float("nan")) * m_e2e
+    cpu["raw_documents"] = raw["main_thread_cpu_seconds"] * m_raw
+    cpu["raw_tantivy"] = (raw["cpu_seconds"] - raw["main_thread_cpu_seconds"]) * m_raw
+    cpu["raw"] = raw["cpu_seconds"] * m_raw
+    per_m.append(cpu)
+if len(per_m) == runs:
+    def cpu(key):
+        values = [c[key] for c in per_m]
+        return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+    print()
+    print(f"CPU seconds per million events, median (spread) over {runs} runs:")
+    print()
+    print("| where | raw engine | auditd |")
+    print("|---|---|---|")
+    print(f"| Tantivy's indexing threads (postings, doc store, segment files) | {cpu('raw_tantivy')} | {cpu('tantivy')} |")
+    print(f"| document building (raw: its main thread; auditd: `auditd-indexer`, with commits) | {cpu('raw_documents')} | {cpu('documents')} |")
+    print(f"| merges (Tantivy's merge threads) | — | {cpu('merges')} |")
+    print(f"| gRPC, protobuf decode, validation, WAL record encoding (tokio workers) | — | {cpu('grpc')} |")
+    print(f"| WAL writes and fsync (`auditd-wal`) | — | {cpu('wal')} |")
+    print(f"| other daemon threads | — | {cpu('other')} |")
+    print(f"| **total** | {cpu('raw')} | {cpu('daemon')} |")
+    print(f"| load generator (`auditctl load`, same machine) | — | {cpu('client')} |")
+
 half, daemon = load("half.json"), load("half-daemon.json")
 s = half["searchable_ms"] or {}
 print()

@@ -6,11 +6,28 @@ use std::path::Path;
 
 use auditd::messages::event_seq;
 use auditd::proto::AuditEvent;
-use auditd::schema::AuditSchema;
+use auditd::schema::{micros_to_timestamp, AuditSchema};
 use auditd::wal::Span;
 
-/// Indexes `events` into a new index in `dir` and commits once. Returns
-/// the writer, whose merges may still run.
+/// Events per batch, as `scripts/bench_ingest.sh` sends them
+/// (`auditctl load --batch-size 1000`): each batch's events carry its id
+/// and its arrival time, so these documents are the daemon's.
+pub const BATCH_EVENTS: usize = 1000;
+
+/// Gives `events` the arrival times the daemon would: one per batch of
+/// `BATCH_EVENTS`, a few milliseconds apart. Outside the clock (the
+/// daemon sets them on its request path, which the end-to-end run times).
+pub fn receive(events: &mut [AuditEvent]) {
+    const START_MICROS: i64 = 1_800_000_000_000_000;
+    for (i, event) in events.iter_mut().enumerate() {
+        let batch = (i / BATCH_EVENTS) as i64;
+        event.received = Some(micros_to_timestamp(START_MICROS + batch * 7_000));
+    }
+}
+
+/// Indexes `events` into a new index in `dir` and commits once, each
+/// batch of `BATCH_EVENTS` under a batch id as `auditctl load` names
+/// them. Returns the writer, whose merges may still run.
 pub fn index_all(
     dir: &Path,
     schema: &AuditSchema,
@@ -34,9 +51,14 @@ pub fn index_all(
         start: 0,
         end: n as u64,
     };
+    let mut batch_id = String::new();
     for (i, event) in events.iter_mut().enumerate() {
+        if i % BATCH_EVENTS == 0 {
+            batch_id = format!("load-01KAW3C7Z6RX3V9Q2N8M4T5Y1B-{}", i / BATCH_EVENTS);
+        }
+        let seq = event_seq(&record, n, i);
         writer
-            .add_document(schema.document(event, event_seq(&record, n, i), "", &mut body))
+            .add_document(schema.document(event, seq, &batch_id, &mut body))
             .unwrap();
     }
     writer.commit().unwrap();

@@ -127,6 +127,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     let samples = Arc::new(Mutex::new(Samples::default()));
     let acked_events = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let cpu_at_start = auditd::metrics::process_cpu_seconds();
     let (rate, batch_size) = (args.rate, args.batch_size);
     let due = move |k: usize| -> Option<Instant> {
         rate.map(|rate| started + Duration::from_secs_f64((k * batch_size) as f64 / rate))
@@ -199,6 +200,12 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         probe.await??;
     }
 
+    // This generator's own CPU while it sent and waited (not the reading
+    // and encoding before the clock): on one machine it is taken from
+    // the daemon's cores.
+    let cpu_seconds = cpu_at_start
+        .zip(auditd::metrics::process_cpu_seconds())
+        .map(|(start, end)| end - start);
     let events = acked_events.load(Ordering::Relaxed);
     let ndjson_bytes: u64 = batches.iter().map(|b| b.ndjson_bytes).sum();
     let mut samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
@@ -220,6 +227,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         "searchable_ms": percentiles(&mut samples.searchable, &[("p50", 0.5), ("p99", 0.99)]),
         "markers_found": samples.searchable.len(),
         "markers_missing": samples.missing_markers,
+        "cpu_seconds": cpu_seconds,
     });
     if args.json {
         println!("{report}");
