@@ -188,9 +188,10 @@ impl WalConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
-    /// How often the indexer commits, making new events searchable. A
-    /// commit that took `t` pushes the next one to at least `3 t` later
-    /// (`indexer::COMMIT_SPACING`), so under heavy load commits space out.
+    /// How often the indexer commits, making new events searchable. When
+    /// the last three commits each took at least `t`, the next one waits
+    /// at least `3 t` (`indexer::CommitPacer`), so under heavy load
+    /// commits space out, but one slow commit does not hold back the next.
     pub commit_interval_ms: u64,
     /// Indexing threads per open partition writer.
     pub writer_threads: usize,
