@@ -225,7 +225,7 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
-            commit_interval_ms: 500,
+            commit_interval_ms: 300,
             writer_threads: 2,
             writer_heap_bytes: 128 * 1024 * 1024,
             max_open_writers: 4,
