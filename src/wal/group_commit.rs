@@ -21,6 +21,11 @@ pub const MAX_GROUP_RECORDS: usize = 256;
 /// How often an idle WAL thread wakes to delete indexed segments.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 
+/// An idle log whose records are all indexed swaps its active segment for
+/// an empty one once that holds this much (`Wal::retire_indexed_active`):
+/// below it the disk saved is not worth a new file.
+const IDLE_RETIRE_BYTES: u64 = 1 << 20;
+
 /// Shared positions the rest of the pipeline reads without a lock.
 #[derive(Debug, Default)]
 pub struct WalPositions {
@@ -97,6 +102,7 @@ fn run(
             _ => IDLE_WAKE,
         };
         let mut closed = false;
+        let mut idle = false;
         match requests.recv_timeout(timeout) {
             Ok(first) => {
                 let mut group = vec![first];
@@ -141,7 +147,7 @@ fn run(
                     continue;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => idle = true,
             Err(RecvTimeoutError::Disconnected) => closed = true,
         }
 
@@ -222,6 +228,17 @@ fn run(
                 }
             }
             metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64);
+        }
+        if idle && pending.is_empty() && fault.is_none() {
+            // Not fatal either: the segment stays until the next try.
+            match wal.retire_indexed_active(trimmed, IDLE_RETIRE_BYTES) {
+                Ok(true) => metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64),
+                Ok(false) => {}
+                Err(error) => {
+                    count_error("rotate");
+                    tracing::warn!(%error, "could not retire the indexed WAL segment; will retry");
+                }
+            }
         }
         if closed && pending.is_empty() {
             return Ok(());

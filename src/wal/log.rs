@@ -370,6 +370,28 @@ impl Wal {
         Ok(removed)
     }
 
+    /// When every record is indexed (`checkpoint` at the end) and the
+    /// active segment holds at least `min_bytes` of them, starts a new,
+    /// empty segment and deletes the old one. Returns whether it did.
+    ///
+    /// Why: `remove_below` keeps the active segment, so a daemon that went
+    /// quiet kept up to `wal.segment_bytes` (64 MiB) of records already in
+    /// the index, for as long as it stayed quiet; one benchmark run in
+    /// three ended with 67 MB of WAL beside a 103 MB index.
+    pub fn retire_indexed_active(
+        &mut self,
+        checkpoint: u64,
+        min_bytes: u64,
+    ) -> Result<bool, WalError> {
+        let indexed = self.buf.is_empty() && checkpoint >= self.end;
+        if !indexed || self.end - self.active_start < min_bytes {
+            return Ok(false);
+        }
+        self.rotate()?;
+        self.remove_below(checkpoint)?;
+        Ok(true)
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
@@ -686,6 +708,40 @@ mod tests {
         drop(wal);
         let (_, seen) = open(dir.path(), keep_from, 100);
         assert_eq!(seen.len(), 8);
+    }
+
+    #[test]
+    fn an_indexed_active_segment_is_retired_only_when_all_indexed_and_big_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 0, 1 << 20);
+        let first = wal.append(&[7; 100]).unwrap();
+        let second = wal.append(&[8; 100]).unwrap();
+        wal.sync().unwrap();
+        // Not all indexed, or not big enough: nothing happens.
+        assert!(!wal.retire_indexed_active(first.end, 1).unwrap());
+        assert!(!wal.retire_indexed_active(second.end, 1 << 10).unwrap());
+        // Buffered but not yet written: not retired either.
+        let third = wal.append(&[9; 100]).unwrap();
+        assert!(!wal.retire_indexed_active(third.end, 1).unwrap());
+        wal.sync().unwrap();
+
+        assert!(wal.retire_indexed_active(third.end, 1).unwrap());
+        assert_eq!(wal.segment_count(), 1);
+        assert_eq!(wal.end(), third.end, "positions go on where they were");
+        let on_disk: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(on_disk, segment::MAGIC.len() as u64);
+
+        // The log goes on from there, and replays from the checkpoint.
+        let fourth = wal.append(&[10; 100]).unwrap();
+        assert_eq!(fourth.start, third.end);
+        wal.sync().unwrap();
+        drop(wal);
+        let (wal, seen) = open(dir.path(), third.end, 1 << 20);
+        assert_eq!(seen, vec![(third.end, vec![10; 100])]);
+        assert_eq!(wal.end(), fourth.end);
     }
 
     #[test]
