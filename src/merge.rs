@@ -180,7 +180,7 @@ mod tests {
     /// shuffled order, each a stretch of time; the newest not yet noted.
     #[test]
     fn merges_are_runs_of_time_neighbours_under_the_cap() {
-        assert!(MIN_SEGMENTS_PER_MERGE <= 20);
+        const { assert!(MIN_SEGMENTS_PER_MERGE <= 20) };
         let index = index();
         let metas: Vec<SegmentMeta> = (0..20)
             .map(|_| index.new_segment_meta(SegmentId::generate_random(), 100))
