@@ -529,3 +529,46 @@ async fn partitions_closed_early_are_not_indexed_twice_on_replay_and_sigterm_exi
     );
     server.stop().await.unwrap();
 }
+
+/// A daemon gone quiet with every record indexed keeps no records in its
+/// WAL, the active segment included (`Wal::retire_indexed_active`), and
+/// a restart then has nothing to replay and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_daemon_keeps_no_indexed_records_in_its_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let wal_bytes = || -> u64 {
+        std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    // Over the 1 MiB an active segment must hold to be worth retiring,
+    // all of it in the one active 64 MiB segment.
+    let events = generated(8_000, 12, 8_000);
+    for batch in events.chunks(1_000) {
+        ingest(&mut client, batch.to_vec(), WaitFor::Searchable).await;
+    }
+    assert!(wal_bytes() > 1 << 20, "{} bytes of WAL", wal_bytes());
+
+    // The idle WAL thread wakes every 200 ms; searchable already means
+    // committed, so the next wake retires the segment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wal_bytes() > auditd::wal::segment::MAGIC.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL still holds {} bytes",
+            wal_bytes()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(count_stored(&mut client).await, 8_000);
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    assert_eq!(count_stored(&mut client).await, 8_000, "nothing lost");
+    server.stop().await.unwrap();
+}
