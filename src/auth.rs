@@ -345,7 +345,7 @@ impl TokenStore {
             type_prefix: request.type_prefix,
             created_micros: crate::ingest::now_micros(),
             revoked: false,
-            hash: encode_hex(&Sha256::digest(secret.as_bytes())),
+            hash: hex::encode(Sha256::digest(secret.as_bytes())),
         };
         let info = info(&stored);
         self.change(|tokens| {
@@ -433,18 +433,9 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> AuthError {
     }
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_hex(hex: &str) -> Option<[u8; 32]> {
+fn decode_hex(digest: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    if hex.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(digest, &mut out).ok()?;
     Some(out)
 }
 

@@ -345,3 +345,58 @@ async fn query_strings_and_ipv4_mapped_addresses() {
 
     server.stop().await.unwrap();
 }
+
+/// Pryv's actions are `VERB /path`, and a prefix may hold any character a
+/// regex gives meaning to: each one matches itself and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_prefixes_with_regex_meta_characters_match_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let metas: Vec<char> = "\\.+*?()|[]{}^$#&-~\"@<>/ =!%,:;'`".chars().collect();
+    let mut events = Vec::new();
+    for (i, c) in metas.iter().enumerate() {
+        for action in [
+            format!("GET /records/{c}"),
+            format!("GET /records/{c}x{i}"),
+            format!("GET /records/{c}{c}"),
+            format!("GET /records/a{c}"),
+        ] {
+            let mut event = generated(1, i as u64, 1).remove(0);
+            event.id = String::new();
+            event.action = action;
+            events.push(event);
+        }
+    }
+    let mut decoy = generated(1, 99, 1).remove(0);
+    decoy.action = "GET /records/".into();
+    events.push(decoy);
+    let stored = ingest(&mut client, events.clone(), WaitFor::Searchable).await;
+    for (event, id) in events.iter_mut().zip(stored.ids) {
+        event.id = id;
+    }
+
+    for c in metas {
+        let prefix = format!("GET /records/{c}");
+        let (got, total) = search_all(
+            &mut client,
+            SearchRequest {
+                actions: vec![format!("{prefix}*")],
+                limit: 1_000,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut got: Vec<String> = got.into_iter().map(|e| e.action).collect();
+        got.sort();
+        let mut expected: Vec<String> = events
+            .iter()
+            .filter(|e| e.action.starts_with(&prefix))
+            .map(|e| e.action.clone())
+            .collect();
+        expected.sort();
+        assert_eq!(got, expected, "prefix {prefix:?}");
+        assert_eq!(total, expected.len() as u64, "prefix {prefix:?}");
+    }
+    server.stop().await.unwrap();
+}

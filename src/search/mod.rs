@@ -355,7 +355,7 @@ impl Searcher {
             for action in &r.actions {
                 match action.strip_suffix('*') {
                     Some(prefix) => {
-                        let pattern = format!("{}.*", regex_syntax_escape(prefix));
+                        let pattern = format!("{}.*", regex_syntax::escape(prefix));
                         any.push(Box::new(
                             RegexQuery::from_pattern(&pattern, s.action)
                                 .map_err(|e| invalid("actions", e.to_string()))?,
@@ -552,18 +552,6 @@ pub fn parse_ip_filter(
         })?;
         Ok((to_v6(ip), to_v6(ip)))
     }
-}
-
-/// Escapes a literal for Tantivy's regex syntax.
-fn regex_syntax_escape(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        if "\\.+*?()|[]{}^$#&-~\"@<>".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
