@@ -663,7 +663,7 @@ async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
             if args.format == Format::Table {
                 writeln!(
                     out,
-                    "{:<27} {:<22} {:>6} {:<14} {:<26} {:<24} ID",
+                    "{:<24} {:<22} {:>6} {:<14} {:<26} {:<24} ID",
                     "TIME", "ACTION", "STATUS", "SUBJECT", "ACCESS", "IP"
                 )?;
             }
@@ -684,6 +684,12 @@ async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// RFC 3339 in UTC with exactly three digits of milliseconds, so the
+/// table's columns line up (`2023-11-14T22:14:59.720Z`).
+const TABLE_TIME: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
 fn print_events(out: &mut impl Write, events: &[AuditEvent], format: Format) -> anyhow::Result<()> {
     for event in events {
         match format {
@@ -703,15 +709,12 @@ fn print_events(out: &mut impl Write, events: &[AuditEvent], format: Format) -> 
                         )
                         .ok()
                     })
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
+                    .and_then(|t| t.format(TABLE_TIME).ok())
                     .unwrap_or_default();
                 let ip = event.source.as_ref().map_or("", |s| s.ip.as_str());
                 writeln!(
                     out,
-                    "{:<27} {:<22} {:>6} {:<14} {:<26} {:<24} {}",
+                    "{:<24} {:<22} {:>6} {:<14} {:<26} {:<24} {}",
                     time, event.action, event.status, event.subject, event.access_id, ip, event.id
                 )?;
             }
@@ -735,4 +738,25 @@ fn parse_time(value: &str) -> anyhow::Result<prost_types::Timestamp> {
         seconds: t.unix_timestamp(),
         nanos: t.nanosecond() as i32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_times_have_three_digits_of_milliseconds() {
+        let at = |seconds: i64, nanos: i32| {
+            let mut out = Vec::new();
+            let event = AuditEvent {
+                time: Some(prost_types::Timestamp { seconds, nanos }),
+                ..Default::default()
+            };
+            print_events(&mut out, &[event], Format::Table).unwrap();
+            String::from_utf8(out).unwrap()[..24].to_owned()
+        };
+        assert_eq!(at(1_700_000_099, 720_000_000), "2023-11-14T22:14:59.720Z");
+        assert_eq!(at(1_700_000_099, 0), "2023-11-14T22:14:59.000Z");
+        assert_eq!(at(1_700_000_099, 5_900_000), "2023-11-14T22:14:59.005Z");
+    }
 }
