@@ -213,8 +213,12 @@ pub struct IndexConfig {
     /// segments that are neighbours in time (`merge.rs`). A
     /// search for the newest matches reads every match of the newest
     /// segment before it can skip older ones: at 10 M events in one
-    /// segment, the newest 1,000 of everything took 60 ms (p50).
+    /// segment, it reads far more than the page (BENCHMARKS.md, Search).
     pub max_segment_docs: u32,
+    /// Durable batches waiting for the indexer. When full, the WAL thread
+    /// waits, its request queue fills, and Ingest refuses with
+    /// RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
     /// Check every partition's files against their checksums at start-up
     /// (reads the whole index once). Damage then stops start-up with the
     /// file named, instead of wrong or failing searches later. Turn off
@@ -231,6 +235,7 @@ impl Default for IndexConfig {
             max_open_writers: 4,
             compact_after_idle_ms: 10_000,
             max_segment_docs: 500_000,
+            queue_capacity: 16,
             verify_on_start: true,
         }
     }
@@ -239,9 +244,10 @@ impl Default for IndexConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Durable batches waiting for the indexer. When full, the WAL thread
-    /// waits, its request queue fills, and Ingest refuses.
-    pub queue_capacity: usize,
+    /// Deprecated name of `index.queue_capacity` (it bounds the indexer's
+    /// queue, not ingest's): still read, with a warning at start-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_capacity: Option<usize>,
     /// Batches waiting for the WAL thread.
     pub wal_queue_capacity: usize,
     /// How long Ingest waits for room before RESOURCE_EXHAUSTED.
@@ -256,7 +262,7 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            queue_capacity: 16,
+            queue_capacity: None,
             wal_queue_capacity: 1024,
             submit_timeout_ms: 2000,
             idempotency_window_secs: 600,
@@ -286,12 +292,39 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Env::prefixed("AUDITD_").split("__"))
             .extract()
             .map_err(Box::new)?;
+        config.apply_deprecated()?;
         config.check()?;
         Ok(config)
+    }
+
+    /// Settings read under an old name, as `(old, new)`: what start-up
+    /// warns about.
+    pub fn deprecated(&self) -> Vec<(&'static str, &'static str)> {
+        let mut names = Vec::new();
+        if self.ingest.queue_capacity.is_some() {
+            names.push(("ingest.queue_capacity", "index.queue_capacity"));
+        }
+        names
+    }
+
+    /// Moves settings given under an old name to the new one. Both names
+    /// with different values is an error: which one was meant is unclear.
+    fn apply_deprecated(&mut self) -> Result<(), ConfigError> {
+        if let Some(old) = self.ingest.queue_capacity {
+            let default = IndexConfig::default().queue_capacity;
+            if self.index.queue_capacity != default && self.index.queue_capacity != old {
+                return Err(ConfigError::Invalid {
+                    field: "ingest.queue_capacity",
+                    reason: "deprecated; set only index.queue_capacity".into(),
+                });
+            }
+            self.index.queue_capacity = old;
+        }
+        Ok(())
     }
 
     /// Rejects settings the pipeline cannot honour.
@@ -317,10 +350,16 @@ impl Config {
                 "must be at least limits.max_search_limit",
             );
         }
-        if self.ingest.queue_capacity == 0 || self.ingest.wal_queue_capacity == 0 {
+        if self.index.queue_capacity == 0 {
             return invalid(
-                "ingest.queue_capacity",
-                "queues need room for at least one batch",
+                "index.queue_capacity",
+                "the queue needs room for at least one batch",
+            );
+        }
+        if self.ingest.wal_queue_capacity == 0 {
+            return invalid(
+                "ingest.wal_queue_capacity",
+                "the queue needs room for at least one batch",
             );
         }
         if self.index.max_open_writers == 0 || self.index.writer_threads == 0 {
@@ -382,6 +421,26 @@ mod tests {
             assert_eq!(config.index.commit_interval_ms, 250);
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_old_name_of_the_indexer_queue_setting_still_works() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AUDITD_INGEST__QUEUE_CAPACITY", "7");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.index.queue_capacity, 7);
+            assert_eq!(
+                config.deprecated(),
+                vec![("ingest.queue_capacity", "index.queue_capacity")]
+            );
+            jail.set_env("AUDITD_INDEX__QUEUE_CAPACITY", "9");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("ingest.queue_capacity"), "{error}");
+            jail.set_env("AUDITD_INDEX__QUEUE_CAPACITY", "7");
+            assert_eq!(Config::load(None).unwrap().index.queue_capacity, 7);
+            Ok(())
+        });
+        assert!(Config::default().deprecated().is_empty());
     }
 
     #[test]

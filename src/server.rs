@@ -148,7 +148,7 @@ pub async fn run(
     // Durable batches waiting for the indexer. When full, the WAL thread
     // blocks, its queue fills and Ingest answers RESOURCE_EXHAUSTED.
     let (index_tx, index_rx) =
-        crossbeam_channel::bounded::<ToIndexer>(config.ingest.queue_capacity);
+        crossbeam_channel::bounded::<ToIndexer>(config.index.queue_capacity);
     let indexer = Indexer::new(
         partitions.clone(),
         IndexerSettings {

@@ -91,6 +91,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    for (old, new) in config.deprecated() {
+        tracing::warn!(
+            old,
+            new,
+            "the setting {old} is deprecated; it is read as {new}"
+        );
+    }
     auditd::failpoint::setup_from_env();
     let listeners = auditd::Listeners::bind(&config)
         .await
