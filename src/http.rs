@@ -8,10 +8,9 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::auth::TokenStore;
-use crate::config::TlsConfig;
-use crate::server::ServerError;
+use crate::app::App;
 use crate::status::{Health, PipelineStatus};
+use crate::tls::TlsMaterial;
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 
@@ -44,16 +43,17 @@ pub fn prometheus() -> PrometheusHandle {
 struct AppState {
     status: Arc<PipelineStatus>,
     prometheus: PrometheusHandle,
-    /// Set when `/metrics` needs an admin token.
-    metrics_tokens: Option<Arc<TokenStore>>,
+    /// Set when `/metrics` needs an admin token: the application layer,
+    /// whose bearer check it shares with every other transport.
+    metrics_auth: Option<App>,
 }
 
-/// `/metrics` checks tokens against `metrics_tokens` when given.
-pub fn router(status: Arc<PipelineStatus>, metrics_tokens: Option<Arc<TokenStore>>) -> Router {
+/// `/metrics` asks for an admin token when `metrics_auth` is given.
+pub fn router(status: Arc<PipelineStatus>, metrics_auth: Option<App>) -> Router {
     let state = AppState {
         status,
         prometheus: prometheus(),
-        metrics_tokens,
+        metrics_auth,
     };
     Router::new()
         .route("/metrics", get(metrics_page))
@@ -62,12 +62,15 @@ pub fn router(status: Arc<PipelineStatus>, metrics_tokens: Option<Arc<TokenStore
 }
 
 async fn metrics_page(State(state): State<AppState>, headers: HeaderMap) -> (StatusCode, String) {
-    if let Some(tokens) = &state.metrics_tokens {
+    if let Some(app) = &state.metrics_auth {
         let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match tokens.authenticate(header) {
-            Ok(caller) if caller.require_admin("read metrics").is_ok() => {}
-            Ok(_) => return (StatusCode::FORBIDDEN, "an admin token is required\n".into()),
-            Err(e) => return (StatusCode::UNAUTHORIZED, format!("{e}\n")),
+        let admin = app
+            .authenticate(header)
+            .and_then(|caller| Ok(caller.require_admin("read metrics")?));
+        if let Err(error) = admin {
+            let status = StatusCode::from_u16(error.kind().http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, format!("{error}\n"));
         }
     }
     (StatusCode::OK, state.prometheus.render())
@@ -91,49 +94,49 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
     }
 }
 
-/// The rustls settings for HTTPS, from the same files as gRPC's TLS (ring,
-/// like tonic's), with client certificates required when `client_ca` is
-/// set.
-pub fn rustls_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ServerError> {
+/// The rustls settings for HTTPS, from the daemon's TLS material (ring,
+/// like tonic's), with client certificates required when it holds a
+/// client CA.
+pub fn rustls_config(tls: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, std::io::Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
-        return Ok(None);
+    let bad = |what: &str, reason: String| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {reason}"))
     };
-    let bad = |path: &std::path::Path, reason: String| ServerError::Tls {
-        path: path.to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
-    };
-    let read_certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, ServerError> {
-        CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| bad(path, e.to_string()))
-    };
-    let chain = read_certs(cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    let read_certs =
+        |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>, std::io::Error> {
+            CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(what, e.to_string()))
+        };
+    let chain = read_certs(&tls.cert, "tls.cert")?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&tls.key).map_err(|e| bad("tls.key", e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad(cert, e.to_string()))?;
+        .map_err(|e| bad("tls", e.to_string()))?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for root in read_certs(ca)? {
-                roots.add(root).map_err(|e| bad(ca, e.to_string()))?;
+            for root in read_certs(ca, "tls.client_ca")? {
+                roots
+                    .add(root)
+                    .map_err(|e| bad("tls.client_ca", e.to_string()))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             )
             .build()
-            .map_err(|e| bad(ca, e.to_string()))?;
+            .map_err(|e| bad("tls.client_ca", e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(chain, key_der)
-        .map_err(|e| bad(key, e.to_string()))?;
+        .map_err(|e| bad("tls.key", e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(Arc::new(config))
 }

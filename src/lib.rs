@@ -1,11 +1,14 @@
 //! auditd: a durable, searchable audit-log daemon.
 //!
-//! The write path, one module per stage:
-//! `grpc` → `ingest` (+ `validate`, `idempotency`) → `wal` (group commit) →
-//! `indexer` (+ `schema`, `partition`). The read path: `grpc` → `search`.
+//! Transports (`grpc`, `http`) call the transport-neutral `app` layer,
+//! which holds the policy (health gate, scope, read trail, streams). The
+//! write path, one module per stage: `app` → `ingest` (+ `validate`,
+//! `idempotency`) → `wal` (group commit) → `indexer` (+ `schema`,
+//! `partition`). The read path: `app` → `search`.
 //! `messages` holds what passes between stages; `server::run` wires them.
 //! See ARCHITECTURE.md.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod conn;
@@ -26,7 +29,7 @@ pub mod schema;
 pub mod search;
 pub mod server;
 pub mod status;
-pub mod trail;
+pub mod tls;
 pub mod validate;
 pub mod wal;
 

@@ -1,33 +1,42 @@
-//! `run`: start every stage, replay the WAL, serve until `shutdown`, then
-//! stop in order — stop accepting, let the WAL thread finish what it holds,
-//! let the indexer drain its queue and commit, and join both.
+//! `run`: start the pipeline, serve the transports, replay the WAL, serve
+//! until `shutdown`, then stop in order — transports first (every health
+//! name NOT_SERVING, no new calls, tracked tasks finished), then the
+//! pipeline (the WAL thread finishes what it holds, the indexer drains and
+//! commits, and the log drops what that commit covers).
 
+use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 
+use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, TokenStore};
 use crate::config::Config;
-use crate::grpc::{AuditLogService, Authenticate, StreamSettings, TokensService};
+use crate::grpc::{AuditLogService, Authenticate, TokensService};
 use crate::idempotency::Idempotency;
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
-use crate::messages::{IndexBatch, ToIndexer};
+use crate::messages::{AppendRequest, IndexBatch, ToIndexer};
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
 use crate::proto::tokens_server::TokensServer;
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::Searcher;
 use crate::status::{Health, PipelineStatus};
+use crate::tls::{TlsError, TlsMaterial};
 use crate::wal::group_commit::{self, WalPositions};
 use crate::wal::{Wal, WalError};
-use tonic::service::interceptor::InterceptedService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -67,11 +76,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("TLS file {path}: {source}")]
-    Tls {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("a pipeline thread panicked: {0}")]
     Panicked(&'static str),
 }
@@ -101,299 +107,453 @@ impl Listeners {
 
 /// Runs the daemon until `shutdown` completes, then stops gracefully.
 /// Returns `Err` when start-up fails (bad data directory, damaged WAL) or a
-/// pipeline thread failed.
+/// pipeline thread failed; whatever had started is stopped first.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
-    let _lock = lock_data_dir(&data_dir)?;
-
-    let (tokens, first_admin) = TokenStore::open(&data_dir)?;
-    let tokens = Arc::new(tokens);
-    if let Some(secret) = first_admin {
-        let file = data_dir.join(crate::auth::ADMIN_TOKEN_FILE);
-        // Shown once; the file keeps it for auditctl.
-        println!(
-            "first start: admin token {secret}\n(also written to {}, readable by its owner only)",
-            file.display()
-        );
-        tracing::info!(file = %file.display(), "created the first admin token");
-    }
-    let partitions = Arc::new(
-        Partitions::open(
-            &data_dir.join("index"),
-            AuditSchema::new(),
-            config.index.verify_on_start,
-        )
-        .map_err(|source| ServerError::Damaged {
-            source,
-            data_dir: data_dir.clone(),
-        })?,
-    );
-    let checkpoint = read_checkpoint(&data_dir)?;
-    let status = Arc::new(PipelineStatus::default());
-    let positions = Arc::new(WalPositions::default());
-    positions
-        .checkpoint
-        .store(checkpoint.wal_position, Ordering::Release);
-    let (searchable_tx, searchable) = tokio::sync::watch::channel(checkpoint.wal_position);
-    let mut searchable_rx_for_replay = searchable.clone();
-
-    // Durable batches waiting for the indexer. When full, the WAL thread
-    // blocks, its queue fills and Ingest answers RESOURCE_EXHAUSTED.
-    let (index_tx, index_rx) =
-        crossbeam_channel::bounded::<ToIndexer>(config.index.queue_capacity);
-    let indexer = Indexer::new(
-        partitions.clone(),
-        IndexerSettings {
-            commit_interval: Duration::from_millis(config.index.commit_interval_ms.max(1)),
-            writer_threads: config.index.writer_threads,
-            writer_heap_bytes: config.index.writer_heap_bytes,
-            max_open_writers: config.index.max_open_writers,
-            max_segment_docs: config.index.max_segment_docs,
-            compact_after_idle: match config.index.compact_after_idle_ms {
-                0 => None,
-                ms => Some(Duration::from_millis(ms)),
-            },
-        },
-        &data_dir,
-        checkpoint.wal_position,
-        positions.clone(),
-        searchable_tx,
-    )
-    .spawn(index_rx, status.clone())?;
-
-    let memo = Arc::new(Idempotency::new(
-        config.ingest.idempotency_window_secs,
-        config.ingest.idempotency_capacity,
-    ));
-    // Batches stored before this start are in the index (or the WAL,
-    // whose replay below puts them in the map).
-    let index_received = partitions
-        .latest_received()
-        .map_err(|source| ServerError::Damaged {
-            source,
-            data_dir: data_dir.clone(),
-        })?;
-    if let Some(received) = index_received {
-        memo.index_holds_until(received);
-    }
-    let searcher = Searcher::new(
-        partitions.clone(),
-        config.limits.clone(),
-        searchable.clone(),
-    );
-    // Batches waiting for the WAL thread; its slots are the ingest
-    // service's semaphore permits.
-    let (wal_tx, wal_rx) = crossbeam_channel::bounded(config.ingest.wal_queue_capacity);
-    let ingest = Arc::new(IngestService::new(
-        IngestSettings::new(
-            config.limits.clone(),
-            &config.wal,
-            Duration::from_millis(config.ingest.submit_timeout_ms),
-        ),
-        wal_tx,
-        config.ingest.wal_queue_capacity,
-        positions.clone(),
-        searchable,
-        memo.clone(),
-        searcher.clone(),
-        status.clone(),
-    ));
-
-    // Serve from the start, so health can say NOT_SERVING during replay.
+    let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<AuditLogServer<AuditLogService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(
-            INGEST_HEALTH_SERVICE,
-            tonic_health::ServingStatus::NotServing,
-        )
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
-    // Every AuditLog and Tokens call passes the bearer-token check first;
-    // health and reflection stay open.
-    let authenticate = Authenticate(tokens.clone());
-    let audit_service = InterceptedService::new(
-        AuditLogServer::new(AuditLogService::new(
-            ingest.clone(),
-            searcher,
-            status.clone(),
-            StreamSettings {
-                idle_timeout: Duration::from_millis(config.limits.stream_idle_timeout_ms),
-                stop: stop.clone(),
-            },
-        ))
-        .max_decoding_message_size(config.limits.max_message_bytes)
-        .max_encoding_message_size(config.limits.max_message_bytes),
-        authenticate.clone(),
-    );
-    let tokens_service = InterceptedService::new(
-        TokensServer::new(TokensService::new(tokens.clone(), ingest)),
-        authenticate,
-    );
-    let (grpc_addr, http_addr) = listeners.addrs()?;
-    let grpc_stop = stop.clone();
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(config.limits.max_streams_per_connection));
-    if let Some(tls) = server_tls(&config.tls)? {
-        builder = builder.tls_config(tls)?;
-    } else if !grpc_addr.ip().is_loopback() {
-        tracing::warn!(%grpc_addr, "serving gRPC WITHOUT TLS on a non-loopback address: tokens and audit data cross the network in clear text; set tls.cert and tls.key");
-    }
-    if !http_addr.ip().is_loopback() {
-        tracing::warn!(%http_addr, "the HTTP endpoints (/metrics, /healthz) are plain text on a non-loopback address");
-    }
-    let grpc = tokio::spawn(
-        builder
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(audit_service)
-            .add_service(tokens_service)
-            .serve_with_incoming_shutdown(
-                crate::conn::incoming(
-                    listeners.grpc,
-                    config.limits.max_connections,
-                    Duration::from_millis(config.limits.idle_connection_timeout_ms),
-                ),
-                grpc_stop.cancelled_owned(),
-            ),
-    );
-    let http_stop = stop.clone();
-    let http_router = crate::http::router(
-        status.clone(),
-        config.metrics_require_token.then(|| tokens.clone()),
-    );
-    let http = match crate::http::rustls_config(&config.tls)? {
-        None => tokio::spawn(async move {
-            axum::serve(listeners.http, http_router)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-        }),
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let on_stop = handle.clone();
-            tokio::spawn(async move {
-                http_stop.cancelled().await;
-                on_stop.graceful_shutdown(Some(HTTP_DRAIN));
-            });
-            let server = axum_server::tls_rustls::from_tcp_rustls(
-                listeners.http.into_std()?,
-                axum_server::tls_rustls::RustlsConfig::from_config(tls),
-            )?
-            .handle(handle);
-            tokio::spawn(async move { server.serve(http_router.into_make_service()).await })
+    let streams = StreamSettings {
+        idle_timeout: Duration::from_millis(config.limits.stream_idle_timeout_ms),
+        stop: stop.clone(),
+        tasks: tasks.clone(),
+    };
+    let tls = TlsMaterial::load(&config.tls)?;
+    let mut pipeline = Pipeline::start(&config, streams)?;
+    let transports = match Transports::serve(&config, listeners, &pipeline, tls, stop, tasks).await
+    {
+        Ok(transports) => transports,
+        Err(error) => {
+            pipeline.stop().await?;
+            return Err(error);
         }
     };
-    tracing::info!(%grpc_addr, %http_addr, data_dir = %data_dir.display(), "listening; replaying the write-ahead log");
-
-    // Replay: every record from the checkpoint on goes to the indexer
-    // again, and its batch id back into the idempotency window.
-    let started = Instant::now();
-    let wal_dir = crate::wal::dir(&data_dir);
-    let (segment_bytes, recovery) = (config.wal.segment_bytes, config.wal.recovery);
-    let from = checkpoint.wal_position;
-    let replay_tx = index_tx.clone();
-    let replay_memo = memo.clone();
-    let (wal, report) = tokio::task::spawn_blocking(move || {
-        Wal::open(&wal_dir, from, segment_bytes, recovery, |record| {
-            let replayed = IndexBatch::decode(record)?;
-            let batch = &replayed.batch;
-            if !batch.batch_id.is_empty() {
-                let received = batch
-                    .events
-                    .first()
-                    .map_or(0, |e| timestamp_micros(e.received.as_ref()));
-                let ids = batch.events.iter().map(|e| e.id.clone()).collect();
-                replay_memo.complete(&batch.batch_id, ids, received);
-            }
-            replay_tx
-                .send(ToIndexer::Batch(replayed))
-                .map_err(|_| WalError::IndexerGone)
-        })
-    })
-    .await
-    .map_err(|_| ServerError::Panicked("wal replay"))?
-    .map_err(|error| match error {
-        WalError::Corrupt { .. } => ServerError::WalDamaged {
-            source: error,
-            data_dir: data_dir.clone(),
-        },
-        other => ServerError::Wal(other),
-    })?;
-    // Serve only once what was replayed is searchable.
-    let replayed_to = wal.end();
-    index_tx
-        .send(ToIndexer::Commit)
-        .map_err(|_| WalError::IndexerGone)?;
-    searchable_rx_for_replay
-        .wait_for(|indexed| *indexed >= replayed_to)
-        .await
-        .map_err(|_| WalError::IndexerGone)?;
-    metrics::histogram!(crate::metrics::REPLAY_SECONDS).record(started.elapsed().as_secs_f64());
-    tracing::info!(
-        records = report.records,
-        bytes = report.bytes,
-        seconds = started.elapsed().as_secs_f64(),
-        truncated = ?report.truncated,
-        "write-ahead log replayed"
-    );
-
-    let wal_thread = group_commit::spawn(
-        wal,
-        config.wal.sync_policy(),
-        wal_rx,
-        index_tx,
-        positions,
-        status.clone(),
-    )?;
-    status.set_ready();
-    let follower = tokio::spawn(follow_health(status.clone(), health.clone()));
+    if let Err(error) = pipeline.replay(&config).await {
+        tracing::error!(%error, "start-up failed; stopping");
+        // The error that stopped start-up is the one to report.
+        if let Err(also) = transports.stop().await {
+            tracing::error!(error = %also, "while stopping the servers after a failed start-up");
+        }
+        if let Err(also) = pipeline.stop().await {
+            tracing::error!(error = %also, "while stopping after a failed start-up");
+        }
+        return Err(error);
+    }
+    pipeline.status.set_ready();
     tracing::info!("serving");
 
     shutdown.await;
     tracing::info!("shutting down: no new requests; draining the pipeline");
-    follower.abort();
-    health
-        .set_not_serving::<AuditLogServer<AuditLogService>>()
-        .await;
-    stop.cancel();
-    // The gRPC server owns the ingest service and with it the WAL queue's
-    // only sender: once it returns, the WAL thread drains and stops, which
-    // drops the indexer's sender, so the indexer commits and stops.
-    let grpc_result = grpc
-        .await
-        .map_err(|_| ServerError::Panicked("grpc server"))?;
-    let _ = http.await;
-    let wal_result = join(wal_thread, "wal").await?;
-    let index_result = join(indexer, "indexer").await?;
-    grpc_result?;
-    wal_result?;
-    index_result?;
+    let served = transports.stop().await;
+    pipeline.stop().await?;
+    served?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
+/// The stages behind the transports: the data directory's lock, the token
+/// store, the indexer thread, the WAL thread once replay has run, and the
+/// application layer over them.
+struct Pipeline {
+    _lock: File,
+    status: Arc<PipelineStatus>,
+    /// Dropped at stop: with it goes the WAL queue's last sender.
+    app: Option<App>,
+    positions: Arc<WalPositions>,
+    memo: Arc<Idempotency>,
+    searchable: tokio::sync::watch::Receiver<u64>,
+    checkpoint: u64,
+    /// The indexer queue's sender, handed to the WAL thread after replay.
+    index_tx: Option<Sender<ToIndexer>>,
+    /// The WAL queue's receiver, handed to the WAL thread after replay.
+    wal_rx: Option<Receiver<AppendRequest>>,
+    indexer: JoinHandle<Result<(), IndexError>>,
+    wal_thread: Option<JoinHandle<Result<Wal, WalError>>>,
+}
+
+impl Pipeline {
+    /// Locks the data directory and starts every stage but the WAL thread,
+    /// which starts once replay has run. The indexer is the last thing
+    /// started, so nothing fails after it.
+    fn start(config: &Config, streams: StreamSettings) -> Result<Pipeline, ServerError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let lock = lock_data_dir(&data_dir)?;
+
+        let (tokens, first_admin) = TokenStore::open(&data_dir)?;
+        let tokens = Arc::new(tokens);
+        if let Some(secret) = first_admin {
+            let file = data_dir.join(crate::auth::ADMIN_TOKEN_FILE);
+            // Shown once; the file keeps it for auditctl.
+            println!(
+                "first start: admin token {secret}\n(also written to {}, readable by its owner only)",
+                file.display()
+            );
+            tracing::info!(file = %file.display(), "created the first admin token");
+        }
+        let damaged = |source| ServerError::Damaged {
+            source,
+            data_dir: data_dir.clone(),
+        };
+        let partitions = Arc::new(
+            Partitions::open(
+                &data_dir.join("index"),
+                AuditSchema::new(),
+                config.index.verify_on_start,
+            )
+            .map_err(damaged)?,
+        );
+        let checkpoint = read_checkpoint(&data_dir)?;
+        let memo = Arc::new(Idempotency::new(
+            config.ingest.idempotency_window_secs,
+            config.ingest.idempotency_capacity,
+        ));
+        // Batches stored before this start are in the index (or the WAL,
+        // whose replay puts them in the map).
+        if let Some(received) = partitions.latest_received().map_err(damaged)? {
+            memo.index_holds_until(received);
+        }
+        let status = Arc::new(PipelineStatus::default());
+        let positions = Arc::new(WalPositions::default());
+        positions
+            .checkpoint
+            .store(checkpoint.wal_position, Ordering::Release);
+        let (searchable_tx, searchable) = tokio::sync::watch::channel(checkpoint.wal_position);
+        let searcher = Searcher::new(
+            partitions.clone(),
+            config.limits.clone(),
+            searchable.clone(),
+        );
+        // Batches waiting for the WAL thread; its slots are the ingest
+        // service's semaphore permits.
+        let (wal_tx, wal_rx) = crossbeam_channel::bounded(config.ingest.wal_queue_capacity);
+        let ingest = Arc::new(IngestService::new(
+            IngestSettings::new(
+                config.limits.clone(),
+                &config.wal,
+                Duration::from_millis(config.ingest.submit_timeout_ms),
+            ),
+            wal_tx,
+            config.ingest.wal_queue_capacity,
+            positions.clone(),
+            searchable.clone(),
+            memo.clone(),
+            searcher.clone(),
+            status.clone(),
+        ));
+        let app = App::new(ingest, searcher, tokens, status.clone(), streams);
+
+        // Durable batches waiting for the indexer. When full, the WAL
+        // thread blocks, its queue fills and Ingest answers
+        // RESOURCE_EXHAUSTED.
+        let (index_tx, index_rx) =
+            crossbeam_channel::bounded::<ToIndexer>(config.index.queue_capacity);
+        let indexer = Indexer::new(
+            partitions,
+            IndexerSettings {
+                commit_interval: Duration::from_millis(config.index.commit_interval_ms.max(1)),
+                writer_threads: config.index.writer_threads,
+                writer_heap_bytes: config.index.writer_heap_bytes,
+                max_open_writers: config.index.max_open_writers,
+                max_segment_docs: config.index.max_segment_docs,
+                compact_after_idle: match config.index.compact_after_idle_ms {
+                    0 => None,
+                    ms => Some(Duration::from_millis(ms)),
+                },
+            },
+            &data_dir,
+            checkpoint.wal_position,
+            positions.clone(),
+            searchable_tx,
+        )
+        .spawn(index_rx, status.clone())?;
+        Ok(Pipeline {
+            _lock: lock,
+            status,
+            app: Some(app),
+            positions,
+            memo,
+            searchable,
+            checkpoint: checkpoint.wal_position,
+            index_tx: Some(index_tx),
+            wal_rx: Some(wal_rx),
+            indexer,
+            wal_thread: None,
+        })
+    }
+
+    fn app(&self) -> App {
+        self.app.clone().expect("the app lives until stop")
+    }
+
+    /// Replays the WAL from the checkpoint (every record goes to the
+    /// indexer again, and its batch id back into the idempotency window),
+    /// waits until the replayed events are searchable, then starts the WAL
+    /// thread.
+    async fn replay(&mut self, config: &Config) -> Result<(), ServerError> {
+        let started = Instant::now();
+        let data_dir = config.data_dir.clone();
+        let wal_dir = crate::wal::dir(&data_dir);
+        let (segment_bytes, recovery) = (config.wal.segment_bytes, config.wal.recovery);
+        let from = self.checkpoint;
+        let index_tx = self.index_tx.clone().expect("replay runs once");
+        let replay_tx = index_tx.clone();
+        let memo = self.memo.clone();
+        let (wal, report) = tokio::task::spawn_blocking(move || {
+            Wal::open(&wal_dir, from, segment_bytes, recovery, |record| {
+                let replayed = IndexBatch::decode(record)?;
+                let batch = &replayed.batch;
+                if !batch.batch_id.is_empty() {
+                    let received = batch
+                        .events
+                        .first()
+                        .map_or(0, |e| timestamp_micros(e.received.as_ref()));
+                    let ids = batch.events.iter().map(|e| e.id.clone()).collect();
+                    memo.complete(&batch.batch_id, ids, received);
+                }
+                replay_tx
+                    .send(ToIndexer::Batch(replayed))
+                    .map_err(|_| WalError::IndexerGone)
+            })
+        })
+        .await
+        .map_err(|_| ServerError::Panicked("wal replay"))?
+        .map_err(|error| match error {
+            WalError::Corrupt { .. } => ServerError::WalDamaged {
+                source: error,
+                data_dir: data_dir.clone(),
+            },
+            other => ServerError::Wal(other),
+        })?;
+        // Serve only once what was replayed is searchable.
+        let replayed_to = wal.end();
+        index_tx
+            .send(ToIndexer::Commit)
+            .map_err(|_| WalError::IndexerGone)?;
+        self.searchable
+            .wait_for(|indexed| *indexed >= replayed_to)
+            .await
+            .map_err(|_| WalError::IndexerGone)?;
+        metrics::histogram!(crate::metrics::REPLAY_SECONDS).record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            records = report.records,
+            bytes = report.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            truncated = ?report.truncated,
+            "write-ahead log replayed"
+        );
+        self.wal_thread = Some(group_commit::spawn(
+            wal,
+            config.wal.sync_policy(),
+            self.wal_rx.take().expect("replay runs once"),
+            self.index_tx.take().expect("replay runs once"),
+            self.positions.clone(),
+            self.status.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// Stops every stage, in order, once the transports have stopped (they
+    /// hold the application layer, and with it the WAL queue's senders):
+    /// the WAL thread finishes what it holds and exits, which drops the
+    /// indexer's sender; the indexer drains its queue, commits and exits;
+    /// then the log drops every record that last commit covers, so a clean
+    /// stop leaves no indexed records behind.
+    async fn stop(mut self) -> Result<(), ServerError> {
+        drop(self.app.take());
+        drop(self.wal_rx.take());
+        drop(self.index_tx.take());
+        let wal = match self.wal_thread.take() {
+            Some(thread) => Some(join(thread, "wal").await?),
+            None => None,
+        };
+        let indexed = join(self.indexer, "indexer").await;
+        let mut wal = wal.transpose()?;
+        indexed??;
+        if let Some(wal) = &mut wal {
+            let checkpoint = self.positions.checkpoint.load(Ordering::Acquire);
+            // Not fatal: replay skips what the checkpoint covers anyway.
+            if let Err(error) = wal
+                .remove_below(checkpoint)
+                .and_then(|_| wal.retire_indexed_active(checkpoint, 1))
+            {
+                tracing::warn!(%error, "could not drop the indexed write-ahead log at shutdown");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The gRPC health service name that reports whether writes can be made
-/// durable. `""` and `audit.v1.AuditLog` stay SERVING while only writes are
-/// degraded, since reads go on.
+/// durable. `""`, `audit.v1.AuditLog` and `audit.v1.Tokens` stay SERVING
+/// while only writes are degraded, since reads go on.
 pub const INGEST_HEALTH_SERVICE: &str = "auditd.ingest";
+
+/// The health names that follow reads.
+fn read_health_services() -> [&'static str; 3] {
+    [
+        "",
+        <AuditLogServer<AuditLogService> as NamedService>::NAME,
+        <TokensServer<TokensService> as NamedService>::NAME,
+    ]
+}
+
+/// The gRPC and HTTP servers, and every task they started.
+struct Transports {
+    health: tonic_health::server::HealthReporter,
+    /// Keeps health in step with the pipeline until shutdown.
+    follower: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Transports {
+    /// Serves at once, with every health name NOT_SERVING until replay
+    /// ends; the RPCs answer UNAVAILABLE meanwhile.
+    async fn serve(
+        config: &Config,
+        listeners: Listeners,
+        pipeline: &Pipeline,
+        tls: Option<TlsMaterial>,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<Transports, ServerError> {
+        let app = pipeline.app();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in read_health_services()
+            .into_iter()
+            .chain([INGEST_HEALTH_SERVICE])
+        {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Both versions: v1alpha is what many tools still ask for.
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
+        // Every AuditLog and Tokens call passes the bearer-token check
+        // first; health and reflection stay open.
+        let authenticate = Authenticate(Arc::new(app.clone()));
+        let audit_service = InterceptedService::new(
+            AuditLogServer::new(AuditLogService(app.clone()))
+                .max_decoding_message_size(config.limits.max_message_bytes)
+                .max_encoding_message_size(config.limits.max_message_bytes),
+            authenticate.clone(),
+        );
+        let tokens_service =
+            InterceptedService::new(TokensServer::new(TokensService(app.clone())), authenticate);
+        let (grpc_addr, http_addr) = listeners.addrs()?;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(config.limits.max_streams_per_connection));
+        if let Some(tls) = &tls {
+            builder = builder.tls_config(tls.grpc())?;
+        } else if !grpc_addr.ip().is_loopback() {
+            tracing::warn!(%grpc_addr, "serving gRPC WITHOUT TLS on a non-loopback address: tokens and audit data cross the network in clear text; set tls.cert and tls.key");
+        }
+        if tls.is_none() && !http_addr.ip().is_loopback() {
+            tracing::warn!(%http_addr, "the HTTP endpoints (/metrics, /healthz) are plain text on a non-loopback address");
+        }
+        let grpc = tasks.spawn(
+            builder
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(audit_service)
+                .add_service(tokens_service)
+                .serve_with_incoming_shutdown(
+                    crate::conn::incoming(
+                        listeners.grpc,
+                        config.limits.max_connections,
+                        Duration::from_millis(config.limits.idle_connection_timeout_ms),
+                    ),
+                    stop.clone().cancelled_owned(),
+                ),
+        );
+        let http_router = crate::http::router(
+            pipeline.status.clone(),
+            config.metrics_require_token.then_some(app),
+        );
+        let http_stop = stop.clone();
+        let http = match tls {
+            None => tasks.spawn(async move {
+                axum::serve(listeners.http, http_router)
+                    .with_graceful_shutdown(http_stop.cancelled_owned())
+                    .await
+            }),
+            Some(tls) => {
+                let rustls = crate::http::rustls_config(&tls).map_err(|source| TlsError {
+                    path: config.tls.cert.clone().unwrap_or_default(),
+                    source,
+                })?;
+                let handle = axum_server::Handle::new();
+                let on_stop = handle.clone();
+                tasks.spawn(async move {
+                    http_stop.cancelled().await;
+                    on_stop.graceful_shutdown(Some(HTTP_DRAIN));
+                });
+                let server = axum_server::tls_rustls::from_tcp_rustls(
+                    listeners.http.into_std()?,
+                    axum_server::tls_rustls::RustlsConfig::from_config(rustls),
+                )?
+                .handle(handle);
+                tasks.spawn(async move { server.serve(http_router.into_make_service()).await })
+            }
+        };
+        let follower = tasks.spawn(follow_health(pipeline.status.clone(), health.clone()));
+        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "listening; replaying the write-ahead log");
+        Ok(Transports {
+            health,
+            follower,
+            stop,
+            tasks,
+            grpc,
+            http,
+        })
+    }
+
+    /// Every health name turns NOT_SERVING, the servers stop accepting,
+    /// open streams end after their current batch, in-flight calls finish,
+    /// and every tracked task is waited for. Returns the gRPC server's
+    /// own failure, if it had one.
+    async fn stop(self) -> Result<(), ServerError> {
+        self.follower.abort();
+        let _ = self.follower.await;
+        for name in read_health_services()
+            .into_iter()
+            .chain([INGEST_HEALTH_SERVICE])
+        {
+            self.health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        self.stop.cancel();
+        let grpc = self.grpc.await;
+        let http = self.http.await;
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Ok(Err(error)) = http {
+            tracing::warn!(%error, "the HTTP server stopped with an error");
+        }
+        grpc.map_err(|_| ServerError::Panicked("grpc server"))??;
+        Ok(())
+    }
+}
 
 /// Keeps the gRPC health service in step with the pipeline's health.
 async fn follow_health(status: Arc<PipelineStatus>, health: tonic_health::server::HealthReporter) {
@@ -405,13 +565,9 @@ async fn follow_health(status: Arc<PipelineStatus>, health: tonic_health::server
             Health::Degraded(_) => (Serving, NotServing),
             Health::Starting | Health::Failed(_) => (NotServing, NotServing),
         };
-        health.set_service_status("", reads).await;
-        health
-            .set_service_status(
-                <AuditLogServer<AuditLogService> as tonic::server::NamedService>::NAME,
-                reads,
-            )
-            .await;
+        for name in read_health_services() {
+            health.set_service_status(name, reads).await;
+        }
         health
             .set_service_status(INGEST_HEALTH_SERVICE, writes)
             .await;
@@ -449,27 +605,6 @@ pub(crate) fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File,
         Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Locked(data_dir.to_owned())),
         Err(std::fs::TryLockError::Error(source)) => Err(ServerError::DataDir { path, source }),
     }
-}
-
-/// The gRPC server's TLS settings, when `tls` turns TLS on.
-fn server_tls(
-    tls: &crate::config::TlsConfig,
-) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
-    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
-        return Ok(None);
-    };
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|source| ServerError::Tls {
-            path: path.clone(),
-            source,
-        })
-    };
-    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(config))
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -3,12 +3,12 @@
 
 mod common;
 
+use auditd::app::trail::TRAIL_TYPE;
 use auditd::proto::tokens_client::TokensClient;
 use auditd::proto::{
     AuditEvent, CreateTokenRequest, GetEventRequest, IngestRequest, ListTokensRequest,
     RevokeTokenRequest, SearchRequest, Source, TokenKind, WaitFor,
 };
-use auditd::trail::TRAIL_TYPE;
 use common::*;
 use tonic::Code;
 

@@ -24,10 +24,21 @@ type ByDay = BTreeMap<String, HashSet<String>>;
 
 /// Ingests `events` in batches of 200, each waited on until searchable (so
 /// commits, and with small segments WAL trimming, happen throughout), then
-/// stops the server cleanly.
-async fn ingest_and_stop(config: Config, events: &[AuditEvent]) -> ByDay {
-    let server = TestServer::start(config).await;
-    let mut client = server.client().await;
+/// kills the daemon (SIGKILL). A crash, not a clean stop: a clean stop
+/// drops every indexed record from the log, while after a crash the log
+/// still holds its last segment, which recovery can give back.
+async fn ingest_and_kill(config: &Config, events: &[AuditEvent]) -> ByDay {
+    let segment_bytes = config.wal.segment_bytes.to_string();
+    let commit_ms = config.index.commit_interval_ms.to_string();
+    let mut daemon = Daemon::start_with(
+        &config.data_dir,
+        &[
+            ("AUDITD_WAL__SEGMENT_BYTES", &segment_bytes),
+            ("AUDITD_INDEX__COMMIT_INTERVAL_MS", &commit_ms),
+        ],
+    );
+    daemon.wait_serving().await;
+    let mut client = daemon.client(&config.data_dir).await;
     let mut by_day = ByDay::new();
     for chunk in events.chunks(200) {
         ingest(&mut client, chunk.to_vec(), WaitFor::Searchable).await;
@@ -38,7 +49,8 @@ async fn ingest_and_stop(config: Config, events: &[AuditEvent]) -> ByDay {
                 .insert(event.id.clone());
         }
     }
-    server.stop().await.unwrap();
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
     by_day
 }
 
@@ -121,7 +133,7 @@ async fn a_flipped_byte_in_a_segment_file_is_refused_then_recovered_with_an_exac
     let last_of_first = events.iter().rposition(|e| day_name(e) == first).unwrap();
     let held_back: Vec<AuditEvent> = events.drain(last_of_first - 199..=last_of_first).collect();
     events.extend(held_back);
-    let by_day = ingest_and_stop(config.clone(), &events).await;
+    let by_day = ingest_and_kill(&config, &events).await;
 
     let file = largest_file(&partition_dir(dir.path(), &first));
     let mut bytes = std::fs::read(&file).unwrap();
@@ -155,7 +167,7 @@ async fn damaged_metadata_and_commit_payload_are_recovered_in_full_from_the_log(
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
     let events = generated(3_000, 52, 1_000);
-    let by_day = ingest_and_stop(config.clone(), &events).await;
+    let by_day = ingest_and_kill(&config, &events).await;
     let days: Vec<&String> = by_day.keys().collect();
     assert!(days.len() >= 3);
 
@@ -208,7 +220,7 @@ async fn a_missing_segment_file_is_refused_then_recovered_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
     let events = generated(2_000, 53, 1_000);
-    let by_day = ingest_and_stop(config.clone(), &events).await;
+    let by_day = ingest_and_kill(&config, &events).await;
     let day = by_day.keys().next().unwrap().clone();
     let partition = partition_dir(dir.path(), &day);
     std::fs::remove_file(largest_file(&partition)).unwrap();

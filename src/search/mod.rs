@@ -22,12 +22,12 @@ use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{DocAddress, Index, SegmentOrdinal, TantivyDocument};
 use tokio::sync::watch;
 
+use crate::app::trail::TRAIL_TYPE;
 use crate::auth::ReadScope;
 use crate::config::Limits;
 use crate::partition::{Partition, Partitions};
 use crate::proto::{AuditEvent, Outcome, SearchRequest, SearchResponse};
 use crate::schema::{id_key, names, restore_times, timestamp_micros, to_v6, AuditSchema};
-use crate::trail::TRAIL_TYPE;
 
 mod time_order;
 use time_order::{Hit, TimeOrder};

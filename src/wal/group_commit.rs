@@ -65,7 +65,7 @@ pub fn spawn(
     indexer: Sender<ToIndexer>,
     positions: Arc<WalPositions>,
     status: Arc<PipelineStatus>,
-) -> std::io::Result<JoinHandle<Result<(), WalError>>> {
+) -> std::io::Result<JoinHandle<Result<Wal, WalError>>> {
     positions.end.store(wal.end(), Ordering::Release);
     metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64);
     std::thread::Builder::new()
@@ -76,7 +76,9 @@ pub fn spawn(
             if result.is_ok() {
                 guard.defuse();
             }
-            result
+            // The log goes back to its owner, which trims it once the
+            // indexer's last commit is done.
+            result.map(|()| wal)
         })
 }
 

@@ -1,12 +1,15 @@
 //! Reads of the audit log are audited too (PCI DSS 10.2.1.3): every Search,
 //! GetEvent and token change becomes an event of type `audit-log/auditd`,
-//! stored through the same durable path as any other.
+//! stored through the same durable path as any other, after the read ran
+//! and before its answer goes out.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::sync::Arc;
 
+use super::{AppError, ErrorKind, Origin};
 use crate::auth::Caller;
-use crate::proto::{AuditEvent, Outcome, SearchRequest, Source};
+use crate::ingest::IngestService;
+use crate::proto::{AuditEvent, IngestRequest, Outcome, SearchRequest, Source};
 use crate::schema::timestamp_micros;
 
 pub const TRAIL_TYPE: &str = "audit-log/auditd";
@@ -19,21 +22,64 @@ pub const TOKEN_LIST: &str = "audit.token.list";
 /// Longest value kept from a request in the trail event's `query`.
 const MAX_VALUE_CHARS: usize = 512;
 
-/// The trail event for one call by `caller`. `outcome` is the gRPC code
-/// and message the caller got (`None` for success).
+/// Stores trail events through the ingest path.
+#[derive(Clone)]
+pub struct Trail {
+    ingest: Arc<IngestService>,
+}
+
+impl Trail {
+    pub fn new(ingest: Arc<IngestService>) -> Self {
+        Trail { ingest }
+    }
+
+    /// Stores the trail event of a call that ended with `result`, then
+    /// hands `result` back: a read that cannot be audited is not served
+    /// (`AppError::NotAudited`), whatever it found.
+    pub async fn audited<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        origin: &Origin,
+        query: BTreeMap<String, String>,
+        result: Result<T, AppError>,
+    ) -> Result<T, AppError> {
+        let outcome = result.as_ref().err().map(|e| (e.kind(), e.to_string()));
+        let outcome = outcome
+            .as_ref()
+            .map(|(kind, message)| (*kind, message.as_str()));
+        let request = IngestRequest {
+            events: vec![event(caller, action, origin, query, outcome)],
+            ..Default::default()
+        };
+        if let Err(error) = self.ingest.ingest(request).await {
+            tracing::error!(%error, action, "a read could not be audited; refusing it");
+            return Err(AppError::NotAudited(error.to_string()));
+        }
+        result
+    }
+}
+
+/// The trail event for one call by `caller`. `outcome` is the kind and
+/// message of the error the caller got (`None` for success); the
+/// transport is the event's source name.
 pub fn event(
     caller: &Caller,
     action: &str,
-    peer: Option<SocketAddr>,
+    origin: &Origin,
     query: BTreeMap<String, String>,
-    outcome: Option<(tonic::Code, &str)>,
+    outcome: Option<(ErrorKind, &str)>,
 ) -> AuditEvent {
     let mut attributes = BTreeMap::new();
     attributes.insert("token_id".to_owned(), caller.token_id.clone());
     attributes.insert("token_kind".to_owned(), caller.kind.name().to_owned());
     let (status, error_id, error_message) = match outcome {
         None => (200, String::new(), String::new()),
-        Some((code, message)) => (http_status(code), format!("{code:?}"), clean(message)),
+        Some((kind, message)) => (
+            i32::from(kind.http_status()),
+            kind.name().to_owned(),
+            clean(message),
+        ),
     };
     AuditEvent {
         r#type: TRAIL_TYPE.into(),
@@ -41,8 +87,8 @@ pub fn event(
         access_id: caller.audit_access_id().to_owned(),
         subject: caller.subject.clone(),
         source: Some(Source {
-            name: "grpc".into(),
-            ip: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            name: origin.transport.into(),
+            ip: origin.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
         }),
         query,
         status,
@@ -95,22 +141,6 @@ pub fn search_query(r: &SearchRequest) -> BTreeMap<String, String> {
         put("page", "next".into());
     }
     q
-}
-
-fn http_status(code: tonic::Code) -> i32 {
-    use tonic::Code::*;
-    match code {
-        Ok => 200,
-        InvalidArgument | OutOfRange | FailedPrecondition => 400,
-        Unauthenticated => 401,
-        PermissionDenied => 403,
-        NotFound => 404,
-        AlreadyExists | Aborted => 409,
-        ResourceExhausted => 429,
-        Unavailable => 503,
-        DeadlineExceeded => 504,
-        _ => 500,
-    }
 }
 
 /// Request text goes into the trail bounded and without the characters

@@ -1,0 +1,162 @@
+//! The application layer's one error type, and the transport-neutral kind
+//! each transport maps to its own status (gRPC codes in `grpc`, HTTP
+//! statuses through [`ErrorKind::http_status`]).
+
+use std::time::Duration;
+
+use crate::auth::AuthError;
+use crate::ingest::IngestError;
+use crate::search::SearchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    /// A request field the service itself checks (the search's own fields
+    /// come as `Search(SearchError::Invalid)`).
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("no event with id {0:?}")]
+    EventNotFound(String),
+    /// Reads wait for the write-ahead log's replay.
+    #[error("auditd is starting (replaying its write-ahead log)")]
+    Starting,
+    /// The read's trail event could not be stored, so the read is refused.
+    #[error("the read could not be audited: {0}")]
+    NotAudited(String),
+    #[error("no request for {} ms (limits.stream_idle_timeout_ms); stream closed", .0.as_millis())]
+    StreamIdle(Duration),
+    #[error("auditd is shutting down; every batch sent on this stream was answered")]
+    ShuttingDown,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What went wrong, as every transport distinguishes it. The names are
+/// gRPC's, which the read trail records as `error_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    /// The same batch id is being stored by another request.
+    Aborted,
+    ResourceExhausted,
+    Unavailable,
+    DeadlineExceeded,
+    DataLoss,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The name the trail records (gRPC's code name).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "InvalidArgument",
+            ErrorKind::Unauthenticated => "Unauthenticated",
+            ErrorKind::PermissionDenied => "PermissionDenied",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::Aborted => "Aborted",
+            ErrorKind::ResourceExhausted => "ResourceExhausted",
+            ErrorKind::Unavailable => "Unavailable",
+            ErrorKind::DeadlineExceeded => "DeadlineExceeded",
+            ErrorKind::DataLoss => "DataLoss",
+            ErrorKind::Internal => "Internal",
+        }
+    }
+
+    /// The HTTP status of this kind: what the HTTP transport answers and
+    /// what the trail records as the read's `status`.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidArgument => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Aborted => 409,
+            ErrorKind::ResourceExhausted => 429,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::DeadlineExceeded => 504,
+            ErrorKind::DataLoss | ErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// One bad field of a request: `events[3].source.ip` and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub reason: String,
+}
+
+impl AppError {
+    /// The one place a domain failure gets its kind.
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind::*;
+        match self {
+            AppError::Auth(error) => match error {
+                AuthError::Unauthenticated => Unauthenticated,
+                AuthError::Forbidden { .. } | AuthError::OutsideBinding { .. } => PermissionDenied,
+                AuthError::Invalid { .. } => InvalidArgument,
+                AuthError::NotFound(_) => NotFound,
+                AuthError::Store { .. } => Unavailable,
+            },
+            AppError::Ingest(error) => match error {
+                IngestError::Invalid(_) => InvalidArgument,
+                IngestError::Overloaded { .. } => ResourceExhausted,
+                IngestError::InFlight(_) => Aborted,
+                IngestError::Starting | IngestError::Unavailable(_) => Unavailable,
+                IngestError::Internal(_) => Internal,
+            },
+            AppError::Search(error) => match error {
+                SearchError::Invalid { .. } => InvalidArgument,
+                SearchError::Index(_) => Internal,
+                SearchError::Corrupt { .. } => DataLoss,
+            },
+            AppError::Invalid { .. } => InvalidArgument,
+            AppError::EventNotFound(_) => NotFound,
+            AppError::Starting | AppError::NotAudited(_) | AppError::ShuttingDown => Unavailable,
+            AppError::StreamIdle(_) => DeadlineExceeded,
+            AppError::Internal(_) => Internal,
+        }
+    }
+
+    /// The bad fields a client can fix, each named as in the request.
+    pub fn violations(&self) -> Vec<FieldViolation> {
+        let one = |field: &str, reason: &str| {
+            vec![FieldViolation {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            }]
+        };
+        match self {
+            AppError::Auth(AuthError::Invalid { field, reason })
+            | AppError::Auth(AuthError::OutsideBinding { field, reason }) => one(field, reason),
+            AppError::Ingest(IngestError::Invalid(invalid)) => invalid
+                .violations
+                .iter()
+                .map(|v| FieldViolation {
+                    field: v.path(),
+                    reason: v.reason.clone(),
+                })
+                .collect(),
+            AppError::Search(SearchError::Invalid { field, reason })
+            | AppError::Invalid { field, reason } => one(field, reason),
+            _ => Vec::new(),
+        }
+    }
+
+    /// When the client should try again, for refusals that pass.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AppError::Ingest(IngestError::Overloaded { retry_after, .. }) => Some(*retry_after),
+            AppError::Ingest(IngestError::Starting) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The application layer: what auditd does for a caller, whatever the
+//! transport. Each service takes a [`Caller`], an [`Origin`] and a typed
+//! request, and returns a domain result or an [`AppError`].
+//!
+//! This layer owns the policy every transport shares: the health gate, the
+//! move of blocking index work off the async runtime, the read scope, the
+//! read trail, and the state of long-lived streams. Transports (`grpc`,
+//! `http`) only unwrap, call and convert, with one error mapping each.
+
+mod error;
+mod read;
+mod tokens;
+pub mod trail;
+mod write;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use error::{AppError, ErrorKind, FieldViolation};
+pub use read::ReadService;
+pub use tokens::TokenService;
+pub use write::{StreamSettings, WriteService};
+
+use crate::auth::{Caller, TokenStore};
+use crate::ingest::IngestService;
+use crate::search::Searcher;
+use crate::status::PipelineStatus;
+
+/// Where a call came from: the transport's name (the trail's source name)
+/// and the peer's address when the transport knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub transport: &'static str,
+    pub peer: Option<SocketAddr>,
+}
+
+impl Origin {
+    pub fn grpc(peer: Option<SocketAddr>) -> Self {
+        Origin {
+            transport: "grpc",
+            peer,
+        }
+    }
+
+    pub fn http(peer: Option<SocketAddr>) -> Self {
+        Origin {
+            transport: "http",
+            peer,
+        }
+    }
+}
+
+/// Every service of the application layer, cheap to clone: what a
+/// transport is built on.
+#[derive(Clone)]
+pub struct App {
+    pub writes: Arc<WriteService>,
+    pub reads: Arc<ReadService>,
+    pub tokens: Arc<TokenService>,
+    store: Arc<TokenStore>,
+}
+
+impl App {
+    pub fn new(
+        ingest: Arc<IngestService>,
+        searcher: Searcher,
+        store: Arc<TokenStore>,
+        status: Arc<PipelineStatus>,
+        streams: StreamSettings,
+    ) -> Self {
+        let trail = trail::Trail::new(ingest.clone());
+        App {
+            writes: Arc::new(WriteService::new(ingest, streams)),
+            reads: Arc::new(ReadService::new(searcher, status, trail.clone())),
+            tokens: Arc::new(TokenService::new(store.clone(), trail)),
+            store,
+        }
+    }
+
+    /// The one bearer check, for every transport: the caller behind an
+    /// `Authorization` header's value, or `Unauthenticated` (the same
+    /// answer for a missing, malformed, unknown or revoked token).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AppError> {
+        Ok(self.store.authenticate(authorization)?)
+    }
+}

@@ -1,0 +1,99 @@
+//! Reads: Search and GetEvent, each inside the caller's scope, off the
+//! async runtime, and audited before the answer goes out.
+
+use std::collections::BTreeMap;
+
+use std::sync::Arc;
+
+use super::trail::{self, Trail};
+use super::{AppError, Origin};
+use crate::auth::Caller;
+use crate::proto::{AuditEvent, SearchRequest, SearchResponse};
+use crate::search::{SearchError, Searcher};
+use crate::status::{Health, PipelineStatus};
+
+pub struct ReadService {
+    searcher: Searcher,
+    status: Arc<PipelineStatus>,
+    trail: Trail,
+}
+
+impl ReadService {
+    pub fn new(searcher: Searcher, status: Arc<PipelineStatus>, trail: Trail) -> Self {
+        ReadService {
+            searcher,
+            status,
+            trail,
+        }
+    }
+
+    /// One page of the events `request` matches inside the caller's
+    /// scope. The trail event is stored after the search ran and before
+    /// the page is returned.
+    pub async fn search(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        request: SearchRequest,
+    ) -> Result<SearchResponse, AppError> {
+        let query = trail::search_query(&request);
+        let result = async {
+            let scope = caller.read_scope("search")?;
+            self.blocking(move |s| s.search(&request, &scope)).await
+        }
+        .await;
+        self.trail
+            .audited(caller, trail::SEARCH, origin, query, result)
+            .await
+    }
+
+    /// The event with `id`; outside the caller's scope it is exactly as
+    /// absent as a nonexistent one.
+    pub async fn get_event(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        id: String,
+    ) -> Result<AuditEvent, AppError> {
+        let query = BTreeMap::from([("id".to_owned(), id.clone())]);
+        let result = async {
+            let scope = caller.read_scope("read events")?;
+            if id.is_empty() {
+                return Err(AppError::Invalid {
+                    field: "id",
+                    reason: "required".into(),
+                });
+            }
+            let lookup = id.clone();
+            self.blocking(move |s| s.get(&lookup, &scope))
+                .await?
+                .ok_or(AppError::EventNotFound(id))
+        }
+        .await;
+        self.trail
+            .audited(caller, trail::GET_EVENT, origin, query, result)
+            .await
+    }
+
+    /// Reads wait for replay; they go on while writes are degraded.
+    fn check_health(&self) -> Result<(), AppError> {
+        match self.status.health() {
+            Health::Starting => Err(AppError::Starting),
+            Health::Serving | Health::Degraded(_) | Health::Failed(_) => Ok(()),
+        }
+    }
+
+    /// Runs blocking index work on the blocking pool, never on the async
+    /// runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Searcher) -> Result<T, SearchError> + Send + 'static,
+    ) -> Result<T, AppError> {
+        self.check_health()?;
+        let searcher = self.searcher.clone();
+        let result = tokio::task::spawn_blocking(move || work(searcher))
+            .await
+            .map_err(|e| AppError::Internal(format!("search task failed: {e}")))?;
+        Ok(result?)
+    }
+}

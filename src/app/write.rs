@@ -1,0 +1,104 @@
+//! Writes: one batch, or a long-lived stream of them, within what the
+//! caller's token may write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::AppError;
+use crate::auth::Caller;
+use crate::ingest::IngestService;
+use crate::proto::{IngestRequest, IngestResponse};
+
+/// Replies an ingest stream may have waiting for a slow reader before it
+/// stops reading requests.
+pub const STREAM_REPLY_BUFFER: usize = 4;
+
+/// How long-lived streams end, and where their tasks are counted: after
+/// `idle_timeout` without a request, or once `stop` is cancelled at
+/// shutdown, so neither an idle producer nor a SIGTERM keeps one open for
+/// ever; shutdown waits for every task `tasks` tracks.
+#[derive(Clone)]
+pub struct StreamSettings {
+    pub idle_timeout: Duration,
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+pub struct WriteService {
+    ingest: Arc<IngestService>,
+    streams: StreamSettings,
+}
+
+impl WriteService {
+    pub fn new(ingest: Arc<IngestService>, streams: StreamSettings) -> Self {
+        WriteService { ingest, streams }
+    }
+
+    /// Stores one batch, all or nothing, once the caller may write every
+    /// event of it. Returns once it is durable (or searchable, as asked).
+    pub async fn ingest(
+        &self,
+        caller: &Caller,
+        request: IngestRequest,
+    ) -> Result<IngestResponse, AppError> {
+        caller.check_write(&request.events)?;
+        Ok(self.ingest.ingest(request).await?)
+    }
+
+    /// Stores each batch `inbound` yields, in order, and yields one reply
+    /// per batch. The first error, the transport's own (`E`) or ours,
+    /// ends the stream; so do idleness and shutdown, between batches only:
+    /// a batch taken is always answered.
+    pub fn ingest_stream<E, S>(
+        &self,
+        caller: Caller,
+        mut inbound: S,
+    ) -> Result<impl Stream<Item = Result<IngestResponse, E>> + Send + 'static, AppError>
+    where
+        E: From<AppError> + Send + 'static,
+        S: Stream<Item = Result<IngestRequest, E>> + Send + Unpin + 'static,
+    {
+        caller.check_write(&[])?;
+        let writes = WriteService {
+            ingest: self.ingest.clone(),
+            streams: self.streams.clone(),
+        };
+        let StreamSettings {
+            idle_timeout, stop, ..
+        } = self.streams.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_REPLY_BUFFER);
+        self.streams.tasks.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => {
+                        let _ = tx.try_send(Err(AppError::ShuttingDown.into()));
+                        break;
+                    }
+                    next = tokio::time::timeout(idle_timeout, inbound.next()) => next,
+                };
+                let request = match next {
+                    Ok(Some(Ok(request))) => request,
+                    Ok(None) => break,
+                    Ok(Some(Err(error))) => {
+                        let _ = tx.send(Err(error)).await;
+                        break;
+                    }
+                    Err(_idle) => {
+                        let _ = tx.try_send(Err(AppError::StreamIdle(idle_timeout).into()));
+                        break;
+                    }
+                };
+                let reply = writes.ingest(&caller, request).await.map_err(E::from);
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
