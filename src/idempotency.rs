@@ -9,8 +9,8 @@
 //! one received before this start (the index's latest `received`, given
 //! at start-up) or one the capacity bound pushed out, still inside the
 //! window. A fresh store, or one up for a window past its last restart,
-//! asks nothing of the index: that look-up cost ~9 % of the request path
-//! (`perf`, BENCHMARKS.md).
+//! asks nothing of the index: that look-up was a tenth of the request
+//! path in a `perf` profile (docs/benchmarks-history.md).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -7,8 +7,8 @@
 //! search reads much of it (`index.max_segment_docs`). Tantivy's log merge
 //! policy knows neither: it merges like-sized segments whatever their
 //! times, and eight segments just under the cap make one of eight times
-//! it. On the 10 M-event bench a day ended with segments of 2 M events
-//! spanning most of it.
+//! it: on the 10 M-event bench a day ended with segments four times the
+//! cap, each spanning most of the day (docs/benchmarks-history.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,14 +38,14 @@ impl SegmentTimes {
 
 /// Segments of one size class that make a merge (Tantivy's default: 8).
 ///
-/// Why 16: commits every 300 ms on two indexing threads leave segments of
-/// 10-30 k events at full load. Eight of them made ~150 k, and eight of
-/// those would pass `max_segment_docs`, so a second round merged them in
-/// twos and threes: each event was rewritten about twice. Sixteen make
-/// 250-500 k at once, about one rewrite. Merge CPU during the 1 M-event
-/// closed loop: 1.3-1.5 s against 1.8-2.5 s (two pairs of runs); the cost
-/// is up to 15 more small segments in today's partition between merges,
-/// each one more dictionary look-up per search term.
+/// Why 16: at full load frequent commits leave small segments; eight of
+/// them made a segment whose eight would pass `max_segment_docs`, so a
+/// second round merged those in twos and threes and each event was
+/// rewritten about twice. Sixteen reach the cap's order at once, about one
+/// rewrite, and merge CPU fell (BENCHMARKS.md, CPU by stage; the runs:
+/// docs/benchmarks-history.md). The cost is up to 15 more small segments
+/// in today's partition between merges, each one more dictionary look-up
+/// per search term.
 const MIN_SEGMENTS_PER_MERGE: usize = 16;
 
 /// Tantivy's log merge policy (`MIN_SEGMENTS_PER_MERGE`), with each merge it proposes

@@ -221,7 +221,8 @@ impl State<'_> {
     /// first) or start (oldest first). That end is visited first, in
     /// chunks each four times the last, until the page is full: in doc
     /// order every match of a newest-first search would beat the one before
-    /// and enter the page (page 10 of 430 k matches: 13 ms p50, against 7).
+    /// and enter the page (about twice the time for page 10 of a broad
+    /// search: docs/benchmarks-history.md).
     /// Once the page is full, the rest goes in blocks of
     /// `SCAN_BLOCK_DOCS` (`scan_block`).
     fn collect_all(&mut self, segment: &Segment, weight: &dyn Weight) -> tantivy::Result<()> {
@@ -486,7 +487,7 @@ struct TopN {
 /// Hits `TopN` makes room for up front; past it, the buffer grows as
 /// hits come. A look-up by batch id or event id asks for up to
 /// `MAX_EVENTS_PER_RECORD` hits and finds a handful: reserving twice that
-/// (6 MiB) made each such look-up fault in and zero fresh pages.
+/// made each such look-up fault in and zero megabytes of fresh pages.
 const TOP_N_RESERVE: usize = 1024;
 
 impl TopN {

@@ -6,8 +6,8 @@
 //! Everything is parsed, batched and encoded as protobuf before the clock
 //! starts, so the figure is the daemon's, not the client's JSON parser's or
 //! encoder's: the client shares the machine's cores with the daemon, and
-//! cloning and encoding each request took about 1 CPU-second per million
-//! events from them (`perf`, BENCHMARKS.md). With `--rate`, each
+//! cloning and encoding each request took CPU from them
+//! (`perf`, docs/benchmarks-history.md). With `--rate`, each
 //! batch has a due time and its latency counts from that due time, not from
 //! when it was actually sent: a stalled daemon cannot hide its stall by
 //! slowing the client down (no coordinated omission).
