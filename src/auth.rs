@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::datadir::{write_atomically, DataDir};
 use crate::proto::{AuditEvent, CreateTokenRequest, TokenInfo, TokenKind};
 use crate::schema::micros_to_timestamp;
 
@@ -30,8 +31,6 @@ pub const TOKEN_PREFIX: &str = "adt.";
 
 /// The file, in the data directory, holding the first admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-
-const TOKENS_FILE: &str = "tokens.json";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -223,7 +222,8 @@ impl TokenStore {
     /// token, writes it to `<data_dir>/admin.token` (mode 0600) and returns
     /// its secret so the caller can show it once.
     pub fn open(data_dir: &Path) -> Result<(TokenStore, Option<String>), AuthError> {
-        let path = data_dir.join(TOKENS_FILE);
+        let data_dir = DataDir::new(data_dir);
+        let path = data_dir.tokens();
         let tokens: BTreeMap<String, StoredToken> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<Vec<StoredToken>>(&bytes)
                 .map_err(|e| store_error(&path, e))?
@@ -246,8 +246,8 @@ impl TokenStore {
             name: "admin (created on first start)".into(),
             ..Default::default()
         })?;
-        let file = data_dir.join(ADMIN_TOKEN_FILE);
-        write_private(&file, format!("{secret}\n").as_bytes())
+        let file = data_dir.admin_token();
+        write_atomically(&file, format!("{secret}\n").as_bytes(), true)
             .map_err(|e| store_error(&file, e))?;
         Ok((store, Some(secret)))
     }
@@ -389,12 +389,7 @@ impl TokenStore {
         edit(&mut next)?;
         let list: Vec<&StoredToken> = next.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).expect("tokens serialize");
-        let tmp = self.path.with_extension("json.tmp");
-        write_private(&tmp, &bytes).map_err(|e| store_error(&tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| store_error(&self.path, e))?;
-        if let Some(dir) = self.path.parent() {
-            crate::wal::segment::sync_dir(dir).map_err(|e| store_error(dir, e))?;
-        }
+        write_atomically(&self.path, &bytes, true).map_err(|e| store_error(&self.path, e))?;
         *tokens = next;
         Ok(())
     }
@@ -412,18 +407,6 @@ fn info(t: &StoredToken) -> TokenInfo {
         created: Some(micros_to_timestamp(t.created_micros)),
         revoked: t.revoked,
     }
-}
-
-/// Writes `bytes` to a new file only its owner can read, and syncs it.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 fn store_error(path: &Path, e: impl std::fmt::Display) -> AuthError {
@@ -489,7 +472,7 @@ mod tests {
             .unwrap();
         assert_eq!(caller.kind, StoredKind::Admin);
         // The store itself holds no secret.
-        let on_disk = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
+        let on_disk = std::fs::read_to_string(DataDir::new(dir.path()).tokens()).unwrap();
         assert!(!on_disk.contains(secret.rsplit('.').next().unwrap()));
         // Reopened: no second admin token.
         let (store, again) = TokenStore::open(dir.path()).unwrap();

@@ -212,8 +212,8 @@ pub struct IndexConfig {
     /// segment of this many events or more, or builds one; both merge only
     /// segments that are neighbours in time (`merge.rs`). A
     /// search for the newest matches reads every match of the newest
-    /// segment before it can skip older ones: at 10 M events in one
-    /// segment, it reads far more than the page (BENCHMARKS.md, Search).
+    /// segment before it can skip older ones: with a whole day in one
+    /// segment, it reads far more than the page (docs/benchmarks-history.md).
     pub max_segment_docs: u32,
     /// Durable batches waiting for the indexer. When full, the WAL thread
     /// waits, its request queue fills, and Ingest refuses with

@@ -15,13 +15,14 @@ use tantivy::IndexWriter;
 use tokio::sync::watch;
 
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
-use crate::messages::{event_seq, Checkpoint, IndexBatch, PartitionLedger, ToIndexer};
+use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
 use crate::partition::{day_of, format_day, Day, Partition, PartitionError, Partitions};
+use crate::record::LogRecord;
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::group_commit::WalPositions;
-use crate::wal::WalError;
+use crate::wal::{LogReader, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -56,8 +57,8 @@ pub struct IndexerSettings {
 struct OpenWriter {
     partition: Arc<Partition>,
     writer: IndexWriter,
-    /// Records that start below this are already in the partition (its
-    /// last commit's payload): replay must not add them twice.
+    /// Records whose first seq is below this are already in the partition
+    /// (its last commit's payload): replay must not add them twice.
     skip_below: u64,
     /// The batch counter when it was last written to, for LRU closing.
     last_batch: u64,
@@ -79,7 +80,9 @@ pub struct Indexer {
     schema: AuditSchema,
     settings: IndexerSettings,
     checkpoint_path: PathBuf,
-    wal_dir: PathBuf,
+    /// Reads the log again after a failed commit (`None` only while a
+    /// re-read holds it).
+    log: Option<Box<dyn LogReader>>,
     writers: HashMap<Day, OpenWriter>,
     /// Every partition as of its last commit, written into the checkpoint.
     ledger: BTreeMap<Day, PartitionLedger>,
@@ -88,12 +91,16 @@ pub struct Indexer {
     /// the next commit. Meanwhile batches off the queue only move `indexed`
     /// on: they are in the WAL, and the re-read takes them too.
     rebuild: bool,
-    /// End of the last record added to the writers.
-    indexed: u64,
-    /// End of the last record covered by a commit.
-    committed: u64,
+    /// End of the last record added to the writers, and the seq after its
+    /// last event.
+    indexed: CommitPayload,
+    /// The same for the last record covered by a commit.
+    committed: CommitPayload,
     batches: u64,
     positions: Arc<WalPositions>,
+    /// The seq after the last searchable event, published after each
+    /// commit: what Search takes as its snapshot and `WAIT_FOR_SEARCHABLE`
+    /// waits for.
     searchable: watch::Sender<u64>,
     body: Vec<u8>,
 }
@@ -103,7 +110,8 @@ impl Indexer {
         partitions: Arc<Partitions>,
         settings: IndexerSettings,
         data_dir: &Path,
-        start: u64,
+        log: Box<dyn LogReader>,
+        start: CommitPayload,
         positions: Arc<WalPositions>,
         searchable: watch::Sender<u64>,
     ) -> Indexer {
@@ -115,7 +123,7 @@ impl Indexer {
                     events: p.reader.searcher().num_docs(),
                     // Start-up has already refused a payload that does not
                     // parse; a partition created since has none.
-                    committed: p.committed_position().unwrap_or(0),
+                    committed: p.committed().unwrap_or_default().log,
                 };
                 (p.day, entry)
             })
@@ -126,7 +134,7 @@ impl Indexer {
             partitions,
             settings,
             checkpoint_path: checkpoint_path(data_dir),
-            wal_dir: crate::wal::dir(data_dir),
+            log: Some(log),
             writers: HashMap::new(),
             rebuild: false,
             indexed: start,
@@ -173,6 +181,7 @@ impl Indexer {
         let mut next_commit = Instant::now() + self.settings.commit_interval;
         let mut pacer = CommitPacer::default();
         let mut commit_now = false;
+        let mut committed_replies: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
         loop {
             match queue.recv_deadline(next_commit) {
                 Ok(ToIndexer::Batch(batch)) => {
@@ -181,14 +190,22 @@ impl Indexer {
                     }
                     metrics::gauge!(m::QUEUE_DEPTH).set(queue.len() as f64);
                 }
-                Ok(ToIndexer::Commit) => commit_now = true,
+                Ok(ToIndexer::Commit(reply)) => {
+                    commit_now = true;
+                    committed_replies.push(reply);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.commit(),
             }
             if commit_now || Instant::now() >= next_commit {
                 let started = Instant::now();
                 match self.commit() {
-                    Ok(()) => status.set_fault("index", None),
+                    Ok(()) => {
+                        status.set_fault("index", None);
+                        for reply in committed_replies.drain(..) {
+                            let _ = reply.send(());
+                        }
+                    }
                     Err(error) => self.fault(&error, status),
                 }
                 commit_now = false;
@@ -204,7 +221,7 @@ impl Indexer {
                 .positions
                 .end
                 .load(Ordering::Acquire)
-                .saturating_sub(self.committed);
+                .saturating_sub(self.committed.log);
             metrics::gauge!(m::INDEX_LAG_BYTES).set(lag as f64);
         }
     }
@@ -222,14 +239,34 @@ impl Indexer {
     /// Re-reads `[committed, indexed)` from the WAL into fresh writers.
     fn reread(&mut self) -> Result<(), IndexError> {
         let (from, to) = (self.committed, self.indexed);
-        tracing::info!(from, to, "re-reading the write-ahead log into the index");
+        tracing::info!(
+            from = from.log,
+            to = to.log,
+            "re-reading the write-ahead log into the index"
+        );
         self.rebuild = false;
         self.indexed = from;
-        let dir = self.wal_dir.clone();
-        let result = crate::wal::read_range(&dir, from, to, |record| {
-            let batch = IndexBatch::decode(record)?;
-            self.add(batch)
+        let log = self.log.take().expect("one re-read at a time");
+        let mut failed = None;
+        let read = log.read(from.log, to.log, &mut |record| {
+            let added = match crate::record::decode(record)? {
+                LogRecord::Batch(batch) => self.add(batch),
+                LogRecord::Skip(span) => {
+                    self.indexed.log = span.end;
+                    Ok(())
+                }
+            };
+            added.map_err(|error| {
+                failed = Some(error);
+                WalError::Stopped
+            })
         });
+        self.log = Some(log);
+        let result = match (read, failed) {
+            (_, Some(error)) => Err(error),
+            (Err(error), None) => Err(error.into()),
+            (Ok(()), None) => Ok(()),
+        };
         if result.is_err() {
             self.writers.clear();
             self.rebuild = true;
@@ -240,13 +277,24 @@ impl Indexer {
 
     /// Adds one durable batch to the partition writers of its events' days.
     pub fn add(&mut self, batch: IndexBatch) -> Result<(), IndexError> {
+        let next = CommitPayload {
+            log: batch.span.end,
+            seq: batch.next_seq(),
+        };
         if self.rebuild {
-            self.indexed = batch.span.end;
+            self.indexed = next;
             return Ok(());
         }
         self.batches += 1;
-        let IndexBatch { span, mut batch } = batch;
-        let events = batch.events.len();
+        let IndexBatch {
+            span,
+            first_seq,
+            mut batch,
+        } = batch;
+        let record_start = CommitPayload {
+            log: span.start,
+            seq: first_seq,
+        };
         for (i, event) in batch.events.iter_mut().enumerate() {
             let day = day_of(timestamp_micros(event.time.as_ref()));
             let body = &mut self.body;
@@ -257,14 +305,14 @@ impl Indexer {
                 &self.settings,
                 day,
                 self.batches,
-                span.start,
+                record_start,
             )?;
-            if span.start < writer.skip_below {
+            if first_seq < writer.skip_below {
                 continue;
             }
-            let doc =
-                self.schema
-                    .document(event, event_seq(&span, events, i), &batch.batch_id, body);
+            let doc = self
+                .schema
+                .document(event, first_seq + i as u64, &batch.batch_id, body);
             writer
                 .writer
                 .add_document(doc)
@@ -277,7 +325,7 @@ impl Indexer {
             writer.last_write = Instant::now();
             writer.compacted = false;
         }
-        self.indexed = span.end;
+        self.indexed = next;
         Ok(())
     }
 
@@ -300,7 +348,8 @@ impl Indexer {
         write_checkpoint(
             &self.checkpoint_path,
             &Checkpoint {
-                wal_position: position,
+                wal_position: position.log,
+                next_seq: position.seq,
                 partitions: self
                     .ledger
                     .iter()
@@ -309,11 +358,13 @@ impl Indexer {
             },
         )?;
         self.committed = position;
-        self.positions.checkpoint.store(position, Ordering::Release);
-        self.searchable.send_replace(position);
+        self.positions
+            .checkpoint
+            .store(position.log, Ordering::Release);
+        self.searchable.send_replace(position.seq);
         metrics::counter!(m::COMMITS).increment(1);
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::gauge!(m::INDEXED_POSITION).set(position as f64);
+        metrics::gauge!(m::INDEXED_POSITION).set(position.log as f64);
         if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             metrics::gauge!(m::LAST_COMMIT_SECONDS).set(now.as_secs_f64());
         }
@@ -415,24 +466,21 @@ impl Indexer {
 ///
 /// Why: a commit's cost grows with the events it flushes, and each commit
 /// leaves segments that merges must re-read. A short interval keeps data
-/// fresh at moderate load; at full load a fixed 500 ms interval cost 7 %
-/// of the throughput against 1 s. Measured on 1 M events (2 cores): with a
-/// 500 ms interval and a spacing of 3, time to searchable p99 at half the
-/// maximum rate is 0.8 s (1.36 s with a fixed 1 s), and the full rate is
-/// 106-108 k events/s (100-107 k with a fixed 1 s). A spacing of 4 gave
-/// 111-113 k but p99 1.03 s. With the spacing following the last three
-/// commits (`PACED_COMMITS`), a 300 ms interval gave half-rate p99
-/// 0.47-0.69 s in five runs (500 ms: 0.68-1.09 s in six), and the same
-/// full rate within noise (3 pairs: 84-93 k against 88-91 k).
+/// fresh at moderate load, but at full load a fixed short interval cost
+/// throughput. A spacing of 3 kept the full rate and the half-rate time to
+/// searchable both near their best; 4 bought a little rate for a worse
+/// tail (the runs: docs/benchmarks-history.md; today's figures:
+/// BENCHMARKS.md, Ingest).
 const COMMIT_SPACING: u32 = 3;
 
 /// How many recent commits must all be slow before commits space out.
 ///
 /// Why not the last one alone: one commit slowed by the disk or a
-/// neighbour (0.5-1 s among commits of ~80 ms, seen at half rate on this
-/// machine) then held the next one back 3 s, and time to searchable p99
-/// went from ~0.7 s to 3.1 s in one run of four. Heavy load slows every
-/// commit, so the shortest of the last three still sees it.
+/// neighbour (ten times its neighbours, seen at half rate on this
+/// machine) then held the next one back three times as long, and the time
+/// to searchable p99 grew fourfold in one run of four
+/// (docs/benchmarks-history.md). Heavy load slows every commit, so the
+/// shortest of the last three still sees it.
 const PACED_COMMITS: usize = 3;
 
 /// The last `PACED_COMMITS` commit durations, to pace the next commit.
@@ -462,7 +510,7 @@ fn writer_for<'a>(
     settings: &IndexerSettings,
     day: Day,
     batch: u64,
-    record_start: u64,
+    record_start: CommitPayload,
 ) -> Result<&'a mut OpenWriter, IndexError> {
     if !writers.contains_key(&day) {
         if writers.len() >= settings.max_open_writers {
@@ -483,7 +531,7 @@ fn writer_for<'a>(
             }
         }
         let partition = partitions.get_or_create(day)?;
-        let skip_below = partition.committed_position()?;
+        let skip_below = partition.committed()?.seq;
         let writer = partition
             .index
             .writer_with_num_threads(settings.writer_threads, settings.writer_heap_bytes)
@@ -519,7 +567,7 @@ fn writer_for<'a>(
 /// searcher and notes what it now holds in `ledger`.
 fn commit_writer(
     open: &mut OpenWriter,
-    position: u64,
+    position: CommitPayload,
     ledger: &mut BTreeMap<Day, PartitionLedger>,
 ) -> Result<(), IndexError> {
     let path = open.partition.path.clone();
@@ -529,7 +577,7 @@ fn commit_writer(
     };
     crate::failpoint::io("index::commit").map_err(|e| tantivy_err(e.into()))?;
     let mut prepared = open.writer.prepare_commit().map_err(tantivy_err)?;
-    prepared.set_payload(&position.to_string());
+    prepared.set_payload(&position.encode());
     prepared.commit().map_err(tantivy_err)?;
     open.partition.reader.reload().map_err(tantivy_err)?;
     note_segment_times(&open.partition, &open.segment_times);
@@ -538,7 +586,7 @@ fn commit_writer(
         open.partition.day,
         PartitionLedger {
             events: open.partition.reader.searcher().num_docs(),
-            committed: position,
+            committed: position.log,
         },
     );
     Ok(())
@@ -561,7 +609,7 @@ fn wait_merging(open: OpenWriter) -> Result<(), IndexError> {
 }
 
 pub fn checkpoint_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("checkpoint.json")
+    crate::datadir::DataDir::new(data_dir).checkpoint()
 }
 
 /// The checkpoint of the last run; position 0 when there is none.
@@ -584,19 +632,8 @@ pub fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<(), Inde
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(checkpoint).expect("a checkpoint serializes");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
-        file.write_all(&bytes).map_err(err)?;
-        file.sync_all().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        crate::wal::segment::sync_dir(dir).map_err(err)?;
-    }
-    Ok(())
+    crate::datadir::write_atomically(path, &bytes, false).map_err(err)
 }
 
 #[cfg(test)]

@@ -129,8 +129,8 @@ impl IngestService {
                 metrics::counter!(m::BATCHES_DEDUPLICATED).increment(1);
                 if wait_for == WaitFor::Searchable {
                     // Where the first attempt landed is not remembered;
-                    // everything durable now covers it.
-                    self.wait_searchable(self.positions.end.load(Ordering::Acquire))
+                    // everything acknowledged now covers it.
+                    self.wait_searchable(self.positions.next_seq.load(Ordering::Acquire))
                         .await?;
                 }
                 return Ok(response(ids));
@@ -150,6 +150,8 @@ impl IngestService {
                     event.id = next_id(&mut ids, now);
                 }
                 event.received = Some(received);
+                // The log gives every event its seq.
+                event.seq = 0;
                 // Event time is kept to the microsecond, as it is indexed.
                 let time = event
                     .time
@@ -172,10 +174,10 @@ impl IngestService {
             batch_id: batch_id.clone(),
             events: request.events,
         };
-        let payload = batch.encode_to_vec();
+        let body = batch.encode_to_vec();
         let (reply, replied) = oneshot::channel();
         let append = AppendRequest {
-            payload,
+            body,
             batch,
             reply,
             permit: Some(permit),
@@ -191,7 +193,7 @@ impl IngestService {
                 ))
             }
         }
-        let span = replied
+        let appended = replied
             .await
             .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
             .map_err(IngestError::Unavailable)?;
@@ -199,7 +201,7 @@ impl IngestService {
             guard.complete(ids.clone(), now);
         }
         if wait_for == WaitFor::Searchable {
-            self.wait_searchable(span.end).await?;
+            self.wait_searchable(appended.next_seq).await?;
         }
         metrics::counter!(m::BATCHES_INGESTED).increment(1);
         metrics::counter!(m::EVENTS_INGESTED).increment(ids.len() as u64);
@@ -207,11 +209,11 @@ impl IngestService {
         Ok(response(ids))
     }
 
-    /// Returns once every WAL record below `position` is searchable.
-    async fn wait_searchable(&self, position: u64) -> Result<(), IngestError> {
+    /// Returns once every event with a seq below `next_seq` is searchable.
+    async fn wait_searchable(&self, next_seq: u64) -> Result<(), IngestError> {
         let mut searchable = self.searchable.clone();
         searchable
-            .wait_for(|indexed| *indexed >= position)
+            .wait_for(|indexed| *indexed >= next_seq)
             .await
             .map(|_| ())
             .map_err(|_| {

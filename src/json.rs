@@ -46,6 +46,10 @@ pub struct JsonEvent {
     pub after: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// The event's place in the log's order (dense, from 0). Output only;
+    /// ignored on input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// Pryv's `:_audit:access-{accessId}` and `:_audit:action-{action}`.
     /// Output only; ignored on input.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -126,6 +130,8 @@ impl JsonEvent {
             before: self.before,
             after: self.after,
             attributes: self.attributes,
+            // Set by the server; a client value is ignored.
+            seq: 0,
         })
     }
 
@@ -164,6 +170,7 @@ impl JsonEvent {
             before: event.before,
             after: event.after,
             attributes: event.attributes,
+            seq: Some(event.seq),
             stream_ids,
         }
     }

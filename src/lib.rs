@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod datadir;
 pub mod failpoint;
 pub mod gen;
 pub mod grpc;
@@ -23,7 +24,9 @@ pub mod json;
 pub mod merge;
 pub mod messages;
 pub mod metrics;
+pub mod migrate;
 pub mod partition;
+pub mod record;
 pub mod recover;
 pub mod schema;
 pub mod search;
@@ -34,7 +37,7 @@ pub mod validate;
 pub mod wal;
 
 pub use config::Config;
-pub use server::{run, Listeners};
+pub use server::{run, run_on, Listeners, LogChoice};
 
 /// The generated gRPC types of `proto/audit/v1/audit.proto`.
 pub mod proto {

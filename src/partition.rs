@@ -10,6 +10,7 @@ use tantivy::directory::MmapDirectory;
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy};
 
+use crate::messages::CommitPayload;
 use crate::schema::AuditSchema;
 
 /// Width of one partition.
@@ -34,7 +35,7 @@ pub enum PartitionError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: commit payload {payload:?} is not a WAL position")]
+    #[error("{path}: commit payload {payload:?} is not a WAL position and seq")]
     BadPayload { path: PathBuf, payload: String },
     #[error(
         "{path}: {detail}. This build reads only SSTable term dictionaries; \
@@ -60,9 +61,9 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// The WAL position this partition's last commit covers: every record
-    /// that starts below it and holds events of this day is in the index.
-    pub fn committed_position(&self) -> Result<u64, PartitionError> {
+    /// What this partition's last commit covers: every record that starts
+    /// below its log position and holds events of this day is in the index.
+    pub fn committed(&self) -> Result<CommitPayload, PartitionError> {
         let metas = self
             .index
             .load_metas()
@@ -71,11 +72,13 @@ impl Partition {
                 source,
             })?;
         match metas.payload {
-            None => Ok(0),
-            Some(payload) => payload.parse().map_err(|_| PartitionError::BadPayload {
-                path: self.path.clone(),
-                payload,
-            }),
+            None => Ok(CommitPayload::default()),
+            Some(payload) => {
+                CommitPayload::parse(&payload).ok_or_else(|| PartitionError::BadPayload {
+                    path: self.path.clone(),
+                    payload,
+                })
+            }
         }
     }
 }
@@ -210,7 +213,7 @@ pub fn verify_partition(
     schema: &AuditSchema,
 ) -> Result<Partition, PartitionError> {
     let partition = open_partition(path, day, schema, false)?;
-    partition.committed_position()?;
+    partition.committed()?;
     let damaged =
         partition
             .index
@@ -305,15 +308,16 @@ fn check_dictionaries(
 /// must build the same index to be a fair limit).
 pub fn index_settings() -> IndexSettings {
     IndexSettings {
-        // Level 6 rather than zstd's default 3: 3.5 bytes an event less
-        // (62 -> 58 of the doc store, 1 M events) at no measurable cost in
-        // indexing rate; level 8 saves 0.7 more at 15 % of the rate.
+        // Level 6 rather than zstd's default 3: a smaller doc store at no
+        // measurable cost in indexing rate, where higher levels cost rate
+        // (BENCHMARKS.md, Disk; the runs: docs/benchmarks-history.md).
         // Decompression, which fetching pays, is as fast at either level.
         docstore_compression: Compressor::Zstd(ZstdCompressor {
             compression_level: Some(6),
         }),
-        // 64 KiB blocks (Tantivy's default is 16 KiB): a tenth less disk;
-        // a fetched event costs one block's decompression.
+        // 64 KiB blocks (Tantivy's default is 16 KiB): less disk
+        // (BENCHMARKS.md, Disk); a fetched event costs one block's
+        // decompression.
         docstore_blocksize: 64 << 10,
         ..IndexSettings::default()
     }

@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::indexer::{checkpoint_path, read_checkpoint, write_checkpoint, IndexError};
-use crate::messages::{Checkpoint, IndexBatch};
+use crate::messages::{Checkpoint, CommitPayload};
 use crate::partition::{day_of, format_day, parse_day, verify_partition, Day};
+use crate::record::LogRecord;
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::server::ServerError;
 use crate::wal::{SkippedDamage, Wal, WalError};
@@ -99,6 +100,9 @@ pub struct DamagedPartition {
 pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
     let data_dir = &config.data_dir;
     let _lock = crate::server::lock_data_dir(data_dir)?;
+    crate::datadir::DataDir::new(data_dir)
+        .format()
+        .map_err(ServerError::from)?;
     let checkpoint = read_checkpoint(data_dir)?;
     let mut report = RecoverReport {
         checkpoint_before: checkpoint.wal_position,
@@ -170,7 +174,9 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
             if known.is_empty() {
                 return Ok(());
             }
-            let batch = IndexBatch::decode(record)?;
+            let LogRecord::Batch(batch) = crate::record::decode(record)? else {
+                return Ok(());
+            };
             for event in &batch.batch.events {
                 let day = day_of(timestamp_micros(event.time.as_ref()));
                 if let Some(known) = known.get(&day) {
@@ -231,6 +237,7 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
         &checkpoint_path(data_dir),
         &Checkpoint {
             wal_position: report.checkpoint_after,
+            next_seq: checkpoint.next_seq,
             partitions: ledger,
         },
     )?;
@@ -275,7 +282,7 @@ fn metadata_ledger(path: &Path) -> Option<(u64, u64)> {
     let committed = metas
         .payload
         .as_deref()
-        .map_or(Some(0), |p| p.parse().ok())?;
+        .map_or(Some(0), |p| CommitPayload::parse(p).map(|c| c.log))?;
     let events = metas.segments.iter().map(|s| u64::from(s.num_docs())).sum();
     Some((events, committed))
 }

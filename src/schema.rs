@@ -77,8 +77,9 @@ pub struct AuditSchema {
     /// Every string field but the id and the addresses, for free-text
     /// search.
     pub text: Field,
-    /// Log-order sequence number (`messages::event_seq`): tie-break for
-    /// equal times, and the snapshot that keeps paging stable.
+    /// The event's dense seq (its place in the log's order, from 0): the
+    /// tie-break for equal times, the snapshot that keeps paging stable,
+    /// and `AuditEvent.seq` on the way out.
     pub seq: Field,
     pub batch_id: Field,
     pub body: Field,
@@ -295,8 +296,9 @@ pub fn register_tokenizers(index: &Index) {
 /// as one can be).
 ///
 /// Why not the id itself: ids are unique, so each is one more term in the
-/// dictionary, and a 25-character random id took 30 bytes an event there,
-/// a fifth of the index. Ten random bytes take about a third of that.
+/// dictionary, and a 25-character random id took a fifth of the index
+/// there. Ten random bytes take about a third of that (BENCHMARKS.md,
+/// Disk).
 /// Two ids can share a key (a chance of n / 2^64 for a given id among n
 /// events); `Searcher::get` therefore compares the stored id, and a
 /// `query` of `id:x` could, that rarely, also return the other event.

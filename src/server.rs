@@ -23,20 +23,24 @@ use tonic::service::interceptor::InterceptedService;
 use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, TokenStore};
 use crate::config::Config;
+use crate::datadir::{DataDir, Format, FormatError};
 use crate::grpc::{AuditLogService, Authenticate, TokensService};
 use crate::idempotency::Idempotency;
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
-use crate::messages::{AppendRequest, IndexBatch, ToIndexer};
+use crate::messages::{AppendRequest, CommitPayload, ToIndexer};
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
 use crate::proto::tokens_server::TokensServer;
+use crate::record::LogRecord;
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::Searcher;
 use crate::status::{Health, PipelineStatus};
 use crate::tls::{TlsError, TlsMaterial};
 use crate::wal::group_commit::{self, WalPositions};
-use crate::wal::{Wal, WalError};
+use crate::wal::log::FileReader;
+use crate::wal::memory::{MemoryLog, MemoryStore};
+use crate::wal::{Log, LogReader, Record, ReplayReport, Wal, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -78,8 +82,58 @@ pub enum ServerError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
     #[error("a pipeline thread panicked: {0}")]
     Panicked(&'static str),
+}
+
+/// Which log the pipeline runs on: the local segment files under the data
+/// directory (what `run` uses), or a store in memory (tests: the whole
+/// pipeline on the in-memory log, restarts included).
+#[derive(Clone, Default)]
+pub enum LogChoice {
+    #[default]
+    Local,
+    Memory(Arc<MemoryStore>),
+}
+
+impl LogChoice {
+    fn reader(&self, config: &Config) -> Box<dyn LogReader> {
+        match self {
+            LogChoice::Local => Box::new(FileReader {
+                dir: DataDir::new(&config.data_dir).wal(),
+            }),
+            LogChoice::Memory(store) => Box::new(store.clone()),
+        }
+    }
+
+    /// Opens the log and hands every record at or after `from` to `visit`.
+    fn open(
+        &self,
+        config: &Config,
+        from: u64,
+        visit: impl FnMut(Record<'_>) -> Result<(), WalError>,
+    ) -> Result<(Box<dyn Log>, ReplayReport), WalError> {
+        match self {
+            LogChoice::Local => {
+                let dir = DataDir::new(&config.data_dir).wal();
+                let (segment_bytes, recovery) = (config.wal.segment_bytes, config.wal.recovery);
+                let (wal, report) = Wal::open(&dir, from, segment_bytes, recovery, visit)?;
+                Ok((Box::new(wal), report))
+            }
+            LogChoice::Memory(store) => {
+                let mut report = ReplayReport::default();
+                let mut visit = visit;
+                let log = MemoryLog::open(store.clone(), from, |record| {
+                    report.records += 1;
+                    report.bytes += record.end - record.start;
+                    visit(record)
+                })?;
+                Ok((Box::new(log), report))
+            }
+        }
+    }
 }
 
 /// How long HTTPS connections may finish their requests at shutdown.
@@ -113,6 +167,16 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    run_on(config, listeners, shutdown, LogChoice::Local).await
+}
+
+/// [`run`], on the log `log`.
+pub async fn run_on(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    log: LogChoice,
+) -> Result<(), ServerError> {
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
     let streams = StreamSettings {
@@ -121,7 +185,7 @@ pub async fn run(
         tasks: tasks.clone(),
     };
     let tls = TlsMaterial::load(&config.tls)?;
-    let mut pipeline = Pipeline::start(&config, streams)?;
+    let mut pipeline = Pipeline::start(&config, streams, log)?;
     let transports = match Transports::serve(&config, listeners, &pipeline, tls, stop, tasks).await
     {
         Ok(transports) => transports,
@@ -163,32 +227,47 @@ struct Pipeline {
     app: Option<App>,
     positions: Arc<WalPositions>,
     memo: Arc<Idempotency>,
-    searchable: tokio::sync::watch::Receiver<u64>,
     checkpoint: u64,
+    /// The seq after the last event the index held at start-up.
+    indexed_seq: u64,
+    log: LogChoice,
     /// The indexer queue's sender, handed to the WAL thread after replay.
     index_tx: Option<Sender<ToIndexer>>,
     /// The WAL queue's receiver, handed to the WAL thread after replay.
     wal_rx: Option<Receiver<AppendRequest>>,
     indexer: JoinHandle<Result<(), IndexError>>,
-    wal_thread: Option<JoinHandle<Result<Wal, WalError>>>,
+    wal_thread: Option<JoinHandle<Result<Box<dyn Log>, WalError>>>,
 }
 
 impl Pipeline {
     /// Locks the data directory and starts every stage but the WAL thread,
     /// which starts once replay has run. The indexer is the last thing
     /// started, so nothing fails after it.
-    fn start(config: &Config, streams: StreamSettings) -> Result<Pipeline, ServerError> {
+    fn start(
+        config: &Config,
+        streams: StreamSettings,
+        log: LogChoice,
+    ) -> Result<Pipeline, ServerError> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
         let lock = lock_data_dir(&data_dir)?;
+        let layout = DataDir::new(&data_dir);
+        if layout.format()? == Format::Fresh {
+            layout
+                .write_format()
+                .map_err(|source| ServerError::DataDir {
+                    path: layout.format_file(),
+                    source,
+                })?;
+        }
 
         let (tokens, first_admin) = TokenStore::open(&data_dir)?;
         let tokens = Arc::new(tokens);
         if let Some(secret) = first_admin {
-            let file = data_dir.join(crate::auth::ADMIN_TOKEN_FILE);
+            let file = layout.admin_token();
             // Shown once; the file keeps it for auditctl.
             println!(
                 "first start: admin token {secret}\n(also written to {}, readable by its owner only)",
@@ -202,7 +281,7 @@ impl Pipeline {
         };
         let partitions = Arc::new(
             Partitions::open(
-                &data_dir.join("index"),
+                &layout.index(),
                 AuditSchema::new(),
                 config.index.verify_on_start,
             )
@@ -223,7 +302,15 @@ impl Pipeline {
         positions
             .checkpoint
             .store(checkpoint.wal_position, Ordering::Release);
-        let (searchable_tx, searchable) = tokio::sync::watch::channel(checkpoint.wal_position);
+        // The seq after the last indexed event: the checkpoint's, or a
+        // partition's when one committed after it (a crash between the two).
+        let indexed_seq = partitions
+            .overlapping(None, None)
+            .iter()
+            .filter_map(|p| p.committed().ok())
+            .map(|c| c.seq)
+            .fold(checkpoint.next_seq, u64::max);
+        let (searchable_tx, searchable) = tokio::sync::watch::channel(indexed_seq);
         let searcher = Searcher::new(
             partitions.clone(),
             config.limits.clone(),
@@ -267,7 +354,11 @@ impl Pipeline {
                 },
             },
             &data_dir,
-            checkpoint.wal_position,
+            log.reader(config),
+            CommitPayload {
+                log: checkpoint.wal_position,
+                seq: indexed_seq,
+            },
             positions.clone(),
             searchable_tx,
         )
@@ -278,8 +369,9 @@ impl Pipeline {
             app: Some(app),
             positions,
             memo,
-            searchable,
             checkpoint: checkpoint.wal_position,
+            indexed_seq,
+            log,
             index_tx: Some(index_tx),
             wal_rx: Some(wal_rx),
             indexer,
@@ -298,15 +390,18 @@ impl Pipeline {
     async fn replay(&mut self, config: &Config) -> Result<(), ServerError> {
         let started = Instant::now();
         let data_dir = config.data_dir.clone();
-        let wal_dir = crate::wal::dir(&data_dir);
-        let (segment_bytes, recovery) = (config.wal.segment_bytes, config.wal.recovery);
         let from = self.checkpoint;
+        let (log, opening) = (self.log.clone(), config.clone());
         let index_tx = self.index_tx.clone().expect("replay runs once");
         let replay_tx = index_tx.clone();
         let memo = self.memo.clone();
-        let (wal, report) = tokio::task::spawn_blocking(move || {
-            Wal::open(&wal_dir, from, segment_bytes, recovery, |record| {
-                let replayed = IndexBatch::decode(record)?;
+        let mut next_seq = self.indexed_seq;
+        let (wal, report, next_seq) = tokio::task::spawn_blocking(move || {
+            let (wal, report) = log.open(&opening, from, |record| {
+                let LogRecord::Batch(replayed) = crate::record::decode(record)? else {
+                    return Ok(());
+                };
+                next_seq = next_seq.max(replayed.next_seq());
                 let batch = &replayed.batch;
                 if !batch.batch_id.is_empty() {
                     let received = batch
@@ -319,7 +414,8 @@ impl Pipeline {
                 replay_tx
                     .send(ToIndexer::Batch(replayed))
                     .map_err(|_| WalError::IndexerGone)
-            })
+            })?;
+            Ok((wal, report, next_seq))
         })
         .await
         .map_err(|_| ServerError::Panicked("wal replay"))?
@@ -331,12 +427,11 @@ impl Pipeline {
             other => ServerError::Wal(other),
         })?;
         // Serve only once what was replayed is searchable.
-        let replayed_to = wal.end();
+        let (committed, replayed_committed) = tokio::sync::oneshot::channel();
         index_tx
-            .send(ToIndexer::Commit)
+            .send(ToIndexer::Commit(committed))
             .map_err(|_| WalError::IndexerGone)?;
-        self.searchable
-            .wait_for(|indexed| *indexed >= replayed_to)
+        replayed_committed
             .await
             .map_err(|_| WalError::IndexerGone)?;
         metrics::histogram!(crate::metrics::REPLAY_SECONDS).record(started.elapsed().as_secs_f64());
@@ -350,6 +445,7 @@ impl Pipeline {
         self.wal_thread = Some(group_commit::spawn(
             wal,
             config.wal.sync_policy(),
+            next_seq,
             self.wal_rx.take().expect("replay runs once"),
             self.index_tx.take().expect("replay runs once"),
             self.positions.clone(),
@@ -379,8 +475,8 @@ impl Pipeline {
             let checkpoint = self.positions.checkpoint.load(Ordering::Acquire);
             // Not fatal: replay skips what the checkpoint covers anyway.
             if let Err(error) = wal
-                .remove_below(checkpoint)
-                .and_then(|_| wal.retire_indexed_active(checkpoint, 1))
+                .trim(checkpoint)
+                .and_then(|_| wal.retire_indexed(checkpoint, 1))
             {
                 tracing::warn!(%error, "could not drop the indexed write-ahead log at shutdown");
             }
@@ -590,7 +686,7 @@ async fn join<T: Send + 'static>(
 /// An exclusive lock on `<data_dir>/LOCK`, held while the daemon runs: two
 /// daemons on one WAL would corrupt it.
 pub(crate) fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
-    let path = data_dir.join("LOCK");
+    let path = DataDir::new(data_dir).lock();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -79,6 +79,8 @@ async fn an_idle_past_day_is_merged_to_one_segment_and_loses_nothing() {
         .expect("get_event")
         .into_inner();
     assert!(got.received.take().is_some(), "the daemon sets received");
+    assert_eq!(got.seq, 500, "the 501st event the log took");
+    got.seq = 0;
     assert_eq!(got, events[500]);
 
     // A late event for that day is still taken, beside the merged segment.

@@ -2,8 +2,9 @@
 //! that record every acknowledged id, and a SIGKILL at a random moment —
 //! mid-batch, mid-commit, mid-rotation (small segments, frequent commits),
 //! or during start-up replay — cycle after cycle. At the end every
-//! acknowledged id must be searchable exactly once, and nothing else may
-//! appear but events that were sent.
+//! acknowledged id must be searchable exactly once, nothing else may
+//! appear but events that were sent, and the stored events' seqs are
+//! exactly 0..n.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use auditd::proto::{AuditEvent, IngestRequest};
+use auditd::proto::{AuditEvent, IngestRequest, SearchRequest};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -143,8 +144,30 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
             .unwrap_or_else(|| panic!("{} was never sent", event.id));
         let mut stored = event.clone();
         stored.received = None;
+        stored.seq = 0;
         assert_eq!(&stored, original, "{} came back damaged", event.id);
     }
+    // Every stored event, the trail of the reads above included, has a
+    // seq of its own, and together they are 0..n: no gap, no repeat,
+    // whatever the kills interrupted.
+    let (trail, _) = search_all(
+        &mut client,
+        SearchRequest {
+            types: vec![auditd::app::trail::TRAIL_TYPE.into()],
+            limit: 10_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut seqs: Vec<u64> = found.iter().chain(&trail).map(|e| e.seq).collect();
+    seqs.sort_unstable();
+    let dense: Vec<u64> = (0..seqs.len() as u64).collect();
+    assert!(
+        seqs == dense,
+        "seqs are not 0..{}: first difference at {:?}",
+        seqs.len(),
+        seqs.iter().zip(&dense).position(|(a, b)| a != b)
+    );
     eprintln!(
         "crash loop: {cycles} kills, {} acknowledged, {} stored (the rest were in flight), 0 lost",
         acknowledged.len(),

@@ -5,6 +5,7 @@
 
 mod common;
 
+use auditd::record::{self, RecordKind};
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
@@ -83,6 +84,9 @@ async fn events_acknowledged_before_a_kill_are_replayed_from_the_wal() {
 /// Writes batches straight into a WAL, as an ingest would, with nothing
 /// indexed: start-up must replay them. Returns each record's span.
 fn write_wal(data_dir: &Path, batches: &[Vec<AuditEvent>]) -> Vec<(u64, u64)> {
+    auditd::datadir::DataDir::new(data_dir)
+        .write_format()
+        .unwrap();
     let (mut wal, _) = Wal::open(
         &data_dir.join("wal"),
         0,
@@ -92,6 +96,7 @@ fn write_wal(data_dir: &Path, batches: &[Vec<AuditEvent>]) -> Vec<(u64, u64)> {
     )
     .unwrap();
     let mut spans = Vec::new();
+    let mut next_seq = 0;
     for events in batches {
         let mut events = events.clone();
         for e in &mut events {
@@ -101,7 +106,9 @@ fn write_wal(data_dir: &Path, batches: &[Vec<AuditEvent>]) -> Vec<(u64, u64)> {
             batch_id: String::new(),
             events,
         };
-        let span = wal.append(&batch.encode_to_vec()).unwrap();
+        let header = record::header(RecordKind::Batch, next_seq);
+        next_seq += batch.events.len() as u64;
+        let span = wal.append(&[&header, &batch.encode_to_vec()]).unwrap();
         spans.push((span.start, span.end));
     }
     wal.sync().unwrap();
@@ -261,8 +268,9 @@ async fn recover_skips_exactly_the_damaged_record_at_any_offset() {
             1 << 20,
             Recovery::Strict,
             |record| {
-                let batch = auditd::messages::IndexBatch::decode(record)?;
-                replayed.extend(batch.batch.events.into_iter().map(|e| e.id));
+                if let record::LogRecord::Batch(batch) = record::decode(record)? {
+                    replayed.extend(batch.batch.events.into_iter().map(|e| e.id));
+                }
                 Ok(())
             },
         )

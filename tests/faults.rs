@@ -144,8 +144,9 @@ fn actions_in_wal(data_dir: &std::path::Path) -> Vec<String> {
     let first = auditd::wal::segment::list(&dir).unwrap()[0].start;
     let mut actions = Vec::new();
     auditd::wal::Wal::open(&dir, first, 64 << 20, Default::default(), |record| {
-        let batch = auditd::messages::IndexBatch::decode(record)?;
-        actions.extend(batch.batch.events.into_iter().map(|e| e.action));
+        if let auditd::record::LogRecord::Batch(batch) = auditd::record::decode(record)? {
+            actions.extend(batch.batch.events.into_iter().map(|e| e.action));
+        }
         Ok(())
     })
     .unwrap();

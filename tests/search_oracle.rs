@@ -267,7 +267,7 @@ async fn random_searches_match_a_brute_force_filter() {
     );
 
     // Each filter alone once more, on the full page path, and GetEvent.
-    for e in events.iter().step_by(397) {
+    for (i, e) in events.iter().enumerate().step_by(397) {
         let got = client
             .get_event(GetEventRequest { id: e.id.clone() })
             .await
@@ -275,6 +275,8 @@ async fn random_searches_match_a_brute_force_filter() {
             .into_inner();
         let mut stored = got.clone();
         assert!(stored.received.take().is_some(), "the server sets received");
+        // Ingested in order before any read: the seq is the index.
+        assert_eq!(std::mem::take(&mut stored.seq), i as u64);
         assert_eq!(&stored, e, "GetEvent returns the event as sent");
     }
     let missing = client

@@ -4,10 +4,8 @@
 
 use std::path::Path;
 
-use auditd::messages::event_seq;
 use auditd::proto::AuditEvent;
 use auditd::schema::{micros_to_timestamp, AuditSchema};
-use auditd::wal::Span;
 
 /// Events per batch, as `scripts/bench_ingest.sh` sends them
 /// (`auditctl load --batch-size 1000`): each batch's events carry its id
@@ -44,19 +42,13 @@ pub fn index_all(
     let mut writer: tantivy::IndexWriter =
         index.writer_with_num_threads(threads, heap_bytes).unwrap();
     let mut body = Vec::new();
-    // One record as long as its events: seq is then the event's ordinal,
-    // the cheapest column there is.
-    let n = events.len();
-    let record = Span {
-        start: 0,
-        end: n as u64,
-    };
+    // Seq is the event's ordinal, as the daemon's dense seqs are.
     let mut batch_id = String::new();
     for (i, event) in events.iter_mut().enumerate() {
         if i % BATCH_EVENTS == 0 {
             batch_id = format!("load-01KAW3C7Z6RX3V9Q2N8M4T5Y1B-{}", i / BATCH_EVENTS);
         }
-        let seq = event_seq(&record, n, i);
+        let seq = i as u64;
         writer
             .add_document(schema.document(event, seq, &batch_id, &mut body))
             .unwrap();

@@ -9,7 +9,7 @@ use clap::Parser;
 /// mimalloc rather than the system allocator: the write path allocates
 /// per field of every event (protobuf strings, Tantivy documents) on many
 /// threads, where glibc's per-thread arenas cost time and keep freed
-/// memory. See BENCHMARKS.md for what it changed.
+/// memory. See docs/benchmarks-history.md for what it changed.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -48,6 +48,15 @@ enum Command {
     /// exactly how many events could not be recovered. Changes nothing
     /// when no partition is damaged.
     Recover,
+    /// With the daemon stopped: rewrite a data directory written by an
+    /// older auditd (data format 1) into this one's format, losing
+    /// nothing. The next start re-indexes every event.
+    Migrate {
+        /// Keep the old index and log in <data_dir>/format-1/ (deleted
+        /// otherwise, once the new directory is complete).
+        #[arg(long)]
+        keep_old: bool,
+    },
 }
 
 #[tokio::main]
@@ -76,13 +85,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    if let Some(Command::Recover) = args.command {
+    if let Some(command) = &args.command {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
             .init();
-        let report = auditd::recover::recover(&config)?;
-        print!("{report}");
+        match command {
+            Command::Recover => print!("{}", auditd::recover::recover(&config)?),
+            Command::Migrate { keep_old } => {
+                print!("{}", auditd::migrate::migrate(&config, *keep_old)?)
+            }
+        }
         return Ok(());
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)

@@ -65,7 +65,8 @@ pub struct Searcher {
 }
 
 /// Where a page ends: the last event's (time, seq), and the snapshot the
-/// first page saw, so later pages see the same set of events.
+/// first page saw (the seq after the last event searchable then), so
+/// later pages see the same set of events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cursor {
     time: i64,
@@ -74,9 +75,10 @@ struct Cursor {
     ascending: bool,
 }
 
-/// `p2`: seq and snapshot as `messages::event_seq` spreads them over the
-/// record's bytes (`p1` tokens held `position << 16`).
-const PAGE_TOKEN_VERSION: &str = "p2";
+/// `p3`: seq and snapshot are dense event seqs (data format 2). `p2`
+/// tokens held byte-derived seqs and `p1` tokens `position << 16`; both
+/// are refused as not a page token.
+const PAGE_TOKEN_VERSION: &str = "p3";
 
 /// How many events sharing an id's index key `get` fetches to find the one
 /// with that id. Keys of two different ids collide about never; the same id
@@ -313,6 +315,7 @@ impl Searcher {
                     .first(hit.address.doc_id)
                     .ok_or_else(|| corrupt("no received time".into()))?;
                 restore_times(&mut event, hit.time, received);
+                event.seq = hit.seq;
                 Ok(event)
             })
             .collect()
@@ -389,7 +392,7 @@ impl Searcher {
                     // Through the term dictionary (`ip` has no fast
                     // column): a CIDR block holds few of the addresses
                     // seen, and reading their postings beat scanning every
-                    // event's address, 19 -> 6 ms p99 on 10 M events.
+                    // event's address (docs/benchmarks-history.md, CIDR).
                     any.push(Box::new(InvertedIndexRangeQuery::new(
                         Bound::Included(Term::from_field_ip_addr(s.ip, lo)),
                         Bound::Included(Term::from_field_ip_addr(s.ip, hi)),

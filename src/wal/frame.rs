@@ -19,11 +19,25 @@ pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
 
 /// Appends one frame holding `payload` to `out`.
 pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(payload.len() <= MAX_PAYLOAD_LEN);
-    let len = (payload.len() as u32).to_le_bytes();
+    encode_parts(&[payload], out);
+}
+
+/// Appends one frame whose payload is `parts` one after the other (a
+/// record's header and body, without copying them together first).
+pub fn encode_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    debug_assert!(total <= MAX_PAYLOAD_LEN);
+    let len = (total as u32).to_le_bytes();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len);
+    for part in parts {
+        hasher.update(part);
+    }
     out.extend_from_slice(&len);
-    out.extend_from_slice(&checksum(len, payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&hasher.finalize().to_le_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
 }
 
 /// Appends a *skip* frame of exactly `total` bytes (header included, at

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Span, SyncPolicy, Wal, WalError};
-use crate::messages::{AppendRequest, IndexBatch, ToIndexer};
+use super::{Log, SyncPolicy, WalError};
+use crate::messages::{AppendRequest, Appended, IndexBatch, ToIndexer};
 use crate::metrics as m;
+use crate::record::{self, RecordKind};
 use crate::status::{PipelineStatus, WorkerGuard};
 
 /// Most records one group writes before it syncs. Bounds the latency of the
@@ -22,7 +23,7 @@ pub const MAX_GROUP_RECORDS: usize = 256;
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 
 /// An idle log whose records are all indexed swaps its active segment for
-/// an empty one once that holds this much (`Wal::retire_indexed_active`):
+/// an empty one once that holds this much (`Log::retire_indexed`):
 /// below it the disk saved is not worth a new file.
 const IDLE_RETIRE_BYTES: u64 = 1 << 20;
 
@@ -34,9 +35,11 @@ pub struct WalPositions {
     pub end: AtomicU64,
     /// The indexed checkpoint: segments wholly below it may go.
     pub checkpoint: AtomicU64,
+    /// The seq after the last acknowledged event.
+    pub next_seq: AtomicU64,
 }
 
-type Pending = (Span, AppendRequest);
+type Pending = (Appended, AppendRequest);
 
 /// While degraded and idle, how often the WAL thread checks whether the
 /// disk works again.
@@ -44,14 +47,17 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// A failed write, sync or rotation the thread is working its way out of.
 struct Fault {
-    /// Whether the log is cut back to the acknowledged end (`Wal::repair`);
+    /// Whether the log is cut back to the acknowledged end (`Log::repair`);
     /// until then nothing may be appended.
     repaired: bool,
     last_probe: Instant,
 }
 
 /// Starts the thread. It stops, after finishing what it has, when every
-/// sender of `requests` is dropped.
+/// sender of `requests` is dropped. `next_seq` is the seq the first event
+/// it appends takes: the thread is the one appender, so each batch's events
+/// get the next seqs in log order, and a batch that fails gives its seqs
+/// back to the next one (no gap among acknowledged events).
 ///
 /// A failed write, sync or rotation fails the batches it touched (their
 /// clients get UNAVAILABLE; nothing of them is acknowledged), marks the
@@ -59,20 +65,24 @@ struct Fault {
 /// thread then goes on: the next batch that syncs, or an idle probe, clears
 /// the fault, so ingest resumes by itself once the disk does.
 pub fn spawn(
-    mut wal: Wal,
+    mut wal: Box<dyn Log>,
     policy: SyncPolicy,
+    next_seq: u64,
     requests: Receiver<AppendRequest>,
     indexer: Sender<ToIndexer>,
     positions: Arc<WalPositions>,
     status: Arc<PipelineStatus>,
-) -> std::io::Result<JoinHandle<Result<Wal, WalError>>> {
+) -> std::io::Result<JoinHandle<Result<Box<dyn Log>, WalError>>> {
     positions.end.store(wal.end(), Ordering::Release);
-    metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64);
+    positions.next_seq.store(next_seq, Ordering::Release);
+    metrics::gauge!(m::WAL_SEGMENTS).set(wal.pieces() as f64);
     std::thread::Builder::new()
         .name("auditd-wal".into())
         .spawn(move || {
             let guard = WorkerGuard::new(status.clone(), "wal");
-            let result = run(&mut wal, policy, &requests, &indexer, &positions, &status);
+            let result = run(
+                &mut *wal, policy, next_seq, &requests, &indexer, &positions, &status,
+            );
             if result.is_ok() {
                 guard.defuse();
             }
@@ -83,8 +93,9 @@ pub fn spawn(
 }
 
 fn run(
-    wal: &mut Wal,
+    wal: &mut dyn Log,
     policy: SyncPolicy,
+    mut next_seq: u64,
     requests: &Receiver<AppendRequest>,
     indexer: &Sender<ToIndexer>,
     positions: &WalPositions,
@@ -94,8 +105,10 @@ fn run(
     let mut last_sync = Instant::now();
     let mut trimmed = 0u64;
     let mut fault: Option<Fault> = None;
-    // The end of what was acknowledged: a repair cuts the log back to it.
+    // The end of what was acknowledged: a repair cuts the log back to it,
+    // and the seqs of what it cuts are given out again.
     let acknowledged = |positions: &WalPositions| positions.end.load(Ordering::Acquire);
+    let acknowledged_seq = |positions: &WalPositions| positions.next_seq.load(Ordering::Acquire);
     loop {
         let timeout = match policy {
             SyncPolicy::Interval(every) if !pending.is_empty() => {
@@ -130,8 +143,18 @@ fn run(
                 let mut failed = None;
                 for mut request in group.by_ref() {
                     drop(request.permit.take());
-                    match wal.append(&request.payload) {
-                        Ok(span) => pending.push((span, request)),
+                    let first_seq = next_seq;
+                    let header = record::header(RecordKind::Batch, first_seq);
+                    match wal.append(&[&header, &request.body]) {
+                        Ok(span) => {
+                            next_seq += request.batch.events.len() as u64;
+                            let appended = Appended {
+                                span,
+                                first_seq,
+                                next_seq,
+                            };
+                            pending.push((appended, request));
+                        }
                         Err(error) => {
                             // Only a rotation fails here: it syncs the old
                             // segment and creates the next.
@@ -145,6 +168,7 @@ fn run(
                     count_error("rotate");
                     refuse(group, &error);
                     fail_all(&mut pending, &error);
+                    next_seq = acknowledged_seq(positions);
                     fault = Some(enter_fault(wal, acknowledged(positions), &error, status));
                     continue;
                 }
@@ -164,6 +188,7 @@ fn run(
             if let Err(error) = written {
                 count_error(if due { "sync" } else { "write" });
                 fail_all(&mut pending, &error);
+                next_seq = acknowledged_seq(positions);
                 fault = Some(enter_fault(wal, acknowledged(positions), &error, status));
                 if closed {
                     return Ok(());
@@ -180,15 +205,18 @@ fn run(
                     status.set_fault("wal", None);
                 }
                 positions.end.store(wal.end(), Ordering::Release);
+                positions.next_seq.store(next_seq, Ordering::Release);
                 metrics::gauge!(m::WAL_END_POSITION).set(wal.end() as f64);
-                for (span, request) in pending.drain(..) {
+                for (appended, request) in pending.drain(..) {
+                    let span = appended.span;
                     metrics::counter!(m::WAL_BYTES).increment(span.end - span.start);
-                    let _ = request.reply.send(Ok(span));
+                    let _ = request.reply.send(Ok(appended));
                     // Blocks while the indexer queue is full: that
                     // stalls this thread, fills the request queue,
                     // and Ingest answers RESOURCE_EXHAUSTED.
                     let batch = IndexBatch {
                         span,
+                        first_seq: appended.first_seq,
                         batch: request.batch,
                     };
                     if indexer.send(ToIndexer::Batch(batch)).is_err() {
@@ -222,19 +250,19 @@ fn run(
         let checkpoint = positions.checkpoint.load(Ordering::Acquire);
         if checkpoint > trimmed {
             // Not fatal: the segments stay, and the next pass tries again.
-            match wal.remove_below(checkpoint) {
+            match wal.trim(checkpoint) {
                 Ok(_) => trimmed = checkpoint,
                 Err(error) => {
                     count_error("remove");
                     tracing::warn!(%error, "could not remove indexed WAL segments; will retry");
                 }
             }
-            metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64);
+            metrics::gauge!(m::WAL_SEGMENTS).set(wal.pieces() as f64);
         }
         if idle && pending.is_empty() && fault.is_none() {
             // Not fatal either: the segment stays until the next try.
-            match wal.retire_indexed_active(trimmed, IDLE_RETIRE_BYTES) {
-                Ok(true) => metrics::gauge!(m::WAL_SEGMENTS).set(wal.segment_count() as f64),
+            match wal.retire_indexed(trimmed, IDLE_RETIRE_BYTES) {
+                Ok(true) => metrics::gauge!(m::WAL_SEGMENTS).set(wal.pieces() as f64),
                 Ok(false) => {}
                 Err(error) => {
                     count_error("rotate");
@@ -250,7 +278,7 @@ fn run(
 
 /// Marks the log degraded and tries a first repair at once.
 fn enter_fault(
-    wal: &mut Wal,
+    wal: &mut dyn Log,
     acknowledged: u64,
     error: &WalError,
     status: &PipelineStatus,

@@ -24,12 +24,16 @@ pub enum Recovery {
     Strict,
 }
 
-/// A record as replay hands it out: its global span and its bytes.
+/// A record as replay hands it out: its global span, its bytes, and
+/// where it lies (for messages that name the file and offset).
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     pub start: u64,
     pub end: u64,
     pub payload: &'a [u8],
+    pub path: &'a Path,
+    /// The frame's offset in `path`.
+    pub offset: u64,
 }
 
 /// What `open` found.
@@ -148,6 +152,8 @@ impl Wal {
                             start,
                             end: start + len as u64,
                             payload,
+                            path: &seg.path,
+                            offset: (MAGIC.len() + offset) as u64,
                         };
                         visit(record)?;
                         report.records += 1;
@@ -221,15 +227,17 @@ impl Wal {
         self.end
     }
 
-    /// Buffers one record; it reaches the file with `flush` or `sync`.
-    /// Starts a new segment first when the active one is full.
-    pub fn append(&mut self, payload: &[u8]) -> Result<Span, WalError> {
+    /// Buffers one record, whose payload is `parts` one after the other;
+    /// it reaches the file with `flush` or `sync`. Starts a new segment
+    /// first when the active one is full.
+    pub fn append(&mut self, parts: &[&[u8]]) -> Result<Span, WalError> {
         if self.end - self.active_start >= self.segment_bytes {
             self.rotate()?;
         }
         let start = self.end;
-        frame::encode(payload, &mut self.buf);
-        self.end = start + (frame::HEADER_LEN + payload.len()) as u64;
+        frame::encode_parts(parts, &mut self.buf);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.end = start + (frame::HEADER_LEN + len) as u64;
         Ok(Span {
             start,
             end: self.end,
@@ -376,8 +384,8 @@ impl Wal {
     ///
     /// Why: `remove_below` keeps the active segment, so a daemon that went
     /// quiet kept up to `wal.segment_bytes` (64 MiB) of records already in
-    /// the index, for as long as it stayed quiet; one benchmark run in
-    /// three ended with 67 MB of WAL beside a 103 MB index.
+    /// the index, for as long as it stayed quiet (a benchmark run ended
+    /// with more WAL than half its index: docs/benchmarks-history.md).
     pub fn retire_indexed_active(
         &mut self,
         checkpoint: u64,
@@ -534,6 +542,66 @@ pub fn skip_damage(dir: &Path, aside: &Path) -> Result<Vec<SkippedDamage>, WalEr
     Ok(skipped)
 }
 
+impl super::Log for Wal {
+    fn append(&mut self, parts: &[&[u8]]) -> Result<Span, WalError> {
+        Wal::append(self, parts)
+    }
+
+    fn flush(&mut self) -> Result<(), WalError> {
+        Wal::flush(self)
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        Wal::sync(self)
+    }
+
+    fn end(&self) -> u64 {
+        Wal::end(self)
+    }
+
+    fn repair(&mut self, keep: u64) -> Result<(), WalError> {
+        Wal::repair(self, keep)
+    }
+
+    fn probe(&self) -> Result<(), WalError> {
+        Wal::probe(self)
+    }
+
+    fn trim(&mut self, position: u64) -> Result<usize, WalError> {
+        self.remove_below(position)
+    }
+
+    fn retire_indexed(&mut self, checkpoint: u64, min_bytes: u64) -> Result<bool, WalError> {
+        self.retire_indexed_active(checkpoint, min_bytes)
+    }
+
+    fn pieces(&self) -> usize {
+        self.segment_count()
+    }
+
+    fn reader(&self) -> Box<dyn super::LogReader> {
+        Box::new(FileReader {
+            dir: self.dir.clone(),
+        })
+    }
+}
+
+/// Reads a local log's segment files beside its owner.
+pub struct FileReader {
+    pub dir: PathBuf,
+}
+
+impl super::LogReader for FileReader {
+    fn read(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(Record<'_>) -> Result<(), WalError>,
+    ) -> Result<(), WalError> {
+        read_range(&self.dir, from, to, visit)
+    }
+}
+
 /// Whether intact frames run from the start of `rest` to its end (or, in
 /// the last segment, to a torn tail).
 fn frames_run_to_end(rest: &[u8], is_last: bool) -> bool {
@@ -616,6 +684,8 @@ pub fn read_range<E: From<WalError>>(
                         start: position,
                         end: position + len as u64,
                         payload,
+                        path: &seg.path,
+                        offset: (MAGIC.len() + offset) as u64,
                     })?;
                     position += len as u64;
                     offset += len;
@@ -659,6 +729,11 @@ fn file_end(seg: &SegmentFile) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
+    /// A record of one part.
+    fn one(payload: &[u8]) -> [&[u8]; 1] {
+        [payload]
+    }
+
     fn open(dir: &Path, from: u64, segment_bytes: u64) -> (Wal, Vec<(u64, Vec<u8>)>) {
         let mut seen = Vec::new();
         let (wal, _) = Wal::open(dir, from, segment_bytes, Recovery::TolerateTornTail, |r| {
@@ -676,7 +751,7 @@ mod tests {
         assert!(seen.is_empty());
         let mut spans = Vec::new();
         for i in 0..20u8 {
-            spans.push(wal.append(&[i; 30]).unwrap());
+            spans.push(wal.append(&one(&[i; 30])).unwrap());
             if i % 3 == 0 {
                 wal.sync().unwrap();
             }
@@ -714,14 +789,14 @@ mod tests {
     fn an_indexed_active_segment_is_retired_only_when_all_indexed_and_big_enough() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let first = wal.append(&[7; 100]).unwrap();
-        let second = wal.append(&[8; 100]).unwrap();
+        let first = wal.append(&one(&[7; 100])).unwrap();
+        let second = wal.append(&one(&[8; 100])).unwrap();
         wal.sync().unwrap();
         // Not all indexed, or not big enough: nothing happens.
         assert!(!wal.retire_indexed_active(first.end, 1).unwrap());
         assert!(!wal.retire_indexed_active(second.end, 1 << 10).unwrap());
         // Buffered but not yet written: not retired either.
-        let third = wal.append(&[9; 100]).unwrap();
+        let third = wal.append(&one(&[9; 100])).unwrap();
         assert!(!wal.retire_indexed_active(third.end, 1).unwrap());
         wal.sync().unwrap();
 
@@ -735,7 +810,7 @@ mod tests {
         assert_eq!(on_disk, segment::MAGIC.len() as u64);
 
         // The log goes on from there, and replays from the checkpoint.
-        let fourth = wal.append(&[10; 100]).unwrap();
+        let fourth = wal.append(&one(&[10; 100])).unwrap();
         assert_eq!(fourth.start, third.end);
         wal.sync().unwrap();
         drop(wal);
@@ -748,8 +823,8 @@ mod tests {
     fn every_cut_of_the_last_record_is_a_torn_tail_and_strict_refuses_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let first = wal.append(b"first record").unwrap();
-        let last = wal.append(b"second record, torn").unwrap();
+        let first = wal.append(&one(b"first record")).unwrap();
+        let last = wal.append(&one(b"second record, torn")).unwrap();
         wal.sync().unwrap();
         drop(wal);
         let path = segment::list(dir.path()).unwrap()[0].path.clone();
@@ -781,7 +856,9 @@ mod tests {
     fn a_flipped_byte_before_the_tail_is_an_error_naming_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let spans: Vec<Span> = (0..3).map(|i| wal.append(&[i; 50]).unwrap()).collect();
+        let spans: Vec<Span> = (0..3)
+            .map(|i| wal.append(&one(&[i; 50])).unwrap())
+            .collect();
         wal.sync().unwrap();
         drop(wal);
         let path = segment::list(dir.path()).unwrap()[0].path.clone();
@@ -816,8 +893,8 @@ mod tests {
     fn every_flip_in_the_last_record_is_a_torn_tail_cut_at_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let first = wal.append(b"first record").unwrap();
-        let last = wal.append(b"second record, flipped").unwrap();
+        let first = wal.append(&one(b"first record")).unwrap();
+        let last = wal.append(&one(b"second record, flipped")).unwrap();
         wal.sync().unwrap();
         drop(wal);
         let path = segment::list(dir.path()).unwrap()[0].path.clone();
@@ -837,7 +914,9 @@ mod tests {
     fn skip_damage_covers_exactly_the_damaged_record_at_every_offset() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let spans: Vec<Span> = (0..3).map(|i| wal.append(&[i + 1; 40]).unwrap()).collect();
+        let spans: Vec<Span> = (0..3)
+            .map(|i| wal.append(&one(&[i + 1; 40])).unwrap())
+            .collect();
         wal.sync().unwrap();
         drop(wal);
         let path = segment::list(dir.path()).unwrap()[0].path.clone();

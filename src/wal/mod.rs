@@ -1,14 +1,25 @@
-//! The write-ahead log, in layers: a checksummed `frame`, `segment` files,
-//! the `log` that appends and replays them, and `group_commit`, the thread
-//! that owns the log and makes one fsync serve every batch that arrived
-//! while the last one ran.
+//! The write-ahead log: the [`Log`] trait the pipeline uses, and its
+//! implementations. The local one is built in layers: a checksummed
+//! `frame`, `segment` files, and the `log` that appends and replays them.
+//! `memory` keeps records in memory, for tests. `group_commit` is the
+//! thread that owns a `Log` and makes one sync serve every batch that
+//! arrived while the last one ran.
 //!
-//! The log knows only bytes; what a record holds is the ingest layer's
-//! business (`messages::WalBatch`).
+//! A log knows only bytes; what a record holds is `record`'s business
+//! (a typed envelope around `messages::WalBatch`).
+//!
+//! Positions are ordered `u64`s that only the log interprets: a byte
+//! offset for the local log. A replicated log (NATS JetStream) would use
+//! its stream sequence as the position: `append` publishes (buffered),
+//! `sync` waits for every publish acknowledgement (a quorum of replicas
+//! has it on disk), `read` is an ordered consumer from a sequence, `trim`
+//! purges the stream below a sequence, and `repair` forgets publishes
+//! whose acknowledgements failed (ARCHITECTURE.md, "The log").
 
 pub mod frame;
 pub mod group_commit;
 pub mod log;
+pub mod memory;
 pub mod segment;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +28,57 @@ pub use log::{read_range, skip_damage, Record, Recovery, ReplayReport, SkippedDa
 
 /// Where the log lives inside the data directory.
 pub fn dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("wal")
+    crate::datadir::DataDir::new(data_dir).wal()
+}
+
+/// What the pipeline needs of a log. One thread owns it (`group_commit`),
+/// so every method may block; readers beside the owner go through
+/// [`Log::reader`].
+pub trait Log: Send {
+    /// Buffers one record whose payload is `parts` one after the other,
+    /// and returns its place. Nothing is durable before `sync`.
+    fn append(&mut self, parts: &[&[u8]]) -> Result<Span, WalError>;
+    /// Hands buffered records to the storage without waiting for
+    /// durability (`SyncPolicy::Never`). On failure every record since the
+    /// last good flush is dropped.
+    fn flush(&mut self) -> Result<(), WalError>;
+    /// Flushes, then makes everything appended durable.
+    fn sync(&mut self) -> Result<(), WalError>;
+    /// The position after the last appended record.
+    fn end(&self) -> u64;
+    /// After a failed write or sync: brings the log back to `keep`, the end
+    /// of what was acknowledged, so appending can go on. Nothing past
+    /// `keep` is trusted or synced again.
+    fn repair(&mut self, keep: u64) -> Result<(), WalError>;
+    /// Checks, without appending, whether the storage works again.
+    fn probe(&self) -> Result<(), WalError>;
+    /// Lets go of records below `position` (every one of them is indexed).
+    /// May keep some (the local log frees whole segments). Returns how
+    /// many storage pieces went.
+    fn trim(&mut self, position: u64) -> Result<usize, WalError>;
+    /// When every record is indexed (`checkpoint` at the end) and what is
+    /// kept holds at least `min_bytes`, lets go of all of it; positions go
+    /// on from the end. Returns whether it did.
+    fn retire_indexed(&mut self, checkpoint: u64, min_bytes: u64) -> Result<bool, WalError>;
+    /// Storage pieces held (segments, for the local log), for metrics.
+    fn pieces(&self) -> usize;
+    /// A reader of acknowledged records, for a thread beside the owner.
+    fn reader(&self) -> Box<dyn LogReader>;
+}
+
+/// Reads acknowledged records, beside the log's owner: the owner neither
+/// rewrites nor trims what is not yet indexed, so a range below the
+/// acknowledged end and at or after the checkpoint stays readable.
+pub trait LogReader: Send {
+    /// Hands every record in `[from, to)` to `visit`, in order. `from`
+    /// must be a record boundary. Any damage in the range, or a range the
+    /// log no longer holds, is an error.
+    fn read(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(Record<'_>) -> Result<(), WalError>,
+    ) -> Result<(), WalError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +94,19 @@ pub enum WalError {
         offset: u64,
         reason: &'static str,
     },
-    #[error("wal record at position {position} does not decode: {reason}")]
-    BadRecord { position: u64, reason: String },
+    #[error("wal record in {path} at offset {offset}: {reason}")]
+    BadRecord {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("the indexer stopped while the wal was replayed")]
     IndexerGone,
+    /// A reader's `visit` asked to stop; it keeps its own error.
+    #[error("the reader stopped")]
+    Stopped,
+    #[error("the log no longer holds position {0}")]
+    Trimmed(u64),
 }
 
 impl WalError {

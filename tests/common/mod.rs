@@ -58,13 +58,29 @@ impl TestServer {
 
     /// Starts a server without waiting for it.
     pub async fn spawn(config: Config) -> TestServer {
+        Self::spawn_on(config, auditd::LogChoice::Local).await
+    }
+
+    /// Starts a server on the log `log` and waits until it reports SERVING.
+    pub async fn start_on(config: Config, log: auditd::LogChoice) -> TestServer {
+        let server = Self::spawn_on(config, log).await;
+        server.wait_serving().await;
+        server
+    }
+
+    pub async fn spawn_on(config: Config, log: auditd::LogChoice) -> TestServer {
         let listeners = Listeners::bind(&config).await.expect("bind 127.0.0.1:0");
         let (grpc, http) = listeners.addrs().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();
-        let task = tokio::spawn(auditd::run(config, listeners, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(auditd::run_on(
+            config,
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            log,
+        ));
         TestServer {
             grpc,
             http,

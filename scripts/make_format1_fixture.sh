@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Writes tests/fixtures/format-1/: a data directory written by auditd as of
+# commit 53d9c9c (data format 1: no FORMAT file, bare prost log records,
+# byte-derived seqs, plain-number commit payloads), for tests/migrate.rs.
+#
+# It builds that commit in a scratch git worktree (minutes), then runs it
+# on loopback:
+#   1. 600 events of one day (seed 7), ingested until searchable, and one
+#      search (a read-trail event); small WAL segments, so the log is
+#      trimmed behind the commits; a clean stop (SIGTERM), which in format 1
+#      left the last segment's indexed records in the log;
+#   2. 400 events of the next day (seed 8), with commits turned off, then
+#      SIGKILL: these are only in the log.
+# The events' NDJSON goes beside the data directory, so the test can check
+# every field of every event after `auditd migrate`.
+#
+# Usage: scripts/make_format1_fixture.sh   (run from anywhere; needs git)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OLD_COMMIT=53d9c9c
+SRC=target/format-1-src
+OUT=tests/fixtures/format-1
+
+if [ ! -d "$SRC" ]; then
+  git worktree add --detach "$SRC" "$OLD_COMMIT"
+fi
+(cd "$SRC" && cargo build --release --bin auditd --bin auditctl)
+BIN=$SRC/target/release
+
+SCRATCH=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT
+DATA=$SCRATCH/data
+GRPC=127.0.0.1:50151
+HTTP=127.0.0.1:50152
+
+start() {
+  env "$@" "$BIN/auditd" --data-dir "$DATA" --grpc-addr "$GRPC" --http-addr "$HTTP" \
+    >"$SCRATCH/auditd.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 300); do
+    grep -q 'serving' "$SCRATCH/auditd.log" && return 0
+    sleep 0.1
+  done
+  echo "the old auditd did not start:" >&2
+  cat "$SCRATCH/auditd.log" >&2
+  exit 1
+}
+ctl() { "$BIN/auditctl" --addr "http://$GRPC" --data-dir "$DATA" "$@"; }
+
+"$BIN/auditctl" gen --count 600 --seed 7 --accesses 20 --subjects 10 --addresses 50 \
+  --start 1700000000 >"$SCRATCH/indexed.ndjson"
+"$BIN/auditctl" gen --count 400 --seed 8 --accesses 20 --subjects 10 --addresses 50 \
+  --start 1700090000 >"$SCRATCH/log-only.ndjson"
+
+start AUDITD_WAL__SEGMENT_BYTES=65536
+ctl ingest --quiet --batch-size 100 "$SCRATCH/indexed.ndjson"
+ctl search --limit 1 >/dev/null
+kill -TERM "$PID"
+wait "$PID"
+
+start AUDITD_WAL__SEGMENT_BYTES=65536 AUDITD_INDEX__COMMIT_INTERVAL_MS=3600000
+ctl ingest --quiet --no-wait --batch-size 100 "$SCRATCH/log-only.ndjson"
+kill -KILL "$PID"
+wait "$PID" || true
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+rm -f "$DATA/LOCK"
+cp -r "$DATA" "$OUT/data"
+cp "$SCRATCH/indexed.ndjson" "$SCRATCH/log-only.ndjson" "$OUT/"
+echo "wrote $OUT:"
+find "$OUT" -type f | sort | xargs ls -l

@@ -1,0 +1,213 @@
+//! The data directory: the one type that names every file and folder in
+//! it, its format version, and the one way files in it are replaced
+//! atomically.
+//!
+//! ```text
+//! <data_dir>/
+//!   FORMAT             the data format version ("2")
+//!   LOCK               held (flock) while a daemon or a tool works here
+//!   admin.token        the first admin token, owner-only
+//!   tokens.json        token hashes, owner-only
+//!   checkpoint.json    what the index covers, and each partition's ledger
+//!   wal/               write-ahead log segments (wal-<position>.log)
+//!   index/<day>/       one Tantivy index per UTC day
+//!   damaged/           what `auditd recover` moved aside
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The data format this binary writes and reads. Format 1 (before typed
+/// records and dense seqs, no `FORMAT` file) is migrated by `auditd
+/// migrate`; a newer one is refused.
+pub const FORMAT: u32 = 2;
+
+/// The layout of one data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// What a data directory's format says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Nothing there yet: this binary's format is written on first start.
+    Fresh,
+    /// This binary's format.
+    Current,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error(
+        "data directory {path} holds data format {found} (written before format versions); \
+         this auditd reads format {FORMAT}. Stop every auditd using it, then run \
+         `auditd migrate --data-dir {path}` (README: \"Upgrading\")"
+    )]
+    Older { path: PathBuf, found: u32 },
+    #[error(
+        "data directory {path} holds data format {found}, newer than this auditd reads \
+         ({FORMAT}); run the auditd that wrote it, or a newer one"
+    )]
+    Newer { path: PathBuf, found: u32 },
+    #[error("{path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn format_file(&self) -> PathBuf {
+        self.root.join("FORMAT")
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("LOCK")
+    }
+
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join(crate::auth::ADMIN_TOKEN_FILE)
+    }
+
+    pub fn tokens(&self) -> PathBuf {
+        self.root.join("tokens.json")
+    }
+
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint.json")
+    }
+
+    pub fn wal(&self) -> PathBuf {
+        self.root.join("wal")
+    }
+
+    pub fn index(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    pub fn damaged(&self) -> PathBuf {
+        self.root.join("damaged")
+    }
+
+    /// Reads the format version. A directory with no `FORMAT` file is
+    /// fresh when it holds no log, index or checkpoint, and format 1
+    /// otherwise.
+    pub fn format(&self) -> Result<Format, FormatError> {
+        let path = self.format_file();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let found: u32 = text.trim().parse().map_err(|_| FormatError::Unreadable {
+                    path: path.clone(),
+                    reason: format!("{:?} is not a format version", text.trim()),
+                })?;
+                match found.cmp(&FORMAT) {
+                    std::cmp::Ordering::Equal => Ok(Format::Current),
+                    std::cmp::Ordering::Greater => Err(FormatError::Newer {
+                        path: self.root.clone(),
+                        found,
+                    }),
+                    std::cmp::Ordering::Less => Err(FormatError::Older {
+                        path: self.root.clone(),
+                        found,
+                    }),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let old = [self.wal(), self.index(), self.checkpoint()]
+                    .iter()
+                    .any(|p| p.exists());
+                if old {
+                    Err(FormatError::Older {
+                        path: self.root.clone(),
+                        found: 1,
+                    })
+                } else {
+                    Ok(Format::Fresh)
+                }
+            }
+            Err(e) => Err(FormatError::Unreadable {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records that the directory holds this binary's format.
+    pub fn write_format(&self) -> std::io::Result<()> {
+        write_atomically(&self.format_file(), format!("{FORMAT}\n").as_bytes(), false)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old
+/// file or the new one: write a temporary file beside it, fsync, rename
+/// over, fsync the directory. `private` makes the file readable by its
+/// owner only (tokens).
+pub fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        crate::wal::segment::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_current_older_and_newer_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        assert_eq!(data.format().unwrap(), Format::Fresh);
+        data.write_format().unwrap();
+        assert_eq!(data.format().unwrap(), Format::Current);
+
+        std::fs::write(data.format_file(), format!("{}\n", FORMAT + 1)).unwrap();
+        let newer = data.format().unwrap_err().to_string();
+        assert!(newer.contains(&format!("format {}", FORMAT + 1)), "{newer}");
+
+        std::fs::remove_file(data.format_file()).unwrap();
+        std::fs::create_dir(data.wal()).unwrap();
+        let older = data.format().unwrap_err().to_string();
+        assert!(older.contains("format 1"), "{older}");
+        assert!(older.contains("auditd migrate --data-dir"), "{older}");
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        write_atomically(&path, b"first, longer", true).unwrap();
+        write_atomically(&path, b"second", true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

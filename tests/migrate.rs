@@ -1,0 +1,155 @@
+//! Upgrading a data directory of format 1 (written by auditd as of commit
+//! 53d9c9c; `scripts/make_format1_fixture.sh` made the fixture with that
+//! binary): start-up refuses it with the way out, `auditd migrate`
+//! rewrites it, and the daemon then serves every event, field for field,
+//! with dense seqs.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+
+use auditd::json::JsonEvent;
+use auditd::proto::{AuditEvent, SearchRequest};
+use common::*;
+
+fn fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The events the old binary was given, by id.
+fn sent() -> HashMap<String, AuditEvent> {
+    ["indexed.ndjson", "log-only.ndjson"]
+        .iter()
+        .flat_map(|name| {
+            std::fs::read_to_string(fixture().join(name))
+                .unwrap()
+                .lines()
+                .map(|line| JsonEvent::parse(line).unwrap().into_proto().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .map(|e| (e.id.clone(), e))
+        .collect()
+}
+
+fn migrate(data_dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_auditd"))
+        .args(["migrate", "--data-dir", data_dir.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_directory_is_refused_then_migrated_and_serves_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture().join("data"), dir.path());
+    let config = test_config(dir.path());
+
+    let refused = TestServer::spawn(config.clone())
+        .await
+        .outcome()
+        .await
+        .expect_err("a format-1 directory must be refused")
+        .to_string();
+    assert!(refused.contains("data format 1"), "{refused}");
+    assert!(refused.contains("auditd migrate --data-dir"), "{refused}");
+
+    let out = migrate(dir.path(), &["--keep-old"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 600 events from the index, 400 from the log alone, and the trail of
+    // the old run's reads.
+    assert!(stdout.contains("migrated to data format 2"), "{stdout}");
+    assert!(dir.path().join("format-1").join("index").exists());
+
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let sent = sent();
+    assert_eq!(sent.len(), 1_000);
+    let ids: HashSet<String> = sent.keys().cloned().collect();
+    let found = stored_once_with_all_of(&mut client, &ids).await;
+    assert_eq!(found.len(), sent.len(), "nothing but the events sent");
+    for event in &found {
+        let mut stored = event.clone();
+        assert!(stored.received.take().is_some());
+        stored.seq = 0;
+        assert_eq!(&stored, &sent[&event.id], "{} changed", event.id);
+    }
+
+    // Every event, the old run's read trail included, has a seq of its
+    // own, 0..n, in the old log's order: the indexed day first.
+    let (trail, _) = search_all(
+        &mut client,
+        SearchRequest {
+            types: vec![auditd::app::trail::TRAIL_TYPE.into()],
+            limit: 10_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut seqs: Vec<u64> = found.iter().chain(&trail).map(|e| e.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    let first_log_only = found
+        .iter()
+        .filter(|e| e.time.as_ref().unwrap().seconds >= 1_700_090_000)
+        .map(|e| e.seq)
+        .min()
+        .unwrap();
+    assert!(found
+        .iter()
+        .filter(|e| e.time.as_ref().unwrap().seconds < 1_700_090_000)
+        .all(|e| e.seq < first_log_only));
+    server.stop().await.unwrap();
+
+    let again = migrate(dir.path(), &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to migrate"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_stopped_after_the_old_files_moved_is_finished_by_running_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture().join("data"), dir.path());
+    // What a migration killed half-way through its swap leaves: the new
+    // log built, the old index and checkpoint moved aside, no FORMAT.
+    let first = migrate(dir.path(), &["--keep-old"]);
+    assert!(first.status.success());
+    std::fs::remove_file(dir.path().join("FORMAT")).unwrap();
+    std::fs::create_dir(dir.path().join("migrate.tmp")).unwrap();
+    std::fs::rename(dir.path().join("wal"), dir.path().join("migrate.tmp/wal")).unwrap();
+    std::fs::rename(dir.path().join("format-1/wal"), dir.path().join("wal")).unwrap();
+
+    let again = migrate(dir.path(), &[]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(!dir.path().join("format-1").exists(), "old files deleted");
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let ids: HashSet<String> = sent().keys().cloned().collect();
+    let found = stored_once_with_all_of(&mut client, &ids).await;
+    assert_eq!(found.len(), 1_000);
+    server.stop().await.unwrap();
+}
