@@ -1,7 +1,9 @@
 # Sourced by the bench scripts: release binaries and the NDJSON workload.
 
-AUDITD=target/release/auditd
-AUDITCTL=target/release/auditctl
+# Overridable, to measure another build (e.g. the one before a change) in
+# the same run set.
+AUDITD=${AUDITD:-target/release/auditd}
+AUDITCTL=${AUDITCTL:-target/release/auditctl}
 
 # Writes $COUNT events to $1 unless it is already there: with
 # ../shared/workload/gen_events.py when present (the workload the issues

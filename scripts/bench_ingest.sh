@@ -20,7 +20,7 @@ STREAMS=${STREAMS:-4}
 BATCH=${BATCH:-1000}
 GRPC_PORT=${GRPC_PORT:-50951}
 HTTP_PORT=${HTTP_PORT:-50952}
-OUT=target/bench-ingest
+OUT=${OUT:-target/bench-ingest}
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*-cpu-*.txt
 

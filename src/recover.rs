@@ -100,9 +100,8 @@ pub struct DamagedPartition {
 pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
     let data_dir = &config.data_dir;
     let _lock = crate::server::lock_data_dir(data_dir)?;
-    crate::datadir::DataDir::new(data_dir)
-        .format()
-        .map_err(ServerError::from)?;
+    let layout = crate::datadir::DataDir::new(data_dir);
+    layout.format().map_err(ServerError::from)?;
     let checkpoint = read_checkpoint(data_dir)?;
     let mut report = RecoverReport {
         checkpoint_before: checkpoint.wal_position,
@@ -113,12 +112,12 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let aside = data_dir.join("damaged");
+    let aside = layout.damaged();
     let wal_dir = crate::wal::dir(data_dir);
     report.wal_skipped = crate::wal::skip_damage(&wal_dir, &aside.join(format!("wal-{stamp}")))?;
 
     let schema = AuditSchema::new();
-    let root = data_dir.join("index");
+    let root = layout.index();
     let mut damaged: BTreeMap<Day, (PathBuf, String)> = BTreeMap::new();
     for (day, path) in partition_dirs(&root)? {
         report.partitions_checked += 1;

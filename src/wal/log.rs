@@ -91,8 +91,9 @@ impl Wal {
         for (i, seg) in segments.iter().enumerate().skip(first) {
             let is_last = i + 1 == count;
             let data = read_file(&seg.path)?;
-            if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-                if is_last && data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
+            let body = match body(&data) {
+                Body::Whole(body) => body,
+                Body::Unfinished if is_last => {
                     // A crash while the segment was being created.
                     truncate_tail(
                         &seg.path,
@@ -104,14 +105,15 @@ impl Wal {
                     fs::remove_file(&seg.path).map_err(|source| WalError::io(&seg.path, source))?;
                     break;
                 }
-                return Err(WalError::Corrupt {
-                    path: seg.path.clone(),
-                    offset: 0,
-                    reason: "not a WAL segment (bad magic)",
-                });
-            }
-            let body = &data[MAGIC.len()..];
-            let mut offset = if seg.start <= from {
+                Body::Unfinished | Body::BadMagic => {
+                    return Err(WalError::Corrupt {
+                        path: seg.path.clone(),
+                        offset: 0,
+                        reason: "not a WAL segment (bad magic)",
+                    })
+                }
+            };
+            let offset = if seg.start <= from {
                 let skip = from - seg.start;
                 if skip > body.len() as u64 {
                     if is_last {
@@ -140,49 +142,35 @@ impl Wal {
                 }
                 0
             };
-            loop {
-                if offset == body.len() {
-                    break;
-                }
-                let rest = &body[offset..];
-                let damage = match frame::decode(rest) {
-                    Decoded::Frame { payload, len } => {
-                        let start = seg.start + offset as u64;
-                        let record = Record {
-                            start,
-                            end: start + len as u64,
-                            payload,
-                            path: &seg.path,
-                            offset: (MAGIC.len() + offset) as u64,
-                        };
-                        visit(record)?;
+            let mut frames = Frames::new(seg, body, offset);
+            while let Some(next) = frames.next_record() {
+                let damage = match next {
+                    Ok(record) => {
                         report.records += 1;
-                        report.bytes += len as u64;
-                        offset += len;
+                        report.bytes += record.end - record.start;
+                        visit(record)?;
                         continue;
                     }
-                    Decoded::Incomplete => "incomplete record",
-                    Decoded::Corrupt { reason } => reason,
+                    Err(damage) => damage,
                 };
-                // Only the end of the log can be torn; anything an intact
-                // record follows was damaged after it was written.
-                if !is_last || intact_frame_after(rest) {
+                // Only the end of the log can be torn.
+                if !frames.torn_tail(damage, is_last) {
                     return Err(WalError::Corrupt {
                         path: seg.path.clone(),
-                        offset: (MAGIC.len() + offset) as u64,
-                        reason: damage,
+                        offset: (MAGIC.len() + damage.at) as u64,
+                        reason: damage.reason,
                     });
                 }
                 truncate_tail(
                     &seg.path,
-                    (MAGIC.len() + offset) as u64,
-                    damage,
+                    (MAGIC.len() + damage.at) as u64,
+                    damage.reason,
                     recovery,
                     &mut report,
                 )?;
                 break;
             }
-            end = seg.start + offset as u64;
+            end = seg.start + frames.at as u64;
         }
 
         // Append to the last segment when the log ends where replay ended;
@@ -458,64 +446,66 @@ pub fn skip_damage(dir: &Path, aside: &Path) -> Result<Vec<SkippedDamage>, WalEr
     let mut skipped = Vec::new();
     for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
-        let mut data = read_file(&seg.path)?;
-        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-            if is_last && MAGIC.starts_with(&data) {
-                continue; // a segment whose creation a crash cut short
+        let data = read_file(&seg.path)?;
+        let body = match body(&data) {
+            Body::Whole(body) => body,
+            Body::Unfinished if is_last => continue, // its creation was cut short
+            Body::Unfinished | Body::BadMagic => {
+                return Err(WalError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: "not a WAL segment (bad magic); recover cannot skip a whole segment",
+                })
             }
-            return Err(WalError::Corrupt {
-                path: seg.path.clone(),
-                offset: 0,
-                reason: "not a WAL segment (bad magic); recover cannot skip a whole segment",
-            });
-        }
+        };
         // A segment ends where the next begins; a short one was cut.
         let body_len = match segments.get(i + 1) {
             Some(next) => (next.start - seg.start) as usize,
-            None => data.len() - MAGIC.len(),
+            None => body.len(),
         };
-        let mut offset = 0;
-        let mut copied = None;
-        while offset < body_len {
-            let body = &data[MAGIC.len()..];
-            let reason = match frame::decode(body.get(offset..).unwrap_or_default()) {
-                Decoded::Frame { len, .. } if offset + len <= body_len => {
-                    offset += len;
-                    continue;
-                }
-                Decoded::Frame { .. } => "record runs past the next segment's start",
-                Decoded::Incomplete => "incomplete record",
-                Decoded::Corrupt { reason } => reason,
-            };
-            if is_last && !intact_frame_after(&body[offset..]) {
+        // Damaged spans, each with where intact frames resume; the skip
+        // frames go in once the scan is done (same lengths, so offsets
+        // hold).
+        let mut patches: Vec<(Damage, usize)> = Vec::new();
+        let mut frames = Frames::new(seg, body, 0);
+        frames.limit = body_len;
+        while let Some(next) = frames.next_record() {
+            let Err(damage) = next else { continue };
+            if frames.torn_tail(damage, is_last) {
                 break; // a torn tail: `Wal::open` cuts it
             }
+            let offset = damage.at;
             // Resume where intact frames run to the segment's end; with
             // none, the damage reaches it (or the segment was cut short).
             let intact_end = body_len.min(body.len());
             let resume = (offset + 1..intact_end)
                 .find(|&at| frames_run_to_end(&body[at..intact_end], is_last))
                 .unwrap_or(body_len);
-            let len = resume - offset;
-            if len < frame::HEADER_LEN {
+            if resume - offset < frame::HEADER_LEN {
                 return Err(WalError::Corrupt {
                     path: seg.path.clone(),
                     offset: (MAGIC.len() + offset) as u64,
                     reason: "damaged span shorter than a frame header; recover cannot skip it",
                 });
             }
-            if copied.is_none() {
-                fs::create_dir_all(aside).map_err(|source| WalError::io(aside, source))?;
-                let name = seg.path.file_name().expect("segment files have names");
-                let copy = aside.join(name);
-                fs::copy(&seg.path, &copy).map_err(|source| WalError::io(&copy, source))?;
-                copied = Some(copy);
-            }
-            let mut patched = Vec::with_capacity(MAGIC.len() + body_len.max(body.len()));
-            patched.extend_from_slice(&data[..MAGIC.len() + offset]);
+            patches.push((damage, resume));
+            frames.at = resume;
+        }
+        if patches.is_empty() {
+            continue;
+        }
+        fs::create_dir_all(aside).map_err(|source| WalError::io(aside, source))?;
+        let name = seg.path.file_name().expect("segment files have names");
+        let copy = aside.join(name);
+        fs::copy(&seg.path, &copy).map_err(|source| WalError::io(&copy, source))?;
+        let mut patched = Vec::with_capacity(MAGIC.len() + body_len.max(body.len()));
+        let mut kept_from = 0;
+        for (damage, resume) in patches {
+            let (offset, len) = (damage.at, resume - damage.at);
+            patched.extend_from_slice(&data[kept_from..MAGIC.len() + offset]);
             frame::encode_skip(len, &mut patched);
-            patched.extend_from_slice(data.get(MAGIC.len() + resume..).unwrap_or_default());
-            tracing::warn!(path = %seg.path.display(), offset = MAGIC.len() + offset, len, reason,
+            kept_from = (MAGIC.len() + resume).min(data.len());
+            tracing::warn!(path = %seg.path.display(), offset = MAGIC.len() + offset, len, reason = damage.reason,
                 "writing a skip record over damaged WAL bytes");
             skipped.push(SkippedDamage {
                 path: seg.path.clone(),
@@ -523,21 +513,13 @@ pub fn skip_damage(dir: &Path, aside: &Path) -> Result<Vec<SkippedDamage>, WalEr
                 len: len as u64,
                 start: seg.start + offset as u64,
                 end: seg.start + resume as u64,
-                reason,
-                copy: copied.clone().expect("copied above"),
+                reason: damage.reason,
+                copy: copy.clone(),
             });
-            data = patched;
-            offset = resume;
         }
-        if copied.is_some() {
-            let tmp = seg.path.with_extension("recover.tmp");
-            let mut file = File::create(&tmp).map_err(|source| WalError::io(&tmp, source))?;
-            file.write_all(&data)
-                .and_then(|()| file.sync_all())
-                .map_err(|source| WalError::io(&tmp, source))?;
-            fs::rename(&tmp, &seg.path).map_err(|source| WalError::io(&seg.path, source))?;
-            segment::sync_dir(dir).map_err(|source| WalError::io(dir, source))?;
-        }
+        patched.extend_from_slice(&data[kept_from..]);
+        crate::datadir::write_atomically(&seg.path, &patched, false)
+            .map_err(|source| WalError::io(&seg.path, source))?;
     }
     Ok(skipped)
 }
@@ -672,29 +654,24 @@ pub fn read_range<E: From<WalError>>(
             offset: offset as u64,
             reason,
         };
-        if seg.start > position || data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-            return Err(corrupt(0, "segment missing or damaged before the indexed range").into());
-        }
-        let body = &data[MAGIC.len()..];
-        let mut offset = (position - seg.start) as usize;
-        while position < to && offset < body.len() {
-            match frame::decode(&body[offset..]) {
-                Decoded::Frame { payload, len } => {
-                    visit(Record {
-                        start: position,
-                        end: position + len as u64,
-                        payload,
-                        path: &seg.path,
-                        offset: (MAGIC.len() + offset) as u64,
-                    })?;
-                    position += len as u64;
-                    offset += len;
+        let body = match body(&data) {
+            Body::Whole(body) if seg.start <= position => body,
+            _ => {
+                return Err(
+                    corrupt(0, "segment missing or damaged before the indexed range").into(),
+                )
+            }
+        };
+        let mut frames = Frames::new(seg, body, (position - seg.start) as usize);
+        while position < to {
+            match frames.next_record() {
+                None => break,
+                Some(Ok(record)) => {
+                    position = record.end;
+                    visit(record)?;
                 }
-                Decoded::Incomplete => {
-                    return Err(corrupt(MAGIC.len() + offset, "incomplete record").into())
-                }
-                Decoded::Corrupt { reason } => {
-                    return Err(corrupt(MAGIC.len() + offset, reason).into())
+                Some(Err(damage)) => {
+                    return Err(corrupt(MAGIC.len() + damage.at, damage.reason).into())
                 }
             }
         }
@@ -708,6 +685,94 @@ pub fn read_range<E: From<WalError>>(
         .into());
     }
     Ok(())
+}
+
+/// A segment file's bytes after its header, or why there are none.
+enum Body<'a> {
+    Whole(&'a [u8]),
+    /// Shorter than the header and a prefix of it: a crash while the
+    /// segment was being created.
+    Unfinished,
+    BadMagic,
+}
+
+fn body(data: &[u8]) -> Body<'_> {
+    match data.strip_prefix(MAGIC.as_slice()) {
+        Some(body) => Body::Whole(body),
+        None if data.len() < MAGIC.len() && MAGIC.starts_with(data) => Body::Unfinished,
+        None => Body::BadMagic,
+    }
+}
+
+/// Damage where a frame should start.
+#[derive(Debug, Clone, Copy)]
+struct Damage {
+    /// Offset in the body.
+    at: usize,
+    reason: &'static str,
+}
+
+/// The one reader of a segment's frames, which opening (replay and
+/// torn-tail repair), `skip_damage` and `read_range` share: the intact
+/// frames from an offset, each as a `Record`, up to the first damage.
+struct Frames<'a> {
+    seg: &'a SegmentFile,
+    body: &'a [u8],
+    at: usize,
+    /// Frames may not run past this (the next segment's start, for
+    /// `skip_damage`; the body's end otherwise).
+    limit: usize,
+}
+
+impl<'a> Frames<'a> {
+    fn new(seg: &'a SegmentFile, body: &'a [u8], at: usize) -> Frames<'a> {
+        Frames {
+            seg,
+            body,
+            at,
+            limit: body.len(),
+        }
+    }
+
+    /// The next intact record, `Err` at damage (the position stays on
+    /// it), `None` at the limit.
+    fn next_record(&mut self) -> Option<Result<Record<'a>, Damage>> {
+        if self.at >= self.limit {
+            return None;
+        }
+        let damage = |reason| {
+            Some(Err(Damage {
+                at: self.at,
+                reason,
+            }))
+        };
+        match frame::decode(self.body.get(self.at..).unwrap_or_default()) {
+            Decoded::Frame { len, .. } if self.at + len > self.limit => {
+                damage("record runs past the next segment's start")
+            }
+            Decoded::Frame { payload, len } => {
+                let start = self.seg.start + self.at as u64;
+                let record = Record {
+                    start,
+                    end: start + len as u64,
+                    payload,
+                    path: &self.seg.path,
+                    offset: (MAGIC.len() + self.at) as u64,
+                };
+                self.at += len;
+                Some(Ok(record))
+            }
+            Decoded::Incomplete => damage("incomplete record"),
+            Decoded::Corrupt { reason } => damage(reason),
+        }
+    }
+
+    /// Whether only a torn tail follows the damage: in the last segment,
+    /// no intact frame after it (anything an intact record follows was
+    /// damaged after it was written).
+    fn torn_tail(&self, damage: Damage, is_last: bool) -> bool {
+        is_last && !intact_frame_after(&self.body[damage.at..])
+    }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, WalError> {
