@@ -28,11 +28,11 @@ const BATCH: usize = 1_000;
 const ENGINE_EVENTS: usize = 100_000;
 
 fn events(count: usize) -> Vec<AuditEvent> {
-    let opts = auditd::gen::GenOptions {
+    let opts = auditd::client::gen::GenOptions {
         count: count as u64,
         ..Default::default()
     };
-    let mut events: Vec<AuditEvent> = auditd::gen::events(&opts)
+    let mut events: Vec<AuditEvent> = auditd::client::gen::events(&opts)
         .map(|e| {
             JsonEvent::parse(&e.to_json_line())
                 .unwrap()

@@ -99,8 +99,8 @@ fn main() {
 /// daemon's, thread by thread.
 fn cpu_now() -> (f64, f64) {
     (
-        auditd::metrics::process_cpu_seconds().unwrap_or(0.0),
-        auditd::metrics::thread_cpu_seconds().unwrap_or(0.0),
+        auditd::client::cpu::process_cpu_seconds().unwrap_or(0.0),
+        auditd::client::cpu::thread_cpu_seconds().unwrap_or(0.0),
     )
 }
 

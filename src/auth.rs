@@ -422,32 +422,6 @@ fn decode_hex(digest: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A tonic interceptor that adds `authorization: Bearer <token>` to every
-/// call: what `auditctl` and the tests use.
-#[derive(Clone)]
-pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl BearerToken {
-    pub fn new(token: &str) -> Result<Self, AuthError> {
-        format!("Bearer {}", token.trim())
-            .parse()
-            .map(BearerToken)
-            .map_err(|_| AuthError::Unauthenticated)
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,24 +6,28 @@
 //! `idempotency`) → `wal` (group commit) → `indexer` (+ `schema`,
 //! `partition`). The read path: `app` → `search`.
 //! `messages` holds what passes between stages; `server::run` wires them.
-//! See ARCHITECTURE.md.
+//! `client` is the client side (bearer token, channels, sample events,
+//! CPU readings) that `auditctl`, the tests and the benches share; the
+//! daemon does not use it. Stages no caller outside the daemon needs
+//! (`conn`, `http`, `idempotency`, `ingest`, `merge`, `metrics`, `status`,
+//! `tls`) are private. See ARCHITECTURE.md.
 
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod datadir;
 pub mod failpoint;
-pub mod gen;
 pub mod grpc;
-pub mod http;
-pub mod idempotency;
+pub(crate) mod http;
+pub(crate) mod idempotency;
 pub mod indexer;
-pub mod ingest;
+pub(crate) mod ingest;
 pub mod json;
-pub mod merge;
+pub(crate) mod merge;
 pub mod messages;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod migrate;
 pub mod partition;
 pub mod record;
@@ -31,8 +35,8 @@ pub mod recover;
 pub mod schema;
 pub mod search;
 pub mod server;
-pub mod status;
-pub mod tls;
+pub(crate) mod status;
+pub(crate) mod tls;
 pub mod validate;
 pub mod wal;
 

@@ -66,18 +66,19 @@ async fn load_reports_throughput_latency_and_time_to_searchable() {
     assert!(ms(&report, "searchable_ms", "max") >= ms(&report, "searchable_ms", "p50"));
 
     let mut client = server.client().await;
-    let stored: std::collections::HashSet<String> = auditd::gen::events(&auditd::gen::GenOptions {
-        count: 3000,
-        ..Default::default()
-    })
-    .map(|e| {
-        auditd::json::JsonEvent::parse(&e.to_json_line())
-            .unwrap()
-            .into_proto()
-            .unwrap()
-            .id
-    })
-    .collect();
+    let stored: std::collections::HashSet<String> =
+        auditd::client::gen::events(&auditd::client::gen::GenOptions {
+            count: 3000,
+            ..Default::default()
+        })
+        .map(|e| {
+            auditd::json::JsonEvent::parse(&e.to_json_line())
+                .unwrap()
+                .into_proto()
+                .unwrap()
+                .id
+        })
+        .collect();
     let found = stored_once_with_all_of(&mut client, &stored).await;
     assert_eq!(found.len(), 3000);
     server.stop().await.unwrap();

@@ -47,7 +47,7 @@ fn dataset() -> Vec<AuditEvent> {
 type Tokens = TokensClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
-        auditd::auth::BearerToken,
+        auditd::client::BearerToken,
     >,
 >;
 
@@ -57,7 +57,7 @@ async fn tokens_client(server: &TestServer, token: &str) -> Tokens {
         .connect()
         .await
         .unwrap();
-    TokensClient::with_interceptor(channel, auditd::auth::BearerToken::new(token).unwrap())
+    TokensClient::with_interceptor(channel, auditd::client::BearerToken::new(token).unwrap())
 }
 
 async fn create(

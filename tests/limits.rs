@@ -66,7 +66,7 @@ async fn connected_when_free(server: &TestServer) -> Client {
             .connect()
             .await;
         if let Ok(channel) = channel {
-            let token = auditd::auth::BearerToken::new(&server.admin_token()).unwrap();
+            let token = auditd::client::BearerToken::new(&server.admin_token()).unwrap();
             let mut client =
                 auditd::proto::audit_log_client::AuditLogClient::with_interceptor(channel, token);
             if client

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use auditd::auth::BearerToken;
+use auditd::client::BearerToken;
 use auditd::config::TlsConfig;
 use auditd::proto::audit_log_client::AuditLogClient;
 use auditd::proto::SearchRequest;

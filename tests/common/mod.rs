@@ -7,16 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use auditd::auth::BearerToken;
-use auditd::gen::GenOptions;
+use auditd::client::gen::GenOptions;
+use auditd::client::BearerToken;
 use auditd::json::JsonEvent;
-use auditd::proto::audit_log_client::AuditLogClient;
 use auditd::proto::{AuditEvent, IngestRequest, IngestResponse, SearchRequest, WaitFor};
 use auditd::server::ServerError;
 use auditd::{Config, Listeners};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -131,7 +129,7 @@ impl TestServer {
     }
 }
 
-pub type Client = AuditLogClient<InterceptedService<Channel, BearerToken>>;
+pub use auditd::client::Client;
 
 pub fn admin_token(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join(auditd::auth::ADMIN_TOKEN_FILE)).expect("admin.token")
@@ -143,9 +141,7 @@ pub async fn connect(url: &str, token: &str) -> Client {
         .connect()
         .await
         .expect("connect");
-    AuditLogClient::with_interceptor(channel, BearerToken::new(token).unwrap())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+    auditd::client::audit_log(channel, BearerToken::new(token).unwrap())
 }
 
 /// `count` generated events, with times moved so that every `per_day`
@@ -159,7 +155,7 @@ pub fn generated(count: u64, seed: u64, per_day: u64) -> Vec<AuditEvent> {
         addresses: 200,
         start: 1_700_000_000.0,
     };
-    auditd::gen::events(&opts)
+    auditd::client::gen::events(&opts)
         .enumerate()
         .map(|(i, e)| {
             let mut event = JsonEvent::parse(&e.to_json_line())

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use auditd::auth::BearerToken;
+use auditd::client::BearerToken;
 use auditd::json::JsonEvent;
 use auditd::proto::audit_log_client::AuditLogClient;
 use auditd::proto::{GetEventRequest, IngestRequest, IngestResponse, WaitFor};
@@ -35,7 +35,8 @@ use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{channel, retry, send_with_retry, MAX_MESSAGE_BYTES};
+use crate::{channel, retry, send_with_retry};
+use auditd::client::MAX_MESSAGE_BYTES;
 
 /// How often a probe asks whether its marker is searchable: the resolution
 /// of the time-to-searchable figures.
@@ -127,7 +128,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     let samples = Arc::new(Mutex::new(Samples::default()));
     let acked_events = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let cpu_at_start = auditd::metrics::process_cpu_seconds();
+    let cpu_at_start = auditd::client::cpu::process_cpu_seconds();
     let (rate, batch_size) = (args.rate, args.batch_size);
     let due = move |k: usize| -> Option<Instant> {
         rate.map(|rate| started + Duration::from_secs_f64((k * batch_size) as f64 / rate))
@@ -204,7 +205,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     // and encoding before the clock): on one machine it is taken from
     // the daemon's cores.
     let cpu_seconds = cpu_at_start
-        .zip(auditd::metrics::process_cpu_seconds())
+        .zip(auditd::client::cpu::process_cpu_seconds())
         .map(|(start, end)| end - start);
     let events = acked_events.load(Ordering::Relaxed);
     let ndjson_bytes: u64 = batches.iter().map(|b| b.ndjson_bytes).sum();
@@ -360,12 +361,12 @@ fn prepare(args: &LoadArgs, run_id: &str) -> anyhow::Result<Vec<Batch>> {
             if count > MAX_LOAD_EVENTS {
                 bail!("--generate at most {MAX_LOAD_EVENTS} events");
             }
-            let opts = auditd::gen::GenOptions {
+            let opts = auditd::client::gen::GenOptions {
                 count,
                 seed: args.seed,
-                ..auditd::gen::GenOptions::default()
+                ..auditd::client::gen::GenOptions::default()
             };
-            Box::new(auditd::gen::events(&opts).map(|e| Ok(e.to_json_line())))
+            Box::new(auditd::client::gen::events(&opts).map(|e| Ok(e.to_json_line())))
         }
         (None, None) => bail!("give an NDJSON file or --generate COUNT"),
     };

@@ -11,25 +11,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use auditd::auth::BearerToken;
+use auditd::client::{BearerToken, Client};
 use auditd::json::JsonEvent;
-use auditd::proto::audit_log_client::AuditLogClient;
 use auditd::proto::tokens_client::TokensClient;
 use auditd::proto::{
     AuditEvent, CreateTokenRequest, GetEventRequest, IngestRequest, IngestResponse,
     ListTokensRequest, Outcome, RevokeTokenRequest, SearchRequest, TokenInfo, TokenKind, WaitFor,
 };
 use clap::{Parser, Subcommand, ValueEnum};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 /// The daemon's allocator: `auditctl load` shares the machine with the daemon
 /// it measures, so its own allocations should cost as little.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Largest message the client sends or accepts.
-pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "auditctl: the auditd command-line client")]
@@ -66,8 +61,6 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
-
-type Client = AuditLogClient<InterceptedService<Channel, BearerToken>>;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -296,23 +289,11 @@ fn bearer(cli: &Cli) -> anyhow::Result<BearerToken> {
 
 /// Where and how to connect: TLS when a CA or client certificate is given.
 fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
-    let addr = &cli.addr;
-    let mut endpoint =
-        Channel::from_shared(addr.clone()).with_context(|| format!("bad address {addr}"))?;
-    if cli.tls_ca.is_some() || cli.tls_cert.is_some() {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-        };
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &cli.tls_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
-        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
-    }
-    Ok(endpoint)
+    let tls = auditd::client::ClientTls {
+        ca: cli.tls_ca.as_deref(),
+        identity: cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
+    };
+    Ok(auditd::client::endpoint(&cli.addr, &tls)?)
 }
 
 pub(crate) async fn channel(endpoint: &Endpoint) -> anyhow::Result<Channel> {
@@ -323,11 +304,7 @@ pub(crate) async fn channel(endpoint: &Endpoint) -> anyhow::Result<Channel> {
 }
 
 async fn connect(endpoint: &Endpoint, bearer: BearerToken) -> anyhow::Result<Client> {
-    Ok(
-        AuditLogClient::with_interceptor(channel(endpoint).await?, bearer)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    )
+    Ok(auditd::client::audit_log(channel(endpoint).await?, bearer))
 }
 
 async fn tokens(
@@ -412,7 +389,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 fn gen(args: GenArgs) -> anyhow::Result<()> {
-    let opts = auditd::gen::GenOptions {
+    let opts = auditd::client::gen::GenOptions {
         count: args.count,
         seed: args.seed,
         accesses: args.accesses,
@@ -422,7 +399,7 @@ fn gen(args: GenArgs) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    match auditd::gen::write_ndjson(&opts, &mut out).and_then(|_| out.flush()) {
+    match auditd::client::gen::write_ndjson(&opts, &mut out).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other.map(|_| ())?),
     }
