@@ -93,9 +93,13 @@ fn wal_append(c: &mut Criterion) {
         ("append 1000-event batch, no fsync", false),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 0, 64 << 20, Recovery::TolerateTornTail, |_| {
-            Ok(())
-        })
+        let (mut wal, _) = Wal::open(
+            dir.path(),
+            auditd::wal::LogPosition::START,
+            64 << 20,
+            Recovery::TolerateTornTail,
+            |_| Ok(()),
+        )
         .unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -219,9 +218,9 @@ impl Indexer {
             }
             let lag = self
                 .positions
-                .end
-                .load(Ordering::Acquire)
-                .saturating_sub(self.committed.log);
+                .end()
+                .get()
+                .saturating_sub(self.committed.log.get());
             metrics::gauge!(m::INDEX_LAG_BYTES).set(lag as f64);
         }
     }
@@ -240,8 +239,8 @@ impl Indexer {
     fn reread(&mut self) -> Result<(), IndexError> {
         let (from, to) = (self.committed, self.indexed);
         tracing::info!(
-            from = from.log,
-            to = to.log,
+            from = from.log.get(),
+            to = to.log.get(),
             "re-reading the write-ahead log into the index"
         );
         self.rebuild = false;
@@ -358,13 +357,11 @@ impl Indexer {
             },
         )?;
         self.committed = position;
-        self.positions
-            .checkpoint
-            .store(position.log, Ordering::Release);
+        self.positions.set_checkpoint(position.log);
         self.searchable.send_replace(position.seq);
         metrics::counter!(m::COMMITS).increment(1);
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::gauge!(m::INDEXED_POSITION).set(position.log as f64);
+        metrics::gauge!(m::INDEXED_POSITION).set(position.log.get() as f64);
         if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             metrics::gauge!(m::LAST_COMMIT_SECONDS).set(now.as_secs_f64());
         }

@@ -8,7 +8,7 @@
 use tokio::sync::oneshot;
 
 use crate::proto::AuditEvent;
-use crate::wal::Span;
+use crate::wal::{LogPosition, Span};
 
 /// What one `Batch` record holds: a validated batch, ids and `received`
 /// set (`record.rs` puts the envelope around it). Encoded with prost, so
@@ -79,8 +79,8 @@ pub const MAX_EVENTS_PER_RECORD: usize = 1 << 16;
 /// is in it, and so is every such event with a seq below `seq`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitPayload {
-    /// A log position (`wal::Span` boundary).
-    pub log: u64,
+    /// A record boundary.
+    pub log: LogPosition,
     /// The seq after the last event the commit covers.
     pub seq: u64,
 }
@@ -102,7 +102,7 @@ impl CommitPayload {
 /// `next_seq`. Written atomically after each commit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
-    pub wal_position: u64,
+    pub wal_position: LogPosition,
     /// The seq the next event indexed after the checkpoint takes, at the
     /// least: with the log's records and the partitions' payloads, where
     /// start-up takes the next seq from.
@@ -124,7 +124,7 @@ pub struct PartitionLedger {
     pub events: u64,
     /// Its commit payload's log position: every record that starts below
     /// this and holds events of its day is in it.
-    pub committed: u64,
+    pub committed: LogPosition,
 }
 
 #[cfg(test)]
@@ -133,8 +133,12 @@ mod tests {
 
     #[test]
     fn commit_payloads_round_trip_and_a_bare_position_is_refused() {
-        let payload = CommitPayload { log: 1234, seq: 56 };
+        let payload = CommitPayload {
+            log: LogPosition::new(1234),
+            seq: 56,
+        };
         assert_eq!(CommitPayload::parse(&payload.encode()), Some(payload));
+        assert_eq!(payload.encode(), r#"{"log":1234,"seq":56}"#);
         assert_eq!(CommitPayload::parse("1234"), None);
         assert_eq!(CommitPayload::parse("twelve"), None);
     }

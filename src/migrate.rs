@@ -31,7 +31,7 @@ use crate::proto::AuditEvent;
 use crate::record::{self, RecordKind};
 use crate::schema::{names, restore_times, timestamp_micros, AuditSchema};
 use crate::server::{lock_data_dir, ServerError};
-use crate::wal::{frame, Recovery, Span, Wal, WalError};
+use crate::wal::{frame, LogPosition, Recovery, Span, Wal, WalError};
 
 /// Events in one record of the new log (a batch id's events stay
 /// together, up to this many).
@@ -221,8 +221,9 @@ fn segment_batch_ids(segment: &tantivy::SegmentReader) -> tantivy::Result<HashMa
 /// Format 1's seq of the event at `index` of a record of `events` events
 /// spanning `record`: the record's bytes shared out among its events.
 fn legacy_seq(record: Span, events: usize, index: usize) -> u64 {
-    let len = u128::from(record.end - record.start);
-    record.start + (index as u128 * len / events as u128) as u64
+    let (start, end) = (record.start.get(), record.end.get());
+    let len = u128::from(end - start);
+    start + (index as u128 * len / events as u128) as u64
 }
 
 /// Adds every event of the old log's records that the old index does not
@@ -244,7 +245,7 @@ fn old_log_events(
     let from = crate::wal::segment::list(&wal_dir)
         .map_err(io(&wal_dir))?
         .first()
-        .map_or(0, |s| s.start);
+        .map_or(LogPosition::START, |s| LogPosition::new(s.start));
     let (_wal, _) = Wal::open(
         &wal_dir,
         from,
@@ -266,7 +267,7 @@ fn old_log_events(
             let n = batch.events.len();
             for (i, event) in batch.events.into_iter().enumerate() {
                 let day = day_of(timestamp_micros(event.time.as_ref()));
-                let indexed = committed.get(&day).is_some_and(|c| span.start < *c);
+                let indexed = committed.get(&day).is_some_and(|c| span.start.get() < *c);
                 if indexed {
                     continue;
                 }
@@ -328,9 +329,13 @@ fn write_new_log(config: &Config, dir: &Path, events: Vec<OldEvent>) -> Result<u
         .map(|p| p.reader.searcher())
         .collect();
     let schema = AuditSchema::new();
-    let (mut wal, _) = Wal::open(dir, 0, config.wal.segment_bytes, Recovery::Strict, |_| {
-        Ok(())
-    })?;
+    let (mut wal, _) = Wal::open(
+        dir,
+        LogPosition::START,
+        config.wal.segment_bytes,
+        Recovery::Strict,
+        |_| Ok(()),
+    )?;
     let mut next_seq = 0u64;
     let mut records = 0u64;
     let mut batch = WalBatch::default();
@@ -429,16 +434,16 @@ mod tests {
         let mut last = None;
         for (events, len) in [(1, 1), (3, 300), (1000, 301_234), (7, 9)] {
             let span = Span {
-                start,
-                end: start + len,
+                start: LogPosition::new(start),
+                end: LogPosition::new(start + len),
             };
             for i in 0..events {
                 let seq = legacy_seq(span, events, i);
                 assert!(last < Some(seq));
-                assert!(span.start <= seq && seq < span.end);
+                assert!(start <= seq && seq < start + len);
                 last = Some(seq);
             }
-            start = span.end;
+            start += len;
         }
     }
 }

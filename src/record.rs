@@ -127,12 +127,13 @@ pub fn decode(record: Record<'_>) -> Result<LogRecord, WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::LogPosition;
     use std::path::Path;
 
     fn record(payload: &[u8]) -> Record<'_> {
         Record {
-            start: 100,
-            end: 100 + payload.len() as u64,
+            start: LogPosition::new(100),
+            end: LogPosition::new(100 + payload.len() as u64),
             payload,
             path: Path::new("wal-00000000000000000100.log"),
             offset: 8,

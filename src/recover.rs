@@ -33,6 +33,7 @@ use crate::partition::{day_of, format_day, parse_day, verify_partition, Day};
 use crate::record::LogRecord;
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::server::ServerError;
+use crate::wal::LogPosition;
 use crate::wal::{SkippedDamage, Wal, WalError};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +62,12 @@ pub struct RecoverReport {
     pub partitions_checked: usize,
     pub damaged: Vec<DamagedPartition>,
     /// The log's first and last positions: what it can give back.
-    pub wal_start: u64,
-    pub wal_end: u64,
+    pub wal_start: LogPosition,
+    pub wal_end: LogPosition,
     /// The checkpoint before and after (lowered only when something was
     /// moved aside).
-    pub checkpoint_before: u64,
-    pub checkpoint_after: u64,
+    pub checkpoint_before: LogPosition,
+    pub checkpoint_after: LogPosition,
 }
 
 impl RecoverReport {
@@ -136,7 +137,7 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
             source,
         })?
         .first()
-        .map_or(checkpoint.wal_position, |s| s.start);
+        .map_or(checkpoint.wal_position, |s| LogPosition::new(s.start));
     // What each damaged partition held, and up to which log position:
     // from the ledger in the checkpoint (outside the damaged files), else
     // from its own metadata if that still parses.
@@ -268,20 +269,22 @@ fn partition_dirs(root: &Path) -> Result<Vec<(Day, PathBuf)>, RecoverError> {
 /// What a damaged partition held: events, and the log position its last
 /// commit covers.
 struct Known {
-    held: Option<(u64, u64)>,
+    held: Option<(u64, LogPosition)>,
     source: &'static str,
 }
 
 /// The document count and commit payload the partition's own `meta.json`
 /// records, when both still parse: the fallback for a partition the ledger
 /// does not know (a checkpoint written before the ledger existed).
-fn metadata_ledger(path: &Path) -> Option<(u64, u64)> {
+fn metadata_ledger(path: &Path) -> Option<(u64, LogPosition)> {
     let index = tantivy::Index::open_in_dir(path).ok()?;
     let metas = index.load_metas().ok()?;
     let committed = metas
         .payload
         .as_deref()
-        .map_or(Some(0), |p| CommitPayload::parse(p).map(|c| c.log))?;
+        .map_or(Some(LogPosition::START), |p| {
+            CommitPayload::parse(p).map(|c| c.log)
+        })?;
     let events = metas.segments.iter().map(|s| u64::from(s.num_docs())).sum();
     Some((events, committed))
 }

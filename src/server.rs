@@ -8,7 +8,6 @@ use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,7 +39,7 @@ use crate::tls::{TlsError, TlsMaterial};
 use crate::wal::group_commit::{self, WalPositions};
 use crate::wal::log::FileReader;
 use crate::wal::memory::{MemoryLog, MemoryStore};
-use crate::wal::{Log, LogReader, Record, ReplayReport, Wal, WalError};
+use crate::wal::{Log, LogPosition, LogReader, Record, ReplayReport, Wal, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -112,7 +111,7 @@ impl LogChoice {
     fn open(
         &self,
         config: &Config,
-        from: u64,
+        from: LogPosition,
         visit: impl FnMut(Record<'_>) -> Result<(), WalError>,
     ) -> Result<(Box<dyn Log>, ReplayReport), WalError> {
         match self {
@@ -127,7 +126,7 @@ impl LogChoice {
                 let mut visit = visit;
                 let log = MemoryLog::open(store.clone(), from, |record| {
                     report.records += 1;
-                    report.bytes += record.end - record.start;
+                    report.bytes += record.end.get() - record.start.get();
                     visit(record)
                 })?;
                 Ok((Box::new(log), report))
@@ -227,7 +226,7 @@ struct Pipeline {
     app: Option<App>,
     positions: Arc<WalPositions>,
     memo: Arc<Idempotency>,
-    checkpoint: u64,
+    checkpoint: LogPosition,
     /// The seq after the last event the index held at start-up.
     indexed_seq: u64,
     log: LogChoice,
@@ -299,9 +298,7 @@ impl Pipeline {
         }
         let status = Arc::new(PipelineStatus::default());
         let positions = Arc::new(WalPositions::default());
-        positions
-            .checkpoint
-            .store(checkpoint.wal_position, Ordering::Release);
+        positions.set_checkpoint(checkpoint.wal_position);
         // The seq after the last indexed event: the checkpoint's, or a
         // partition's when one committed after it (a crash between the two).
         let indexed_seq = partitions
@@ -472,7 +469,7 @@ impl Pipeline {
         let mut wal = wal.transpose()?;
         indexed??;
         if let Some(wal) = &mut wal {
-            let checkpoint = self.positions.checkpoint.load(Ordering::Acquire);
+            let checkpoint = self.positions.checkpoint();
             // Not fatal: replay skips what the checkpoint covers anyway.
             if let Err(error) = wal
                 .trim(checkpoint)

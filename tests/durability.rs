@@ -6,6 +6,7 @@
 mod common;
 
 use auditd::record::{self, RecordKind};
+use auditd::wal::LogPosition;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
@@ -55,7 +56,8 @@ fn kill_before_any_checkpoint(daemon: &mut Daemon, data_dir: &Path) {
     daemon.child.wait().unwrap();
     let checkpoint = auditd::indexer::read_checkpoint(data_dir).unwrap();
     assert_eq!(
-        checkpoint.wal_position, 0,
+        checkpoint.wal_position,
+        LogPosition::START,
         "nothing was committed to the index before the kill"
     );
 }
@@ -89,7 +91,7 @@ fn write_wal(data_dir: &Path, batches: &[Vec<AuditEvent>]) -> Vec<(u64, u64)> {
         .unwrap();
     let (mut wal, _) = Wal::open(
         &data_dir.join("wal"),
-        0,
+        LogPosition::START,
         1 << 20,
         Recovery::TolerateTornTail,
         |_| Ok(()),
@@ -109,7 +111,8 @@ fn write_wal(data_dir: &Path, batches: &[Vec<AuditEvent>]) -> Vec<(u64, u64)> {
         let header = record::header(RecordKind::Batch, next_seq);
         next_seq += batch.events.len() as u64;
         let span = wal.append(&[&header, &batch.encode_to_vec()]).unwrap();
-        spans.push((span.start, span.end));
+        // The local log's positions are bytes: the tests below flip them.
+        spans.push((span.start.get(), span.end.get()));
     }
     wal.sync().unwrap();
     spans
@@ -216,7 +219,7 @@ async fn damage_before_the_tail_stops_start_up_with_a_clear_error() {
     let [skip] = &report.wal_skipped[..] else {
         panic!("one damaged span expected: {report}")
     };
-    assert_eq!((skip.start, skip.end), spans[0], "{report}");
+    assert_eq!((skip.start.get(), skip.end.get()), spans[0], "{report}");
     assert_eq!(std::fs::read(&skip.copy).unwrap(), bytes);
     assert!(report.to_string().contains("not yet indexed"), "{report}");
     let server = TestServer::start(test_config(dir.path())).await;
@@ -258,13 +261,13 @@ async fn recover_skips_exactly_the_damaged_record_at_any_offset() {
         let spans_skipped: Vec<(u64, u64)> = report
             .wal_skipped
             .iter()
-            .map(|s| (s.start, s.end))
+            .map(|s| (s.start.get(), s.end.get()))
             .collect();
         assert_eq!(spans_skipped, vec![spans[1]], "flip at {at}: {report}");
         let mut replayed = Vec::new();
         Wal::open(
             &dir.path().join("wal"),
-            0,
+            LogPosition::START,
             1 << 20,
             Recovery::Strict,
             |record| {

@@ -143,12 +143,18 @@ fn actions_in_wal(data_dir: &std::path::Path) -> Vec<String> {
     let dir = auditd::wal::dir(data_dir);
     let first = auditd::wal::segment::list(&dir).unwrap()[0].start;
     let mut actions = Vec::new();
-    auditd::wal::Wal::open(&dir, first, 64 << 20, Default::default(), |record| {
-        if let auditd::record::LogRecord::Batch(batch) = auditd::record::decode(record)? {
-            actions.extend(batch.batch.events.into_iter().map(|e| e.action));
-        }
-        Ok(())
-    })
+    auditd::wal::Wal::open(
+        &dir,
+        auditd::wal::LogPosition::new(first),
+        64 << 20,
+        Default::default(),
+        |record| {
+            if let auditd::record::LogRecord::Batch(batch) = auditd::record::decode(record)? {
+                actions.extend(batch.batch.events.into_iter().map(|e| e.action));
+            }
+            Ok(())
+        },
+    )
     .unwrap();
     actions
 }

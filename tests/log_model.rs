@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use auditd::wal::frame::HEADER_LEN;
 use auditd::wal::memory::{MemoryLog, MemoryStore};
-use auditd::wal::{Log, Recovery, Span, Wal, WalError};
+use auditd::wal::{Log, LogPosition, Recovery, Span, Wal, WalError};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -45,9 +45,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     flushed: Vec<(Span, Vec<u8>)>,
     buffered: Vec<(Span, Vec<u8>)>,
-    end: u64,
+    end: LogPosition,
     /// Records below this may be gone.
-    trimmed: u64,
+    trimmed: LogPosition,
 }
 
 impl Model {
@@ -59,8 +59,8 @@ impl Model {
     }
 
     /// Record boundaries a read or a reopen may start at.
-    fn boundaries(&self) -> Vec<u64> {
-        let mut out: Vec<u64> = self.readable().iter().map(|(s, _)| s.start).collect();
+    fn boundaries(&self) -> Vec<LogPosition> {
+        let mut out: Vec<LogPosition> = self.readable().iter().map(|(s, _)| s.start).collect();
         out.push(
             self.flushed
                 .last()
@@ -76,13 +76,13 @@ type Seen = Vec<(Span, Vec<u8>)>;
 
 /// How a run opens its log again: the local files, or the memory store.
 trait Opener {
-    fn open(&self, from: u64) -> Result<(Box<dyn Log>, Seen), WalError>;
+    fn open(&self, from: LogPosition) -> Result<(Box<dyn Log>, Seen), WalError>;
 }
 
 struct Files(tempfile::TempDir);
 
 impl Opener for Files {
-    fn open(&self, from: u64) -> Result<(Box<dyn Log>, Seen), WalError> {
+    fn open(&self, from: LogPosition) -> Result<(Box<dyn Log>, Seen), WalError> {
         let mut seen = Vec::new();
         // Small segments: rotations, and trims that free whole ones.
         let (wal, _) = Wal::open(self.0.path(), from, 120, Recovery::Strict, |r| {
@@ -102,7 +102,7 @@ impl Opener for Files {
 struct Memory(Arc<MemoryStore>);
 
 impl Opener for Memory {
-    fn open(&self, from: u64) -> Result<(Box<dyn Log>, Seen), WalError> {
+    fn open(&self, from: LogPosition) -> Result<(Box<dyn Log>, Seen), WalError> {
         let mut seen = Vec::new();
         let log = MemoryLog::open(self.0.clone(), from, |r| {
             seen.push((
@@ -120,15 +120,16 @@ impl Opener for Memory {
 
 fn run(opener: &dyn Opener, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model = Model::default();
-    let (mut log, seen) = opener.open(0).unwrap();
+    let (mut log, seen) = opener.open(LogPosition::START).unwrap();
     prop_assert!(seen.is_empty());
     for op in ops {
         match op {
             Op::Append(payload) => {
                 let span = log.append(&[payload]).unwrap();
+                // Both logs number a record as its frame's bytes.
                 let expected = Span {
                     start: model.end,
-                    end: model.end + (HEADER_LEN + payload.len()) as u64,
+                    end: LogPosition::new(model.end.get() + (HEADER_LEN + payload.len()) as u64),
                 };
                 prop_assert_eq!(span, expected);
                 model.end = span.end;

@@ -90,7 +90,8 @@ async fn records_only_in_the_memory_log_are_replayed_at_start() {
     let store = Arc::new(MemoryStore::default());
     // What a crash before any commit leaves: records, no index.
     let events = generated(300, 33, 300);
-    let mut log = MemoryLog::open(store.clone(), 0, |_| Ok(())).unwrap();
+    let mut log =
+        MemoryLog::open(store.clone(), auditd::wal::LogPosition::START, |_| Ok(())).unwrap();
     for (n, chunk) in events.chunks(100).enumerate() {
         let mut batch = WalBatch {
             batch_id: format!("batch-{n}"),

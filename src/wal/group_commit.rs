@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Log, SyncPolicy, WalError};
+use super::{Log, LogPosition, SyncPolicy, WalError};
 use crate::messages::{AppendRequest, Appended, IndexBatch, ToIndexer};
 use crate::metrics as m;
 use crate::record::{self, RecordKind};
@@ -27,7 +27,8 @@ const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// below it the disk saved is not worth a new file.
 const IDLE_RETIRE_BYTES: u64 = 1 << 20;
 
-/// Shared positions the rest of the pipeline reads without a lock.
+/// Shared positions the rest of the pipeline reads without a lock (the
+/// log positions as their numbers; `end` and `checkpoint` read them back).
 #[derive(Debug, Default)]
 pub struct WalPositions {
     /// End of the log: every record below it is appended (and, but for
@@ -37,6 +38,24 @@ pub struct WalPositions {
     pub checkpoint: AtomicU64,
     /// The seq after the last acknowledged event.
     pub next_seq: AtomicU64,
+}
+
+impl WalPositions {
+    pub fn end(&self) -> LogPosition {
+        LogPosition::new(self.end.load(Ordering::Acquire))
+    }
+
+    pub fn checkpoint(&self) -> LogPosition {
+        LogPosition::new(self.checkpoint.load(Ordering::Acquire))
+    }
+
+    pub fn set_checkpoint(&self, position: LogPosition) {
+        self.checkpoint.store(position.get(), Ordering::Release);
+    }
+
+    fn set_end(&self, position: LogPosition) {
+        self.end.store(position.get(), Ordering::Release);
+    }
 }
 
 type Pending = (Appended, AppendRequest);
@@ -73,7 +92,7 @@ pub fn spawn(
     positions: Arc<WalPositions>,
     status: Arc<PipelineStatus>,
 ) -> std::io::Result<JoinHandle<Result<Box<dyn Log>, WalError>>> {
-    positions.end.store(wal.end(), Ordering::Release);
+    positions.set_end(wal.end());
     positions.next_seq.store(next_seq, Ordering::Release);
     metrics::gauge!(m::WAL_SEGMENTS).set(wal.pieces() as f64);
     std::thread::Builder::new()
@@ -103,11 +122,11 @@ fn run(
 ) -> Result<(), WalError> {
     let mut pending: Vec<Pending> = Vec::new();
     let mut last_sync = Instant::now();
-    let mut trimmed = 0u64;
+    let mut trimmed = LogPosition::START;
     let mut fault: Option<Fault> = None;
     // The end of what was acknowledged: a repair cuts the log back to it,
     // and the seqs of what it cuts are given out again.
-    let acknowledged = |positions: &WalPositions| positions.end.load(Ordering::Acquire);
+    let acknowledged = |positions: &WalPositions| positions.end();
     let acknowledged_seq = |positions: &WalPositions| positions.next_seq.load(Ordering::Acquire);
     loop {
         let timeout = match policy {
@@ -204,12 +223,12 @@ fn run(
                 if fault.take().is_some() {
                     status.set_fault("wal", None);
                 }
-                positions.end.store(wal.end(), Ordering::Release);
+                positions.set_end(wal.end());
                 positions.next_seq.store(next_seq, Ordering::Release);
-                metrics::gauge!(m::WAL_END_POSITION).set(wal.end() as f64);
+                metrics::gauge!(m::WAL_END_POSITION).set(wal.end().get() as f64);
                 for (appended, request) in pending.drain(..) {
                     let span = appended.span;
-                    metrics::counter!(m::WAL_BYTES).increment(span.end - span.start);
+                    metrics::counter!(m::WAL_BYTES).increment(span.end.get() - span.start.get());
                     let _ = request.reply.send(Ok(appended));
                     // Blocks while the indexer queue is full: that
                     // stalls this thread, fills the request queue,
@@ -247,7 +266,7 @@ fn run(
             }
         }
 
-        let checkpoint = positions.checkpoint.load(Ordering::Acquire);
+        let checkpoint = positions.checkpoint();
         if checkpoint > trimmed {
             // Not fatal: the segments stay, and the next pass tries again.
             match wal.trim(checkpoint) {
@@ -279,7 +298,7 @@ fn run(
 /// Marks the log degraded and tries a first repair at once.
 fn enter_fault(
     wal: &mut dyn Log,
-    acknowledged: u64,
+    acknowledged: LogPosition,
     error: &WalError,
     status: &PipelineStatus,
 ) -> Fault {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::frame::{self, Decoded};
 use super::segment::{self, SegmentFile, MAGIC};
-use super::WalError;
+use super::{LogPosition, Span, WalError};
 
 /// What to do with a torn tail: a partial last record, which a crash during
 /// a write leaves behind. Damage anywhere else always refuses to open.
@@ -28,8 +28,8 @@ pub enum Recovery {
 /// where it lies (for messages that name the file and offset).
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
-    pub start: u64,
-    pub end: u64,
+    pub start: LogPosition,
+    pub end: LogPosition,
     pub payload: &'a [u8],
     pub path: &'a Path,
     /// The frame's offset in `path`.
@@ -59,13 +59,6 @@ pub struct Wal {
     buf: Vec<u8>,
 }
 
-/// A record's place in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
-    pub start: u64,
-    pub end: u64,
-}
-
 impl Wal {
     /// Opens the log in `dir` (created when missing) and hands every record
     /// at or after `from` to `visit`, in order.
@@ -75,7 +68,7 @@ impl Wal {
     /// torn tail under `Recovery::Strict`, or when `visit` fails.
     pub fn open(
         dir: &Path,
-        from: u64,
+        from: LogPosition,
         segment_bytes: u64,
         recovery: Recovery,
         mut visit: impl FnMut(Record<'_>) -> Result<(), WalError>,
@@ -83,6 +76,7 @@ impl Wal {
         fs::create_dir_all(dir).map_err(|source| WalError::io(dir, source))?;
         let mut segments = segment::list(dir).map_err(|source| WalError::io(dir, source))?;
         let mut report = ReplayReport::default();
+        let from = from.get();
 
         // Segments wholly before `from` are already indexed: skip them.
         let first = segments.iter().rposition(|s| s.start <= from).unwrap_or(0);
@@ -147,7 +141,7 @@ impl Wal {
                 let damage = match next {
                     Ok(record) => {
                         report.records += 1;
-                        report.bytes += record.end - record.start;
+                        report.bytes += record.end.get() - record.start.get();
                         visit(record)?;
                         continue;
                     }
@@ -211,8 +205,8 @@ impl Wal {
     }
 
     /// The position after the last appended record.
-    pub fn end(&self) -> u64 {
-        self.end
+    pub fn end(&self) -> LogPosition {
+        LogPosition::new(self.end)
     }
 
     /// Buffers one record, whose payload is `parts` one after the other;
@@ -227,8 +221,8 @@ impl Wal {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.end = start + (frame::HEADER_LEN + len) as u64;
         Ok(Span {
-            start,
-            end: self.end,
+            start: LogPosition::new(start),
+            end: LogPosition::new(self.end),
         })
     }
 
@@ -275,7 +269,8 @@ impl Wal {
     /// cut back to it, segments a rotation created past it are removed, and
     /// new records are written afresh. Fails (and may be called again) while
     /// the disk still fails.
-    pub fn repair(&mut self, keep: u64) -> Result<(), WalError> {
+    pub fn repair(&mut self, keep: LogPosition) -> Result<(), WalError> {
+        let keep = keep.get();
         self.buf.clear();
         let dir = self.dir.clone();
         let dir_err = |source| WalError::io(&dir, source);
@@ -353,7 +348,8 @@ impl Wal {
 
     /// Deletes every segment that holds only records before `position`.
     /// The active segment always stays.
-    pub fn remove_below(&mut self, position: u64) -> Result<usize, WalError> {
+    pub fn remove_below(&mut self, position: LogPosition) -> Result<usize, WalError> {
+        let position = position.get();
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1].start <= position {
             let seg = self.segments.remove(0);
@@ -376,10 +372,10 @@ impl Wal {
     /// with more WAL than half its index: docs/benchmarks-history.md).
     pub fn retire_indexed_active(
         &mut self,
-        checkpoint: u64,
+        checkpoint: LogPosition,
         min_bytes: u64,
     ) -> Result<bool, WalError> {
-        let indexed = self.buf.is_empty() && checkpoint >= self.end;
+        let indexed = self.buf.is_empty() && checkpoint.get() >= self.end;
         if !indexed || self.end - self.active_start < min_bytes {
             return Ok(false);
         }
@@ -427,8 +423,8 @@ pub struct SkippedDamage {
     pub offset: u64,
     pub len: u64,
     /// Global log positions of the damaged bytes.
-    pub start: u64,
-    pub end: u64,
+    pub start: LogPosition,
+    pub end: LogPosition,
     pub reason: &'static str,
     /// The segment as it was, copied aside before the change.
     pub copy: PathBuf,
@@ -511,8 +507,8 @@ pub fn skip_damage(dir: &Path, aside: &Path) -> Result<Vec<SkippedDamage>, WalEr
                 path: seg.path.clone(),
                 offset: (MAGIC.len() + offset) as u64,
                 len: len as u64,
-                start: seg.start + offset as u64,
-                end: seg.start + resume as u64,
+                start: LogPosition::new(seg.start + offset as u64),
+                end: LogPosition::new(seg.start + resume as u64),
                 reason: damage.reason,
                 copy: copy.clone(),
             });
@@ -537,11 +533,11 @@ impl super::Log for Wal {
         Wal::sync(self)
     }
 
-    fn end(&self) -> u64 {
+    fn end(&self) -> LogPosition {
         Wal::end(self)
     }
 
-    fn repair(&mut self, keep: u64) -> Result<(), WalError> {
+    fn repair(&mut self, keep: LogPosition) -> Result<(), WalError> {
         Wal::repair(self, keep)
     }
 
@@ -549,11 +545,15 @@ impl super::Log for Wal {
         Wal::probe(self)
     }
 
-    fn trim(&mut self, position: u64) -> Result<usize, WalError> {
+    fn trim(&mut self, position: LogPosition) -> Result<usize, WalError> {
         self.remove_below(position)
     }
 
-    fn retire_indexed(&mut self, checkpoint: u64, min_bytes: u64) -> Result<bool, WalError> {
+    fn retire_indexed(
+        &mut self,
+        checkpoint: LogPosition,
+        min_bytes: u64,
+    ) -> Result<bool, WalError> {
         self.retire_indexed_active(checkpoint, min_bytes)
     }
 
@@ -576,8 +576,8 @@ pub struct FileReader {
 impl super::LogReader for FileReader {
     fn read(
         &self,
-        from: u64,
-        to: u64,
+        from: LogPosition,
+        to: LogPosition,
         visit: &mut dyn FnMut(Record<'_>) -> Result<(), WalError>,
     ) -> Result<(), WalError> {
         read_range(&self.dir, from, to, visit)
@@ -635,10 +635,11 @@ fn truncate_tail(
 /// while the checkpoint is below it; any damage in it is an error.
 pub fn read_range<E: From<WalError>>(
     dir: &Path,
-    from: u64,
-    to: u64,
+    from: LogPosition,
+    to: LogPosition,
     mut visit: impl FnMut(Record<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
+    let (from, to) = (from.get(), to.get());
     let segments = segment::list(dir).map_err(|source| WalError::io(dir, source))?;
     let mut position = from;
     for (i, seg) in segments.iter().enumerate() {
@@ -667,7 +668,7 @@ pub fn read_range<E: From<WalError>>(
             match frames.next_record() {
                 None => break,
                 Some(Ok(record)) => {
-                    position = record.end;
+                    position = record.end.get();
                     visit(record)?;
                 }
                 Some(Err(damage)) => {
@@ -753,8 +754,8 @@ impl<'a> Frames<'a> {
             Decoded::Frame { payload, len } => {
                 let start = self.seg.start + self.at as u64;
                 let record = Record {
-                    start,
-                    end: start + len as u64,
+                    start: LogPosition::new(start),
+                    end: LogPosition::new(start + len as u64),
                     payload,
                     path: &self.seg.path,
                     offset: (MAGIC.len() + self.at) as u64,
@@ -799,10 +800,26 @@ mod tests {
         [payload]
     }
 
+    /// A span as the local log numbers it: bytes, for the arithmetic of
+    /// these tests.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct RawSpan {
+        start: u64,
+        end: u64,
+    }
+
+    fn raw(span: Span) -> RawSpan {
+        RawSpan {
+            start: span.start.get(),
+            end: span.end.get(),
+        }
+    }
+
     fn open(dir: &Path, from: u64, segment_bytes: u64) -> (Wal, Vec<(u64, Vec<u8>)>) {
+        let from = LogPosition::new(from);
         let mut seen = Vec::new();
         let (wal, _) = Wal::open(dir, from, segment_bytes, Recovery::TolerateTornTail, |r| {
-            seen.push((r.start, r.payload.to_vec()));
+            seen.push((r.start.get(), r.payload.to_vec()));
             Ok(())
         })
         .unwrap();
@@ -816,14 +833,14 @@ mod tests {
         assert!(seen.is_empty());
         let mut spans = Vec::new();
         for i in 0..20u8 {
-            spans.push(wal.append(&one(&[i; 30])).unwrap());
+            spans.push(raw(wal.append(&one(&[i; 30])).unwrap()));
             if i % 3 == 0 {
                 wal.sync().unwrap();
             }
         }
         wal.sync().unwrap();
         assert!(wal.segment_count() > 5, "rotated: {}", wal.segment_count());
-        let end = wal.end();
+        let end = wal.end().get();
         drop(wal);
 
         // Replay from every record boundary gives exactly the records after it.
@@ -835,7 +852,7 @@ mod tests {
                 .map(|(j, s)| (s.start, vec![(k + j) as u8; 30]))
                 .collect();
             assert_eq!(seen, expected, "from record {k}");
-            assert_eq!(wal.end(), end);
+            assert_eq!(wal.end().get(), end);
         }
 
         // Trimming keeps every segment that holds a record at or after
@@ -843,7 +860,7 @@ mod tests {
         let (mut wal, _) = open(dir.path(), 0, 100);
         let keep_from = spans[12].start;
         let before = wal.segment_count();
-        assert!(wal.remove_below(keep_from).unwrap() > 0);
+        assert!(wal.remove_below(LogPosition::new(keep_from)).unwrap() > 0);
         assert!(wal.segment_count() < before);
         drop(wal);
         let (_, seen) = open(dir.path(), keep_from, 100);
@@ -854,20 +871,32 @@ mod tests {
     fn an_indexed_active_segment_is_retired_only_when_all_indexed_and_big_enough() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let first = wal.append(&one(&[7; 100])).unwrap();
-        let second = wal.append(&one(&[8; 100])).unwrap();
+        let first = raw(wal.append(&one(&[7; 100])).unwrap());
+        let second = raw(wal.append(&one(&[8; 100])).unwrap());
         wal.sync().unwrap();
         // Not all indexed, or not big enough: nothing happens.
-        assert!(!wal.retire_indexed_active(first.end, 1).unwrap());
-        assert!(!wal.retire_indexed_active(second.end, 1 << 10).unwrap());
+        assert!(!wal
+            .retire_indexed_active(LogPosition::new(first.end), 1)
+            .unwrap());
+        assert!(!wal
+            .retire_indexed_active(LogPosition::new(second.end), 1 << 10)
+            .unwrap());
         // Buffered but not yet written: not retired either.
-        let third = wal.append(&one(&[9; 100])).unwrap();
-        assert!(!wal.retire_indexed_active(third.end, 1).unwrap());
+        let third = raw(wal.append(&one(&[9; 100])).unwrap());
+        assert!(!wal
+            .retire_indexed_active(LogPosition::new(third.end), 1)
+            .unwrap());
         wal.sync().unwrap();
 
-        assert!(wal.retire_indexed_active(third.end, 1).unwrap());
+        assert!(wal
+            .retire_indexed_active(LogPosition::new(third.end), 1)
+            .unwrap());
         assert_eq!(wal.segment_count(), 1);
-        assert_eq!(wal.end(), third.end, "positions go on where they were");
+        assert_eq!(
+            wal.end().get(),
+            third.end,
+            "positions go on where they were"
+        );
         let on_disk: u64 = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().len())
@@ -875,21 +904,21 @@ mod tests {
         assert_eq!(on_disk, segment::MAGIC.len() as u64);
 
         // The log goes on from there, and replays from the checkpoint.
-        let fourth = wal.append(&one(&[10; 100])).unwrap();
+        let fourth = raw(wal.append(&one(&[10; 100])).unwrap());
         assert_eq!(fourth.start, third.end);
         wal.sync().unwrap();
         drop(wal);
         let (wal, seen) = open(dir.path(), third.end, 1 << 20);
         assert_eq!(seen, vec![(third.end, vec![10; 100])]);
-        assert_eq!(wal.end(), fourth.end);
+        assert_eq!(wal.end().get(), fourth.end);
     }
 
     #[test]
     fn every_cut_of_the_last_record_is_a_torn_tail_and_strict_refuses_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let first = wal.append(&one(b"first record")).unwrap();
-        let last = wal.append(&one(b"second record, torn")).unwrap();
+        let first = raw(wal.append(&one(b"first record")).unwrap());
+        let last = raw(wal.append(&one(b"second record, torn")).unwrap());
         wal.sync().unwrap();
         drop(wal);
         let path = segment::list(dir.path()).unwrap()[0].path.clone();
@@ -897,20 +926,31 @@ mod tests {
         let header = MAGIC.len() as u64;
         for cut in last.start + 1..last.end {
             std::fs::write(&path, &whole[..(header + cut) as usize]).unwrap();
-            let strict = Wal::open(dir.path(), 0, 1 << 20, Recovery::Strict, |_| Ok(()));
+            let strict = Wal::open(
+                dir.path(),
+                LogPosition::START,
+                1 << 20,
+                Recovery::Strict,
+                |_| Ok(()),
+            );
             assert!(
                 matches!(strict, Err(WalError::Corrupt { .. })),
                 "strict at {cut}"
             );
             let mut seen = 0;
-            let (wal, report) =
-                Wal::open(dir.path(), 0, 1 << 20, Recovery::TolerateTornTail, |_| {
+            let (wal, report) = Wal::open(
+                dir.path(),
+                LogPosition::START,
+                1 << 20,
+                Recovery::TolerateTornTail,
+                |_| {
                     seen += 1;
                     Ok(())
-                })
-                .unwrap();
+                },
+            )
+            .unwrap();
             assert_eq!(seen, 1, "cut at {cut}");
-            assert_eq!(wal.end(), first.end);
+            assert_eq!(wal.end().get(), first.end);
             let (_, offset, _) = report.truncated.expect("reported");
             assert_eq!(offset, header + last.start);
             assert_eq!(std::fs::metadata(&path).unwrap().len(), header + first.end);
@@ -921,8 +961,8 @@ mod tests {
     fn a_flipped_byte_before_the_tail_is_an_error_naming_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let spans: Vec<Span> = (0..3)
-            .map(|i| wal.append(&one(&[i; 50])).unwrap())
+        let spans: Vec<RawSpan> = (0..3)
+            .map(|i| raw(wal.append(&one(&[i; 50])).unwrap()))
             .collect();
         wal.sync().unwrap();
         drop(wal);
@@ -933,9 +973,13 @@ mod tests {
             let mut damaged = whole.clone();
             damaged[(header + at) as usize] ^= 0x10;
             std::fs::write(&path, &damaged).unwrap();
-            match Wal::open(dir.path(), 0, 1 << 20, Recovery::TolerateTornTail, |_| {
-                Ok(())
-            }) {
+            match Wal::open(
+                dir.path(),
+                LogPosition::START,
+                1 << 20,
+                Recovery::TolerateTornTail,
+                |_| Ok(()),
+            ) {
                 Err(WalError::Corrupt {
                     path: p, offset, ..
                 }) => {
@@ -958,8 +1002,8 @@ mod tests {
     fn every_flip_in_the_last_record_is_a_torn_tail_cut_at_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let first = wal.append(&one(b"first record")).unwrap();
-        let last = wal.append(&one(b"second record, flipped")).unwrap();
+        let first = raw(wal.append(&one(b"first record")).unwrap());
+        let last = raw(wal.append(&one(b"second record, flipped")).unwrap());
         wal.sync().unwrap();
         drop(wal);
         let path = segment::list(dir.path()).unwrap()[0].path.clone();
@@ -971,7 +1015,7 @@ mod tests {
             std::fs::write(&path, &damaged).unwrap();
             let (wal, seen) = open(dir.path(), 0, 1 << 20);
             assert_eq!(seen.len(), 1, "flip at {at}");
-            assert_eq!(wal.end(), first.end, "flip at {at}");
+            assert_eq!(wal.end().get(), first.end, "flip at {at}");
         }
     }
 
@@ -979,8 +1023,8 @@ mod tests {
     fn skip_damage_covers_exactly_the_damaged_record_at_every_offset() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), 0, 1 << 20);
-        let spans: Vec<Span> = (0..3)
-            .map(|i| wal.append(&one(&[i + 1; 40])).unwrap())
+        let spans: Vec<RawSpan> = (0..3)
+            .map(|i| raw(wal.append(&one(&[i + 1; 40])).unwrap()))
             .collect();
         wal.sync().unwrap();
         drop(wal);
@@ -997,10 +1041,13 @@ mod tests {
             let [skip] = &skipped[..] else {
                 panic!("flip at {at}: {skipped:?}")
             };
-            assert_eq!((skip.start, skip.end), (spans[hit].start, spans[hit].end));
+            assert_eq!(
+                (skip.start.get(), skip.end.get()),
+                (spans[hit].start, spans[hit].end)
+            );
             assert_eq!(std::fs::read(&skip.copy).unwrap(), damaged);
             let (wal, seen) = open(dir.path(), 0, 1 << 20);
-            assert_eq!(wal.end(), spans[2].end, "flip at {at}");
+            assert_eq!(wal.end().get(), spans[2].end, "flip at {at}");
             let skips: Vec<bool> = seen.iter().map(|(_, p)| frame::is_skip(p)).collect();
             let mut expected = vec![false; 3];
             expected[hit] = true;

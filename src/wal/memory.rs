@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::frame::HEADER_LEN;
-use super::{Log, LogReader, Record, Span, WalError};
+use super::{Log, LogPosition, LogReader, Record, Span, WalError};
 
 /// The storage behind memory logs: the flushed records, in order.
 #[derive(Debug, Default)]
@@ -20,14 +20,14 @@ pub struct MemoryStore {
 struct Stored {
     records: Vec<(Span, Vec<u8>)>,
     /// Where positions go on when no record is kept (after a retire).
-    end: u64,
+    end: LogPosition,
 }
 
 /// A log whose storage is a [`MemoryStore`].
 pub struct MemoryLog {
     store: Arc<MemoryStore>,
     buffered: Vec<(Span, Vec<u8>)>,
-    end: u64,
+    end: LogPosition,
 }
 
 fn memory_path() -> &'static std::path::Path {
@@ -39,7 +39,7 @@ impl MemoryLog {
     /// to `visit`, in order, as `Wal::open` does.
     pub fn open(
         store: Arc<MemoryStore>,
-        from: u64,
+        from: LogPosition,
         mut visit: impl FnMut(Record<'_>) -> Result<(), WalError>,
     ) -> Result<MemoryLog, WalError> {
         let end = {
@@ -67,16 +67,17 @@ fn record<'a>(span: &Span, payload: &'a [u8]) -> Record<'a> {
         end: span.end,
         payload,
         path: memory_path(),
-        offset: span.start,
+        offset: span.start.get(),
     }
 }
 
 impl Log for MemoryLog {
     fn append(&mut self, parts: &[&[u8]]) -> Result<Span, WalError> {
         let payload: Vec<u8> = parts.concat();
+        // Numbered as the local log numbers its frames.
         let span = Span {
             start: self.end,
-            end: self.end + (HEADER_LEN + payload.len()) as u64,
+            end: LogPosition::new(self.end.get() + (HEADER_LEN + payload.len()) as u64),
         };
         self.end = span.end;
         self.buffered.push((span, payload));
@@ -94,11 +95,11 @@ impl Log for MemoryLog {
         self.flush()
     }
 
-    fn end(&self) -> u64 {
+    fn end(&self) -> LogPosition {
         self.end
     }
 
-    fn repair(&mut self, keep: u64) -> Result<(), WalError> {
+    fn repair(&mut self, keep: LogPosition) -> Result<(), WalError> {
         self.buffered.clear();
         let mut stored = self.store.inner.lock().expect("memory log lock");
         stored.records.retain(|(s, _)| s.end <= keep);
@@ -111,16 +112,24 @@ impl Log for MemoryLog {
         Ok(())
     }
 
-    fn trim(&mut self, position: u64) -> Result<usize, WalError> {
+    fn trim(&mut self, position: LogPosition) -> Result<usize, WalError> {
         let mut stored = self.store.inner.lock().expect("memory log lock");
         let before = stored.records.len();
         stored.records.retain(|(s, _)| s.end > position);
         Ok(before - stored.records.len())
     }
 
-    fn retire_indexed(&mut self, checkpoint: u64, min_bytes: u64) -> Result<bool, WalError> {
+    fn retire_indexed(
+        &mut self,
+        checkpoint: LogPosition,
+        min_bytes: u64,
+    ) -> Result<bool, WalError> {
         let mut stored = self.store.inner.lock().expect("memory log lock");
-        let held: u64 = stored.records.iter().map(|(s, _)| s.end - s.start).sum();
+        let held: u64 = stored
+            .records
+            .iter()
+            .map(|(s, _)| s.end.get() - s.start.get())
+            .sum();
         if !self.buffered.is_empty() || checkpoint < self.end || held < min_bytes.max(1) {
             return Ok(false);
         }
@@ -149,8 +158,8 @@ impl Log for MemoryLog {
 impl LogReader for Arc<MemoryStore> {
     fn read(
         &self,
-        from: u64,
-        to: u64,
+        from: LogPosition,
+        to: LogPosition,
         visit: &mut dyn FnMut(Record<'_>) -> Result<(), WalError>,
     ) -> Result<(), WalError> {
         let stored = self.inner.lock().expect("memory log lock");

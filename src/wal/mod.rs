@@ -8,8 +8,8 @@
 //! A log knows only bytes; what a record holds is `record`'s business
 //! (a typed envelope around `messages::WalBatch`).
 //!
-//! Positions are ordered `u64`s that only the log interprets: a byte
-//! offset for the local log. A replicated log (NATS JetStream) would use
+//! Positions are [`LogPosition`]s, ordered and opaque: a byte offset for
+//! the local log. A replicated log (NATS JetStream) would use
 //! its stream sequence as the position: `append` publishes (buffered),
 //! `sync` waits for every publish acknowledgement (a quorum of replicas
 //! has it on disk), `read` is an ordered consumer from a sequence, `trim`
@@ -24,7 +24,56 @@ pub mod segment;
 
 use std::path::{Path, PathBuf};
 
-pub use log::{read_range, skip_damage, Record, Recovery, ReplayReport, SkippedDamage, Span, Wal};
+pub use log::{read_range, skip_damage, Record, Recovery, ReplayReport, SkippedDamage, Wal};
+
+/// A place in a log: ordered, and meaningful only to the log that gave it
+/// out (a byte offset in the local log, a stream sequence in a replicated
+/// one). Serialized as its number.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct LogPosition(u64);
+
+impl LogPosition {
+    /// The start of an empty log.
+    pub const START: LogPosition = LogPosition(0);
+
+    /// The position a log numbers `raw`: for log implementations, and for
+    /// what reads positions back (checkpoints, reports).
+    pub const fn new(raw: u64) -> LogPosition {
+        LogPosition(raw)
+    }
+
+    /// The log's own number for this position (reports, metrics).
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A record's place in the log: from `start` up to `end`, where the next
+/// record starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: LogPosition,
+    pub end: LogPosition,
+}
 
 /// Where the log lives inside the data directory.
 pub fn dir(data_dir: &Path) -> PathBuf {
@@ -45,21 +94,22 @@ pub trait Log: Send {
     /// Flushes, then makes everything appended durable.
     fn sync(&mut self) -> Result<(), WalError>;
     /// The position after the last appended record.
-    fn end(&self) -> u64;
+    fn end(&self) -> LogPosition;
     /// After a failed write or sync: brings the log back to `keep`, the end
     /// of what was acknowledged, so appending can go on. Nothing past
     /// `keep` is trusted or synced again.
-    fn repair(&mut self, keep: u64) -> Result<(), WalError>;
+    fn repair(&mut self, keep: LogPosition) -> Result<(), WalError>;
     /// Checks, without appending, whether the storage works again.
     fn probe(&self) -> Result<(), WalError>;
     /// Lets go of records below `position` (every one of them is indexed).
     /// May keep some (the local log frees whole segments). Returns how
     /// many storage pieces went.
-    fn trim(&mut self, position: u64) -> Result<usize, WalError>;
+    fn trim(&mut self, position: LogPosition) -> Result<usize, WalError>;
     /// When every record is indexed (`checkpoint` at the end) and what is
     /// kept holds at least `min_bytes`, lets go of all of it; positions go
     /// on from the end. Returns whether it did.
-    fn retire_indexed(&mut self, checkpoint: u64, min_bytes: u64) -> Result<bool, WalError>;
+    fn retire_indexed(&mut self, checkpoint: LogPosition, min_bytes: u64)
+        -> Result<bool, WalError>;
     /// Storage pieces held (segments, for the local log), for metrics.
     fn pieces(&self) -> usize;
     /// A reader of acknowledged records, for a thread beside the owner.
@@ -75,8 +125,8 @@ pub trait LogReader: Send {
     /// log no longer holds, is an error.
     fn read(
         &self,
-        from: u64,
-        to: u64,
+        from: LogPosition,
+        to: LogPosition,
         visit: &mut dyn FnMut(Record<'_>) -> Result<(), WalError>,
     ) -> Result<(), WalError>;
 }
@@ -106,7 +156,7 @@ pub enum WalError {
     #[error("the reader stopped")]
     Stopped,
     #[error("the log no longer holds position {0}")]
-    Trimmed(u64),
+    Trimmed(LogPosition),
 }
 
 impl WalError {
