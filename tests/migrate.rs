@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use auditd::json::JsonEvent;
-use auditd::proto::{AuditEvent, SearchRequest};
+use auditd::proto::AuditEvent;
 use common::*;
 
 fn fixture() -> std::path::PathBuf {
@@ -97,18 +97,7 @@ async fn a_format_1_directory_is_refused_then_migrated_and_serves_every_event() 
 
     // Every event, the old run's read trail included, has a seq of its
     // own, 0..n, in the old log's order: the indexed day first.
-    let (trail, _) = search_all(
-        &mut client,
-        SearchRequest {
-            types: vec![auditd::app::trail::TRAIL_TYPE.into()],
-            limit: 10_000,
-            ..Default::default()
-        },
-    )
-    .await;
-    let mut seqs: Vec<u64> = found.iter().chain(&trail).map(|e| e.seq).collect();
-    seqs.sort_unstable();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    assert_dense_seqs(&mut client).await;
     let first_log_only = found
         .iter()
         .filter(|e| e.time.as_ref().unwrap().seconds >= 1_700_090_000)

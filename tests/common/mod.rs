@@ -410,3 +410,28 @@ pub fn retry_after_ms(status: &tonic::Status) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Checks that every stored event, the read trail's included, has a seq
+/// of its own and that together they are exactly 0..n: no gap, no repeat.
+/// Returns n.
+pub async fn assert_dense_seqs(client: &mut Client) -> u64 {
+    let mut seqs = Vec::new();
+    for types in [vec![], vec![auditd::app::trail::TRAIL_TYPE.to_owned()]] {
+        let request = SearchRequest {
+            types,
+            limit: 10_000,
+            ..Default::default()
+        };
+        let (events, _) = search_all(client, request).await;
+        seqs.extend(events.iter().map(|e| e.seq));
+    }
+    seqs.sort_unstable();
+    let dense: Vec<u64> = (0..seqs.len() as u64).collect();
+    assert!(
+        seqs == dense,
+        "seqs are not 0..{}: first difference at {:?}",
+        seqs.len(),
+        seqs.iter().zip(&dense).position(|(a, b)| a != b)
+    );
+    seqs.len() as u64
+}
