@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use auditd::wal::frame::HEADER_LEN;
 use auditd::wal::memory::{MemoryLog, MemoryStore};
-use auditd::wal::{Log, LogPosition, Recovery, Span, Wal, WalError};
+use auditd::wal::{Log, LogPosition, Record, Recovery, Span, Wal, WalError};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -74,6 +74,17 @@ impl Model {
 /// A record as the model and the logs' replays see it.
 type Seen = Vec<(Span, Vec<u8>)>;
 
+/// A record read back, as the model holds it.
+fn owned(r: Record<'_>) -> (Span, Vec<u8>) {
+    (
+        Span {
+            start: r.start,
+            end: r.end,
+        },
+        r.payload.to_vec(),
+    )
+}
+
 /// How a run opens its log again: the local files, or the memory store.
 trait Opener {
     fn open(&self, from: LogPosition) -> Result<(Box<dyn Log>, Seen), WalError>;
@@ -86,13 +97,7 @@ impl Opener for Files {
         let mut seen = Vec::new();
         // Small segments: rotations, and trims that free whole ones.
         let (wal, _) = Wal::open(self.0.path(), from, 120, Recovery::Strict, |r| {
-            seen.push((
-                Span {
-                    start: r.start,
-                    end: r.end,
-                },
-                r.payload.to_vec(),
-            ));
+            seen.push(owned(r));
             Ok(())
         })?;
         Ok((Box::new(wal), seen))
@@ -105,13 +110,7 @@ impl Opener for Memory {
     fn open(&self, from: LogPosition) -> Result<(Box<dyn Log>, Seen), WalError> {
         let mut seen = Vec::new();
         let log = MemoryLog::open(self.0.clone(), from, |r| {
-            seen.push((
-                Span {
-                    start: r.start,
-                    end: r.end,
-                },
-                r.payload.to_vec(),
-            ));
+            seen.push(owned(r));
             Ok(())
         })?;
         Ok((Box::new(log), seen))
@@ -191,13 +190,7 @@ fn run(opener: &dyn Opener, ops: &[Op]) -> Result<(), TestCaseError> {
                 let mut seen = Vec::new();
                 log.reader()
                     .read(from, to, &mut |r| {
-                        seen.push((
-                            Span {
-                                start: r.start,
-                                end: r.end,
-                            },
-                            r.payload.to_vec(),
-                        ));
+                        seen.push(owned(r));
                         Ok(())
                     })
                     .unwrap();
