@@ -123,10 +123,13 @@ pub fn migrate(config: &Config, keep_old: bool) -> Result<MigrateReport, Migrate
         if build.exists() {
             std::fs::remove_dir_all(&build).map_err(io(&build))?;
         }
-        let mut events = old_index_events(&data.index(), &mut report)?;
-        old_log_events(config, &data, &mut events, &mut report)?;
+        // One snapshot of the old partitions serves all three steps: the
+        // events are numbered by its searchers and read back through them.
+        let searchers = old_partitions(&data.index())?;
+        let mut events = old_index_events(&searchers, &mut report)?;
+        old_log_events(config, &data, &searchers, &mut events, &mut report)?;
         events.sort_by_key(|e| e.old_seq);
-        report.records = write_new_log(config, &build.join("wal"), events)?;
+        report.records = write_new_log(config, &build.join("wal"), events, &searchers)?;
     }
     swap(&data, &build)?;
     let old = root.join(OLD_DIR);
@@ -155,22 +158,43 @@ enum Source {
     Log(Box<AuditEvent>),
 }
 
+/// An old partition: its day, its directory, and a searcher on it.
+struct OldPartition {
+    day: i64,
+    path: std::path::PathBuf,
+    searcher: tantivy::Searcher,
+}
+
+/// The old index's partitions, in day order (none when there is no index).
+fn old_partitions(root: &Path) -> Result<Vec<OldPartition>, MigrateError> {
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    // Format 1's payloads are bare positions, which `verify` would refuse;
+    // damage still shows when the documents are read.
+    let partitions = Partitions::open(root, AuditSchema::new(), false)
+        .map_err(|e| MigrateError::Index(e.to_string()))?;
+    Ok(partitions
+        .overlapping(None, None)
+        .iter()
+        .map(|p| OldPartition {
+            day: p.day,
+            path: p.path.clone(),
+            searcher: p.reader.searcher(),
+        })
+        .collect())
+}
+
 /// Every live document of the old partitions, by old seq, with its batch
 /// id (indexed, not stored: read back from the term dictionary).
 fn old_index_events(
-    root: &Path,
+    partitions: &[OldPartition],
     report: &mut MigrateReport,
 ) -> Result<Vec<OldEvent>, MigrateError> {
     let mut events = Vec::new();
-    if !root.exists() {
-        return Ok(events);
-    }
     let bad = |e: &dyn std::fmt::Display| MigrateError::Index(e.to_string());
-    // Format 1's payloads are bare positions, which `verify` would refuse;
-    // damage still shows when the documents are read.
-    let partitions = Partitions::open(root, AuditSchema::new(), false).map_err(|e| bad(&e))?;
-    for (p, partition) in partitions.overlapping(None, None).iter().enumerate() {
-        let searcher = partition.reader.searcher();
+    for (p, partition) in partitions.iter().enumerate() {
+        let searcher = &partition.searcher;
         for (ord, segment) in searcher.segment_readers().iter().enumerate() {
             let seqs = segment.fast_fields().u64(names::SEQ).map_err(|e| bad(&e))?;
             let batch_ids = segment_batch_ids(segment).map_err(|e| bad(&e))?;
@@ -231,6 +255,7 @@ fn legacy_seq(record: Span, events: usize, index: usize) -> u64 {
 fn old_log_events(
     config: &Config,
     data: &DataDir,
+    partitions: &[OldPartition],
     events: &mut Vec<OldEvent>,
     report: &mut MigrateReport,
 ) -> Result<(), MigrateError> {
@@ -238,7 +263,7 @@ fn old_log_events(
     if !wal_dir.exists() {
         return Ok(());
     }
-    let committed = legacy_commits(&data.index())?;
+    let committed = legacy_commits(partitions)?;
     // Every record the log still holds; each partition's own commit says
     // which of them it already has (a record below the checkpoint is in
     // every partition it touched, whose commits are at or past it).
@@ -285,16 +310,12 @@ fn old_log_events(
 }
 
 /// Each old partition's commit payload: a bare log position.
-fn legacy_commits(root: &Path) -> Result<HashMap<i64, u64>, MigrateError> {
+fn legacy_commits(partitions: &[OldPartition]) -> Result<HashMap<i64, u64>, MigrateError> {
     let mut commits = HashMap::new();
-    if !root.exists() {
-        return Ok(commits);
-    }
-    let partitions = Partitions::open(root, AuditSchema::new(), false)
-        .map_err(|e| MigrateError::Index(e.to_string()))?;
-    for partition in partitions.overlapping(None, None) {
+    for partition in partitions {
         let metas = partition
-            .index
+            .searcher
+            .index()
             .load_metas()
             .map_err(|e| MigrateError::Index(e.to_string()))?;
         let position = match metas.payload {
@@ -312,22 +333,12 @@ fn legacy_commits(root: &Path) -> Result<HashMap<i64, u64>, MigrateError> {
 }
 
 /// Writes `events`, in order, as typed records with dense seqs from 0.
-fn write_new_log(config: &Config, dir: &Path, events: Vec<OldEvent>) -> Result<u64, MigrateError> {
-    let index_root = DataDir::new(&config.data_dir).index();
-    let partitions = if index_root.exists() {
-        Some(
-            Partitions::open(&index_root, AuditSchema::new(), false)
-                .map_err(|e| MigrateError::Index(e.to_string()))?,
-        )
-    } else {
-        None
-    };
-    // In day order, as `old_index_events` numbered them.
-    let searchers: Vec<tantivy::Searcher> = partitions
-        .iter()
-        .flat_map(|p| p.overlapping(None, None))
-        .map(|p| p.reader.searcher())
-        .collect();
+fn write_new_log(
+    config: &Config,
+    dir: &Path,
+    events: Vec<OldEvent>,
+    partitions: &[OldPartition],
+) -> Result<u64, MigrateError> {
     let schema = AuditSchema::new();
     let (mut wal, _) = Wal::open(
         dir,
@@ -359,7 +370,7 @@ fn write_new_log(config: &Config, dir: &Path, events: Vec<OldEvent>) -> Result<u
         let mut event = match old.source {
             Source::Log(event) => *event,
             Source::Index { partition, address } => {
-                read_old_event(&searchers[partition], address, &schema)?
+                read_old_event(&partitions[partition].searcher, address, &schema)?
             }
         };
         event.seq = 0;
