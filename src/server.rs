@@ -520,14 +520,7 @@ impl Transports {
     ) -> Result<Transports, ServerError> {
         let app = pipeline.app();
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in read_health_services()
-            .into_iter()
-            .chain([INGEST_HEALTH_SERVICE])
-        {
-            health
-                .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        set_not_serving(&health).await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -627,14 +620,7 @@ impl Transports {
     async fn stop(self) -> Result<(), ServerError> {
         self.follower.abort();
         let _ = self.follower.await;
-        for name in read_health_services()
-            .into_iter()
-            .chain([INGEST_HEALTH_SERVICE])
-        {
-            self.health
-                .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        set_not_serving(&self.health).await;
         self.stop.cancel();
         let grpc = self.grpc.await;
         let http = self.http.await;
@@ -645,6 +631,19 @@ impl Transports {
         }
         grpc.map_err(|_| ServerError::Panicked("grpc server"))??;
         Ok(())
+    }
+}
+
+/// Every health name, reads' and writes', NOT_SERVING: before replay
+/// ends, and at shutdown.
+async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
+    for name in read_health_services()
+        .into_iter()
+        .chain([INGEST_HEALTH_SERVICE])
+    {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
     }
 }
 
