@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tantivy::IndexWriter;
 use tokio::sync::watch;
 
+use crate::datadir::DataDir;
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
 use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
@@ -132,7 +133,7 @@ impl Indexer {
             schema: partitions.schema().clone(),
             partitions,
             settings,
-            checkpoint_path: checkpoint_path(data_dir),
+            checkpoint_path: DataDir::new(data_dir).checkpoint(),
             log: Some(log),
             writers: HashMap::new(),
             rebuild: false,
@@ -605,13 +606,9 @@ fn wait_merging(open: OpenWriter) -> Result<(), IndexError> {
         .map_err(|source| IndexError::Tantivy { path, source })
 }
 
-pub fn checkpoint_path(data_dir: &Path) -> PathBuf {
-    crate::datadir::DataDir::new(data_dir).checkpoint()
-}
-
 /// The checkpoint of the last run; position 0 when there is none.
 pub fn read_checkpoint(data_dir: &Path) -> Result<Checkpoint, IndexError> {
-    let path = checkpoint_path(data_dir);
+    let path = DataDir::new(data_dir).checkpoint();
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IndexError::Checkpoint {
             path,

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::indexer::{checkpoint_path, read_checkpoint, write_checkpoint, IndexError};
+use crate::indexer::{read_checkpoint, write_checkpoint, IndexError};
 use crate::messages::{Checkpoint, CommitPayload};
 use crate::partition::{day_of, format_day, parse_day, verify_partition, Day};
 use crate::record::LogRecord;
@@ -114,7 +114,7 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let aside = layout.damaged();
-    let wal_dir = crate::wal::dir(data_dir);
+    let wal_dir = layout.wal();
     report.wal_skipped = crate::wal::skip_damage(&wal_dir, &aside.join(format!("wal-{stamp}")))?;
 
     let schema = AuditSchema::new();
@@ -234,7 +234,7 @@ pub fn recover(config: &Config) -> Result<RecoverReport, RecoverError> {
 
     report.checkpoint_after = checkpoint.wal_position.min(wal_start);
     write_checkpoint(
-        &checkpoint_path(data_dir),
+        &layout.checkpoint(),
         &Checkpoint {
             wal_position: report.checkpoint_after,
             next_seq: checkpoint.next_seq,

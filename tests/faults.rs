@@ -140,7 +140,7 @@ async fn wal_fault_refuses_then_heals(point: &str, action: &str, segment_bytes: 
 
 /// The action of every event in what is left of the log.
 fn actions_in_wal(data_dir: &std::path::Path) -> Vec<String> {
-    let dir = auditd::wal::dir(data_dir);
+    let dir = auditd::datadir::DataDir::new(data_dir).wal();
     let first = auditd::wal::segment::list(&dir).unwrap()[0].start;
     let mut actions = Vec::new();
     auditd::wal::Wal::open(

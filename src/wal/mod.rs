@@ -75,11 +75,6 @@ pub struct Span {
     pub end: LogPosition,
 }
 
-/// Where the log lives inside the data directory.
-pub fn dir(data_dir: &Path) -> PathBuf {
-    crate::datadir::DataDir::new(data_dir).wal()
-}
-
 /// What the pipeline needs of a log. One thread owns it (`group_commit`),
 /// so every method may block; readers beside the owner go through
 /// [`Log::reader`].
