@@ -109,8 +109,11 @@ pub struct Limits {
     /// A connection with no byte read or written for this long is closed.
     pub idle_connection_timeout_ms: u64,
     /// An IngestStream with no request for this long is ended with
-    /// DEADLINE_EXCEEDED.
+    /// DEADLINE_EXCEEDED; a Tail or Export whose reader takes nothing for
+    /// this long, with ABORTED carrying the resume token.
     pub stream_idle_timeout_ms: u64,
+    /// Open Tail streams; one more gets RESOURCE_EXHAUSTED.
+    pub max_tail_subscribers: usize,
 }
 
 impl Default for Limits {
@@ -131,6 +134,7 @@ impl Default for Limits {
             max_streams_per_connection: 128,
             idle_connection_timeout_ms: 300_000,
             stream_idle_timeout_ms: 120_000,
+            max_tail_subscribers: 256,
         }
     }
 }

@@ -14,9 +14,10 @@ use crate::auth::{AuthError, Caller};
 use crate::proto::audit_log_server::AuditLog;
 use crate::proto::tokens_server::Tokens;
 use crate::proto::{
-    AuditEvent, CreateTokenRequest, CreateTokenResponse, GetEventRequest, IngestRequest,
-    IngestResponse, ListTokensRequest, ListTokensResponse, RevokeTokenRequest, SearchRequest,
-    SearchResponse, TokenInfo,
+    AggregateRequest, AggregateResponse, AuditEvent, CreateTokenRequest, CreateTokenResponse,
+    ExportChunk, ExportRequest, GetEventRequest, IngestRequest, IngestResponse, ListTokensRequest,
+    ListTokensResponse, RevokeTokenRequest, SearchRequest, SearchResponse, TailRequest,
+    TailResponse, TokenInfo,
 };
 
 /// Metadata key carrying the retry hint of RESOURCE_EXHAUSTED, for clients
@@ -41,6 +42,8 @@ fn caller<T>(request: &Request<T>) -> Result<(Caller, Origin), Status> {
 }
 
 type IngestStream = Pin<Box<dyn Stream<Item = Result<IngestResponse, Status>> + Send>>;
+type TailStream = Pin<Box<dyn Stream<Item = Result<TailResponse, Status>> + Send>>;
+type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AuditLog for AuditLogService {
@@ -85,6 +88,49 @@ impl AuditLog for AuditLogService {
         let id = request.into_inner().id;
         let event = self.0.reads.get_event(&caller, &origin, id).await?;
         Ok(Response::new(event))
+    }
+
+    async fn aggregate(
+        &self,
+        request: Request<AggregateRequest>,
+    ) -> Result<Response<AggregateResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let reply = self
+            .0
+            .reads
+            .aggregate(&caller, &origin, request.into_inner())
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    type TailStream = TailStream;
+
+    async fn tail(
+        &self,
+        request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let events = self
+            .0
+            .reads
+            .tail(caller, origin, request.into_inner())
+            .await?;
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    type ExportStream = ExportStream;
+
+    async fn export(
+        &self,
+        request: Request<ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let chunks = self
+            .0
+            .reads
+            .export(caller, origin, request.into_inner())
+            .await?;
+        Ok(Response::new(Box::pin(chunks)))
     }
 }
 

@@ -19,6 +19,7 @@ pub mod config;
 pub(crate) mod conn;
 pub mod datadir;
 pub mod failpoint;
+pub mod formats;
 pub mod grpc;
 pub(crate) mod http;
 pub(crate) mod idempotency;

@@ -330,7 +330,14 @@ impl Pipeline {
             searcher.clone(),
             status.clone(),
         ));
-        let app = App::new(ingest, searcher, tokens, status.clone(), streams);
+        let app = App::new(
+            ingest,
+            searcher,
+            tokens,
+            status.clone(),
+            streams,
+            config.limits.max_tail_subscribers,
+        );
 
         // Durable batches waiting for the indexer. When full, the WAL
         // thread blocks, its queue fills and Ingest answers

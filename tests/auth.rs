@@ -4,7 +4,6 @@
 mod common;
 
 use auditd::app::trail::TRAIL_TYPE;
-use auditd::proto::tokens_client::TokensClient;
 use auditd::proto::{
     AuditEvent, CreateTokenRequest, GetEventRequest, IngestRequest, ListTokensRequest,
     RevokeTokenRequest, SearchRequest, Source, TokenKind, WaitFor,
@@ -42,43 +41,6 @@ fn dataset() -> Vec<AuditEvent> {
         }
     }
     events
-}
-
-type Tokens = TokensClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        auditd::client::BearerToken,
-    >,
->;
-
-async fn tokens_client(server: &TestServer, token: &str) -> Tokens {
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    TokensClient::with_interceptor(channel, auditd::client::BearerToken::new(token).unwrap())
-}
-
-async fn create(
-    server: &TestServer,
-    kind: TokenKind,
-    subject: &str,
-    access: &str,
-) -> (String, String) {
-    let mut admin = tokens_client(server, &server.admin_token()).await;
-    let reply = admin
-        .create_token(CreateTokenRequest {
-            kind: kind as i32,
-            name: format!("{kind:?} {subject} {access}"),
-            subject: subject.into(),
-            access_id: access.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (reply.token.unwrap().id, reply.secret)
 }
 
 fn ids(events: &[AuditEvent]) -> Vec<String> {

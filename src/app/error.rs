@@ -32,6 +32,22 @@ pub enum AppError {
     StreamIdle(Duration),
     #[error("auditd is shutting down; every batch sent on this stream was answered")]
     ShuttingDown,
+    /// A Tail or Export stream ended by shutdown: the caller resumes
+    /// elsewhere or later with the token.
+    #[error("auditd is shutting down; resume with resume_token {resume_token}")]
+    ShuttingDownResume { resume_token: String },
+    /// A Tail or Export reader that took nothing for too long.
+    #[error(
+        "the reader took nothing for {} ms (limits.stream_idle_timeout_ms); \
+         resume with resume_token {resume_token}",
+        waited.as_millis()
+    )]
+    ReaderStalled {
+        waited: Duration,
+        resume_token: String,
+    },
+    #[error("{0} tail subscribers are open, the limit (limits.max_tail_subscribers)")]
+    TooManySubscribers(usize),
     #[error("{0}")]
     Internal(String),
 }
@@ -117,11 +133,15 @@ impl AppError {
                 SearchError::Invalid { .. } => InvalidArgument,
                 SearchError::Index(_) => Internal,
                 SearchError::Corrupt { .. } => DataLoss,
+                SearchError::TooLarge(_) => ResourceExhausted,
             },
             AppError::Invalid { .. } => InvalidArgument,
             AppError::EventNotFound(_) => NotFound,
             AppError::Starting | AppError::NotAudited(_) | AppError::ShuttingDown => Unavailable,
             AppError::StreamIdle(_) => DeadlineExceeded,
+            AppError::ShuttingDownResume { .. } => Unavailable,
+            AppError::ReaderStalled { .. } => Aborted,
+            AppError::TooManySubscribers(_) => ResourceExhausted,
             AppError::Internal(_) => Internal,
         }
     }

@@ -8,7 +8,10 @@
 //! `http`) only unwrap, call and convert, with one error mapping each.
 
 mod error;
+mod export;
+mod outbox;
 mod read;
+mod tail;
 mod tokens;
 pub mod trail;
 mod write;
@@ -67,11 +70,18 @@ impl App {
         store: Arc<TokenStore>,
         status: Arc<PipelineStatus>,
         streams: StreamSettings,
+        max_subscribers: usize,
     ) -> Self {
         let trail = trail::Trail::new(ingest.clone());
         App {
-            writes: Arc::new(WriteService::new(ingest, streams)),
-            reads: Arc::new(ReadService::new(searcher, status, trail.clone())),
+            writes: Arc::new(WriteService::new(ingest, streams.clone())),
+            reads: Arc::new(ReadService::new(
+                searcher,
+                status,
+                trail.clone(),
+                streams,
+                max_subscribers,
+            )),
             tokens: Arc::new(TokenService::new(store.clone(), trail)),
             store,
         }

@@ -1,4 +1,4 @@
-//! Reads: Search and GetEvent, each inside the caller's scope, off the
+//! Reads: Search, GetEvent and Aggregate, each inside the caller's scope, off the
 //! async runtime, and audited before the answer goes out.
 
 use std::collections::BTreeMap;
@@ -6,24 +6,41 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::trail::{self, Trail};
-use super::{AppError, Origin};
+use super::{AppError, Origin, StreamSettings};
 use crate::auth::Caller;
-use crate::proto::{AuditEvent, SearchRequest, SearchResponse};
+use crate::proto::{
+    AggregateRequest, AggregateResponse, AuditEvent, SearchRequest, SearchResponse,
+};
 use crate::search::{SearchError, Searcher};
 use crate::status::{Health, PipelineStatus};
 
+#[derive(Clone)]
 pub struct ReadService {
     searcher: Searcher,
     status: Arc<PipelineStatus>,
-    trail: Trail,
+    pub(super) trail: Trail,
+    pub(super) streams: StreamSettings,
+    /// One permit per open Tail stream, `max_subscribers` in all
+    /// (`limits.max_tail_subscribers`).
+    pub(super) subscribers: Arc<tokio::sync::Semaphore>,
+    pub(super) max_subscribers: usize,
 }
 
 impl ReadService {
-    pub fn new(searcher: Searcher, status: Arc<PipelineStatus>, trail: Trail) -> Self {
+    pub fn new(
+        searcher: Searcher,
+        status: Arc<PipelineStatus>,
+        trail: Trail,
+        streams: StreamSettings,
+        max_subscribers: usize,
+    ) -> Self {
         ReadService {
             searcher,
             status,
             trail,
+            streams,
+            subscribers: Arc::new(tokio::sync::Semaphore::new(max_subscribers)),
+            max_subscribers,
         }
     }
 
@@ -44,6 +61,25 @@ impl ReadService {
         .await;
         self.trail
             .audited(caller, trail::SEARCH, origin, query, result)
+            .await
+    }
+
+    /// Exact counts over the matches of the request's filter inside the
+    /// caller's scope.
+    pub async fn aggregate(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        request: AggregateRequest,
+    ) -> Result<AggregateResponse, AppError> {
+        let query = trail::aggregate_query(&request);
+        let result = async {
+            let scope = caller.read_scope("aggregate")?;
+            self.blocking(move |s| s.aggregate(&request, &scope)).await
+        }
+        .await;
+        self.trail
+            .audited(caller, trail::AGGREGATE, origin, query, result)
             .await
     }
 
@@ -75,6 +111,10 @@ impl ReadService {
             .await
     }
 
+    pub(super) fn searcher(&self) -> &Searcher {
+        &self.searcher
+    }
+
     /// Reads wait for replay; they go on while writes are degraded.
     fn check_health(&self) -> Result<(), AppError> {
         match self.status.health() {
@@ -85,7 +125,7 @@ impl ReadService {
 
     /// Runs blocking index work on the blocking pool, never on the async
     /// runtime.
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(Searcher) -> Result<T, SearchError> + Send + 'static,
     ) -> Result<T, AppError> {

@@ -9,12 +9,20 @@ use std::sync::Arc;
 use super::{AppError, ErrorKind, Origin};
 use crate::auth::Caller;
 use crate::ingest::IngestService;
-use crate::proto::{AuditEvent, IngestRequest, Outcome, SearchRequest, Source};
+use crate::proto::aggregation::Kind;
+use crate::proto::{
+    AggregateRequest, Aggregation, AuditEvent, EventFilter, IngestRequest, Outcome, SearchRequest,
+    Source,
+};
 use crate::schema::timestamp_micros;
+use crate::search::filter_of;
 
 pub const TRAIL_TYPE: &str = "audit-log/auditd";
 pub const SEARCH: &str = "audit.search";
 pub const GET_EVENT: &str = "audit.get_event";
+pub const AGGREGATE: &str = "audit.aggregate";
+pub const TAIL: &str = "audit.tail";
+pub const EXPORT: &str = "audit.export";
 pub const TOKEN_CREATE: &str = "audit.token.create";
 pub const TOKEN_REVOKE: &str = "audit.token.revoke";
 pub const TOKEN_LIST: &str = "audit.token.list";
@@ -99,8 +107,46 @@ pub fn event(
     }
 }
 
-/// The filters of a search, as the trail records them.
+/// The filters and paging of a search, as the trail records them.
 pub fn search_query(r: &SearchRequest) -> BTreeMap<String, String> {
+    let mut q = filter_query(&filter_of(r));
+    q.insert("limit".to_owned(), r.limit.to_string());
+    if r.ascending {
+        q.insert("ascending".to_owned(), "true".into());
+    }
+    if !r.page_token.is_empty() {
+        q.insert("page".to_owned(), "next".into());
+    }
+    q
+}
+
+/// An aggregate call, as the trail records it: its filter, and its
+/// aggregations as `name=kind(field)`, subs in brackets.
+pub fn aggregate_query(r: &AggregateRequest) -> BTreeMap<String, String> {
+    fn describe(a: &Aggregation) -> String {
+        let kind = match &a.kind {
+            Some(Kind::Terms(t)) => format!("terms({}:{})", t.field, t.size),
+            Some(Kind::DateHistogram(h)) => {
+                let seconds = h.interval.as_ref().map_or(0, |d| d.seconds);
+                format!("date_histogram({seconds}s)")
+            }
+            Some(Kind::Cardinality(c)) => format!("cardinality({})", c.field),
+            None => "none".into(),
+        };
+        let subs: Vec<String> = a.sub_aggregations.iter().map(describe).collect();
+        match subs.is_empty() {
+            true => format!("{}={kind}", a.name),
+            false => format!("{}={kind}[{}]", a.name, subs.join(",")),
+        }
+    }
+    let mut q = filter_query(&r.filter.clone().unwrap_or_default());
+    let all: Vec<String> = r.aggregations.iter().map(describe).collect();
+    q.insert("aggregations".to_owned(), clean(&all.join(",")));
+    q
+}
+
+/// A filter, as the trail records it: one entry per field that is set.
+pub fn filter_query(r: &EventFilter) -> BTreeMap<String, String> {
     let mut q = BTreeMap::new();
     let mut put = |key: &str, value: String| {
         if !value.is_empty() {
@@ -133,13 +179,6 @@ pub fn search_query(r: &SearchRequest) -> BTreeMap<String, String> {
     put("source_names", r.source_names.join(","));
     put("text", r.text.clone());
     put("query", r.query.clone());
-    put("limit", r.limit.to_string());
-    if r.ascending {
-        put("ascending", "true".into());
-    }
-    if !r.page_token.is_empty() {
-        put("page", "next".into());
-    }
     q
 }
 

@@ -26,9 +26,14 @@ use crate::app::trail::TRAIL_TYPE;
 use crate::auth::ReadScope;
 use crate::config::Limits;
 use crate::partition::{Partition, Partitions};
-use crate::proto::{AuditEvent, Outcome, SearchRequest, SearchResponse};
+use crate::proto::{
+    AggregateRequest, AggregateResponse, AuditEvent, EventFilter, Outcome, SearchRequest,
+    SearchResponse,
+};
 use crate::schema::{id_key, names, restore_times, timestamp_micros, to_v6, AuditSchema};
 
+pub mod aggregate;
+mod log_order;
 mod time_order;
 use time_order::{Hit, TimeOrder};
 
@@ -41,6 +46,10 @@ pub enum SearchError {
     Index(#[from] tantivy::TantivyError),
     #[error("stored event {address:?} does not decode: {reason}")]
     Corrupt { address: DocAddress, reason: String },
+    /// The answer would take more memory than a call may: the message
+    /// says which limit and what to narrow.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SearchError {
@@ -94,8 +103,9 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    fn decode(token: &str) -> Result<Cursor, SearchError> {
-        let bad = || invalid("page_token", "not a page token from a previous response");
+    /// `field` names the request field the token came in.
+    fn decode(token: &str, field: &'static str) -> Result<Cursor, SearchError> {
+        let bad = || invalid(field, "not a token from a previous response");
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
         let raw = String::from_utf8(raw).map_err(|_| bad())?;
         let mut parts = raw.split(':');
@@ -117,6 +127,42 @@ impl Cursor {
             snapshot,
             ascending,
         })
+    }
+}
+
+/// What `Searcher::page` reads.
+pub(crate) struct PageRequest<'a> {
+    pub limit: usize,
+    pub ascending: bool,
+    /// Where the previous page ended, or empty for the first page.
+    pub token: &'a str,
+    /// The request field `token` came in, for errors.
+    pub token_field: &'static str,
+    /// Matches are counted up to this many (0: not counted).
+    pub count_up_to: u64,
+}
+
+/// One page of events in time order.
+pub(crate) struct EventPage {
+    pub events: Vec<AuditEvent>,
+    /// More events past this page.
+    pub more: bool,
+    /// Matches inside the snapshot, counted up to the request's bound.
+    pub total: u64,
+    snapshot: u64,
+    ascending: bool,
+}
+
+impl EventPage {
+    /// The token that continues right after `event`, one of this page's.
+    pub fn token_after(&self, event: &AuditEvent) -> String {
+        Cursor {
+            time: timestamp_micros(event.time.as_ref()),
+            seq: event.seq,
+            snapshot: self.snapshot,
+            ascending: self.ascending,
+        }
+        .encode()
     }
 }
 
@@ -153,19 +199,56 @@ impl Searcher {
         scope: &ReadScope,
     ) -> Result<SearchResponse, SearchError> {
         let started = std::time::Instant::now();
-        let (from, to) = time_range(request)?;
-        let query = self.build_query(request, from, to, scope)?;
         let limit = match request.limit {
             0 => self.limits.default_search_limit,
             n => n.min(self.limits.max_search_limit),
         } as usize;
-        let cursor = match request.page_token.as_str() {
+        let count_up_to = match request.exact_total {
+            true => u64::MAX,
+            false => u64::from(self.limits.exact_total_hits),
+        };
+        let page = self.page(
+            &filter_of(request),
+            scope,
+            &PageRequest {
+                limit,
+                ascending: request.ascending,
+                token: &request.page_token,
+                token_field: "page_token",
+                count_up_to,
+            },
+        )?;
+        let next_page_token = match (page.more, page.events.last()) {
+            (true, Some(last)) => page.token_after(last),
+            _ => String::new(),
+        };
+        metrics::histogram!(crate::metrics::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
+        // Past `count_up_to` the count is the bound itself, so that every
+        // page of the search says the same.
+        Ok(SearchResponse {
+            total_hits: page.total.min(count_up_to),
+            total_hits_is_lower_bound: page.total >= count_up_to,
+            events: page.events,
+            next_page_token,
+        })
+    }
+
+    /// One page of the events `filter` matches inside `scope`, in time
+    /// order, from where `request.token` left off.
+    pub(crate) fn page(
+        &self,
+        filter: &EventFilter,
+        scope: &ReadScope,
+        request: &PageRequest,
+    ) -> Result<EventPage, SearchError> {
+        let Matching { query, from, to } = self.matching(filter, scope)?;
+        let cursor = match request.token {
             "" => None,
             token => {
-                let cursor = Cursor::decode(token)?;
+                let cursor = Cursor::decode(token, request.token_field)?;
                 if cursor.ascending != request.ascending {
                     return Err(invalid(
-                        "page_token",
+                        request.token_field,
                         "the token was made for the other sort order",
                     ));
                 }
@@ -178,40 +261,67 @@ impl Searcher {
             Some(c) => c.snapshot,
             None => *self.searchable.borrow(),
         };
-        let count_up_to = match request.exact_total {
-            true => u64::MAX,
-            false => u64::from(self.limits.exact_total_hits),
-        };
         let order = TimeOrder {
-            limit,
+            limit: request.limit,
             ascending: request.ascending,
             after: cursor.map(|c| (c.time, c.seq)),
             snapshot,
-            count_up_to,
+            count_up_to: request.count_up_to,
         };
         let searchers = Self::searchers(&self.partitions.overlapping(from, to));
         let page = time_order::collect(&searchers, &*query, &order)?;
-        let next_page_token = match (page.more, page.hits.last()) {
-            (true, Some(last)) => Cursor {
-                time: last.time,
-                seq: last.seq,
-                snapshot,
-                ascending: request.ascending,
-            }
-            .encode(),
-            _ => String::new(),
-        };
-        let events = self.fetch(&searchers, &page.hits)?;
-        metrics::histogram!(crate::metrics::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
-        // Past `count_up_to` the count is the bound itself, so that every
-        // page of the search says the same.
-        let total_hits_is_lower_bound = page.total >= count_up_to;
-        Ok(SearchResponse {
-            events,
-            next_page_token,
-            total_hits: page.total.min(count_up_to),
-            total_hits_is_lower_bound,
+        Ok(EventPage {
+            events: self.fetch(&searchers, &page.hits)?,
+            more: page.more,
+            total: page.total,
+            snapshot,
+            ascending: request.ascending,
         })
+    }
+
+    /// Exact counts over what `request.filter` matches inside `scope`
+    /// (`aggregate`).
+    pub fn aggregate(
+        &self,
+        request: &AggregateRequest,
+        scope: &ReadScope,
+    ) -> Result<AggregateResponse, SearchError> {
+        let plans = aggregate::plan(&self.schema, &request.aggregations)?;
+        let filter = request.filter.clone().unwrap_or_default();
+        let Matching { query, from, to } = self.matching(&filter, scope)?;
+        aggregate::check_ranges(&plans, from, to)?;
+        let searchers = Self::searchers(&self.partitions.overlapping(from, to));
+        let (total_hits, results) =
+            aggregate::aggregate(&self.schema, &searchers, &*query, &plans, from, to)?;
+        Ok(AggregateResponse {
+            total_hits,
+            results: results.into_iter().collect(),
+        })
+    }
+
+    /// The events `filter` matches inside `scope` whose seq lies in
+    /// `[from, to)`, in seq order (Tail). An empty range checks the
+    /// filter and reads nothing.
+    pub fn in_log_order(
+        &self,
+        filter: &EventFilter,
+        scope: &ReadScope,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<AuditEvent>, SearchError> {
+        let Matching {
+            query,
+            from: since,
+            to: until,
+        } = self.matching(filter, scope)?;
+        let searchers = Self::searchers(&self.partitions.overlapping(since, until));
+        let hits = log_order::collect(&searchers, &*query, from, to)?;
+        self.fetch(&searchers, &hits)
+    }
+
+    /// The seq below which every event is searchable, as it moves.
+    pub fn searchable(&self) -> watch::Receiver<u64> {
+        self.searchable.clone()
     }
 
     /// The newest event with this id inside `scope`, if any: an event
@@ -332,9 +442,21 @@ impl Searcher {
         }
     }
 
+    /// The query for `filter` inside `scope`, and the time range it
+    /// covers. `Err(Invalid)` names the filter field that is wrong.
+    pub(crate) fn matching(
+        &self,
+        filter: &EventFilter,
+        scope: &ReadScope,
+    ) -> Result<Matching, SearchError> {
+        let (from, to) = time_range(filter)?;
+        let query = self.build_query(filter, from, to, scope)?;
+        Ok(Matching { query, from, to })
+    }
+
     fn build_query(
         &self,
-        r: &SearchRequest,
+        r: &EventFilter,
         from: Option<i64>,
         to: Option<i64>,
         scope: &ReadScope,
@@ -473,8 +595,35 @@ fn one_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
     ))
 }
 
+/// What a filter matches: its query (the caller's scope included) and its
+/// time range `[from, to)` in microseconds.
+pub(crate) struct Matching {
+    pub query: Box<dyn Query>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// The filter part of a search request: the same fields, the same meaning.
+pub fn filter_of(r: &SearchRequest) -> EventFilter {
+    EventFilter {
+        from_time: r.from_time,
+        to_time: r.to_time,
+        actions: r.actions.clone(),
+        access_ids: r.access_ids.clone(),
+        subjects: r.subjects.clone(),
+        ips: r.ips.clone(),
+        status_min: r.status_min,
+        status_max: r.status_max,
+        outcome: r.outcome,
+        types: r.types.clone(),
+        source_names: r.source_names.clone(),
+        text: r.text.clone(),
+        query: r.query.clone(),
+    }
+}
+
 /// `[from, to)` in microseconds, checked.
-fn time_range(r: &SearchRequest) -> Result<(Option<i64>, Option<i64>), SearchError> {
+fn time_range(r: &EventFilter) -> Result<(Option<i64>, Option<i64>), SearchError> {
     // Checked before any arithmetic: the values come straight off the wire.
     let micros = |field: &'static str,
                   ts: &Option<prost_types::Timestamp>|
@@ -501,7 +650,7 @@ fn time_range(r: &SearchRequest) -> Result<(Option<i64>, Option<i64>), SearchErr
 
 /// The inclusive status range the request asks for, if any. Either bound,
 /// and either outcome, leaves out events without a status (0).
-fn status_range(r: &SearchRequest) -> Result<Option<(i64, i64)>, SearchError> {
+fn status_range(r: &EventFilter) -> Result<Option<(i64, i64)>, SearchError> {
     let outcome = Outcome::try_from(r.outcome)
         .map_err(|_| invalid("outcome", format!("unknown value {}", r.outcome)))?;
     let (mut lo, mut hi) = match outcome {
@@ -569,11 +718,11 @@ mod tests {
             snapshot: 9_900,
             ascending: true,
         };
-        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        assert_eq!(Cursor::decode(&c.encode(), "page_token").unwrap(), c);
         for bad in ["", "x", "cDE6MQ", &URL_SAFE_NO_PAD.encode("p1:1:2:3:4")] {
             assert!(
                 matches!(
-                    Cursor::decode(bad),
+                    Cursor::decode(bad, "page_token"),
                     Err(SearchError::Invalid {
                         field: "page_token",
                         ..

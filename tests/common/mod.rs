@@ -1,6 +1,8 @@
 //! The test harness: the real server, in-process, on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,11 @@ use std::time::Duration;
 use auditd::client::gen::GenOptions;
 use auditd::client::BearerToken;
 use auditd::json::JsonEvent;
-use auditd::proto::{AuditEvent, IngestRequest, IngestResponse, SearchRequest, WaitFor};
+use auditd::proto::tokens_client::TokensClient;
+use auditd::proto::{
+    AuditEvent, CreateTokenRequest, IngestRequest, IngestResponse, SearchRequest, TokenKind,
+    WaitFor,
+};
 use auditd::server::ServerError;
 use auditd::{Config, Listeners};
 use tokio::sync::oneshot;
@@ -434,4 +440,67 @@ pub async fn assert_dense_seqs(client: &mut Client) -> u64 {
         seqs.iter().zip(&dense).position(|(a, b)| a != b)
     );
     seqs.len() as u64
+}
+
+/// A `Tokens` client holding `token`.
+pub type Tokens = TokensClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        auditd::client::BearerToken,
+    >,
+>;
+
+pub async fn tokens_client(server: &TestServer, token: &str) -> Tokens {
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TokensClient::with_interceptor(channel, auditd::client::BearerToken::new(token).unwrap())
+}
+
+/// A new token of `kind` for `subject` (and `access`): its (id, secret).
+pub async fn create(
+    server: &TestServer,
+    kind: TokenKind,
+    subject: &str,
+    access: &str,
+) -> (String, String) {
+    let mut admin = tokens_client(server, &server.admin_token()).await;
+    let reply = admin
+        .create_token(CreateTokenRequest {
+            kind: kind as i32,
+            name: format!("{kind:?} {subject} {access}"),
+            subject: subject.into(),
+            access_id: access.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (reply.token.unwrap().id, reply.secret)
+}
+
+/// The trail events of `action` (`audit.search`, `audit.tail`, ...),
+/// once there are at least `n`: a trail event is durable before the
+/// answer goes out, and searchable a commit later.
+pub async fn trail_events(client: &mut Client, action: &str, n: usize) -> Vec<AuditEvent> {
+    let request = SearchRequest {
+        types: vec![auditd::app::trail::TRAIL_TYPE.to_owned()],
+        actions: vec![action.to_owned()],
+        limit: 10_000,
+        ..Default::default()
+    };
+    let wait = async {
+        loop {
+            let (events, _) = search_all(client, request.clone()).await;
+            if events.len() >= n {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {n} {action} trail events"))
 }

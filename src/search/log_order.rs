@@ -1,0 +1,63 @@
+//! Events by their place in the log: the matches whose seq lies in
+//! `[from, to)`, in seq order. What Tail reads after each commit.
+//!
+//! A segment holds the seqs of one stretch of the log (merges join
+//! neighbours), so the bounds of its `seq` column rule out nearly every
+//! segment but the newest from its header alone.
+
+use tantivy::columnar::Column;
+use tantivy::query::{EnableScoring, Query};
+use tantivy::{DocAddress, SegmentOrdinal};
+
+use super::time_order::Hit;
+use crate::schema::names;
+
+/// The hits of `query` with a seq in `[from, to)`, in seq order, over the
+/// segments of `searchers` (one per partition).
+pub(super) fn collect(
+    searchers: &[tantivy::Searcher],
+    query: &dyn Query,
+    from: u64,
+    to: u64,
+) -> tantivy::Result<Vec<Hit>> {
+    let mut hits = Vec::new();
+    if from >= to {
+        return Ok(hits);
+    }
+    for (partition, searcher) in searchers.iter().enumerate() {
+        let mut weight = None;
+        for (ord, reader) in searcher.segment_readers().iter().enumerate() {
+            let fast = reader.fast_fields();
+            let seq: Column<u64> = fast.u64(names::SEQ)?;
+            if seq.max_value() < from || seq.min_value() >= to {
+                continue;
+            }
+            let time: Column<i64> = fast.i64(names::TIME)?;
+            let weight = match &mut weight {
+                Some(weight) => weight,
+                None => {
+                    weight.insert(query.weight(EnableScoring::disabled_from_searcher(searcher))?)
+                }
+            };
+            let alive = reader.alive_bitset();
+            weight.for_each_no_score(reader, &mut |docs| {
+                for &doc in docs {
+                    if alive.is_some_and(|a| !a.is_alive(doc)) {
+                        continue;
+                    }
+                    let Some(s) = seq.first(doc).filter(|s| (from..to).contains(s)) else {
+                        continue;
+                    };
+                    hits.push(Hit {
+                        time: time.first(doc).unwrap_or(0),
+                        seq: s,
+                        address: DocAddress::new(ord as SegmentOrdinal, doc),
+                        partition,
+                    });
+                }
+            })?;
+        }
+    }
+    hits.sort_unstable_by_key(|h| h.seq);
+    Ok(hits)
+}
