@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use auditd::proto::aggregation::Kind;
 use auditd::proto::{
     AggregateRequest, Aggregation, AggregationResult, AuditEvent, CardinalityAggregation,
-    DateHistogramAggregation, TermsAggregation, TokenKind, WaitFor,
+    DateHistogramAggregation, EventFilter, TermsAggregation, TokenKind, WaitFor,
 };
 use auditd::schema::{micros_to_timestamp, timestamp_micros};
 use rand::rngs::StdRng;
@@ -306,5 +306,159 @@ async fn random_aggregations_match_brute_force_counts() {
         });
         compare(&mut client, &events, &scope, &mut rng, 25).await;
     }
+    server.stop().await.unwrap();
+}
+
+/// Bad aggregations are refused naming the field; an ingest token may not
+/// aggregate; every call, refused or not, leaves its trail event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_name_the_field_and_every_call_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut admin = server.client().await;
+    ingest(&mut admin, generated(200, 1, 200), WaitFor::Searchable).await;
+    let day = |from: i64, to: i64| EventFilter {
+        from_time: Some(prost_types::Timestamp {
+            seconds: from,
+            nanos: 0,
+        }),
+        to_time: Some(prost_types::Timestamp {
+            seconds: to,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let mut nested = terms("a", "action", 3);
+    let mut inner = terms("b", "status", 3);
+    inner.sub_aggregations = vec![terms("c", "ip", 3)];
+    nested.sub_aggregations = vec![inner];
+    let mut under_cardinality = cardinality("a", "ip");
+    under_cardinality.sub_aggregations = vec![terms("b", "action", 3)];
+    let cases: Vec<(&str, EventFilter, Vec<Aggregation>)> = vec![
+        ("aggregations", EventFilter::default(), vec![]),
+        (
+            "aggregations",
+            EventFilter::default(),
+            (0..11)
+                .map(|i| terms(&format!("t{i}"), "action", 1))
+                .collect(),
+        ),
+        (
+            "aggregations.name",
+            EventFilter::default(),
+            vec![terms("", "action", 1)],
+        ),
+        (
+            "aggregations.name",
+            EventFilter::default(),
+            vec![terms("x", "action", 1), terms("x", "ip", 1)],
+        ),
+        (
+            "aggregations.kind",
+            EventFilter::default(),
+            vec![Aggregation {
+                name: "x".into(),
+                ..Default::default()
+            }],
+        ),
+        (
+            "aggregations.terms.field",
+            EventFilter::default(),
+            vec![terms("x", "time", 1)],
+        ),
+        (
+            "aggregations.terms.field",
+            EventFilter::default(),
+            vec![terms("x", "query.", 1)],
+        ),
+        (
+            "aggregations.terms.size",
+            EventFilter::default(),
+            vec![terms("x", "ip", 10_001)],
+        ),
+        (
+            "aggregations.cardinality.field",
+            EventFilter::default(),
+            vec![cardinality("x", "nope")],
+        ),
+        (
+            "aggregations.date_histogram.interval",
+            EventFilter::default(),
+            vec![histogram("x", 0)],
+        ),
+        // 10,001 one-second buckets.
+        (
+            "aggregations.date_histogram.interval",
+            day(0, 10_001),
+            vec![histogram("x", 1)],
+        ),
+        (
+            "aggregations.sub_aggregations",
+            EventFilter::default(),
+            vec![nested],
+        ),
+        (
+            "aggregations.sub_aggregations",
+            EventFilter::default(),
+            vec![under_cardinality],
+        ),
+        (
+            "status_max",
+            EventFilter {
+                status_min: Some(500),
+                status_max: Some(400),
+                ..Default::default()
+            },
+            vec![terms("x", "ip", 1)],
+        ),
+    ];
+    let refused = cases.len();
+    for (field, filter, aggregations) in cases {
+        let status = admin
+            .aggregate(AggregateRequest {
+                filter: Some(filter),
+                aggregations: aggregations.clone(),
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "{field}: {status:?}"
+        );
+    }
+    // Exactly 10,000 buckets is fine.
+    let ok = admin
+        .aggregate(AggregateRequest {
+            filter: Some(day(0, 10_000)),
+            aggregations: vec![histogram("x", 1)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.results["x"].buckets.len(), 10_000);
+
+    let (_, secret) = create(&server, TokenKind::Ingest, "", "").await;
+    let denied = server
+        .client_with(&secret)
+        .await
+        .aggregate(AggregateRequest {
+            aggregations: vec![terms("x", "ip", 1)],
+            ..Default::default()
+        })
+        .await
+        .expect_err("an ingest token cannot read");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    let trail = trail_events(&mut admin, "audit.aggregate", refused + 2).await;
+    assert_eq!(trail.len(), refused + 2);
+    assert!(trail.iter().any(|e| e
+        .query
+        .get("aggregations")
+        .is_some_and(|a| a == "x=date_histogram(1s)")));
     server.stop().await.unwrap();
 }

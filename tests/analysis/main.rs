@@ -5,4 +5,5 @@
 mod common;
 
 mod aggregate;
+mod export;
 mod tail;
