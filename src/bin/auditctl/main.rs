@@ -1,8 +1,13 @@
 //! auditctl: the command-line client. Ingest NDJSON, search, get one event,
-//! generate sample events, and drive a daemon with load (`load.rs`).
+//! generate sample events, drive a daemon with load (`load.rs`), count
+//! events by values and time (`analysis.rs`), and follow or export them
+//! (`streams.rs`).
 
+mod analysis;
+mod bench_analysis;
 mod bench_search;
 mod load;
+mod streams;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -15,7 +20,7 @@ use auditd::client::{BearerToken, Client};
 use auditd::json::JsonEvent;
 use auditd::proto::tokens_client::TokensClient;
 use auditd::proto::{
-    AuditEvent, CreateTokenRequest, GetEventRequest, IngestRequest, IngestResponse,
+    AuditEvent, CreateTokenRequest, EventFilter, GetEventRequest, IngestRequest, IngestResponse,
     ListTokensRequest, Outcome, RevokeTokenRequest, SearchRequest, TokenInfo, TokenKind, WaitFor,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -68,6 +73,16 @@ enum Command {
     Ingest(IngestArgs),
     /// Search events; every filter is optional and they are AND-ed.
     Search(Box<SearchArgs>),
+    /// Count the events a filter matches: top values of a field (--terms),
+    /// events per time bucket (--histogram), distinct values
+    /// (--cardinality), and the same inside each bucket (--sub).
+    Aggregate(Box<analysis::AggregateArgs>),
+    /// Follow the events a filter matches as they become searchable, one a
+    /// line, until Ctrl-C; a dropped stream resumes where it ended.
+    Tail(Box<streams::TailArgs>),
+    /// Write every event a filter matches in a format a SIEM reads (OCSF,
+    /// ECS, CEF, CSV, NDJSON), resuming after a dropped connection.
+    Export(Box<streams::ExportArgs>),
     /// Print one event by id.
     Get {
         id: String,
@@ -82,6 +97,12 @@ enum Command {
     /// Time a fixed mix of searches (filters, CIDR, time range, free text,
     /// paging) and report p50/p99 per query (see BENCHMARKS.md).
     BenchSearch(bench_search::BenchSearchArgs),
+    /// Time the analysis questions of BENCHMARKS.md (count by action over a
+    /// day, top 10 addresses, failures per hour of one access over 30 days).
+    BenchAggregate(bench_analysis::BenchAggregateArgs),
+    /// Follow everything for a while and report how long after acceptance
+    /// each event arrived (run it while something ingests).
+    BenchTail(bench_analysis::BenchTailArgs),
     /// Manage tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -142,8 +163,11 @@ struct IngestArgs {
     quiet: bool,
 }
 
+/// The filter flags of `search`, `aggregate`, `tail` and `export`: every
+/// one is optional and they are AND-ed; the values of one repeated flag
+/// are OR-ed.
 #[derive(clap::Args, Debug, Default, Clone)]
-struct SearchArgs {
+struct FilterArgs {
     /// Action, exact or a prefix ending in `*` (repeatable; OR-ed).
     #[arg(long = "action")]
     actions: Vec<String>,
@@ -176,6 +200,48 @@ struct SearchArgs {
     /// Tantivy query syntax over named fields.
     #[arg(long)]
     query: Option<String>,
+}
+
+impl FilterArgs {
+    /// The `EventFilter` these flags say; `Err` for a time that is neither
+    /// seconds since the epoch nor RFC 3339.
+    fn to_filter(&self) -> anyhow::Result<EventFilter> {
+        Ok(EventFilter {
+            from_time: self
+                .from
+                .as_deref()
+                .map(parse_time)
+                .transpose()
+                .context("--from")?,
+            to_time: self
+                .to
+                .as_deref()
+                .map(parse_time)
+                .transpose()
+                .context("--to")?,
+            actions: self.actions.clone(),
+            access_ids: self.access_ids.clone(),
+            subjects: self.subjects.clone(),
+            ips: self.ips.clone(),
+            status_min: self.status_min,
+            status_max: self.status_max,
+            outcome: match self.outcome {
+                None => Outcome::Any,
+                Some(OutcomeArg::Success) => Outcome::Success,
+                Some(OutcomeArg::Failure) => Outcome::Failure,
+            } as i32,
+            types: self.types.clone(),
+            source_names: self.source_names.clone(),
+            text: self.text.clone().unwrap_or_default(),
+            query: self.query.clone().unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+struct SearchArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
     #[arg(long, default_value_t = 20)]
     limit: u32,
     /// Oldest first.
@@ -229,7 +295,7 @@ struct GenArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -238,6 +304,21 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with what the derive cannot see: the order in which
+/// `aggregate`'s aggregations were given (`--sub` goes inside the first).
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
+    if let (Command::Aggregate(args), Some(("aggregate", sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        args.note_order(sub);
+    }
+    cli
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -250,11 +331,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect(&endpoint()?, bearer()?).await?;
             bench_search::bench_search(client, args.clone()).await
         }
+        Command::BenchAggregate(args) => {
+            let client = connect(&endpoint()?, bearer()?).await?;
+            bench_analysis::bench_aggregate(client, args.clone()).await
+        }
+        Command::BenchTail(args) => {
+            let client = connect(&endpoint()?, bearer()?).await?;
+            bench_analysis::bench_tail(client, args.clone()).await
+        }
         Command::Ingest(args) => {
             ingest(connect(&endpoint()?, bearer()?).await?, args.clone()).await
         }
         Command::Search(args) => {
             search(connect(&endpoint()?, bearer()?).await?, (**args).clone()).await
+        }
+        Command::Aggregate(args) => {
+            // Bad flags fail before anything is sent.
+            let request = args.request()?;
+            let client = connect(&endpoint()?, bearer()?).await?;
+            analysis::aggregate(client, request, args.format).await
+        }
+        Command::Tail(args) => {
+            let filter = args.filter.to_filter()?;
+            let client = connect(&endpoint()?, bearer()?).await?;
+            streams::tail(client, filter, args).await
+        }
+        Command::Export(args) => {
+            let filter = args.filter.to_filter()?;
+            let client = connect(&endpoint()?, bearer()?).await?;
+            streams::export(client, filter, args).await
         }
         Command::Token(command) => tokens(&endpoint()?, bearer()?, command).await,
         Command::Get { id, format } => {
@@ -600,24 +705,21 @@ where
 }
 
 async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
+    let filter = args.filter.to_filter()?;
     let mut request = SearchRequest {
-        from_time: args.from.as_deref().map(parse_time).transpose()?,
-        to_time: args.to.as_deref().map(parse_time).transpose()?,
-        actions: args.actions,
-        access_ids: args.access_ids,
-        subjects: args.subjects,
-        ips: args.ips,
-        status_min: args.status_min,
-        status_max: args.status_max,
-        outcome: match args.outcome {
-            None => Outcome::Any,
-            Some(OutcomeArg::Success) => Outcome::Success,
-            Some(OutcomeArg::Failure) => Outcome::Failure,
-        } as i32,
-        types: args.types,
-        source_names: args.source_names,
-        text: args.text.unwrap_or_default(),
-        query: args.query.unwrap_or_default(),
+        from_time: filter.from_time,
+        to_time: filter.to_time,
+        actions: filter.actions,
+        access_ids: filter.access_ids,
+        subjects: filter.subjects,
+        ips: filter.ips,
+        status_min: filter.status_min,
+        status_max: filter.status_max,
+        outcome: filter.outcome,
+        types: filter.types,
+        source_names: filter.source_names,
+        text: filter.text,
+        query: filter.query,
         limit: args.limit,
         ascending: args.ascending,
         page_token: args.page_token.unwrap_or_default(),
@@ -638,11 +740,7 @@ async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
                 false => eprintln!("{} matching events", page.total_hits),
             }
             if args.format == Format::Table {
-                writeln!(
-                    out,
-                    "{:<24} {:<22} {:>6} {:<14} {:<26} {:<24} ID",
-                    "TIME", "ACTION", "STATUS", "SUBJECT", "ACCESS", "IP"
-                )?;
+                table_header(&mut out)?;
             }
             first = false;
         }
@@ -666,6 +764,15 @@ async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
 const TABLE_TIME: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
 );
+
+/// The header row of `Format::Table`.
+fn table_header(out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<22} {:>6} {:<14} {:<26} {:<24} ID",
+        "TIME", "ACTION", "STATUS", "SUBJECT", "ACCESS", "IP"
+    )
+}
 
 fn print_events(out: &mut impl Write, events: &[AuditEvent], format: Format) -> anyhow::Result<()> {
     for event in events {
