@@ -7,6 +7,8 @@
 //! event, and a resumed one continues the same snapshot. Memory is one
 //! page and a few chunks, whatever the size of the result.
 
+use std::sync::Arc;
+
 use futures::Stream;
 
 use super::outbox::{Outbox, Sent};
@@ -14,12 +16,17 @@ use super::read::ReadService;
 use super::trail;
 use super::{AppError, Origin};
 use crate::auth::Caller;
+use crate::auth::ReadScope;
 use crate::formats::Format;
-use crate::proto::{ExportChunk, ExportFormat, ExportRequest};
-use crate::search::{EventPage, PageRequest};
+use crate::proto::{AuditEvent, EventFilter, ExportChunk, ExportFormat, ExportRequest};
+use crate::search::{HitPage, PageRequest};
 
-/// Events read from the index at a time.
-pub const EXPORT_PAGE_EVENTS: usize = 1_000;
+/// Hits one index read finds (their place and sort key only: 32 bytes
+/// each). Each read of a page starts from the cursor again, so pages much
+/// smaller than this spent most of an export finding their place.
+pub const EXPORT_PAGE_HITS: usize = 20_000;
+/// Events read and formatted at a time: what an export holds in memory.
+pub const EXPORT_SLICE_EVENTS: usize = 1_000;
 /// A chunk ends after the event that takes it to this many bytes: whole
 /// lines, so a chunk is at most this plus one event.
 pub const EXPORT_CHUNK_BYTES: usize = 1 << 20;
@@ -53,18 +60,26 @@ impl ReadService {
         let first = async {
             let scope = caller.read_scope("export")?;
             let format = format?;
-            let page = self
-                .page(
-                    filter.clone(),
-                    scope.clone(),
-                    &request,
-                    &request.resume_token,
-                )
-                .await?;
-            Ok((scope, format, page))
+            let mut reader = PageReader {
+                reads: self.clone(),
+                filter: filter.clone(),
+                scope,
+                ascending: request.ascending,
+                format,
+                header: match request.resume_token.is_empty() {
+                    true => format.header(),
+                    false => &[][..],
+                },
+                token: request.resume_token.clone(),
+                page: None,
+                next: 0,
+            };
+            // A bad filter or token fails here, before the stream starts.
+            let first = reader.next_chunks().await?;
+            Ok((reader, first))
         }
         .await;
-        let (scope, format, first) = match first {
+        let (reader, first) = match first {
             Ok(ok) => ok,
             Err(error) => {
                 return Err(self
@@ -75,74 +90,129 @@ impl ReadService {
             }
         };
         let (outbox, stream) = Outbox::new(EXPORT_BUFFER_CHUNKS, &self.streams);
-        let reads = self.clone();
+        let (tasks, trail) = (self.streams.tasks.clone(), self.trail.clone());
         self.streams.tasks.spawn(async move {
             let mut sent = 0u64;
-            let mut header = match request.resume_token.is_empty() {
-                true => format.header(),
-                false => &[][..],
-            };
-            let mut page = first;
             let mut resume = request.resume_token.clone();
-            let outcome = 'pages: loop {
-                for chunk in chunks(&page, format, std::mem::take(&mut header)) {
+            let mut chunks = first;
+            let mut reader = reader;
+            let outcome = 'chunks: loop {
+                let Some(batch) = chunks else { break Ok(()) };
+                // The next slice is read while this one goes out.
+                let next = tasks.spawn(async move {
+                    let next = reader.next_chunks().await;
+                    (reader, next)
+                });
+                for chunk in batch {
                     let (events, token) = (chunk.events, chunk.resume_token.clone());
                     match outbox.send(chunk, &resume).await {
                         Ok(Sent::Queued) => {}
                         Ok(Sent::Gone) => {
                             query.insert("hung_up".into(), "true".into());
-                            break 'pages Ok(());
+                            break 'chunks Ok(());
                         }
-                        Err(error) => break 'pages Err(error),
+                        Err(error) => break 'chunks Err(error),
                     }
                     sent += events;
-                    resume = token;
+                    if !token.is_empty() {
+                        resume = token;
+                    }
                 }
-                if !page.more {
-                    break Ok(());
-                }
-                match reads
-                    .page(filter.clone(), scope.clone(), &request, &resume)
-                    .await
-                {
-                    Ok(next) => page = next,
-                    Err(error) => break Err(error),
+                match next.await {
+                    Ok((r, Ok(c))) => (reader, chunks) = (r, c),
+                    Ok((_, Err(error))) => break Err(error),
+                    Err(error) => break Err(AppError::Internal(format!("export task: {error}"))),
                 }
             };
             query.insert("events".into(), sent.to_string());
-            let audited = reads
-                .trail
+            let audited = trail
                 .audited(&caller, trail::EXPORT, &origin, query, outcome)
                 .await;
             outbox.finish(audited.err());
         });
         Ok(stream)
     }
+}
 
-    /// The next page of an export, read on the blocking pool.
-    async fn page(
-        &self,
-        filter: crate::proto::EventFilter,
-        scope: crate::auth::ReadScope,
-        request: &ExportRequest,
-        token: &str,
-    ) -> Result<EventPage, AppError> {
-        let ascending = request.ascending;
-        let token = token.to_owned();
-        self.blocking(move |s| {
-            s.page(
-                &filter,
-                &scope,
-                &PageRequest {
-                    limit: EXPORT_PAGE_EVENTS,
-                    ascending,
-                    token: &token,
-                    token_field: "resume_token",
-                    count_up_to: 0,
-                },
-            )
+/// Reads an export a slice at a time: a page of `EXPORT_PAGE_HITS` hits,
+/// then its events `EXPORT_SLICE_EVENTS` at a time, read and formatted on
+/// the blocking pool.
+struct PageReader {
+    reads: ReadService,
+    filter: EventFilter,
+    scope: ReadScope,
+    ascending: bool,
+    format: Format,
+    /// What goes before the next chunk (the CSV header, once).
+    header: &'static [u8],
+    /// Where the next page starts.
+    token: String,
+    page: Option<Arc<HitPage>>,
+    /// The page's next hit to read.
+    next: usize,
+}
+
+impl PageReader {
+    /// The next slice's chunks, or `None` past the last event.
+    async fn next_chunks(&mut self) -> Result<Option<Vec<ExportChunk>>, AppError> {
+        let page = match self.page.take() {
+            Some(page) if self.next < page.len() => page,
+            Some(page) if !page.more => return Ok(self.header_only()),
+            _ => {
+                let page = Arc::new(self.read_page().await?);
+                self.next = 0;
+                if page.len() == 0 {
+                    return Ok(self.header_only());
+                }
+                page
+            }
+        };
+        let range = self.next..page.len().min(self.next + EXPORT_SLICE_EVENTS);
+        self.next = range.end;
+        let (format, header) = (self.format, std::mem::take(&mut self.header));
+        let slice = page.clone();
+        let chunks = self
+            .reads
+            .blocking(move |s| Ok(chunks(&slice, &s.events(&slice, range)?, format, header)))
+            .await?;
+        if let Some(token) = chunks.iter().rev().find(|c| !c.resume_token.is_empty()) {
+            self.token = token.resume_token.clone();
+        }
+        self.page = Some(page);
+        Ok(Some(chunks))
+    }
+
+    async fn read_page(&self) -> Result<HitPage, AppError> {
+        let (filter, scope) = (self.filter.clone(), self.scope.clone());
+        let (ascending, token) = (self.ascending, self.token.clone());
+        self.reads
+            .blocking(move |s| {
+                s.page(
+                    &filter,
+                    &scope,
+                    &PageRequest {
+                        limit: EXPORT_PAGE_HITS,
+                        ascending,
+                        token: &token,
+                        token_field: "resume_token",
+                        count_up_to: 0,
+                    },
+                )
+            })
+            .await
+    }
+
+    /// At the end: a last chunk holding only a header not sent yet (an
+    /// empty CSV export), else nothing.
+    fn header_only(&mut self) -> Option<Vec<ExportChunk>> {
+        let header = std::mem::take(&mut self.header);
+        (!header.is_empty()).then(|| {
+            vec![ExportChunk {
+                data: header.to_vec(),
+                events: 0,
+                resume_token: String::new(),
+            }]
         })
-        .await
     }
 }
 
@@ -161,31 +231,27 @@ fn format_of(value: i32) -> Result<Format, AppError> {
     }
 }
 
-/// A page's events as chunks of whole lines, `header` first; each chunk
-/// carries the token that resumes right after its last event. An empty
-/// page makes a chunk only when there is a header to send.
-fn chunks(page: &EventPage, format: Format, header: &[u8]) -> Vec<ExportChunk> {
+/// `events` (a slice of `page`) as chunks of whole lines, `header` first;
+/// each chunk carries the token that resumes right after its last event.
+fn chunks(
+    page: &HitPage,
+    events: &[AuditEvent],
+    format: Format,
+    header: &[u8],
+) -> Vec<ExportChunk> {
     let mut out = Vec::new();
     let mut data = header.to_vec();
-    let mut events = 0;
-    for (i, event) in page.events.iter().enumerate() {
+    let mut count = 0;
+    for (i, event) in events.iter().enumerate() {
         format.write(event, &mut data);
-        events += 1;
-        let last = i + 1 == page.events.len();
-        if data.len() >= EXPORT_CHUNK_BYTES || last {
+        count += 1;
+        if data.len() >= EXPORT_CHUNK_BYTES || i + 1 == events.len() {
             out.push(ExportChunk {
                 data: std::mem::take(&mut data),
-                events: std::mem::take(&mut events),
+                events: std::mem::take(&mut count),
                 resume_token: page.token_after(event),
             });
         }
-    }
-    if !data.is_empty() {
-        out.push(ExportChunk {
-            data,
-            events: 0,
-            resume_token: String::new(),
-        });
     }
     out
 }

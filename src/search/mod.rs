@@ -142,9 +142,12 @@ pub(crate) struct PageRequest<'a> {
     pub count_up_to: u64,
 }
 
-/// One page of events in time order.
-pub(crate) struct EventPage {
-    pub events: Vec<AuditEvent>,
+/// One page of hits in time order, with the searchers that found them:
+/// its events are read (`Searcher::events`) a slice at a time if need be,
+/// so a long page need not be held whole.
+pub(crate) struct HitPage {
+    searchers: Vec<tantivy::Searcher>,
+    hits: Vec<Hit>,
     /// More events past this page.
     pub more: bool,
     /// Matches inside the snapshot, counted up to the request's bound.
@@ -153,7 +156,11 @@ pub(crate) struct EventPage {
     ascending: bool,
 }
 
-impl EventPage {
+impl HitPage {
+    pub fn len(&self) -> usize {
+        self.hits.len()
+    }
+
     /// The token that continues right after `event`, one of this page's.
     pub fn token_after(&self, event: &AuditEvent) -> String {
         Cursor {
@@ -218,7 +225,8 @@ impl Searcher {
                 count_up_to,
             },
         )?;
-        let next_page_token = match (page.more, page.events.last()) {
+        let events = self.events(&page, 0..page.len())?;
+        let next_page_token = match (page.more, events.last()) {
             (true, Some(last)) => page.token_after(last),
             _ => String::new(),
         };
@@ -228,7 +236,7 @@ impl Searcher {
         Ok(SearchResponse {
             total_hits: page.total.min(count_up_to),
             total_hits_is_lower_bound: page.total >= count_up_to,
-            events: page.events,
+            events,
             next_page_token,
         })
     }
@@ -240,7 +248,7 @@ impl Searcher {
         filter: &EventFilter,
         scope: &ReadScope,
         request: &PageRequest,
-    ) -> Result<EventPage, SearchError> {
+    ) -> Result<HitPage, SearchError> {
         let Matching { query, from, to } = self.matching(filter, scope)?;
         let cursor = match request.token {
             "" => None,
@@ -270,13 +278,23 @@ impl Searcher {
         };
         let searchers = Self::searchers(&self.partitions.overlapping(from, to));
         let page = time_order::collect(&searchers, &*query, &order)?;
-        Ok(EventPage {
-            events: self.fetch(&searchers, &page.hits)?,
+        Ok(HitPage {
+            searchers,
+            hits: page.hits,
             more: page.more,
             total: page.total,
             snapshot,
             ascending: request.ascending,
         })
+    }
+
+    /// The events of `page`'s hits in `range`, in page order.
+    pub(crate) fn events(
+        &self,
+        page: &HitPage,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<AuditEvent>, SearchError> {
+        self.fetch(&page.searchers, &page.hits[range])
     }
 
     /// Exact counts over what `request.filter` matches inside `scope`

@@ -346,3 +346,53 @@ async fn a_scoped_export_stays_in_scope_and_each_call_is_audited() {
     assert_eq!(done.subject, mine.subject);
     server.stop().await.unwrap();
 }
+
+/// More events than one index read finds (`EXPORT_PAGE_HITS`): the
+/// export crosses pages, in both orders, and a resume from a chunk in the
+/// middle of a page continues right there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_export_crosses_pages_in_both_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let events = generated(45_000, 8, 15_000);
+    for chunk in events.chunks(5_000) {
+        ingest(&mut client, chunk.to_vec(), WaitFor::Searchable).await;
+    }
+    for ascending in [false, true] {
+        let mut search = search_request(EventFilter::default());
+        search.ascending = ascending;
+        search.limit = 10_000;
+        let (expected, _) = search_all(&mut client, search).await;
+        let expected: Vec<String> = expected.into_iter().map(|e| e.id).collect();
+        let request = ExportRequest {
+            ascending,
+            ..Default::default()
+        };
+        let chunks = export(&mut client, request.clone(), usize::MAX).await;
+        assert_eq!(
+            ids(Format::Ndjson, &joined(&chunks)),
+            expected,
+            "ascending {ascending}"
+        );
+        // Resume from the middle of the first page.
+        let cut = 7;
+        let rest = export(
+            &mut client,
+            ExportRequest {
+                resume_token: chunks[cut - 1].resume_token.clone(),
+                ..request
+            },
+            usize::MAX,
+        )
+        .await;
+        let mut data = joined(&chunks[..cut]);
+        data.extend(joined(&rest));
+        assert_eq!(
+            ids(Format::Ndjson, &data),
+            expected,
+            "resumed, ascending {ascending}"
+        );
+    }
+    server.stop().await.unwrap();
+}
