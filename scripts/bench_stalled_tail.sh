@@ -4,7 +4,7 @@
 # stdout is a FIFO nobody reads), two rounds interleaved; prints events/s and
 # the daemon's peak RSS (VmHWM) of each run. Needs `cargo build --release`.
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/.."
 for round in 1 2; do for mode in none stalled; do
   D=$(mktemp -d)
   target/release/auditd --data-dir $D --grpc-addr 127.0.0.1:50993 --http-addr 127.0.0.1:50994 > $D/log 2>&1 &
