@@ -30,7 +30,7 @@ DATA=target/bench-search/data
 mkdir -p "$OUT"
 
 if [ ! -f "$DATA/FORMAT" ]; then
-    ITERATIONS=1 scripts/bench_search.sh
+    PER_SHAPE=1 scripts/bench_search.sh
 fi
 cargo build --release --bins
 source scripts/bench_common.sh

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Search latency on a 10,000,000-event index (issue 4): builds the index
-# from `gen_events.py --count 10000000` with `auditctl ingest` into a
-# release auditd with its defaults, then times the query mix of
-# `auditctl bench-search` (each query once to warm up, then ITERATIONS
-# times, limit 100), over gRPC on loopback.
+# Search latency on a 10,000,000-event index (issues 4 and 17): builds the
+# index from `gen_events.py --count 10000000` with `auditctl ingest` into a
+# release auditd with its defaults, then times the seeded random mix of
+# `auditctl bench-search` (every shape PER_SHAPE times, each with values
+# drawn from the data with SEED, after one warm-up), over gRPC on
+# loopback, twice.
 #
-#   scripts/bench_search.sh                       # 10 M events, 100 iterations
-#   COUNT=1000000 ITERATIONS=200 scripts/bench_search.sh
+#   scripts/bench_search.sh                       # 10 M events, 200 a shape
+#   COUNT=1000000 PER_SHAPE=500 SEED=7 scripts/bench_search.sh
 #
 # Writes target/bench-search/search.json and prints the table. The data
 # directory is kept (target/bench-search/data) so a second run with
@@ -15,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-10000000}
-ITERATIONS=${ITERATIONS:-100}
+PER_SHAPE=${PER_SHAPE:-200}
+SEED=${SEED:-1}
 GRPC_PORT=${GRPC_PORT:-50961}
 HTTP_PORT=${HTTP_PORT:-50962}
 OUT=target/bench-search
@@ -48,6 +50,6 @@ if [ "${REUSE:-0}" != 1 ]; then
 fi
 echo "== merges settled after $(wait_settled "$DATA/index") s" >&2
 echo "== index: $(du -sb "$DATA/index" | cut -f1) bytes for $(stat -c %s "$NDJSON") bytes of NDJSON" >&2
-echo "== search mix, $ITERATIONS iterations each" >&2
-ctl bench-search --iterations "$ITERATIONS" --json > "$OUT/search.json"
-ctl bench-search --iterations "$ITERATIONS"
+echo "== search mix, $PER_SHAPE queries a shape, seed $SEED, two passes" >&2
+ctl bench-search --per-shape "$PER_SHAPE" --seed "$SEED" --json > "$OUT/search.json"
+ctl bench-search --per-shape "$PER_SHAPE" --seed "$SEED"
