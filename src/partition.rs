@@ -12,6 +12,7 @@ use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy};
 
 use crate::messages::CommitPayload;
 use crate::schema::AuditSchema;
+use crate::search::view::{View, Views};
 
 /// Width of one partition.
 pub const PARTITION_MICROS: i64 = 86_400 * 1_000_000;
@@ -58,9 +59,16 @@ pub struct Partition {
     pub path: PathBuf,
     pub index: Index,
     pub reader: IndexReader,
+    views: Views,
 }
 
 impl Partition {
+    /// What a search sees of this partition now: its searcher since the
+    /// last reload, with the columns every search reads.
+    pub fn view(&self) -> tantivy::Result<Arc<View>> {
+        self.views.current(&self.reader)
+    }
+
     /// What this partition's last commit covers: every record that starts
     /// below its log position and holds events of this day is in the index.
     pub fn committed(&self) -> Result<CommitPayload, PartitionError> {
@@ -273,6 +281,7 @@ fn open_partition(
         path: path.to_owned(),
         index,
         reader,
+        views: Views::default(),
     })
 }
 

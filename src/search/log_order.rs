@@ -5,17 +5,18 @@
 //! neighbours), so the bounds of its `seq` column rule out nearly every
 //! segment but the newest from its header alone.
 
-use tantivy::columnar::Column;
+use std::sync::Arc;
+
 use tantivy::query::{EnableScoring, Query};
 use tantivy::{DocAddress, SegmentOrdinal};
 
 use super::time_order::Hit;
-use crate::schema::names;
+use super::view::View;
 
 /// The hits of `query` with a seq in `[from, to)`, in seq order, over the
-/// segments of `searchers` (one per partition).
+/// segments of `views` (one per partition).
 pub(super) fn collect(
-    searchers: &[tantivy::Searcher],
+    views: &[Arc<View>],
     query: &dyn Query,
     from: u64,
     to: u64,
@@ -24,15 +25,14 @@ pub(super) fn collect(
     if from >= to {
         return Ok(hits);
     }
-    for (partition, searcher) in searchers.iter().enumerate() {
+    for (partition, view) in views.iter().enumerate() {
+        let searcher = &view.searcher;
         let mut weight = None;
         for (ord, reader) in searcher.segment_readers().iter().enumerate() {
-            let fast = reader.fast_fields();
-            let seq: Column<u64> = fast.u64(names::SEQ)?;
+            let (seq, time) = (&view.columns[ord].seq, &view.columns[ord].time);
             if seq.max_value() < from || seq.min_value() >= to {
                 continue;
             }
-            let time: Column<i64> = fast.i64(names::TIME)?;
             let weight = match &mut weight {
                 Some(weight) => weight,
                 None => {

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use prost::Message;
-use tantivy::columnar::Column;
+use rayon::prelude::*;
 use tantivy::query::{
     AllQuery, BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, Query, QueryParser,
     RangeQuery, RegexQuery, TermQuery,
 };
 use tantivy::schema::{IndexRecordOption, Term, Value};
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::{DocAddress, Index, SegmentOrdinal, TantivyDocument};
+use tantivy::{DocAddress, Index, TantivyDocument};
 use tokio::sync::watch;
 
 use crate::app::trail::TRAIL_TYPE;
@@ -30,12 +30,14 @@ use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, EventFilter, Outcome, SearchRequest,
     SearchResponse,
 };
-use crate::schema::{id_key, names, restore_times, timestamp_micros, to_v6, AuditSchema};
+use crate::schema::{id_key, restore_times, timestamp_micros, to_v6, AuditSchema};
 
 pub mod aggregate;
 mod log_order;
 mod time_order;
+pub mod view;
 use time_order::{Hit, TimeOrder};
+use view::View;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -94,6 +96,11 @@ const PAGE_TOKEN_VERSION: &str = "p3";
 /// stored more than once (a client's own duplicates) is the usual case.
 const GET_CANDIDATES: usize = 16;
 
+/// A page's events are fetched in parallel in runs of at least this many
+/// neighbouring hits: fewer would cost more in hand-offs between threads
+/// than the blocks they share save.
+const FETCH_RUN_HITS: usize = 8;
+
 impl Cursor {
     fn encode(&self) -> String {
         let raw = format!(
@@ -142,11 +149,11 @@ pub(crate) struct PageRequest<'a> {
     pub count_up_to: u64,
 }
 
-/// One page of hits in time order, with the searchers that found them:
+/// One page of hits in time order, with the views that found them:
 /// its events are read (`Searcher::events`) a slice at a time if need be,
 /// so a long page need not be held whole.
 pub(crate) struct HitPage {
-    searchers: Vec<tantivy::Searcher>,
+    views: Vec<Arc<View>>,
     hits: Vec<Hit>,
     /// More events past this page.
     pub more: bool,
@@ -276,10 +283,10 @@ impl Searcher {
             snapshot,
             count_up_to: request.count_up_to,
         };
-        let searchers = Self::searchers(&self.partitions.overlapping(from, to));
-        let page = time_order::collect(&searchers, &*query, &order)?;
+        let views = Self::views(&self.partitions.overlapping(from, to))?;
+        let page = time_order::collect(&views, &*query, &order)?;
         Ok(HitPage {
-            searchers,
+            views,
             hits: page.hits,
             more: page.more,
             total: page.total,
@@ -294,7 +301,7 @@ impl Searcher {
         page: &HitPage,
         range: std::ops::Range<usize>,
     ) -> Result<Vec<AuditEvent>, SearchError> {
-        self.fetch(&page.searchers, &page.hits[range])
+        self.fetch(&page.views, &page.hits[range])
     }
 
     /// Exact counts over what `request.filter` matches inside `scope`
@@ -308,7 +315,11 @@ impl Searcher {
         let filter = request.filter.clone().unwrap_or_default();
         let Matching { query, from, to } = self.matching(&filter, scope)?;
         aggregate::check_ranges(&plans, from, to)?;
-        let searchers = Self::searchers(&self.partitions.overlapping(from, to));
+        let searchers: Vec<tantivy::Searcher> =
+            Self::views(&self.partitions.overlapping(from, to))?
+                .iter()
+                .map(|view| view.searcher.clone())
+                .collect();
         let (total_hits, results) =
             aggregate::aggregate(&self.schema, &searchers, &*query, &plans, from, to)?;
         Ok(AggregateResponse {
@@ -332,9 +343,9 @@ impl Searcher {
             from: since,
             to: until,
         } = self.matching(filter, scope)?;
-        let searchers = Self::searchers(&self.partitions.overlapping(since, until));
-        let hits = log_order::collect(&searchers, &*query, from, to)?;
-        self.fetch(&searchers, &hits)
+        let views = Self::views(&self.partitions.overlapping(since, until))?;
+        let hits = log_order::collect(&views, &*query, from, to)?;
+        self.fetch(&views, &hits)
     }
 
     /// The seq below which every event is searchable, as it moves.
@@ -359,9 +370,9 @@ impl Searcher {
             snapshot: u64::MAX,
             count_up_to: 0,
         };
-        let searchers = Self::searchers(&self.partitions.overlapping(None, None));
-        let page = time_order::collect(&searchers, &query, &order)?;
-        let events = self.fetch(&searchers, &page.hits)?;
+        let views = Self::views(&self.partitions.overlapping(None, None))?;
+        let page = time_order::collect(&views, &query, &order)?;
+        let events = self.fetch(&views, &page.hits)?;
         Ok(events.into_iter().find(|e| e.id == id))
     }
 
@@ -385,68 +396,58 @@ impl Searcher {
             snapshot: u64::MAX,
             count_up_to: 0,
         };
-        let searchers = Self::searchers(&partitions);
-        let mut page = time_order::collect(&searchers, &query, &order)?;
+        let views = Self::views(&partitions)?;
+        let mut page = time_order::collect(&views, &query, &order)?;
         if page.hits.is_empty() {
             return Ok(None);
         }
         page.hits.sort_by_key(|h| h.seq);
-        let events = self.fetch(&searchers, &page.hits)?;
+        let events = self.fetch(&views, &page.hits)?;
         let received = events
             .first()
             .map_or(0, |e| timestamp_micros(e.received.as_ref()));
         Ok(Some((events.into_iter().map(|e| e.id).collect(), received)))
     }
 
-    /// One searcher per partition: the hits' addresses point into them,
-    /// so the same searchers must fetch the events.
-    fn searchers(partitions: &[Arc<Partition>]) -> Vec<tantivy::Searcher> {
-        partitions.iter().map(|p| p.reader.searcher()).collect()
+    /// One view per partition: the hits' addresses point into them, so
+    /// the same views must fetch the events.
+    fn views(partitions: &[Arc<Partition>]) -> tantivy::Result<Vec<Arc<View>>> {
+        partitions.iter().map(|p| p.view()).collect()
     }
 
-    /// The events of `hits`, each body decoded and its times put back
-    /// from the fast fields (`schema::restore_times`).
-    fn fetch(
-        &self,
-        searchers: &[tantivy::Searcher],
-        hits: &[Hit],
-    ) -> Result<Vec<AuditEvent>, SearchError> {
-        // Opening a column is a lookup in the segment's column directory:
-        // once per segment of the page, not once per hit.
-        let mut received_columns: Vec<((usize, SegmentOrdinal), Column<i64>)> = Vec::new();
-        hits.iter()
-            .map(|hit| {
-                let searcher = &searchers[hit.partition];
-                let corrupt = |reason: String| SearchError::Corrupt {
-                    address: hit.address,
-                    reason,
-                };
-                let doc: TantivyDocument = searcher.doc(hit.address)?;
-                let body = doc
-                    .get_first(self.schema.body)
-                    .and_then(|v| v.as_bytes())
-                    .ok_or_else(|| corrupt("no body".into()))?;
-                let mut event = AuditEvent::decode(body).map_err(|e| corrupt(e.to_string()))?;
-                let segment = (hit.partition, hit.address.segment_ord);
-                let column = match received_columns.iter().position(|(s, _)| *s == segment) {
-                    Some(i) => &received_columns[i].1,
-                    None => {
-                        let column = searcher
-                            .segment_reader(segment.1)
-                            .fast_fields()
-                            .i64(names::RECEIVED)?;
-                        received_columns.push((segment, column));
-                        &received_columns[received_columns.len() - 1].1
-                    }
-                };
-                let received = column
-                    .first(hit.address.doc_id)
-                    .ok_or_else(|| corrupt("no received time".into()))?;
-                restore_times(&mut event, hit.time, received);
-                event.seq = hit.seq;
-                Ok(event)
-            })
+    /// The events of `hits`, in their order, each body decoded and its
+    /// times put back from the columns (`schema::restore_times`).
+    ///
+    /// A sparse page's events lie in as many doc-store blocks, each one
+    /// decompressed whole: most of a sparse search's time
+    /// (BENCHMARKS.md, issue 17). So they are read on every core, in
+    /// runs of neighbouring hits (which share blocks).
+    fn fetch(&self, views: &[Arc<View>], hits: &[Hit]) -> Result<Vec<AuditEvent>, SearchError> {
+        hits.par_iter()
+            .with_min_len(FETCH_RUN_HITS)
+            .map(|hit| self.fetch_one(views, hit))
             .collect()
+    }
+
+    fn fetch_one(&self, views: &[Arc<View>], hit: &Hit) -> Result<AuditEvent, SearchError> {
+        let view = &views[hit.partition];
+        let corrupt = |reason: String| SearchError::Corrupt {
+            address: hit.address,
+            reason,
+        };
+        let doc: TantivyDocument = view.searcher.doc(hit.address)?;
+        let body = doc
+            .get_first(self.schema.body)
+            .and_then(|v| v.as_bytes())
+            .ok_or_else(|| corrupt("no body".into()))?;
+        let mut event = AuditEvent::decode(body).map_err(|e| corrupt(e.to_string()))?;
+        let received = view.columns[hit.address.segment_ord as usize]
+            .received
+            .first(hit.address.doc_id)
+            .ok_or_else(|| corrupt("no received time".into()))?;
+        restore_times(&mut event, hit.time, received);
+        event.seq = hit.seq;
+        Ok(event)
     }
 
     fn add_scope(&self, scope: &ReadScope, must: &mut Vec<Box<dyn Query>>) {

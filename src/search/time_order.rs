@@ -19,7 +19,7 @@ use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::{DocAddress, DocId, DocSet, SegmentOrdinal, SegmentReader, TERMINATED};
 
-use crate::schema::names;
+use super::view::View;
 
 /// The first chunk a search visits at the best end of a segment
 /// (`State::collect_all`); each next one is four times as long, until the
@@ -93,37 +93,42 @@ struct Segment<'a> {
     partition: usize,
     ord: SegmentOrdinal,
     reader: &'a SegmentReader,
-    time: Column<i64>,
-    seq: Column<u64>,
+    time: &'a Column<i64>,
+    seq: &'a Column<u64>,
 }
 
-/// Runs `query` over the segments of `searchers` (one per partition).
-pub(super) fn collect(
-    searchers: &[tantivy::Searcher],
+/// Runs `query` over the segments of `views` (one per partition).
+pub(super) fn collect<V: AsRef<View>>(
+    views: &[V],
     query: &dyn Query,
     order: &TimeOrder,
 ) -> tantivy::Result<Page> {
-    collect_tuned(searchers, query, order, TUNING)
+    collect_tuned(views, query, order, TUNING)
 }
 
-fn collect_tuned(
-    searchers: &[tantivy::Searcher],
+fn collect_tuned<V: AsRef<View>>(
+    views: &[V],
     query: &dyn Query,
     order: &TimeOrder,
     tuning: Tuning,
 ) -> tantivy::Result<Page> {
-    let mut weights = Vec::with_capacity(searchers.len());
+    let mut weights = Vec::with_capacity(views.len());
     let mut segments = Vec::new();
-    for (partition, searcher) in searchers.iter().enumerate() {
+    for (partition, view) in views.iter().map(AsRef::as_ref).enumerate() {
+        let searcher = &view.searcher;
         weights.push(query.weight(EnableScoring::disabled_from_searcher(searcher))?);
-        for (ord, reader) in searcher.segment_readers().iter().enumerate() {
-            let fast = reader.fast_fields();
+        for (ord, (reader, columns)) in searcher
+            .segment_readers()
+            .iter()
+            .zip(&view.columns)
+            .enumerate()
+        {
             segments.push(Segment {
                 partition,
                 ord: ord as SegmentOrdinal,
                 reader,
-                time: fast.i64(names::TIME)?,
-                seq: fast.u64(names::SEQ)?,
+                time: &columns.time,
+                seq: &columns.seq,
             });
         }
     }
@@ -595,6 +600,7 @@ mod brute_force {
     use tantivy::{doc, Index, IndexWriter, Term};
 
     use super::*;
+    use crate::schema::names;
 
     #[derive(Debug, Clone)]
     struct Event {
@@ -644,9 +650,10 @@ mod brute_force {
 
     /// One index per partition, a commit (a segment) every `segment`
     /// events, deletions committed last.
-    fn build(events: &[Event], segment: usize) -> Vec<tantivy::Searcher> {
+    fn build(events: &[Event], segment: usize) -> Vec<View> {
         let mut builder = Schema::builder();
         let time = builder.add_i64_field(names::TIME, FAST);
+        let received = builder.add_i64_field(names::RECEIVED, FAST);
         let seq = builder.add_u64_field(names::SEQ, FAST | INDEXED);
         let tag = builder.add_text_field("tag", STRING);
         let schema = builder.build();
@@ -660,7 +667,7 @@ mod brute_force {
                 for batch in mine.chunks(segment) {
                     for e in batch {
                         writer
-                            .add_document(doc!(time => e.time, seq => e.seq, tag => e.tag))
+                            .add_document(doc!(time => e.time, received => e.time, seq => e.seq, tag => e.tag))
                             .unwrap();
                     }
                     writer.commit().unwrap();
@@ -669,7 +676,7 @@ mod brute_force {
                     writer.delete_term(Term::from_field_u64(seq, e.seq));
                 }
                 writer.commit().unwrap();
-                index.reader().unwrap().searcher()
+                View::new(index.reader().unwrap().searcher()).unwrap()
             })
             .collect()
     }
@@ -714,7 +721,7 @@ mod brute_force {
                 events.iter_mut().for_each(|e| e.partition = 0);
             }
             let searchers = build(&events, segment);
-            let query = query(which, searchers[0].schema());
+            let query = query(which, searchers[0].searcher.schema());
             let matching = |e: &&Event| match which {
                 0 => true,
                 1 => e.tag == TAGS[0],
@@ -773,7 +780,7 @@ mod brute_force {
         // Written last: exactly a page.
         events.extend((10..20).map(|i| event(i, 90 + i as i64, TAGS[0])));
         let searchers = build(&events, 10);
-        let query = query(1, searchers[0].schema());
+        let query = query(1, searchers[0].searcher.schema());
         let tuning = Tuning {
             first_chunk: 4,
             scan_block: 4,
