@@ -37,18 +37,29 @@ const SCAN_BLOCK_DOCS: u32 = 65_536;
 /// (A column read per match costs several times a scanned value.)
 const SCAN_DENSITY: u64 = 8;
 
+/// A query whose own estimate (`DocSet::size_hint`) is at most this many
+/// matches in a segment is sparse there: its matches are read in one pass
+/// of one scorer, then offered best end first. Building a scorer looks
+/// every term up in the segment's dictionary, which the chunks of
+/// `collect_all` did again for each chunk: 19 % of a sparse search's
+/// CPU (BENCHMARKS.md, issue 17). Also `scan_block`'s buffer size, so the
+/// one buffer serves both.
+const SPARSE_MATCHES: u32 = SCAN_BLOCK_DOCS;
+
 /// The constants above, as one value, so tests can make them small.
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
     first_chunk: u32,
     scan_block: u32,
     scan_density: u64,
+    sparse_matches: u32,
 }
 
 const TUNING: Tuning = Tuning {
     first_chunk: FIRST_CHUNK_DOCS,
     scan_block: SCAN_BLOCK_DOCS,
     scan_density: SCAN_DENSITY,
+    sparse_matches: SPARSE_MATCHES,
 };
 
 /// One hit: where it is and its sort key.
@@ -232,11 +243,17 @@ impl State<'_> {
     /// `SCAN_BLOCK_DOCS` (`scan_block`).
     fn collect_all(&mut self, segment: &Segment, weight: &dyn Weight) -> tantivy::Result<()> {
         let check_seq = segment.seq.max_value() >= self.order.snapshot;
+        let scorer = weight.scorer(segment.reader, 1.0)?;
+        let estimate = scorer.size_hint();
+        if estimate <= self.tuning.sparse_matches {
+            return self.offer_sparse(segment, scorer, check_seq);
+        }
+        drop(scorer);
         let mut rest = 0..segment.reader.max_doc();
         let mut chunk = self.tuning.first_chunk;
-        // Whether the query is dense in this segment, asked once the page
+        // Whether the query is dense in this segment, used once the page
         // is full.
-        let mut dense = None;
+        let mut dense = Some(u64::from(estimate) * self.tuning.scan_density >= u64::from(rest.end));
         while !rest.is_empty() {
             let len = chunk.min(rest.end - rest.start);
             let block = if self.order.ascending {
@@ -266,6 +283,40 @@ impl State<'_> {
         }
         self.top.settle();
         Ok(())
+    }
+
+    /// Offers every match of a segment where the query is sparse: read in
+    /// one pass of `scorer`, then offered from the best end, so that the
+    /// page fills first with the matches most likely to stay on it.
+    fn offer_sparse(
+        &mut self,
+        segment: &Segment,
+        mut scorer: Box<dyn tantivy::query::Scorer>,
+        check_seq: bool,
+    ) -> tantivy::Result<()> {
+        let alive = segment.reader.alive_bitset();
+        let mut matches = std::mem::take(&mut self.candidates);
+        matches.clear();
+        let mut doc = scorer.doc();
+        while doc != TERMINATED {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                matches.push(doc);
+            }
+            doc = scorer.advance();
+        }
+        let result = if self.order.ascending {
+            matches
+                .iter()
+                .try_for_each(|&doc| self.offer(segment, doc, check_seq))
+        } else {
+            matches
+                .iter()
+                .rev()
+                .try_for_each(|&doc| self.offer(segment, doc, check_seq))
+        };
+        self.candidates = matches;
+        self.top.settle();
+        result
     }
 
     /// Offers each match in `block`, reading its time (and seq if needed).
@@ -715,6 +766,7 @@ mod brute_force {
             count_up_to in prop::option::of(1u64..200),
             first_chunk in 1u32..20,
             scan_block in 1u32..50,
+            sparse_matches in prop_oneof![Just(0u32), 0u32..400, Just(u32::MAX)],
         ) {
             let mut events = events;
             if one_partition {
@@ -740,7 +792,7 @@ mod brute_force {
                 expected.reverse();
             }
             let count_up_to = count_up_to.unwrap_or(u64::MAX);
-            let tuning = Tuning { first_chunk, scan_block, scan_density: 8 };
+            let tuning = Tuning { first_chunk, scan_block, scan_density: 8, sparse_matches };
             let mut after = None;
             let mut seen = 0;
             // Thirty pages at most: enough to cross many segments.
@@ -785,6 +837,7 @@ mod brute_force {
             first_chunk: 4,
             scan_block: 4,
             scan_density: 8,
+            sparse_matches: 0,
         };
         for count_up_to in [1, 15, u64::MAX] {
             let order = TimeOrder {
