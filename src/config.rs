@@ -197,6 +197,14 @@ pub struct IndexConfig {
     /// at least `3 t` (`indexer::CommitPacer`), so under heavy load
     /// commits space out, but one slow commit does not hold back the next.
     pub commit_interval_ms: u64,
+    /// When the only new events are the trail of reads
+    /// (`audit-log/auditd`, one per search), the commit waits until the
+    /// oldest of them is this old: a read-only spell then commits every
+    /// couple of seconds instead of every `commit_interval_ms`, and searches
+    /// stop paying for a commit (its CPU, a new searcher) several times a
+    /// second (BENCHMARKS.md, issue 17). Any other event, or a caller
+    /// waiting for `searchable`, commits at the usual pace, trail included.
+    pub trail_commit_interval_ms: u64,
     /// Indexing threads per open partition writer.
     pub writer_threads: usize,
     /// Memory budget per open partition writer (Tantivy's arena), in bytes.
@@ -234,6 +242,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
             commit_interval_ms: 300,
+            trail_commit_interval_ms: 2_000,
             writer_threads: 2,
             writer_heap_bytes: 128 * 1024 * 1024,
             max_open_writers: 4,

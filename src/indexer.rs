@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tantivy::IndexWriter;
 use tokio::sync::watch;
 
+use crate::app::trail::TRAIL_TYPE;
 use crate::datadir::DataDir;
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
 use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, ToIndexer};
@@ -45,6 +46,8 @@ pub enum IndexError {
 #[derive(Debug, Clone)]
 pub struct IndexerSettings {
     pub commit_interval: Duration,
+    /// See `IndexConfig::trail_commit_interval_ms`.
+    pub trail_commit_interval: Duration,
     pub writer_threads: usize,
     pub writer_heap_bytes: usize,
     pub max_open_writers: usize,
@@ -103,6 +106,16 @@ pub struct Indexer {
     /// waits for.
     searchable: watch::Sender<u64>,
     body: Vec<u8>,
+    pending: Pending,
+}
+
+/// What the writers took since the last commit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pending {
+    Nothing,
+    /// Only the trail of reads, the first of it at this instant.
+    TrailSince(Instant),
+    Events,
 }
 
 impl Indexer {
@@ -136,6 +149,7 @@ impl Indexer {
             checkpoint_path: DataDir::new(data_dir).checkpoint(),
             log: Some(log),
             writers: HashMap::new(),
+            pending: Pending::Nothing,
             rebuild: false,
             indexed: start,
             committed: start,
@@ -199,7 +213,11 @@ impl Indexer {
             }
             if commit_now || Instant::now() >= next_commit {
                 let started = Instant::now();
-                match self.commit() {
+                let result = match commit_now || !self.trail_can_wait() {
+                    true => self.commit(),
+                    false => Ok(()),
+                };
+                match result {
                     Ok(()) => {
                         status.set_fault("index", None);
                         for reply in committed_replies.drain(..) {
@@ -224,6 +242,16 @@ impl Indexer {
                 .saturating_sub(self.committed.log.get());
             metrics::gauge!(m::INDEX_LAG_BYTES).set(lag as f64);
         }
+    }
+
+    /// Only trail events came since the last commit, the oldest younger
+    /// than `trail_commit_interval`: the commit tick may pass them by.
+    fn trail_can_wait(&self) -> bool {
+        let waiting = match self.pending {
+            Pending::TrailSince(since) => since.elapsed() < self.settings.trail_commit_interval,
+            Pending::Nothing | Pending::Events => false,
+        };
+        waiting && !self.rebuild
     }
 
     /// Drops the writers and what they held since the last commit; the next
@@ -277,6 +305,12 @@ impl Indexer {
 
     /// Adds one durable batch to the partition writers of its events' days.
     pub fn add(&mut self, batch: IndexBatch) -> Result<(), IndexError> {
+        let trail_only = batch.batch.events.iter().all(|e| e.r#type == TRAIL_TYPE);
+        self.pending = match (self.pending, trail_only) {
+            (Pending::Nothing, true) => Pending::TrailSince(Instant::now()),
+            (Pending::TrailSince(since), true) => Pending::TrailSince(since),
+            _ => Pending::Events,
+        };
         let next = CommitPayload {
             log: batch.span.end,
             seq: batch.next_seq(),
@@ -335,6 +369,7 @@ impl Indexer {
     pub fn commit(&mut self) -> Result<(), IndexError> {
         if self.indexed == self.committed {
             self.rebuild = false;
+            self.pending = Pending::Nothing;
             return Ok(());
         }
         if self.rebuild {
@@ -358,6 +393,7 @@ impl Indexer {
             },
         )?;
         self.committed = position;
+        self.pending = Pending::Nothing;
         self.positions.set_checkpoint(position.log);
         self.searchable.send_replace(position.seq);
         metrics::counter!(m::COMMITS).increment(1);

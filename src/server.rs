@@ -348,6 +348,7 @@ impl Pipeline {
             partitions,
             IndexerSettings {
                 commit_interval: Duration::from_millis(config.index.commit_interval_ms.max(1)),
+                trail_commit_interval: Duration::from_millis(config.index.trail_commit_interval_ms),
                 writer_threads: config.index.writer_threads,
                 writer_heap_bytes: config.index.writer_heap_bytes,
                 max_open_writers: config.index.max_open_writers,

@@ -442,3 +442,45 @@ async fn a_search_is_audited_once_and_visible_to_admin_and_to_the_searcher() {
     assert_eq!(seen[0].error_id, "InvalidArgument");
     server.stop().await.unwrap();
 }
+
+/// A read-only spell commits the trail of reads only every
+/// `index.trail_commit_interval_ms`, not at each commit tick; any other
+/// event brings the waiting trail along at the usual pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_of_a_read_only_spell_waits_for_the_next_other_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.index.trail_commit_interval_ms = 3_600_000;
+    let server = TestServer::start(config).await;
+    let mut admin = server.client().await;
+    ingest(&mut admin, dataset(), WaitFor::Searchable).await;
+    let trail = SearchRequest {
+        types: vec![TRAIL_TYPE.into()],
+        limit: 1_000,
+        ..Default::default()
+    };
+    admin.search(all()).await.unwrap();
+    // Ten commit ticks (100 ms each): none commits a trail alone that is
+    // younger than an hour.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (seen, _) = search_all(&mut admin, trail.clone()).await;
+    assert!(seen.is_empty(), "the trail alone waited: {seen:?}");
+
+    // An event that waits only for durability is committed at the next
+    // tick, and the trail with it.
+    ingest(&mut admin, one_fresh_event(), WaitFor::Durable).await;
+    let appeared = async {
+        loop {
+            let (seen, _) = search_all(&mut admin, trail.clone()).await;
+            if !seen.is_empty() {
+                return seen;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let seen = tokio::time::timeout(DEADLINE, appeared)
+        .await
+        .expect("the trail came in with the next event");
+    assert!(seen.iter().any(|e| e.action == "audit.search"));
+    server.stop().await.unwrap();
+}
