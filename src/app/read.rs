@@ -45,8 +45,12 @@ impl ReadService {
     }
 
     /// One page of the events `request` matches inside the caller's
-    /// scope. The trail event is stored after the search ran and before
-    /// the page is returned.
+    /// scope. A request that is refused (scope, a bad field, starting) is
+    /// audited with its refusal before the answer. A valid one has its
+    /// trail event stored while the search runs, and is answered once both
+    /// are done: the read waits for the longer of the two, not their sum,
+    /// and still no page goes out unaudited. Should the search fail after
+    /// all, a second trail event records what the caller got.
     pub async fn search(
         &self,
         caller: &Caller,
@@ -54,14 +58,34 @@ impl ReadService {
         request: SearchRequest,
     ) -> Result<SearchResponse, AppError> {
         let query = trail::search_query(&request);
-        let result = async {
+        let checked = self.check_health().and_then(|()| {
             let scope = caller.read_scope("search")?;
-            self.blocking(move |s| s.search(&request, &scope)).await
+            self.searcher.check(&request, &scope)?;
+            Ok(scope)
+        });
+        let scope = match checked {
+            Ok(scope) => scope,
+            Err(error) => {
+                return self
+                    .trail
+                    .audited(caller, trail::SEARCH, origin, query, Err(error))
+                    .await
+            }
+        };
+        let search = self.blocking(move |s| s.search(&request, &scope));
+        let stored = self
+            .trail
+            .store(caller, trail::SEARCH, origin, query.clone(), None);
+        let (result, stored) = tokio::join!(search, stored);
+        stored?;
+        match result {
+            Ok(response) => Ok(response),
+            Err(error) => {
+                self.trail
+                    .audited(caller, trail::SEARCH, origin, query, Err(error))
+                    .await
+            }
         }
-        .await;
-        self.trail
-            .audited(caller, trail::SEARCH, origin, query, result)
-            .await
     }
 
     /// Exact counts over the matches of the request's filter inside the

@@ -56,6 +56,20 @@ impl Trail {
         let outcome = outcome
             .as_ref()
             .map(|(kind, message)| (*kind, message.as_str()));
+        self.store(caller, action, origin, query, outcome).await?;
+        result
+    }
+
+    /// Stores the trail event of a call with `outcome` (`None`: success);
+    /// `Err(NotAudited)` if it could not be stored.
+    pub async fn store(
+        &self,
+        caller: &Caller,
+        action: &str,
+        origin: &Origin,
+        query: BTreeMap<String, String>,
+        outcome: Option<(ErrorKind, &str)>,
+    ) -> Result<(), AppError> {
         let request = IngestRequest {
             events: vec![event(caller, action, origin, query, outcome)],
             ..Default::default()
@@ -64,7 +78,7 @@ impl Trail {
             tracing::error!(%error, action, "a read could not be audited; refusing it");
             return Err(AppError::NotAudited(error.to_string()));
         }
-        result
+        Ok(())
     }
 }
 

@@ -111,6 +111,26 @@ impl Cursor {
     }
 
     /// `field` names the request field the token came in.
+    /// The cursor of a page token for a search in the `ascending` order
+    /// (`None` for the first page).
+    fn of_page(
+        token: &str,
+        field: &'static str,
+        ascending: bool,
+    ) -> Result<Option<Cursor>, SearchError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let cursor = Cursor::decode(token, field)?;
+        if cursor.ascending != ascending {
+            return Err(invalid(
+                field,
+                "the token was made for the other sort order",
+            ));
+        }
+        Ok(Some(cursor))
+    }
+
     fn decode(token: &str, field: &'static str) -> Result<Cursor, SearchError> {
         let bad = || invalid(field, "not a token from a previous response");
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
@@ -202,6 +222,14 @@ impl Searcher {
         }
     }
 
+    /// `Err(Invalid)` naming the field if `search` would refuse `request`;
+    /// searches nothing.
+    pub fn check(&self, request: &SearchRequest, scope: &ReadScope) -> Result<(), SearchError> {
+        self.matching(&filter_of(request), scope)?;
+        Cursor::of_page(&request.page_token, "page_token", request.ascending)?;
+        Ok(())
+    }
+
     /// Runs one page of `request`. `Err(Invalid)` names the request field
     /// that is wrong; nothing is searched then.
     ///
@@ -257,19 +285,7 @@ impl Searcher {
         request: &PageRequest,
     ) -> Result<HitPage, SearchError> {
         let Matching { query, from, to } = self.matching(filter, scope)?;
-        let cursor = match request.token {
-            "" => None,
-            token => {
-                let cursor = Cursor::decode(token, request.token_field)?;
-                if cursor.ascending != request.ascending {
-                    return Err(invalid(
-                        request.token_field,
-                        "the token was made for the other sort order",
-                    ));
-                }
-                Some(cursor)
-            }
-        };
+        let cursor = Cursor::of_page(request.token, request.token_field, request.ascending)?;
         // Events whose record starts below the indexed position are all
         // visible; later ones are left out of every page of this search.
         let snapshot = match cursor {
