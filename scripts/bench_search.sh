@@ -8,6 +8,11 @@
 #
 #   scripts/bench_search.sh                       # 10 M events, 200 a shape
 #   COUNT=1000000 PER_SHAPE=500 SEED=7 scripts/bench_search.sh
+#   REUSE=1 FSYNC_DELAY_MS=2 scripts/bench_search.sh  # a disk whose fsync takes 2 ms
+#
+# FSYNC_DELAY_MS builds the daemon with the `failpoints` feature and arms
+# `wal::fsync=sleep(N)`: every WAL fsync, the trail of each search's
+# included, takes N ms more (this VM's own fsync is nearly free).
 #
 # Writes target/bench-search/search.json and prints the table. The data
 # directory is kept (target/bench-search/data) so a second run with
@@ -24,7 +29,12 @@ OUT=target/bench-search
 DATA=$OUT/data
 mkdir -p "$OUT"
 
-cargo build --release --bins
+if [ -n "${FSYNC_DELAY_MS:-}" ]; then
+    cargo build --release --bins --features failpoints
+    export FAILPOINTS="wal::fsync=sleep($FSYNC_DELAY_MS)"
+else
+    cargo build --release --bins
+fi
 source scripts/bench_common.sh
 ctl() { "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$DATA" "$@"; }
 
