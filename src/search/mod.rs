@@ -110,7 +110,6 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// `field` names the request field the token came in.
     /// The cursor of a page token for a search in the `ascending` order
     /// (`None` for the first page).
     fn of_page(
@@ -131,6 +130,7 @@ impl Cursor {
         Ok(Some(cursor))
     }
 
+    /// `field` names the request field the token came in.
     fn decode(token: &str, field: &'static str) -> Result<Cursor, SearchError> {
         let bad = || invalid(field, "not a token from a previous response");
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;

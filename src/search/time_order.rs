@@ -251,9 +251,10 @@ impl State<'_> {
         drop(scorer);
         let mut rest = 0..segment.reader.max_doc();
         let mut chunk = self.tuning.first_chunk;
-        // Whether the query is dense in this segment, used once the page
-        // is full.
-        let mut dense = Some(u64::from(estimate) * self.tuning.scan_density >= u64::from(rest.end));
+        // Whether the query matches at least one document in
+        // `scan_density` of the segment, on its own estimate: used once the
+        // page is full.
+        let dense = u64::from(estimate) * self.tuning.scan_density >= u64::from(rest.end);
         while !rest.is_empty() {
             let len = chunk.min(rest.end - rest.start);
             let block = if self.order.ascending {
@@ -264,7 +265,7 @@ impl State<'_> {
                 rest.end..rest.end + len
             };
             let full = self.top.threshold().is_some();
-            if full && is_dense(segment, weight, self.tuning.scan_density, &mut dense)? {
+            if full && dense {
                 self.scan_block(segment, weight, block, check_seq)?;
             } else {
                 self.offer_block(segment, weight, block, check_seq)?;
@@ -274,9 +275,7 @@ impl State<'_> {
             self.top.settle();
             chunk = match self.top.threshold() {
                 None => chunk.saturating_mul(4),
-                Some(_) if is_dense(segment, weight, self.tuning.scan_density, &mut dense)? => {
-                    self.tuning.scan_block
-                }
+                Some(_) if dense => self.tuning.scan_block,
                 // The rest in one go.
                 Some(_) => u32::MAX,
             };
@@ -509,24 +508,6 @@ fn scorer_at(
         doc = scorer.seek(start);
     }
     Ok((scorer, doc))
-}
-
-/// Whether `weight` matches at least one document in `density` of the
-/// segment, on the query's own estimate (`DocSet::size_hint`); `cache`
-/// keeps the answer.
-fn is_dense(
-    segment: &Segment,
-    weight: &dyn Weight,
-    density: u64,
-    cache: &mut Option<bool>,
-) -> tantivy::Result<bool> {
-    if let Some(dense) = *cache {
-        return Ok(dense);
-    }
-    let estimate = u64::from(weight.scorer(segment.reader, 1.0)?.size_hint());
-    let dense = estimate * density >= u64::from(segment.reader.max_doc());
-    *cache = Some(dense);
-    Ok(dense)
 }
 
 /// The best `limit` hits seen: a buffer of up to twice that, cut back to
