@@ -103,6 +103,10 @@ pub struct Limits {
     /// Open gRPC connections; one more is accepted and closed at once
     /// (logged, counted in `auditd_connections_refused_total`).
     pub max_connections: usize,
+    /// Open HTTP connections (the API, the page, `/metrics`), counted
+    /// apart from gRPC's; one more is closed at once, as for gRPC. Each
+    /// open `/v1/tail` holds one.
+    pub max_http_connections: usize,
     /// Concurrent requests (HTTP/2 streams) on one gRPC connection,
     /// announced to the client in the HTTP/2 settings.
     pub max_streams_per_connection: u32,
@@ -131,6 +135,7 @@ impl Default for Limits {
             default_search_limit: 100,
             exact_total_hits: 10_000,
             max_connections: 1024,
+            max_http_connections: 1024,
             max_streams_per_connection: 128,
             idle_connection_timeout_ms: 300_000,
             stream_idle_timeout_ms: 120_000,

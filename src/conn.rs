@@ -1,11 +1,12 @@
-//! The gRPC listener's connections, bounded: at most `max_connections`
-//! open at once (one more is accepted and closed at once, so the client
-//! fails fast instead of waiting in the kernel's backlog), and each closed
-//! after `idle_timeout` with no byte read or written, so idle clients
-//! cannot hold every slot.
+//! The listeners' connections (gRPC and HTTP alike), bounded: at most
+//! `max_connections` open at once per listener (one more is accepted and
+//! closed at once, so the client fails fast instead of waiting in the
+//! kernel's backlog), and each closed after `idle_timeout` with no byte
+//! read or written, so idle clients cannot hold every slot.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,48 +24,115 @@ use crate::metrics as m;
 /// Idle time before TCP keepalive probes start.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// The accepted connections of `listener`, within the limits.
+/// The connection slots of one listener: at most `max_connections` open,
+/// each closed after `idle_timeout` without traffic.
+#[derive(Clone)]
+pub struct Limiter {
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    idle_timeout: Duration,
+}
+
+impl Limiter {
+    pub fn new(max_connections: usize, idle_timeout: Duration) -> Self {
+        Limiter {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            idle_timeout,
+        }
+    }
+
+    /// The accepted `stream` as a [`Conn`] holding a slot, or `None` (and
+    /// the stream closed) when every slot is taken.
+    pub fn admit(&self, stream: TcpStream, peer: SocketAddr) -> Option<Conn> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+            tracing::warn!(%peer, max_connections = self.max_connections, "too many connections; closing the new one");
+            drop(stream);
+            return None;
+        };
+        // Small replies must not wait for Nagle's algorithm, and keepalive
+        // finds peers that vanished without closing.
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        Some(Conn {
+            stream,
+            _permit: permit,
+            idle_timeout: self.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+        })
+    }
+}
+
+/// The next connection `listener` accepts within `limiter`'s slots.
+async fn accept_within(listener: &TcpListener, limiter: &Limiter) -> (Conn, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Some(conn) = limiter.admit(stream, peer) {
+                    return (conn, peer);
+                }
+            }
+            // A failed accept (out of file descriptors, a reset before
+            // accept) is about that one connection.
+            Err(error) => tracing::warn!(%error, "accept failed"),
+        }
+    }
+}
+
+/// The gRPC listener's accepted connections, within the limits.
 pub fn incoming(
     listener: TcpListener,
     max_connections: usize,
     idle_timeout: Duration,
 ) -> impl Stream<Item = io::Result<Conn>> {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let limiter = Limiter::new(max_connections, idle_timeout);
     futures::stream::unfold(listener, move |listener| {
-        let slots = slots.clone();
+        let limiter = limiter.clone();
         async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    // A failed accept (out of file descriptors, a reset
-                    // before accept) is about that one connection.
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
-                    tracing::warn!(%peer, max_connections, "too many connections; closing the new one");
-                    drop(stream);
-                    continue;
-                };
-                // Small replies must not wait for Nagle's algorithm, and
-                // keepalive finds peers that vanished without closing.
-                let _ = stream.set_nodelay(true);
-                let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-                metrics::gauge!(m::CONNECTIONS).increment(1.0);
-                let conn = Conn {
-                    stream,
-                    _permit: permit,
-                    idle_timeout,
-                    idle: Box::pin(tokio::time::sleep(idle_timeout)),
-                };
-                return Some((Ok(conn), listener));
-            }
+            let (conn, _) = accept_within(&listener, &limiter).await;
+            Some((Ok(conn), listener))
         }
     })
+}
+
+/// The HTTP listener, within the same limits, for `axum::serve`.
+pub struct HttpListener {
+    pub listener: TcpListener,
+    pub limiter: Limiter,
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        accept_within(&self.listener, &self.limiter).await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// The same limits in front of HTTPS (`axum_server`'s acceptor chain: this
+/// one runs before the TLS handshake).
+impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for Limiter {
+    type Stream = Conn;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Conn, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        std::future::ready(match self.admit(stream, peer) {
+            Some(conn) => Ok((conn, service)),
+            None => Err(io::Error::other("too many connections")),
+        })
+    }
 }
 
 /// One accepted connection; gives its slot back when dropped.

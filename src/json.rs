@@ -92,6 +92,72 @@ fn seconds_to_micros(field: &'static str, seconds: f64) -> Result<i64, JsonError
     Ok(micros as i64)
 }
 
+/// A time as people and scripts write it: seconds since the epoch
+/// (`1700000000.5`) or RFC 3339 (`2026-12-02T10:00:00Z`).
+pub fn parse_time(value: &str) -> Result<prost_types::Timestamp, String> {
+    if let Ok(seconds) = value.parse::<f64>() {
+        if !seconds.is_finite() {
+            return Err(format!("{value:?} is not a time"));
+        }
+        let micros = (seconds * 1e6).round() as i64;
+        return Ok(micros_to_timestamp(micros));
+    }
+    let t = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("{value:?} is neither seconds since the epoch nor RFC 3339"))?;
+    Ok(prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    })
+}
+
+/// Longest interval: its microseconds must fit an i64.
+pub const MAX_INTERVAL_SECONDS: i64 = i64::MAX / 1_000_000;
+
+/// `90s`, `30m`, `1h`, `1d`, `2w`, `1h30m`: whole seconds, at least 1.
+pub fn parse_interval(value: &str) -> Result<i64, String> {
+    let bad = || {
+        "not an interval: a whole number and a unit (s, m, h, d or w), \
+         e.g. 90s, 30m, 1h, 1d, or several, e.g. 1h30m"
+            .to_owned()
+    };
+    let too_long = || format!("longer than {MAX_INTERVAL_SECONDS} s");
+    let mut total: i64 = 0;
+    let mut digits = String::new();
+    for c in value.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        if digits.is_empty() {
+            return Err(bad());
+        }
+        let n: i64 = digits.parse().map_err(|_| too_long())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(too_long)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || value.is_empty() {
+        return Err(bad());
+    }
+    if total < 1 {
+        return Err("an interval of zero: it must be at least 1s".into());
+    }
+    if total > MAX_INTERVAL_SECONDS {
+        return Err(too_long());
+    }
+    Ok(total)
+}
+
 fn micros_to_seconds(micros: i64) -> f64 {
     micros as f64 / 1e6
 }
@@ -179,6 +245,31 @@ impl JsonEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("90s").unwrap(), 90);
+        assert_eq!(parse_interval("30m").unwrap(), 1_800);
+        assert_eq!(parse_interval("1h").unwrap(), 3_600);
+        assert_eq!(parse_interval("1d").unwrap(), 86_400);
+        assert_eq!(parse_interval("1w").unwrap(), 604_800);
+        assert_eq!(parse_interval("1h30m").unwrap(), 5_400);
+        for bad in [
+            "",
+            "0s",
+            "0h0m",
+            "h",
+            "1",
+            "1x",
+            "-1h",
+            "1.5h",
+            "1 h",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+        assert!(parse_interval(&format!("{}s", MAX_INTERVAL_SECONDS + 1)).is_err());
+    }
 
     #[test]
     fn a_generated_line_round_trips() {

@@ -561,7 +561,7 @@ impl Transports {
             tracing::warn!(%grpc_addr, "serving gRPC WITHOUT TLS on a non-loopback address: tokens and audit data cross the network in clear text; set tls.cert and tls.key");
         }
         if tls.is_none() && !http_addr.ip().is_loopback() {
-            tracing::warn!(%http_addr, "the HTTP endpoints (/metrics, /healthz) are plain text on a non-loopback address");
+            tracing::warn!(%http_addr, "serving HTTP WITHOUT TLS on a non-loopback address: tokens and audit data cross the network in clear text; set tls.cert and tls.key");
         }
         let grpc = tasks.spawn(
             builder
@@ -580,16 +580,29 @@ impl Transports {
                 ),
         );
         let http_router = crate::http::router(
+            app,
             pipeline.status.clone(),
-            config.metrics_require_token.then_some(app),
+            config.metrics_require_token,
+            config.limits.max_message_bytes,
+        )
+        .into_make_service_with_connect_info::<crate::http::Peer>();
+        let http_limiter = crate::conn::Limiter::new(
+            config.limits.max_http_connections,
+            Duration::from_millis(config.limits.idle_connection_timeout_ms),
         );
         let http_stop = stop.clone();
         let http = match tls {
-            None => tasks.spawn(async move {
-                axum::serve(listeners.http, http_router)
-                    .with_graceful_shutdown(http_stop.cancelled_owned())
-                    .await
-            }),
+            None => {
+                let listener = crate::conn::HttpListener {
+                    listener: listeners.http,
+                    limiter: http_limiter,
+                };
+                tasks.spawn(async move {
+                    axum::serve(listener, http_router)
+                        .with_graceful_shutdown(http_stop.cancelled_owned())
+                        .await
+                })
+            }
             Some(tls) => {
                 let rustls = crate::http::rustls_config(&tls).map_err(|source| TlsError {
                     path: config.tls.cert.clone().unwrap_or_default(),
@@ -601,12 +614,14 @@ impl Transports {
                     http_stop.cancelled().await;
                     on_stop.graceful_shutdown(Some(HTTP_DRAIN));
                 });
-                let server = axum_server::tls_rustls::from_tcp_rustls(
-                    listeners.http.into_std()?,
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
                     axum_server::tls_rustls::RustlsConfig::from_config(rustls),
-                )?
-                .handle(handle);
-                tasks.spawn(async move { server.serve(http_router.into_make_service()).await })
+                )
+                .acceptor(http_limiter);
+                let server = axum_server::from_tcp(listeners.http.into_std()?)?
+                    .acceptor(acceptor)
+                    .handle(handle);
+                tasks.spawn(async move { server.serve(http_router).await })
             }
         };
         let follower = tasks.spawn(follow_health(pipeline.status.clone(), health.clone()));

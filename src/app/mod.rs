@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 pub use error::{AppError, ErrorKind, FieldViolation};
 pub use read::ReadService;
+pub use tail::resume_token as tail_resume_token;
 pub use tokens::TokenService;
 pub use write::{StreamSettings, WriteService};
 

@@ -62,6 +62,36 @@ impl Format {
             .find(|format| format.name().eq_ignore_ascii_case(name))
     }
 
+    /// The format's media type, for an HTTP download.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Ndjson | Format::Ocsf | Format::Ecs => "application/x-ndjson",
+            Format::Cef => "text/plain; charset=utf-8",
+            Format::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    /// A download's file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Ndjson | Format::Ocsf | Format::Ecs => "ndjson",
+            Format::Cef => "cef",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// The proto enum value that asks for this format.
+    pub fn to_proto(self) -> crate::proto::ExportFormat {
+        use crate::proto::ExportFormat;
+        match self {
+            Format::Ndjson => ExportFormat::Ndjson,
+            Format::Ocsf => ExportFormat::Ocsf,
+            Format::Ecs => ExportFormat::Ecs,
+            Format::Cef => ExportFormat::Cef,
+            Format::Csv => ExportFormat::Csv,
+        }
+    }
+
     /// What goes before the first event of an export (CSV's header row).
     pub fn header(self) -> &'static [u8] {
         match self {

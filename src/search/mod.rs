@@ -657,6 +657,26 @@ pub fn filter_of(r: &SearchRequest) -> EventFilter {
     }
 }
 
+/// A search request for `filter`, with every other field at its default.
+pub fn request_of(filter: EventFilter) -> SearchRequest {
+    SearchRequest {
+        from_time: filter.from_time,
+        to_time: filter.to_time,
+        actions: filter.actions,
+        access_ids: filter.access_ids,
+        subjects: filter.subjects,
+        ips: filter.ips,
+        status_min: filter.status_min,
+        status_max: filter.status_max,
+        outcome: filter.outcome,
+        types: filter.types,
+        source_names: filter.source_names,
+        text: filter.text,
+        query: filter.query,
+        ..SearchRequest::default()
+    }
+}
+
 /// `[from, to)` in microseconds, checked.
 fn time_range(r: &EventFilter) -> Result<(Option<i64>, Option<i64>), SearchError> {
     // Checked before any arithmetic: the values come straight off the wire.

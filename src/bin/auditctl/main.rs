@@ -809,19 +809,7 @@ fn print_events(out: &mut impl Write, events: &[AuditEvent], format: Format) -> 
 
 /// Seconds since the epoch (`1700000000.5`) or RFC 3339.
 fn parse_time(value: &str) -> anyhow::Result<prost_types::Timestamp> {
-    if let Ok(seconds) = value.parse::<f64>() {
-        if !seconds.is_finite() {
-            bail!("{value:?} is not a time");
-        }
-        let micros = (seconds * 1e6).round() as i64;
-        return Ok(auditd::schema::micros_to_timestamp(micros));
-    }
-    let t = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-        .with_context(|| format!("{value:?} is neither seconds since the epoch nor RFC 3339"))?;
-    Ok(prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    })
+    auditd::json::parse_time(value).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
