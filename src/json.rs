@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::proto::{AuditEvent, Source};
 use crate::schema::{micros_to_timestamp, timestamp_micros};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JsonEvent {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -56,7 +56,7 @@ pub struct JsonEvent {
     pub stream_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSource {
     #[serde(default)]

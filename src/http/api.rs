@@ -21,7 +21,8 @@ use super::model::{
     AggregateBody, AggregateReply, CreateTokenBody, CreatedToken, IngestBody, IngestReply,
     SearchReply, TokenJson, TokenList,
 };
-use super::params::{self, Params};
+use super::openapi::Problems;
+use super::params::{self, FilterParams, PageParams, Params};
 use super::problem::Problem;
 use super::Peer;
 
@@ -162,6 +163,17 @@ fn ingest_request(
 }
 
 /// `POST /v1/events`.
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    description = "Ingest a batch, all or nothing: a JSON object, or NDJSON with the batch id and wait-for as query parameters.",
+    request_body(content(
+        (IngestBody = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    params(
+        ("batchId" = Option<String>, Query, description = "NDJSON only: a retry with the same id stores nothing twice"),
+        ("waitFor" = Option<String>, Query, description = "NDJSON only: `durable` (default) or `searchable`"),
+    ),
+    responses((status = 200, body = IngestReply), Problems))]
 pub async fn ingest(
     State(api): State<Api>,
     auth: Authed,
@@ -176,6 +188,10 @@ pub async fn ingest(
 }
 
 /// `GET /v1/events`.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    description = "Search: one page of the matching events, newest first unless `ascending`.",
+    params(FilterParams, PageParams),
+    responses((status = 200, body = SearchReply), Problems))]
 pub async fn search(
     State(api): State<Api>,
     auth: Authed,
@@ -191,6 +207,9 @@ pub async fn search(
 }
 
 /// `GET /v1/events/{id}`.
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "The event's id")),
+    responses((status = 200, body = JsonEvent), Problems))]
 pub async fn get_event(
     State(api): State<Api>,
     auth: Authed,
@@ -205,6 +224,10 @@ pub async fn get_event(
 }
 
 /// `POST /v1/aggregate`.
+#[utoipa::path(post, path = "/v1/aggregate", tag = "analysis",
+    description = "Exact counts over the matches of a filter: terms, date histograms, cardinalities, one level of sub-aggregations.",
+    request_body = AggregateBody,
+    responses((status = 200, body = AggregateReply), Problems))]
 pub async fn aggregate(
     State(api): State<Api>,
     auth: Authed,
@@ -221,6 +244,9 @@ pub async fn aggregate(
 }
 
 /// `POST /v1/tokens`.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    request_body = CreateTokenBody,
+    responses((status = 200, body = CreatedToken), Problems))]
 pub async fn create_token(
     State(api): State<Api>,
     auth: Authed,
@@ -240,6 +266,8 @@ pub async fn create_token(
 }
 
 /// `GET /v1/tokens`.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, body = TokenList), Problems))]
 pub async fn list_tokens(State(api): State<Api>, auth: Authed) -> Result<Json<TokenList>, Problem> {
     let tokens = api.app.tokens.list(&auth.caller, &auth.origin).await?;
     Ok(Json(TokenList {
@@ -248,6 +276,9 @@ pub async fn list_tokens(State(api): State<Api>, auth: Authed) -> Result<Json<To
 }
 
 /// `DELETE /v1/tokens/{id}`.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "The token's public id")),
+    responses((status = 200, body = TokenJson), Problems))]
 pub async fn revoke_token(
     State(api): State<Api>,
     auth: Authed,

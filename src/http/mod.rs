@@ -5,6 +5,7 @@
 
 mod api;
 mod model;
+mod openapi;
 mod params;
 mod problem;
 mod streams;
@@ -109,6 +110,7 @@ pub fn router(
         .route("/v1/export", get(streams::export))
         .route("/v1/tokens", post(api::create_token).get(api::list_tokens))
         .route("/v1/tokens/{id}", delete(api::revoke_token))
+        .route("/v1/openapi.json", get(openapi_json))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(api);
     Router::new()
@@ -118,6 +120,16 @@ pub fn router(
         .merge(v1)
         .fallback(|| async { Problem::not_found("no such route") })
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// `GET /v1/openapi.json`, open to all: it describes, it serves no data.
+async fn openapi_json() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    let document = DOCUMENT.get_or_init(openapi::document).clone();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        document,
+    )
 }
 
 /// On every answer: no sniffing, no referrer, no framing, and a policy

@@ -23,7 +23,7 @@ fn seconds(t: &prost_types::Timestamp) -> f64 {
 }
 
 /// `POST /v1/events` with `application/json`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngestBody {
     pub events: Vec<JsonEvent>,
@@ -33,7 +33,7 @@ pub struct IngestBody {
     pub wait_for: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestReply {
     pub accepted: u32,
     pub ids: Vec<String>,
@@ -48,7 +48,7 @@ impl From<IngestResponse> for IngestReply {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchReply {
     pub events: Vec<JsonEvent>,
@@ -69,7 +69,7 @@ impl From<SearchResponse> for SearchReply {
 }
 
 /// A time in a JSON body: seconds since the epoch, or RFC 3339 text.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TimeJson {
     Seconds(f64),
@@ -87,7 +87,7 @@ impl TimeJson {
 }
 
 /// `EventFilter` in JSON: the same fields, camelCase.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct FilterJson {
     pub from_time: Option<TimeJson>,
@@ -128,7 +128,7 @@ impl FilterJson {
 }
 
 /// `POST /v1/aggregate`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AggregateBody {
     #[serde(default)]
@@ -138,7 +138,7 @@ pub struct AggregateBody {
 
 /// One aggregation: exactly one of `terms`, `dateHistogram` and
 /// `cardinality`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AggregationJson {
     pub name: String,
@@ -149,10 +149,11 @@ pub struct AggregationJson {
     #[serde(default)]
     pub cardinality: Option<FieldJson>,
     #[serde(default)]
+    #[schema(no_recursion)]
     pub sub_aggregations: Vec<AggregationJson>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TermsJson {
     pub field: String,
@@ -160,7 +161,7 @@ pub struct TermsJson {
     pub size: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldJson {
     pub field: String,
@@ -168,13 +169,13 @@ pub struct FieldJson {
 
 /// `interval`: whole seconds, or text as `auditctl --histogram` takes it
 /// (`90s`, `1h`, `1d`, `1h30m`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistogramJson {
     pub interval: IntervalJson,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum IntervalJson {
     Seconds(i64),
@@ -238,14 +239,14 @@ impl AggregationJson {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AggregateReply {
     pub total_hits: u64,
     pub results: BTreeMap<String, ResultJson>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResultJson {
     pub buckets: Vec<BucketJson>,
@@ -254,7 +255,7 @@ pub struct ResultJson {
     pub approximate: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BucketJson {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub key: String,
@@ -263,6 +264,7 @@ pub struct BucketJson {
     pub start: Option<f64>,
     pub count: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(no_recursion)]
     pub sub: BTreeMap<String, ResultJson>,
 }
 
@@ -322,7 +324,7 @@ fn parse_kind(name: &str) -> Result<TokenKind, Problem> {
 }
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTokenBody {
     pub kind: String,
@@ -351,7 +353,7 @@ impl CreateTokenBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenJson {
     pub id: String,
@@ -382,14 +384,14 @@ impl From<TokenInfo> for TokenJson {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     pub token: TokenJson,
     /// The bearer secret: shown once.
     pub secret: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenJson>,
 }

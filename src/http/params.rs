@@ -4,29 +4,39 @@
 //! names it (`from_time`, `access_ids`), so a problem reads the same over
 //! both transports.
 
+use crate::formats::Format;
 use crate::json::parse_time;
-use crate::proto::{EventFilter, Outcome, SearchRequest};
+use crate::proto::{EventFilter, ExportRequest, Outcome, SearchRequest, TailRequest};
 
 use super::problem::Problem;
 
 /// The query string's pairs, taken one name at a time; what is left at
 /// the end was not understood.
-pub struct Params(Vec<(String, String)>);
+pub struct Params {
+    pairs: Vec<(String, String)>,
+    /// Every name a route asked for, in order: what the OpenAPI document
+    /// must list (checked by the tests).
+    asked: Vec<String>,
+}
 
 impl Params {
     pub fn parse(query: Option<&str>) -> Params {
         let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        Params(pairs)
+        Params {
+            pairs,
+            asked: Vec::new(),
+        }
     }
 
     /// Every value of `name`, in order.
     pub fn all(&mut self, name: &str) -> Vec<String> {
-        let (taken, rest) = std::mem::take(&mut self.0)
+        self.asked.push(name.to_owned());
+        let (taken, rest) = std::mem::take(&mut self.pairs)
             .into_iter()
             .partition(|(k, _)| k == name);
-        self.0 = rest;
+        self.pairs = rest;
         taken.into_iter().map(|(_, v)| v).collect()
     }
 
@@ -62,7 +72,7 @@ impl Params {
 
     /// Fails on the first parameter no one took.
     pub fn finish(self) -> Result<(), Problem> {
-        match self.0.into_iter().next() {
+        match self.pairs.into_iter().next() {
             None => Ok(()),
             Some((name, _)) => Err(Problem::invalid(name, "unknown query parameter")),
         }
@@ -118,21 +128,180 @@ pub fn filter(params: &mut Params) -> Result<EventFilter, Problem> {
 /// `GET /v1/events`: the filter plus the page's own parameters.
 pub fn search_request(query: Option<&str>) -> Result<SearchRequest, Problem> {
     let mut params = Params::parse(query);
-    let filter = filter(&mut params)?;
-    let request = SearchRequest {
+    let request = search_params(&mut params)?;
+    params.finish()?;
+    Ok(request)
+}
+
+fn search_params(params: &mut Params) -> Result<SearchRequest, Problem> {
+    let filter = filter(params)?;
+    Ok(SearchRequest {
         limit: params.parsed("limit", "limit", parse_number)?.unwrap_or(0),
         ascending: params.flag("ascending", "ascending")?,
         page_token: params.one("pageToken", "page_token")?.unwrap_or_default(),
         exact_total: params.flag("exactTotal", "exact_total")?,
         ..crate::search::request_of(filter)
-    };
+    })
+}
+
+/// `GET /v1/tail`: the filter, and where to resume (`Last-Event-ID`
+/// first, else `resumeToken`).
+pub fn tail_request(
+    query: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<TailRequest, Problem> {
+    let mut params = Params::parse(query);
+    let request = tail_params(&mut params, last_event_id)?;
     params.finish()?;
     Ok(request)
+}
+
+fn tail_params(params: &mut Params, last_event_id: Option<&str>) -> Result<TailRequest, Problem> {
+    let filter = filter(params)?;
+    let from_query = params.one("resumeToken", "resume_token")?;
+    Ok(TailRequest {
+        filter: Some(filter),
+        resume_token: last_event_id
+            .map(str::to_owned)
+            .or(from_query)
+            .unwrap_or_default(),
+    })
+}
+
+/// `GET /v1/export`: the filter, the format (default NDJSON), the order
+/// and where to resume.
+pub fn export_request(query: Option<&str>) -> Result<(ExportRequest, Format), Problem> {
+    let mut params = Params::parse(query);
+    let request = export_params(&mut params)?;
+    params.finish()?;
+    Ok(request)
+}
+
+fn export_params(params: &mut Params) -> Result<(ExportRequest, Format), Problem> {
+    let filter = filter(params)?;
+    let format = params
+        .parsed("format", "format", |name| {
+            Format::parse(name)
+                .ok_or_else(|| format!("{name:?} is not one of ndjson, ocsf, ecs, cef and csv"))
+        })?
+        .unwrap_or(Format::Ndjson);
+    let request = ExportRequest {
+        filter: Some(filter),
+        format: format.to_proto() as i32,
+        ascending: params.flag("ascending", "ascending")?,
+        resume_token: params
+            .one("resumeToken", "resume_token")?
+            .unwrap_or_default(),
+    };
+    Ok((request, format))
+}
+
+/// The filter parameters, as the OpenAPI document lists them. Reading is
+/// `filter`'s; a test keeps the two in step.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct FilterParams {
+    /// Inclusive: seconds since the epoch or RFC 3339.
+    from_time: Option<String>,
+    /// Exclusive: seconds since the epoch or RFC 3339.
+    to_time: Option<String>,
+    /// Exact, or a prefix ending in `*`; repeat for any of several.
+    #[param(rename = "action")]
+    actions: Option<Vec<String>>,
+    #[param(rename = "accessId")]
+    access_ids: Option<Vec<String>>,
+    #[param(rename = "subject")]
+    subjects: Option<Vec<String>>,
+    /// An address or a CIDR block.
+    #[param(rename = "ip")]
+    ips: Option<Vec<String>>,
+    /// Inclusive.
+    status_min: Option<i32>,
+    /// Inclusive.
+    status_max: Option<i32>,
+    /// `success` (0 < status < 400), `failure` (>= 400) or `any`.
+    outcome: Option<String>,
+    #[param(rename = "type")]
+    types: Option<Vec<String>>,
+    #[param(rename = "sourceName")]
+    source_names: Option<Vec<String>>,
+    /// Free text: every word must match.
+    text: Option<String>,
+    /// Tantivy query syntax over the field names.
+    query: Option<String>,
+}
+
+/// Search's own parameters, beside the filter's.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct PageParams {
+    /// Default 100, capped by `limits.max_search_limit`.
+    limit: Option<u32>,
+    /// Oldest first.
+    ascending: Option<bool>,
+    /// From a previous answer's `nextPageToken`.
+    page_token: Option<String>,
+    /// Count every match, however many.
+    exact_total: Option<bool>,
+}
+
+/// Tail's own parameter, beside the filter's.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct TailParams {
+    /// An event's SSE id: continue right after it (`Last-Event-ID` wins).
+    resume_token: Option<String>,
+}
+
+/// Export's own parameters, beside the filter's.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct ExportParams {
+    /// `ndjson` (default), `ocsf`, `ecs`, `cef` or `csv`.
+    format: Option<String>,
+    /// Oldest first.
+    ascending: Option<bool>,
+    /// From an earlier export: continue right after it.
+    resume_token: Option<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use utoipa::IntoParams;
+
+    fn documented<P: IntoParams>() -> Vec<String> {
+        P::into_params(|| None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    }
+
+    #[test]
+    fn the_openapi_parameters_are_the_ones_read() {
+        let mut params = Params::parse(None);
+        filter(&mut params).unwrap();
+        assert_eq!(params.asked, documented::<FilterParams>());
+        let mut params = Params::parse(None);
+        search_params(&mut params).unwrap();
+        let mut both = documented::<FilterParams>();
+        both.extend(documented::<PageParams>());
+        assert_eq!(params.asked, both);
+        let mut params = Params::parse(None);
+        tail_params(&mut params, None).unwrap();
+        let mut both = documented::<FilterParams>();
+        both.extend(documented::<TailParams>());
+        assert_eq!(params.asked, both);
+        let mut params = Params::parse(None);
+        export_params(&mut params).unwrap();
+        let mut both = documented::<FilterParams>();
+        both.extend(documented::<ExportParams>());
+        assert_eq!(params.asked, both);
+    }
 
     #[test]
     fn every_search_parameter_lands_in_its_field() {

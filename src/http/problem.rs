@@ -25,25 +25,33 @@ pub struct Problem {
     retry_after: Option<Duration>,
 }
 
-#[derive(Serialize)]
+/// An RFC 9457 problem, as every `/v1` error is written.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Body<'a> {
+pub struct ProblemBody {
+    /// Always `about:blank`: the status says what kind of problem it is.
     #[serde(rename = "type")]
-    type_: &'static str,
-    title: &'static str,
-    status: u16,
-    detail: &'a str,
-    code: &'static str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    violations: Vec<Violation<'a>>,
+    pub type_: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    pub status: u16,
+    /// What went wrong, in words.
+    pub detail: String,
+    /// The gRPC code's name (`InvalidArgument`, `NotFound`, ...): what the
+    /// same request gets over gRPC.
+    pub code: String,
+    /// The bad fields, named as gRPC's `BadRequest` names them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<ViolationBody>,
+    /// When retrying helps: how long to wait (also as `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u128>,
+    pub retry_after_ms: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Violation<'a> {
-    field: &'a str,
-    reason: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ViolationBody {
+    pub field: String,
+    pub reason: String,
 }
 
 impl Problem {
@@ -102,21 +110,21 @@ impl From<AppError> for Problem {
 impl Problem {
     /// The RFC 9457 body.
     pub fn to_json(&self) -> String {
-        let body = Body {
-            type_: "about:blank",
-            title: self.status.canonical_reason().unwrap_or("Error"),
+        let body = ProblemBody {
+            type_: "about:blank".into(),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            code: self.code,
+            detail: self.detail.clone(),
+            code: self.code.to_owned(),
             violations: self
                 .violations
                 .iter()
-                .map(|v| Violation {
-                    field: &v.field,
-                    reason: &v.reason,
+                .map(|v| ViolationBody {
+                    field: v.field.clone(),
+                    reason: v.reason.clone(),
                 })
                 .collect(),
-            retry_after_ms: self.retry_after.map(|d| d.as_millis()),
+            retry_after_ms: self.retry_after.map(|d| d.as_millis() as u64),
         };
         serde_json::to_string(&body).unwrap_or_else(|_| "{}".to_owned())
     }

@@ -16,10 +16,10 @@ use futures::{Stream, StreamExt};
 use crate::app::{tail_resume_token, AppError};
 use crate::formats::Format;
 use crate::json::JsonEvent;
-use crate::proto::{ExportRequest, TailRequest};
 
 use super::api::{Api, Authed};
-use super::params::{self, Params};
+use super::openapi::Problems;
+use super::params::{self, ExportParams, FilterParams, TailParams};
 use super::problem::Problem;
 
 /// How a stream's error travels once the response has started.
@@ -50,24 +50,25 @@ impl std::error::Error for StreamError {}
 /// right after that event. A heartbeat comment, carrying the current
 /// token as its id, comes at least every 15 s. An error after the start
 /// is a last `event: error` whose data is the problem JSON.
+#[utoipa::path(get, path = "/v1/tail", tag = "analysis",
+    params(
+        FilterParams,
+        TailParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume right after this event"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id: <resume token>`, `data: <event JSON>`",
+         body = String, content_type = "text/event-stream"),
+        Problems,
+    ))]
 pub async fn tail(
     State(api): State<Api>,
     auth: Authed,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
-    let mut params = Params::parse(query.as_deref());
-    let filter = params::filter(&mut params)?;
-    let from_query = params.one("resumeToken", "resume_token")?;
-    params.finish()?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let request = TailRequest {
-        filter: Some(filter),
-        resume_token: last_event_id.or(from_query).unwrap_or_default(),
-    };
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let request = params::tail_request(query.as_deref(), last_event_id)?;
     let responses = api
         .app
         .reads
@@ -106,30 +107,23 @@ fn error_event(error: AppError) -> Event {
 /// snapshot, as a download. `ascending` and `resumeToken` as for gRPC.
 /// An error after the start cuts the body short (the chunked encoding
 /// never ends), so a partial download never looks whole.
+#[utoipa::path(get, path = "/v1/export", tag = "analysis",
+    params(FilterParams, ExportParams),
+    responses(
+        (status = 200, description = "The events, one line each (CSV: a header row first)",
+         content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (String = "text/plain"),
+         )),
+        Problems,
+    ))]
 pub async fn export(
     State(api): State<Api>,
     auth: Authed,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
-    let mut params = Params::parse(query.as_deref());
-    let filter = params::filter(&mut params)?;
-    let format = params
-        .parsed("format", "format", |name| {
-            Format::parse(name)
-                .ok_or_else(|| format!("{name:?} is not one of ndjson, ocsf, ecs, cef and csv"))
-        })?
-        .unwrap_or(Format::Ndjson);
-    let ascending = params.flag("ascending", "ascending")?;
-    let resume_token = params
-        .one("resumeToken", "resume_token")?
-        .unwrap_or_default();
-    params.finish()?;
-    let request = ExportRequest {
-        filter: Some(filter),
-        format: format.to_proto() as i32,
-        ascending,
-        resume_token,
-    };
+    let (request, format) = params::export_request(query.as_deref())?;
     let chunks = api
         .app
         .reads
