@@ -3,6 +3,7 @@
 # toolchain, when it is missing, then runs every test.
 #   - schemathesis (PyPI, pinned) into target/test-tools/venv, for
 #     tests/openapi_fuzz.rs;
+#   - Debian's chromium and chromium-driver (apt-get), for tests/web.rs.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,14 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
     echo "== installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "== installing Debian's chromium and chromium-driver"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+    $SUDO apt-get install -y -q chromium chromium-driver \
+        || { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver; }
 fi
 
 exec cargo test --all-features "$@"
