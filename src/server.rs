@@ -583,7 +583,7 @@ impl Transports {
             app,
             pipeline.status.clone(),
             config.metrics_require_token,
-            config.limits.max_message_bytes,
+            &config.limits,
         )
         .into_make_service_with_connect_info::<crate::http::Peer>();
         let http_limiter = crate::conn::Limiter::new(

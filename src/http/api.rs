@@ -32,6 +32,8 @@ pub struct Api {
     pub app: App,
     /// The largest body read (`limits.max_message_bytes`, as for gRPC).
     pub max_body_bytes: usize,
+    /// The largest page a search returns (`limits.max_search_limit`).
+    pub max_search_limit: u32,
 }
 
 /// The caller behind `Authorization: Bearer …`, and where the call came
@@ -50,14 +52,30 @@ impl FromRequestParts<Api> for Authed {
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let caller = api.app.authenticate(header)?;
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<Peer>>()
-            .map(|info| info.0 .0);
         Ok(Authed {
             caller,
-            origin: Origin::http(peer),
+            origin: origin(parts),
         })
+    }
+}
+
+/// Where an HTTP call came from, for the trail.
+pub fn origin(parts: &Parts) -> Origin {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .map(|info| info.0 .0);
+    Origin::http(peer)
+}
+
+/// The origin alone, for routes that authenticate in their own way.
+pub struct HttpOrigin(pub Origin);
+
+impl<S: Send + Sync> FromRequestParts<S> for HttpOrigin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(HttpOrigin(origin(parts)))
     }
 }
 

@@ -9,6 +9,7 @@ mod openapi;
 mod page;
 mod params;
 mod problem;
+mod pryv;
 mod streams;
 mod tls;
 
@@ -92,8 +93,9 @@ pub fn router(
     app: App,
     status: Arc<PipelineStatus>,
     metrics_require_token: bool,
-    max_body_bytes: usize,
+    limits: &crate::config::Limits,
 ) -> Router {
+    let max_body_bytes = limits.max_message_bytes;
     let state = AppState {
         status,
         prometheus: prometheus(),
@@ -102,6 +104,7 @@ pub fn router(
     let api = api::Api {
         app,
         max_body_bytes,
+        max_search_limit: limits.max_search_limit,
     };
     let v1 = Router::new()
         .route("/v1/events", post(api::ingest).get(api::search))
@@ -112,6 +115,8 @@ pub fn router(
         .route("/v1/tokens", post(api::create_token).get(api::list_tokens))
         .route("/v1/tokens/{id}", delete(api::revoke_token))
         .route("/v1/openapi.json", get(openapi_json))
+        .route("/{subject}/events", get(pryv::events))
+        .route("/{subject}/streams", get(pryv::streams))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(api);
     Router::new()

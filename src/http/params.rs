@@ -70,6 +70,11 @@ impl Params {
         Ok(self.parsed(name, field, parse_bool)?.unwrap_or(false))
     }
 
+    /// The pairs no one took yet.
+    pub fn remaining(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Fails on the first parameter no one took.
     pub fn finish(self) -> Result<(), Problem> {
         match self.pairs.into_iter().next() {
