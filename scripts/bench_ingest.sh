@@ -2,7 +2,8 @@
 # End-to-end ingest benchmark (issue 4), every figure from one run of this
 # script: the raw-engine limit and auditd's durable ingest on the same
 # NDJSON, interleaved run by run, then a run at half the measured rate for
-# time to searchable. Each auditd run starts on an empty data directory
+# time to searchable. Each run also loads the same events over HTTP
+# (NDJSON to POST /v1/events) into a fresh daemon. Each auditd run starts on an empty data directory
 # with the embedded defaults (sync = always).
 #
 #   scripts/bench_ingest.sh                  # 1,000,000 events, 3 runs
@@ -95,6 +96,10 @@ for run in $(seq "$RUNS"); do
     load > "$OUT/e2e-$run.json"
     cpu_snapshot "$OUT/e2e-$run-cpu-after.txt"
     stop_daemon "e2e-$run"
+    echo "== run $run/$RUNS: auditd, closed loop, over HTTP (NDJSON to POST /v1/events)" >&2
+    start_daemon
+    load --http "http://127.0.0.1:$HTTP_PORT" > "$OUT/http-$run.json"
+    stop_daemon "http-$run"
 done
 
 HALF=$(python3 -c "

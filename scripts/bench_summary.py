@@ -35,6 +35,15 @@ for r in range(1, runs + 1):
         "events": e2e["events"],
         "retries": e2e["retries"],
     })
+    http = out / f"http-{r}.json"
+    if http.exists():
+        h = json.loads(http.read_text())
+        rows[-1].update({
+            "http": h["events_per_sec"],
+            "http_grpc": h["events_per_sec"] / e2e["events_per_sec"],
+            "http_raw": h["events_per_sec"] / raw["events_per_sec"],
+            "http_p99": h["ack_latency_ms"]["p99"],
+        })
 
 print(f"| run | raw engine (events/s) | auditd (events/s) | ratio | MB/s | ack p50 / p99 / p99.9 (ms) "
       f"| searchable p50 / p99 (ms) | peak RSS (MiB) | index / NDJSON | (index + WAL) / NDJSON |")
@@ -146,3 +155,14 @@ startup = load("startup.json")
 print()
 print(f"start-up with {rows[0]['events']:,} acknowledged events only in the WAL (SIGKILL, no commit): "
       f"serving after {startup['seconds_to_serving']:.2f} s, {startup['events_searchable']:,} events searchable")
+
+if all("http" in r for r in rows):
+    print()
+    print("| run | gRPC (events/s) | HTTP NDJSON (events/s) | HTTP / gRPC | HTTP / raw engine | HTTP ack p99 (ms) |")
+    print("|---|---|---|---|---|---|")
+    for i, r in enumerate(rows, 1):
+        print(f"| {i} | {r['e2e']:,.0f} | {r['http']:,.0f} | {r['http_grpc']:.2f} | {r['http_raw']:.2f} "
+              f"| {r['http_p99']:.1f} |")
+    print()
+    print(f"median (spread): HTTP {summary('http', '{:,.0f}')} events/s; "
+          f"HTTP / gRPC {summary('http_grpc', '{:.2f}')}; HTTP / raw {summary('http_raw', '{:.2f}')}")

@@ -33,6 +33,11 @@ impl BearerToken {
             .map(BearerToken)
             .map_err(|_| AuthError::Unauthenticated)
     }
+
+    /// The header's value, `Bearer <token>`, for an HTTP client.
+    pub fn header_value(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
 }
 
 impl tonic::service::Interceptor for BearerToken {

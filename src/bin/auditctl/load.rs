@@ -77,12 +77,20 @@ pub struct LoadArgs {
     /// Print the report as one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Send each batch as NDJSON to `POST <URL>/v1/events` (the HTTP
+    /// listener, e.g. http://127.0.0.1:8080) instead of gRPC `Ingest`.
+    /// Probes and the final wait stay on gRPC.
+    #[arg(long, value_name = "URL")]
+    http: Option<String>,
 }
 
 /// One batch, ready to send: an `IngestRequest` (its `batch_id` set,
-/// waiting for durability) already encoded.
+/// waiting for durability) already encoded, and with `--http` its NDJSON
+/// body.
 struct Batch {
     request: Arc<[u8]>,
+    ndjson: Option<prost::bytes::Bytes>,
+    batch_id: String,
     events: usize,
     ndjson_bytes: u64,
 }
@@ -121,7 +129,11 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         let client = AuditLogClient::with_interceptor(channel.clone(), bearer.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        clients.push((PreEncodedIngest::new(channel, bearer.clone()), client));
+        let sender = match &args.http {
+            None => Sender::Grpc(PreEncodedIngest::new(channel, bearer.clone())),
+            Some(url) => Sender::Http(HttpIngest::new(url, &bearer)?),
+        };
+        clients.push((sender, client));
     }
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -158,8 +170,8 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
                     None => Instant::now(),
                 };
                 let (reply, retries) = retry(|| {
-                    let (mut sender, request) = (sender.clone(), batch.request.clone());
-                    async move { sender.ingest(request).await }
+                    let mut sender = sender.clone();
+                    async move { sender.ingest(batch).await }
                 })
                 .await
                 .with_context(|| format!("batch {k}"))?;
@@ -236,6 +248,108 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
         print_summary(&report);
     }
     Ok(())
+}
+
+/// How a batch goes out: gRPC `Ingest`, or `POST /v1/events`.
+#[derive(Clone)]
+enum Sender {
+    Grpc(PreEncodedIngest),
+    Http(HttpIngest),
+}
+
+impl Sender {
+    async fn ingest(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<tonic::Response<IngestResponse>, tonic::Status> {
+        match self {
+            Sender::Grpc(grpc) => grpc.ingest(batch.request.clone()).await,
+            Sender::Http(http) => http.ingest(batch).await,
+        }
+    }
+}
+
+/// `POST /v1/events` with a batch's NDJSON, on a client of its own (one
+/// connection, one batch in flight, as a gRPC stream has). An HTTP
+/// problem comes back as the status gRPC would give, so retries follow
+/// the same rules.
+#[derive(Clone)]
+struct HttpIngest {
+    client: reqwest::Client,
+    url: String,
+    authorization: String,
+}
+
+impl HttpIngest {
+    fn new(base: &str, bearer: &BearerToken) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(HttpIngest {
+            client,
+            url: format!("{}/v1/events", base.trim_end_matches('/')),
+            authorization: bearer.header_value().to_owned(),
+        })
+    }
+
+    async fn ingest(
+        &self,
+        batch: &Batch,
+    ) -> Result<tonic::Response<IngestResponse>, tonic::Status> {
+        let body = batch
+            .ndjson
+            .clone()
+            .ok_or_else(|| tonic::Status::internal("no NDJSON body prepared"))?;
+        let response = self
+            .client
+            .post(&self.url)
+            .query(&[("batchId", batch.batch_id.as_str()), ("waitFor", "durable")])
+            .header("authorization", &self.authorization)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("HTTP: {e}")))?;
+        let ok = response.status().is_success();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("HTTP: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|_| tonic::Status::internal(format!("HTTP: not JSON: {text}")))?;
+        if ok {
+            let ids = json["ids"]
+                .as_array()
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|i| i.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let accepted = json["accepted"].as_u64().unwrap_or(0) as u32;
+            return Ok(tonic::Response::new(IngestResponse { accepted, ids }));
+        }
+        let code = match json["code"].as_str().unwrap_or("") {
+            "ResourceExhausted" => tonic::Code::ResourceExhausted,
+            "Unavailable" => tonic::Code::Unavailable,
+            "Aborted" => tonic::Code::Aborted,
+            "InvalidArgument" => tonic::Code::InvalidArgument,
+            "Unauthenticated" => tonic::Code::Unauthenticated,
+            "PermissionDenied" => tonic::Code::PermissionDenied,
+            _ => tonic::Code::Internal,
+        };
+        let mut status =
+            tonic::Status::new(code, json["detail"].as_str().unwrap_or(&text).to_owned());
+        if let Some(ms) = json["retryAfterMs"].as_u64() {
+            if let Ok(value) = ms.to_string().parse() {
+                status
+                    .metadata_mut()
+                    .insert(auditd::grpc::RETRY_AFTER_MS, value);
+            }
+        }
+        Err(status)
+    }
 }
 
 /// `Ingest` with a request encoded beforehand: the encoder only copies its
@@ -374,7 +488,9 @@ fn prepare(args: &LoadArgs, run_id: &str) -> anyhow::Result<Vec<Batch>> {
     let mut events = Vec::with_capacity(args.batch_size);
     let mut ndjson_bytes = 0;
     let mut total = 0u64;
-    let mut seal = |events: &mut Vec<_>, ndjson_bytes: &mut u64| {
+    let http = args.http.is_some();
+    let mut body = String::new();
+    let mut seal = |events: &mut Vec<_>, ndjson_bytes: &mut u64, body: &mut String| {
         let request = IngestRequest {
             events: std::mem::replace(events, Vec::with_capacity(args.batch_size)),
             batch_id: batch_id(run_id, batches.len()),
@@ -382,6 +498,8 @@ fn prepare(args: &LoadArgs, run_id: &str) -> anyhow::Result<Vec<Batch>> {
         };
         batches.push(Batch {
             request: request.encode_to_vec().into(),
+            ndjson: http.then(|| std::mem::take(body).into()),
+            batch_id: request.batch_id.clone(),
             events: request.events.len(),
             ndjson_bytes: std::mem::take(ndjson_bytes),
         });
@@ -396,17 +514,21 @@ fn prepare(args: &LoadArgs, run_id: &str) -> anyhow::Result<Vec<Batch>> {
             bail!("more than {MAX_LOAD_EVENTS} events: split the file");
         }
         ndjson_bytes += line.len() as u64 + 1;
+        if http {
+            body.push_str(&line);
+            body.push('\n');
+        }
         events.push(
             JsonEvent::parse(&line)
                 .and_then(JsonEvent::into_proto)
                 .with_context(|| format!("line {}", n + 1))?,
         );
         if events.len() == args.batch_size {
-            seal(&mut events, &mut ndjson_bytes);
+            seal(&mut events, &mut ndjson_bytes, &mut body);
         }
     }
     if !events.is_empty() {
-        seal(&mut events, &mut ndjson_bytes);
+        seal(&mut events, &mut ndjson_bytes, &mut body);
     }
     Ok(batches)
 }
