@@ -745,3 +745,84 @@ async fn http_connections_past_the_limit_are_closed_at_once() {
     }
     server.stop().await.unwrap();
 }
+
+/// Every token kind against every route: the status each gets (2xx is
+/// written 200), as the gRPC matrix in tests/auth.rs has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_kind_gets_what_it_may_on_every_route() {
+    let (_dir, server) = start().await;
+    let mut grpc = server.client().await;
+    let ids = ingest(&mut grpc, generated(20, 9, 20), WaitFor::Searchable)
+        .await
+        .ids;
+    let sample = generated(20, 9, 20).swap_remove(0);
+    let (_, personal) = create(&server, TokenKind::Personal, &sample.subject, "").await;
+    let (_, app) = create(&server, TokenKind::App, &sample.subject, &sample.access_id).await;
+    let (_, shared) = create(
+        &server,
+        TokenKind::Shared,
+        &sample.subject,
+        &sample.access_id,
+    )
+    .await;
+    let (_, writer) = create(&server, TokenKind::Ingest, "", "").await;
+    let admin = server.admin_token();
+    let event = json!({"events": [{"action": "a", "type": TYPE, "source": {"name": "http", "ip": "10.0.0.1"}}]});
+    let aggregate = json!({"aggregations": [{"name": "a", "terms": {"field": "action"}}]});
+    let new_token = json!({"kind": "personal", "subject": "x"});
+    let id = &ids[0];
+    // (route, admin, personal, app, shared, ingest, no token)
+    let matrix: Vec<(&str, &str, [u16; 6])> = vec![
+        ("POST", "/v1/events", [200, 403, 403, 403, 200, 401]),
+        ("GET", "/v1/events", [200, 200, 200, 200, 403, 401]),
+        ("GET", "/v1/events/{id}", [200, 200, 200, 200, 403, 401]),
+        ("POST", "/v1/aggregate", [200, 200, 200, 200, 403, 401]),
+        (
+            "GET",
+            "/v1/export?format=csv",
+            [200, 200, 200, 200, 403, 401],
+        ),
+        ("GET", "/v1/tail", [200, 200, 200, 200, 403, 401]),
+        ("POST", "/v1/tokens", [200, 403, 403, 403, 403, 401]),
+        ("GET", "/v1/tokens", [200, 403, 403, 403, 403, 401]),
+        ("DELETE", "/v1/tokens/nope", [404, 403, 403, 403, 403, 401]),
+        ("GET", "/v1/openapi.json", [200, 200, 200, 200, 200, 200]),
+    ];
+    let tokens = [
+        admin.as_str(),
+        personal.as_str(),
+        app.as_str(),
+        shared.as_str(),
+        writer.as_str(),
+        "",
+    ];
+    for (method, route, want) in matrix {
+        let path = route.replace("{id}", id);
+        for (token, want) in tokens.iter().zip(want) {
+            let http = Http::new(&server, token);
+            let url = format!("{}{path}", http.base);
+            let mut request = match method {
+                "POST" => http.client.post(&url).json(match route {
+                    "/v1/events" => &event,
+                    "/v1/aggregate" => &aggregate,
+                    _ => &new_token,
+                }),
+                "DELETE" => http.client.delete(&url),
+                _ => http.client.get(&url),
+            };
+            if !token.is_empty() {
+                request = request.bearer_auth(token.trim());
+            }
+            // Headers only: a tail's body never ends.
+            let got = request.send().await.unwrap().status().as_u16();
+            let got = if (200..300).contains(&got) { 200 } else { got };
+            assert_eq!(
+                got,
+                want,
+                "{method} {route} with token #{}",
+                tokens.iter().position(|t| t == token).unwrap()
+            );
+        }
+    }
+    server.stop().await.unwrap();
+}
