@@ -25,6 +25,7 @@ pub(crate) mod http;
 pub(crate) mod idempotency;
 pub mod indexer;
 pub(crate) mod ingest;
+pub mod integrity;
 pub mod json;
 pub(crate) mod merge;
 pub mod messages;
