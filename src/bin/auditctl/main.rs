@@ -707,23 +707,11 @@ where
 async fn search(mut client: Client, args: SearchArgs) -> anyhow::Result<()> {
     let filter = args.filter.to_filter()?;
     let mut request = SearchRequest {
-        from_time: filter.from_time,
-        to_time: filter.to_time,
-        actions: filter.actions,
-        access_ids: filter.access_ids,
-        subjects: filter.subjects,
-        ips: filter.ips,
-        status_min: filter.status_min,
-        status_max: filter.status_max,
-        outcome: filter.outcome,
-        types: filter.types,
-        source_names: filter.source_names,
-        text: filter.text,
-        query: filter.query,
         limit: args.limit,
         ascending: args.ascending,
         page_token: args.page_token.unwrap_or_default(),
         exact_total: args.exact_total,
+        ..auditd::search::request_of(filter)
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());

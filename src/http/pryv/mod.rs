@@ -79,6 +79,14 @@ impl PryvError {
         }
     }
 
+    /// `invalid-parameters-format` naming one parameter.
+    fn bad_parameter(name: &str, message: impl Into<String>) -> Self {
+        Self::parameters(
+            "The parameters' format is invalid.",
+            json!([{ "parameter": name, "message": message.into() }]),
+        )
+    }
+
     fn unknown_streams(stream: &str) -> Self {
         PryvError {
             data: Some(json!({ "streams": [stream] })),
@@ -197,12 +205,7 @@ fn check_subject(caller: &Caller, subject: &str) -> Result<(), PryvError> {
 }
 
 fn seconds(value: &str, name: &str) -> Result<f64, PryvError> {
-    let bad = || {
-        PryvError::parameters(
-            "The parameters' format is invalid.",
-            json!([{ "parameter": name, "message": format!("{value:?} is not a number of seconds") }]),
-        )
-    };
+    let bad = || PryvError::bad_parameter(name, format!("{value:?} is not a number of seconds"));
     let n: f64 = value.parse().map_err(|_| bad())?;
     if n.is_finite() {
         Ok(n)
@@ -220,12 +223,8 @@ fn timestamp(seconds: f64) -> Result<prost_types::Timestamp, PryvError> {
 fn events_request(query: Option<&str>, subject: &str) -> Result<(SearchRequest, u32), PryvError> {
     let mut params = Params::parse(query);
     let take = |p: &mut Params, name: &str| -> Result<Option<String>, PryvError> {
-        p.one(name, name).map_err(|_| {
-            PryvError::parameters(
-                "The parameters' format is invalid.",
-                json!([{ "parameter": name, "message": "given more than once" }]),
-            )
-        })
+        p.one(name, name)
+            .map_err(|_| PryvError::bad_parameter(name, "given more than once"))
     };
     let mut streams = params.all("streams");
     streams.extend(params.all("streams[]"));
@@ -238,34 +237,23 @@ fn events_request(query: Option<&str>, subject: &str) -> Result<(SearchRequest, 
     let modified_since = take(&mut params, "modifiedSince")?
         .map(|v| seconds(&v, "modifiedSince"))
         .transpose()?;
-    let limit = take(&mut params, "limit")?
-        .map(|v| {
-            v.parse::<u32>().map_err(|_| {
-                PryvError::parameters(
-                    "The parameters' format is invalid.",
-                    json!([{ "parameter": "limit", "message": "not a positive integer" }]),
-                )
+    let count = |p: &mut Params, name: &str| -> Result<Option<u32>, PryvError> {
+        take(p, name)?
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| PryvError::bad_parameter(name, "not a positive integer"))
             })
-        })
-        .transpose()?;
-    let skip = take(&mut params, "skip")?
-        .map(|v| {
-            v.parse::<u32>().map_err(|_| {
-                PryvError::parameters(
-                    "The parameters' format is invalid.",
-                    json!([{ "parameter": "skip", "message": "not a positive integer" }]),
-                )
-            })
-        })
-        .transpose()?
-        .unwrap_or(0);
+            .transpose()
+    };
+    let limit = count(&mut params, "limit")?;
+    let skip = count(&mut params, "skip")?.unwrap_or(0);
     let ascending = match take(&mut params, "sortAscending")?.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return Err(PryvError::parameters(
-                "The parameters' format is invalid.",
-                json!([{ "parameter": "sortAscending", "message": format!("{other:?} is not a boolean") }]),
+            return Err(PryvError::bad_parameter(
+                "sortAscending",
+                format!("{other:?} is not a boolean"),
             ))
         }
     };
@@ -276,10 +264,7 @@ fn events_request(query: Option<&str>, subject: &str) -> Result<(SearchRequest, 
     let _ = take(&mut params, "includeDeletions")?;
     let _ = take(&mut params, "auth")?;
     if let Some((name, _)) = params.remaining().next() {
-        return Err(PryvError::parameters(
-            "The parameters' format is invalid.",
-            json!([{ "parameter": name, "message": "unknown parameter" }]),
-        ));
+        return Err(PryvError::bad_parameter(name, "unknown parameter"));
     }
     let query = query::streams_query(&streams)?;
     // Pryv's defaults: toTime alone looks one day back; fromTime alone
@@ -445,10 +430,7 @@ pub async fn streams(
     let parent = params.all("parentId").pop();
     let _ = params.all("state");
     if let Some((name, _)) = params.remaining().next() {
-        return Err(PryvError::parameters(
-            "The parameters' format is invalid.",
-            json!([{ "parameter": name, "message": "unknown parameter" }]),
-        ));
+        return Err(PryvError::bad_parameter(name, "unknown parameter"));
     }
     let caller = caller(&api, &headers, auth)?;
     check_subject(&caller, &subject)?;
