@@ -1,9 +1,11 @@
 //! Tamper evidence (issue 19): every event is leaf `seq` of one RFC 9162
-//! Merkle tree. So far: the tree's arithmetic ([`merkle`]), signed
-//! checkpoints ([`note`]) and the `tlog-tiles` layout ([`tiles`]); the
-//! leaf commitments, the tile store on disk and the `Integrity` service
+//! Merkle tree. So far: what a leaf commits to ([`leaf`]: salted
+//! per-part commitments, `docs/integrity.md`), the tree's arithmetic
+//! ([`merkle`]), signed checkpoints ([`note`]) and the `tlog-tiles`
+//! layout ([`tiles`]); the tile store on disk and the `Integrity` service
 //! build on them.
 
+pub mod leaf;
 pub mod merkle;
 pub mod note;
 pub mod tiles;

@@ -1,0 +1,346 @@
+//! What a leaf of the tree commits to: an event, through salted
+//! commitments, so that erasing personal fields later (the retention and
+//! erasure issue) leaves every leaf, and so every proof, as it was.
+//!
+//! Every event gets a random 16-byte salt at ingest, stored with it in the
+//! log and the index. Its fields fall into parts: part 0, the *core*
+//! (`id`, `time`, `received`, `type`, `action`, `source.name`, `status`,
+//! `error_id`), which erasure never touches, and parts 1 to 10, one field
+//! each, the fields erasure may remove ([`PERSONAL`]). Part `k` is
+//! committed as
+//!
+//! ```text
+//! salt_k = SHA-256(salt || k)                 (k as one byte)
+//! c_k    = SHA-256(salt_k || value_k)         (value_k: the part's bytes)
+//! ```
+//!
+//! and the leaf bytes are
+//!
+//! ```text
+//! 0x01 || mask (u16, big-endian) || c_0 || c_k for each bit k set in mask
+//! ```
+//!
+//! where bit `k` (1 ≤ k ≤ 10, bit 0 unused) is set when field `k` is not
+//! empty: an empty field has nothing to hide and no commitment. Erasing a
+//! field keeps its `c_k` and forgets its value and the event salt (from
+//! which `salt_k` follows), keeping the other parts' `salt_j`: the leaf
+//! can still be rebuilt, and nobody can test a guess at the erased value.
+//!
+//! The value encodings: a string is its length (u32, big-endian) and its
+//! UTF-8 bytes; a time is microseconds since the epoch (i64, big-endian);
+//! `status` is an i32, big-endian; a map is its entry count (u32,
+//! big-endian) and then, ordered by key bytes, each key and value as
+//! strings. The core is `id`, `time`, `received`, `type`, `action`,
+//! `source.name`, `status`, `error_id`, in that order, concatenated.
+//! `docs/integrity.md` has the same with test vectors.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use super::merkle::{leaf_hash, Hash};
+use crate::proto::AuditEvent;
+use crate::schema::timestamp_micros;
+
+/// Bytes of an event's salt.
+pub const SALT_LEN: usize = 16;
+
+/// An event's salt.
+pub type Salt = [u8; SALT_LEN];
+
+/// The first byte of every leaf of this encoding.
+pub const LEAF_VERSION: u8 = 1;
+
+/// The parts erasure may remove, by part number (1..=10), as named in the
+/// API's JSON and in `integrity.md`.
+pub const PERSONAL: [&str; 10] = [
+    "accessId",
+    "subject",
+    "source.ip",
+    "forwardedFor",
+    "resource",
+    "query",
+    "errorMessage",
+    "before",
+    "after",
+    "attributes",
+];
+
+/// A fresh random salt.
+pub fn new_salt() -> Salt {
+    rand::random()
+}
+
+/// `salt_k`: part `k`'s own salt, derived from the event's.
+pub fn part_salt(salt: &Salt, part: u8) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update([part]);
+    hasher.finalize().into()
+}
+
+/// `c_k = SHA-256(salt_k || value)`.
+pub fn commit(part_salt: &Hash, value: &[u8]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(part_salt);
+    hasher.update(value);
+    hasher.finalize().into()
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A `BTreeMap<String, _>` iterates in key-byte order already.
+fn put_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+    out.extend_from_slice(&(map.len() as u32).to_be_bytes());
+    for (key, value) in map {
+        put_str(out, key);
+        put_str(out, value);
+    }
+}
+
+/// The core's bytes (part 0), into `out`.
+pub fn core_bytes(event: &AuditEvent, out: &mut Vec<u8>) {
+    let source = event.source.as_ref();
+    put_str(out, &event.id);
+    out.extend_from_slice(&timestamp_micros(event.time.as_ref()).to_be_bytes());
+    out.extend_from_slice(&timestamp_micros(event.received.as_ref()).to_be_bytes());
+    put_str(out, &event.r#type);
+    put_str(out, &event.action);
+    put_str(out, source.map_or("", |s| s.name.as_str()));
+    out.extend_from_slice(&event.status.to_be_bytes());
+    put_str(out, &event.error_id);
+}
+
+/// Personal part `k`'s bytes into `out`, or `false` when the field is
+/// empty (and has no part).
+pub fn personal_bytes(event: &AuditEvent, part: u8, out: &mut Vec<u8>) -> bool {
+    let text = |s: &str, out: &mut Vec<u8>| {
+        if s.is_empty() {
+            return false;
+        }
+        put_str(out, s);
+        true
+    };
+    let map = |m: &BTreeMap<String, String>, out: &mut Vec<u8>| {
+        if m.is_empty() {
+            return false;
+        }
+        put_map(out, m);
+        true
+    };
+    let source_ip = event.source.as_ref().map_or("", |s| s.ip.as_str());
+    match part {
+        1 => text(&event.access_id, out),
+        2 => text(&event.subject, out),
+        3 => text(source_ip, out),
+        4 => text(&event.forwarded_for, out),
+        5 => text(&event.resource, out),
+        6 => map(&event.query, out),
+        7 => text(&event.error_message, out),
+        8 => text(&event.before, out),
+        9 => text(&event.after, out),
+        10 => map(&event.attributes, out),
+        _ => false,
+    }
+}
+
+/// The leaf bytes of `event` under `salt`. `scratch` is reused between
+/// calls to save allocations.
+pub fn leaf_bytes(event: &AuditEvent, salt: &Salt, scratch: &mut Vec<u8>) -> Vec<u8> {
+    let mut leaf = Vec::with_capacity(3 + 32 * 6);
+    leaf.push(LEAF_VERSION);
+    leaf.extend_from_slice(&[0, 0]);
+    scratch.clear();
+    core_bytes(event, scratch);
+    leaf.extend_from_slice(&commit(&part_salt(salt, 0), scratch));
+    let mut mask = 0u16;
+    for part in 1..=PERSONAL.len() as u8 {
+        scratch.clear();
+        if personal_bytes(event, part, scratch) {
+            mask |= 1 << part;
+            leaf.extend_from_slice(&commit(&part_salt(salt, part), scratch));
+        }
+    }
+    leaf[1..3].copy_from_slice(&mask.to_be_bytes());
+    leaf
+}
+
+/// The hash the tree holds for `event`: `SHA-256(0x00 || leaf bytes)`.
+pub fn event_leaf_hash(event: &AuditEvent, salt: &Salt, scratch: &mut Vec<u8>) -> Hash {
+    leaf_hash(&leaf_bytes(event, salt, scratch))
+}
+
+/// The leaf hashes of a batch's events, in order. `salts` is as long as
+/// `events` (the ingest path and the log keep them together).
+pub fn batch_leaf_hashes(events: &[AuditEvent], salts: &[Salt]) -> Vec<Hash> {
+    let mut scratch = Vec::new();
+    events
+        .iter()
+        .zip(salts)
+        .map(|(event, salt)| event_leaf_hash(event, salt, &mut scratch))
+        .collect()
+}
+
+/// A salt as the log and the index keep it: exactly [`SALT_LEN`] bytes.
+pub fn salt_from_bytes(bytes: &[u8]) -> Option<Salt> {
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::proto::Source;
+    use crate::schema::micros_to_timestamp;
+
+    /// The event of `docs/integrity.md`'s test vector.
+    pub fn vector_event() -> AuditEvent {
+        AuditEvent {
+            id: "01JDZ3Q6X0AUDITVECTOR0001".into(),
+            time: Some(micros_to_timestamp(1_733_148_000_123_456)),
+            received: Some(micros_to_timestamp(1_733_148_000_500_000)),
+            r#type: "audit-log/pryv-api".into(),
+            action: "events.get".into(),
+            access_id: "ck6j78uj600011ss2neygkpub".into(),
+            subject: "emma".into(),
+            source: Some(Source {
+                name: "http".into(),
+                ip: "85.5.225.68".into(),
+            }),
+            resource: "diary".into(),
+            query: [("streamId", "diary"), ("limit", "100")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            status: 200,
+            ..Default::default()
+        }
+    }
+
+    pub const VECTOR_SALT: Salt = *b"auditd-vector-01";
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    #[ignore = "prints the vector for docs/integrity.md"]
+    fn print_the_vector() {
+        let event = vector_event();
+        let mut scratch = Vec::new();
+        scratch.clear();
+        core_bytes(&event, &mut scratch);
+        println!("core {}", hex(&scratch));
+        for part in 0..=10u8 {
+            println!("salt_{part} {}", hex(&part_salt(&VECTOR_SALT, part)));
+        }
+        for part in 1..=10u8 {
+            scratch.clear();
+            if personal_bytes(&event, part, &mut scratch) {
+                println!("value_{part} {}", hex(&scratch));
+            }
+        }
+        let leaf = leaf_bytes(&event, &VECTOR_SALT, &mut scratch);
+        println!("leaf {}", hex(&leaf));
+        println!("hash {}", hex(&leaf_hash(&leaf)));
+    }
+
+    #[test]
+    fn the_documented_vector_holds() {
+        let event = vector_event();
+        let mut scratch = Vec::new();
+        let leaf = leaf_bytes(&event, &VECTOR_SALT, &mut scratch);
+        // Core + access id, subject, source.ip, resource, query.
+        assert_eq!(leaf[..3], [1, 0b0000_0000, 0b0110_1110]);
+        assert_eq!(leaf.len(), 3 + 32 * 6);
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/integrity.md"))
+                .expect("docs/integrity.md");
+        for (what, value) in [
+            ("leaf bytes", hex(&leaf)),
+            ("leaf hash", hex(&leaf_hash(&leaf))),
+        ] {
+            assert!(
+                doc.contains(&value),
+                "docs/integrity.md lacks the vector's {what}: {value}"
+            );
+        }
+    }
+
+    /// The page's Python, run as it stands, prints the same vector: the
+    /// page is enough to write a verifier.
+    #[test]
+    fn the_pages_python_computes_the_vector() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/integrity.md"))
+                .expect("docs/integrity.md");
+        let start = doc.find("```python\n").expect("a python block") + "```python\n".len();
+        let code = &doc[start..start + doc[start..].find("```").expect("its end")];
+        let out = std::process::Command::new("python3")
+            .args(["-c", code])
+            .output()
+            .expect("python3 (scripts/test.sh needs it too)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut scratch = Vec::new();
+        let leaf = leaf_bytes(&vector_event(), &VECTOR_SALT, &mut scratch);
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{}\n{}\n", hex(&leaf), hex(&leaf_hash(&leaf)))
+        );
+    }
+
+    #[test]
+    fn every_field_moves_the_leaf_and_empty_fields_have_no_part() {
+        let base = vector_event();
+        let mut scratch = Vec::new();
+        let hash =
+            |e: &AuditEvent, scratch: &mut Vec<u8>| event_leaf_hash(e, &VECTOR_SALT, scratch);
+        let before = hash(&base, &mut scratch);
+        let changes: Vec<Box<dyn Fn(&mut AuditEvent)>> = vec![
+            Box::new(|e| e.id.push('x')),
+            Box::new(|e| e.time = Some(micros_to_timestamp(1))),
+            Box::new(|e| e.received = Some(micros_to_timestamp(1))),
+            Box::new(|e| e.r#type.push('x')),
+            Box::new(|e| e.action.push('x')),
+            Box::new(|e| e.access_id.push('x')),
+            Box::new(|e| e.subject.push('x')),
+            Box::new(|e| e.source.as_mut().unwrap().name.push('x')),
+            Box::new(|e| e.source.as_mut().unwrap().ip = "85.5.225.69".into()),
+            Box::new(|e| e.forwarded_for = "10.0.0.1".into()),
+            Box::new(|e| e.resource.push('x')),
+            Box::new(|e| {
+                e.query.insert("limit".into(), "101".into());
+            }),
+            Box::new(|e| e.status = 404),
+            Box::new(|e| e.error_id = "x".into()),
+            Box::new(|e| e.error_message = "x".into()),
+            Box::new(|e| e.before = "{}".into()),
+            Box::new(|e| e.after = "{}".into()),
+            Box::new(|e| {
+                e.attributes.insert("k".into(), "v".into());
+            }),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut event = base.clone();
+            change(&mut event);
+            assert_ne!(hash(&event, &mut scratch), before, "change {i}");
+        }
+        // A string's length prefix keeps neighbours apart.
+        let mut a = base.clone();
+        a.subject = "em".into();
+        a.resource = "madiary".into();
+        let mut b = base.clone();
+        b.subject = "emma".into();
+        b.resource = "diary".into();
+        assert_ne!(hash(&a, &mut scratch), hash(&b, &mut scratch));
+        // Another salt, another leaf; the same salt, the same leaf.
+        assert_ne!(event_leaf_hash(&base, &[0; SALT_LEN], &mut scratch), before);
+        assert_eq!(hash(&base, &mut scratch), before);
+    }
+}
