@@ -302,7 +302,8 @@ pub(crate) mod tests {
         let hash =
             |e: &AuditEvent, scratch: &mut Vec<u8>| event_leaf_hash(e, &VECTOR_SALT, scratch);
         let before = hash(&base, &mut scratch);
-        let changes: Vec<Box<dyn Fn(&mut AuditEvent)>> = vec![
+        type Change = Box<dyn Fn(&mut AuditEvent)>;
+        let changes: Vec<Change> = vec![
             Box::new(|e| e.id.push('x')),
             Box::new(|e| e.time = Some(micros_to_timestamp(1))),
             Box::new(|e| e.received = Some(micros_to_timestamp(1))),
