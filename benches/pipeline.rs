@@ -73,7 +73,7 @@ fn document_building(c: &mut Criterion) {
     group.bench_function("build 1000 documents", |b| {
         b.iter(|| {
             for (i, event) in batch.iter_mut().enumerate() {
-                black_box(schema.document(event, i as u64, "", &mut body));
+                black_box(schema.document(event, i as u64, "", None, &mut body));
             }
         })
     });
@@ -81,11 +81,7 @@ fn document_building(c: &mut Criterion) {
 }
 
 fn wal_append(c: &mut Criterion) {
-    let payload = WalBatch {
-        batch_id: String::new(),
-        events: events(BATCH),
-    }
-    .encode_to_vec();
+    let payload = WalBatch::salted(String::new(), events(BATCH)).encode_to_vec();
     let mut group = c.benchmark_group("wal");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, sync) in [

@@ -33,6 +33,7 @@ pub struct Config {
     pub index: IndexConfig,
     pub ingest: IngestConfig,
     pub tls: TlsConfig,
+    pub integrity: IntegrityConfig,
 }
 
 /// TLS for gRPC (rustls). Off unless `cert` and `key` are set.
@@ -67,6 +68,7 @@ impl Default for Config {
             index: IndexConfig::default(),
             ingest: IngestConfig::default(),
             tls: TlsConfig::default(),
+            integrity: IntegrityConfig::default(),
         }
     }
 }
@@ -289,6 +291,36 @@ impl Default for IngestConfig {
     }
 }
 
+/// The Merkle tree, its signed checkpoints, and where they are published
+/// (`integrity` module, `docs/integrity.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntegrityConfig {
+    /// Build the tree and sign checkpoints. Off only to measure what they
+    /// cost: events stored while it is off get no leaves, so the tree
+    /// cannot be turned on again for that data directory.
+    pub enabled: bool,
+    /// The longest time between two checkpoints while events arrive.
+    pub checkpoint_interval_ms: u64,
+    /// The checkpoints' origin line and the signing key's name, used when
+    /// the key is made (first start); empty: `auditd/<8 random hex>`.
+    pub origin: String,
+    /// A file every new checkpoint is appended to (one JSON line each:
+    /// `size`, `time`, `note`); best kept on another disk or machine.
+    pub publish_file: Option<PathBuf>,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        IntegrityConfig {
+            enabled: true,
+            checkpoint_interval_ms: 1000,
+            origin: String::new(),
+            publish_file: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -360,6 +392,15 @@ impl Config {
         }
         if self.limits.max_search_limit == 0 {
             return invalid("limits.max_search_limit", "must be at least 1");
+        }
+        if self.integrity.checkpoint_interval_ms == 0 {
+            return invalid("integrity.checkpoint_interval_ms", "must be at least 1");
+        }
+        if self.integrity.origin.contains(['+', ' ', '\n']) {
+            return invalid(
+                "integrity.origin",
+                "a key name: no '+', space or line break",
+            );
         }
         if self.limits.exact_total_hits < self.limits.max_search_limit {
             // A page never holds more events than `total_hits` says.

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   FORMAT             the data format version ("2")
+//!   FORMAT             the data format version ("3")
 //!   LOCK               held (flock) while a daemon or a tool works here
 //!   admin.token        the first admin token, owner-only
 //!   tokens.json        token hashes, owner-only
@@ -12,15 +12,20 @@
 //!   wal/               write-ahead log segments (wal-<position>.log)
 //!   index/<day>/       one Tantivy index per UTC day
 //!   damaged/           what `auditd recover` moved aside
+//!   integrity.key      the checkpoint signing key, owner-only
+//!   integrity.pub      its note verifier key
+//!   tlog/              the Merkle tree (tiles, tree.json) and the
+//!                      checkpoints kept (`integrity::store`, `checkpointer`)
 //! ```
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The data format this binary writes and reads. Format 1 (before typed
-/// records and dense seqs, no `FORMAT` file) is migrated by `auditd
-/// migrate`; a newer one is refused.
-pub const FORMAT: u32 = 2;
+/// The data format this binary writes and reads. Older ones are migrated
+/// by `auditd migrate`: format 1 (before typed records and dense seqs, no
+/// `FORMAT` file) and format 2 (no salts, no Merkle tree). A newer one is
+/// refused.
+pub const FORMAT: u32 = 3;
 
 /// The layout of one data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +45,8 @@ pub enum Format {
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error(
-        "data directory {path} holds data format {found} (written before format versions); \
-         this auditd reads format {FORMAT}. Stop every auditd using it, then run \
+        "data directory {path} holds data format {found}, older than this auditd's \
+         (format {FORMAT}). Stop every auditd using it, then run \
          `auditd migrate --data-dir {path}` (README: \"Upgrading\")"
     )]
     Older { path: PathBuf, found: u32 },
@@ -192,6 +197,11 @@ mod tests {
         let older = data.format().unwrap_err().to_string();
         assert!(older.contains("format 1"), "{older}");
         assert!(older.contains("auditd migrate --data-dir"), "{older}");
+
+        std::fs::write(data.format_file(), "2\n").unwrap();
+        let two = data.format().unwrap_err().to_string();
+        assert!(two.contains("format 2"), "{two}");
+        assert!(two.contains("auditd migrate --data-dir"), "{two}");
     }
 
     #[test]

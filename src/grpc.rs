@@ -5,19 +5,24 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::app::{App, AppError, ErrorKind, Origin};
 use crate::auth::{AuthError, Caller};
 use crate::proto::audit_log_server::AuditLog;
+use crate::proto::integrity_server::Integrity;
 use crate::proto::tokens_server::Tokens;
 use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, CreateTokenRequest, CreateTokenResponse,
     ExportChunk, ExportRequest, GetEventRequest, IngestRequest, IngestResponse, ListTokensRequest,
     ListTokensResponse, RevokeTokenRequest, SearchRequest, SearchResponse, TailRequest,
     TailResponse, TokenInfo,
+};
+use crate::proto::{
+    AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetCheckpointRequest,
+    GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof,
 };
 
 /// Metadata key carrying the retry hint of RESOURCE_EXHAUSTED, for clients
@@ -29,6 +34,9 @@ pub struct AuditLogService(pub App);
 
 /// The `Tokens` service over the application layer.
 pub struct TokensService(pub App);
+
+/// The `Integrity` service over the application layer.
+pub struct IntegrityGrpc(pub App);
 
 /// The caller the authentication interceptor put into the request, and
 /// where the call came from.
@@ -44,6 +52,7 @@ fn caller<T>(request: &Request<T>) -> Result<(Caller, Origin), Status> {
 type IngestStream = Pin<Box<dyn Stream<Item = Result<IngestResponse, Status>> + Send>>;
 type TailStream = Pin<Box<dyn Stream<Item = Result<TailResponse, Status>> + Send>>;
 type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportChunk, Status>> + Send>>;
+type AuditStream = Pin<Box<dyn Stream<Item = Result<AuditLogProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AuditLog for AuditLogService {
@@ -131,6 +140,62 @@ impl AuditLog for AuditLogService {
             .export(caller, origin, request.into_inner())
             .await?;
         Ok(Response::new(Box::pin(chunks)))
+    }
+}
+
+#[tonic::async_trait]
+impl Integrity for IntegrityGrpc {
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<Checkpoint>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let size = request.into_inner().size;
+        let reply = self.0.integrity.checkpoint(&caller, &origin, size).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<InclusionProof>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let reply = self
+            .0
+            .integrity
+            .inclusion_proof(&caller, &origin, request.into_inner())
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<ConsistencyProof>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let reply = self
+            .0
+            .integrity
+            .consistency_proof(&caller, &origin, request.into_inner())
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    type AuditLogStream = AuditStream;
+
+    async fn audit_log(
+        &self,
+        request: Request<AuditLogRequest>,
+    ) -> Result<Response<Self::AuditLogStream>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let progress = self
+            .0
+            .integrity
+            .audit_log(&caller, &origin, request.into_inner())
+            .await?;
+        Ok(Response::new(Box::pin(
+            progress.map(|p| p.map_err(Status::from)),
+        )))
     }
 }
 

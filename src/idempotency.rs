@@ -16,11 +16,30 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
+/// Where a stored batch went: its events' ids, in request order, and the
+/// seq of the first (a batch's events take consecutive seqs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub ids: Vec<String>,
+    pub first_seq: u64,
+}
+
+impl Stored {
+    /// The seqs, in request order.
+    pub fn seqs(&self) -> Vec<u64> {
+        (self.first_seq..self.next_seq()).collect()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + self.ids.len() as u64
+    }
+}
+
 /// What `begin` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Begin {
-    /// Stored before: the ids it got.
-    Done(Vec<String>),
+    /// Stored before: where.
+    Done(Stored),
     /// Another request is storing this batch right now.
     InFlight,
     /// Not seen in memory; the caller stores it (after checking the index)
@@ -30,7 +49,7 @@ pub enum Begin {
 
 enum Entry {
     InFlight,
-    Done { ids: Vec<String>, received: i64 },
+    Done { stored: Stored, received: i64 },
 }
 
 pub struct Idempotency {
@@ -80,8 +99,8 @@ impl Idempotency {
         let mut inner = self.inner.lock().expect("idempotency lock");
         self.expire(&mut inner, now);
         match inner.entries.get(batch_id) {
-            Some(Entry::Done { ids, received }) if now - received <= self.window_micros => {
-                Begin::Done(ids.clone())
+            Some(Entry::Done { stored, received }) if now - received <= self.window_micros => {
+                Begin::Done(stored.clone())
             }
             Some(Entry::InFlight) => Begin::InFlight,
             _ => {
@@ -91,12 +110,12 @@ impl Idempotency {
         }
     }
 
-    /// Records the ids a batch got; also used by WAL replay.
-    pub fn complete(&self, batch_id: &str, ids: Vec<String>, received: i64) {
+    /// Records where a batch went; also used by WAL replay.
+    pub fn complete(&self, batch_id: &str, stored: Stored, received: i64) {
         let mut inner = self.inner.lock().expect("idempotency lock");
         inner
             .entries
-            .insert(batch_id.to_owned(), Entry::Done { ids, received });
+            .insert(batch_id.to_owned(), Entry::Done { stored, received });
         inner.order.push_back((received, batch_id.to_owned()));
         while inner.order.len() > self.capacity {
             let (_, old) = inner.order.pop_front().expect("non-empty");
@@ -137,7 +156,10 @@ mod tests {
 
     #[test]
     fn lifecycle_window_and_capacity() {
-        let ids = vec!["a".to_string()];
+        let ids = Stored {
+            ids: vec!["a".to_string()],
+            first_seq: 7,
+        };
         let memo = Idempotency::new(10, 2);
         assert_eq!(memo.begin("b1", 0), Begin::New);
         assert_eq!(memo.begin("b1", 0), Begin::InFlight);
@@ -157,7 +179,10 @@ mod tests {
 
     #[test]
     fn the_index_is_asked_while_it_may_hold_what_the_map_lacks() {
-        let ids = vec!["a".to_string()];
+        let ids = Stored {
+            ids: vec!["a".to_string()],
+            first_seq: 0,
+        };
         let window = 10_000_000;
         // A fresh store: nothing is only in the index.
         let memo = Idempotency::new(10, 2);

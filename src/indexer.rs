@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::app::trail::TRAIL_TYPE;
 use crate::datadir::DataDir;
+use crate::integrity::leaf::{salt_from_bytes, SALT_LEN};
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
 use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
@@ -329,8 +330,12 @@ impl Indexer {
             log: span.start,
             seq: first_seq,
         };
+        let salts = std::mem::take(&mut batch.salts);
         for (i, event) in batch.events.iter_mut().enumerate() {
             let day = day_of(timestamp_micros(event.time.as_ref()));
+            let salt = salts
+                .get(i * SALT_LEN..(i + 1) * SALT_LEN)
+                .and_then(salt_from_bytes);
             let body = &mut self.body;
             let writer = writer_for(
                 &mut self.writers,
@@ -344,9 +349,13 @@ impl Indexer {
             if first_seq < writer.skip_below {
                 continue;
             }
-            let doc = self
-                .schema
-                .document(event, first_seq + i as u64, &batch.batch_id, body);
+            let doc = self.schema.document(
+                event,
+                first_seq + i as u64,
+                &batch.batch_id,
+                salt.as_ref(),
+                body,
+            );
             writer
                 .writer
                 .add_document(doc)

@@ -12,7 +12,7 @@ use prost::Message;
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::{Limits, WalConfig};
-use crate::idempotency::{Begin, Idempotency};
+use crate::idempotency::{Begin, Idempotency, Stored};
 use crate::messages::{AppendRequest, WalBatch};
 use crate::metrics as m;
 use crate::partition::day_of;
@@ -51,6 +51,8 @@ pub struct IngestSettings {
     pub submit_timeout: Duration,
     /// WAL bytes that may wait for the indexer.
     pub lag_budget_bytes: u64,
+    /// Make each event's leaf hash for the Merkle tree (`integrity.enabled`).
+    pub leaves: bool,
 }
 
 impl IngestSettings {
@@ -59,6 +61,7 @@ impl IngestSettings {
             limits,
             submit_timeout,
             lag_budget_bytes: wal.lag_budget_bytes,
+            leaves: true,
         }
     }
 }
@@ -125,15 +128,12 @@ impl IngestService {
         let batch_id = std::mem::take(&mut request.batch_id);
         let mut memo_guard = None;
         if !batch_id.is_empty() {
-            if let Some(ids) = self.already_stored(&batch_id, &request, now).await? {
+            if let Some(stored) = self.already_stored(&batch_id, &request, now).await? {
                 metrics::counter!(m::BATCHES_DEDUPLICATED).increment(1);
                 if wait_for == WaitFor::Searchable {
-                    // Where the first attempt landed is not remembered;
-                    // everything acknowledged now covers it.
-                    self.wait_searchable(self.positions.next_seq.load(Ordering::Acquire))
-                        .await?;
+                    self.wait_searchable(stored.next_seq()).await?;
                 }
-                return Ok(response(ids));
+                return Ok(response(stored));
             }
             memo_guard = Some(MemoGuard {
                 memo: &self.memo,
@@ -170,15 +170,18 @@ impl IngestService {
         .await
         .map_err(|_| self.overloaded("the write-ahead log queue is full"))?
         .map_err(|_| IngestError::Unavailable("shutting down".into()))?;
-        let batch = WalBatch {
-            batch_id: batch_id.clone(),
-            events: request.events,
+        let batch = WalBatch::salted(batch_id.clone(), request.events);
+        let leaves = if self.settings.leaves {
+            batch.leaf_hashes().expect("a salted batch")
+        } else {
+            Vec::new()
         };
         let body = batch.encode_to_vec();
         let (reply, replied) = oneshot::channel();
         let append = AppendRequest {
             body,
             batch,
+            leaves,
             reply,
             permit: Some(permit),
         };
@@ -197,16 +200,20 @@ impl IngestService {
             .await
             .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
             .map_err(IngestError::Unavailable)?;
+        let stored = Stored {
+            ids,
+            first_seq: appended.first_seq,
+        };
         if let Some(guard) = memo_guard.as_mut() {
-            guard.complete(ids.clone(), now);
+            guard.complete(stored.clone(), now);
         }
         if wait_for == WaitFor::Searchable {
             self.wait_searchable(appended.next_seq).await?;
         }
         metrics::counter!(m::BATCHES_INGESTED).increment(1);
-        metrics::counter!(m::EVENTS_INGESTED).increment(ids.len() as u64);
+        metrics::counter!(m::EVENTS_INGESTED).increment(stored.ids.len() as u64);
         metrics::histogram!(m::INGEST_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(response(ids))
+        Ok(response(stored))
     }
 
     /// Returns once every event with a seq below `next_seq` is searchable.
@@ -223,15 +230,15 @@ impl IngestService {
             })
     }
 
-    /// The ids of an earlier batch with this id, from memory or the index.
+    /// Where an earlier batch with this id went, from memory or the index.
     async fn already_stored(
         &self,
         batch_id: &str,
         request: &IngestRequest,
         now: i64,
-    ) -> Result<Option<Vec<String>>, IngestError> {
+    ) -> Result<Option<Stored>, IngestError> {
         match self.memo.begin(batch_id, now) {
-            Begin::Done(ids) => return Ok(Some(ids)),
+            Begin::Done(stored) => return Ok(Some(stored)),
             Begin::InFlight => {
                 metrics::counter!(m::BATCHES_REJECTED, "reason" => "in_flight").increment(1);
                 return Err(IngestError::InFlight(batch_id.to_owned()));
@@ -257,9 +264,9 @@ impl IngestService {
             .map_err(|e| IngestError::Internal(e.to_string()))
             .and_then(|r| r.map_err(|e| IngestError::Internal(e.to_string())));
         match found {
-            Ok(Some((ids, received))) if now - received <= self.memo.window_micros() => {
-                self.memo.complete(batch_id, ids.clone(), received);
-                Ok(Some(ids))
+            Ok(Some((stored, received))) if now - received <= self.memo.window_micros() => {
+                self.memo.complete(batch_id, stored.clone(), received);
+                Ok(Some(stored))
             }
             Ok(_) => Ok(None),
             Err(e) => {
@@ -307,10 +314,11 @@ impl IngestService {
     }
 }
 
-fn response(ids: Vec<String>) -> IngestResponse {
+fn response(stored: Stored) -> IngestResponse {
     IngestResponse {
-        accepted: ids.len() as u32,
-        ids,
+        accepted: stored.ids.len() as u32,
+        seqs: stored.seqs(),
+        ids: stored.ids,
     }
 }
 
@@ -339,8 +347,8 @@ struct MemoGuard<'a> {
 }
 
 impl MemoGuard<'_> {
-    fn complete(&mut self, ids: Vec<String>, received: i64) {
-        self.memo.complete(self.batch_id, ids, received);
+    fn complete(&mut self, stored: Stored, received: i64) {
+        self.memo.complete(self.batch_id, stored, received);
         self.done = true;
     }
 }

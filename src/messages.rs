@@ -7,6 +7,8 @@
 
 use tokio::sync::oneshot;
 
+use crate::integrity::leaf::{event_leaf_hash, salt_from_bytes, Salt, SALT_LEN};
+use crate::integrity::merkle::Hash;
 use crate::proto::AuditEvent;
 use crate::wal::{LogPosition, Span};
 
@@ -19,6 +21,52 @@ pub struct WalBatch {
     pub batch_id: String,
     #[prost(message, repeated, tag = "2")]
     pub events: Vec<AuditEvent>,
+    /// Each event's salt (`integrity::leaf`), [`SALT_LEN`] bytes an event,
+    /// in event order. Empty in records of data format 2, which had none.
+    #[prost(bytes = "vec", tag = "3")]
+    pub salts: Vec<u8>,
+}
+
+impl WalBatch {
+    /// A batch of `events`, each given a fresh salt.
+    pub fn salted(batch_id: String, events: Vec<AuditEvent>) -> WalBatch {
+        let mut salts = vec![0u8; events.len() * SALT_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut salts);
+        WalBatch {
+            batch_id,
+            events,
+            salts,
+        }
+    }
+
+    /// Event `i`'s salt; `None` when the batch has no salts (format 2).
+    pub fn salt(&self, i: usize) -> Option<Salt> {
+        let start = i.checked_mul(SALT_LEN)?;
+        salt_from_bytes(self.salts.get(start..start + SALT_LEN)?)
+    }
+
+    /// Whether every event has its salt.
+    pub fn is_salted(&self) -> bool {
+        self.salts.len() == self.events.len() * SALT_LEN
+    }
+
+    /// The leaf hashes of its events, in order (`None` without salts).
+    pub fn leaf_hashes(&self) -> Option<Vec<Hash>> {
+        if !self.is_salted() {
+            return None;
+        }
+        let mut scratch = Vec::new();
+        Some(
+            self.events
+                .iter()
+                .enumerate()
+                .map(|(i, event)| {
+                    let salt = self.salt(i).expect("salted");
+                    event_leaf_hash(event, &salt, &mut scratch)
+                })
+                .collect(),
+        )
+    }
 }
 
 /// An ingest handler's request to the WAL thread. `body` is `batch`
@@ -27,6 +75,9 @@ pub struct WalBatch {
 pub struct AppendRequest {
     pub body: Vec<u8>,
     pub batch: WalBatch,
+    /// The leaf hash of each event (`integrity::leaf`), made on the
+    /// handler's task: the WAL thread only adds them to the tree.
+    pub leaves: Vec<Hash>,
     /// `Ok` once the record is as durable as the sync policy makes it.
     pub reply: oneshot::Sender<Result<Appended, String>>,
     /// A slot of the bounded WAL queue, given back when the WAL thread

@@ -1,15 +1,18 @@
-//! `auditd migrate`: rewrites a data directory of format 1 (no `FORMAT`
-//! file: bare prost records, byte-derived seqs, plain-number commit
-//! payloads) into this binary's format, losing nothing.
+//! `auditd migrate`: rewrites a data directory of an older format into
+//! this binary's, losing nothing. Format 1: no `FORMAT` file, bare prost
+//! records, byte-derived seqs, plain-number commit payloads. Format 2:
+//! typed records and dense seqs, but no salts, so no leaf of the Merkle
+//! tree can be made for its events.
 //!
 //! How: every event the old directory holds, from its index partitions
 //! and from the log records past what the index covers, is put in the
-//! old log order (format 1's seqs increase in log order) and written into
-//! a new log of typed records, which gives each event its dense seq
-//! (0, 1, 2, …). The old index and log move to `format-1/`; the new log
+//! old log order (both formats' seqs increase in log order) and written
+//! into a new log of typed records, each event with a fresh salt, which
+//! gives each event its dense seq (0, 1, 2, …: a format-2 event keeps
+//! its own). The old index and log move to `format-<N>/`; the new log
 //! takes their place with no index, and the next start indexes it all
 //! (a full re-index: about the time replay takes for that many events).
-//! With `--keep-old` the old files stay in `format-1/` for the operator
+//! With `--keep-old` the old files stay in `format-<N>/` for the operator
 //! to delete; otherwise they go once the new directory is complete.
 //!
 //! An interrupted migration is finished by running it again: the new log
@@ -25,10 +28,10 @@ use tantivy::{DocAddress, DocId, SegmentOrdinal, TantivyDocument};
 
 use crate::config::Config;
 use crate::datadir::{DataDir, Format, FormatError};
-use crate::messages::WalBatch;
+use crate::messages::{CommitPayload, WalBatch};
 use crate::partition::{day_of, Partitions};
 use crate::proto::AuditEvent;
-use crate::record::{self, RecordKind};
+use crate::record::{self, LogRecord, RecordKind};
 use crate::schema::{names, restore_times, timestamp_micros, AuditSchema};
 use crate::server::{lock_data_dir, ServerError};
 use crate::wal::{frame, LogPosition, Recovery, Span, Wal, WalError};
@@ -40,8 +43,13 @@ const EVENTS_PER_RECORD: usize = 1_000;
 /// Where the new log is built before the swap.
 const BUILD_DIR: &str = "migrate.tmp";
 
-/// Where the old index, log and checkpoint go.
-const OLD_DIR: &str = "format-1";
+/// Where the old index, log and checkpoint of format `n` go.
+fn old_dir(root: &Path, n: u32) -> PathBuf {
+    root.join(format!("format-{n}"))
+}
+
+/// The old formats `migrate` reads.
+const OLD_FORMATS: [u32; 2] = [1, 2];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -106,19 +114,20 @@ pub fn migrate(config: &Config, keep_old: bool) -> Result<MigrateReport, Migrate
     let root = &config.data_dir;
     let _lock = lock_data_dir(root)?;
     let data = DataDir::new(root);
-    match data.format() {
-        Ok(Format::Current) => return Err(MigrateError::NothingToMigrate(root.clone())),
-        Ok(Format::Fresh) if !root.join(OLD_DIR).exists() => {
-            return Err(MigrateError::NothingToMigrate(root.clone()))
-        }
-        // A swap that stopped half-way leaves no log or index at the top.
-        Ok(Format::Fresh) => {}
-        Err(FormatError::Older { found: 1, .. }) => {}
-        Err(other) => return Err(ServerError::from(other).into()),
-    }
+    // A swap that stopped half-way leaves no log or index at the top, and
+    // the old files in their `format-<N>/`.
+    let moved = OLD_FORMATS.into_iter().find(|n| old_dir(root, *n).exists());
+    let format = match (data.format(), moved) {
+        (Ok(Format::Current), _) => return Err(MigrateError::NothingToMigrate(root.clone())),
+        (Ok(Format::Fresh), None) => return Err(MigrateError::NothingToMigrate(root.clone())),
+        (Ok(Format::Fresh), Some(n)) => n,
+        (Err(FormatError::Older { found, .. }), _) if OLD_FORMATS.contains(&found) => found,
+        (Err(other), _) => return Err(ServerError::from(other).into()),
+    };
+    let old = old_dir(root, format);
     let build = root.join(BUILD_DIR);
     let mut report = MigrateReport::default();
-    if !root.join(OLD_DIR).exists() {
+    if !old.exists() {
         // Nothing moved yet: (re)build the new log from the old files.
         if build.exists() {
             std::fs::remove_dir_all(&build).map_err(io(&build))?;
@@ -127,12 +136,11 @@ pub fn migrate(config: &Config, keep_old: bool) -> Result<MigrateReport, Migrate
         // events are numbered by its searchers and read back through them.
         let searchers = old_partitions(&data.index())?;
         let mut events = old_index_events(&searchers, &mut report)?;
-        old_log_events(config, &data, &searchers, &mut events, &mut report)?;
+        old_log_events(config, &data, format, &searchers, &mut events, &mut report)?;
         events.sort_by_key(|e| e.old_seq);
         report.records = write_new_log(config, &build.join("wal"), events, &searchers)?;
     }
-    swap(&data, &build)?;
-    let old = root.join(OLD_DIR);
+    swap(&data, &build, &old)?;
     if keep_old {
         report.kept = Some(old);
     } else {
@@ -251,10 +259,12 @@ fn legacy_seq(record: Span, events: usize, index: usize) -> u64 {
 }
 
 /// Adds every event of the old log's records that the old index does not
-/// hold yet (a record that starts at or past its day's partition commit).
+/// hold yet: in format 1, a record that starts at or past its day's
+/// partition commit; in format 2, an event whose seq is at or past it.
 fn old_log_events(
     config: &Config,
     data: &DataDir,
+    format: u32,
     partitions: &[OldPartition],
     events: &mut Vec<OldEvent>,
     report: &mut MigrateReport,
@@ -263,7 +273,7 @@ fn old_log_events(
     if !wal_dir.exists() {
         return Ok(());
     }
-    let committed = legacy_commits(partitions)?;
+    let committed = old_commits(partitions, format)?;
     // Every record the log still holds; each partition's own commit says
     // which of them it already has (a record below the checkpoint is in
     // every partition it touched, whose commits are at or past it).
@@ -280,24 +290,44 @@ fn old_log_events(
             if frame::is_skip(record.payload) {
                 return Ok(());
             }
-            let batch = WalBatch::decode(record.payload).map_err(|e| WalError::BadRecord {
-                path: record.path.to_owned(),
-                offset: record.offset,
-                reason: format!("not a format-1 batch: {e}"),
-            })?;
             let span = Span {
                 start: record.start,
                 end: record.end,
             };
+            // Format 1: a bare batch, ordered by bytes; format 2: a typed
+            // record, ordered by seq.
+            let (batch, first_seq) = if format == 1 {
+                let batch = WalBatch::decode(record.payload).map_err(|e| WalError::BadRecord {
+                    path: record.path.to_owned(),
+                    offset: record.offset,
+                    reason: format!("not a format-1 batch: {e}"),
+                })?;
+                (batch, None)
+            } else {
+                match record::decode(record)? {
+                    LogRecord::Batch(typed) => (typed.batch, Some(typed.first_seq)),
+                    LogRecord::Skip(_) => return Ok(()),
+                }
+            };
             let n = batch.events.len();
             for (i, event) in batch.events.into_iter().enumerate() {
                 let day = day_of(timestamp_micros(event.time.as_ref()));
-                let indexed = committed.get(&day).is_some_and(|c| span.start.get() < *c);
-                if indexed {
+                let old_seq = match first_seq {
+                    Some(first) => first + i as u64,
+                    None => legacy_seq(span, n, i),
+                };
+                // What the day's partition commit covers: below its log
+                // position (format 1), below its seq (format 2).
+                let covered = if format == 1 {
+                    span.start.get()
+                } else {
+                    old_seq
+                };
+                if committed.get(&day).is_some_and(|c| covered < *c) {
                     continue;
                 }
                 events.push(OldEvent {
-                    old_seq: legacy_seq(span, n, i),
+                    old_seq,
                     batch_id: batch.batch_id.clone(),
                     source: Source::Log(Box::new(event)),
                 });
@@ -309,8 +339,12 @@ fn old_log_events(
     Ok(())
 }
 
-/// Each old partition's commit payload: a bare log position.
-fn legacy_commits(partitions: &[OldPartition]) -> Result<HashMap<i64, u64>, MigrateError> {
+/// What each old partition's commit covers: format 1's payload is a bare
+/// log position, format 2's a `CommitPayload`, whose seq is taken.
+fn old_commits(
+    partitions: &[OldPartition],
+    format: u32,
+) -> Result<HashMap<i64, u64>, MigrateError> {
     let mut commits = HashMap::new();
     for partition in partitions {
         let metas = partition
@@ -318,16 +352,19 @@ fn legacy_commits(partitions: &[OldPartition]) -> Result<HashMap<i64, u64>, Migr
             .index()
             .load_metas()
             .map_err(|e| MigrateError::Index(e.to_string()))?;
-        let position = match metas.payload {
-            None => 0,
-            Some(p) => p.parse().map_err(|_| {
-                MigrateError::Index(format!(
-                    "{}: commit payload {p:?} is not a format-1 log position",
-                    partition.path.display()
-                ))
-            })?,
+        let covered = match &metas.payload {
+            None => Some(0),
+            Some(p) if format == 1 => p.parse().ok(),
+            Some(p) => CommitPayload::parse(p).map(|c| c.seq),
         };
-        commits.insert(partition.day, position);
+        let covered = covered.ok_or_else(|| {
+            MigrateError::Index(format!(
+                "{}: commit payload {:?} is not of data format {format}",
+                partition.path.display(),
+                metas.payload.unwrap_or_default()
+            ))
+        })?;
+        commits.insert(partition.day, covered);
     }
     Ok(commits)
 }
@@ -356,10 +393,10 @@ fn write_new_log(
         }
         let header = record::header(RecordKind::Batch, next_seq);
         next_seq += batch.events.len() as u64;
-        wal.append(&[&header, &batch.encode_to_vec()])?;
+        let salted = WalBatch::salted(batch.batch_id.clone(), std::mem::take(&mut batch.events));
+        wal.append(&[&header, &salted.encode_to_vec()])?;
         wal.flush()?;
         records += 1;
-        batch.events.clear();
         Ok(())
     };
     for old in events {
@@ -405,19 +442,18 @@ fn read_old_event(
     Ok(event)
 }
 
-/// Moves the old index, log and checkpoint into `format-1/`, the new log
-/// into place, and writes the format: each step is skipped when a run
-/// that stopped half-way has done it already.
-fn swap(data: &DataDir, build: &Path) -> Result<(), MigrateError> {
-    let old = data.root().join(OLD_DIR);
-    std::fs::create_dir_all(&old).map_err(io(&old))?;
+/// Moves the old index, log and checkpoint into `old` (`format-<N>/`),
+/// the new log into place, and writes the format: each step is skipped
+/// when a run that stopped half-way has done it already.
+fn swap(data: &DataDir, build: &Path, old: &Path) -> Result<(), MigrateError> {
+    std::fs::create_dir_all(old).map_err(io(old))?;
     let new_wal = build.join("wal");
     for path in [data.index(), data.checkpoint()] {
-        move_into(&path, &old)?;
+        move_into(&path, old)?;
     }
     if new_wal.exists() {
         // The top-level log is still the old one until the new moves in.
-        move_into(&data.wal(), &old)?;
+        move_into(&data.wal(), old)?;
         std::fs::rename(&new_wal, data.wal()).map_err(io(&new_wal))?;
     }
     if build.exists() {

@@ -142,10 +142,7 @@ mod tests {
 
     #[test]
     fn a_batch_round_trips_with_its_first_seq() {
-        let batch = WalBatch {
-            batch_id: "b1".into(),
-            events: vec![Default::default(); 3],
-        };
+        let batch = WalBatch::salted("b1".into(), vec![Default::default(); 3]);
         let mut payload = header(RecordKind::Batch, 41).to_vec();
         payload.extend(prost::Message::encode_to_vec(&batch));
         let LogRecord::Batch(read) = decode(record(&payload)).unwrap() else {

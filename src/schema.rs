@@ -1,14 +1,17 @@
 //! The Tantivy schema and the one place an `AuditEvent` becomes a document.
 //!
-//! Only `body` is stored: the event, prost-encoded, in the zstd doc store,
-//! less its `time` and `received`, which the fast fields hold already
-//! (`encode_body`, `restore_times`). Every other field is indexed (and some
-//! fast) but never stored, so no value is kept twice.
+//! Only `body` and `salt` are stored: the event, prost-encoded, in the
+//! zstd doc store, less its `time` and `received`, which the fast fields
+//! hold already (`encode_body`, `restore_times`), and the event's salt
+//! (`integrity::leaf`). Every other field is indexed (and some fast) but
+//! never stored, so no value is kept twice.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 
 use prost::Message;
+
+use crate::integrity::leaf::Salt;
 use sha2::{Digest, Sha256};
 use tantivy::schema::{
     Field, IndexRecordOption, IpAddrOptions, JsonObjectOptions, NumericOptions, OwnedValue, Schema,
@@ -44,6 +47,7 @@ pub mod names {
     pub const SEQ: &str = "seq";
     pub const BATCH_ID: &str = "batch_id";
     pub const BODY: &str = "body";
+    pub const SALT: &str = "salt";
 }
 
 /// The schema's fields, resolved once.
@@ -83,6 +87,10 @@ pub struct AuditSchema {
     pub seq: Field,
     pub batch_id: Field,
     pub body: Field,
+    /// The event's salt, for its leaf in the Merkle tree. The last field,
+    /// so that the fields before it keep their numbers in an index of
+    /// data format 2, which `auditd migrate` reads with this schema.
+    pub salt: Field,
 }
 
 impl Default for AuditSchema {
@@ -148,6 +156,7 @@ impl AuditSchema {
         let seq = b.add_u64_field(SEQ, FAST);
         let batch_id = b.add_text_field(BATCH_ID, keyword);
         let body = b.add_bytes_field(BODY, STORED);
+        let salt = b.add_bytes_field(SALT, STORED);
         AuditSchema {
             schema: b.build(),
             id,
@@ -172,6 +181,7 @@ impl AuditSchema {
             seq,
             batch_id,
             body,
+            salt,
         }
     }
 
@@ -184,6 +194,7 @@ impl AuditSchema {
         event: &mut AuditEvent,
         seq: u64,
         batch_id: &str,
+        salt: Option<&Salt>,
         body: &mut Vec<u8>,
     ) -> TantivyDocument {
         let mut doc = TantivyDocument::new();
@@ -237,6 +248,9 @@ impl AuditSchema {
         }
         encode_body(event, body);
         doc.add_bytes(self.body, body.as_slice());
+        if let Some(salt) = salt {
+            doc.add_bytes(self.salt, salt.as_slice());
+        }
         doc
     }
 }
@@ -496,7 +510,13 @@ mod tests {
         let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15 << 20).unwrap();
         let mut body = Vec::new();
         for (i, id) in ["a1", "b2", "c3"].into_iter().enumerate() {
-            let doc = schema.document(&mut event(id, 100 + i as i64), i as u64, "", &mut body);
+            let doc = schema.document(
+                &mut event(id, 100 + i as i64),
+                i as u64,
+                "",
+                None,
+                &mut body,
+            );
             writer.add_document(doc).unwrap();
         }
         writer.commit().unwrap();

@@ -23,13 +23,17 @@ use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, TokenStore};
 use crate::config::Config;
 use crate::datadir::{DataDir, Format, FormatError};
-use crate::grpc::{AuditLogService, Authenticate, TokensService};
-use crate::idempotency::Idempotency;
+use crate::grpc::{AuditLogService, Authenticate, IntegrityGrpc, TokensService};
+use crate::idempotency::{Idempotency, Stored};
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
-use crate::messages::{AppendRequest, CommitPayload, ToIndexer};
+use crate::integrity::checkpointer::{self, CheckpointError, Checkpoints, Integrity};
+use crate::integrity::leaf::lost_leaf_hash;
+use crate::integrity::store::{StoreError, TreeStore};
+use crate::messages::{AppendRequest, CommitPayload, IndexBatch, ToIndexer};
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
+use crate::proto::integrity_server::IntegrityServer;
 use crate::proto::tokens_server::TokensServer;
 use crate::record::LogRecord;
 use crate::schema::{timestamp_micros, AuditSchema};
@@ -85,6 +89,16 @@ pub enum ServerError {
     Format(#[from] FormatError),
     #[error("a pipeline thread panicked: {0}")]
     Panicked(&'static str),
+    #[error("the Merkle tree: {0}")]
+    Tree(#[from] StoreError),
+    #[error("signed checkpoints: {0}")]
+    Checkpoints(#[from] CheckpointError),
+    #[error(
+        "the Merkle tree holds {tree} leaves, but the write-ahead log no longer holds the \
+         events after them (the log's events end at seq {log}); events stored while \
+         `integrity.enabled` was off have no leaves"
+    )]
+    TreeBehind { tree: u64, log: u64 },
 }
 
 /// Which log the pipeline runs on: the local segment files under the data
@@ -236,6 +250,10 @@ struct Pipeline {
     wal_rx: Option<Receiver<AppendRequest>>,
     indexer: JoinHandle<Result<(), IndexError>>,
     wal_thread: Option<JoinHandle<Result<Box<dyn Log>, WalError>>>,
+    /// The tree, its key and checkpoints (`integrity.enabled`).
+    integrity: Option<Arc<Integrity>>,
+    /// `auditd-tlog`, once replay has run: dropping the sender stops it.
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Pipeline {
@@ -299,6 +317,16 @@ impl Pipeline {
         let status = Arc::new(PipelineStatus::default());
         let positions = Arc::new(WalPositions::default());
         positions.set_checkpoint(checkpoint.wal_position);
+        let integrity = if config.integrity.enabled {
+            let integrity = open_integrity(config)?;
+            positions.tree_durable.store(
+                integrity.tree.durable().log.get(),
+                std::sync::atomic::Ordering::Release,
+            );
+            Some(Arc::new(integrity))
+        } else {
+            None
+        };
         // The seq after the last indexed event: the checkpoint's, or a
         // partition's when one committed after it (a crash between the two).
         let indexed_seq = partitions
@@ -316,12 +344,14 @@ impl Pipeline {
         // Batches waiting for the WAL thread; its slots are the ingest
         // service's semaphore permits.
         let (wal_tx, wal_rx) = crossbeam_channel::bounded(config.ingest.wal_queue_capacity);
+        let mut ingest_settings = IngestSettings::new(
+            config.limits.clone(),
+            &config.wal,
+            Duration::from_millis(config.ingest.submit_timeout_ms),
+        );
+        ingest_settings.leaves = integrity.is_some();
         let ingest = Arc::new(IngestService::new(
-            IngestSettings::new(
-                config.limits.clone(),
-                &config.wal,
-                Duration::from_millis(config.ingest.submit_timeout_ms),
-            ),
+            ingest_settings,
             wal_tx,
             config.ingest.wal_queue_capacity,
             positions.clone(),
@@ -337,6 +367,10 @@ impl Pipeline {
             status.clone(),
             streams,
             config.limits.max_tail_subscribers,
+            (
+                integrity.clone(),
+                Duration::from_millis(config.integrity.checkpoint_interval_ms),
+            ),
         );
 
         // Durable batches waiting for the indexer. When full, the WAL
@@ -381,6 +415,8 @@ impl Pipeline {
             wal_rx: Some(wal_rx),
             indexer,
             wal_thread: None,
+            integrity,
+            checkpointer: None,
         })
     }
 
@@ -395,18 +431,45 @@ impl Pipeline {
     async fn replay(&mut self, config: &Config) -> Result<(), ServerError> {
         let started = Instant::now();
         let data_dir = config.data_dir.clone();
-        let from = self.checkpoint;
+        let checkpoint = self.checkpoint;
+        let tree = self.integrity.as_ref().map(|i| i.tree.clone());
+        // The tree may be behind the index: replay starts where the
+        // durable tree ends, and gives the indexer only what it lacks.
+        let from = tree
+            .as_ref()
+            .map_or(checkpoint, |t| checkpoint.min(t.durable().log));
         let (log, opening) = (self.log.clone(), config.clone());
         let index_tx = self.index_tx.clone().expect("replay runs once");
         let replay_tx = index_tx.clone();
         let memo = self.memo.clone();
         let mut next_seq = self.indexed_seq;
+        let replay_tree = tree.clone();
         let (wal, report, next_seq) = tokio::task::spawn_blocking(move || {
+            // After bytes `auditd recover` skipped, the seqs they held are
+            // lost: their leaves are the lost leaf.
+            let mut after_skip = false;
             let (wal, report) = log.open(&opening, from, |record| {
-                let LogRecord::Batch(replayed) = crate::record::decode(record)? else {
-                    return Ok(());
+                let (path, offset) = (record.path.to_owned(), record.offset);
+                let replayed = match crate::record::decode(record)? {
+                    LogRecord::Batch(replayed) => replayed,
+                    LogRecord::Skip(_) => {
+                        after_skip = true;
+                        return Ok(());
+                    }
                 };
                 next_seq = next_seq.max(replayed.next_seq());
+                if let Some(tree) = &replay_tree {
+                    grow_tree(tree, &replayed, std::mem::take(&mut after_skip)).map_err(
+                        |reason| WalError::BadRecord {
+                            path,
+                            offset,
+                            reason,
+                        },
+                    )?;
+                }
+                if replayed.span.start < checkpoint {
+                    return Ok(());
+                }
                 let batch = &replayed.batch;
                 if !batch.batch_id.is_empty() {
                     let received = batch
@@ -414,7 +477,11 @@ impl Pipeline {
                         .first()
                         .map_or(0, |e| timestamp_micros(e.received.as_ref()));
                     let ids = batch.events.iter().map(|e| e.id.clone()).collect();
-                    memo.complete(&batch.batch_id, ids, received);
+                    let stored = Stored {
+                        ids,
+                        first_seq: replayed.first_seq,
+                    };
+                    memo.complete(&batch.batch_id, stored, received);
                 }
                 replay_tx
                     .send(ToIndexer::Batch(replayed))
@@ -431,6 +498,17 @@ impl Pipeline {
             },
             other => ServerError::Wal(other),
         })?;
+        if let Some(tree) = &tree {
+            if tree.size() < next_seq {
+                return Err(ServerError::TreeBehind {
+                    tree: tree.size(),
+                    log: next_seq,
+                });
+            }
+        }
+        // A tree ahead of the log and the index (events lost to damage
+        // after their leaves were made): their seqs are not given again.
+        let next_seq = tree.as_ref().map_or(next_seq, |t| next_seq.max(t.size()));
         // Serve only once what was replayed is searchable.
         let (committed, replayed_committed) = tokio::sync::oneshot::channel();
         index_tx
@@ -450,12 +528,24 @@ impl Pipeline {
         self.wal_thread = Some(group_commit::spawn(
             wal,
             config.wal.sync_policy(),
+            tree,
             next_seq,
             self.wal_rx.take().expect("replay runs once"),
             self.index_tx.take().expect("replay runs once"),
             self.positions.clone(),
             self.status.clone(),
         )?);
+        if let Some(integrity) = &self.integrity {
+            let (stop, stopped) = crossbeam_channel::bounded(0);
+            let thread = checkpointer::spawn(
+                integrity.clone(),
+                Duration::from_millis(config.integrity.checkpoint_interval_ms),
+                self.positions.clone(),
+                self.status.clone(),
+                stopped,
+            )?;
+            self.checkpointer = Some((stop, thread));
+        }
         Ok(())
     }
 
@@ -473,11 +563,23 @@ impl Pipeline {
             Some(thread) => Some(join(thread, "wal").await?),
             None => None,
         };
+        // Every acknowledged leaf is in the tree now: make it durable and
+        // sign the last checkpoint before the log that backs it goes.
+        let checkpointed = match self.checkpointer.take() {
+            Some((stop, thread)) => {
+                drop(stop);
+                Some(join(thread, "tlog").await)
+            }
+            None => None,
+        };
         let indexed = join(self.indexer, "indexer").await;
         let mut wal = wal.transpose()?;
         indexed??;
+        if let Some(checkpointed) = checkpointed {
+            checkpointed??;
+        }
         if let Some(wal) = &mut wal {
-            let checkpoint = self.positions.checkpoint();
+            let checkpoint = self.positions.trimmable();
             // Not fatal: replay skips what the checkpoint covers anyway.
             if let Err(error) = wal
                 .trim(checkpoint)
@@ -496,11 +598,12 @@ impl Pipeline {
 pub const INGEST_HEALTH_SERVICE: &str = "auditd.ingest";
 
 /// The health names that follow reads.
-fn read_health_services() -> [&'static str; 3] {
+fn read_health_services() -> [&'static str; 4] {
     [
         "",
         <AuditLogServer<AuditLogService> as NamedService>::NAME,
         <TokensServer<TokensService> as NamedService>::NAME,
+        <IntegrityServer<IntegrityGrpc> as NamedService>::NAME,
     ]
 }
 
@@ -550,8 +653,14 @@ impl Transports {
                 .max_encoding_message_size(config.limits.max_message_bytes),
             authenticate.clone(),
         );
-        let tokens_service =
-            InterceptedService::new(TokensServer::new(TokensService(app.clone())), authenticate);
+        let tokens_service = InterceptedService::new(
+            TokensServer::new(TokensService(app.clone())),
+            authenticate.clone(),
+        );
+        let integrity_service = InterceptedService::new(
+            IntegrityServer::new(IntegrityGrpc(app.clone())),
+            authenticate,
+        );
         let (grpc_addr, http_addr) = listeners.addrs()?;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(config.limits.max_streams_per_connection));
@@ -570,6 +679,7 @@ impl Transports {
                 .add_service(reflection_v1alpha)
                 .add_service(audit_service)
                 .add_service(tokens_service)
+                .add_service(integrity_service)
                 .serve_with_incoming_shutdown(
                     crate::conn::incoming(
                         listeners.grpc,
@@ -700,6 +810,68 @@ async fn join<T: Send + 'static>(
         .await
         .map_err(|_| ServerError::Panicked(name))?
         .map_err(|_| ServerError::Panicked(name))
+}
+
+/// The running `auditd-tlog` thread: dropping the sender stops it.
+type Checkpointer = (
+    crossbeam_channel::Sender<()>,
+    JoinHandle<Result<(), CheckpointError>>,
+);
+
+/// Opens the tree, the signing key (made on first start, its verifier key
+/// printed) and the kept checkpoints.
+fn open_integrity(config: &Config) -> Result<Integrity, ServerError> {
+    let data_dir = &config.data_dir;
+    let tree = Arc::new(TreeStore::open(data_dir)?);
+    let (signer, new) = checkpointer::load_or_create_key(data_dir, &config.integrity.origin)?;
+    if new {
+        println!(
+            "first start: checkpoints are signed by the note verifier key\n{}\n(also in {})",
+            signer.verifier_key(),
+            data_dir.join("integrity.pub").display()
+        );
+        tracing::info!(key = %signer.verifier_key(), "created the checkpoint signing key");
+    }
+    Ok(Integrity {
+        tree,
+        signer,
+        checkpoints: Checkpoints::open(data_dir)?,
+        publish_file: config.integrity.publish_file.clone(),
+    })
+}
+
+/// Appends a replayed batch's leaves that the tree lacks (those at or past
+/// its size); a batch without salts (data format 2) cannot have any. Seqs
+/// between the tree's end and the batch are lost to damage when the batch
+/// comes `after_skip` (they get the lost leaf, which the full audit
+/// reports as missing), and an error otherwise.
+fn grow_tree(tree: &TreeStore, batch: &IndexBatch, after_skip: bool) -> Result<(), String> {
+    let size = tree.size();
+    if batch.next_seq() <= size {
+        return Ok(());
+    }
+    if size < batch.first_seq {
+        if !after_skip {
+            return Err(format!(
+                "the Merkle tree holds {size} leaves, but this record's events start at seq {}",
+                batch.first_seq
+            ));
+        }
+        tracing::warn!(
+            from = size,
+            to = batch.first_seq,
+            "events lost to damaged log bytes get the lost leaf in the Merkle tree"
+        );
+        let lost = vec![lost_leaf_hash(); (batch.first_seq - size) as usize];
+        tree.append(&lost, batch.span.start);
+    }
+    let size = tree.size();
+    let leaves = batch
+        .batch
+        .leaf_hashes()
+        .ok_or_else(|| "a batch record without salts (data format 2)".to_owned())?;
+    tree.append(&leaves[(size - batch.first_seq) as usize..], batch.span.end);
+    Ok(())
 }
 
 /// An exclusive lock on `<data_dir>/LOCK`, held while the daemon runs: two

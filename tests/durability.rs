@@ -104,10 +104,7 @@ fn write_wal(data_dir: &Path, batches: &[Vec<AuditEvent>]) -> Vec<(u64, u64)> {
         for e in &mut events {
             e.received = Some(micros_to_timestamp(1_700_000_000_000_000));
         }
-        let batch = WalBatch {
-            batch_id: String::new(),
-            events,
-        };
+        let batch = WalBatch::salted(String::new(), events);
         let header = record::header(RecordKind::Batch, next_seq);
         next_seq += batch.events.len() as u64;
         let span = wal.append(&[&header, &batch.encode_to_vec()]).unwrap();
@@ -304,8 +301,11 @@ async fn a_batch_id_is_idempotent_across_a_restart() {
         first.ids.windows(2).all(|w| w[0] < w[1]),
         "server ids sort by time"
     );
+    // A fresh store: the batch's events take seqs 0..100, their leaves.
+    assert_eq!(first.seqs, (0..100).collect::<Vec<u64>>());
     let again = client.ingest(request.clone()).await.unwrap().into_inner();
     assert_eq!(again.ids, first.ids, "a retry in the same run");
+    assert_eq!(again.seqs, first.seqs);
     server.stop().await.unwrap();
 
     // After a restart the memory is gone: the index answers.
@@ -313,6 +313,7 @@ async fn a_batch_id_is_idempotent_across_a_restart() {
     let mut client = server.client().await;
     let after = client.ingest(request.clone()).await.unwrap().into_inner();
     assert_eq!(after.ids, first.ids, "a retry after a restart");
+    assert_eq!(after.seqs, first.seqs, "the index knows the seqs too");
     let (_, total) = search_all(&mut client, everything()).await;
     assert_eq!(total, 100, "nothing stored twice");
     server.stop().await.unwrap();

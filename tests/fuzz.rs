@@ -124,7 +124,7 @@ proptest! {
                     let micros = timestamp_micros(event.time.as_ref());
                     prop_assert!(micros >= 0);
                     let _ = day_of(micros);
-                    schema.document(event, i as u64, "batch", &mut body);
+                    schema.document(event, i as u64, "batch", None, &mut body);
                 }
             }
             Err(invalid) => {
@@ -176,7 +176,7 @@ fn searcher(dir: &std::path::Path) -> Searcher {
     let mut body = Vec::new();
     for (i, event) in events.clone().iter_mut().enumerate() {
         writer
-            .add_document(schema.document(event, 1 + i as u64, "", &mut body))
+            .add_document(schema.document(event, 1 + i as u64, "", None, &mut body))
             .unwrap();
     }
     writer.commit().unwrap();

@@ -68,10 +68,7 @@ async fn records_only_in_the_memory_log_are_replayed_at_start() {
     let mut log =
         MemoryLog::open(store.clone(), auditd::wal::LogPosition::START, |_| Ok(())).unwrap();
     for (n, chunk) in events.chunks(100).enumerate() {
-        let mut batch = WalBatch {
-            batch_id: format!("batch-{n}"),
-            events: chunk.to_vec(),
-        };
+        let mut batch = WalBatch::salted(format!("batch-{n}"), chunk.to_vec());
         // Received just now: inside the idempotency window.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

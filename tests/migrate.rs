@@ -1,8 +1,9 @@
-//! Upgrading a data directory of format 1 (written by auditd as of commit
-//! 53d9c9c; `scripts/make_format1_fixture.sh` made the fixture with that
+//! Upgrading a data directory of an older format (format 1, written by
+//! auditd as of commit 53d9c9c, and format 2, as of f880949;
+//! `scripts/make_old_format_fixture.sh N` made each fixture with that
 //! binary): start-up refuses it with the way out, `auditd migrate`
 //! rewrites it, and the daemon then serves every event, field for field,
-//! with dense seqs.
+//! with dense seqs, each a leaf of the Merkle tree.
 
 mod common;
 
@@ -14,8 +15,8 @@ use auditd::json::JsonEvent;
 use auditd::proto::AuditEvent;
 use common::*;
 
-fn fixture() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1")
+fn fixture(format: u32) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format-{format}"))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -31,12 +32,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The events the old binary was given, by id.
+/// The events the old binary was given, by id (the same for both
+/// fixtures).
 fn sent() -> HashMap<String, AuditEvent> {
     ["indexed.ndjson", "log-only.ndjson"]
         .iter()
         .flat_map(|name| {
-            std::fs::read_to_string(fixture().join(name))
+            std::fs::read_to_string(fixture(1).join(name))
                 .unwrap()
                 .lines()
                 .map(|line| JsonEvent::parse(line).unwrap().into_proto().unwrap())
@@ -56,17 +58,29 @@ fn migrate(data_dir: &Path, extra: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_format_1_directory_is_refused_then_migrated_and_serves_every_event() {
+    refused_then_migrated_and_served(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_2_directory_is_refused_then_migrated_and_serves_every_event() {
+    refused_then_migrated_and_served(2).await;
+}
+
+async fn refused_then_migrated_and_served(format: u32) {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture().join("data"), dir.path());
+    copy_dir(&fixture(format).join("data"), dir.path());
     let config = test_config(dir.path());
 
     let refused = TestServer::spawn(config.clone())
         .await
         .outcome()
         .await
-        .expect_err("a format-1 directory must be refused")
+        .expect_err("an older directory must be refused")
         .to_string();
-    assert!(refused.contains("data format 1"), "{refused}");
+    assert!(
+        refused.contains(&format!("data format {format}")),
+        "{refused}"
+    );
     assert!(refused.contains("auditd migrate --data-dir"), "{refused}");
 
     let out = migrate(dir.path(), &["--keep-old"]);
@@ -78,8 +92,12 @@ async fn a_format_1_directory_is_refused_then_migrated_and_serves_every_event() 
     );
     // 600 events from the index, 400 from the log alone, and the trail of
     // the old run's reads.
-    assert!(stdout.contains("migrated to data format 2"), "{stdout}");
-    assert!(dir.path().join("format-1").join("index").exists());
+    assert!(stdout.contains("migrated to data format 3"), "{stdout}");
+    assert!(dir
+        .path()
+        .join(format!("format-{format}"))
+        .join("index")
+        .exists());
 
     let server = TestServer::start(config.clone()).await;
     let mut client = server.client().await;
@@ -97,7 +115,7 @@ async fn a_format_1_directory_is_refused_then_migrated_and_serves_every_event() 
 
     // Every event, the old run's read trail included, has a seq of its
     // own, 0..n, in the old log's order: the indexed day first.
-    assert_dense_seqs(&mut client).await;
+    let stored = assert_dense_seqs(&mut client).await;
     let first_log_only = found
         .iter()
         .filter(|e| e.time.as_ref().unwrap().seconds >= 1_700_090_000)
@@ -109,6 +127,13 @@ async fn a_format_1_directory_is_refused_then_migrated_and_serves_every_event() 
         .filter(|e| e.time.as_ref().unwrap().seconds < 1_700_090_000)
         .all(|e| e.seq < first_log_only));
     server.stop().await.unwrap();
+    // Each one a leaf (and so is the trail of the searches above).
+    let tree = auditd::integrity::store::TreeStore::open(dir.path()).unwrap();
+    assert!(
+        tree.durable().size >= stored,
+        "{} < {stored}",
+        tree.durable().size
+    );
 
     let again = migrate(dir.path(), &[]);
     assert!(!again.status.success());
@@ -118,7 +143,7 @@ async fn a_format_1_directory_is_refused_then_migrated_and_serves_every_event() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_stopped_after_the_old_files_moved_is_finished_by_running_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture().join("data"), dir.path());
+    copy_dir(&fixture(1).join("data"), dir.path());
     // What a migration killed half-way through its swap leaves: the new
     // log built, the old index and checkpoint moved aside, no FORMAT.
     let first = migrate(dir.path(), &["--keep-old"]);

@@ -49,8 +49,10 @@ pub fn index_all(
             batch_id = format!("load-01KAW3C7Z6RX3V9Q2N8M4T5Y1B-{}", i / BATCH_EVENTS);
         }
         let seq = i as u64;
+        // A salt each, as the daemon stores (random: it does not compress).
+        let salt = auditd::integrity::leaf::new_salt();
         writer
-            .add_document(schema.document(event, seq, &batch_id, &mut body))
+            .add_document(schema.document(event, seq, &batch_id, Some(&salt), &mut body))
             .unwrap();
     }
     writer.commit().unwrap();

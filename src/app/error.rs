@@ -48,6 +48,24 @@ pub enum AppError {
     },
     #[error("{0} tail subscribers are open, the limit (limits.max_tail_subscribers)")]
     TooManySubscribers(usize),
+    /// `integrity.enabled` is off: no tree, no checkpoints.
+    #[error("integrity is off (integrity.enabled = false): no Merkle tree, no checkpoints")]
+    IntegrityOff,
+    #[error("no checkpoint of {0} leaves is kept (0 asks for the latest)")]
+    CheckpointNotFound(u64),
+    /// The event is newer than the latest signed checkpoint.
+    #[error(
+        "the event (seq {seq}) is not in a signed checkpoint yet (the latest holds {latest} \
+         leaves); one is made within integrity.checkpoint_interval_ms"
+    )]
+    NotCheckpointed {
+        seq: u64,
+        latest: u64,
+        retry_after: Duration,
+    },
+    /// The stored event does not make the leaf the tree holds for it.
+    #[error("the stored event at seq {seq} does not match its leaf in the Merkle tree: {reason}")]
+    LeafMismatch { seq: u64, reason: &'static str },
     #[error("{0}")]
     Internal(String),
 }
@@ -142,6 +160,9 @@ impl AppError {
             AppError::ShuttingDownResume { .. } => Unavailable,
             AppError::ReaderStalled { .. } => Aborted,
             AppError::TooManySubscribers(_) => ResourceExhausted,
+            AppError::IntegrityOff | AppError::NotCheckpointed { .. } => Unavailable,
+            AppError::CheckpointNotFound(_) => NotFound,
+            AppError::LeafMismatch { .. } => DataLoss,
             AppError::Internal(_) => Internal,
         }
     }
@@ -176,6 +197,7 @@ impl AppError {
         match self {
             AppError::Ingest(IngestError::Overloaded { retry_after, .. }) => Some(*retry_after),
             AppError::Ingest(IngestError::Starting) => Some(Duration::from_secs(1)),
+            AppError::NotCheckpointed { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@
 
 mod error;
 mod export;
+mod integrity;
 mod outbox;
 mod read;
 mod tail;
@@ -18,8 +19,10 @@ mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use error::{AppError, ErrorKind, FieldViolation};
+pub use integrity::IntegrityService;
 pub use read::ReadService;
 pub use tail::resume_token as tail_resume_token;
 pub use tokens::TokenService;
@@ -27,6 +30,7 @@ pub use write::{StreamSettings, WriteService};
 
 use crate::auth::{Caller, TokenStore};
 use crate::ingest::IngestService;
+use crate::integrity::checkpointer::Integrity;
 use crate::search::Searcher;
 use crate::status::PipelineStatus;
 
@@ -61,6 +65,7 @@ pub struct App {
     pub writes: Arc<WriteService>,
     pub reads: Arc<ReadService>,
     pub tokens: Arc<TokenService>,
+    pub integrity: Arc<IntegrityService>,
     store: Arc<TokenStore>,
 }
 
@@ -72,17 +77,25 @@ impl App {
         status: Arc<PipelineStatus>,
         streams: StreamSettings,
         max_subscribers: usize,
+        integrity: (Option<Arc<Integrity>>, Duration),
     ) -> Self {
         let trail = trail::Trail::new(ingest.clone());
+        let reads = Arc::new(ReadService::new(
+            searcher,
+            status,
+            trail.clone(),
+            streams.clone(),
+            max_subscribers,
+        ));
+        let (integrity, checkpoint_interval) = integrity;
         App {
-            writes: Arc::new(WriteService::new(ingest, streams.clone())),
-            reads: Arc::new(ReadService::new(
-                searcher,
-                status,
-                trail.clone(),
-                streams,
-                max_subscribers,
+            writes: Arc::new(WriteService::new(ingest, streams)),
+            integrity: Arc::new(IntegrityService::new(
+                integrity,
+                reads.clone(),
+                checkpoint_interval,
             )),
+            reads,
             tokens: Arc::new(TokenService::new(store.clone(), trail)),
             store,
         }

@@ -26,6 +26,10 @@ pub const EXPORT: &str = "audit.export";
 pub const TOKEN_CREATE: &str = "audit.token.create";
 pub const TOKEN_REVOKE: &str = "audit.token.revoke";
 pub const TOKEN_LIST: &str = "audit.token.list";
+pub const CHECKPOINT: &str = "audit.integrity.checkpoint";
+pub const INCLUSION_PROOF: &str = "audit.integrity.inclusion_proof";
+pub const CONSISTENCY_PROOF: &str = "audit.integrity.consistency_proof";
+pub const AUDIT: &str = "audit.integrity.audit";
 
 /// Longest value kept from a request in the trail event's `query`.
 const MAX_VALUE_CHARS: usize = 512;

@@ -20,6 +20,10 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// An `AuditLog` client that sends a bearer token with every call.
 pub type Client = AuditLogClient<InterceptedService<Channel, BearerToken>>;
 
+/// An `Integrity` client that sends a bearer token.
+pub type IntegrityClient =
+    crate::proto::integrity_client::IntegrityClient<InterceptedService<Channel, BearerToken>>;
+
 /// A tonic interceptor that adds `authorization: Bearer <token>` to every
 /// call: what `auditctl` and the tests use.
 #[derive(Clone)]
@@ -101,6 +105,10 @@ pub fn endpoint(addr: &str, tls: &ClientTls<'_>) -> Result<Endpoint, ClientError
 
 /// An `AuditLog` client on `channel`, with the bearer token and the
 /// message limits set.
+pub fn integrity(channel: Channel, bearer: BearerToken) -> IntegrityClient {
+    crate::proto::integrity_client::IntegrityClient::with_interceptor(channel, bearer)
+}
+
 pub fn audit_log(channel: Channel, bearer: BearerToken) -> Client {
     AuditLogClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -37,6 +37,9 @@ pub struct IngestBody {
 pub struct IngestReply {
     pub accepted: u32,
     pub ids: Vec<String>,
+    /// Each event's seq, in request order: its leaf index in the Merkle
+    /// tree.
+    pub seqs: Vec<u64>,
 }
 
 impl From<IngestResponse> for IngestReply {
@@ -44,6 +47,7 @@ impl From<IngestResponse> for IngestReply {
         IngestReply {
             accepted: r.accepted,
             ids: r.ids,
+            seqs: r.seqs,
         }
     }
 }

@@ -173,15 +173,14 @@ pub fn event_leaf_hash(event: &AuditEvent, salt: &Salt, scratch: &mut Vec<u8>) -
     leaf_hash(&leaf_bytes(event, salt, scratch))
 }
 
-/// The leaf hashes of a batch's events, in order. `salts` is as long as
-/// `events` (the ingest path and the log keep them together).
-pub fn batch_leaf_hashes(events: &[AuditEvent], salts: &[Salt]) -> Vec<Hash> {
-    let mut scratch = Vec::new();
-    events
-        .iter()
-        .zip(salts)
-        .map(|(event, salt)| event_leaf_hash(event, salt, &mut scratch))
-        .collect()
+/// The leaf bytes of an event lost to damaged log bytes before its leaf
+/// was made (`auditd recover` skipped them): one zero byte, which no
+/// event's leaf can be (those start with [`LEAF_VERSION`]).
+pub const LOST_LEAF: [u8; 1] = [0];
+
+/// `SHA-256(0x00 || 0x00)`: the lost leaf's hash.
+pub fn lost_leaf_hash() -> Hash {
+    leaf_hash(&LOST_LEAF)
 }
 
 /// A salt as the log and the index keep it: exactly [`SALT_LEN`] bytes.

@@ -248,6 +248,44 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// The right edge of a tree being built leaf by leaf (a compact range):
+/// the roots of its perfect subtrees, largest first, so the head of any
+/// size is at hand in memory logarithmic in it.
+#[derive(Debug, Clone, Default)]
+pub struct Frontier {
+    size: u64,
+    /// One hash per set bit of `size`, from the highest bit down.
+    roots: Vec<Hash>,
+}
+
+impl Frontier {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn push(&mut self, leaf: Hash) {
+        let mut carry = leaf;
+        // Each trailing one bit of the old size is a subtree to merge.
+        let mut merges = self.size.trailing_ones();
+        while merges > 0 {
+            let left = self.roots.pop().expect("a root per set bit");
+            carry = node_hash(&left, &carry);
+            merges -= 1;
+        }
+        self.roots.push(carry);
+        self.size += 1;
+    }
+
+    /// `MTH` of the leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut roots = self.roots.iter().rev();
+        let Some(last) = roots.next() else {
+            return empty_root();
+        };
+        roots.fold(*last, |right, left| node_hash(left, &right))
+    }
+}
+
 /// Every complete node of a tree, level by level, in memory: what a
 /// tile store holds on disk. Appending a leaf adds the nodes it
 /// completes.
@@ -293,6 +331,24 @@ impl MemoryTree {
 impl Nodes for MemoryTree {
     fn node(&self, level: u32, index: u64) -> Hash {
         self.levels[level as usize][index as usize]
+    }
+}
+
+#[cfg(test)]
+mod frontier_tests {
+    use super::*;
+
+    #[test]
+    fn the_frontier_gives_the_head_of_every_size() {
+        let mut tree = MemoryTree::new();
+        let mut frontier = Frontier::default();
+        assert_eq!(frontier.root(), empty_root());
+        for i in 0..300u32 {
+            let leaf = leaf_hash(&i.to_be_bytes());
+            tree.push(leaf);
+            frontier.push(leaf);
+            assert_eq!(frontier.root(), tree.root(), "size {}", i + 1);
+        }
     }
 }
 

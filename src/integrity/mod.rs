@@ -5,7 +5,11 @@
 //! layout ([`tiles`]); the tile store on disk and the `Integrity` service
 //! build on them.
 
+pub mod audit;
+pub mod checkpointer;
 pub mod leaf;
 pub mod merkle;
 pub mod note;
+pub mod receipt;
+pub mod store;
 pub mod tiles;

@@ -39,6 +39,8 @@ pub enum TileError {
         index: u64,
         width: u64,
     },
+    #[error("a tile could not be read: {0}")]
+    Unreadable(String),
     #[error("tile {level}/{index} holds {got} bytes, not {want}")]
     Length {
         level: u32,
@@ -198,32 +200,44 @@ where
         }
     }
 
-    /// Node `index` of tile level `tile_level`'s own tree level.
-    fn stored(&self, tile_level: u32, index: u64) -> Result<Hash, TileError> {
+    /// Tile `tile_index` of tile level `tile_level`, at the width the
+    /// tree's size gives it.
+    fn tile_id(&self, tile_level: u32, tile_index: u64) -> TileId {
         let count = nodes_at(self.size, tile_level * TILE_HEIGHT);
-        let tile_index = index / TILE_WIDTH;
         let width = (count - tile_index * TILE_WIDTH).min(TILE_WIDTH);
-        let id = TileId {
+        TileId {
             level: tile_level,
             index: tile_index,
             width,
-        };
-        if let Some(hashes) = self.tiles.borrow().get(&id) {
-            return Ok(hashes[(index % TILE_WIDTH) as usize]);
         }
+    }
+
+    /// The hashes of a level-`tile_level` tile, fetched now and not kept
+    /// (a pass over every leaf must not hold them all).
+    pub fn fetch_tile(&self, tile_level: u32, tile_index: u64) -> Result<Vec<Hash>, TileError> {
+        let id = self.tile_id(tile_level, tile_index);
         let bytes = (self.fetch)(id)?;
-        if bytes.len() != width as usize * 32 {
+        if bytes.len() != id.width as usize * 32 {
             return Err(TileError::Length {
                 level: id.level,
                 index: id.index,
                 got: bytes.len(),
-                want: width as usize * 32,
+                want: id.width as usize * 32,
             });
         }
-        let hashes: Vec<Hash> = bytes
+        Ok(bytes
             .chunks(32)
             .map(|c| c.try_into().expect("32-byte chunks"))
-            .collect();
+            .collect())
+    }
+
+    /// Node `index` of tile level `tile_level`'s own tree level.
+    fn stored(&self, tile_level: u32, index: u64) -> Result<Hash, TileError> {
+        let id = self.tile_id(tile_level, index / TILE_WIDTH);
+        if let Some(hashes) = self.tiles.borrow().get(&id) {
+            return Ok(hashes[(index % TILE_WIDTH) as usize]);
+        }
+        let hashes = self.fetch_tile(tile_level, id.index)?;
         let hash = hashes[(index % TILE_WIDTH) as usize];
         self.tiles.borrow_mut().insert(id, hashes);
         Ok(hash)

@@ -25,6 +25,8 @@ use tokio::sync::watch;
 use crate::app::trail::TRAIL_TYPE;
 use crate::auth::ReadScope;
 use crate::config::Limits;
+use crate::idempotency::Stored;
+use crate::integrity::leaf::{salt_from_bytes, Salt};
 use crate::partition::{Partition, Partitions};
 use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, EventFilter, Outcome, SearchRequest,
@@ -34,6 +36,14 @@ use crate::schema::{id_key, restore_times, timestamp_micros, to_v6, AuditSchema}
 
 pub mod aggregate;
 mod log_order;
+
+/// One event, named by its id or its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRef {
+    Id(String),
+    Seq(u64),
+}
+
 mod time_order;
 pub mod view;
 use time_order::{Hit, TimeOrder};
@@ -392,13 +402,14 @@ impl Searcher {
         Ok(events.into_iter().find(|e| e.id == id))
     }
 
-    /// The ids stored under `batch_id` in the partitions of `days`, in
-    /// request order, with their `received` time (microseconds).
+    /// Where the batch `batch_id` went, looked for in the partitions of
+    /// `days`: its ids in request order and its first seq, with its
+    /// `received` time (microseconds).
     pub fn find_batch(
         &self,
         batch_id: &str,
         days: &[i64],
-    ) -> Result<Option<(Vec<String>, i64)>, SearchError> {
+    ) -> Result<Option<(Stored, i64)>, SearchError> {
         let term = Term::from_field_text(self.schema.batch_id, batch_id);
         let query = TermQuery::new(term, IndexRecordOption::Basic);
         let partitions: Vec<_> = days
@@ -418,11 +429,13 @@ impl Searcher {
             return Ok(None);
         }
         page.hits.sort_by_key(|h| h.seq);
+        let first_seq = page.hits[0].seq;
         let events = self.fetch(&views, &page.hits)?;
         let received = events
             .first()
             .map_or(0, |e| timestamp_micros(e.received.as_ref()));
-        Ok(Some((events.into_iter().map(|e| e.id).collect(), received)))
+        let ids = events.into_iter().map(|e| e.id).collect();
+        Ok(Some((Stored { ids, first_seq }, received)))
     }
 
     /// One view per partition: the hits' addresses point into them, so
@@ -446,12 +459,25 @@ impl Searcher {
     }
 
     fn fetch_one(&self, views: &[Arc<View>], hit: &Hit) -> Result<AuditEvent, SearchError> {
+        self.fetch_stored(views, hit).map(|(event, _)| event)
+    }
+
+    /// A hit's event and its salt (`None` in a document without one).
+    fn fetch_stored(
+        &self,
+        views: &[Arc<View>],
+        hit: &Hit,
+    ) -> Result<(AuditEvent, Option<Salt>), SearchError> {
         let view = &views[hit.partition];
         let corrupt = |reason: String| SearchError::Corrupt {
             address: hit.address,
             reason,
         };
         let doc: TantivyDocument = view.searcher.doc(hit.address)?;
+        let salt = doc
+            .get_first(self.schema.salt)
+            .and_then(|v| v.as_bytes())
+            .and_then(salt_from_bytes);
         let body = doc
             .get_first(self.schema.body)
             .and_then(|v| v.as_bytes())
@@ -463,7 +489,65 @@ impl Searcher {
             .ok_or_else(|| corrupt("no received time".into()))?;
         restore_times(&mut event, hit.time, received);
         event.seq = hit.seq;
-        Ok(event)
+        Ok((event, salt))
+    }
+
+    /// The stored event `by` names inside `scope`, with its salt: what its
+    /// leaf in the Merkle tree is made from. By id: the newest event with
+    /// that id, as [`Searcher::get`]; by seq: the one event of that seq
+    /// (the first, should a forged document share it).
+    pub fn stored_event(
+        &self,
+        by: &EventRef,
+        scope: &ReadScope,
+    ) -> Result<Option<(AuditEvent, Option<Salt>)>, SearchError> {
+        let views = Self::views(&self.partitions.overlapping(None, None))?;
+        let mut must: Vec<Box<dyn Query>> = Vec::new();
+        self.add_scope(scope, &mut must);
+        let hits = match by {
+            EventRef::Seq(seq) => {
+                must.push(Box::new(AllQuery));
+                let query = BooleanQuery::intersection(must);
+                log_order::collect(&views, &query, *seq, seq.saturating_add(1))?
+            }
+            EventRef::Id(id) => {
+                must.push(term(self.schema.id, &id_key(id)));
+                let query = BooleanQuery::intersection(must);
+                let order = TimeOrder {
+                    limit: GET_CANDIDATES,
+                    ascending: false,
+                    after: None,
+                    snapshot: u64::MAX,
+                    count_up_to: 0,
+                };
+                time_order::collect(&views, &query, &order)?.hits
+            }
+        };
+        for hit in &hits {
+            let (event, salt) = self.fetch_stored(&views, hit)?;
+            if matches!(by, EventRef::Id(id) if *id != event.id) {
+                continue;
+            }
+            return Ok(Some((event, salt)));
+        }
+        Ok(None)
+    }
+
+    /// Every stored event whose seq lies in `[from, to)`, in seq order,
+    /// each with its salt: what the full audit recomputes the leaves from.
+    /// Every document counts, a forged one sharing a seq included.
+    pub fn stored_range(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(AuditEvent, Option<Salt>)>, SearchError> {
+        let views = Self::views(&self.partitions.overlapping(None, None))?;
+        let mut hits = log_order::collect(&views, &AllQuery, from, to)?;
+        hits.sort_by_key(|h| h.seq);
+        hits.par_iter()
+            .with_min_len(FETCH_RUN_HITS)
+            .map(|hit| self.fetch_stored(&views, hit))
+            .collect()
     }
 
     fn add_scope(&self, scope: &ReadScope, must: &mut Vec<Box<dyn Query>>) {

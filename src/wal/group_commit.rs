@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Log, LogPosition, SyncPolicy, WalError};
+use crate::integrity::store::TreeStore;
 use crate::messages::{AppendRequest, Appended, IndexBatch, ToIndexer};
 use crate::metrics as m;
 use crate::record::{self, RecordKind};
@@ -29,7 +30,7 @@ const IDLE_RETIRE_BYTES: u64 = 1 << 20;
 
 /// Shared positions the rest of the pipeline reads without a lock (the
 /// log positions as their numbers; `end` and `checkpoint` read them back).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WalPositions {
     /// End of the log: every record below it is appended (and, but for
     /// `SyncPolicy::Never`, synced).
@@ -38,6 +39,21 @@ pub struct WalPositions {
     pub checkpoint: AtomicU64,
     /// The seq after the last acknowledged event.
     pub next_seq: AtomicU64,
+    /// The log position the durable Merkle tree reaches (`tree.json`):
+    /// the log is not trimmed past it, so replay can bring the tree up to
+    /// the log. `u64::MAX` when there is no tree.
+    pub tree_durable: AtomicU64,
+}
+
+impl Default for WalPositions {
+    fn default() -> Self {
+        WalPositions {
+            end: AtomicU64::new(0),
+            checkpoint: AtomicU64::new(0),
+            next_seq: AtomicU64::new(0),
+            tree_durable: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl WalPositions {
@@ -51,6 +67,13 @@ impl WalPositions {
 
     pub fn set_checkpoint(&self, position: LogPosition) {
         self.checkpoint.store(position.get(), Ordering::Release);
+    }
+
+    /// How far the log may be trimmed: what the index and the tree both
+    /// hold.
+    pub fn trimmable(&self) -> LogPosition {
+        let tree = LogPosition::new(self.tree_durable.load(Ordering::Acquire));
+        self.checkpoint().min(tree)
     }
 
     fn set_end(&self, position: LogPosition) {
@@ -83,9 +106,11 @@ struct Fault {
 /// pipeline degraded, and cuts the log back to what was acknowledged. The
 /// thread then goes on: the next batch that syncs, or an idle probe, clears
 /// the fault, so ingest resumes by itself once the disk does.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     mut wal: Box<dyn Log>,
     policy: SyncPolicy,
+    tree: Option<Arc<TreeStore>>,
     next_seq: u64,
     requests: Receiver<AppendRequest>,
     indexer: Sender<ToIndexer>,
@@ -100,7 +125,14 @@ pub fn spawn(
         .spawn(move || {
             let guard = WorkerGuard::new(status.clone(), "wal");
             let result = run(
-                &mut *wal, policy, next_seq, &requests, &indexer, &positions, &status,
+                &mut *wal,
+                policy,
+                tree.as_deref(),
+                next_seq,
+                &requests,
+                &indexer,
+                &positions,
+                &status,
             );
             if result.is_ok() {
                 guard.defuse();
@@ -111,9 +143,11 @@ pub fn spawn(
         })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     wal: &mut dyn Log,
     policy: SyncPolicy,
+    tree: Option<&TreeStore>,
     mut next_seq: u64,
     requests: &Receiver<AppendRequest>,
     indexer: &Sender<ToIndexer>,
@@ -229,6 +263,10 @@ fn run(
                 for (appended, request) in pending.drain(..) {
                     let span = appended.span;
                     metrics::counter!(m::WAL_BYTES).increment(span.end.get() - span.start.get());
+                    // In the tree before it is acknowledged.
+                    if let Some(tree) = tree {
+                        tree.append(&request.leaves, span.end);
+                    }
                     let _ = request.reply.send(Ok(appended));
                     // Blocks while the indexer queue is full: that
                     // stalls this thread, fills the request queue,
@@ -266,7 +304,7 @@ fn run(
             }
         }
 
-        let checkpoint = positions.checkpoint();
+        let checkpoint = positions.trimmable();
         if checkpoint > trimmed {
             // Not fatal: the segments stay, and the next pass tries again.
             match wal.trim(checkpoint) {

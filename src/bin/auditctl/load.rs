@@ -328,7 +328,15 @@ impl HttpIngest {
                 })
                 .unwrap_or_default();
             let accepted = json["accepted"].as_u64().unwrap_or(0) as u32;
-            return Ok(tonic::Response::new(IngestResponse { accepted, ids }));
+            let seqs = json["seqs"]
+                .as_array()
+                .map(|seqs| seqs.iter().filter_map(|s| s.as_u64()).collect())
+                .unwrap_or_default();
+            return Ok(tonic::Response::new(IngestResponse {
+                accepted,
+                ids,
+                seqs,
+            }));
         }
         let code = match json["code"].as_str().unwrap_or("") {
             "ResourceExhausted" => tonic::Code::ResourceExhausted,

@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# Writes tests/fixtures/format-1/: a data directory written by auditd as of
-# commit 53d9c9c (data format 1: no FORMAT file, bare prost log records,
-# byte-derived seqs, plain-number commit payloads), for tests/migrate.rs.
+# Writes tests/fixtures/format-<N>/: a data directory written by an older
+# auditd, for tests/migrate.rs. The fixtures in the tree:
+#   format 1: commit 53d9c9c (no FORMAT file, bare prost log records,
+#             byte-derived seqs, plain-number commit payloads);
+#   format 2: commit f880949 (typed records and dense seqs, no salts and
+#             no Merkle tree).
 #
-# It builds that commit in a scratch git worktree (minutes), then runs it
-# on loopback:
+# It builds that commit in a scratch git worktree (a debug build, in its
+# own target directory: minutes), then runs
+# it on loopback:
 #   1. 600 events of one day (seed 7), ingested until searchable, and one
 #      search (a read-trail event); small WAL segments, so the log is
-#      trimmed behind the commits; a clean stop (SIGTERM), which in format 1
-#      left the last segment's indexed records in the log;
+#      trimmed behind the commits; a clean stop (SIGTERM);
 #   2. 400 events of the next day (seed 8), with commits turned off, then
 #      SIGKILL: these are only in the log.
 # The events' NDJSON goes beside the data directory, so the test can check
 # every field of every event after `auditd migrate`.
 #
-# Usage: scripts/make_format1_fixture.sh   (run from anywhere; needs git)
+# Usage: scripts/make_old_format_fixture.sh 1|2   (from anywhere; needs git)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OLD_COMMIT=53d9c9c
-SRC=target/format-1-src
-OUT=tests/fixtures/format-1
+FORMAT=${1:?usage: $0 1|2}
+case "$FORMAT" in
+  1) OLD_COMMIT=53d9c9c ;;
+  2) OLD_COMMIT=f880949 ;;
+  *) echo "no fixture for format $FORMAT" >&2; exit 2 ;;
+esac
+SRC=target/format-$FORMAT-src
+OUT=tests/fixtures/format-$FORMAT
 
 if [ ! -d "$SRC" ]; then
   git worktree add --detach "$SRC" "$OLD_COMMIT"
 fi
-(cd "$SRC" && cargo build --release --bin auditd --bin auditctl)
-BIN=$SRC/target/release
+(cd "$SRC" && CARGO_TARGET_DIR="$PWD/../old-format-target" cargo build --bin auditd --bin auditctl)
+BIN=target/old-format-target/debug
 
 SCRATCH=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT

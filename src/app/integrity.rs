@@ -1,0 +1,336 @@
+//! Integrity: signed checkpoints, inclusion proofs (receipts) and
+//! consistency proofs, for every transport. Proofs follow read scope: an
+//! inclusion proof only for an event the caller may read. Checkpoints and
+//! consistency proofs reveal no event data, so every read token may have
+//! them. Every call is on the read trail.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+
+use super::trail;
+use super::{AppError, Origin, ReadService};
+use crate::auth::Caller;
+use crate::integrity::audit;
+use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
+use crate::integrity::leaf::leaf_bytes;
+use crate::integrity::merkle::{leaf_hash, Hash};
+use crate::integrity::receipt::Receipt;
+use crate::integrity::store::SnapshotError;
+use crate::proto::{
+    AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetConsistencyProofRequest,
+    GetInclusionProofRequest, InclusionProof, LeafProblem,
+};
+use crate::schema::micros_to_timestamp;
+use crate::search::EventRef;
+
+/// Progress messages of a full audit waiting for a slow reader: while
+/// they wait, the audit waits too.
+const AUDIT_PROGRESS_BUFFER: usize = 4;
+
+pub struct IntegrityService {
+    /// `None` when `integrity.enabled` is off.
+    integrity: Option<Arc<Integrity>>,
+    reads: Arc<ReadService>,
+    /// How soon a new event is in a checkpoint (`integrity.checkpoint_interval_ms`).
+    checkpoint_interval: Duration,
+}
+
+impl IntegrityService {
+    pub fn new(
+        integrity: Option<Arc<Integrity>>,
+        reads: Arc<ReadService>,
+        checkpoint_interval: Duration,
+    ) -> Self {
+        IntegrityService {
+            integrity,
+            reads,
+            checkpoint_interval,
+        }
+    }
+
+    fn enabled(&self) -> Result<&Arc<Integrity>, AppError> {
+        self.integrity.as_ref().ok_or(AppError::IntegrityOff)
+    }
+
+    /// The checkpoint kept of exactly `size` leaves, or the latest for 0.
+    fn kept(&self, size: u64) -> Result<SignedCheckpoint, AppError> {
+        let checkpoints = &self.enabled()?.checkpoints;
+        match size {
+            0 => checkpoints.latest(),
+            size => checkpoints.of_size(size),
+        }
+        .ok_or(AppError::CheckpointNotFound(size))
+    }
+
+    /// The latest signed checkpoint (`size` 0), or the kept one of that size.
+    pub async fn checkpoint(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        size: u64,
+    ) -> Result<Checkpoint, AppError> {
+        let query = BTreeMap::from([("size".to_owned(), size.to_string())]);
+        let result = caller
+            .read_scope("read checkpoints")
+            .map_err(AppError::from)
+            .and_then(|_| self.kept(size))
+            .map(to_proto);
+        self.reads
+            .trail
+            .audited(caller, trail::CHECKPOINT, origin, query, result)
+            .await
+    }
+
+    /// An event's receipt: its leaf, its audit path to a signed checkpoint
+    /// (the latest, or the kept one of `tree_size`), and the same as a
+    /// C2SP tlog-proof. The stored event is checked against the tree's
+    /// leaf first: a changed event gets `DataLoss`, never a proof.
+    pub async fn inclusion_proof(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        request: GetInclusionProofRequest,
+    ) -> Result<InclusionProof, AppError> {
+        let mut query = BTreeMap::new();
+        if !request.id.is_empty() {
+            query.insert("id".to_owned(), request.id.clone());
+        }
+        if let Some(seq) = request.seq {
+            query.insert("seq".to_owned(), seq.to_string());
+        }
+        query.insert("tree_size".to_owned(), request.tree_size.to_string());
+        let result = self.prove_inclusion(caller, request).await;
+        self.reads
+            .trail
+            .audited(caller, trail::INCLUSION_PROOF, origin, query, result)
+            .await
+    }
+
+    async fn prove_inclusion(
+        &self,
+        caller: &Caller,
+        request: GetInclusionProofRequest,
+    ) -> Result<InclusionProof, AppError> {
+        let scope = caller.read_scope("read events")?;
+        let by = match (request.seq, request.id.is_empty()) {
+            (Some(seq), _) => EventRef::Seq(seq),
+            (None, false) => EventRef::Id(request.id.clone()),
+            (None, true) => {
+                return Err(AppError::Invalid {
+                    field: "id",
+                    reason: "required (or seq)".into(),
+                })
+            }
+        };
+        let integrity = self.enabled()?.clone();
+        let checkpoint = self.kept(request.tree_size)?;
+        let lookup = by.clone();
+        let (event, salt) = self
+            .reads
+            .blocking(move |s| s.stored_event(&lookup, &scope))
+            .await?
+            .ok_or_else(|| match &by {
+                EventRef::Id(id) => AppError::EventNotFound(id.clone()),
+                EventRef::Seq(seq) => AppError::EventNotFound(format!("seq {seq}")),
+            })?;
+        let seq = event.seq;
+        if seq >= checkpoint.size {
+            if request.tree_size != 0 {
+                return Err(AppError::Invalid {
+                    field: "tree_size",
+                    reason: format!(
+                        "the event (seq {seq}) is not in the tree of {} leaves",
+                        checkpoint.size
+                    ),
+                });
+            }
+            return Err(AppError::NotCheckpointed {
+                seq,
+                latest: checkpoint.size,
+                retry_after: self.checkpoint_interval,
+            });
+        }
+        let salt = salt.ok_or(AppError::LeafMismatch {
+            seq,
+            reason: "the stored event has no salt",
+        })?;
+        let leaf = leaf_bytes(&event, &salt, &mut Vec::new());
+        let size = checkpoint.size;
+        let tree = integrity.tree.clone();
+        let (held, hashes) = tokio::task::spawn_blocking(move || {
+            let snapshot = tree.snapshot();
+            Ok::<_, SnapshotError>((snapshot.leaf(seq)?, snapshot.inclusion_proof(seq, size)?))
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("proof task failed: {e}")))?
+        .map_err(|e| AppError::Internal(format!("the Merkle tree: {e}")))?;
+        if held != leaf_hash(&leaf) {
+            return Err(AppError::LeafMismatch {
+                seq,
+                reason: "it differs from what was stored (or the tree was changed)",
+            });
+        }
+        let receipt = Receipt {
+            index: seq,
+            hashes,
+            checkpoint: checkpoint.note.clone(),
+            salt,
+            leaf,
+        };
+        Ok(InclusionProof {
+            leaf_index: seq,
+            tree_size: size,
+            tlog_proof: receipt.to_text(),
+            leaf: receipt.leaf,
+            hashes: receipt.hashes.iter().map(|h| h.to_vec()).collect(),
+            checkpoint: Some(to_proto(checkpoint)),
+        })
+    }
+
+    /// The RFC 9162 proof that the tree of `first` leaves is a prefix of
+    /// the tree of `second` (`second` 0: the latest checkpoint's size).
+    pub async fn consistency_proof(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        request: GetConsistencyProofRequest,
+    ) -> Result<ConsistencyProof, AppError> {
+        let query = BTreeMap::from([
+            ("first".to_owned(), request.first.to_string()),
+            ("second".to_owned(), request.second.to_string()),
+        ]);
+        let result = async {
+            caller.read_scope("read checkpoints")?;
+            let integrity = self.enabled()?.clone();
+            let second = match request.second {
+                0 => self.kept(0)?.size,
+                second => second,
+            };
+            check_sizes(request.first, second, integrity.tree.size())?;
+            let tree = integrity.tree.clone();
+            let first = request.first;
+            let hashes: Vec<Hash> = tokio::task::spawn_blocking(move || {
+                tree.snapshot().consistency_proof(first, second)
+            })
+            .await
+            .map_err(|e| AppError::Internal(format!("proof task failed: {e}")))?
+            .map_err(|e| AppError::Internal(format!("the Merkle tree: {e}")))?;
+            Ok(ConsistencyProof {
+                hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            })
+        }
+        .await;
+        self.reads
+            .trail
+            .audited(caller, trail::CONSISTENCY_PROOF, origin, query, result)
+            .await
+    }
+}
+
+impl IntegrityService {
+    /// The full audit (admin): every leaf recomputed from the stored
+    /// events of `[from_seq, to_seq)` (0, 0: every searchable event) and
+    /// the tree held against
+    /// the latest checkpoint. Progress comes after every
+    /// `AUDIT_WINDOW` seqs, with the problems found in it; the last one
+    /// says `done`. The call is on the read trail when it starts.
+    pub async fn audit_log(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        request: AuditLogRequest,
+    ) -> Result<impl Stream<Item = Result<AuditLogProgress, AppError>> + Send + 'static, AppError>
+    {
+        let query = BTreeMap::from([
+            ("from_seq".to_owned(), request.from_seq.to_string()),
+            ("to_seq".to_owned(), request.to_seq.to_string()),
+        ]);
+        let started = async {
+            caller.require_admin("audit the log")?;
+            if request.to_seq != 0 && request.to_seq < request.from_seq {
+                return Err(AppError::Invalid {
+                    field: "to_seq",
+                    reason: format!("below from_seq ({})", request.from_seq),
+                });
+            }
+            let integrity = self.enabled()?.clone();
+            let checkpoint = self.kept(0)?;
+            Ok((integrity, checkpoint))
+        }
+        .await;
+        let (integrity, checkpoint) = self
+            .reads
+            .trail
+            .audited(caller, trail::AUDIT, origin, query, started)
+            .await?;
+        let searcher = self.reads.searcher().clone();
+        let stop = self.reads.streams.stop.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_PROGRESS_BUFFER);
+        // Only what is searchable can be read back; newer events wait for
+        // the next audit.
+        let searchable = *searcher.searchable().borrow();
+        let to = match request.to_seq {
+            0 => searchable,
+            to => to.min(searchable),
+        };
+        tokio::task::spawn_blocking(move || {
+            let snapshot = integrity.tree.snapshot();
+            let signed = (checkpoint.size, checkpoint.root);
+            let sent = audit::audit(&searcher, &snapshot, signed, request.from_seq, to, |p| {
+                if stop.is_cancelled() {
+                    let _ = tx.blocking_send(Err(AppError::ShuttingDown));
+                    return false;
+                }
+                tx.blocking_send(Ok(progress_to_proto(p))).is_ok()
+            });
+            if let Err(error) = sent {
+                let _ = tx.blocking_send(Err(AppError::Internal(format!("the audit: {error}"))));
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+fn progress_to_proto(p: audit::Progress) -> AuditLogProgress {
+    AuditLogProgress {
+        checked: p.checked,
+        total: p.total,
+        done: p.done,
+        problems: p
+            .problems
+            .into_iter()
+            .map(|p| LeafProblem {
+                seq: p.seq,
+                kind: p.kind.to_owned(),
+                detail: p.detail,
+            })
+            .collect(),
+    }
+}
+
+/// `0 < first <= second <= size`, each failure naming its field.
+fn check_sizes(first: u64, second: u64, size: u64) -> Result<(), AppError> {
+    let invalid = |field, reason: String| Err(AppError::Invalid { field, reason });
+    if first == 0 {
+        return invalid("first", "must be at least 1".into());
+    }
+    if first > second {
+        return invalid("first", format!("larger than second ({second})"));
+    }
+    if second > size {
+        return invalid("second", format!("the tree holds {size} leaves"));
+    }
+    Ok(())
+}
+
+fn to_proto(checkpoint: SignedCheckpoint) -> Checkpoint {
+    Checkpoint {
+        size: checkpoint.size,
+        root_hash: checkpoint.root.to_vec(),
+        time: Some(micros_to_timestamp(checkpoint.time)),
+        note: checkpoint.note,
+    }
+}

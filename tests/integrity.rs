@@ -1,0 +1,486 @@
+//! The Merkle log end to end: receipts that verify offline, scope on
+//! proofs, consistency between checkpoints, and the full audit naming the
+//! right seq and kind for each tampering an attacker with disk access can
+//! do to a stopped daemon's data directory (done here through Tantivy's
+//! API and raw bytes, as such an attacker would).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use auditd::client::{BearerToken, IntegrityClient};
+use auditd::integrity::leaf::{salt_from_bytes, Salt};
+use auditd::integrity::merkle::{verify_consistency, Hash};
+use auditd::integrity::note;
+use auditd::integrity::receipt::{verify_receipt, Receipt};
+use auditd::proto::{
+    AuditEvent, AuditLogRequest, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest,
+    GetInclusionProofRequest, LeafProblem, TokenKind, WaitFor,
+};
+use auditd::schema::{id_key, names, register_tokenizers, restore_times, AuditSchema};
+use common::*;
+use tantivy::schema::Value;
+use tantivy::{Index, TantivyDocument, Term};
+use tonic::Code;
+
+async fn integrity(server: &TestServer, token: &str) -> IntegrityClient {
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    auditd::client::integrity(channel, BearerToken::new(token).unwrap())
+}
+
+/// The latest checkpoint, once one holds at least `size` leaves.
+async fn checkpoint_of_at_least(client: &mut IntegrityClient, size: u64) -> Checkpoint {
+    let started = Instant::now();
+    loop {
+        match client
+            .get_checkpoint(GetCheckpointRequest { size: 0 })
+            .await
+        {
+            Ok(c) if c.get_ref().size >= size => return c.into_inner(),
+            Ok(_) => {}
+            Err(status) if status.code() == Code::NotFound => {}
+            Err(status) => panic!("get_checkpoint: {status}"),
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no checkpoint of {size} leaves"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn verifier_key(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("integrity.pub"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn root_of(checkpoint: &Checkpoint) -> Hash {
+    checkpoint.root_hash.clone().try_into().unwrap()
+}
+
+/// Every problem a full audit reports, once it is done.
+async fn full_audit(client: &mut IntegrityClient) -> Vec<LeafProblem> {
+    let mut stream = client
+        .audit_log(AuditLogRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut problems = Vec::new();
+    let mut done = false;
+    while let Some(progress) = stream.message().await.unwrap() {
+        assert!(!done, "nothing after done");
+        assert!(progress.checked <= progress.total);
+        problems.extend(progress.problems);
+        done = progress.done;
+    }
+    assert!(done, "the last progress says done");
+    problems
+}
+
+fn kinds(problems: &[LeafProblem]) -> Vec<(u64, &str)> {
+    problems.iter().map(|p| (p.seq, p.kind.as_str())).collect()
+}
+
+async fn ingest_many(client: &mut Client, count: u64, seed: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for chunk in generated(count, seed, count).chunks(1000) {
+        seqs.extend(
+            ingest(client, chunk.to_vec(), WaitFor::Searchable)
+                .await
+                .seqs,
+        );
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_verifies_offline_and_still_after_ten_thousand_more_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let mut proofs = integrity(&server, &server.admin_token()).await;
+    let key = verifier_key(dir.path());
+
+    let reply = ingest(&mut client, generated(50, 3, 50), WaitFor::Searchable).await;
+    assert_eq!(reply.seqs.len(), 50);
+    let (id, seq) = (reply.ids[7].clone(), reply.seqs[7]);
+    let first = checkpoint_of_at_least(&mut proofs, seq + 1).await;
+    let proof = proofs
+        .get_inclusion_proof(GetInclusionProofRequest {
+            id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.leaf_index, seq);
+    let receipt = Receipt::parse(&proof.tlog_proof).unwrap();
+    assert_eq!(receipt.leaf, proof.leaf);
+    let event = client
+        .get_event(auditd::proto::GetEventRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let verified = verify_receipt(&receipt, &key, Some(&event)).unwrap();
+    assert!(verified.event_matched);
+    let mut changed = event.clone();
+    changed.status += 1;
+    assert!(verify_receipt(&receipt, &key, Some(&changed)).is_err());
+    // By seq, the same leaf.
+    let by_seq = proofs
+        .get_inclusion_proof(GetInclusionProofRequest {
+            seq: Some(seq),
+            tree_size: proof.tree_size,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_seq.leaf, proof.leaf);
+    assert_eq!(by_seq.hashes, proof.hashes);
+
+    // 10,000 more events: the old receipt still holds, through a
+    // consistency proof from its checkpoint to the newer one.
+    ingest_many(&mut client, 10_000, 4).await;
+    let newer = checkpoint_of_at_least(&mut proofs, proof.tree_size + 10_000).await;
+    note::verify(&newer.note, &key).unwrap();
+    let consistency = proofs
+        .get_consistency_proof(GetConsistencyProofRequest {
+            first: proof.tree_size,
+            second: newer.size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hashes: Vec<Hash> = consistency
+        .hashes
+        .iter()
+        .map(|h| h.clone().try_into().unwrap())
+        .collect();
+    verify_consistency(
+        proof.tree_size,
+        newer.size,
+        &verified.root,
+        &root_of(&newer),
+        &hashes,
+    )
+    .unwrap();
+    assert_eq!(verified.root, root_of(&first));
+    // The checkpoint of the receipt's size is still kept.
+    let kept = proofs
+        .get_checkpoint(GetCheckpointRequest {
+            size: proof.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.note, first.note);
+    server.stop().await.unwrap();
+
+    // After a restart the tree and the checkpoints are as they were.
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut proofs = integrity(&server, &server.admin_token()).await;
+    let again = proofs
+        .get_inclusion_proof(GetInclusionProofRequest {
+            id,
+            tree_size: proof.tree_size,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.hashes, proof.hashes);
+    assert!(full_audit(&mut proofs).await.is_empty());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_follow_read_scope_and_bad_requests_name_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let events = generated(40, 5, 40);
+    let subject = events[0].subject.clone();
+    let other = events
+        .iter()
+        .find(|e| e.subject != subject)
+        .unwrap()
+        .id
+        .clone();
+    let own = events[0].id.clone();
+    let reply = ingest(&mut client, events, WaitFor::Searchable).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    checkpoint_of_at_least(&mut admin, reply.seqs.iter().max().unwrap() + 1).await;
+
+    let (_, personal) = create(&server, TokenKind::Personal, &subject, "").await;
+    let mut mine = integrity(&server, &personal).await;
+    let ask = |id: &str| GetInclusionProofRequest {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    mine.get_inclusion_proof(ask(&own)).await.unwrap();
+    let outside = mine.get_inclusion_proof(ask(&other)).await.unwrap_err();
+    assert_eq!(outside.code(), Code::NotFound, "{outside}");
+    // Checkpoints and consistency proofs are open to every read token.
+    mine.get_checkpoint(GetCheckpointRequest { size: 0 })
+        .await
+        .unwrap();
+    mine.get_consistency_proof(GetConsistencyProofRequest {
+        first: 1,
+        second: 0,
+    })
+    .await
+    .unwrap();
+    let audit = mine
+        .audit_log(AuditLogRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(audit.code(), Code::PermissionDenied);
+
+    let (_, writer) = create(&server, TokenKind::Ingest, "", "").await;
+    let mut ingest_only = integrity(&server, &writer).await;
+    let refused = ingest_only
+        .get_checkpoint(GetCheckpointRequest { size: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let none = admin
+        .get_inclusion_proof(GetInclusionProofRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::InvalidArgument);
+    assert!(none.message().contains("id"), "{none}");
+    let bad = admin
+        .get_consistency_proof(GetConsistencyProofRequest {
+            first: 0,
+            second: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("first"), "{bad}");
+    let absent = admin
+        .get_checkpoint(GetCheckpointRequest { size: 1 << 40 })
+        .await
+        .unwrap_err();
+    assert_eq!(absent.code(), Code::NotFound);
+    // Every call is on the trail.
+    let trail = trail_events(&mut client, "audit.integrity.inclusion_proof", 3).await;
+    assert!(trail.iter().any(|e| e.status == 404));
+    server.stop().await.unwrap();
+}
+
+/// One day partition's documents, by seq: event, salt.
+fn stored_by_seq(index: &Index) -> HashMap<u64, (AuditEvent, Salt)> {
+    let schema = AuditSchema::new();
+    let searcher = index.reader().unwrap().searcher();
+    let mut out = HashMap::new();
+    for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+        let fast = segment.fast_fields();
+        let seqs = fast.u64(names::SEQ).unwrap();
+        let times = fast.i64(names::TIME).unwrap();
+        let received = fast.i64(names::RECEIVED).unwrap();
+        for doc in segment.doc_ids_alive() {
+            let stored: TantivyDocument = searcher
+                .doc(tantivy::DocAddress::new(ord as u32, doc))
+                .unwrap();
+            let body = stored.get_first(schema.body).unwrap().as_bytes().unwrap();
+            let mut event = <AuditEvent as prost::Message>::decode(body).unwrap();
+            restore_times(
+                &mut event,
+                times.first(doc).unwrap(),
+                received.first(doc).unwrap(),
+            );
+            let salt = salt_from_bytes(stored.get_first(schema.salt).unwrap().as_bytes().unwrap())
+                .unwrap();
+            out.insert(seqs.first(doc).unwrap(), (event, salt));
+        }
+    }
+    out
+}
+
+/// What an attacker does to the partition of `day`: delete the events of
+/// `remove` (by seq) and add `add` (event, seq, salt), then commit with
+/// the partition's own payload, so nothing else looks touched.
+fn rewrite(day: &Path, remove: &[&AuditEvent], add: Vec<(AuditEvent, u64, Salt)>) {
+    let index = Index::open_in_dir(day).unwrap();
+    register_tokenizers(&index);
+    let schema = AuditSchema::new();
+    let payload = index.load_metas().unwrap().payload;
+    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 20_000_000).unwrap();
+    for event in remove {
+        writer.delete_term(Term::from_field_text(schema.id, &id_key(&event.id)));
+    }
+    let mut body = Vec::new();
+    for (mut event, seq, salt) in add {
+        writer
+            .add_document(schema.document(&mut event, seq, "", Some(&salt), &mut body))
+            .unwrap();
+    }
+    let mut commit = writer.prepare_commit().unwrap();
+    if let Some(payload) = payload {
+        commit.set_payload(&payload);
+    }
+    commit.commit().unwrap();
+    writer.wait_merging_threads().unwrap();
+}
+
+/// The one partition of the generated events' day.
+fn event_day(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("index").join("2023-11-14")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_audit_names_the_seq_and_kind_of_each_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let seqs = ingest_many(&mut client, 600, 9).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    checkpoint_of_at_least(&mut admin, seqs.iter().max().unwrap() + 1).await;
+    // Untouched, nothing to report.
+    assert_eq!(kinds(&full_audit(&mut admin).await), vec![]);
+    server.stop().await.unwrap();
+
+    let day = event_day(dir.path());
+    assert!(day.exists(), "the generated events' partition");
+    let index = Index::open_in_dir(&day).unwrap();
+    let stored = stored_by_seq(&index);
+    drop(index);
+    let (changed, deleted, forged_at, swap_a, swap_b) =
+        (seqs[10], seqs[20], seqs[30], seqs[40], seqs[41]);
+    let mut modified = stored[&changed].0.clone();
+    modified.status = 599;
+    let mut forged = stored[&forged_at].0.clone();
+    forged.id = "forged-0001".into();
+    forged.action = "events.delete".into();
+    rewrite(
+        &day,
+        &[
+            &stored[&changed].0,
+            &stored[&deleted].0,
+            &stored[&swap_a].0,
+            &stored[&swap_b].0,
+        ],
+        vec![
+            (modified, changed, stored[&changed].1),
+            (forged, forged_at, stored[&forged_at].1),
+            (stored[&swap_a].0.clone(), swap_b, stored[&swap_a].1),
+            (stored[&swap_b].0.clone(), swap_a, stored[&swap_b].1),
+        ],
+    );
+    // A flipped byte in the leaf hash of seq 100 in the first tile.
+    let tile = dir.path().join("tlog/tile/0/000");
+    let mut bytes = std::fs::read(&tile).unwrap();
+    bytes[100 * 32 + 3] ^= 0x40;
+    std::fs::write(&tile, bytes).unwrap();
+
+    let server = TestServer::start(config).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    let problems = full_audit(&mut admin).await;
+    let mut want = vec![
+        (100, "modified"),
+        (changed, "modified"),
+        (deleted, "missing"),
+        (forged_at, "unexpected"),
+        (swap_a, "reordered"),
+        (swap_b, "reordered"),
+    ];
+    want.sort();
+    assert_eq!(kinds(&problems), want, "{problems:#?}");
+    let tile_problem = problems.iter().find(|p| p.seq == 100).unwrap();
+    assert!(
+        tile_problem.detail.contains("tile/0/000"),
+        "{tile_problem:?}"
+    );
+    // A receipt for a changed event is refused, not made.
+    let refused = admin
+        .get_inclusion_proof(GetInclusionProofRequest {
+            seq: Some(changed),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::DataLoss, "{refused}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_data_directory_fails_the_consistency_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let seqs = ingest_many(&mut client, 200, 11).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    checkpoint_of_at_least(&mut admin, seqs.iter().max().unwrap() + 1).await;
+    server.stop().await.unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    copy_tree(dir.path(), backup.path());
+
+    // The honest history goes on; a verifier saves its checkpoint.
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let more = ingest_many(&mut client, 200, 12).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    let saved = checkpoint_of_at_least(&mut admin, more.iter().max().unwrap() + 1).await;
+    server.stop().await.unwrap();
+
+    // The attacker puts the old copy back and writes new events over it.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    copy_tree(backup.path(), dir.path());
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let forged = ingest_many(&mut client, 400, 13).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    let latest = checkpoint_of_at_least(&mut admin, forged.iter().max().unwrap() + 1).await;
+    assert!(latest.size > saved.size);
+    // Signed by the same key: only consistency tells.
+    let key = verifier_key(dir.path());
+    note::verify(&latest.note, &key).unwrap();
+    let proof = admin
+        .get_consistency_proof(GetConsistencyProofRequest {
+            first: saved.size,
+            second: latest.size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hashes: Vec<Hash> = proof
+        .hashes
+        .iter()
+        .map(|h| h.clone().try_into().unwrap())
+        .collect();
+    assert!(verify_consistency(
+        saved.size,
+        latest.size,
+        &root_of(&saved),
+        &root_of(&latest),
+        &hashes,
+    )
+    .is_err());
+    server.stop().await.unwrap();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
