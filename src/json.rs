@@ -201,6 +201,22 @@ impl JsonEvent {
         })
     }
 
+    /// The event as auditd stored it, `received` and `seq` included (which
+    /// [`JsonEvent::into_proto`] drops, as a server sets them): what a
+    /// receipt's leaf is checked against.
+    pub fn into_stored(self) -> Result<AuditEvent, JsonError> {
+        let received = self
+            .received
+            .map(|t| seconds_to_micros("received", t))
+            .transpose()?
+            .map(micros_to_timestamp);
+        let seq = self.seq.unwrap_or(0);
+        let mut event = self.into_proto()?;
+        event.received = received;
+        event.seq = seq;
+        Ok(event)
+    }
+
     pub fn from_proto(event: AuditEvent) -> JsonEvent {
         let mut stream_ids = Vec::new();
         if !event.access_id.is_empty() {

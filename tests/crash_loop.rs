@@ -4,12 +4,15 @@
 //! or during start-up replay — cycle after cycle. At the end every
 //! acknowledged id must be searchable exactly once, nothing else may
 //! appear but events that were sent, and the stored events' seqs are
-//! exactly 0..n.
+//! exactly 0..n. After every restart the Merkle tree holds every
+//! acknowledged event (a signed checkpoint of at least the highest
+//! acknowledged seq + 1 leaves), and at the end the full audit recomputes
+//! every leaf and the signed root and finds nothing.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use auditd::proto::{AuditEvent, IngestRequest};
@@ -45,6 +48,8 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
     let template = generated(BATCH as u64 * 4, 7, BATCH as u64);
     let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
     let sent: Arc<Mutex<HashMap<String, AuditEvent>>> = Arc::default();
+    // The seq after the highest acknowledged event.
+    let acknowledged_end = Arc::new(AtomicU64::new(0));
 
     for cycle in 0..cycles {
         let mut daemon = Daemon::start_with(dir.path(), &env);
@@ -59,13 +64,17 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
         let notify = Arc::new(tokio::sync::Notify::new());
         let mut producers = Vec::new();
         if kill_after > 0 {
+            // What the last kill left: every acknowledged event a leaf.
+            let mut proofs = integrity_client(&daemon.url, &admin_token(dir.path())).await;
+            checkpoint_of_at_least(&mut proofs, acknowledged_end.load(Ordering::SeqCst)).await;
             for p in 0..PRODUCERS {
                 let mut client = daemon.client(dir.path()).await;
-                let (acknowledged, sent, acked_batches, notify) = (
+                let (acknowledged, sent, acked_batches, notify, end) = (
                     acknowledged.clone(),
                     sent.clone(),
                     acked_batches.clone(),
                     notify.clone(),
+                    acknowledged_end.clone(),
                 );
                 let template = template.clone();
                 producers.push(tokio::spawn(async move {
@@ -93,7 +102,10 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
                         };
                         match client.ingest(request).await {
                             Ok(reply) => {
-                                assert_eq!(reply.into_inner().ids, ids);
+                                let reply = reply.into_inner();
+                                assert_eq!(reply.ids, ids);
+                                let last = reply.seqs.iter().max().expect("seqs");
+                                end.fetch_max(last + 1, Ordering::SeqCst);
                                 acknowledged.lock().unwrap().extend(ids);
                                 acked_batches.fetch_add(1, Ordering::SeqCst);
                                 notify.notify_one();
@@ -149,6 +161,12 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
     }
     // Whatever the kills interrupted, the stored events' seqs are 0..n.
     assert_dense_seqs(&mut client).await;
+    // The tree holds every acknowledged event, and every stored event and
+    // the signed root match a recomputation.
+    let mut proofs = integrity_client(&server.url(), &server.admin_token()).await;
+    checkpoint_of_at_least(&mut proofs, acknowledged_end.load(Ordering::SeqCst)).await;
+    let problems = full_audit(&mut proofs).await;
+    assert!(problems.is_empty(), "{problems:#?}");
     eprintln!(
         "crash loop: {cycles} kills, {} acknowledged, {} stored (the rest were in flight), 0 lost",
         acknowledged.len(),

@@ -8,9 +8,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
 
-use auditd::client::{BearerToken, IntegrityClient};
+use auditd::client::IntegrityClient;
 use auditd::integrity::leaf::{salt_from_bytes, Salt};
 use auditd::integrity::merkle::{verify_consistency, Hash};
 use auditd::integrity::note;
@@ -26,33 +25,7 @@ use tantivy::{Index, TantivyDocument, Term};
 use tonic::Code;
 
 async fn integrity(server: &TestServer, token: &str) -> IntegrityClient {
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    auditd::client::integrity(channel, BearerToken::new(token).unwrap())
-}
-
-/// The latest checkpoint, once one holds at least `size` leaves.
-async fn checkpoint_of_at_least(client: &mut IntegrityClient, size: u64) -> Checkpoint {
-    let started = Instant::now();
-    loop {
-        match client
-            .get_checkpoint(GetCheckpointRequest { size: 0 })
-            .await
-        {
-            Ok(c) if c.get_ref().size >= size => return c.into_inner(),
-            Ok(_) => {}
-            Err(status) if status.code() == Code::NotFound => {}
-            Err(status) => panic!("get_checkpoint: {status}"),
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "no checkpoint of {size} leaves"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    integrity_client(&server.url(), token).await
 }
 
 fn verifier_key(data_dir: &Path) -> String {
@@ -64,25 +37,6 @@ fn verifier_key(data_dir: &Path) -> String {
 
 fn root_of(checkpoint: &Checkpoint) -> Hash {
     checkpoint.root_hash.clone().try_into().unwrap()
-}
-
-/// Every problem a full audit reports, once it is done.
-async fn full_audit(client: &mut IntegrityClient) -> Vec<LeafProblem> {
-    let mut stream = client
-        .audit_log(AuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut problems = Vec::new();
-    let mut done = false;
-    while let Some(progress) = stream.message().await.unwrap() {
-        assert!(!done, "nothing after done");
-        assert!(progress.checked <= progress.total);
-        problems.extend(progress.problems);
-        done = progress.done;
-    }
-    assert!(done, "the last progress says done");
-    problems
 }
 
 fn kinds(problems: &[LeafProblem]) -> Vec<(u64, &str)> {
@@ -483,4 +437,225 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+fn auditctl(server: &TestServer, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auditctl"));
+    for var in ["AUDITCTL_ADDR", "AUDITCTL_TOKEN", "AUDITCTL_DATA_DIR"] {
+        command.env_remove(var);
+    }
+    command
+        .args(["--addr", &server.url()])
+        .args(["--data-dir", server.data_dir.to_str().unwrap()])
+        .args(args);
+    command
+}
+
+/// What fails, with its output.
+async fn run_failing(command: std::process::Command) -> String {
+    let mut command = command;
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "should have failed");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The README's tour: receipt, verify-receipt, verify --since, verify --full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditctl_tour_receipt_verify_receipt_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let reply = ingest(&mut client, generated(30, 21, 30), WaitFor::Searchable).await;
+    let id = reply.ids[3].clone();
+    let work = tempfile::tempdir().unwrap();
+    let (proof, event, saved) = (
+        work.path().join("e.proof"),
+        work.path().join("e.json"),
+        work.path().join("saved.checkpoint"),
+    );
+    // Waits by itself for the event's checkpoint.
+    let receipt = run_ok(auditctl(&server, &["receipt", &id])).await;
+    assert!(receipt.starts_with("c2sp.org/tlog-proof@v1\n"), "{receipt}");
+    std::fs::write(&proof, &receipt).unwrap();
+    let json = run_ok(auditctl(&server, &["get", &id])).await;
+    std::fs::write(&event, &json).unwrap();
+    let key = dir.path().join("integrity.pub");
+    let (proof_arg, key_arg, event_arg) = (
+        proof.to_str().unwrap(),
+        key.to_str().unwrap(),
+        event.to_str().unwrap(),
+    );
+    let ok = run_ok(auditctl(
+        &server,
+        &[
+            "verify-receipt",
+            proof_arg,
+            "--key",
+            key_arg,
+            "--event",
+            event_arg,
+        ],
+    ))
+    .await;
+    assert!(ok.contains("and it is this event"), "{ok}");
+    // The same receipt against another event fails.
+    let other = run_ok(auditctl(&server, &["get", &reply.ids[4]])).await;
+    std::fs::write(&event, &other).unwrap();
+    let refused = run_failing(auditctl(
+        &server,
+        &[
+            "verify-receipt",
+            proof_arg,
+            "--key",
+            key_arg,
+            "--event",
+            event_arg,
+        ],
+    ))
+    .await;
+    assert!(refused.contains("does not match"), "{refused}");
+
+    let saved_arg = saved.to_str().unwrap();
+    let first = run_ok(auditctl(&server, &["verify", "--since", saved_arg])).await;
+    assert!(first.contains("first use"), "{first}");
+    ingest(&mut client, generated(30, 22, 30), WaitFor::Searchable).await;
+    let mut proofs = integrity(&server, &server.admin_token()).await;
+    let before = proofs
+        .get_checkpoint(GetCheckpointRequest { size: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .size;
+    checkpoint_of_at_least(&mut proofs, before + 1).await;
+    let again = run_ok(auditctl(
+        &server,
+        &["verify", "--since", saved_arg, "--full"],
+    ))
+    .await;
+    assert!(again.contains("consistent"), "{again}");
+    assert!(again.contains("every leaf matches"), "{again}");
+    server.stop().await.unwrap();
+
+    // A changed event: verify --full names it and fails.
+    let day = event_day(dir.path());
+    let index = Index::open_in_dir(&day).unwrap();
+    let stored = stored_by_seq(&index);
+    drop(index);
+    let seq = reply.seqs[5];
+    let mut changed = stored[&seq].0.clone();
+    changed.subject = "mallory".into();
+    rewrite(
+        &day,
+        &[&stored[&seq].0],
+        vec![(changed, seq, stored[&seq].1)],
+    );
+    let server = TestServer::start(config).await;
+    let failed = run_failing(auditctl(&server, &["verify", "--full"])).await;
+    assert!(failed.contains(&format!("seq {seq}: modified")), "{failed}");
+    server.stop().await.unwrap();
+}
+
+/// A tlog-tiles client (this crate's `TileNodes`, fed over HTTP) proves an
+/// event's inclusion from `/tlog/checkpoint` and `/tlog/tile/…` alone; the
+/// receipt route serves the same proof as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tlog_tiles_paths_serve_what_a_client_needs_for_proofs() {
+    use auditd::integrity::merkle::{inclusion_proof, leaf_hash, verify_inclusion};
+    use auditd::integrity::tiles::{tiles_for, TileError, TileNodes};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let seqs = ingest_many(&mut client, 700, 31).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    checkpoint_of_at_least(&mut admin, seqs.iter().max().unwrap() + 1).await;
+    let (_, personal) = create(&server, TokenKind::Personal, "nobody-here", "").await;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, url, token) = (
+            http.clone(),
+            format!("http://{}{path}", server.http),
+            personal.clone(),
+        );
+        async move {
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.bytes().await.unwrap().to_vec(),
+            )
+        }
+    };
+    let (status, note) = get("/tlog/checkpoint".into()).await;
+    assert_eq!(status, 200);
+    let note = String::from_utf8(note).unwrap();
+    let body = note::verify(&note, &verifier_key(dir.path())).unwrap();
+    let (_, size, root) = note::parse_checkpoint(body).unwrap();
+    // Every tile of that size, fetched over HTTP.
+    let mut fetched = HashMap::new();
+    for id in tiles_for(size) {
+        let (status, bytes) = get(format!("/tlog/{}", id.path())).await;
+        assert_eq!(status, 200, "{}", id.path());
+        fetched.insert(id, bytes);
+    }
+    let nodes = TileNodes::new(size, |id| {
+        fetched.get(&id).cloned().ok_or(TileError::Absent {
+            size,
+            level: id.level,
+            index: id.index,
+            width: id.width,
+        })
+    });
+    let seq = seqs[300];
+    let proof = inclusion_proof(&nodes, seq, size).unwrap();
+    let receipt = admin
+        .get_inclusion_proof(GetInclusionProofRequest {
+            seq: Some(seq),
+            tree_size: size,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    verify_inclusion(&leaf_hash(&receipt.leaf), seq, size, &proof, &root).unwrap();
+    // A tile past the tree, and a path that is no tile.
+    let (status, _) = get("/tlog/tile/0/x999/999".into()).await;
+    assert_eq!(status, 404);
+    let (status, _) = get("/tlog/tile/0/1234".into()).await;
+    assert_eq!(status, 400);
+    // No token, no tiles.
+    let anonymous = http
+        .get(format!("http://{}/tlog/checkpoint", server.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    // The receipt route, inside scope: the admin gets it, a token of
+    // another subject gets 404.
+    let id = client
+        .search(auditd::proto::SearchRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events[0]
+        .id
+        .clone();
+    let admin_get = http
+        .get(format!("http://{}/v1/events/{id}/receipt", server.http))
+        .bearer_auth(server.admin_token().trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin_get.status().as_u16(), 200);
+    let text = admin_get.text().await.unwrap();
+    Receipt::parse(&text).unwrap();
+    let (status, _) = get(format!("/v1/events/{id}/receipt")).await;
+    assert_eq!(status, 404);
+    server.stop().await.unwrap();
 }

@@ -53,6 +53,11 @@ pub enum AppError {
     IntegrityOff,
     #[error("no checkpoint of {0} leaves is kept (0 asks for the latest)")]
     CheckpointNotFound(u64),
+    #[error("{0}")]
+    TileNotFound(String),
+    /// Nothing is signed yet: the first checkpoint comes once events do.
+    #[error("no checkpoint yet: the first is signed within integrity.checkpoint_interval_ms of the first event")]
+    NoCheckpointYet { retry_after: Duration },
     /// The event is newer than the latest signed checkpoint.
     #[error(
         "the event (seq {seq}) is not in a signed checkpoint yet (the latest holds {latest} \
@@ -160,8 +165,10 @@ impl AppError {
             AppError::ShuttingDownResume { .. } => Unavailable,
             AppError::ReaderStalled { .. } => Aborted,
             AppError::TooManySubscribers(_) => ResourceExhausted,
-            AppError::IntegrityOff | AppError::NotCheckpointed { .. } => Unavailable,
-            AppError::CheckpointNotFound(_) => NotFound,
+            AppError::IntegrityOff
+            | AppError::NotCheckpointed { .. }
+            | AppError::NoCheckpointYet { .. } => Unavailable,
+            AppError::CheckpointNotFound(_) | AppError::TileNotFound(_) => NotFound,
             AppError::LeafMismatch { .. } => DataLoss,
             AppError::Internal(_) => Internal,
         }
@@ -197,7 +204,8 @@ impl AppError {
         match self {
             AppError::Ingest(IngestError::Overloaded { retry_after, .. }) => Some(*retry_after),
             AppError::Ingest(IngestError::Starting) => Some(Duration::from_secs(1)),
-            AppError::NotCheckpointed { retry_after, .. } => Some(*retry_after),
+            AppError::NotCheckpointed { retry_after, .. }
+            | AppError::NoCheckpointYet { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

@@ -19,6 +19,7 @@ use crate::integrity::leaf::leaf_bytes;
 use crate::integrity::merkle::{leaf_hash, Hash};
 use crate::integrity::receipt::Receipt;
 use crate::integrity::store::SnapshotError;
+use crate::integrity::tiles::{TileError, TileId};
 use crate::proto::{
     AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetConsistencyProofRequest,
     GetInclusionProofRequest, InclusionProof, LeafProblem,
@@ -59,10 +60,13 @@ impl IntegrityService {
     fn kept(&self, size: u64) -> Result<SignedCheckpoint, AppError> {
         let checkpoints = &self.enabled()?.checkpoints;
         match size {
-            0 => checkpoints.latest(),
-            size => checkpoints.of_size(size),
+            0 => checkpoints.latest().ok_or(AppError::NoCheckpointYet {
+                retry_after: self.checkpoint_interval,
+            }),
+            size => checkpoints
+                .of_size(size)
+                .ok_or(AppError::CheckpointNotFound(size)),
         }
-        .ok_or(AppError::CheckpointNotFound(size))
     }
 
     /// The latest signed checkpoint (`size` 0), or the kept one of that size.
@@ -308,6 +312,40 @@ fn progress_to_proto(p: audit::Progress) -> AuditLogProgress {
                 detail: p.detail,
             })
             .collect(),
+    }
+}
+
+impl IntegrityService {
+    /// One tile of the tree, by its `tlog-tiles` path (`tile/<L>/<N>[.p/<W>]`),
+    /// as the layout serves it: hashes, no event data, so open to every
+    /// read token.
+    pub async fn tile(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        path: &str,
+    ) -> Result<Vec<u8>, AppError> {
+        let query = BTreeMap::from([("tile".to_owned(), path.to_owned())]);
+        let result = async {
+            caller.read_scope("read checkpoints")?;
+            let integrity = self.enabled()?.clone();
+            let id = TileId::parse(path).map_err(|e| AppError::Invalid {
+                field: "tile",
+                reason: e.to_string(),
+            })?;
+            tokio::task::spawn_blocking(move || integrity.tree.snapshot().tile(id))
+                .await
+                .map_err(|e| AppError::Internal(format!("tile task failed: {e}")))?
+                .map_err(|e| match e {
+                    TileError::Absent { .. } => AppError::TileNotFound(e.to_string()),
+                    other => AppError::Internal(format!("the Merkle tree: {other}")),
+                })
+        }
+        .await;
+        self.reads
+            .trail
+            .audited(caller, trail::TILE, origin, query, result)
+            .await
     }
 }
 

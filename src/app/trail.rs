@@ -30,6 +30,7 @@ pub const CHECKPOINT: &str = "audit.integrity.checkpoint";
 pub const INCLUSION_PROOF: &str = "audit.integrity.inclusion_proof";
 pub const CONSISTENCY_PROOF: &str = "audit.integrity.consistency_proof";
 pub const AUDIT: &str = "audit.integrity.audit";
+pub const TILE: &str = "audit.integrity.tile";
 
 /// Longest value kept from a request in the trail event's `query`.
 const MAX_VALUE_CHARS: usize = 512;

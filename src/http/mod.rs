@@ -11,6 +11,7 @@ mod params;
 mod problem;
 mod pryv;
 mod streams;
+mod tlog;
 mod tls;
 
 use std::net::SocketAddr;
@@ -109,6 +110,9 @@ pub fn router(
     let v1 = Router::new()
         .route("/v1/events", post(api::ingest).get(api::search))
         .route("/v1/events/{id}", get(api::get_event))
+        .route("/v1/events/{id}/receipt", get(tlog::receipt))
+        .route("/tlog/checkpoint", get(tlog::checkpoint))
+        .route("/tlog/tile/{*rest}", get(tlog::tile))
         .route("/v1/aggregate", post(api::aggregate))
         .route("/v1/tail", get(streams::tail))
         .route("/v1/export", get(streams::export))

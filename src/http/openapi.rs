@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::ProblemBody;
-use super::{api, streams};
+use super::{api, streams, tlog};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use super::{api, streams};
         api::ingest,
         api::search,
         api::get_event,
+        tlog::receipt,
         api::aggregate,
         streams::tail,
         streams::export,

@@ -454,6 +454,28 @@ impl TreeSnapshot {
         Ok(self.nodes.try_node(0, index)?)
     }
 
+    /// The bytes of tile `id` as the C2SP `tlog-tiles` layout serves it:
+    /// a full tile, or a partial one of any width the tree has reached.
+    pub fn tile(&self, id: TileId) -> Result<Vec<u8>, TileError> {
+        let absent = || TileError::Absent {
+            size: self.size,
+            level: id.level,
+            index: id.index,
+            width: id.width,
+        };
+        let level = id.level * TILE_HEIGHT;
+        let count = self.size.checked_shr(level).unwrap_or(0);
+        let first = id.index.checked_mul(TILE_WIDTH).ok_or_else(absent)?;
+        if first.checked_add(id.width).is_none_or(|end| end > count) {
+            return Err(absent());
+        }
+        let mut bytes = Vec::with_capacity(id.width as usize * 32);
+        for i in 0..id.width {
+            bytes.extend_from_slice(&self.nodes.try_node(level, first + i)?);
+        }
+        Ok(bytes)
+    }
+
     /// The audit path of leaf `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, SnapshotError> {
         self.within(size)?;

@@ -150,6 +150,60 @@ pub async fn connect(url: &str, token: &str) -> Client {
     auditd::client::audit_log(channel, BearerToken::new(token).unwrap())
 }
 
+/// An `Integrity` client holding `token`.
+pub async fn integrity_client(url: &str, token: &str) -> auditd::client::IntegrityClient {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    auditd::client::integrity(channel, BearerToken::new(token).unwrap())
+}
+
+/// The latest signed checkpoint, once one holds at least `size` leaves
+/// (UNAVAILABLE meanwhile: none signed yet, or still replaying).
+pub async fn checkpoint_of_at_least(
+    client: &mut auditd::client::IntegrityClient,
+    size: u64,
+) -> auditd::proto::Checkpoint {
+    let started = std::time::Instant::now();
+    loop {
+        let request = auditd::proto::GetCheckpointRequest { size: 0 };
+        match client.get_checkpoint(request).await {
+            Ok(c) if c.get_ref().size >= size => return c.into_inner(),
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::Unavailable => {}
+            Err(status) => panic!("get_checkpoint: {status}"),
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no checkpoint of {size} leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every problem a full audit reports, once it is done.
+pub async fn full_audit(
+    client: &mut auditd::client::IntegrityClient,
+) -> Vec<auditd::proto::LeafProblem> {
+    let mut stream = client
+        .audit_log(auditd::proto::AuditLogRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut problems = Vec::new();
+    let mut done = false;
+    while let Some(progress) = stream.message().await.unwrap() {
+        assert!(!done, "nothing after done");
+        assert!(progress.checked <= progress.total);
+        problems.extend(progress.problems);
+        done = progress.done;
+    }
+    assert!(done, "the last progress says done");
+    problems
+}
+
 /// `count` generated events, with times moved so that every `per_day`
 /// events fall on a new day (several partitions).
 pub fn generated(count: u64, seed: u64, per_day: u64) -> Vec<AuditEvent> {

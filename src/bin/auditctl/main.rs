@@ -6,6 +6,7 @@
 mod analysis;
 mod bench_analysis;
 mod bench_search;
+mod integrity;
 mod load;
 mod streams;
 
@@ -107,6 +108,16 @@ enum Command {
     /// Manage tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print an event's receipt: its inclusion proof in the Merkle log, a
+    /// C2SP tlog-proof that anyone can check offline (`> e.proof`).
+    Receipt(integrity::ReceiptArgs),
+    /// Check a receipt offline: the checkpoint's signature, the path to
+    /// its root, and (with --event) that the leaf is this event.
+    VerifyReceipt(integrity::VerifyReceiptArgs),
+    /// Check the log: --since FILE (signed and consistent with a saved
+    /// checkpoint, which it then replaces: catches a rollback or a fork),
+    /// --full (every leaf recomputed from the stored events).
+    Verify(integrity::VerifyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -362,6 +373,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             streams::export(client, filter, args).await
         }
         Command::Token(command) => tokens(&endpoint()?, bearer()?, command).await,
+        Command::Receipt(args) => {
+            let client = auditd::client::integrity(channel(&endpoint()?).await?, bearer()?);
+            integrity::receipt(client, args.clone()).await
+        }
+        Command::VerifyReceipt(args) => integrity::verify_receipt_file(args),
+        Command::Verify(args) => {
+            let client = auditd::client::integrity(channel(&endpoint()?).await?, bearer()?);
+            integrity::verify_log(client, &cli.data_dir, args).await
+        }
         Command::Get { id, format } => {
             let (id, format) = (id.clone(), *format);
             let mut client = connect(&endpoint()?, bearer()?).await?;
