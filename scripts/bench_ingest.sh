@@ -3,11 +3,14 @@
 # script: the raw-engine limit and auditd's durable ingest on the same
 # NDJSON, interleaved run by run, then a run at half the measured rate for
 # time to searchable. Each run also loads the same events over HTTP
-# (NDJSON to POST /v1/events) into a fresh daemon. Each auditd run starts on an empty data directory
+# (NDJSON to POST /v1/events) into a fresh daemon, and over gRPC again
+# with the Merkle tree off (integrity.enabled = false), for what integrity
+# costs in the same run. Each auditd run starts on an empty data directory
 # with the embedded defaults (sync = always).
 #
 #   scripts/bench_ingest.sh                  # 1,000,000 events, 3 runs
 #   COUNT=200000 RUNS=5 scripts/bench_ingest.sh
+#   HTTP=0 scripts/bench_ingest.sh           # without the HTTP runs
 #
 # Writes target/bench-ingest/*.json and prints a summary (python3 formats
 # it). Events come from ../shared/workload/gen_events.py when it is there,
@@ -60,7 +63,9 @@ stop_daemon() {
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
     kill -TERM "$PID"
     wait "$PID"
-    echo "{\"peak_rss_kib\":$hwm,\"settle_seconds\":$settled,\"index_bytes\":$(du -sb "$DATA/index" | cut -f1),\"wal_bytes\":$(du -sb "$DATA/wal" | cut -f1),\"ndjson_bytes\":$(stat -c %s "$NDJSON")}" \
+    local tlog=0
+    if [ -d "$DATA/tlog" ]; then tlog=$(du -sb "$DATA/tlog" | cut -f1); fi
+    echo "{\"peak_rss_kib\":$hwm,\"settle_seconds\":$settled,\"index_bytes\":$(du -sb "$DATA/index" | cut -f1),\"wal_bytes\":$(du -sb "$DATA/wal" | cut -f1),\"tlog_bytes\":$tlog,\"ndjson_bytes\":$(stat -c %s "$NDJSON")}" \
         > "$OUT/$name-daemon.json"
     rm -rf "$DATA"
 }
@@ -96,10 +101,18 @@ for run in $(seq "$RUNS"); do
     load > "$OUT/e2e-$run.json"
     cpu_snapshot "$OUT/e2e-$run-cpu-after.txt"
     stop_daemon "e2e-$run"
-    echo "== run $run/$RUNS: auditd, closed loop, over HTTP (NDJSON to POST /v1/events)" >&2
+    if [ "${HTTP:-1}" != 0 ]; then
+        echo "== run $run/$RUNS: auditd, closed loop, over HTTP (NDJSON to POST /v1/events)" >&2
+        start_daemon
+        load --http "http://127.0.0.1:$HTTP_PORT" > "$OUT/http-$run.json"
+        stop_daemon "http-$run"
+    fi
+    echo "== run $run/$RUNS: auditd, closed loop, integrity off" >&2
+    export AUDITD_INTEGRITY__ENABLED=false
     start_daemon
-    load --http "http://127.0.0.1:$HTTP_PORT" > "$OUT/http-$run.json"
-    stop_daemon "http-$run"
+    unset AUDITD_INTEGRITY__ENABLED
+    load > "$OUT/off-$run.json"
+    stop_daemon "off-$run"
 done
 
 HALF=$(python3 -c "

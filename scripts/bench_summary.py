@@ -34,7 +34,16 @@ for r in range(1, runs + 1):
         "disk": (daemon["index_bytes"] + daemon["wal_bytes"]) / daemon["ndjson_bytes"],
         "events": e2e["events"],
         "retries": e2e["retries"],
+        "tlog": daemon.get("tlog_bytes", 0) / daemon["index_bytes"],
     })
+    off = out / f"off-{r}.json"
+    if off.exists():
+        o = json.loads(off.read_text())
+        rows[-1].update({
+            "off": o["events_per_sec"],
+            "off_ratio": o["events_per_sec"] / raw["events_per_sec"],
+            "on_off": e2e["events_per_sec"] / o["events_per_sec"],
+        })
     http = out / f"http-{r}.json"
     if http.exists():
         h = json.loads(http.read_text())
@@ -155,6 +164,17 @@ startup = load("startup.json")
 print()
 print(f"start-up with {rows[0]['events']:,} acknowledged events only in the WAL (SIGKILL, no commit): "
       f"serving after {startup['seconds_to_serving']:.2f} s, {startup['events_searchable']:,} events searchable")
+
+if all("off" in r for r in rows):
+    print()
+    print("| run | integrity on (events/s) | ratio to raw | integrity off (events/s) | ratio to raw | on / off | tree + checkpoints / index |")
+    print("|---|---|---|---|---|---|---|")
+    for i, r in enumerate(rows, 1):
+        print(f"| {i} | {r['e2e']:,.0f} | {r['ratio']:.2f} | {r['off']:,.0f} | {r['off_ratio']:.2f} "
+              f"| {r['on_off']:.3f} | {r['tlog']:.3f} |")
+    print()
+    print(f"median (spread): on / off {summary('on_off', '{:.3f}')}; ratio on {summary('ratio', '{:.2f}')}, "
+          f"off {summary('off_ratio', '{:.2f}')}; tree + checkpoints / index {summary('tlog', '{:.3f}')}")
 
 if all("http" in r for r in rows):
     print()

@@ -308,6 +308,12 @@ pub struct IntegrityConfig {
     /// A file every new checkpoint is appended to (one JSON line each:
     /// `size`, `time`, `note`); best kept on another disk or machine.
     pub publish_file: Option<PathBuf>,
+    /// A URL every new checkpoint note is POSTed to (`text/plain`; best
+    /// effort: one at a time, 5 s each, failures counted).
+    pub publish_url: Option<String>,
+    /// The background self-audit's pace: stored events held against their
+    /// leaves per second, over and over (0: off).
+    pub self_audit_events_per_second: u64,
 }
 
 impl Default for IntegrityConfig {
@@ -317,6 +323,8 @@ impl Default for IntegrityConfig {
             checkpoint_interval_ms: 1000,
             origin: String::new(),
             publish_file: None,
+            publish_url: None,
+            self_audit_events_per_second: 10_000,
         }
     }
 }
@@ -395,6 +403,11 @@ impl Config {
         }
         if self.integrity.checkpoint_interval_ms == 0 {
             return invalid("integrity.checkpoint_interval_ms", "must be at least 1");
+        }
+        if let Some(url) = &self.integrity.publish_url {
+            if reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+                return invalid("integrity.publish_url", "an http:// or https:// URL");
+            }
         }
         if self.integrity.origin.contains(['+', ' ', '\n']) {
             return invalid(

@@ -22,6 +22,15 @@ pub const INDEX_DOCS: &str = "auditd_index_docs";
 pub const PARTITIONS: &str = "auditd_index_partitions";
 pub const SEARCH_SECONDS: &str = "auditd_search_duration_seconds";
 pub const REPLAY_SECONDS: &str = "auditd_replay_duration_seconds";
+/// Events the background self-audit held against their leaves.
+pub const SELF_AUDITED_EVENTS: &str = "auditd_integrity_self_audited_events_total";
+/// Stored events (or hash tiles) that did not match the Merkle tree,
+/// labelled by `kind` (modified, missing, unexpected, reordered).
+pub const INTEGRITY_VIOLATIONS: &str = "auditd_integrity_violations_total";
+/// Checkpoints that could not be POSTed to `integrity.publish_url`.
+pub const PUBLISH_ERRORS: &str = "auditd_integrity_publish_errors_total";
+/// Checkpoints not POSTed because the previous POST was still in flight.
+pub const PUBLISH_SKIPPED: &str = "auditd_integrity_publish_skipped_total";
 /// 1 while a stage (`stage` = wal, index) is degraded by a fault it retries.
 pub const DEGRADED: &str = "auditd_degraded";
 /// WAL write, sync, rotation and repair errors, labelled by `op`.

@@ -199,6 +199,9 @@ pub async fn run_on(
     };
     let tls = TlsMaterial::load(&config.tls)?;
     let mut pipeline = Pipeline::start(&config, streams, log)?;
+    // The background self-audit runs among the transports' tasks: their
+    // stop ends it, and their stop waits for it.
+    let (background, background_stop) = (tasks.clone(), stop.clone());
     let transports = match Transports::serve(&config, listeners, &pipeline, tls, stop, tasks).await
     {
         Ok(transports) => transports,
@@ -220,6 +223,14 @@ pub async fn run_on(
     }
     pipeline.status.set_ready();
     tracing::info!("serving");
+    let rate = config.integrity.self_audit_events_per_second;
+    if let (Some(integrity), true) = (pipeline.integrity.clone(), rate > 0) {
+        let audit =
+            pipeline
+                .app()
+                .self_audit(integrity, pipeline.status.clone(), rate, background_stop);
+        background.spawn(audit.run());
+    }
 
     shutdown.await;
     tracing::info!("shutting down: no new requests; draining the pipeline");
@@ -837,6 +848,9 @@ fn open_integrity(config: &Config) -> Result<Integrity, ServerError> {
         signer,
         checkpoints: Checkpoints::open(data_dir)?,
         publish_file: config.integrity.publish_file.clone(),
+        publish_url: config.integrity.publish_url.clone().map(|url| {
+            crate::integrity::publish::UrlPublisher::new(url, tokio::runtime::Handle::current())
+        }),
     })
 }
 

@@ -592,6 +592,12 @@ async fn the_tlog_tiles_paths_serve_what_a_client_needs_for_proofs() {
             )
         }
     };
+    let (status, key) = get("/tlog/key".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(key).unwrap().trim(),
+        verifier_key(dir.path())
+    );
     let (status, note) = get("/tlog/checkpoint".into()).await;
     assert_eq!(status, 200);
     let note = String::from_utf8(note).unwrap();
@@ -657,5 +663,131 @@ async fn the_tlog_tiles_paths_serve_what_a_client_needs_for_proofs() {
     Receipt::parse(&text).unwrap();
     let (status, _) = get(format!("/v1/events/{id}/receipt")).await;
     assert_eq!(status, 404);
+    server.stop().await.unwrap();
+}
+
+/// The daemon's own background audit finds a changed event by itself:
+/// health turns degraded, the violation is counted and written down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_audit_finds_a_changed_event_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.integrity.self_audit_events_per_second = 1_000_000;
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let seqs = ingest_many(&mut client, 100, 41).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    checkpoint_of_at_least(&mut admin, seqs.iter().max().unwrap() + 1).await;
+    server.stop().await.unwrap();
+
+    let day = event_day(dir.path());
+    let index = Index::open_in_dir(&day).unwrap();
+    let stored = stored_by_seq(&index);
+    drop(index);
+    let seq = seqs[17];
+    let mut changed = stored[&seq].0.clone();
+    changed.resource = "somewhere-else".into();
+    rewrite(
+        &day,
+        &[&stored[&seq].0],
+        vec![(changed, seq, stored[&seq].1)],
+    );
+
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let violations = trail_events(&mut client, "integrity.violation", 1).await;
+    let violation = &violations[0];
+    assert_eq!(violation.query["seq"], seq.to_string());
+    assert_eq!(violation.query["kind"], "modified");
+    assert_eq!(violation.status, 500);
+    let (status, health) = http_get(server.http, "/healthz").await;
+    assert_eq!(status, 503, "{health}");
+    assert!(health.contains("integrity"), "{health}");
+    let (_, metrics) = http_get(server.http, "/metrics").await;
+    assert!(
+        metrics.contains("auditd_integrity_violations_total{kind=\"modified\"}"),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+/// Every new checkpoint goes outside the daemon: appended to
+/// `integrity.publish_file` and POSTed to `integrity.publish_url` (here a
+/// bare HTTP/1.1 receiver on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_published_to_a_file_and_a_url() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let notes_tx = notes_tx.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Headers, then exactly Content-Length bytes of body.
+                loop {
+                    let n = socket.read(&mut buffer).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        assert!(head.starts_with("POST /checkpoints HTTP/1.1"), "{head}");
+                        let _ = notes_tx.send(body[..length].to_owned());
+                        socket
+                            .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                            .await
+                            .unwrap();
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let published = tempfile::tempdir().unwrap();
+    let file = published.path().join("checkpoints.ndjson");
+    let mut config = test_config(dir.path());
+    config.integrity.publish_file = Some(file.clone());
+    config.integrity.publish_url = Some(format!("http://{receiver}/checkpoints"));
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let reply = ingest(&mut client, generated(20, 51, 20), WaitFor::Durable).await;
+    let want = reply.seqs.iter().max().unwrap() + 1;
+    let key = verifier_key(dir.path());
+    let posted = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let note = notes.recv().await.expect("the receiver runs");
+            let body = note::verify(&note, &key).expect("a signed note");
+            if note::parse_checkpoint(body).unwrap().1 >= want {
+                return note;
+            }
+        }
+    })
+    .await
+    .expect("a checkpoint of every event was POSTed");
+    let lines = std::fs::read_to_string(&file).unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert!(last["size"].as_u64().unwrap() >= want);
+    note::verify(last["note"].as_str().unwrap(), &key).unwrap();
+    assert!(lines
+        .lines()
+        .any(|l| l.contains(&posted.replace('\n', "\\n"))));
     server.stop().await.unwrap();
 }

@@ -69,6 +69,20 @@ impl IntegrityService {
         }
     }
 
+    /// The log's note verifier key (`<name>+<id>+<key>`): what checks its
+    /// checkpoints. Fetched from the log itself it proves nothing; it is
+    /// served so that an operator can copy it somewhere it is trusted.
+    pub async fn verifier_key(&self, caller: &Caller, origin: &Origin) -> Result<String, AppError> {
+        let result = caller
+            .read_scope("read checkpoints")
+            .map_err(AppError::from)
+            .and_then(|_| Ok(self.enabled()?.signer.verifier_key()));
+        self.reads
+            .trail
+            .audited(caller, trail::KEY, origin, BTreeMap::new(), result)
+            .await
+    }
+
     /// The latest signed checkpoint (`size` 0), or the kept one of that size.
     pub async fn checkpoint(
         &self,

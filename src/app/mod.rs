@@ -12,6 +12,7 @@ mod export;
 mod integrity;
 mod outbox;
 mod read;
+pub mod self_audit;
 mod tail;
 mod tokens;
 pub mod trail;
@@ -98,6 +99,24 @@ impl App {
             reads,
             tokens: Arc::new(TokenService::new(store.clone(), trail)),
             store,
+        }
+    }
+
+    /// The background self-audit over `integrity`, stopped by `stop`.
+    pub fn self_audit(
+        &self,
+        integrity: Arc<Integrity>,
+        status: Arc<PipelineStatus>,
+        events_per_second: u64,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> self_audit::SelfAudit {
+        self_audit::SelfAudit {
+            integrity,
+            searcher: self.reads.searcher().clone(),
+            trail: self.reads.trail.clone(),
+            status,
+            events_per_second,
+            stop,
         }
     }
 

@@ -31,6 +31,7 @@ pub const INCLUSION_PROOF: &str = "audit.integrity.inclusion_proof";
 pub const CONSISTENCY_PROOF: &str = "audit.integrity.consistency_proof";
 pub const AUDIT: &str = "audit.integrity.audit";
 pub const TILE: &str = "audit.integrity.tile";
+pub const KEY: &str = "audit.integrity.key";
 
 /// Longest value kept from a request in the trail event's `query`.
 const MAX_VALUE_CHARS: usize = 512;

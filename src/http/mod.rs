@@ -112,6 +112,7 @@ pub fn router(
         .route("/v1/events/{id}", get(api::get_event))
         .route("/v1/events/{id}/receipt", get(tlog::receipt))
         .route("/tlog/checkpoint", get(tlog::checkpoint))
+        .route("/tlog/key", get(tlog::key))
         .route("/tlog/tile/{*rest}", get(tlog::tile))
         .route("/v1/aggregate", post(api::aggregate))
         .route("/v1/tail", get(streams::tail))

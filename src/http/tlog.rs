@@ -1,6 +1,6 @@
 //! The Merkle log over HTTP: the C2SP `tlog-tiles` read paths
 //! (`/tlog/checkpoint`, `/tlog/tile/…`), so that an existing tlog client
-//! can fetch proofs, and an event's receipt
+//! can fetch proofs, the verifier key (`/tlog/key`), and an event's receipt
 //! (`/v1/events/{id}/receipt`), a C2SP `tlog-proof` for curl. The same
 //! rules as gRPC's `Integrity` (the application layer's): checkpoints and
 //! tiles to every read token, receipts inside read scope, every call on
@@ -29,6 +29,16 @@ pub async fn checkpoint(State(api): State<Api>, auth: Authed) -> Result<Response
         checkpoint.note,
     )
         .into_response())
+}
+
+/// `GET /tlog/key`: the log's note verifier key, one line.
+pub async fn key(State(api): State<Api>, auth: Authed) -> Result<Response, Problem> {
+    let key = api
+        .app
+        .integrity
+        .verifier_key(&auth.caller, &auth.origin)
+        .await?;
+    Ok(([(CONTENT_TYPE, TEXT)], format!("{key}\n")).into_response())
 }
 
 /// `GET /tlog/tile/<L>/<N>[.p/<W>]`: a tile's hashes. A full tile never

@@ -224,6 +224,7 @@ pub struct Integrity {
     pub signer: NoteSigner,
     pub checkpoints: Checkpoints,
     pub publish_file: Option<PathBuf>,
+    pub publish_url: Option<super::publish::UrlPublisher>,
 }
 
 impl Integrity {
@@ -250,6 +251,9 @@ impl Integrity {
         if let Some(path) = &self.publish_file {
             let line = serde_json::to_string(&checkpoint).expect("a checkpoint serializes");
             append_line(path, &line)?;
+        }
+        if let Some(url) = &self.publish_url {
+            url.publish(checkpoint.note);
         }
         Ok(head)
     }
@@ -340,6 +344,7 @@ mod tests {
             signer,
             checkpoints: Checkpoints::open(dir.path()).unwrap(),
             publish_file: Some(published.clone()),
+            publish_url: None,
         };
         tree.append(&[leaf_hash(b"a"), leaf_hash(b"b")], LogPosition::new(10));
         let head = integrity.checkpoint(1_000).unwrap();

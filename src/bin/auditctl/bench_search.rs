@@ -416,7 +416,7 @@ async fn run(client: &mut Client, query: &Query) -> anyhow::Result<(f64, u64, bo
 }
 
 /// Nearest-rank percentile of sorted samples.
-fn rank(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn rank(sorted: &[f64], q: f64) -> f64 {
     let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
 }

@@ -118,6 +118,8 @@ enum Command {
     /// checkpoint, which it then replaces: catches a rollback or a fork),
     /// --full (every leaf recomputed from the stored events).
     Verify(integrity::VerifyArgs),
+    /// Time inclusion proofs of random events (a benchmark; BENCHMARKS.md).
+    BenchProof(integrity::BenchProofArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -378,6 +380,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             integrity::receipt(client, args.clone()).await
         }
         Command::VerifyReceipt(args) => integrity::verify_receipt_file(args),
+        Command::BenchProof(args) => {
+            let client = auditd::client::integrity(channel(&endpoint()?).await?, bearer()?);
+            integrity::bench_proof(client, args.clone()).await
+        }
         Command::Verify(args) => {
             let client = auditd::client::integrity(channel(&endpoint()?).await?, bearer()?);
             integrity::verify_log(client, &cli.data_dir, args).await

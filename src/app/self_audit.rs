@@ -1,0 +1,148 @@
+//! The daemon checks itself: a background audit that goes over the stored
+//! events again and again, one `AUDIT_WINDOW` at a time, at no more than
+//! `integrity.self_audit_events_per_second`, holding each against its
+//! leaf. A problem is counted (`auditd_integrity_violations_total{kind}`),
+//! turns health degraded (stage `integrity`), and is written down as an
+//! `integrity.violation` event on the trail; a pass that finds nothing
+//! clears the fault.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::trail::Trail;
+use super::{ErrorKind, Origin};
+use crate::auth::{Caller, StoredKind};
+use crate::integrity::audit::{self, Problem, AUDIT_WINDOW};
+use crate::integrity::checkpointer::Integrity;
+use crate::metrics as m;
+use crate::search::Searcher;
+use crate::status::PipelineStatus;
+
+/// The trail action of a problem the self-audit found.
+pub const VIOLATION: &str = "integrity.violation";
+
+/// Problems written to the trail per window at most: a wholesale
+/// tampering is counted in full, but does not flood the log.
+const MAX_VIOLATION_EVENTS_PER_WINDOW: usize = 100;
+
+/// What the background audit needs.
+pub struct SelfAudit {
+    pub integrity: Arc<Integrity>,
+    pub searcher: Searcher,
+    pub trail: Trail,
+    pub status: Arc<PipelineStatus>,
+    pub events_per_second: u64,
+    pub stop: CancellationToken,
+}
+
+impl SelfAudit {
+    /// Runs until `stop`: windows in seq order, from 0 to what is
+    /// searchable, then again from 0.
+    pub async fn run(self) {
+        let caller = system_caller();
+        let origin = Origin {
+            transport: "self-audit",
+            peer: None,
+        };
+        let pause = Duration::from_secs_f64(AUDIT_WINDOW as f64 / self.events_per_second as f64);
+        let mut start = 0u64;
+        let mut pass_clean = true;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let searchable = *self.searcher.searchable().borrow();
+            let Some(checkpoint) = self.integrity.checkpoints.latest() else {
+                continue;
+            };
+            let end = (start + AUDIT_WINDOW).min(searchable);
+            if start >= end {
+                // A pass is over: start again, and clear a fault the last
+                // pass found nothing of.
+                if pass_clean {
+                    self.status.set_fault("integrity", None);
+                }
+                start = 0;
+                pass_clean = true;
+                continue;
+            }
+            let (integrity, searcher) = (self.integrity.clone(), self.searcher.clone());
+            let signed = (checkpoint.size, checkpoint.root);
+            let found = tokio::task::spawn_blocking(move || {
+                let snapshot = integrity.tree.snapshot();
+                let mut problems = Vec::new();
+                audit::audit(&searcher, &snapshot, signed, start, end, |progress| {
+                    problems.extend(progress.problems);
+                    true
+                })
+                .map(|()| problems)
+            })
+            .await;
+            let problems = match found {
+                Ok(Ok(problems)) => problems,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, start, "the self-audit could not read a window; will retry");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the self-audit task failed");
+                    continue;
+                }
+            };
+            metrics::counter!(m::SELF_AUDITED_EVENTS).increment(end - start);
+            if !problems.is_empty() {
+                pass_clean = false;
+                self.report(&caller, &origin, &problems).await;
+            }
+            start = end;
+        }
+    }
+
+    async fn report(&self, caller: &Caller, origin: &Origin, problems: &[Problem]) {
+        for problem in problems {
+            metrics::counter!(m::INTEGRITY_VIOLATIONS, "kind" => problem.kind).increment(1);
+        }
+        let first = &problems[0];
+        self.status.set_fault(
+            "integrity",
+            Some(format!(
+                "the self-audit found {} problem(s), first at seq {}: {}: {}",
+                problems.len(),
+                first.seq,
+                first.kind,
+                first.detail
+            )),
+        );
+        for problem in problems.iter().take(MAX_VIOLATION_EVENTS_PER_WINDOW) {
+            let query = BTreeMap::from([
+                ("seq".to_owned(), problem.seq.to_string()),
+                ("kind".to_owned(), problem.kind.to_owned()),
+                ("detail".to_owned(), problem.detail.clone()),
+            ]);
+            let outcome = Some((ErrorKind::DataLoss, problem.detail.as_str()));
+            if let Err(error) = self
+                .trail
+                .store(caller, VIOLATION, origin, query, outcome)
+                .await
+            {
+                tracing::error!(%error, seq = problem.seq, "could not write an integrity.violation event");
+            }
+        }
+    }
+}
+
+/// Who the daemon's own events are written as.
+fn system_caller() -> Caller {
+    Caller {
+        token_id: "auditd".into(),
+        kind: StoredKind::Admin,
+        subject: String::new(),
+        access_id: String::new(),
+        sources: Vec::new(),
+        type_prefix: String::new(),
+    }
+}
