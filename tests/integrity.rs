@@ -39,6 +39,19 @@ fn root_of(checkpoint: &Checkpoint) -> Hash {
     checkpoint.root_hash.clone().try_into().unwrap()
 }
 
+/// The consistency proof from `first` to `second` leaves.
+async fn consistency(client: &mut IntegrityClient, first: u64, second: u64) -> Vec<Hash> {
+    client
+        .get_consistency_proof(GetConsistencyProofRequest { first, second })
+        .await
+        .unwrap()
+        .into_inner()
+        .hashes
+        .iter()
+        .map(|h| h.clone().try_into().unwrap())
+        .collect()
+}
+
 fn kinds(problems: &[LeafProblem]) -> Vec<(u64, &str)> {
     problems.iter().map(|p| (p.seq, p.kind.as_str())).collect()
 }
@@ -106,19 +119,7 @@ async fn a_receipt_verifies_offline_and_still_after_ten_thousand_more_events() {
     ingest_many(&mut client, 10_000, 4).await;
     let newer = checkpoint_of_at_least(&mut proofs, proof.tree_size + 10_000).await;
     note::verify(&newer.note, &key).unwrap();
-    let consistency = proofs
-        .get_consistency_proof(GetConsistencyProofRequest {
-            first: proof.tree_size,
-            second: newer.size,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let hashes: Vec<Hash> = consistency
-        .hashes
-        .iter()
-        .map(|h| h.clone().try_into().unwrap())
-        .collect();
+    let hashes = consistency(&mut proofs, proof.tree_size, newer.size).await;
     verify_consistency(
         proof.tree_size,
         newer.size,
@@ -402,19 +403,7 @@ async fn a_rolled_back_data_directory_fails_the_consistency_check() {
     // Signed by the same key: only consistency tells.
     let key = verifier_key(dir.path());
     note::verify(&latest.note, &key).unwrap();
-    let proof = admin
-        .get_consistency_proof(GetConsistencyProofRequest {
-            first: saved.size,
-            second: latest.size,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let hashes: Vec<Hash> = proof
-        .hashes
-        .iter()
-        .map(|h| h.clone().try_into().unwrap())
-        .collect();
+    let hashes = consistency(&mut admin, saved.size, latest.size).await;
     assert!(verify_consistency(
         saved.size,
         latest.size,

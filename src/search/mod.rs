@@ -386,20 +386,8 @@ impl Searcher {
     /// newest `GET_CANDIDATES` events under the key are fetched and the
     /// first whose stored id is `id` wins.
     pub fn get(&self, id: &str, scope: &ReadScope) -> Result<Option<AuditEvent>, SearchError> {
-        let mut must = vec![term(self.schema.id, &id_key(id))];
-        self.add_scope(scope, &mut must);
-        let query = BooleanQuery::intersection(must);
-        let order = TimeOrder {
-            limit: GET_CANDIDATES,
-            ascending: false,
-            after: None,
-            snapshot: u64::MAX,
-            count_up_to: 0,
-        };
-        let views = Self::views(&self.partitions.overlapping(None, None))?;
-        let page = time_order::collect(&views, &query, &order)?;
-        let events = self.fetch(&views, &page.hits)?;
-        Ok(events.into_iter().find(|e| e.id == id))
+        let by = EventRef::Id(id.to_owned());
+        Ok(self.stored_event(&by, scope)?.map(|(event, _)| event))
     }
 
     /// Where the batch `batch_id` went, looked for in the partitions of
