@@ -120,6 +120,17 @@ async fn bench_search_times_every_shape_of_a_seeded_random_mix() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     load(&server, &["--generate", "3000", "--markers", "0"]).await;
+    // The same data for both runs: every event searchable before the first
+    // draws its pool.
+    let mut client = server.client().await;
+    let started = std::time::Instant::now();
+    while count_stored(&mut client).await < 3000 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the load never became searchable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let args = ["--per-shape", "3", "--seed", "5"];
     let report = auditctl(&server, "bench-search", &args).await;
     let shapes: Vec<(&String, &serde_json::Value)> = report

@@ -381,7 +381,7 @@ async fn a_rolled_back_data_directory_fails_the_consistency_check() {
     checkpoint_of_at_least(&mut admin, seqs.iter().max().unwrap() + 1).await;
     server.stop().await.unwrap();
     let backup = tempfile::tempdir().unwrap();
-    copy_tree(dir.path(), backup.path());
+    copy_dir(dir.path(), backup.path());
 
     // The honest history goes on; a verifier saves its checkpoint.
     let server = TestServer::start(config.clone()).await;
@@ -393,7 +393,7 @@ async fn a_rolled_back_data_directory_fails_the_consistency_check() {
 
     // The attacker puts the old copy back and writes new events over it.
     std::fs::remove_dir_all(dir.path()).unwrap();
-    copy_tree(backup.path(), dir.path());
+    copy_dir(backup.path(), dir.path());
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
     let forged = ingest_many(&mut client, 400, 13).await;
@@ -413,19 +413,6 @@ async fn a_rolled_back_data_directory_fails_the_consistency_check() {
     )
     .is_err());
     server.stop().await.unwrap();
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn auditctl(server: &TestServer, args: &[&str]) -> std::process::Command {
@@ -481,34 +468,20 @@ async fn the_auditctl_tour_receipt_verify_receipt_and_verify() {
         key.to_str().unwrap(),
         event.to_str().unwrap(),
     );
-    let ok = run_ok(auditctl(
-        &server,
-        &[
-            "verify-receipt",
-            proof_arg,
-            "--key",
-            key_arg,
-            "--event",
-            event_arg,
-        ],
-    ))
-    .await;
+    let verify_receipt = [
+        "verify-receipt",
+        proof_arg,
+        "--key",
+        key_arg,
+        "--event",
+        event_arg,
+    ];
+    let ok = run_ok(auditctl(&server, &verify_receipt)).await;
     assert!(ok.contains("and it is this event"), "{ok}");
     // The same receipt against another event fails.
     let other = run_ok(auditctl(&server, &["get", &reply.ids[4]])).await;
     std::fs::write(&event, &other).unwrap();
-    let refused = run_failing(auditctl(
-        &server,
-        &[
-            "verify-receipt",
-            proof_arg,
-            "--key",
-            key_arg,
-            "--event",
-            event_arg,
-        ],
-    ))
-    .await;
+    let refused = run_failing(auditctl(&server, &verify_receipt)).await;
     assert!(refused.contains("does not match"), "{refused}");
 
     let saved_arg = saved.to_str().unwrap();

@@ -150,6 +150,21 @@ pub async fn connect(url: &str, token: &str) -> Client {
     auditd::client::audit_log(channel, BearerToken::new(token).unwrap())
 }
 
+/// Copies a data directory, as a backup or a fixture would be (its
+/// `LOCK` file left behind).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// An `Integrity` client holding `token`.
 pub async fn integrity_client(url: &str, token: &str) -> auditd::client::IntegrityClient {
     let channel = Channel::from_shared(url.to_owned())
