@@ -225,28 +225,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    #[ignore = "prints the vector for docs/integrity.md"]
-    fn print_the_vector() {
-        let event = vector_event();
-        let mut scratch = Vec::new();
-        scratch.clear();
-        core_bytes(&event, &mut scratch);
-        println!("core {}", hex(&scratch));
-        for part in 0..=10u8 {
-            println!("salt_{part} {}", hex(&part_salt(&VECTOR_SALT, part)));
-        }
-        for part in 1..=10u8 {
-            scratch.clear();
-            if personal_bytes(&event, part, &mut scratch) {
-                println!("value_{part} {}", hex(&scratch));
-            }
-        }
-        let leaf = leaf_bytes(&event, &VECTOR_SALT, &mut scratch);
-        println!("leaf {}", hex(&leaf));
-        println!("hash {}", hex(&leaf_hash(&leaf)));
-    }
-
-    #[test]
     fn the_documented_vector_holds() {
         let event = vector_event();
         let mut scratch = Vec::new();
