@@ -34,6 +34,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub tls: TlsConfig,
     pub integrity: IntegrityConfig,
+    pub retention: RetentionConfig,
 }
 
 /// TLS for gRPC (rustls). Off unless `cert` and `key` are set.
@@ -69,6 +70,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             tls: TlsConfig::default(),
             integrity: IntegrityConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -329,6 +331,46 @@ impl Default for IntegrityConfig {
     }
 }
 
+/// How long events are kept (`retention` module). A day's partition is
+/// dropped whole once every event in it is past its rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days an event no rule matches is kept; unset: forever.
+    pub default_days: Option<u32>,
+    /// Days the daemon's own trail (type `audit-log/auditd`: reads, token
+    /// changes, retention and integrity events) is kept; unset: as the
+    /// rules and `default_days` say.
+    pub trail_days: Option<u32>,
+    /// Rules by type prefix and/or action pattern. An event matched by
+    /// several is kept for the longest of them.
+    pub rules: Vec<RetentionRule>,
+    /// How often the daemon looks for partitions to drop.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            default_days: None,
+            trail_days: None,
+            rules: Vec::new(),
+            sweep_interval_ms: 3_600_000,
+        }
+    }
+}
+
+/// Events whose type starts with `type_prefix` (empty: any) and whose
+/// action is one of `actions` (empty: any; `auth.*` is a prefix, as in
+/// Search) are kept `days` days.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionRule {
+    pub type_prefix: String,
+    pub actions: Vec<String>,
+    pub days: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -468,6 +510,14 @@ impl Config {
         }
         if self.wal.segment_bytes < 4096 {
             return invalid("wal.segment_bytes", "at least 4096");
+        }
+        let days = self.retention.rules.iter().map(|r| Some(r.days));
+        let days = days.chain([self.retention.default_days, self.retention.trail_days]);
+        if days.flatten().any(|d| d == 0) {
+            return invalid("retention", "a retention of 0 days would drop what arrives");
+        }
+        if self.retention.sweep_interval_ms == 0 {
+            return invalid("retention.sweep_interval_ms", "must be at least 1");
         }
         Ok(())
     }

@@ -16,6 +16,8 @@
 //!   integrity.pub      its note verifier key
 //!   tlog/              the Merkle tree (tiles, tree.json) and the
 //!                      checkpoints kept (`integrity::store`, `checkpointer`)
+//!   retention.json     the compliance floor, legal holds and drops done
+//!                      (`retention`)
 //! ```
 
 use std::io::Write;
@@ -94,6 +96,10 @@ impl DataDir {
 
     pub fn index(&self) -> PathBuf {
         self.root.join("index")
+    }
+
+    pub fn retention(&self) -> PathBuf {
+        self.root.join("retention.json")
     }
 
     pub fn damaged(&self) -> PathBuf {

@@ -13,7 +13,12 @@ use crate::app::{App, AppError, ErrorKind, Origin};
 use crate::auth::{AuthError, Caller};
 use crate::proto::audit_log_server::AuditLog;
 use crate::proto::integrity_server::Integrity;
+use crate::proto::retention_server::Retention;
 use crate::proto::tokens_server::Tokens;
+use crate::proto::{
+    AddHoldRequest, GetRetentionRequest, Hold, ListHoldsRequest, ListHoldsResponse,
+    LockRetentionRequest, ReleaseHoldRequest, RetentionStatus, SweepRequest, SweepResponse,
+};
 use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, CreateTokenRequest, CreateTokenResponse,
     ExportChunk, ExportRequest, GetEventRequest, IngestRequest, IngestResponse, ListTokensRequest,
@@ -37,6 +42,9 @@ pub struct TokensService(pub App);
 
 /// The `Integrity` service over the application layer.
 pub struct IntegrityGrpc(pub App);
+
+/// The `Retention` service over the application layer.
+pub struct RetentionGrpc(pub App);
 
 /// The caller the authentication interceptor put into the request, and
 /// where the call came from.
@@ -264,6 +272,7 @@ impl From<AppError> for Status {
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorKind::Aborted => tonic::Code::Aborted,
             ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
@@ -296,5 +305,72 @@ impl From<AppError> for Status {
             }
         }
         status
+    }
+}
+
+#[tonic::async_trait]
+impl Retention for RetentionGrpc {
+    async fn get_retention(
+        &self,
+        request: Request<GetRetentionRequest>,
+    ) -> Result<Response<RetentionStatus>, Status> {
+        let (caller, origin) = caller(&request)?;
+        Ok(Response::new(
+            self.0.retention.status(&caller, &origin).await?,
+        ))
+    }
+
+    async fn lock(
+        &self,
+        request: Request<LockRetentionRequest>,
+    ) -> Result<Response<RetentionStatus>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let days = request.into_inner().min_days;
+        Ok(Response::new(
+            self.0.retention.lock(&caller, &origin, days).await?,
+        ))
+    }
+
+    async fn add_hold(&self, request: Request<AddHoldRequest>) -> Result<Response<Hold>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let hold = request.into_inner();
+        Ok(Response::new(
+            self.0.retention.add_hold(&caller, &origin, hold).await?,
+        ))
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<ListHoldsRequest>,
+    ) -> Result<Response<ListHoldsResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let released = request.into_inner().include_released;
+        let holds = self
+            .0
+            .retention
+            .list_holds(&caller, &origin, released)
+            .await?;
+        Ok(Response::new(ListHoldsResponse { holds }))
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<ReleaseHoldRequest>,
+    ) -> Result<Response<Hold>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.0.retention.release_hold(&caller, &origin, id).await?,
+        ))
+    }
+
+    async fn sweep(
+        &self,
+        request: Request<SweepRequest>,
+    ) -> Result<Response<SweepResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        Ok(Response::new(
+            self.0.retention.sweep(&caller, &origin).await?,
+        ))
     }
 }

@@ -21,10 +21,13 @@ use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, To
 use crate::metrics as m;
 use crate::partition::{day_of, format_day, Day, Partition, PartitionError, Partitions};
 use crate::record::LogRecord;
+use crate::retention::{
+    runs, Applied, Change, Dropped, Retention, RetentionError, RetentionRecord, Verdict,
+};
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::group_commit::WalPositions;
-use crate::wal::{LogReader, WalError};
+use crate::wal::{LogReader, Span, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -42,6 +45,8 @@ pub enum IndexError {
     },
     #[error("re-reading the write-ahead log: {0}")]
     Wal(#[from] WalError),
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +113,8 @@ pub struct Indexer {
     searchable: watch::Sender<u64>,
     body: Vec<u8>,
     pending: Pending,
+    /// Applies retention changes as their records come, in log order.
+    retention: Arc<Retention>,
 }
 
 /// What the writers took since the last commit.
@@ -120,6 +127,7 @@ enum Pending {
 }
 
 impl Indexer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         partitions: Arc<Partitions>,
         settings: IndexerSettings,
@@ -128,6 +136,7 @@ impl Indexer {
         start: CommitPayload,
         positions: Arc<WalPositions>,
         searchable: watch::Sender<u64>,
+        retention: Arc<Retention>,
     ) -> Indexer {
         let ledger = partitions
             .overlapping(None, None)
@@ -158,6 +167,7 @@ impl Indexer {
             positions,
             searchable,
             body: Vec::new(),
+            retention,
         }
     }
 
@@ -204,6 +214,15 @@ impl Indexer {
                         self.fault(&error, status);
                     }
                     metrics::gauge!(m::QUEUE_DEPTH).set(queue.len() as f64);
+                }
+                Ok(ToIndexer::Retention(span, change)) => {
+                    let applied = self.apply_retention(span, &change.record);
+                    if let Err(error) = &applied {
+                        self.fault(error, status);
+                    }
+                    if let Some(done) = change.done {
+                        let _ = done.send(applied.map_err(|e| e.to_string()));
+                    }
                 }
                 Ok(ToIndexer::Commit(reply)) => {
                     commit_now = true;
@@ -284,6 +303,7 @@ impl Indexer {
                     self.indexed.log = span.end;
                     Ok(())
                 }
+                LogRecord::Retention(span, change) => self.apply_retention(span, &change).map(drop),
             };
             added.map_err(|error| {
                 failed = Some(error);
@@ -423,6 +443,87 @@ impl Indexer {
 }
 
 impl Indexer {
+    /// Applies one retention change, in its place in the log. A drop is
+    /// judged again here, against everything logged before it: an event
+    /// that came for the day since the sweep looked, or a hold placed
+    /// since, keeps the partition.
+    fn apply_retention(
+        &mut self,
+        span: Span,
+        record: &RetentionRecord,
+    ) -> Result<Applied, IndexError> {
+        let applied = match (&record.change, self.rebuild) {
+            (Some(Change::Drop(_)), true) => Ok(Applied::Unchanged(
+                "the index is re-reading the log after a fault; the drop is applied with it".into(),
+            )),
+            (Some(Change::Drop(day)), false) => self.drop_day(*day, record),
+            _ => self.retention.apply(record).map_err(IndexError::from),
+        };
+        // Failed or not, it is behind: a failed drop is applied again by
+        // the re-read after the fault.
+        self.indexed.log = span.end;
+        applied
+    }
+
+    fn drop_day(&mut self, day: Day, record: &RetentionRecord) -> Result<Applied, IndexError> {
+        let name = format_day(day);
+        // The partition as every record before this one left it.
+        self.commit()?;
+        if let Some(mut open) = self.writers.remove(&day) {
+            if let Some(compacting) = open.compacting.take() {
+                let _ = compacting.join();
+            }
+            wait_merging(open)?;
+        }
+        let Some(partition) = self.partitions.get(day) else {
+            return Ok(Applied::Unchanged(format!("no partition for {name}")));
+        };
+        // Replay meets a drop already done: its partition was made again
+        // from records logged before the drop, and goes again.
+        let applied = if self.retention.dropped(&record.id) {
+            Applied::Unchanged(format!("{name} was already dropped"))
+        } else {
+            let retention = &self.retention;
+            let verdict = retention
+                .policy()
+                .judge(
+                    &self.schema,
+                    &partition,
+                    retention.floor(),
+                    &retention.holds(),
+                    record.at_micros,
+                )
+                .map_err(|source| IndexError::Tantivy {
+                    path: partition.path.clone(),
+                    source,
+                })?;
+            let (days, rule) = match verdict {
+                Verdict::Keep(why) => {
+                    return Ok(Applied::Unchanged(format!("{name} is kept: {why}")))
+                }
+                Verdict::Drop { days, rule } => (days, rule),
+            };
+            let (mut seqs, bytes) = partition.seqs_and_bytes()?;
+            let dropped = Dropped {
+                id: record.id.clone(),
+                day: name,
+                at: record.at_micros,
+                rule,
+                days,
+                events: seqs.len() as u64,
+                bytes,
+                seqs: runs(&mut seqs),
+            };
+            // Durable before the files go: replay finishes a drop cut
+            // short by a crash.
+            self.retention.record_drop(dropped.clone())?;
+            Applied::Dropped(dropped)
+        };
+        self.partitions.remove(day)?;
+        self.ledger.remove(&day);
+        Ok(applied)
+    }
+
     /// Merges the partition of a day that is over, once idle for `idle`,
     /// down to one segment; and finishes a compaction that has ended.
     ///

@@ -13,14 +13,15 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::{Limits, WalConfig};
 use crate::idempotency::{Begin, Idempotency, Stored};
-use crate::messages::{AppendRequest, WalBatch};
+use crate::messages::{AppendRequest, RetentionChange, WalBatch};
 use crate::metrics as m;
 use crate::partition::day_of;
-use crate::proto::{IngestRequest, IngestResponse, WaitFor};
+use crate::proto::{AuditEvent, IngestRequest, IngestResponse, WaitFor};
+use crate::retention::{Applied, Retention, RetentionRecord};
 use crate::schema::{micros_to_timestamp, timestamp_micros};
 use crate::search::Searcher;
 use crate::status::{Health, PipelineStatus};
-use crate::validate::{validate_batch, InvalidBatch};
+use crate::validate::{validate_batch, InvalidBatch, Violation, MAX_REPORTED_VIOLATIONS};
 use crate::wal::group_commit::WalPositions;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,7 @@ pub struct IngestService {
     searcher: Searcher,
     status: Arc<PipelineStatus>,
     ids: Mutex<ulid::Generator>,
+    retention: Arc<Retention>,
 }
 
 impl IngestService {
@@ -93,6 +95,7 @@ impl IngestService {
         memo: Arc<Idempotency>,
         searcher: Searcher,
         status: Arc<PipelineStatus>,
+        retention: Arc<Retention>,
     ) -> Self {
         IngestService {
             settings,
@@ -104,6 +107,7 @@ impl IngestService {
             searcher,
             status,
             ids: Mutex::new(ulid::Generator::new()),
+            retention,
         }
     }
 
@@ -119,7 +123,9 @@ impl IngestService {
             Health::Failed(reason) => return Err(IngestError::Unavailable(reason)),
         }
         let now = now_micros();
-        if let Err(invalid) = validate_batch(&request.events, &self.settings.limits, now) {
+        let checked = validate_batch(&request.events, &self.settings.limits, now)
+            .and_then(|()| self.not_dropped(&request.events, now));
+        if let Err(invalid) = checked {
             metrics::counter!(m::BATCHES_REJECTED, "reason" => "invalid").increment(1);
             metrics::counter!(m::EVENTS_REJECTED).increment(request.events.len() as u64);
             return Err(IngestError::Invalid(invalid));
@@ -184,6 +190,7 @@ impl IngestService {
             leaves,
             reply,
             permit: Some(permit),
+            change: None,
         };
         match self.wal.try_send(append) {
             Ok(()) => {}
@@ -217,6 +224,85 @@ impl IngestService {
     }
 
     /// Returns once every event with a seq below `next_seq` is searchable.
+    /// What retention has dropped, and its rules.
+    pub fn retention(&self) -> &Arc<Retention> {
+        &self.retention
+    }
+
+    /// Refuses events of a day retention has dropped: they would be kept
+    /// past their rule, or fill a partition whose events are gone.
+    fn not_dropped(&self, events: &[AuditEvent], now: i64) -> Result<(), InvalidBatch> {
+        let mut violations = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            let time = event
+                .time
+                .as_ref()
+                .map_or(now, |t| timestamp_micros(Some(t)));
+            if let Some(reason) = self.retention.refusal(day_of(time)) {
+                violations.push(Violation {
+                    index: Some(i),
+                    field: "time",
+                    reason,
+                });
+            }
+        }
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let total = violations.len();
+        violations.truncate(MAX_REPORTED_VIOLATIONS);
+        Err(InvalidBatch {
+            violations,
+            total,
+            invalid_events: total,
+            events: events.len(),
+        })
+    }
+
+    /// Appends a retention change to the log and waits until the indexer
+    /// has applied it: what it did, or why it could not.
+    pub async fn change_retention(&self, record: RetentionRecord) -> Result<Applied, IngestError> {
+        match self.status.health() {
+            Health::Serving | Health::Degraded(_) => {}
+            Health::Starting => return Err(IngestError::Starting),
+            Health::Failed(reason) => return Err(IngestError::Unavailable(reason)),
+        }
+        let permit = tokio::time::timeout(
+            self.settings.submit_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| self.overloaded("the write-ahead log queue is full"))?
+        .map_err(|_| IngestError::Unavailable("shutting down".into()))?;
+        let (reply, replied) = oneshot::channel();
+        let (done, applied) = oneshot::channel();
+        let append = AppendRequest {
+            body: record.encode_to_vec(),
+            batch: WalBatch::default(),
+            leaves: Vec::new(),
+            reply,
+            permit: Some(permit),
+            change: Some(RetentionChange {
+                record,
+                done: Some(done),
+            }),
+        };
+        self.wal.try_send(append).map_err(|e| match e {
+            TrySendError::Full(_) => self.overloaded("the write-ahead log queue is full"),
+            TrySendError::Disconnected(_) => {
+                IngestError::Unavailable("the write-ahead log is closed".into())
+            }
+        })?;
+        replied
+            .await
+            .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
+            .map_err(IngestError::Unavailable)?;
+        applied
+            .await
+            .map_err(|_| IngestError::Unavailable("the indexer stopped before applying it".into()))?
+            .map_err(IngestError::Unavailable)
+    }
+
     async fn wait_searchable(&self, next_seq: u64) -> Result<(), IngestError> {
         let mut searchable = self.searchable.clone();
         searchable

@@ -34,6 +34,7 @@ pub mod migrate;
 pub mod partition;
 pub mod record;
 pub mod recover;
+pub mod retention;
 pub mod schema;
 pub mod search;
 pub mod server;

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use crate::integrity::leaf::{event_leaf_hash, salt_from_bytes, Salt, SALT_LEN};
 use crate::integrity::merkle::Hash;
 use crate::proto::AuditEvent;
+use crate::retention::{Applied, RetentionRecord};
 use crate::wal::{LogPosition, Span};
 
 /// What one `Batch` record holds: a validated batch, ids and `received`
@@ -83,6 +84,18 @@ pub struct AppendRequest {
     /// A slot of the bounded WAL queue, given back when the WAL thread
     /// takes the request.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Set for a `Retention` record (`body` is the change, `batch` is
+    /// empty): the indexer applies it once it is durable.
+    pub change: Option<RetentionChange>,
+}
+
+/// A retention change on its way through the log to the indexer, which
+/// applies it in log order.
+#[derive(Debug)]
+pub struct RetentionChange {
+    pub record: RetentionRecord,
+    /// Told what applying it did (`None` on replay).
+    pub done: Option<oneshot::Sender<Result<Applied, String>>>,
 }
 
 /// Where an appended batch landed: its record's place in the log, and the
@@ -104,6 +117,8 @@ pub enum ToIndexer {
     /// replayed events are searchable (their seqs may all be below the
     /// index's, after `auditd recover`, so a seq cannot tell).
     Commit(oneshot::Sender<()>),
+    /// A durable retention change and its record's place in the log.
+    Retention(Span, RetentionChange),
 }
 
 /// A durable batch on its way to the indexer, with its place in the log

@@ -48,3 +48,11 @@ pub const CONNECTIONS: &str = "auditd_grpc_connections";
 pub const CONNECTIONS_REFUSED: &str = "auditd_connections_refused_total";
 /// Connections closed after `limits.idle_connection_timeout_ms` idle.
 pub const CONNECTIONS_IDLE_CLOSED: &str = "auditd_connections_idle_closed_total";
+/// Events removed by retention (whole partitions dropped).
+pub const RETENTION_DROPPED_EVENTS: &str = "auditd_retention_dropped_events_total";
+/// Bytes of index removed by retention.
+pub const RETENTION_DROPPED_BYTES: &str = "auditd_retention_dropped_bytes_total";
+/// Unix time of the start of the oldest day still kept (absent: none).
+pub const RETENTION_OLDEST_SECONDS: &str = "auditd_retention_oldest_day_timestamp_seconds";
+/// Legal holds in force.
+pub const RETENTION_HOLDS: &str = "auditd_retention_holds";

@@ -306,7 +306,7 @@ fn old_log_events(
             } else {
                 match record::decode(record)? {
                     LogRecord::Batch(typed) => (typed.batch, Some(typed.first_seq)),
-                    LogRecord::Skip(_) => return Ok(()),
+                    LogRecord::Skip(_) | LogRecord::Retention(..) => return Ok(()),
                 }
             };
             let n = batch.events.len();

@@ -69,6 +69,31 @@ impl Partition {
         self.views.current(&self.reader)
     }
 
+    /// The seqs of every event its searcher holds, and the bytes of its
+    /// files.
+    pub fn seqs_and_bytes(&self) -> Result<(Vec<u64>, u64), PartitionError> {
+        let tantivy = |source| PartitionError::Tantivy {
+            path: self.path.clone(),
+            source,
+        };
+        let view = self.view().map_err(tantivy)?;
+        let mut seqs = Vec::with_capacity(view.searcher.num_docs() as usize);
+        for (reader, columns) in view.searcher.segment_readers().iter().zip(&view.columns) {
+            for doc in reader.doc_ids_alive() {
+                seqs.extend(columns.seq.first(doc));
+            }
+        }
+        let mut bytes = 0;
+        let entries = std::fs::read_dir(&self.path).map_err(|source| PartitionError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            bytes += entry.metadata().map_or(0, |m| m.len());
+        }
+        Ok((seqs, bytes))
+    }
+
     /// What this partition's last commit covers: every record that starts
     /// below its log position and holds events of this day is in the index.
     pub fn committed(&self) -> Result<CommitPayload, PartitionError> {
@@ -154,6 +179,31 @@ impl Partitions {
         let partition = map.entry(day).or_insert(partition).clone();
         metrics::gauge!(crate::metrics::PARTITIONS).set(map.len() as f64);
         Ok(partition)
+    }
+
+    /// Takes the partition of `day` out of every search from now on (a
+    /// search already running keeps its own handle) and removes its
+    /// directory, durably.
+    pub fn remove(&self, day: Day) -> Result<(), PartitionError> {
+        let removed = {
+            let mut map = self.map.write().expect("partition map lock");
+            let removed = map.remove(&day);
+            metrics::gauge!(crate::metrics::PARTITIONS).set(map.len() as f64);
+            removed
+        };
+        let path = removed.map_or_else(|| self.root.join(format_day(day)), |p| p.path.clone());
+        let io = |source| PartitionError::Io {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        }
+        std::fs::File::open(&self.root)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io)
     }
 
     pub fn get(&self, day: Day) -> Option<Arc<Partition>> {

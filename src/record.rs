@@ -9,8 +9,8 @@
 //! `first_seq` is the seq of the record's first event (a `Batch`'s events
 //! take `first_seq`, `first_seq + 1`, …; other kinds take none). The WAL
 //! thread, the one appender, writes the header, so seqs have no gap and
-//! no repeat. Kinds other than `Batch` (erasure, retention, checkpoints)
-//! get their own numbers as they come.
+//! no repeat. `Retention` records (kind 2) carry no events; erasure gets
+//! its own kind when it comes.
 //!
 //! A first byte of 0 is a skip frame (`auditd recover` wrote it over
 //! damaged bytes). A first byte of 8 or more is a record of data format 1
@@ -18,6 +18,7 @@
 //! 8): `auditd migrate` rewrites those.
 
 use crate::messages::{IndexBatch, WalBatch};
+use crate::retention::RetentionRecord;
 use crate::wal::{frame, Record, Span, WalError};
 
 /// The envelope version this binary writes and the newest it reads.
@@ -32,12 +33,16 @@ pub const HEADER_LEN: usize = 10;
 pub enum RecordKind {
     /// A validated batch of events (body: prost `WalBatch`).
     Batch = 1,
+    /// A retention change: a drop, the compliance floor, a legal hold or
+    /// its release (body: prost `retention::RetentionRecord`; no events).
+    Retention = 2,
 }
 
 impl RecordKind {
     fn from_byte(byte: u8) -> Option<RecordKind> {
         match byte {
             1 => Some(RecordKind::Batch),
+            2 => Some(RecordKind::Retention),
             _ => None,
         }
     }
@@ -59,6 +64,7 @@ pub enum LogRecord {
     /// its span still moves the indexed position on.
     Skip(Span),
     Batch(IndexBatch),
+    Retention(Span, RetentionRecord),
 }
 
 impl LogRecord {
@@ -66,6 +72,7 @@ impl LogRecord {
         match self {
             LogRecord::Skip(span) => *span,
             LogRecord::Batch(batch) => batch.span,
+            LogRecord::Retention(span, _) => *span,
         }
     }
 }
@@ -117,8 +124,13 @@ pub fn decode(record: Record<'_>) -> Result<LogRecord, WalError> {
                 batch,
             }))
         }
+        Some(RecordKind::Retention) => {
+            let change = <RetentionRecord as prost::Message>::decode(body)
+                .map_err(|e| bad(format!("retention record does not decode: {e}")))?;
+            Ok(LogRecord::Retention(span, change))
+        }
         None => Err(bad(format!(
-            "unknown record kind {} (record version {version}; this auditd knows kind 1, batch)",
+            "unknown record kind {} (record version {version}; this auditd knows kinds 1, batch, and 2, retention)",
             payload[1]
         ))),
     }

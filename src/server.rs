@@ -23,19 +23,21 @@ use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, TokenStore};
 use crate::config::Config;
 use crate::datadir::{DataDir, Format, FormatError};
-use crate::grpc::{AuditLogService, Authenticate, IntegrityGrpc, TokensService};
+use crate::grpc::{AuditLogService, Authenticate, IntegrityGrpc, RetentionGrpc, TokensService};
 use crate::idempotency::{Idempotency, Stored};
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
 use crate::integrity::checkpointer::{self, CheckpointError, Checkpoints, Integrity};
 use crate::integrity::leaf::lost_leaf_hash;
 use crate::integrity::store::{StoreError, TreeStore};
-use crate::messages::{AppendRequest, CommitPayload, IndexBatch, ToIndexer};
+use crate::messages::{AppendRequest, CommitPayload, IndexBatch, RetentionChange, ToIndexer};
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
 use crate::proto::integrity_server::IntegrityServer;
+use crate::proto::retention_server::RetentionServer;
 use crate::proto::tokens_server::TokensServer;
 use crate::record::LogRecord;
+use crate::retention::{Retention, RetentionError};
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::Searcher;
 use crate::status::{Health, PipelineStatus};
@@ -68,6 +70,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error("retention: {0}")]
+    Retention(#[from] RetentionError),
     #[error("write-ahead log: {0}")]
     Wal(#[from] WalError),
     #[error(
@@ -202,6 +206,7 @@ pub async fn run_on(
     // The background self-audit runs among the transports' tasks: their
     // stop ends it, and their stop waits for it.
     let (background, background_stop) = (tasks.clone(), stop.clone());
+    let background_stop_retention = stop.clone();
     let transports = match Transports::serve(&config, listeners, &pipeline, tls, stop, tasks).await
     {
         Ok(transports) => transports,
@@ -230,6 +235,19 @@ pub async fn run_on(
                 .app()
                 .self_audit(integrity, pipeline.status.clone(), rate, background_stop);
         background.spawn(audit.run());
+    }
+    if pipeline
+        .app()
+        .retention
+        .retention()
+        .policy()
+        .shortest()
+        .is_some()
+    {
+        let retention = pipeline.app().retention.clone();
+        let every = Duration::from_millis(config.retention.sweep_interval_ms);
+        let stop = background_stop_retention;
+        background.spawn(async move { retention.run_sweeper(every, stop).await });
     }
 
     shutdown.await;
@@ -292,6 +310,9 @@ impl Pipeline {
                 })?;
         }
 
+        // Before anything else reads the data: a configuration below the
+        // compliance floor never starts.
+        let retention = Arc::new(Retention::open(&data_dir, &config.retention)?);
         let (tokens, first_admin) = TokenStore::open(&data_dir)?;
         let tokens = Arc::new(tokens);
         if let Some(secret) = first_admin {
@@ -370,6 +391,7 @@ impl Pipeline {
             memo.clone(),
             searcher.clone(),
             status.clone(),
+            retention.clone(),
         ));
         let app = App::new(
             ingest,
@@ -411,6 +433,7 @@ impl Pipeline {
             },
             positions.clone(),
             searchable_tx,
+            retention,
         )
         .spawn(index_rx, status.clone())?;
         Ok(Pipeline {
@@ -466,6 +489,13 @@ impl Pipeline {
                     LogRecord::Skip(_) => {
                         after_skip = true;
                         return Ok(());
+                    }
+                    LogRecord::Retention(span, _) if span.start < checkpoint => return Ok(()),
+                    LogRecord::Retention(span, record) => {
+                        let change = RetentionChange { record, done: None };
+                        return replay_tx
+                            .send(ToIndexer::Retention(span, change))
+                            .map_err(|_| WalError::IndexerGone);
                     }
                 };
                 next_seq = next_seq.max(replayed.next_seq());
@@ -609,12 +639,13 @@ impl Pipeline {
 pub const INGEST_HEALTH_SERVICE: &str = "auditd.ingest";
 
 /// The health names that follow reads.
-fn read_health_services() -> [&'static str; 4] {
+fn read_health_services() -> [&'static str; 5] {
     [
         "",
         <AuditLogServer<AuditLogService> as NamedService>::NAME,
         <TokensServer<TokensService> as NamedService>::NAME,
         <IntegrityServer<IntegrityGrpc> as NamedService>::NAME,
+        <RetentionServer<RetentionGrpc> as NamedService>::NAME,
     ]
 }
 
@@ -670,6 +701,10 @@ impl Transports {
         );
         let integrity_service = InterceptedService::new(
             IntegrityServer::new(IntegrityGrpc(app.clone())),
+            authenticate.clone(),
+        );
+        let retention_service = InterceptedService::new(
+            RetentionServer::new(RetentionGrpc(app.clone())),
             authenticate,
         );
         let (grpc_addr, http_addr) = listeners.addrs()?;
@@ -691,6 +726,7 @@ impl Transports {
                 .add_service(audit_service)
                 .add_service(tokens_service)
                 .add_service(integrity_service)
+                .add_service(retention_service)
                 .serve_with_incoming_shutdown(
                     crate::conn::incoming(
                         listeners.grpc,

@@ -71,6 +71,14 @@ pub enum AppError {
     /// The stored event does not make the leaf the tree holds for it.
     #[error("the stored event at seq {seq} does not match its leaf in the Merkle tree: {reason}")]
     LeafMismatch { seq: u64, reason: &'static str },
+    /// A retention change the compliance floor forbids, or a lock below
+    /// the floor already set.
+    #[error("{0}")]
+    BelowFloor(String),
+    #[error("no legal hold with id {0:?}")]
+    HoldNotFound(String),
+    #[error("{0} legal holds are in force, the most auditd keeps; release one first")]
+    TooManyHolds(usize),
     #[error("{0}")]
     Internal(String),
 }
@@ -83,6 +91,9 @@ pub enum ErrorKind {
     Unauthenticated,
     PermissionDenied,
     NotFound,
+    /// The request is valid but the state forbids it (a retention change
+    /// below the compliance floor).
+    FailedPrecondition,
     /// The same batch id is being stored by another request.
     Aborted,
     ResourceExhausted,
@@ -100,6 +111,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => "Unauthenticated",
             ErrorKind::PermissionDenied => "PermissionDenied",
             ErrorKind::NotFound => "NotFound",
+            ErrorKind::FailedPrecondition => "FailedPrecondition",
             ErrorKind::Aborted => "Aborted",
             ErrorKind::ResourceExhausted => "ResourceExhausted",
             ErrorKind::Unavailable => "Unavailable",
@@ -117,6 +129,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => 401,
             ErrorKind::PermissionDenied => 403,
             ErrorKind::NotFound => 404,
+            ErrorKind::FailedPrecondition => 409,
             ErrorKind::Aborted => 409,
             ErrorKind::ResourceExhausted => 429,
             ErrorKind::Unavailable => 503,
@@ -170,6 +183,9 @@ impl AppError {
             | AppError::NoCheckpointYet { .. } => Unavailable,
             AppError::CheckpointNotFound(_) | AppError::TileNotFound(_) => NotFound,
             AppError::LeafMismatch { .. } => DataLoss,
+            AppError::BelowFloor(_) => FailedPrecondition,
+            AppError::HoldNotFound(_) => NotFound,
+            AppError::TooManyHolds(_) => ResourceExhausted,
             AppError::Internal(_) => Internal,
         }
     }

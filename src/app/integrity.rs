@@ -24,6 +24,7 @@ use crate::proto::{
     AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetConsistencyProofRequest,
     GetInclusionProofRequest, InclusionProof, LeafProblem,
 };
+use crate::retention::Retention;
 use crate::schema::micros_to_timestamp;
 use crate::search::EventRef;
 
@@ -37,6 +38,8 @@ pub struct IntegrityService {
     reads: Arc<ReadService>,
     /// How soon a new event is in a checkpoint (`integrity.checkpoint_interval_ms`).
     checkpoint_interval: Duration,
+    /// What retention dropped: the audit reports it `expired`.
+    retention: Arc<Retention>,
 }
 
 impl IntegrityService {
@@ -44,11 +47,13 @@ impl IntegrityService {
         integrity: Option<Arc<Integrity>>,
         reads: Arc<ReadService>,
         checkpoint_interval: Duration,
+        retention: Arc<Retention>,
     ) -> Self {
         IntegrityService {
             integrity,
             reads,
             checkpoint_interval,
+            retention,
         }
     }
 
@@ -294,10 +299,12 @@ impl IntegrityService {
             0 => searchable,
             to => to.min(searchable),
         };
+        let expired = self.retention.expired();
         tokio::task::spawn_blocking(move || {
             let snapshot = integrity.tree.snapshot();
             let signed = (checkpoint.size, checkpoint.root);
-            let sent = audit::audit(&searcher, &snapshot, signed, request.from_seq, to, |p| {
+            let (from, expired) = (request.from_seq, &expired[..]);
+            let sent = audit::audit(&searcher, &snapshot, signed, expired, from, to, |p| {
                 if stop.is_cancelled() {
                     let _ = tx.blocking_send(Err(AppError::ShuttingDown));
                     return false;

@@ -12,6 +12,7 @@ mod export;
 mod integrity;
 mod outbox;
 mod read;
+mod retention;
 pub mod self_audit;
 mod tail;
 mod tokens;
@@ -25,6 +26,7 @@ use std::time::Duration;
 pub use error::{AppError, ErrorKind, FieldViolation};
 pub use integrity::IntegrityService;
 pub use read::ReadService;
+pub use retention::RetentionService;
 pub use tail::resume_token as tail_resume_token;
 pub use tokens::TokenService;
 pub use write::{StreamSettings, WriteService};
@@ -67,6 +69,7 @@ pub struct App {
     pub reads: Arc<ReadService>,
     pub tokens: Arc<TokenService>,
     pub integrity: Arc<IntegrityService>,
+    pub retention: Arc<RetentionService>,
     store: Arc<TokenStore>,
 }
 
@@ -81,6 +84,12 @@ impl App {
         integrity: (Option<Arc<Integrity>>, Duration),
     ) -> Self {
         let trail = trail::Trail::new(ingest.clone());
+        let retention = Arc::new(RetentionService::new(
+            ingest.retention().clone(),
+            ingest.clone(),
+            searcher.clone(),
+            trail.clone(),
+        ));
         let reads = Arc::new(ReadService::new(
             searcher,
             status,
@@ -95,9 +104,11 @@ impl App {
                 integrity,
                 reads.clone(),
                 checkpoint_interval,
+                retention.retention().clone(),
             )),
             reads,
             tokens: Arc::new(TokenService::new(store.clone(), trail)),
+            retention,
             store,
         }
     }
@@ -112,6 +123,7 @@ impl App {
     ) -> self_audit::SelfAudit {
         self_audit::SelfAudit {
             integrity,
+            retention: self.retention.retention().clone(),
             searcher: self.reads.searcher().clone(),
             trail: self.reads.trail.clone(),
             status,

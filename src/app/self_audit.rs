@@ -18,6 +18,7 @@ use crate::auth::{Caller, StoredKind};
 use crate::integrity::audit::{self, Problem, AUDIT_WINDOW};
 use crate::integrity::checkpointer::Integrity;
 use crate::metrics as m;
+use crate::retention::Retention;
 use crate::search::Searcher;
 use crate::status::PipelineStatus;
 
@@ -31,6 +32,8 @@ const MAX_VIOLATION_EVENTS_PER_WINDOW: usize = 100;
 /// What the background audit needs.
 pub struct SelfAudit {
     pub integrity: Arc<Integrity>,
+    /// What retention dropped is lawfully gone, not a fault.
+    pub retention: Arc<Retention>,
     pub searcher: Searcher,
     pub trail: Trail,
     pub status: Arc<PipelineStatus>,
@@ -72,13 +75,22 @@ impl SelfAudit {
             }
             let (integrity, searcher) = (self.integrity.clone(), self.searcher.clone());
             let signed = (checkpoint.size, checkpoint.root);
+            let expired = self.retention.expired();
             let found = tokio::task::spawn_blocking(move || {
                 let snapshot = integrity.tree.snapshot();
                 let mut problems = Vec::new();
-                audit::audit(&searcher, &snapshot, signed, start, end, |progress| {
-                    problems.extend(progress.problems);
-                    true
-                })
+                audit::audit(
+                    &searcher,
+                    &snapshot,
+                    signed,
+                    &expired,
+                    start,
+                    end,
+                    |progress| {
+                        problems.extend(progress.problems.into_iter().filter(|p| !p.is_lawful()));
+                        true
+                    },
+                )
                 .map(|()| problems)
             })
             .await;
@@ -136,7 +148,7 @@ impl SelfAudit {
 }
 
 /// Who the daemon's own events are written as.
-fn system_caller() -> Caller {
+pub(super) fn system_caller() -> Caller {
     Caller {
         token_id: "auditd".into(),
         kind: StoredKind::Admin,

@@ -32,6 +32,14 @@ pub const CONSISTENCY_PROOF: &str = "audit.integrity.consistency_proof";
 pub const AUDIT: &str = "audit.integrity.audit";
 pub const TILE: &str = "audit.integrity.tile";
 pub const KEY: &str = "audit.integrity.key";
+pub const RETENTION_STATUS: &str = "audit.retention.status";
+pub const RETENTION_LOCK: &str = "audit.retention.lock";
+pub const RETENTION_SWEEP: &str = "audit.retention.sweep";
+/// A partition retention dropped (the daemon's own event).
+pub const RETENTION_DROP: &str = "audit.retention.drop";
+pub const HOLD_ADD: &str = "audit.hold.add";
+pub const HOLD_LIST: &str = "audit.hold.list";
+pub const HOLD_RELEASE: &str = "audit.hold.release";
 
 /// Longest value kept from a request in the trail event's `query`.
 const MAX_VALUE_CHARS: usize = 512;

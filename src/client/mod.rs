@@ -24,6 +24,10 @@ pub type Client = AuditLogClient<InterceptedService<Channel, BearerToken>>;
 pub type IntegrityClient =
     crate::proto::integrity_client::IntegrityClient<InterceptedService<Channel, BearerToken>>;
 
+/// A `Retention` client that sends a bearer token.
+pub type RetentionClient =
+    crate::proto::retention_client::RetentionClient<InterceptedService<Channel, BearerToken>>;
+
 /// A tonic interceptor that adds `authorization: Bearer <token>` to every
 /// call: what `auditctl` and the tests use.
 #[derive(Clone)]
@@ -107,6 +111,10 @@ pub fn endpoint(addr: &str, tls: &ClientTls<'_>) -> Result<Endpoint, ClientError
 /// message limits set.
 pub fn integrity(channel: Channel, bearer: BearerToken) -> IntegrityClient {
     crate::proto::integrity_client::IntegrityClient::with_interceptor(channel, bearer)
+}
+
+pub fn retention(channel: Channel, bearer: BearerToken) -> RetentionClient {
+    crate::proto::retention_client::RetentionClient::with_interceptor(channel, bearer)
 }
 
 pub fn audit_log(channel: Channel, bearer: BearerToken) -> Client {

@@ -149,7 +149,7 @@ fn millis(micros: i64) -> i64 {
 /// RFC 3339 in UTC with exactly six fractional digits (the precision
 /// auditd stores), e.g. `2021-07-08T06:43:51.928000Z`. Empty for a time
 /// outside years 1..=9999, which validation never lets in.
-fn rfc3339(micros: i64) -> String {
+pub(crate) fn rfc3339(micros: i64) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );

@@ -9,7 +9,9 @@
 //!   leaf is the lost leaf, says so);
 //! - an event whose leaf is another seq's: `reordered`;
 //! - an event whose leaf is nobody's: `modified`;
-//! - a second event with the same seq: `unexpected` (a forged one).
+//! - a second event with the same seq: `unexpected` (a forged one);
+//! - no stored event, and retention dropped its day: `expired`, lawful
+//!   (one problem per run of such seqs, naming the drop).
 //!
 //! The tiles are checked too: each full level-0 tile must hash up to the
 //! node the level above holds, and the leaves of `[0, size)` must give the
@@ -25,6 +27,7 @@ use super::merkle::{leaf_hash, Frontier, Hash};
 use super::store::{tile_root, SnapshotError, TreeSnapshot};
 use super::tiles::{TileId, TILE_HEIGHT, TILE_WIDTH};
 use crate::proto::AuditEvent;
+use crate::retention::{expired_at, Expired};
 use crate::search::{SearchError, Searcher};
 
 /// Seqs read and checked at once: bounds the events held in memory (a
@@ -47,6 +50,15 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// Kinds that report a lawful removal, not a fault.
+pub const LAWFUL: [&str; 2] = ["expired", "erased"];
+
+impl Problem {
+    pub fn is_lawful(&self) -> bool {
+        LAWFUL.contains(&self.kind)
+    }
+}
+
 /// What the audit has done so far: reported after every window.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -65,6 +77,7 @@ pub fn audit(
     searcher: &Searcher,
     snapshot: &TreeSnapshot,
     signed: (u64, Hash),
+    expired: &[Expired],
     from: u64,
     to: u64,
     mut report: impl FnMut(Progress) -> bool,
@@ -94,7 +107,7 @@ pub fn audit(
         // Tile findings first: for the same seq, theirs is the detail kept.
         let mut problems = check_tiles(snapshot, start, &held, &stored)?;
         tiles_damaged |= !problems.is_empty();
-        problems.extend(check_window(start, &held, lo, hi, &stored));
+        problems.extend(check_window(start, &held, lo, hi, &stored, expired));
         problems.sort_by_key(|p| p.seq);
         problems.dedup_by(|a, b| a.seq == b.seq && a.kind == b.kind);
         checked += hi - lo;
@@ -166,6 +179,7 @@ fn check_window(
     lo: u64,
     hi: u64,
     stored: &[(AuditEvent, Option<Salt>)],
+    expired: &[Expired],
 ) -> Vec<Problem> {
     let owner: HashMap<Hash, u64> = held
         .iter()
@@ -180,6 +194,7 @@ fn check_window(
         })
         .collect();
     let mut problems = Vec::new();
+    let mut gone = Vec::new();
     let mut next = lo;
     let mut i = 0;
     while next < hi || i < computed.len() {
@@ -195,6 +210,9 @@ fn check_window(
         let want = held[(next - start) as usize];
         let matched = found.iter().position(|h| *h == Some(want));
         match (found.is_empty(), matched) {
+            (true, _) if expired_at(expired, next).is_some() => {
+                gone.push((next, expired_at(expired, next).expect("checked")));
+            }
             (true, _) if want == lost_leaf_hash() => problems.push(Problem {
                 seq: next,
                 kind: "missing",
@@ -236,7 +254,33 @@ fn check_window(
         }
         next += 1;
     }
+    problems.extend(expired_runs(&gone));
     problems
+}
+
+/// One problem per run of expired seqs (in order) with the same drop.
+fn expired_runs(seqs: &[(u64, &Expired)]) -> Vec<Problem> {
+    let mut out: Vec<Problem> = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let (first, run) = seqs[i];
+        let mut last = first;
+        while i + 1 < seqs.len() && seqs[i + 1].0 == last + 1 && std::ptr::eq(seqs[i + 1].1, run) {
+            i += 1;
+            last += 1;
+        }
+        out.push(Problem {
+            seq: first,
+            kind: "expired",
+            detail: format!(
+                "{} event(s), seqs {first} to {last}: {}",
+                last - first + 1,
+                run.detail
+            ),
+        });
+        i += 1;
+    }
+    out
 }
 
 /// Each full level-0 tile of the window against the node above it. A

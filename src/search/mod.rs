@@ -234,6 +234,15 @@ impl Searcher {
 
     /// `Err(Invalid)` naming the field if `search` would refuse `request`;
     /// searches nothing.
+    /// The partitions it searches.
+    pub fn partitions(&self) -> &Arc<Partitions> {
+        &self.partitions
+    }
+
+    pub fn schema(&self) -> &AuditSchema {
+        &self.schema
+    }
+
     pub fn check(&self, request: &SearchRequest, scope: &ReadScope) -> Result<(), SearchError> {
         self.matching(&filter_of(request), scope)?;
         Cursor::of_page(&request.page_token, "page_token", request.ascending)?;
@@ -583,20 +592,7 @@ impl Searcher {
             must.push(Box::new(RangeQuery::new(lower, upper)));
         }
         if !r.actions.is_empty() {
-            let mut any: Vec<Box<dyn Query>> = Vec::new();
-            for action in &r.actions {
-                match action.strip_suffix('*') {
-                    Some(prefix) => {
-                        let pattern = format!("{}.*", regex_syntax::escape(prefix));
-                        any.push(Box::new(
-                            RegexQuery::from_pattern(&pattern, s.action)
-                                .map_err(|e| invalid("actions", e.to_string()))?,
-                        ));
-                    }
-                    None => any.push(term(s.action, action)),
-                }
-            }
-            must.push(one_of(any));
+            must.push(actions_query(s, &r.actions).map_err(|e| invalid("actions", e))?);
         }
         for (field, values) in [
             (s.access_id, &r.access_ids),
@@ -686,7 +682,30 @@ impl Searcher {
     }
 }
 
-fn term(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
+/// Events whose action is one of `actions` (`auth.*` is a prefix).
+pub(crate) fn actions_query(s: &AuditSchema, actions: &[String]) -> Result<Box<dyn Query>, String> {
+    let mut any: Vec<Box<dyn Query>> = Vec::new();
+    for action in actions {
+        match action.strip_suffix('*') {
+            Some(prefix) => any.push(prefix_query(s.action, prefix)?),
+            None => any.push(term(s.action, action)),
+        }
+    }
+    Ok(one_of(any))
+}
+
+/// Terms of `field` that start with `prefix`.
+pub(crate) fn prefix_query(
+    field: tantivy::schema::Field,
+    prefix: &str,
+) -> Result<Box<dyn Query>, String> {
+    let pattern = format!("{}.*", regex_syntax::escape(prefix));
+    Ok(Box::new(
+        RegexQuery::from_pattern(&pattern, field).map_err(|e| e.to_string())?,
+    ))
+}
+
+pub(crate) fn term(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
     Box::new(TermQuery::new(
         Term::from_field_text(field, value),
         IndexRecordOption::Basic,

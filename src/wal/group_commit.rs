@@ -197,7 +197,11 @@ fn run(
                 for mut request in group.by_ref() {
                     drop(request.permit.take());
                     let first_seq = next_seq;
-                    let header = record::header(RecordKind::Batch, first_seq);
+                    let kind = match request.change {
+                        Some(_) => RecordKind::Retention,
+                        None => RecordKind::Batch,
+                    };
+                    let header = record::header(kind, first_seq);
                     match wal.append(&[&header, &request.body]) {
                         Ok(span) => {
                             next_seq += request.batch.events.len() as u64;
@@ -271,12 +275,15 @@ fn run(
                     // Blocks while the indexer queue is full: that
                     // stalls this thread, fills the request queue,
                     // and Ingest answers RESOURCE_EXHAUSTED.
-                    let batch = IndexBatch {
-                        span,
-                        first_seq: appended.first_seq,
-                        batch: request.batch,
+                    let next = match request.change {
+                        Some(change) => ToIndexer::Retention(span, change),
+                        None => ToIndexer::Batch(IndexBatch {
+                            span,
+                            first_seq: appended.first_seq,
+                            batch: request.batch,
+                        }),
                     };
-                    if indexer.send(ToIndexer::Batch(batch)).is_err() {
+                    if indexer.send(next).is_err() {
                         return Err(WalError::IndexerGone);
                     }
                 }

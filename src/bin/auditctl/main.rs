@@ -8,6 +8,7 @@ mod bench_analysis;
 mod bench_search;
 mod integrity;
 mod load;
+mod retention;
 mod streams;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -120,6 +121,14 @@ enum Command {
     Verify(integrity::VerifyArgs),
     /// Time inclusion proofs of random events (a benchmark; BENCHMARKS.md).
     BenchProof(integrity::BenchProofArgs),
+    /// Retention: the rules in force, the compliance floor, a sweep now
+    /// (needs an admin token).
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
+    /// Legal holds: days holding a matching event are not dropped while
+    /// a hold stands (needs an admin token).
+    #[command(subcommand)]
+    Hold(retention::HoldCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -383,6 +392,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchProof(args) => {
             let client = auditd::client::integrity(channel(&endpoint()?).await?, bearer()?);
             integrity::bench_proof(client, args.clone()).await
+        }
+        Command::Retention(command) => {
+            let client = auditd::client::retention(channel(&endpoint()?).await?, bearer()?);
+            retention::retention(client, command).await
+        }
+        Command::Hold(command) => {
+            let client = auditd::client::retention(channel(&endpoint()?).await?, bearer()?);
+            retention::hold(client, command).await
         }
         Command::Verify(args) => {
             let client = auditd::client::integrity(channel(&endpoint()?).await?, bearer()?);

@@ -118,7 +118,7 @@ impl From<AppError> for PryvError {
                 StatusCode::FORBIDDEN,
                 "Cannot find access from token.",
             ),
-            ErrorKind::PermissionDenied => Self::forbidden(message),
+            ErrorKind::PermissionDenied | ErrorKind::FailedPrecondition => Self::forbidden(message),
             ErrorKind::NotFound => Self::new("unknown-resource", StatusCode::NOT_FOUND, message),
             ErrorKind::ResourceExhausted => {
                 Self::new("too-many-requests", StatusCode::TOO_MANY_REQUESTS, message)
