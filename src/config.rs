@@ -584,6 +584,28 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_retention_example_loads_and_a_zero_day_rule_is_refused() {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("```toml\n[retention]")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the README's [retention] example");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("auditd.toml", &format!("[retention]{block}"))?;
+            let config = Config::load(Some(Path::new("auditd.toml"))).unwrap();
+            assert_eq!(config.retention.default_days, Some(365));
+            assert_eq!(config.retention.trail_days, Some(2190));
+            assert_eq!(config.retention.rules.len(), 2);
+            assert_eq!(config.retention.rules[1].actions, vec!["health.*"]);
+            jail.set_env("AUDITD_RETENTION__DEFAULT_DAYS", "0");
+            let error = Config::load(Some(Path::new("auditd.toml"))).unwrap_err();
+            assert!(error.to_string().contains("retention"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn an_unknown_setting_is_an_error() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("auditd.toml", "[wal]\nsnyc = \"never\"\n")?;
