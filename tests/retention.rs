@@ -325,6 +325,42 @@ async fn the_floor_refuses_lowering_through_the_api_a_config_file_and_the_enviro
     assert_eq!(status.floor_days, Some(400));
     let mut client = server.client().await;
     trail_events(&mut client, "audit.retention.lock", 3).await;
+
+    // The same over HTTP: the floor, a lowering refused (409, the gRPC
+    // code's name), a hold without a reason (400 naming it).
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", server.http);
+    let token = server.admin_token().trim().to_owned();
+    let status: serde_json::Value = http
+        .get(url("/v1/retention"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["floorDays"], 400);
+    let lower = http
+        .post(url("/v1/retention/lock"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "minDays": 10 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 409);
+    let problem: serde_json::Value = lower.json().await.unwrap();
+    assert_eq!(problem["code"], "FailedPrecondition", "{problem}");
+    let no_reason = http
+        .post(url("/v1/holds"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "subject": "user-42" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_reason.status(), 400);
+    let problem: serde_json::Value = no_reason.json().await.unwrap();
+    assert_eq!(problem["violations"][0]["field"], "reason", "{problem}");
     server.stop().await.unwrap();
 
     // A config file below the floor does not start.

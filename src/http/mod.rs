@@ -10,6 +10,7 @@ mod page;
 mod params;
 mod problem;
 mod pryv;
+mod retention;
 mod streams;
 mod tlog;
 mod tls;
@@ -119,6 +120,14 @@ pub fn router(
         .route("/v1/export", get(streams::export))
         .route("/v1/tokens", post(api::create_token).get(api::list_tokens))
         .route("/v1/tokens/{id}", delete(api::revoke_token))
+        .route("/v1/retention", get(retention::status))
+        .route("/v1/retention/lock", post(retention::lock))
+        .route("/v1/retention/sweep", post(retention::sweep))
+        .route(
+            "/v1/holds",
+            post(retention::add_hold).get(retention::list_holds),
+        )
+        .route("/v1/holds/{id}", delete(retention::release_hold))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/{subject}/events", get(pryv::events))
         .route("/{subject}/streams", get(pryv::streams))

@@ -18,7 +18,7 @@ use crate::schema::timestamp_micros;
 use super::params::parse_outcome;
 use super::problem::Problem;
 
-fn seconds(t: &prost_types::Timestamp) -> f64 {
+pub(super) fn seconds(t: &prost_types::Timestamp) -> f64 {
     timestamp_micros(Some(t)) as f64 / 1e6
 }
 

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::ProblemBody;
-use super::{api, streams, tlog};
+use super::{api, retention, streams, tlog};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,12 @@ use super::{api, streams, tlog};
         api::create_token,
         api::list_tokens,
         api::revoke_token,
+        retention::status,
+        retention::lock,
+        retention::sweep,
+        retention::list_holds,
+        retention::add_hold,
+        retention::release_hold,
     ),
     components(schemas(ProblemBody)),
     modifiers(&BearerAuth),
@@ -62,7 +68,8 @@ pub enum Problems {
     /// No such thing, or outside the token's scope.
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(#[to_schema] ProblemBody),
-    /// The same batch id is being stored right now.
+    /// The same batch id is being stored right now, or the state forbids
+    /// the change (a retention change under the compliance floor).
     #[response(status = 409, content_type = "application/problem+json")]
     Aborted(#[to_schema] ProblemBody),
     /// The body is over `limits.max_message_bytes`.
