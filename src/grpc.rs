@@ -14,6 +14,7 @@ use crate::auth::{AuthError, Caller};
 use crate::proto::audit_log_server::AuditLog;
 use crate::proto::integrity_server::Integrity;
 use crate::proto::retention_server::Retention;
+use crate::proto::subjects_server::Subjects;
 use crate::proto::tokens_server::Tokens;
 use crate::proto::{
     AddHoldRequest, GetRetentionRequest, Hold, ListHoldsRequest, ListHoldsResponse,
@@ -29,6 +30,7 @@ use crate::proto::{
     AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetCheckpointRequest,
     GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof,
 };
+use crate::proto::{ExportSubjectRequest, SubjectExportChunk};
 
 /// Metadata key carrying the retry hint of RESOURCE_EXHAUSTED, for clients
 /// that do not read `google.rpc.RetryInfo`.
@@ -45,6 +47,9 @@ pub struct IntegrityGrpc(pub App);
 
 /// The `Retention` service over the application layer.
 pub struct RetentionGrpc(pub App);
+
+/// The `Subjects` service over the application layer.
+pub struct SubjectsGrpc(pub App);
 
 /// The caller the authentication interceptor put into the request, and
 /// where the call came from.
@@ -372,5 +377,25 @@ impl Retention for RetentionGrpc {
         Ok(Response::new(
             self.0.retention.sweep(&caller, &origin).await?,
         ))
+    }
+}
+
+type SubjectStream = Pin<Box<dyn Stream<Item = Result<SubjectExportChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Subjects for SubjectsGrpc {
+    type ExportSubjectStream = SubjectStream;
+
+    async fn export_subject(
+        &self,
+        request: Request<ExportSubjectRequest>,
+    ) -> Result<Response<Self::ExportSubjectStream>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let chunks = self
+            .0
+            .subjects
+            .export(caller, origin, request.into_inner())
+            .await?;
+        Ok(Response::new(Box::pin(chunks)))
     }
 }

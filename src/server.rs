@@ -23,7 +23,9 @@ use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, TokenStore};
 use crate::config::Config;
 use crate::datadir::{DataDir, Format, FormatError};
-use crate::grpc::{AuditLogService, Authenticate, IntegrityGrpc, RetentionGrpc, TokensService};
+use crate::grpc::{
+    AuditLogService, Authenticate, IntegrityGrpc, RetentionGrpc, SubjectsGrpc, TokensService,
+};
 use crate::idempotency::{Idempotency, Stored};
 use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
@@ -35,6 +37,7 @@ use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
 use crate::proto::integrity_server::IntegrityServer;
 use crate::proto::retention_server::RetentionServer;
+use crate::proto::subjects_server::SubjectsServer;
 use crate::proto::tokens_server::TokensServer;
 use crate::record::LogRecord;
 use crate::retention::{Retention, RetentionError};
@@ -639,13 +642,14 @@ impl Pipeline {
 pub const INGEST_HEALTH_SERVICE: &str = "auditd.ingest";
 
 /// The health names that follow reads.
-fn read_health_services() -> [&'static str; 5] {
+fn read_health_services() -> [&'static str; 6] {
     [
         "",
         <AuditLogServer<AuditLogService> as NamedService>::NAME,
         <TokensServer<TokensService> as NamedService>::NAME,
         <IntegrityServer<IntegrityGrpc> as NamedService>::NAME,
         <RetentionServer<RetentionGrpc> as NamedService>::NAME,
+        <SubjectsServer<SubjectsGrpc> as NamedService>::NAME,
     ]
 }
 
@@ -705,6 +709,11 @@ impl Transports {
         );
         let retention_service = InterceptedService::new(
             RetentionServer::new(RetentionGrpc(app.clone())),
+            authenticate.clone(),
+        );
+        let subjects_service = InterceptedService::new(
+            SubjectsServer::new(SubjectsGrpc(app.clone()))
+                .max_encoding_message_size(config.limits.max_message_bytes),
             authenticate,
         );
         let (grpc_addr, http_addr) = listeners.addrs()?;
@@ -727,6 +736,7 @@ impl Transports {
                 .add_service(tokens_service)
                 .add_service(integrity_service)
                 .add_service(retention_service)
+                .add_service(subjects_service)
                 .serve_with_incoming_shutdown(
                     crate::conn::incoming(
                         listeners.grpc,

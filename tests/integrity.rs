@@ -415,18 +415,6 @@ async fn a_rolled_back_data_directory_fails_the_consistency_check() {
     server.stop().await.unwrap();
 }
 
-fn auditctl(server: &TestServer, args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auditctl"));
-    for var in ["AUDITCTL_ADDR", "AUDITCTL_TOKEN", "AUDITCTL_DATA_DIR"] {
-        command.env_remove(var);
-    }
-    command
-        .args(["--addr", &server.url()])
-        .args(["--data-dir", server.data_dir.to_str().unwrap()])
-        .args(args);
-    command
-}
-
 /// What fails, with its output.
 async fn run_failing(command: std::process::Command) -> String {
     let mut command = command;

@@ -217,7 +217,7 @@ impl PageReader {
 }
 
 /// The export format a request names.
-fn format_of(value: i32) -> Result<Format, AppError> {
+pub(super) fn format_of(value: i32) -> Result<Format, AppError> {
     match ExportFormat::try_from(value) {
         Ok(ExportFormat::Ndjson) => Ok(Format::Ndjson),
         Ok(ExportFormat::Ocsf) => Ok(Format::Ocsf),

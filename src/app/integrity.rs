@@ -16,13 +16,14 @@ use crate::auth::Caller;
 use crate::integrity::audit;
 use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
 use crate::integrity::leaf::leaf_bytes;
+use crate::integrity::leaf::Salt;
 use crate::integrity::merkle::{leaf_hash, Hash};
 use crate::integrity::receipt::Receipt;
-use crate::integrity::store::SnapshotError;
+use crate::integrity::store::{SnapshotError, TreeSnapshot};
 use crate::integrity::tiles::{TileError, TileId};
 use crate::proto::{
-    AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetConsistencyProofRequest,
-    GetInclusionProofRequest, InclusionProof, LeafProblem,
+    AuditEvent, AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof,
+    GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof, LeafProblem,
 };
 use crate::retention::Retention;
 use crate::schema::micros_to_timestamp;
@@ -176,33 +177,14 @@ impl IntegrityService {
                 retry_after: self.checkpoint_interval,
             });
         }
-        let salt = salt.ok_or(AppError::LeafMismatch {
-            seq,
-            reason: "the stored event has no salt",
-        })?;
-        let leaf = leaf_bytes(&event, &salt, &mut Vec::new());
         let size = checkpoint.size;
         let tree = integrity.tree.clone();
-        let (held, hashes) = tokio::task::spawn_blocking(move || {
-            let snapshot = tree.snapshot();
-            Ok::<_, SnapshotError>((snapshot.leaf(seq)?, snapshot.inclusion_proof(seq, size)?))
+        let signed = checkpoint.clone();
+        let receipt = tokio::task::spawn_blocking(move || {
+            receipt_in(&tree.snapshot(), &signed, &event, salt)
         })
         .await
-        .map_err(|e| AppError::Internal(format!("proof task failed: {e}")))?
-        .map_err(|e| AppError::Internal(format!("the Merkle tree: {e}")))?;
-        if held != leaf_hash(&leaf) {
-            return Err(AppError::LeafMismatch {
-                seq,
-                reason: "it differs from what was stored (or the tree was changed)",
-            });
-        }
-        let receipt = Receipt {
-            index: seq,
-            hashes,
-            checkpoint: checkpoint.note.clone(),
-            salt,
-            leaf,
-        };
+        .map_err(|e| AppError::Internal(format!("proof task failed: {e}")))??;
         Ok(InclusionProof {
             leaf_index: seq,
             tree_size: size,
@@ -336,6 +318,41 @@ fn progress_to_proto(p: audit::Progress) -> AuditLogProgress {
     }
 }
 
+/// The receipt of the stored `event` (with its `salt`) in the tree of
+/// `checkpoint`, read from `snapshot`; `LeafMismatch` when the event does
+/// not give the leaf the tree holds.
+pub(super) fn receipt_in(
+    snapshot: &TreeSnapshot,
+    checkpoint: &SignedCheckpoint,
+    event: &AuditEvent,
+    salt: Option<Salt>,
+) -> Result<Receipt, AppError> {
+    let seq = event.seq;
+    let salt = salt.ok_or(AppError::LeafMismatch {
+        seq,
+        reason: "the stored event has no salt",
+    })?;
+    let leaf = leaf_bytes(event, &salt, &mut Vec::new());
+    let tree = |e: SnapshotError| AppError::Internal(format!("the Merkle tree: {e}"));
+    let held = snapshot.leaf(seq).map_err(tree)?;
+    let hashes = snapshot
+        .inclusion_proof(seq, checkpoint.size)
+        .map_err(tree)?;
+    if held != leaf_hash(&leaf) {
+        return Err(AppError::LeafMismatch {
+            seq,
+            reason: "it differs from what was stored (or the tree was changed)",
+        });
+    }
+    Ok(Receipt {
+        index: seq,
+        hashes,
+        checkpoint: checkpoint.note.clone(),
+        salt,
+        leaf,
+    })
+}
+
 impl IntegrityService {
     /// One tile of the tree, by its `tlog-tiles` path (`tile/<L>/<N>[.p/<W>]`),
     /// as the layout serves it: hashes, no event data, so open to every
@@ -385,7 +402,7 @@ fn check_sizes(first: u64, second: u64, size: u64) -> Result<(), AppError> {
     Ok(())
 }
 
-fn to_proto(checkpoint: SignedCheckpoint) -> Checkpoint {
+pub(super) fn to_proto(checkpoint: SignedCheckpoint) -> Checkpoint {
     Checkpoint {
         size: checkpoint.size,
         root_hash: checkpoint.root.to_vec(),

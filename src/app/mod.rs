@@ -14,6 +14,7 @@ mod outbox;
 mod read;
 mod retention;
 pub mod self_audit;
+mod subject;
 mod tail;
 mod tokens;
 pub mod trail;
@@ -27,6 +28,7 @@ pub use error::{AppError, ErrorKind, FieldViolation};
 pub use integrity::IntegrityService;
 pub use read::ReadService;
 pub use retention::RetentionService;
+pub use subject::SubjectService;
 pub use tail::resume_token as tail_resume_token;
 pub use tokens::TokenService;
 pub use write::{StreamSettings, WriteService};
@@ -70,6 +72,7 @@ pub struct App {
     pub tokens: Arc<TokenService>,
     pub integrity: Arc<IntegrityService>,
     pub retention: Arc<RetentionService>,
+    pub subjects: Arc<SubjectService>,
     store: Arc<TokenStore>,
 }
 
@@ -98,7 +101,9 @@ impl App {
             max_subscribers,
         ));
         let (integrity, checkpoint_interval) = integrity;
+        let subjects = Arc::new(SubjectService::new(reads.clone(), integrity.clone()));
         App {
+            subjects,
             writes: Arc::new(WriteService::new(ingest, streams)),
             integrity: Arc::new(IntegrityService::new(
                 integrity,

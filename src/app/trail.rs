@@ -40,6 +40,7 @@ pub const RETENTION_DROP: &str = "audit.retention.drop";
 pub const HOLD_ADD: &str = "audit.hold.add";
 pub const HOLD_LIST: &str = "audit.hold.list";
 pub const HOLD_RELEASE: &str = "audit.hold.release";
+pub const SUBJECT_EXPORT: &str = "audit.subject.export";
 
 /// Longest value kept from a request in the trail event's `query`.
 const MAX_VALUE_CHARS: usize = 512;

@@ -28,6 +28,10 @@ pub type IntegrityClient =
 pub type RetentionClient =
     crate::proto::retention_client::RetentionClient<InterceptedService<Channel, BearerToken>>;
 
+/// A `Subjects` client that sends a bearer token.
+pub type SubjectsClient =
+    crate::proto::subjects_client::SubjectsClient<InterceptedService<Channel, BearerToken>>;
+
 /// A tonic interceptor that adds `authorization: Bearer <token>` to every
 /// call: what `auditctl` and the tests use.
 #[derive(Clone)]
@@ -115,6 +119,11 @@ pub fn integrity(channel: Channel, bearer: BearerToken) -> IntegrityClient {
 
 pub fn retention(channel: Channel, bearer: BearerToken) -> RetentionClient {
     crate::proto::retention_client::RetentionClient::with_interceptor(channel, bearer)
+}
+
+pub fn subjects(channel: Channel, bearer: BearerToken) -> SubjectsClient {
+    crate::proto::subjects_client::SubjectsClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 pub fn audit_log(channel: Channel, bearer: BearerToken) -> Client {

@@ -339,6 +339,19 @@ impl Searcher {
         self.fetch(&page.views, &page.hits[range])
     }
 
+    /// The same with each event's salt: what its receipt is made from.
+    pub(crate) fn stored_events(
+        &self,
+        page: &HitPage,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<(AuditEvent, Option<Salt>)>, SearchError> {
+        page.hits[range]
+            .par_iter()
+            .with_min_len(FETCH_RUN_HITS)
+            .map(|hit| self.fetch_stored(&page.views, hit))
+            .collect()
+    }
+
     /// Exact counts over what `request.filter` matches inside `scope`
     /// (`aggregate`).
     pub fn aggregate(

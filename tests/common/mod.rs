@@ -350,6 +350,20 @@ impl Daemon {
     }
 }
 
+/// `auditctl` against `server`, with its data directory (so the admin
+/// token file) and none of the caller's AUDITCTL_* settings.
+pub fn auditctl(server: &TestServer, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_auditctl"));
+    for var in ["AUDITCTL_ADDR", "AUDITCTL_TOKEN", "AUDITCTL_DATA_DIR"] {
+        command.env_remove(var);
+    }
+    command
+        .args(["--addr", &server.url()])
+        .args(["--data-dir", server.data_dir.to_str().unwrap()])
+        .args(args);
+    command
+}
+
 /// Runs a command of the project's binaries on a blocking thread (the
 /// server under test keeps the runtime) and returns its stdout; panics,
 /// with both outputs, unless it succeeds.

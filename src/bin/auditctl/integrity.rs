@@ -121,7 +121,7 @@ pub async fn bench_proof(mut client: IntegrityClient, args: BenchProofArgs) -> a
 }
 
 /// A key given as text, or the path of a file holding it.
-fn read_key(key: &str) -> anyhow::Result<String> {
+pub(crate) fn read_key(key: &str) -> anyhow::Result<String> {
     let path = Path::new(key);
     if path.is_file() {
         let text = std::fs::read_to_string(path)

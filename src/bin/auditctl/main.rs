@@ -10,6 +10,7 @@ mod integrity;
 mod load;
 mod retention;
 mod streams;
+mod subject;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -129,6 +130,11 @@ enum Command {
     /// a hold stands (needs an admin token).
     #[command(subcommand)]
     Hold(retention::HoldCommand),
+    /// The data subject's rights: export (Art. 15) of a subject's events
+    /// with their receipts and a report (an admin token, or the subject's
+    /// personal token).
+    #[command(subcommand)]
+    Subject(subject::SubjectCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -396,6 +402,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Retention(command) => {
             let client = auditd::client::retention(channel(&endpoint()?).await?, bearer()?);
             retention::retention(client, command).await
+        }
+        Command::Subject(command) => {
+            let client = auditd::client::subjects(channel(&endpoint()?).await?, bearer()?);
+            subject::subject(client, command).await
         }
         Command::Hold(command) => {
             let client = auditd::client::retention(channel(&endpoint()?).await?, bearer()?);

@@ -53,12 +53,12 @@ pub struct ExportArgs {
     ascending: bool,
 }
 
-fn file_format() -> impl TypedValueParser<Value = FileFormat> {
+pub(crate) fn file_format() -> impl TypedValueParser<Value = FileFormat> {
     PossibleValuesParser::new(FileFormat::ALL.map(FileFormat::name))
         .try_map(|name| FileFormat::parse(&name).ok_or("not an export format"))
 }
 
-fn export_format(format: FileFormat) -> ExportFormat {
+pub(crate) fn export_format(format: FileFormat) -> ExportFormat {
     match format {
         FileFormat::Ndjson => ExportFormat::Ndjson,
         FileFormat::Ocsf => ExportFormat::Ocsf,

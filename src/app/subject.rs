@@ -1,0 +1,413 @@
+//! The data subject's rights. Access (GDPR Art. 15): every event of one
+//! subject, in an Export format, each with its receipt against one signed
+//! checkpoint, then a report a person can read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+
+use super::integrity::{receipt_in, to_proto};
+use super::outbox::{Outbox, Sent};
+use super::read::ReadService;
+use super::trail::{self, TRAIL_TYPE};
+use super::{AppError, Origin};
+use crate::auth::{Caller, ReadScope, StoredKind};
+use crate::formats::{rfc3339, Format};
+use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
+use crate::proto::{
+    AuditEvent, EventFilter, ExportSubjectRequest, SubjectEventProof, SubjectExportChunk,
+};
+use crate::schema::timestamp_micros;
+use crate::search::{HitPage, PageRequest};
+
+/// Events read, proven and formatted at a time.
+pub const SUBJECT_SLICE_EVENTS: usize = 1_000;
+/// Hits one index read finds.
+pub const SUBJECT_PAGE_HITS: usize = 20_000;
+/// Chunks waiting for a slow reader.
+pub const SUBJECT_BUFFER_CHUNKS: usize = 4;
+/// Rows of each table of the report at most (the rest is summed up).
+pub const MAX_REPORT_ROWS: usize = 1_000;
+/// How long an export waits for a checkpoint that covers every event.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
+
+pub struct SubjectService {
+    reads: Arc<ReadService>,
+    integrity: Option<Arc<Integrity>>,
+}
+
+impl SubjectService {
+    pub fn new(reads: Arc<ReadService>, integrity: Option<Arc<Integrity>>) -> Self {
+        SubjectService { reads, integrity }
+    }
+
+    /// Streams the access package of `request.subject`: the checkpoint,
+    /// the events with their receipts, then the report. An admin token,
+    /// or the subject's own personal token.
+    pub async fn export<E>(
+        &self,
+        caller: Caller,
+        origin: Origin,
+        request: ExportSubjectRequest,
+    ) -> Result<impl Stream<Item = Result<SubjectExportChunk, E>> + Send + 'static, AppError>
+    where
+        E: From<AppError> + Send + 'static,
+    {
+        let subject = request.subject.clone();
+        let mut query = BTreeMap::from([("subjects".to_owned(), subject.clone())]);
+        let first = async {
+            if subject.is_empty() {
+                return Err(AppError::Invalid {
+                    field: "subject",
+                    reason: "required".into(),
+                });
+            }
+            let own = caller.kind == StoredKind::Personal && caller.subject == subject;
+            if !own {
+                caller.require_admin("export another subject's events")?;
+            }
+            let format = super::export::format_of(request.format)?;
+            query.insert("format".into(), format.name().into());
+            let checkpoint = self.checkpoint_covering_all().await?;
+            Ok((format, checkpoint))
+        }
+        .await;
+        let (format, checkpoint) = match first {
+            Ok(ok) => ok,
+            Err(error) => {
+                return Err(self
+                    .reads
+                    .trail
+                    .audited::<()>(&caller, trail::SUBJECT_EXPORT, &origin, query, Err(error))
+                    .await
+                    .expect_err("an error stays an error"))
+            }
+        };
+        let (outbox, stream) = Outbox::new(SUBJECT_BUFFER_CHUNKS, &self.reads.streams);
+        let package = Package {
+            reads: self.reads.clone(),
+            integrity: self.integrity.clone(),
+            checkpoint,
+            subject,
+            format,
+        };
+        let trail = self.reads.trail.clone();
+        self.reads.streams.tasks.spawn(async move {
+            let outcome = package.send(&outbox).await;
+            if let Ok(events) = &outcome {
+                query.insert("events".into(), events.to_string());
+            }
+            let audited = trail
+                .audited(&caller, trail::SUBJECT_EXPORT, &origin, query, outcome)
+                .await;
+            outbox.finish(audited.err());
+        });
+        Ok(stream)
+    }
+
+    /// The latest checkpoint once it holds every searchable event (`None`
+    /// when integrity is off).
+    async fn checkpoint_covering_all(&self) -> Result<Option<SignedCheckpoint>, AppError> {
+        let Some(integrity) = &self.integrity else {
+            return Ok(None);
+        };
+        let searchable = *self.reads.searcher().searchable().borrow();
+        let deadline = tokio::time::Instant::now() + CHECKPOINT_WAIT;
+        loop {
+            let latest = integrity.checkpoints.latest();
+            if let Some(checkpoint) = latest.as_ref().filter(|c| c.size >= searchable) {
+                return Ok(Some(checkpoint.clone()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AppError::NotCheckpointed {
+                    seq: searchable.saturating_sub(1),
+                    latest: latest.map_or(0, |c| c.size),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One export under way.
+struct Package {
+    reads: Arc<ReadService>,
+    integrity: Option<Arc<Integrity>>,
+    checkpoint: Option<SignedCheckpoint>,
+    subject: String,
+    format: Format,
+}
+
+/// What the report counts as the events go by.
+#[derive(Default)]
+struct Tally {
+    events: u64,
+    first: Option<i64>,
+    last: Option<i64>,
+    by_action: BTreeMap<String, u64>,
+    by_access: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, event: &AuditEvent) {
+        let time = timestamp_micros(event.time.as_ref());
+        self.events += 1;
+        self.first = Some(self.first.map_or(time, |t| t.min(time)));
+        self.last = Some(self.last.map_or(time, |t| t.max(time)));
+        count(&mut self.by_action, &event.action);
+        count(&mut self.by_access, &event.access_id);
+    }
+}
+
+/// Counts `key`, or under "(others)" once the table is full.
+fn count(table: &mut BTreeMap<String, u64>, key: &str) {
+    let key = match table.contains_key(key) || table.len() < MAX_REPORT_ROWS {
+        true => key,
+        false => "(others)",
+    };
+    *table.entry(key.to_owned()).or_default() += 1;
+}
+
+impl Package {
+    /// Sends the whole package; the number of events sent.
+    async fn send<E: From<AppError> + Send + 'static>(
+        self,
+        outbox: &Outbox<SubjectExportChunk, E>,
+    ) -> Result<u64, AppError> {
+        let mut tally = Tally::default();
+        let first = SubjectExportChunk {
+            checkpoint: self.checkpoint.clone().map(to_proto),
+            data: self.format.header().to_vec(),
+            ..Default::default()
+        };
+        if let Sent::Gone = outbox.send(first, "").await? {
+            return Ok(0);
+        }
+        let filter = EventFilter {
+            subjects: vec![self.subject.clone()],
+            ..Default::default()
+        };
+        let mut token = String::new();
+        loop {
+            let (page_filter, page_token) = (filter.clone(), token.clone());
+            let page = Arc::new(
+                self.reads
+                    .blocking(move |s| {
+                        s.page(
+                            &page_filter,
+                            &ReadScope::All,
+                            &PageRequest {
+                                limit: SUBJECT_PAGE_HITS,
+                                ascending: true,
+                                token: &page_token,
+                                token_field: "resume_token",
+                                count_up_to: 0,
+                            },
+                        )
+                    })
+                    .await?,
+            );
+            for start in (0..page.len()).step_by(SUBJECT_SLICE_EVENTS) {
+                let range = start..page.len().min(start + SUBJECT_SLICE_EVENTS);
+                let (chunk, events) = self.slice(&page, range).await?;
+                for event in &events {
+                    tally.add(event);
+                }
+                if let Some(last) = events.last() {
+                    token = page.token_after(last);
+                }
+                if let Sent::Gone = outbox.send(chunk, "").await? {
+                    return Ok(tally.events);
+                }
+            }
+            if !page.more || page.len() == 0 {
+                break;
+            }
+        }
+        let readers = self.readers().await?;
+        let report = SubjectExportChunk {
+            report_html: report(&self.subject, &tally, self.checkpoint.as_ref(), &readers),
+            ..Default::default()
+        };
+        outbox.send(report, "").await?;
+        Ok(tally.events)
+    }
+
+    /// One slice of a page: its lines, its receipts, and its events.
+    async fn slice(
+        &self,
+        page: &Arc<HitPage>,
+        range: std::ops::Range<usize>,
+    ) -> Result<(SubjectExportChunk, Vec<AuditEvent>), AppError> {
+        let (page, format) = (page.clone(), self.format);
+        let proving = self.integrity.clone().zip(self.checkpoint.clone());
+        let stored = self
+            .reads
+            .blocking(move |s| s.stored_events(&page, range))
+            .await?;
+        tokio::task::spawn_blocking(move || {
+            let snapshot = proving.as_ref().map(|(i, _)| i.tree.snapshot());
+            let mut chunk = SubjectExportChunk::default();
+            let mut events = Vec::with_capacity(stored.len());
+            for (event, salt) in stored {
+                format.write(&event, &mut chunk.data);
+                let tlog_proof = match (&snapshot, &proving) {
+                    (Some(snapshot), Some((_, checkpoint))) if event.seq < checkpoint.size => {
+                        receipt_in(snapshot, checkpoint, &event, salt)?.to_text()
+                    }
+                    _ => String::new(),
+                };
+                chunk.proofs.push(SubjectEventProof {
+                    id: event.id.clone(),
+                    seq: event.seq,
+                    tlog_proof,
+                });
+                events.push(event);
+            }
+            chunk.events = events.len() as u64;
+            Ok((chunk, events))
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("subject export task: {e}")))?
+    }
+
+    /// The trail of reads that named this subject, newest first (at most
+    /// `MAX_REPORT_ROWS`), and how many there were.
+    async fn readers(&self) -> Result<(Vec<AuditEvent>, u64), AppError> {
+        let quoted = self.subject.replace('\\', "\\\\").replace('"', "\\\"");
+        let filter = EventFilter {
+            types: vec![TRAIL_TYPE.to_owned()],
+            query: format!("query.subjects:\"{quoted}\""),
+            ..Default::default()
+        };
+        self.reads
+            .blocking(move |s| {
+                let page = s.page(
+                    &filter,
+                    &ReadScope::All,
+                    &PageRequest {
+                        limit: MAX_REPORT_ROWS,
+                        ascending: false,
+                        token: "",
+                        token_field: "query",
+                        count_up_to: u64::MAX,
+                    },
+                )?;
+                let events = s.events(&page, 0..page.len())?;
+                Ok((events, page.total))
+            })
+            .await
+    }
+}
+
+/// The report: the period, counts by action and by access, who read the
+/// data, as one self-contained HTML page (no script, no outside resource).
+fn report(
+    subject: &str,
+    tally: &Tally,
+    checkpoint: Option<&SignedCheckpoint>,
+    (readers, read_total): &(Vec<AuditEvent>, u64),
+) -> String {
+    let mut html = String::from(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <style>body{font-family:sans-serif;max-width:60em;margin:2em auto}\
+         table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .6em;text-align:left}\
+         </style>",
+    );
+    let subject = escape(subject);
+    html += &format!("<title>Audit report: {subject}</title></head><body>\n");
+    html += &format!("<h1>What was done with the data of {subject}</h1>\n");
+    let period = match (tally.first, tally.last) {
+        (Some(first), Some(last)) => format!("from {} to {}", rfc3339(first), rfc3339(last)),
+        _ => "none".into(),
+    };
+    html += &format!(
+        "<p>{} event(s) whose subject is {subject}, {period}.</p>\n",
+        tally.events
+    );
+    match checkpoint {
+        Some(c) => {
+            html += &format!(
+                "<p>Each event comes with a receipt: its inclusion proof in the tree of {} \
+                 events signed by <code>{}</code> (checkpoint of {}). Check them with \
+                 <code>auditctl verify-receipt</code> and the log's verifier key.</p>\n",
+                c.size,
+                escape(c.note.lines().next().unwrap_or("")),
+                rfc3339(c.time)
+            )
+        }
+        None => {
+            html +=
+                "<p>Integrity is off on this deployment: the events come without receipts.</p>\n"
+        }
+    }
+    for (title, column, table) in [
+        ("By action", "Action", &tally.by_action),
+        ("By access", "Access", &tally.by_access),
+    ] {
+        html += &format!("<h2>{title}</h2>\n<table><tr><th>{column}</th><th>Events</th></tr>\n");
+        let mut rows: Vec<_> = table.iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (key, n) in rows {
+            html += &format!("<tr><td>{}</td><td>{n}</td></tr>\n", escape(key));
+        }
+        html += "</table>\n";
+    }
+    html += &format!(
+        "<h2>Who read this data</h2>\n<p>{read_total} read(s) of the audit log named this subject \
+         (searches, tails, exports).</p>\n<table><tr><th>Time</th><th>Token</th><th>Access</th>\
+         <th>What</th><th>From</th></tr>\n"
+    );
+    for read in readers {
+        let source = read.source.as_ref();
+        html += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            rfc3339(timestamp_micros(read.time.as_ref())),
+            escape(read.attributes.get("token_id").map_or("", String::as_str)),
+            escape(&read.access_id),
+            escape(&read.action),
+            escape(&source.map_or(String::new(), |s| format!("{} {}", s.name, s.ip))),
+        );
+    }
+    html += "</table>\n</body></html>\n";
+    html
+}
+
+/// Text as HTML character data or an attribute value.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_escapes_what_it_shows() {
+        let mut tally = Tally::default();
+        tally.add(&AuditEvent {
+            action: "<script>".into(),
+            access_id: "a&b".into(),
+            ..Default::default()
+        });
+        let html = report("\"bob\"", &tally, None, &(Vec::new(), 0));
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains("a&amp;b"));
+        assert!(html.contains("&quot;bob&quot;"));
+        assert!(!html.contains("<script>"));
+    }
+}

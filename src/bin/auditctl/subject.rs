@@ -1,0 +1,118 @@
+//! `auditctl subject …`: the data subject's rights.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use auditd::client::SubjectsClient;
+use auditd::formats::Format as FileFormat;
+use auditd::integrity::receipt::{verify_receipt, Receipt};
+use auditd::json::JsonEvent;
+use auditd::proto::ExportSubjectRequest;
+use clap::Subcommand;
+
+use crate::integrity::read_key;
+use crate::status_error;
+use crate::streams::{export_format, file_format};
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SubjectCommand {
+    /// Every event of a subject (GDPR Art. 15) into a directory: the
+    /// events (events.<format>), their receipts (proofs.ndjson), the
+    /// checkpoint they are against (checkpoint.txt) and a report
+    /// (report.html). With --key, every receipt is checked as it comes.
+    Export {
+        #[arg(long)]
+        subject: String,
+        /// ndjson (the default), ocsf, ecs, cef or csv.
+        #[arg(long, value_parser = file_format(), default_value = "ndjson")]
+        format: FileFormat,
+        /// The directory to write (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The log's verifier key (or a file holding it): check every
+        /// receipt offline, and with --format ndjson that it is the event.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+pub async fn subject(mut client: SubjectsClient, command: &SubjectCommand) -> anyhow::Result<()> {
+    let SubjectCommand::Export {
+        subject,
+        format,
+        out,
+        key,
+    } = command;
+    let key = key.as_deref().map(read_key).transpose()?;
+    std::fs::create_dir_all(out).with_context(|| format!("making {}", out.display()))?;
+    let create = |name: String| {
+        let path = out.join(name);
+        std::fs::File::create(&path)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    let mut events = create(format!("events.{}", format.extension()))?;
+    let mut proofs = create("proofs.ndjson".into())?;
+    let mut stream = client
+        .export_subject(ExportSubjectRequest {
+            subject: subject.clone(),
+            format: export_format(*format) as i32,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let (mut count, mut verified, mut report) = (0u64, 0u64, false);
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        if let Some(checkpoint) = &chunk.checkpoint {
+            std::fs::write(out.join("checkpoint.txt"), &checkpoint.note)?;
+        }
+        events.write_all(&chunk.data)?;
+        let lines: Vec<&[u8]> = match *format {
+            FileFormat::Ndjson => chunk
+                .data
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (i, proof) in chunk.proofs.iter().enumerate() {
+            let line =
+                serde_json::json!({ "id": proof.id, "seq": proof.seq, "proof": proof.tlog_proof });
+            writeln!(proofs, "{line}")?;
+            if let (Some(key), false) = (&key, proof.tlog_proof.is_empty()) {
+                let event = lines
+                    .get(i)
+                    .map(|l| {
+                        JsonEvent::parse(&String::from_utf8_lossy(l))
+                            .and_then(JsonEvent::into_stored)
+                    })
+                    .transpose()
+                    .with_context(|| format!("event {} is not an event as JSON", proof.id))?;
+                let receipt = Receipt::parse(&proof.tlog_proof)?;
+                verify_receipt(&receipt, key, event.as_ref()).with_context(|| {
+                    format!("the receipt of event {} (seq {})", proof.id, proof.seq)
+                })?;
+                verified += 1;
+            }
+        }
+        count += chunk.events;
+        if !chunk.report_html.is_empty() {
+            std::fs::write(out.join("report.html"), &chunk.report_html)?;
+            report = true;
+        }
+    }
+    events.flush()?;
+    proofs.flush()?;
+    if !report {
+        bail!("the export ended before its report: run it again");
+    }
+    println!(
+        "{count} event(s) of {subject:?} written to {}",
+        out.display()
+    );
+    if key.is_some() {
+        println!("{verified} receipt(s) verified offline against the checkpoint in checkpoint.txt");
+    }
+    Ok(())
+}
