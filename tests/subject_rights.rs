@@ -33,7 +33,12 @@ async fn a_subject_export_is_exactly_the_subjects_events_each_with_a_receipt_tha
     for e in &events {
         *counts.entry(e.subject.as_str()).or_default() += 1;
     }
-    let subject = counts.iter().max_by_key(|(_, n)| **n).unwrap().0.to_string();
+    let subject = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .unwrap()
+        .0
+        .to_string();
     let expected: BTreeSet<String> = events
         .iter()
         .zip(&stored.ids)
@@ -82,7 +87,10 @@ async fn a_subject_export_is_exactly_the_subjects_events_each_with_a_receipt_tha
     let ids: BTreeSet<String> = exported.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, expected);
     assert_eq!(exported.len(), expected.len());
-    let times: Vec<_> = exported.iter().map(|e| (e.time.unwrap().seconds, e.seq)).collect();
+    let times: Vec<_> = exported
+        .iter()
+        .map(|e| (e.time.unwrap().seconds, e.seq))
+        .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first");
 
     // Each receipt, read back from the package, verifies on its own with
@@ -106,7 +114,10 @@ async fn a_subject_export_is_exactly_the_subjects_events_each_with_a_receipt_tha
         report.contains(&format!("{} event(s) whose subject is", expected.len())),
         "{report}"
     );
-    assert!(report.contains("audit.search"), "the reader is listed: {report}");
+    assert!(
+        report.contains("audit.search"),
+        "the reader is listed: {report}"
+    );
     trail_events(&mut client, "audit.subject.export", 1).await;
 
     // The subject's own personal token may export; another's may not.
