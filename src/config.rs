@@ -35,6 +35,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub integrity: IntegrityConfig,
     pub retention: RetentionConfig,
+    pub erasure: ErasureConfig,
 }
 
 /// TLS for gRPC (rustls). Off unless `cert` and `key` are set.
@@ -71,6 +72,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             integrity: IntegrityConfig::default(),
             retention: RetentionConfig::default(),
+            erasure: ErasureConfig::default(),
         }
     }
 }
@@ -371,6 +373,33 @@ pub struct RetentionRule {
     pub days: u32,
 }
 
+/// What `auditctl subject erase` takes out of a subject's events
+/// (`erasure` module).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErasureConfig {
+    /// The personal fields erased or pseudonymised, by their JSON names:
+    /// accessId, subject, source.ip, forwardedFor, resource, query,
+    /// errorMessage, before, after, attributes.
+    pub fields: Vec<String>,
+    /// Events whose type starts with one of these are never erased (a
+    /// record the law says to keep, such as HIPAA's); the answer counts
+    /// them.
+    pub keep_type_prefixes: Vec<String>,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        ErasureConfig {
+            fields: crate::integrity::leaf::PERSONAL
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
+            keep_type_prefixes: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -515,6 +544,9 @@ impl Config {
         let days = days.chain([self.retention.default_days, self.retention.trail_days]);
         if days.flatten().any(|d| d == 0) {
             return invalid("retention", "a retention of 0 days would drop what arrives");
+        }
+        if let Err(reason) = crate::erasure::fields_mask(&self.erasure.fields) {
+            return invalid("erasure.fields", &reason);
         }
         if self.retention.sweep_interval_ms == 0 {
             return invalid("retention.sweep_interval_ms", "must be at least 1");

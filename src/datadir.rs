@@ -18,6 +18,8 @@
 //!                      checkpoints kept (`integrity::store`, `checkpointer`)
 //!   retention.json     the compliance floor, legal holds and drops done
 //!                      (`retention`)
+//!   pseudonym.key      the key of erasure's pseudonyms, owner-only,
+//!                      made at the first `pseudonymise` (`erasure`)
 //! ```
 
 use std::io::Write;

@@ -29,6 +29,19 @@ pub fn io(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Ends the process at once, as a kill -9 would, when the named point is
+/// armed (`erasure::partition_done=return`): for tests of what replay
+/// does with work cut short.
+#[inline(always)]
+pub fn crash(name: &str) {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| {
+        eprintln!("auditd: failpoint {name}: aborting");
+        std::process::abort()
+    });
+    let _ = name;
+}
+
 /// Reads `FAILPOINTS` from the environment (the daemon calls this at
 /// start-up). Does nothing without the `failpoints` feature.
 pub fn setup_from_env() {

@@ -30,7 +30,9 @@ use crate::proto::{
     AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetCheckpointRequest,
     GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof,
 };
-use crate::proto::{ExportSubjectRequest, SubjectExportChunk};
+use crate::proto::{
+    EraseSubjectRequest, EraseSubjectResponse, ExportSubjectRequest, SubjectExportChunk,
+};
 
 /// Metadata key carrying the retry hint of RESOURCE_EXHAUSTED, for clients
 /// that do not read `google.rpc.RetryInfo`.
@@ -397,5 +399,16 @@ impl Subjects for SubjectsGrpc {
             .export(caller, origin, request.into_inner())
             .await?;
         Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<EraseSubjectRequest>,
+    ) -> Result<Response<EraseSubjectResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.0.subjects.erase(&caller, &origin, request).await?,
+        ))
     }
 }

@@ -15,12 +15,14 @@ use tokio::sync::watch;
 
 use crate::app::trail::TRAIL_TYPE;
 use crate::datadir::DataDir;
-use crate::integrity::leaf::{salt_from_bytes, SALT_LEN};
+use crate::erasure::PseudonymKey;
+use crate::integrity::leaf::SALT_LEN;
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
 use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
 use crate::partition::{day_of, format_day, Day, Partition, PartitionError, Partitions};
 use crate::record::LogRecord;
+use crate::retention::record::EraseRequest;
 use crate::retention::{
     runs, Applied, Change, Dropped, Retention, RetentionError, RetentionRecord, Verdict,
 };
@@ -89,6 +91,8 @@ pub struct Indexer {
     schema: AuditSchema,
     settings: IndexerSettings,
     checkpoint_path: PathBuf,
+    /// Where `pseudonym.key` is.
+    data_dir: PathBuf,
     /// Reads the log again after a failed commit (`None` only while a
     /// re-read holds it).
     log: Option<Box<dyn LogReader>>,
@@ -157,6 +161,7 @@ impl Indexer {
             partitions,
             settings,
             checkpoint_path: DataDir::new(data_dir).checkpoint(),
+            data_dir: data_dir.to_owned(),
             log: Some(log),
             writers: HashMap::new(),
             pending: Pending::Nothing,
@@ -353,9 +358,7 @@ impl Indexer {
         let salts = std::mem::take(&mut batch.salts);
         for (i, event) in batch.events.iter_mut().enumerate() {
             let day = day_of(timestamp_micros(event.time.as_ref()));
-            let salt = salts
-                .get(i * SALT_LEN..(i + 1) * SALT_LEN)
-                .and_then(salt_from_bytes);
+            let salt = salts.get(i * SALT_LEN..(i + 1) * SALT_LEN);
             let body = &mut self.body;
             let writer = writer_for(
                 &mut self.writers,
@@ -369,13 +372,9 @@ impl Indexer {
             if first_seq < writer.skip_below {
                 continue;
             }
-            let doc = self.schema.document(
-                event,
-                first_seq + i as u64,
-                &batch.batch_id,
-                salt.as_ref(),
-                body,
-            );
+            let doc =
+                self.schema
+                    .document(event, first_seq + i as u64, &batch.batch_id, salt, body);
             writer
                 .writer
                 .add_document(doc)
@@ -453,10 +452,12 @@ impl Indexer {
         record: &RetentionRecord,
     ) -> Result<Applied, IndexError> {
         let applied = match (&record.change, self.rebuild) {
-            (Some(Change::Drop(_)), true) => Ok(Applied::Unchanged(
-                "the index is re-reading the log after a fault; the drop is applied with it".into(),
+            (Some(Change::Drop(_) | Change::Erase(_)), true) => Ok(Applied::Unchanged(
+                "the index is re-reading the log after a fault; the change is applied with it"
+                    .into(),
             )),
             (Some(Change::Drop(day)), false) => self.drop_day(*day, record),
+            (Some(Change::Erase(request)), false) => self.erase(record, request),
             _ => self.retention.apply(record).map_err(IndexError::from),
         };
         // Failed or not, it is behind: a failed drop is applied again by
@@ -522,6 +523,62 @@ impl Indexer {
         self.partitions.remove(day)?;
         self.ledger.remove(&day);
         Ok(applied)
+    }
+
+    /// Rewrites the events an erasure names, partition by partition, each
+    /// with a writer of its own that merges away the deleted documents
+    /// before the next (`erasure::rewrite_partition`). Applied again (a
+    /// replay after a crash), it rewrites only what it had not done.
+    fn erase(
+        &mut self,
+        record: &RetentionRecord,
+        request: &EraseRequest,
+    ) -> Result<Applied, IndexError> {
+        // The partitions as every record before this one left them.
+        self.commit()?;
+        let key = match request.mode {
+            1 => PseudonymKey::load(&self.data_dir).map_err(|source| IndexError::Checkpoint {
+                path: PseudonymKey::path(&self.data_dir),
+                source,
+            })?,
+            _ => None,
+        };
+        let mut done = Vec::new();
+        for &day in &request.days {
+            let Some(partition) = self.partitions.get(day) else {
+                continue;
+            };
+            if let Some(mut open) = self.writers.remove(&day) {
+                if let Some(compacting) = open.compacting.take() {
+                    let _ = compacting.join();
+                }
+                wait_merging(open)?;
+            }
+            let tantivy = |source| IndexError::Tantivy {
+                path: partition.path.clone(),
+                source,
+            };
+            let mut writer = partition
+                .index
+                .writer_with_num_threads(1, ERASURE_WRITER_HEAP_BYTES)
+                .map_err(tantivy)?;
+            writer.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+            let outcome = crate::erasure::rewrite_partition(
+                &partition,
+                &mut writer,
+                &self.schema,
+                &record.id,
+                request,
+                key.as_ref(),
+                self.committed,
+            )
+            .map_err(tantivy)?;
+            writer.wait_merging_threads().map_err(tantivy)?;
+            crate::failpoint::crash("erasure::partition_done");
+            done.push(outcome);
+        }
+        self.retention.scrub_holds(&request.scrub_holds)?;
+        Ok(Applied::Erased(crate::erasure::total(done)))
     }
 
     /// Merges the partition of a day that is over, once idle for `idle`,
@@ -603,6 +660,10 @@ impl Indexer {
         }
     }
 }
+
+/// The indexing heap of the writer an erasure rewrites a partition with
+/// (Tantivy's least for one thread).
+const ERASURE_WRITER_HEAP_BYTES: usize = 15_000_000;
 
 /// When the last `PACED_COMMITS` commits all took at least `t`, the next
 /// one waits at least `COMMIT_SPACING * t`: under sustained load commits

@@ -23,6 +23,7 @@ use crate::search::Searcher;
 use crate::status::{Health, PipelineStatus};
 use crate::validate::{validate_batch, InvalidBatch, Violation, MAX_REPORTED_VIOLATIONS};
 use crate::wal::group_commit::WalPositions;
+use crate::wal::Span;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -229,6 +230,17 @@ impl IngestService {
         &self.retention
     }
 
+    /// The log's shared positions (the acknowledged seq, what is trimmed).
+    pub fn positions(&self) -> &Arc<WalPositions> {
+        &self.positions
+    }
+
+    /// Waits until every event acknowledged so far is searchable.
+    pub async fn wait_all_searchable(&self) -> Result<(), IngestError> {
+        let acknowledged = self.positions.next_seq.load(Ordering::Acquire);
+        self.wait_searchable(acknowledged).await
+    }
+
     /// Refuses events of a day retention has dropped: they would be kept
     /// past their rule, or fill a partition whose events are gone.
     fn not_dropped(&self, events: &[AuditEvent], now: i64) -> Result<(), InvalidBatch> {
@@ -260,8 +272,12 @@ impl IngestService {
     }
 
     /// Appends a retention change to the log and waits until the indexer
-    /// has applied it: what it did, or why it could not.
-    pub async fn change_retention(&self, record: RetentionRecord) -> Result<Applied, IngestError> {
+    /// has applied it: what it did (or why it could not), and where its
+    /// record is.
+    pub async fn change_retention(
+        &self,
+        record: RetentionRecord,
+    ) -> Result<(Applied, Span), IngestError> {
         match self.status.health() {
             Health::Serving | Health::Degraded(_) => {}
             Health::Starting => return Err(IngestError::Starting),
@@ -293,14 +309,15 @@ impl IngestService {
                 IngestError::Unavailable("the write-ahead log is closed".into())
             }
         })?;
-        replied
+        let appended = replied
             .await
             .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
             .map_err(IngestError::Unavailable)?;
-        applied
+        let applied = applied
             .await
             .map_err(|_| IngestError::Unavailable("the indexer stopped before applying it".into()))?
-            .map_err(IngestError::Unavailable)
+            .map_err(IngestError::Unavailable)?;
+        Ok((applied, appended.span))
     }
 
     async fn wait_searchable(&self, next_seq: u64) -> Result<(), IngestError> {

@@ -98,6 +98,14 @@ pub struct RetentionChange {
     pub done: Option<oneshot::Sender<Result<Applied, String>>>,
 }
 
+impl RetentionChange {
+    /// An erasure starts a new piece of the log: the pieces before it,
+    /// which may hold what it erases, can then go whole.
+    pub fn starts_piece(&self) -> bool {
+        matches!(self.record.change, Some(crate::retention::Change::Erase(_)))
+    }
+}
+
 /// Where an appended batch landed: its record's place in the log, and the
 /// seq of its first event (its events take `first_seq..next_seq`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

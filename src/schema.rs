@@ -11,7 +11,6 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use prost::Message;
 
-use crate::integrity::leaf::Salt;
 use sha2::{Digest, Sha256};
 use tantivy::schema::{
     Field, IndexRecordOption, IpAddrOptions, JsonObjectOptions, NumericOptions, OwnedValue, Schema,
@@ -194,7 +193,7 @@ impl AuditSchema {
         event: &mut AuditEvent,
         seq: u64,
         batch_id: &str,
-        salt: Option<&Salt>,
+        opening: Option<&[u8]>,
         body: &mut Vec<u8>,
     ) -> TantivyDocument {
         let mut doc = TantivyDocument::new();
@@ -248,8 +247,8 @@ impl AuditSchema {
         }
         encode_body(event, body);
         doc.add_bytes(self.body, body.as_slice());
-        if let Some(salt) = salt {
-            doc.add_bytes(self.salt, salt.as_slice());
+        if let Some(opening) = opening {
+            doc.add_bytes(self.salt, opening);
         }
         doc
     }

@@ -315,7 +315,11 @@ impl Pipeline {
 
         // Before anything else reads the data: a configuration below the
         // compliance floor never starts.
-        let retention = Arc::new(Retention::open(&data_dir, &config.retention)?);
+        let retention = Arc::new(Retention::open(
+            &data_dir,
+            &config.retention,
+            &config.erasure,
+        )?);
         let (tokens, first_admin) = TokenStore::open(&data_dir)?;
         let tokens = Arc::new(tokens);
         if let Some(secret) = first_admin {

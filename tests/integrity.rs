@@ -278,7 +278,7 @@ fn rewrite(day: &Path, remove: &[&AuditEvent], add: Vec<(AuditEvent, u64, Salt)>
     let mut body = Vec::new();
     for (mut event, seq, salt) in add {
         writer
-            .add_document(schema.document(&mut event, seq, "", Some(&salt), &mut body))
+            .add_document(schema.document(&mut event, seq, "", Some(&salt[..]), &mut body))
             .unwrap();
     }
     let mut commit = writer.prepare_commit().unwrap();

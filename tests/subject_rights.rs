@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 
 use auditd::integrity::receipt::{verify_receipt, Receipt};
 use auditd::json::JsonEvent;
-use auditd::proto::{ExportFormat, ExportSubjectRequest, SearchRequest, TokenKind, WaitFor};
+use auditd::proto::{
+    AuditEvent, ExportFormat, ExportSubjectRequest, SearchRequest, TokenKind, WaitFor,
+};
 use common::*;
 
 async fn subjects_client(server: &TestServer, token: &str) -> auditd::client::SubjectsClient {
@@ -155,4 +157,351 @@ async fn a_subject_export_is_exactly_the_subjects_events_each_with_a_receipt_tha
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
     assert!(empty.message().contains("subject"), "{empty:?}");
     server.stop().await.unwrap();
+}
+
+/// An event of `subject` `days_ago` days back whose personal fields all
+/// hold `marker`.
+fn marked(subject: &str, marker: &str, days_ago: i64, type_: &str) -> AuditEvent {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    AuditEvent {
+        action: "events.get".into(),
+        r#type: type_.into(),
+        subject: subject.into(),
+        access_id: format!("access{marker}"),
+        resource: format!("/records/{marker}"),
+        error_message: format!("no such record {marker}"),
+        forwarded_for: "203.0.113.77".into(),
+        before: format!("{{\"note\":\"{marker}\"}}"),
+        query: [("q".to_owned(), format!("query{marker}"))].into(),
+        attributes: [("email".to_owned(), format!("{marker}@example.com"))].into(),
+        source: Some(auditd::proto::Source {
+            name: "http".into(),
+            ip: "198.51.100.23".into(),
+        }),
+        time: Some(prost_types::Timestamp {
+            seconds: now - days_ago * 86_400,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every file under `dir` that holds one of `markers` (as written, or
+/// lower-cased as the index's words are), with the marker.
+fn files_holding(dir: &std::path::Path, markers: &[String]) -> Vec<(std::path::PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        for marker in markers {
+            for form in [marker.clone(), marker.to_lowercase()] {
+                if bytes.windows(form.len()).any(|w| w == form.as_bytes()) {
+                    found.push((path.clone(), form));
+                }
+            }
+        }
+    }
+    found
+}
+
+async fn get(client: &mut Client, id: &str) -> AuditEvent {
+    client
+        .get_event(auditd::proto::GetEventRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn erasure_leaves_no_marker_under_the_data_directory_and_every_proof_still_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.erasure.keep_type_prefixes = vec!["hipaa/".into()];
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let subject = "QxSubjectMarker7Zv";
+    let markers: Vec<String> = (0..5).map(|i| format!("Qx{i}Mk9Vw")).collect();
+    let mut events: Vec<AuditEvent> = markers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| marked(subject, m, 1 + i as i64 % 2, "audit-log/pryv-api"))
+        .collect();
+    // A record the law says to keep, and someone else's events.
+    events.push(marked(subject, "HipaaKeepMk", 1, "hipaa/record"));
+    events.extend(generated(40, 5, 20));
+    let stored = ingest(&mut client, events, WaitFor::Searchable).await;
+    // An investigator searched for the subject: the trail names it.
+    search_all(
+        &mut client,
+        SearchRequest {
+            subjects: vec![subject.into()],
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    trail_events(&mut client, "audit.search", 1).await;
+    let mut all_markers = markers.clone();
+    all_markers.push(subject.into());
+    assert!(
+        !files_holding(dir.path(), &all_markers).is_empty(),
+        "the markers are on disk before"
+    );
+
+    let printed = run_ok(auditctl(
+        &server,
+        &[
+            "subject",
+            "erase",
+            "--subject",
+            subject,
+            "--mode",
+            "erase",
+            "--reason",
+            "Art. 17 request 12",
+        ],
+    ))
+    .await;
+    assert!(printed.contains("5 event(s) erased"), "{printed}");
+    assert!(
+        printed.contains("kept: 1 event(s) of type hipaa/*"),
+        "{printed}"
+    );
+
+    // Nothing of the erased values is left in any file: the index, the
+    // log, anything. (The kept HIPAA event still names the subject, so the
+    // subject itself is checked through search below.)
+    let left = files_holding(dir.path(), &markers);
+    assert!(left.is_empty(), "erased values left on disk: {left:?}");
+
+    // The erased events keep their core, lose their personal fields, and
+    // each still proves its place; the kept one is whole.
+    let mut proofs = integrity_client(&server.url(), &server.admin_token()).await;
+    let all = stored.seqs.iter().max().unwrap() + 1;
+    checkpoint_of_at_least(&mut proofs, all).await;
+    let key = std::fs::read_to_string(dir.path().join("integrity.pub")).unwrap();
+    for id in &stored.ids[..5] {
+        let event = get(&mut client, id).await;
+        assert!(
+            event.subject.is_empty() && event.access_id.is_empty(),
+            "{event:?}"
+        );
+        assert!(event.query.is_empty() && event.attributes.is_empty() && event.before.is_empty());
+        assert!(event.source.as_ref().unwrap().ip.is_empty());
+        assert_eq!(event.action, "events.get");
+        let proof = proofs
+            .get_inclusion_proof(auditd::proto::GetInclusionProofRequest {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let receipt = Receipt::parse(&proof.tlog_proof).unwrap();
+        assert!(
+            verify_receipt(&receipt, key.trim(), Some(&event))
+                .unwrap()
+                .event_matched
+        );
+        let mut changed = event.clone();
+        changed.status += 1;
+        assert!(verify_receipt(&receipt, key.trim(), Some(&changed)).is_err());
+    }
+    let kept = get(&mut client, &stored.ids[5]).await;
+    assert_eq!(kept.subject, subject);
+    // Search no longer finds the subject but in the kept event.
+    let (found, _) = search_all(
+        &mut client,
+        SearchRequest {
+            subjects: vec![subject.into()],
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(found.len(), 1);
+
+    // The full audit: the erased events are `erased`, naming the
+    // request, and nothing else is reported.
+    let problems = full_audit(&mut proofs).await;
+    assert!(problems.iter().all(|p| p.kind == "erased"), "{problems:?}");
+    let erased: u64 = problems
+        .iter()
+        .map(|p| p.detail.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        erased >= 6,
+        "5 events and the search's trail event: {problems:?}"
+    );
+    let trail = trail_events(&mut client, "audit.subject.erase", 1).await;
+    assert_eq!(trail[0].query["erased"], "5");
+    assert!(!trail[0].query.values().any(|v| v.contains(subject)));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn pseudonymising_keeps_the_counts_and_links_by_pseudonym() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let mut events = Vec::new();
+    for (access, n) in [("acc-1", 3), ("acc-2", 2)] {
+        for _ in 0..n {
+            let mut e = marked("emma", "PsMk", 1, "audit-log/pryv-api");
+            e.access_id = access.into();
+            events.push(e);
+        }
+    }
+    // Someone else, from another address: pseudonyms are per value, so a
+    // shared address would split.
+    let mut other = marked("noah", "Other", 1, "audit-log/pryv-api");
+    other.source.as_mut().unwrap().ip = "192.0.2.1".into();
+    events.push(other);
+    ingest(&mut client, events, WaitFor::Searchable).await;
+    let counts = |field: &str| auditd::proto::AggregateRequest {
+        filter: Some(auditd::proto::EventFilter::default()),
+        aggregations: vec![auditd::proto::Aggregation {
+            name: "n".into(),
+            kind: Some(auditd::proto::aggregation::Kind::Terms(
+                auditd::proto::TermsAggregation {
+                    field: field.into(),
+                    size: 10,
+                },
+            )),
+            sub_aggregations: Vec::new(),
+        }],
+    };
+    let buckets = |reply: auditd::proto::AggregateResponse| -> Vec<u64> {
+        let mut counts: Vec<u64> = reply.results["n"].buckets.iter().map(|b| b.count).collect();
+        counts.sort_unstable();
+        counts
+    };
+    let before_access = buckets(
+        client
+            .aggregate(counts("access_id"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let before_subject = buckets(
+        client
+            .aggregate(counts("subject"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let before_ip = buckets(client.aggregate(counts("ip")).await.unwrap().into_inner());
+    let done = subjects_client(&server, &server.admin_token())
+        .await
+        .erase_subject(auditd::proto::EraseSubjectRequest {
+            subject: "emma".into(),
+            mode: auditd::proto::ErasureMode::Pseudonymise as i32,
+            reason: "request 13".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.erased, 5);
+    let after = client
+        .aggregate(counts("subject"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.results["n"].buckets.iter().all(|b| b.key != "emma"));
+    assert!(after.results["n"]
+        .buckets
+        .iter()
+        .any(|b| b.key.starts_with("ps-") && b.count == 5));
+    assert_eq!(buckets(after), before_subject);
+    assert_eq!(
+        buckets(
+            client
+                .aggregate(counts("access_id"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        before_access
+    );
+    assert_eq!(
+        buckets(client.aggregate(counts("ip")).await.unwrap().into_inner()),
+        before_ip
+    );
+    let problems =
+        full_audit(&mut integrity_client(&server.url(), &server.admin_token()).await).await;
+    assert!(problems.iter().all(|p| p.kind == "erased"), "{problems:?}");
+    server.stop().await.unwrap();
+}
+
+/// A daemon killed (abort, as kill -9) in the middle of an erasure, after
+/// the first of two days was rewritten: the next start replays the
+/// erasure's log record and finishes it.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn an_erasure_cut_short_by_a_crash_is_finished_by_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = ("AUDITD_INDEX__COMMIT_INTERVAL_MS", "100");
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &[fast, ("FAILPOINTS", "erasure::partition_done=return")],
+    );
+    daemon.wait_serving().await;
+    let mut client = daemon.client(dir.path()).await;
+    let events: Vec<AuditEvent> = (0..6)
+        .map(|i| {
+            marked(
+                "CrashSubj",
+                &format!("Cr{i}Mk"),
+                1 + i % 2,
+                "audit-log/pryv-api",
+            )
+        })
+        .collect();
+    let stored = ingest(&mut client, events, WaitFor::Searchable).await;
+    let token = admin_token(dir.path());
+    let channel = tonic::transport::Endpoint::from_shared(daemon.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut subjects =
+        auditd::client::subjects(channel, auditd::client::BearerToken::new(&token).unwrap());
+    let cut = subjects
+        .erase_subject(auditd::proto::EraseSubjectRequest {
+            subject: "CrashSubj".into(),
+            mode: 0,
+            reason: String::new(),
+        })
+        .await;
+    assert!(cut.is_err(), "the daemon died mid-erasure");
+    let mut child = daemon.child;
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(!status.success());
+
+    // Half done on disk: one day rewritten, the other not. Replay
+    // finishes it.
+    let daemon = Daemon::start_with(dir.path(), &[fast]);
+    daemon.wait_serving().await;
+    let mut client = daemon.client(dir.path()).await;
+    for id in &stored.ids {
+        let event = get(&mut client, id).await;
+        assert!(event.subject.is_empty(), "{event:?}");
+        assert!(event.attributes.is_empty(), "{event:?}");
+    }
+    let mut proofs = integrity_client(&daemon.url, &token).await;
+    checkpoint_of_at_least(&mut proofs, stored.seqs.iter().max().unwrap() + 1).await;
+    let problems = full_audit(&mut proofs).await;
+    assert!(problems.iter().all(|p| p.kind == "erased"), "{problems:?}");
+    let mut child = daemon.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

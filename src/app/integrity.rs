@@ -15,9 +15,8 @@ use super::{AppError, Origin, ReadService};
 use crate::auth::Caller;
 use crate::integrity::audit;
 use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
-use crate::integrity::leaf::leaf_bytes;
-use crate::integrity::leaf::Salt;
 use crate::integrity::merkle::{leaf_hash, Hash};
+use crate::integrity::opening::Opening;
 use crate::integrity::receipt::Receipt;
 use crate::integrity::store::{SnapshotError, TreeSnapshot};
 use crate::integrity::tiles::{TileError, TileId};
@@ -325,14 +324,14 @@ pub(super) fn receipt_in(
     snapshot: &TreeSnapshot,
     checkpoint: &SignedCheckpoint,
     event: &AuditEvent,
-    salt: Option<Salt>,
+    opening: Option<Opening>,
 ) -> Result<Receipt, AppError> {
     let seq = event.seq;
-    let salt = salt.ok_or(AppError::LeafMismatch {
+    let opening = opening.ok_or(AppError::LeafMismatch {
         seq,
         reason: "the stored event has no salt",
     })?;
-    let leaf = leaf_bytes(event, &salt, &mut Vec::new());
+    let leaf = opening.leaf_bytes(event, &mut Vec::new());
     let tree = |e: SnapshotError| AppError::Internal(format!("the Merkle tree: {e}"));
     let held = snapshot.leaf(seq).map_err(tree)?;
     let hashes = snapshot
@@ -348,7 +347,7 @@ pub(super) fn receipt_in(
         index: seq,
         hashes,
         checkpoint: checkpoint.note.clone(),
-        salt,
+        opening,
         leaf,
     })
 }

@@ -101,7 +101,11 @@ impl App {
             max_subscribers,
         ));
         let (integrity, checkpoint_interval) = integrity;
-        let subjects = Arc::new(SubjectService::new(reads.clone(), integrity.clone()));
+        let subjects = Arc::new(SubjectService::new(
+            reads.clone(),
+            integrity.clone(),
+            ingest.clone(),
+        ));
         App {
             subjects,
             writes: Arc::new(WriteService::new(ingest, streams)),

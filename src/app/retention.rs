@@ -166,6 +166,12 @@ impl RetentionService {
             if value.len() > MAX_HOLD_FIELD_BYTES {
                 return invalid(field, "longer than 4096 bytes");
             }
+            if value
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                return invalid(field, "control characters are not allowed");
+            }
         }
         if !request.query.is_empty() {
             let filter = EventFilter {
@@ -277,7 +283,7 @@ impl RetentionService {
                 at_micros: now,
                 change: Some(Change::Drop(day)),
             };
-            match self.ingest.change_retention(record).await? {
+            match self.ingest.change_retention(record).await?.0 {
                 Applied::Dropped(dropped) => {
                     self.trail_drop(&dropped).await;
                     swept.dropped.push(dropped_to_proto(&dropped));
@@ -324,7 +330,7 @@ impl RetentionService {
             at_micros: now_micros(),
             change: Some(change),
         };
-        Ok(self.ingest.change_retention(record).await?)
+        Ok(self.ingest.change_retention(record).await?.0)
     }
 
     fn current(&self) -> RetentionStatus {

@@ -1,6 +1,8 @@
 //! The data subject's rights. Access (GDPR Art. 15): every event of one
 //! subject, in an Export format, each with its receipt against one signed
-//! checkpoint, then a report a person can read.
+//! checkpoint, then a report a person can read. Erasure (Art. 17): its
+//! personal fields erased or pseudonymised everywhere under the data
+//! directory (`erasure`), every proof intact.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,13 +16,19 @@ use super::read::ReadService;
 use super::trail::{self, TRAIL_TYPE};
 use super::{AppError, Origin};
 use crate::auth::{Caller, ReadScope, StoredKind};
+use crate::erasure::PseudonymKey;
 use crate::formats::{rfc3339, Format};
+use crate::ingest::{now_micros, IngestService};
 use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
 use crate::proto::{
-    AuditEvent, EventFilter, ExportSubjectRequest, SubjectEventProof, SubjectExportChunk,
+    AuditEvent, EraseSubjectRequest, EraseSubjectResponse, ErasureMode, EventFilter,
+    ExportSubjectRequest, KeptEvents, SubjectEventProof, SubjectExportChunk,
 };
+use crate::retention::record::EraseRequest;
+use crate::retention::{Applied, Change, Hold, RetentionRecord};
 use crate::schema::timestamp_micros;
 use crate::search::{HitPage, PageRequest};
+use std::sync::atomic::Ordering;
 
 /// Events read, proven and formatted at a time.
 pub const SUBJECT_SLICE_EVENTS: usize = 1_000;
@@ -33,14 +41,164 @@ pub const MAX_REPORT_ROWS: usize = 1_000;
 /// How long an export waits for a checkpoint that covers every event.
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
 
+/// How long an erasure waits for what it needs of the pipeline: every
+/// acknowledged event searchable before it looks, and the log trimmed
+/// below it after.
+const ERASURE_WAIT: Duration = Duration::from_secs(60);
+
 pub struct SubjectService {
     reads: Arc<ReadService>,
     integrity: Option<Arc<Integrity>>,
+    ingest: Arc<IngestService>,
 }
 
 impl SubjectService {
-    pub fn new(reads: Arc<ReadService>, integrity: Option<Arc<Integrity>>) -> Self {
-        SubjectService { reads, integrity }
+    pub fn new(
+        reads: Arc<ReadService>,
+        integrity: Option<Arc<Integrity>>,
+        ingest: Arc<IngestService>,
+    ) -> Self {
+        SubjectService {
+            reads,
+            integrity,
+            ingest,
+        }
+    }
+
+    /// Erases or pseudonymises the personal fields of every event of
+    /// `request.subject` acknowledged before the call, and the subject's
+    /// name in the `query` of the read trail's events. Admin only. The
+    /// trail event holds the request id and the counts, not the subject.
+    pub async fn erase(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        request: EraseSubjectRequest,
+    ) -> Result<EraseSubjectResponse, AppError> {
+        let id = ulid::Ulid::new().to_string();
+        let mut query = BTreeMap::from([
+            ("request_id".to_owned(), id.clone()),
+            ("reason".to_owned(), request.reason.clone()),
+        ]);
+        let result = self.erase_now(caller, &id, &request).await;
+        if let Ok(done) = &result {
+            query.insert("mode".into(), request.mode.to_string());
+            query.insert("erased".into(), done.erased.to_string());
+            query.insert("references".into(), done.references.to_string());
+            let kept: u64 = done.kept.iter().map(|k| k.events).sum();
+            query.insert("kept".into(), kept.to_string());
+        }
+        self.reads
+            .trail
+            .audited(caller, trail::SUBJECT_ERASE, origin, query, result)
+            .await
+    }
+
+    async fn erase_now(
+        &self,
+        caller: &Caller,
+        id: &str,
+        request: &EraseSubjectRequest,
+    ) -> Result<EraseSubjectResponse, AppError> {
+        caller.require_admin("erase a subject's personal data")?;
+        let subject = request.subject.clone();
+        if subject.is_empty() {
+            return Err(AppError::Invalid {
+                field: "subject",
+                reason: "required".into(),
+            });
+        }
+        let mode = ErasureMode::try_from(request.mode).map_err(|_| AppError::Invalid {
+            field: "mode",
+            reason: format!("unknown value {}", request.mode),
+        })?;
+        let retention = self.ingest.retention().clone();
+        // Everything acknowledged so far is searchable, so the search
+        // below finds all of it.
+        tokio::time::timeout(ERASURE_WAIT, self.ingest.wait_all_searchable())
+            .await
+            .map_err(|_| AppError::Internal("the index did not catch up with the log".into()))??;
+        let holds = retention.holds();
+        let (who, what) = (subject.clone(), naming(&subject));
+        let (events, references, held) = self
+            .reads
+            .blocking(move |s| {
+                let held = holds_on(&s, &who, &holds)?;
+                Ok((s.subject_seqs(&who)?, s.filter_seqs(&what)?, held))
+            })
+            .await?;
+        if let Some(hold) = held {
+            return Err(AppError::BelowFloor(format!(
+                "legal hold {} ({}) covers events of this subject; release it first",
+                hold.id, hold.reason
+            )));
+        }
+        if mode == ErasureMode::Pseudonymise {
+            PseudonymKey::load_or_create(retention.data_dir())
+                .map_err(|e| AppError::Internal(format!("pseudonym.key: {e}")))?;
+        }
+        let mut days: Vec<i64> = events.iter().chain(&references).map(|(d, _)| *d).collect();
+        days.sort_unstable();
+        days.dedup();
+        let seqs = |found: &[(i64, u64)]| {
+            let mut seqs: Vec<u64> = found.iter().map(|(_, s)| *s).collect();
+            crate::erasure::flatten(&crate::retention::runs(&mut seqs))
+        };
+        let scrub_holds = retention
+            .state()
+            .holds
+            .iter()
+            .filter(|h| h.subject == subject)
+            .map(|h| h.id.clone())
+            .collect();
+        let settings = retention.erasure();
+        let record = RetentionRecord {
+            id: id.to_owned(),
+            at_micros: now_micros(),
+            change: Some(Change::Erase(EraseRequest {
+                mode: mode as u32,
+                fields: u32::from(settings.fields),
+                days,
+                seq_runs: seqs(&events),
+                keep_type_prefixes: settings.keep_type_prefixes.clone(),
+                reference_runs: seqs(&references),
+                scrub_holds,
+            })),
+        };
+        let (applied, span) = self.ingest.change_retention(record).await?;
+        let Applied::Erased(done) = applied else {
+            return Err(AppError::Internal(format!("erasure: {applied:?}")));
+        };
+        // Every record before the erasure's goes from the log: the WAL
+        // thread started a new segment for it.
+        let positions = self.ingest.positions().clone();
+        let trimmed = async {
+            while positions.trimmed.load(Ordering::Acquire) < span.start.get() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(ERASURE_WAIT, trimmed).await.map_err(|_| {
+            AppError::Internal(
+                "erased in the index, but the write-ahead log still holds older records;                  they go once the index and the Merkle tree pass the erasure"
+                    .into(),
+            )
+        })?;
+        let damaged = remove_damaged(retention.data_dir())
+            .map_err(|e| AppError::Internal(format!("damaged/: {e}")))?;
+        Ok(EraseSubjectResponse {
+            request_id: id.to_owned(),
+            erased: done.erased,
+            references: done.references,
+            kept: done
+                .kept
+                .into_iter()
+                .map(|(type_prefix, events)| KeptEvents {
+                    type_prefix,
+                    events,
+                })
+                .collect(),
+            damaged_files_removed: damaged,
+        })
     }
 
     /// Streams the access package of `request.subject`: the checkpoint,
@@ -277,12 +435,7 @@ impl Package {
     /// The trail of reads that named this subject, newest first (at most
     /// `MAX_REPORT_ROWS`), and how many there were.
     async fn readers(&self) -> Result<(Vec<AuditEvent>, u64), AppError> {
-        let quoted = self.subject.replace('\\', "\\\\").replace('"', "\\\"");
-        let filter = EventFilter {
-            types: vec![TRAIL_TYPE.to_owned()],
-            query: format!("query.subjects:\"{quoted}\""),
-            ..Default::default()
-        };
+        let filter = naming(&self.subject);
         self.reads
             .blocking(move |s| {
                 let page = s.page(
@@ -301,6 +454,75 @@ impl Package {
             })
             .await
     }
+}
+
+/// The trail events whose `query` names `subject`: searches and exports
+/// for it, holds on it.
+fn naming(subject: &str) -> EventFilter {
+    let quoted = subject.replace('\\', "\\\\").replace('"', "\\\"");
+    EventFilter {
+        types: vec![TRAIL_TYPE.to_owned()],
+        query: format!("query.subjects:\"{quoted}\" OR query.subject:\"{quoted}\""),
+        ..Default::default()
+    }
+}
+
+/// The first hold in force that covers an event of `subject`.
+fn holds_on(
+    searcher: &crate::search::Searcher,
+    subject: &str,
+    holds: &[Hold],
+) -> Result<Option<Hold>, crate::search::SearchError> {
+    for hold in holds {
+        if hold.subject == subject {
+            return Ok(Some(hold.clone()));
+        }
+        if hold.subject.is_empty() || hold.query.is_empty() {
+            continue;
+        }
+        let filter = EventFilter {
+            subjects: vec![subject.to_owned()],
+            query: hold.query.clone(),
+            ..Default::default()
+        };
+        if !searcher.filter_seqs(&filter)?.is_empty() {
+            return Ok(Some(hold.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes every file under `<data_dir>/damaged/` (what `auditd recover`
+/// moved aside may hold erased values); how many went.
+fn remove_damaged(data_dir: &std::path::Path) -> std::io::Result<u64> {
+    let dir = crate::datadir::DataDir::new(data_dir).damaged();
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        removed += count_files(&path)?;
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(&path)?,
+            false => std::fs::remove_file(&path)?,
+        }
+    }
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(removed)
+}
+
+fn count_files(path: &std::path::Path) -> std::io::Result<u64> {
+    if !path.is_dir() {
+        return Ok(1);
+    }
+    let mut n = 0;
+    for entry in std::fs::read_dir(path)? {
+        n += count_files(&entry?.path())?;
+    }
+    Ok(n)
 }
 
 /// The report: the period, counts by action and by access, who read the

@@ -41,6 +41,7 @@ pub const HOLD_ADD: &str = "audit.hold.add";
 pub const HOLD_LIST: &str = "audit.hold.list";
 pub const HOLD_RELEASE: &str = "audit.hold.release";
 pub const SUBJECT_EXPORT: &str = "audit.subject.export";
+pub const SUBJECT_ERASE: &str = "audit.subject.erase";
 
 /// Longest value kept from a request in the trail event's `query`.
 const MAX_VALUE_CHARS: usize = 512;
@@ -107,6 +108,12 @@ pub fn event(
     query: BTreeMap<String, String>,
     outcome: Option<(ErrorKind, &str)>,
 ) -> AuditEvent {
+    // Every value, whoever wrote the map, bounded and without the
+    // characters validation would refuse: a trail event is never refused.
+    let query = query
+        .into_iter()
+        .map(|(key, value)| (clean(&key), clean(&value)))
+        .collect();
     let mut attributes = BTreeMap::new();
     attributes.insert("token_id".to_owned(), caller.token_id.clone());
     attributes.insert("token_kind".to_owned(), caller.kind.name().to_owned());

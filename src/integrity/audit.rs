@@ -22,8 +22,9 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use super::leaf::{leaf_bytes, lost_leaf_hash, Salt};
+use super::leaf::lost_leaf_hash;
 use super::merkle::{leaf_hash, Frontier, Hash};
+use super::opening::Opening;
 use super::store::{tile_root, SnapshotError, TreeSnapshot};
 use super::tiles::{TileId, TILE_HEIGHT, TILE_WIDTH};
 use crate::proto::AuditEvent;
@@ -178,7 +179,7 @@ fn check_window(
     held: &[Hash],
     lo: u64,
     hi: u64,
-    stored: &[(AuditEvent, Option<Salt>)],
+    stored: &[(AuditEvent, Option<Opening>)],
     expired: &[Expired],
 ) -> Vec<Problem> {
     let owner: HashMap<Hash, u64> = held
@@ -186,22 +187,29 @@ fn check_window(
         .enumerate()
         .map(|(i, h)| (*h, start + i as u64))
         .collect();
-    let computed: Vec<(u64, Option<Hash>)> = stored
+    let computed: Vec<(u64, Option<Hash>, Option<&str>)> = stored
         .par_iter()
         .map(|(event, salt)| {
-            let hash = salt.map(|salt| leaf_hash(&leaf_bytes(event, &salt, &mut Vec::new())));
-            (event.seq, hash)
+            let hash = salt
+                .as_ref()
+                .map(|opening| leaf_hash(&opening.leaf_bytes(event, &mut Vec::new())));
+            let erased = salt.as_ref().and_then(Opening::erased_by);
+            (event.seq, hash, erased)
         })
         .collect();
     let mut problems = Vec::new();
-    let mut gone = Vec::new();
+    // Lawfully gone: dropped by retention, or erased on request.
+    let mut gone: Vec<(u64, &str)> = Vec::new();
+    let mut erased: Vec<(u64, &str)> = Vec::new();
     let mut next = lo;
     let mut i = 0;
     while next < hi || i < computed.len() {
         // The stored events of seq `next` (computed is in seq order).
         let mut found = Vec::new();
+        let mut erased_by = Vec::new();
         while i < computed.len() && computed[i].0 == next {
             found.push(computed[i].1);
+            erased_by.push(computed[i].2);
             i += 1;
         }
         if next >= hi {
@@ -211,7 +219,7 @@ fn check_window(
         let matched = found.iter().position(|h| *h == Some(want));
         match (found.is_empty(), matched) {
             (true, _) if expired_at(expired, next).is_some() => {
-                gone.push((next, expired_at(expired, next).expect("checked")));
+                gone.push((next, &expired_at(expired, next).expect("checked").detail));
             }
             (true, _) if want == lost_leaf_hash() => problems.push(Problem {
                 seq: next,
@@ -224,7 +232,11 @@ fn check_window(
                 kind: "missing",
                 detail: "no stored event has this seq".into(),
             }),
-            (false, Some(_)) => {}
+            (false, Some(at)) => {
+                if let Some(request) = erased_by[at] {
+                    erased.push((next, request));
+                }
+            }
             (false, None) => {
                 let first = found[0];
                 let (kind, detail) = match first.and_then(|h| owner.get(&h)) {
@@ -254,28 +266,36 @@ fn check_window(
         }
         next += 1;
     }
-    problems.extend(expired_runs(&gone));
+    problems.extend(lawful_runs("expired", &gone, |detail| detail.to_owned()));
+    problems.extend(lawful_runs("erased", &erased, |request| {
+        format!("personal fields erased by request {request}; the rest still gives its leaf")
+    }));
     problems
 }
 
-/// One problem per run of expired seqs (in order) with the same drop.
-fn expired_runs(seqs: &[(u64, &Expired)]) -> Vec<Problem> {
+/// One problem of `kind` per run of consecutive seqs (in order) with the
+/// same detail source, described by `describe`.
+fn lawful_runs(
+    kind: &'static str,
+    seqs: &[(u64, &str)],
+    describe: impl Fn(&str) -> String,
+) -> Vec<Problem> {
     let mut out: Vec<Problem> = Vec::new();
     let mut i = 0;
     while i < seqs.len() {
-        let (first, run) = seqs[i];
+        let (first, source) = seqs[i];
         let mut last = first;
-        while i + 1 < seqs.len() && seqs[i + 1].0 == last + 1 && std::ptr::eq(seqs[i + 1].1, run) {
+        while i + 1 < seqs.len() && seqs[i + 1].0 == last + 1 && seqs[i + 1].1 == source {
             i += 1;
             last += 1;
         }
         out.push(Problem {
             seq: first,
-            kind: "expired",
+            kind,
             detail: format!(
                 "{} event(s), seqs {first} to {last}: {}",
                 last - first + 1,
-                run.detail
+                describe(source)
             ),
         });
         i += 1;
@@ -291,7 +311,7 @@ fn check_tiles(
     snapshot: &TreeSnapshot,
     start: u64,
     held: &[Hash],
-    stored: &[(AuditEvent, Option<Salt>)],
+    stored: &[(AuditEvent, Option<Opening>)],
 ) -> Result<Vec<Problem>, AuditError> {
     let mut problems = Vec::new();
     for (t, tile) in held.chunks(TILE_WIDTH as usize).enumerate() {
@@ -321,7 +341,7 @@ fn check_tiles(
                 continue;
             };
             let at = (event.seq - first) as usize;
-            let hash = leaf_hash(&leaf_bytes(event, salt, &mut Vec::new()));
+            let hash = leaf_hash(&salt.leaf_bytes(event, &mut Vec::new()));
             if hash != tile[at] && !differ.iter().any(|(p, _)| *p == at) {
                 differ.push((at, hash));
             }

@@ -10,6 +10,7 @@ pub mod checkpointer;
 pub mod leaf;
 pub mod merkle;
 pub mod note;
+pub mod opening;
 pub mod publish;
 pub mod receipt;
 pub mod store;

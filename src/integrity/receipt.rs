@@ -12,20 +12,25 @@
 //!
 //! `extra` (opaque to other tlog-proof readers) carries what the leaf is
 //! made of: form byte `0x01`, the event's 16-byte salt, then the leaf
-//! bytes. The leaf bytes alone prove that the log holds this leaf; with
+//! bytes; or, for an event erasure took fields from, form byte `0x02`,
+//! the length of its opening (u16, big-endian), the opening
+//! (`integrity::opening`), then the leaf bytes. The leaf bytes alone prove that the log holds this leaf; with
 //! the event they prove it is this event (`docs/integrity.md`).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use super::leaf::{leaf_bytes, Salt, SALT_LEN};
+use super::leaf::SALT_LEN;
 use super::merkle::{leaf_hash, verify_inclusion, Hash, ProofError};
 use super::note::{parse_checkpoint, verify, NoteError};
+use super::opening::Opening;
 use crate::proto::AuditEvent;
 
 const HEADER: &str = "c2sp.org/tlog-proof@v1";
-/// The form of `extra` this binary writes: salt, then leaf bytes.
+/// The forms of `extra`: salt, then leaf bytes; or an erased event's
+/// opening, then leaf bytes.
 const EXTRA_SALT_AND_LEAF: u8 = 0x01;
+const EXTRA_OPENING_AND_LEAF: u8 = 0x02;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptError {
@@ -46,16 +51,27 @@ pub struct Receipt {
     pub hashes: Vec<Hash>,
     /// The signed checkpoint note, as text.
     pub checkpoint: String,
-    pub salt: Salt,
+    /// What the leaf is rebuilt from with the event.
+    pub opening: Opening,
     pub leaf: Vec<u8>,
 }
 
 impl Receipt {
     /// The `tlog-proof` text.
     pub fn to_text(&self) -> String {
-        let mut extra = Vec::with_capacity(1 + SALT_LEN + self.leaf.len());
-        extra.push(EXTRA_SALT_AND_LEAF);
-        extra.extend_from_slice(&self.salt);
+        let mut extra = Vec::with_capacity(3 + SALT_LEN + self.leaf.len());
+        match &self.opening {
+            Opening::Salt(salt) => {
+                extra.push(EXTRA_SALT_AND_LEAF);
+                extra.extend_from_slice(salt);
+            }
+            erased => {
+                let bytes = erased.to_bytes();
+                extra.push(EXTRA_OPENING_AND_LEAF);
+                extra.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                extra.extend_from_slice(&bytes);
+            }
+        }
         extra.extend_from_slice(&self.leaf);
         let mut out = format!(
             "{HEADER}\nextra {}\nindex {}\n",
@@ -107,15 +123,32 @@ impl Receipt {
         let extra = extra.ok_or(malformed(
             "no extra line: an auditd receipt carries the event's salt and leaf",
         ))?;
-        if extra.first() != Some(&EXTRA_SALT_AND_LEAF) || extra.len() < 1 + SALT_LEN + 1 {
-            return Err(malformed("extra is not an auditd salt and leaf (form 1)"));
-        }
+        let (opening, leaf) = match extra.first() {
+            Some(&EXTRA_SALT_AND_LEAF) if extra.len() > 1 + SALT_LEN => {
+                let salt = extra[1..1 + SALT_LEN].try_into().expect("16 bytes");
+                (Opening::Salt(salt), &extra[1 + SALT_LEN..])
+            }
+            Some(&EXTRA_OPENING_AND_LEAF) if extra.len() > 3 => {
+                let len = u16::from_be_bytes([extra[1], extra[2]]) as usize;
+                let bytes = extra
+                    .get(3..3 + len)
+                    .ok_or(malformed("extra's opening is cut short"))?;
+                let opening = Opening::from_bytes(bytes)
+                    .ok_or(malformed("extra's opening is not an erased event's"))?;
+                (opening, &extra[3 + len..])
+            }
+            _ => {
+                return Err(malformed(
+                    "extra is not an auditd salt or opening and a leaf",
+                ))
+            }
+        };
         Ok(Receipt {
             index,
             hashes,
             checkpoint: checkpoint.to_owned(),
-            salt: extra[1..1 + SALT_LEN].try_into().expect("16 bytes"),
-            leaf: extra[1 + SALT_LEN..].to_vec(),
+            opening,
+            leaf: leaf.to_vec(),
         })
     }
 }
@@ -155,7 +188,7 @@ pub fn verify_receipt(
             ));
         }
         let mut scratch = Vec::new();
-        if leaf_bytes(event, &receipt.salt, &mut scratch) != receipt.leaf {
+        if receipt.opening.leaf_bytes(event, &mut scratch) != receipt.leaf {
             return Err(ReceiptError::EventMismatch(
                 "its fields, with the receipt's salt, make another leaf",
             ));
@@ -173,6 +206,7 @@ pub fn verify_receipt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::integrity::leaf::leaf_bytes;
     use crate::integrity::leaf::tests::{vector_event, VECTOR_SALT};
     use crate::integrity::merkle::{inclusion_proof, MemoryTree};
     use crate::integrity::note::{checkpoint_body, NoteSigner};
@@ -197,7 +231,7 @@ mod tests {
             index: 5,
             hashes: inclusion_proof(&tree, 5, 9).unwrap(),
             checkpoint: note,
-            salt: VECTOR_SALT,
+            opening: Opening::Salt(VECTOR_SALT),
             leaf,
         };
         (receipt, signer.verifier_key())

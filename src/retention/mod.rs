@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use policy::{Policy, Verdict};
 pub use record::{Change, HoldRequest, RetentionRecord};
 
-use crate::config::RetentionConfig;
+use crate::config::{ErasureConfig, RetentionConfig};
 use crate::datadir::DataDir;
 use crate::formats::rfc3339 as micros_to_rfc3339;
 use crate::metrics as m;
@@ -85,6 +85,7 @@ pub enum Applied {
     Held(Hold),
     Released(Hold),
     Dropped(Dropped),
+    Erased(crate::erasure::Erasure),
     /// Nothing changed, and why (a drop judged early, a floor already as
     /// high, a hold already released).
     Unchanged(String),
@@ -106,9 +107,19 @@ pub enum RetentionError {
     BelowFloor { floor: u32, setting: String },
 }
 
+/// What an erasure takes, as configured (`[erasure]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErasureSettings {
+    /// The personal parts taken (bit `k` for part `k`).
+    pub fields: u16,
+    pub keep_type_prefixes: Vec<String>,
+}
+
 /// The rules, the state, and what ingest and the audit read of it.
 pub struct Retention {
     policy: Policy,
+    erasure: ErasureSettings,
+    data_dir: PathBuf,
     path: PathBuf,
     state: Mutex<State>,
     /// Why an event of a dropped day is refused.
@@ -119,7 +130,11 @@ pub struct Retention {
 impl Retention {
     /// Reads the state (none yet: empty) and refuses a configuration that
     /// would remove events before the compliance floor.
-    pub fn open(data_dir: &Path, config: &RetentionConfig) -> Result<Retention, RetentionError> {
+    pub fn open(
+        data_dir: &Path,
+        config: &RetentionConfig,
+        erasure: &ErasureConfig,
+    ) -> Result<Retention, RetentionError> {
         let path = DataDir::new(data_dir).retention();
         let state = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RetentionError::Bad {
@@ -135,8 +150,19 @@ impl Retention {
                 return Err(RetentionError::BelowFloor { floor, setting });
             }
         }
+        let erasure = ErasureSettings {
+            fields: crate::erasure::fields_mask(&erasure.fields).map_err(|reason| {
+                RetentionError::Bad {
+                    path: path.clone(),
+                    reason: format!("erasure.fields: {reason}"),
+                }
+            })?,
+            keep_type_prefixes: erasure.keep_type_prefixes.clone(),
+        };
         let retention = Retention {
             policy,
+            erasure,
+            data_dir: data_dir.to_owned(),
             path,
             state: Mutex::new(State::default()),
             refusals: RwLock::default(),
@@ -148,6 +174,14 @@ impl Retention {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    pub fn erasure(&self) -> &ErasureSettings {
+        &self.erasure
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// A copy of the state.
@@ -231,7 +265,7 @@ impl Retention {
                 hold.released = Some(record.at_micros);
                 Applied::Released(hold.clone())
             }
-            Some(Change::Drop(_)) | None => {
+            Some(Change::Drop(_)) | Some(Change::Erase(_)) | None => {
                 return Ok(Applied::Unchanged("not a change of the state".into()))
             }
         };
@@ -250,6 +284,21 @@ impl Retention {
         metrics::counter!(m::RETENTION_DROPPED_BYTES).increment(dropped.bytes);
         state.drops.push(dropped);
         self.save(state)
+    }
+
+    /// Takes the subject out of the released holds `ids` (an erasure of
+    /// that subject): the hold stays on record, naming no one.
+    pub fn scrub_holds(&self, ids: &[String]) -> Result<(), RetentionError> {
+        let mut state = self.state();
+        let mut changed = false;
+        for hold in state.holds.iter_mut().filter(|h| ids.contains(&h.id)) {
+            changed |= !hold.subject.is_empty();
+            hold.subject.clear();
+        }
+        match changed {
+            true => self.save(state),
+            false => Ok(()),
+        }
     }
 
     fn save(&self, state: State) -> Result<(), RetentionError> {
@@ -358,7 +407,7 @@ mod tests {
     fn the_state_survives_a_reopen_and_a_floor_refuses_a_shorter_config() {
         let dir = tempfile::tempdir().unwrap();
         let config = RetentionConfig::default();
-        let retention = Retention::open(dir.path(), &config).unwrap();
+        let retention = Retention::open(dir.path(), &config, &Default::default()).unwrap();
         let lock = |days, id: &str| RetentionRecord {
             id: id.into(),
             at_micros: 1,
@@ -373,13 +422,13 @@ mod tests {
             Applied::Unchanged(_)
         ));
         drop(retention);
-        let reopened = Retention::open(dir.path(), &config).unwrap();
+        let reopened = Retention::open(dir.path(), &config, &Default::default()).unwrap();
         assert_eq!(reopened.floor(), Some(365));
         let shorter = RetentionConfig {
             default_days: Some(30),
             ..Default::default()
         };
-        let refused = Retention::open(dir.path(), &shorter)
+        let refused = Retention::open(dir.path(), &shorter, &Default::default())
             .err()
             .unwrap()
             .to_string();

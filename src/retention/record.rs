@@ -1,5 +1,5 @@
 //! The body of a `Retention` log record (`record.rs` kind 2): one change
-//! to what is kept. Each is applied by the indexer in log order, so replay
+//! to what is kept (retention, holds) or to what it holds (erasure). Each is applied by the indexer in log order, so replay
 //! after a crash applies it again; applying one twice changes nothing.
 
 /// One retention change, with the id the request got and when it was made.
@@ -13,7 +13,7 @@ pub struct RetentionRecord {
     /// judged at this instant, on replay too.
     #[prost(int64, tag = "2")]
     pub at_micros: i64,
-    #[prost(oneof = "Change", tags = "3, 4, 5, 6")]
+    #[prost(oneof = "Change", tags = "3, 4, 5, 6, 7")]
     pub change: Option<Change>,
 }
 
@@ -31,6 +31,39 @@ pub enum Change {
     /// Release the hold with this id.
     #[prost(string, tag = "6")]
     Release(String),
+    /// Erase or pseudonymise personal fields of the events it names. It
+    /// names them by seq, never by the subject: the log keeps no erased
+    /// value.
+    #[prost(message, tag = "7")]
+    Erase(EraseRequest),
+}
+
+/// The events of one erasure and what to take from them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EraseRequest {
+    /// 0: erase; 1: pseudonymise.
+    #[prost(uint32, tag = "1")]
+    pub mode: u32,
+    /// The parts taken (bit `k` for personal part `k`, `integrity::leaf`).
+    #[prost(uint32, tag = "2")]
+    pub fields: u32,
+    /// The days (partitions) that hold them.
+    #[prost(int64, repeated, tag = "3")]
+    pub days: Vec<i64>,
+    /// Their seqs as `[first, end)` runs, flattened: first, end, first, …
+    #[prost(uint64, repeated, tag = "4")]
+    pub seq_runs: Vec<u64>,
+    /// Types that are never erased.
+    #[prost(string, repeated, tag = "5")]
+    pub keep_type_prefixes: Vec<String>,
+    /// Other events that name the subject in their `query` (the read
+    /// trail of searches and exports for it), as runs like `seq_runs`:
+    /// their `query` part goes too.
+    #[prost(uint64, repeated, tag = "6")]
+    pub reference_runs: Vec<u64>,
+    /// Released holds that named the subject: their subject goes.
+    #[prost(string, repeated, tag = "7")]
+    pub scrub_holds: Vec<String>,
 }
 
 /// A legal hold: every partition holding an event that matches is kept.

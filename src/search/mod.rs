@@ -26,8 +26,8 @@ use crate::app::trail::TRAIL_TYPE;
 use crate::auth::ReadScope;
 use crate::config::Limits;
 use crate::idempotency::Stored;
-use crate::integrity::leaf::{salt_from_bytes, Salt};
-use crate::partition::{Partition, Partitions};
+use crate::integrity::opening::Opening;
+use crate::partition::{Day, Partition, Partitions};
 use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, EventFilter, Outcome, SearchRequest,
     SearchResponse,
@@ -339,12 +339,38 @@ impl Searcher {
         self.fetch(&page.views, &page.hits[range])
     }
 
+    /// Every stored event of `subject` (the trail included), as (day, seq).
+    pub(crate) fn subject_seqs(&self, subject: &str) -> Result<Vec<(Day, u64)>, SearchError> {
+        self.seqs_matching(&*term(self.schema.subject, subject))
+    }
+
+    /// Every stored event `filter` matches, as (day, seq).
+    pub(crate) fn filter_seqs(&self, filter: &EventFilter) -> Result<Vec<(Day, u64)>, SearchError> {
+        let matching = self.matching(filter, &ReadScope::All)?;
+        self.seqs_matching(&*matching.query)
+    }
+
+    fn seqs_matching(&self, query: &dyn Query) -> Result<Vec<(Day, u64)>, SearchError> {
+        let mut out = Vec::new();
+        for partition in self.partitions.overlapping(None, None) {
+            let view = partition.view()?;
+            let docs = view
+                .searcher
+                .search(query, &tantivy::collector::DocSetCollector)?;
+            for address in docs {
+                let column = &view.columns[address.segment_ord as usize].seq;
+                out.extend(column.first(address.doc_id).map(|seq| (partition.day, seq)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The same with each event's salt: what its receipt is made from.
     pub(crate) fn stored_events(
         &self,
         page: &HitPage,
         range: std::ops::Range<usize>,
-    ) -> Result<Vec<(AuditEvent, Option<Salt>)>, SearchError> {
+    ) -> Result<Vec<(AuditEvent, Option<Opening>)>, SearchError> {
         page.hits[range]
             .par_iter()
             .with_min_len(FETCH_RUN_HITS)
@@ -477,7 +503,7 @@ impl Searcher {
         &self,
         views: &[Arc<View>],
         hit: &Hit,
-    ) -> Result<(AuditEvent, Option<Salt>), SearchError> {
+    ) -> Result<(AuditEvent, Option<Opening>), SearchError> {
         let view = &views[hit.partition];
         let corrupt = |reason: String| SearchError::Corrupt {
             address: hit.address,
@@ -487,7 +513,7 @@ impl Searcher {
         let salt = doc
             .get_first(self.schema.salt)
             .and_then(|v| v.as_bytes())
-            .and_then(salt_from_bytes);
+            .and_then(Opening::from_bytes);
         let body = doc
             .get_first(self.schema.body)
             .and_then(|v| v.as_bytes())
@@ -510,7 +536,7 @@ impl Searcher {
         &self,
         by: &EventRef,
         scope: &ReadScope,
-    ) -> Result<Option<(AuditEvent, Option<Salt>)>, SearchError> {
+    ) -> Result<Option<(AuditEvent, Option<Opening>)>, SearchError> {
         let views = Self::views(&self.partitions.overlapping(None, None))?;
         let mut must: Vec<Box<dyn Query>> = Vec::new();
         self.add_scope(scope, &mut must);
@@ -550,7 +576,7 @@ impl Searcher {
         &self,
         from: u64,
         to: u64,
-    ) -> Result<Vec<(AuditEvent, Option<Salt>)>, SearchError> {
+    ) -> Result<Vec<(AuditEvent, Option<Opening>)>, SearchError> {
         let views = Self::views(&self.partitions.overlapping(None, None))?;
         let mut hits = log_order::collect(&views, &AllQuery, from, to)?;
         hits.sort_by_key(|h| h.seq);

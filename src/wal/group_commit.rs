@@ -43,6 +43,8 @@ pub struct WalPositions {
     /// the log is not trimmed past it, so replay can bring the tree up to
     /// the log. `u64::MAX` when there is no tree.
     pub tree_durable: AtomicU64,
+    /// Every record below this is gone from the log (trimmed).
+    pub trimmed: AtomicU64,
 }
 
 impl Default for WalPositions {
@@ -52,6 +54,7 @@ impl Default for WalPositions {
             checkpoint: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
             tree_durable: AtomicU64::new(u64::MAX),
+            trimmed: AtomicU64::new(0),
         }
     }
 }
@@ -197,8 +200,17 @@ fn run(
                 for mut request in group.by_ref() {
                     drop(request.permit.take());
                     let first_seq = next_seq;
-                    let kind = match request.change {
-                        Some(_) => RecordKind::Retention,
+                    let kind = match &request.change {
+                        Some(change) => {
+                            if change.starts_piece() {
+                                if let Err(error) = wal.start_piece() {
+                                    let _ = request.reply.send(Err(refusal(&error)));
+                                    failed = Some(error);
+                                    break;
+                                }
+                            }
+                            RecordKind::Retention
+                        }
                         None => RecordKind::Batch,
                     };
                     let header = record::header(kind, first_seq);
@@ -315,7 +327,10 @@ fn run(
         if checkpoint > trimmed {
             // Not fatal: the segments stay, and the next pass tries again.
             match wal.trim(checkpoint) {
-                Ok(_) => trimmed = checkpoint,
+                Ok(_) => {
+                    trimmed = checkpoint;
+                    positions.trimmed.store(checkpoint.get(), Ordering::Release);
+                }
                 Err(error) => {
                     count_error("remove");
                     tracing::warn!(%error, "could not remove indexed WAL segments; will retry");

@@ -557,6 +557,13 @@ impl super::Log for Wal {
         self.retire_indexed_active(checkpoint, min_bytes)
     }
 
+    fn start_piece(&mut self) -> Result<(), WalError> {
+        if self.end > self.active_start || !self.buf.is_empty() {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
     fn pieces(&self) -> usize {
         self.segment_count()
     }

@@ -105,6 +105,12 @@ pub trait Log: Send {
     /// on from the end. Returns whether it did.
     fn retire_indexed(&mut self, checkpoint: LogPosition, min_bytes: u64)
         -> Result<bool, WalError>;
+    /// Makes the next record the first of a new storage piece, so that
+    /// trimming below it lets go of every older record (an erasure, whose
+    /// older records may hold what it erases). The local log starts a new
+    /// segment unless the active one is empty; a log that trims record by
+    /// record has nothing to do.
+    fn start_piece(&mut self) -> Result<(), WalError>;
     /// Storage pieces held (segments, for the local log), for metrics.
     fn pieces(&self) -> usize;
     /// A reader of acknowledged records, for a thread beside the owner.

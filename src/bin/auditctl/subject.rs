@@ -8,7 +8,7 @@ use auditd::client::SubjectsClient;
 use auditd::formats::Format as FileFormat;
 use auditd::integrity::receipt::{verify_receipt, Receipt};
 use auditd::json::JsonEvent;
-use auditd::proto::ExportSubjectRequest;
+use auditd::proto::{EraseSubjectRequest, ErasureMode, ExportSubjectRequest};
 use clap::Subcommand;
 
 use crate::integrity::read_key;
@@ -35,16 +35,89 @@ pub enum SubjectCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Erase (or pseudonymise) the subject's personal fields in every event
+    /// stored so far, everywhere under the data directory; every proof
+    /// still verifies (GDPR Art. 17; an admin token). Irreversible.
+    Erase {
+        #[arg(long)]
+        subject: String,
+        /// erase: the fields go; pseudonymise: keyed pseudonyms replace them.
+        #[arg(long, value_parser = ["erase", "pseudonymise"])]
+        mode: String,
+        /// Why, for the trail (without naming the person).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
-pub async fn subject(mut client: SubjectsClient, command: &SubjectCommand) -> anyhow::Result<()> {
-    let SubjectCommand::Export {
-        subject,
-        format,
-        out,
-        key,
-    } = command;
-    let key = key.as_deref().map(read_key).transpose()?;
+pub async fn subject(client: SubjectsClient, command: &SubjectCommand) -> anyhow::Result<()> {
+    match command {
+        SubjectCommand::Export {
+            subject,
+            format,
+            out,
+            key,
+        } => export(client, subject, *format, out, key.as_deref()).await,
+        SubjectCommand::Erase {
+            subject,
+            mode,
+            reason,
+        } => erase(client, subject, mode, reason).await,
+    }
+}
+
+async fn erase(
+    mut client: SubjectsClient,
+    subject: &str,
+    mode: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let mode = match mode {
+        "pseudonymise" => ErasureMode::Pseudonymise,
+        _ => ErasureMode::Erase,
+    };
+    let done = client
+        .erase_subject(EraseSubjectRequest {
+            subject: subject.to_owned(),
+            mode: mode as i32,
+            reason: reason.to_owned(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "request {}: {} event(s) {}, {} trail event(s) naming the subject cleaned",
+        done.request_id,
+        done.erased,
+        match mode {
+            ErasureMode::Erase => "erased",
+            ErasureMode::Pseudonymise => "pseudonymised",
+        },
+        done.references
+    );
+    for kept in &done.kept {
+        println!(
+            "kept: {} event(s) of type {}* (erasure.keep_type_prefixes)",
+            kept.events, kept.type_prefix
+        );
+    }
+    if done.damaged_files_removed > 0 {
+        println!(
+            "removed {} file(s) `auditd recover` had kept in damaged/",
+            done.damaged_files_removed
+        );
+    }
+    Ok(())
+}
+
+async fn export(
+    mut client: SubjectsClient,
+    subject: &str,
+    format: FileFormat,
+    out: &std::path::Path,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
+    let key = key.map(read_key).transpose()?;
     std::fs::create_dir_all(out).with_context(|| format!("making {}", out.display()))?;
     let create = |name: String| {
         let path = out.join(name);
@@ -56,8 +129,8 @@ pub async fn subject(mut client: SubjectsClient, command: &SubjectCommand) -> an
     let mut proofs = create("proofs.ndjson".into())?;
     let mut stream = client
         .export_subject(ExportSubjectRequest {
-            subject: subject.clone(),
-            format: export_format(*format) as i32,
+            subject: subject.to_owned(),
+            format: export_format(format) as i32,
         })
         .await
         .map_err(status_error)?
@@ -68,7 +141,7 @@ pub async fn subject(mut client: SubjectsClient, command: &SubjectCommand) -> an
             std::fs::write(out.join("checkpoint.txt"), &checkpoint.note)?;
         }
         events.write_all(&chunk.data)?;
-        let lines: Vec<&[u8]> = match *format {
+        let lines: Vec<&[u8]> = match format {
             FileFormat::Ndjson => chunk
                 .data
                 .split(|b| *b == b'\n')

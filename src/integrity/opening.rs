@@ -1,0 +1,304 @@
+//! What a stored event's leaf is rebuilt from: its salt, or, once erasure
+//! took some of its personal fields, each part's own salt (the value is
+//! still there) or its commitment (the value is gone).
+//!
+//! Erasing part `k` keeps `c_k` and forgets the value and the event salt:
+//! the other parts keep their `salt_j`, so the leaf can still be rebuilt
+//! and checked against the tree, and nobody can test a guess at an erased
+//! value (`salt_k` is gone with the event salt).
+//!
+//! Stored as bytes (the index's `salt` field, a receipt's `extra`):
+//!
+//! ```text
+//! salt:   the 16 salt bytes
+//! erased: 0x02 || flags (bit 0: pseudonymised) || id length (u8) || erasure request id
+//!         || mask (u16, big-endian; the parts the event had at ingest)
+//!         || for part 0, then each part in mask (ascending):
+//!            0x00 || salt_k (32 bytes)   the value is there
+//!            0x01 || c_k (32 bytes)      the value was erased or pseudonymised
+//! ```
+
+use super::leaf::{
+    commit, core_bytes, part_salt, personal_bytes, Salt, LEAF_VERSION, PERSONAL, SALT_LEN,
+};
+use super::merkle::Hash;
+use crate::proto::AuditEvent;
+
+/// The first byte of the erased form.
+pub const ERASED_FORM: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opening {
+    Salt(Salt),
+    Erased(Erased),
+}
+
+/// An event some of whose personal parts were erased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    /// The erasure request that made it so.
+    pub request: String,
+    pub pseudonymised: bool,
+    /// The parts the event had at ingest (bit `k` for part `k`).
+    pub mask: u16,
+    /// Part 0, then each part of `mask` in ascending order.
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The value is there: its commitment is made from it and this salt.
+    Open(Hash),
+    /// The value is gone: this is its commitment.
+    Committed(Hash),
+}
+
+/// What erasure puts in place of the values it takes.
+pub trait Replace {
+    /// The new value of a string, or of each value of a map (empty: gone).
+    fn text(&self, value: &str) -> String;
+    /// The new value of an address (empty: gone).
+    fn ip(&self, value: &str) -> String;
+    fn pseudonymises(&self) -> bool;
+}
+
+/// Replaces personal part `part` of `event` as `how` says. A map whose
+/// values all become empty is emptied.
+pub fn replace_part(event: &mut AuditEvent, part: u8, how: &dyn Replace) {
+    let string = |s: &mut String| *s = how.text(s);
+    let map = |m: &mut std::collections::BTreeMap<String, String>| {
+        for value in m.values_mut() {
+            *value = how.text(value);
+        }
+        if m.values().all(String::is_empty) {
+            m.clear();
+        }
+    };
+    match part {
+        1 => string(&mut event.access_id),
+        2 => string(&mut event.subject),
+        3 => {
+            if let Some(source) = event.source.as_mut() {
+                source.ip = how.ip(&source.ip);
+            }
+        }
+        4 => string(&mut event.forwarded_for),
+        5 => string(&mut event.resource),
+        6 => map(&mut event.query),
+        7 => string(&mut event.error_message),
+        8 => string(&mut event.before),
+        9 => string(&mut event.after),
+        10 => map(&mut event.attributes),
+        _ => {}
+    }
+}
+
+impl Opening {
+    /// `None` for bytes that are neither form.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Opening> {
+        if bytes.len() == SALT_LEN {
+            return bytes.try_into().ok().map(Opening::Salt);
+        }
+        let (&form, rest) = bytes.split_first()?;
+        if form != ERASED_FORM {
+            return None;
+        }
+        let (&flags, rest) = rest.split_first()?;
+        let (&id_len, rest) = rest.split_first()?;
+        let id = rest.get(..id_len as usize)?;
+        let rest = &rest[id_len as usize..];
+        let mask = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+        let mut rest = &rest[2..];
+        let mut parts = Vec::new();
+        for _ in 0..=mask.count_ones() {
+            let (&tag, tail) = rest.split_first()?;
+            let hash: Hash = tail.get(..32)?.try_into().ok()?;
+            parts.push(match tag {
+                0 => Part::Open(hash),
+                1 => Part::Committed(hash),
+                _ => return None,
+            });
+            rest = &tail[32..];
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Opening::Erased(Erased {
+            request: String::from_utf8(id.to_vec()).ok()?,
+            pseudonymised: flags & 1 == 1,
+            mask,
+            parts,
+        }))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Opening::Salt(salt) => salt.to_vec(),
+            Opening::Erased(e) => {
+                let id = &e.request.as_bytes()[..e.request.len().min(255)];
+                let mut out = vec![ERASED_FORM, e.pseudonymised as u8, id.len() as u8];
+                out.extend_from_slice(id);
+                out.extend_from_slice(&e.mask.to_be_bytes());
+                for part in &e.parts {
+                    let (tag, hash) = match part {
+                        Part::Open(salt) => (0, salt),
+                        Part::Committed(c) => (1, c),
+                    };
+                    out.push(tag);
+                    out.extend_from_slice(hash);
+                }
+                out
+            }
+        }
+    }
+
+    /// The erasure request behind it, when some part was erased.
+    pub fn erased_by(&self) -> Option<&str> {
+        match self {
+            Opening::Salt(_) => None,
+            Opening::Erased(e) => Some(&e.request),
+        }
+    }
+
+    /// The leaf bytes of `event` stored with this opening. For an erased
+    /// event, the erased parts' commitments stand in for their values.
+    pub fn leaf_bytes(&self, event: &AuditEvent, scratch: &mut Vec<u8>) -> Vec<u8> {
+        let erased = match self {
+            Opening::Salt(salt) => return super::leaf::leaf_bytes(event, salt, scratch),
+            Opening::Erased(erased) => erased,
+        };
+        let mut leaf = Vec::with_capacity(3 + 32 * erased.parts.len());
+        leaf.push(LEAF_VERSION);
+        leaf.extend_from_slice(&erased.mask.to_be_bytes());
+        for (part, k) in erased.parts.iter().zip(parts_of(erased.mask)) {
+            let c = match part {
+                Part::Committed(c) => *c,
+                Part::Open(salt) => {
+                    scratch.clear();
+                    match k {
+                        0 => core_bytes(event, scratch),
+                        k => {
+                            personal_bytes(event, k, scratch);
+                        }
+                    }
+                    commit(salt, scratch)
+                }
+            };
+            leaf.extend_from_slice(&c);
+        }
+        leaf
+    }
+
+    /// Takes the parts of `fields` (bit `k` for part `k`) out of `event`
+    /// as `how` says, and returns the opening that still rebuilds its
+    /// leaf. Parts already erased stay as they are; `request` names the
+    /// erasure.
+    pub fn erase(
+        &self,
+        event: &mut AuditEvent,
+        fields: u16,
+        request: &str,
+        how: &dyn Replace,
+    ) -> Opening {
+        let mut scratch = Vec::new();
+        let erased = match self {
+            Opening::Erased(erased) => erased.clone(),
+            Opening::Salt(salt) => open_parts(event, salt),
+        };
+        let mut parts = Vec::with_capacity(erased.parts.len());
+        for (part, k) in erased.parts.iter().zip(parts_of(erased.mask)) {
+            parts.push(match part {
+                Part::Open(salt) if k != 0 && fields & (1 << k) != 0 => {
+                    scratch.clear();
+                    personal_bytes(event, k, &mut scratch);
+                    let c = commit(salt, &scratch);
+                    replace_part(event, k, how);
+                    Part::Committed(c)
+                }
+                other => *other,
+            });
+        }
+        Opening::Erased(Erased {
+            request: request.to_owned(),
+            pseudonymised: erased.pseudonymised || how.pseudonymises(),
+            mask: erased.mask,
+            parts,
+        })
+    }
+}
+
+/// Every part of an event as it was stored, each with its own salt.
+fn open_parts(event: &AuditEvent, salt: &Salt) -> Erased {
+    let mut mask = 0u16;
+    let mut scratch = Vec::new();
+    let mut parts = vec![Part::Open(part_salt(salt, 0))];
+    for k in 1..=PERSONAL.len() as u8 {
+        scratch.clear();
+        if personal_bytes(event, k, &mut scratch) {
+            mask |= 1 << k;
+            parts.push(Part::Open(part_salt(salt, k)));
+        }
+    }
+    Erased {
+        request: String::new(),
+        pseudonymised: false,
+        mask,
+        parts,
+    }
+}
+
+/// Part 0, then the parts of `mask` in ascending order.
+fn parts_of(mask: u16) -> impl Iterator<Item = u8> {
+    std::iter::once(0).chain((1..=PERSONAL.len() as u8).filter(move |k| mask & (1 << k) != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::integrity::leaf::leaf_bytes;
+    use crate::integrity::leaf::tests::{vector_event, VECTOR_SALT};
+
+    struct Empty;
+    impl Replace for Empty {
+        fn text(&self, _: &str) -> String {
+            String::new()
+        }
+        fn ip(&self, _: &str) -> String {
+            String::new()
+        }
+        fn pseudonymises(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn an_erased_event_still_rebuilds_its_leaf_and_the_opening_round_trips() {
+        let event = vector_event();
+        let original = leaf_bytes(&event, &VECTOR_SALT, &mut Vec::new());
+        let mut erased = event.clone();
+        let opening = Opening::Salt(VECTOR_SALT).erase(&mut erased, 0b110, "req-1", &Empty);
+        assert!(erased.subject.is_empty() && erased.access_id.is_empty());
+        assert_eq!(opening.leaf_bytes(&erased, &mut Vec::new()), original);
+        assert_eq!(
+            Opening::from_bytes(&opening.to_bytes()),
+            Some(opening.clone())
+        );
+        assert_eq!(opening.erased_by(), Some("req-1"));
+        // A non-personal field changed no longer gives the leaf.
+        let mut changed = erased.clone();
+        changed.action.push('x');
+        assert_ne!(opening.leaf_bytes(&changed, &mut Vec::new()), original);
+        // Erasing more later keeps it whole; the salt is not in the bytes.
+        let mut more = erased.clone();
+        let again = opening.erase(&mut more, 1 << 5 | 1 << 6, "req-2", &Empty);
+        assert!(more.resource.is_empty() && more.query.is_empty());
+        assert_eq!(again.leaf_bytes(&more, &mut Vec::new()), original);
+        let bytes = again.to_bytes();
+        assert!(!bytes.windows(SALT_LEN).any(|w| w == VECTOR_SALT));
+        assert_eq!(
+            Opening::from_bytes(&VECTOR_SALT),
+            Some(Opening::Salt(VECTOR_SALT))
+        );
+        assert_eq!(Opening::from_bytes(&bytes[..bytes.len() - 1]), None);
+    }
+}
