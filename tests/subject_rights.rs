@@ -505,3 +505,66 @@ async fn an_erasure_cut_short_by_a_crash_is_finished_by_replay() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The same over HTTP: the subject in the body, errors naming the field.
+#[tokio::test]
+async fn the_subject_routes_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let events: Vec<AuditEvent> = (0..3)
+        .map(|i| marked("http-subject", &format!("H{i}"), 1, "audit-log/pryv-api"))
+        .collect();
+    let stored = ingest(&mut client, events, WaitFor::Searchable).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", server.http);
+    let token = server.admin_token().trim().to_owned();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(url(path)).bearer_auth(&token).json(&body).send()
+    };
+    let bad = post(
+        "/v1/subjects/erase",
+        serde_json::json!({ "subject": "x", "mode": "shred" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 400);
+    let problem: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(problem["violations"][0]["field"], "mode", "{problem}");
+
+    let export = post(
+        "/v1/subjects/export",
+        serde_json::json!({ "subject": "http-subject", "format": "ocsf" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(export.status(), 200);
+    let text = export.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines[0]["checkpoint"].as_str().unwrap().contains("auditd/"));
+    let proofs: usize = lines
+        .iter()
+        .map(|l| l["proofs"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(proofs, 3);
+    assert!(lines.last().unwrap()["reportHtml"]
+        .as_str()
+        .unwrap()
+        .contains("3 event(s)"));
+
+    let erased = post(
+        "/v1/subjects/erase",
+        serde_json::json!({ "subject": "http-subject", "mode": "pseudonymise" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(erased.status(), 200);
+    let erased: serde_json::Value = erased.json().await.unwrap();
+    assert_eq!(erased["erased"], 3, "{erased}");
+    let event = get(&mut client, &stored.ids[0]).await;
+    assert!(event.subject.starts_with("ps-"), "{event:?}");
+    server.stop().await.unwrap();
+}

@@ -133,6 +133,16 @@ impl SubjectService {
                 hold.id, hold.reason
             )));
         }
+        let scrub_holds: Vec<String> = retention
+            .state()
+            .holds
+            .iter()
+            .filter(|h| h.subject == subject)
+            .map(|h| h.id.clone())
+            .collect();
+        // Even when the index holds nothing of the subject, the record is
+        // written: older log records (of a day retention dropped since)
+        // may still hold its events, and go with the segments below it.
         if mode == ErasureMode::Pseudonymise {
             PseudonymKey::load_or_create(retention.data_dir())
                 .map_err(|e| AppError::Internal(format!("pseudonym.key: {e}")))?;
@@ -144,13 +154,6 @@ impl SubjectService {
             let mut seqs: Vec<u64> = found.iter().map(|(_, s)| *s).collect();
             crate::erasure::flatten(&crate::retention::runs(&mut seqs))
         };
-        let scrub_holds = retention
-            .state()
-            .holds
-            .iter()
-            .filter(|h| h.subject == subject)
-            .map(|h| h.id.clone())
-            .collect();
         let settings = retention.erasure();
         let record = RetentionRecord {
             id: id.to_owned(),

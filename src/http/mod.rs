@@ -12,6 +12,7 @@ mod problem;
 mod pryv;
 mod retention;
 mod streams;
+mod subjects;
 mod tlog;
 mod tls;
 
@@ -128,6 +129,8 @@ pub fn router(
             post(retention::add_hold).get(retention::list_holds),
         )
         .route("/v1/holds/{id}", delete(retention::release_hold))
+        .route("/v1/subjects/export", post(subjects::export))
+        .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/{subject}/events", get(pryv::events))
         .route("/{subject}/streams", get(pryv::streams))

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::ProblemBody;
-use super::{api, retention, streams, tlog};
+use super::{api, retention, streams, subjects, tlog};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +33,8 @@ use super::{api, retention, streams, tlog};
         retention::list_holds,
         retention::add_hold,
         retention::release_hold,
+        subjects::export,
+        subjects::erase,
     ),
     components(schemas(ProblemBody)),
     modifiers(&BearerAuth),

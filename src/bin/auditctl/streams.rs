@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use auditd::formats::Format as FileFormat;
-use auditd::proto::{EventFilter, ExportFormat, ExportRequest, TailRequest};
+use auditd::proto::{EventFilter, ExportRequest, TailRequest};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use tonic::{Code, Status};
 
@@ -56,16 +56,6 @@ pub struct ExportArgs {
 pub(crate) fn file_format() -> impl TypedValueParser<Value = FileFormat> {
     PossibleValuesParser::new(FileFormat::ALL.map(FileFormat::name))
         .try_map(|name| FileFormat::parse(&name).ok_or("not an export format"))
-}
-
-pub(crate) fn export_format(format: FileFormat) -> ExportFormat {
-    match format {
-        FileFormat::Ndjson => ExportFormat::Ndjson,
-        FileFormat::Ocsf => ExportFormat::Ocsf,
-        FileFormat::Ecs => ExportFormat::Ecs,
-        FileFormat::Cef => ExportFormat::Cef,
-        FileFormat::Csv => ExportFormat::Csv,
-    }
 }
 
 /// Failed attempts in a row after which `export` gives up.
@@ -277,7 +267,7 @@ pub async fn export(
     loop {
         let request = ExportRequest {
             filter: Some(filter.clone()),
-            format: export_format(format) as i32,
+            format: FileFormat::to_proto(format) as i32,
             ascending: args.ascending,
             resume_token: token.clone(),
         };

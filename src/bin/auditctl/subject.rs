@@ -13,7 +13,7 @@ use clap::Subcommand;
 
 use crate::integrity::read_key;
 use crate::status_error;
-use crate::streams::{export_format, file_format};
+use crate::streams::file_format;
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum SubjectCommand {
@@ -130,7 +130,7 @@ async fn export(
     let mut stream = client
         .export_subject(ExportSubjectRequest {
             subject: subject.to_owned(),
-            format: export_format(format) as i32,
+            format: format.to_proto() as i32,
         })
         .await
         .map_err(status_error)?
