@@ -13,6 +13,7 @@ pub mod record;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,8 @@ pub struct Retention {
     state: Mutex<State>,
     /// Why an event of a dropped day is refused.
     refusals: RwLock<BTreeMap<Day, String>>,
+    /// Whether any day was dropped: ingest looks no further when none was.
+    any_dropped: AtomicBool,
     expired: RwLock<Arc<Vec<Expired>>>,
 }
 
@@ -166,6 +169,7 @@ impl Retention {
             path,
             state: Mutex::new(State::default()),
             refusals: RwLock::default(),
+            any_dropped: AtomicBool::new(false),
             expired: RwLock::default(),
         };
         retention.publish(state);
@@ -204,12 +208,15 @@ impl Retention {
             .collect()
     }
 
+    /// Whether retention ever dropped a day (one atomic load: what ingest
+    /// asks for every batch).
+    pub fn any_dropped(&self) -> bool {
+        self.any_dropped.load(Ordering::Acquire)
+    }
+
     /// Why an event of `day` is refused, when retention dropped that day.
     pub fn refusal(&self, day: Day) -> Option<String> {
         let refusals = self.refusals.read().expect("retention refusals lock");
-        if refusals.is_empty() {
-            return None;
-        }
         refusals.get(&day).cloned()
     }
 
@@ -349,6 +356,8 @@ impl Retention {
         expired.sort_by_key(|e| e.start);
         let holds = state.holds.iter().filter(|h| h.released.is_none()).count();
         metrics::gauge!(m::RETENTION_HOLDS).set(holds as f64);
+        self.any_dropped
+            .store(!refusals.is_empty(), Ordering::Release);
         *self.refusals.write().expect("retention refusals lock") = refusals;
         *self.expired.write().expect("retention expired lock") = Arc::new(expired);
         *self.lock() = state;
