@@ -25,7 +25,7 @@ use tantivy::schema::Value;
 use tantivy::{DocAddress, IndexWriter, TantivyDocument, Term};
 
 use crate::integrity::leaf::PERSONAL;
-use crate::integrity::opening::{Opening, Replace};
+use crate::integrity::opening::{Erase, Opening, Replace};
 use crate::messages::CommitPayload;
 use crate::partition::Partition;
 use crate::proto::AuditEvent;
@@ -128,23 +128,6 @@ impl PseudonymKey {
         bytes[0] = 0xfd;
         bytes[1..].copy_from_slice(&self.mac(value)[..15]);
         IpAddr::V6(Ipv6Addr::from(bytes)).to_string()
-    }
-}
-
-/// Erasing: the value goes.
-pub struct Erase;
-
-impl Replace for Erase {
-    fn text(&self, _: &str) -> String {
-        String::new()
-    }
-
-    fn ip(&self, _: &str) -> String {
-        String::new()
-    }
-
-    fn pseudonymises(&self) -> bool {
-        false
     }
 }
 

@@ -116,13 +116,9 @@ impl IngestService {
     /// (or, with `WAIT_FOR_SEARCHABLE`, visible to Search).
     pub async fn ingest(&self, mut request: IngestRequest) -> Result<IngestResponse, IngestError> {
         let started = Instant::now();
-        match self.status.health() {
-            // A degraded WAL refuses or takes the batch itself: each batch
-            // is also how it learns that the disk works again.
-            Health::Serving | Health::Degraded(_) => {}
-            Health::Starting => return Err(IngestError::Starting),
-            Health::Failed(reason) => return Err(IngestError::Unavailable(reason)),
-        }
+        // A degraded WAL refuses or takes the batch itself: each batch is
+        // also how it learns that the disk works again.
+        self.writable()?;
         let now = now_micros();
         let checked = validate_batch(&request.events, &self.settings.limits, now)
             .and_then(|()| self.not_dropped(&request.events, now));
@@ -170,13 +166,7 @@ impl IngestService {
         let ids: Vec<String> = request.events.iter().map(|e| e.id.clone()).collect();
 
         self.wait_for_room().await?;
-        let permit = tokio::time::timeout(
-            self.settings.submit_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await
-        .map_err(|_| self.overloaded("the write-ahead log queue is full"))?
-        .map_err(|_| IngestError::Unavailable("shutting down".into()))?;
+        let permit = self.wal_slot().await?;
         let batch = WalBatch::salted(batch_id.clone(), request.events);
         let leaves = if self.settings.leaves {
             batch.leaf_hashes().expect("a salted batch")
@@ -281,18 +271,8 @@ impl IngestService {
         &self,
         record: RetentionRecord,
     ) -> Result<(Applied, Span), IngestError> {
-        match self.status.health() {
-            Health::Serving | Health::Degraded(_) => {}
-            Health::Starting => return Err(IngestError::Starting),
-            Health::Failed(reason) => return Err(IngestError::Unavailable(reason)),
-        }
-        let permit = tokio::time::timeout(
-            self.settings.submit_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await
-        .map_err(|_| self.overloaded("the write-ahead log queue is full"))?
-        .map_err(|_| IngestError::Unavailable("shutting down".into()))?;
+        self.writable()?;
+        let permit = self.wal_slot().await?;
         let (reply, replied) = oneshot::channel();
         let (done, applied) = oneshot::channel();
         let append = AppendRequest {
@@ -321,6 +301,27 @@ impl IngestService {
             .map_err(|_| IngestError::Unavailable("the indexer stopped before applying it".into()))?
             .map_err(IngestError::Unavailable)?;
         Ok((applied, appended.span))
+    }
+
+    /// Writes go on while degraded, not while starting or failed.
+    fn writable(&self) -> Result<(), IngestError> {
+        match self.status.health() {
+            Health::Serving | Health::Degraded(_) => Ok(()),
+            Health::Starting => Err(IngestError::Starting),
+            Health::Failed(reason) => Err(IngestError::Unavailable(reason)),
+        }
+    }
+
+    /// A slot of the bounded WAL queue, waited for at most
+    /// `submit_timeout`.
+    async fn wal_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, IngestError> {
+        tokio::time::timeout(
+            self.settings.submit_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| self.overloaded("the write-ahead log queue is full"))?
+        .map_err(|_| IngestError::Unavailable("shutting down".into()))
     }
 
     async fn wait_searchable(&self, next_seq: u64) -> Result<(), IngestError> {

@@ -67,6 +67,15 @@ fn thirty_days_and_hipaa() -> RetentionConfig {
     }
 }
 
+/// Ingests an event of 40 days ago, which must be refused.
+async fn late_for_day_40(client: &mut Client) -> tonic::Status {
+    let request = IngestRequest {
+        events: vec![event(40, "svc/a", "s1")],
+        ..Default::default()
+    };
+    client.ingest(request).await.unwrap_err()
+}
+
 async fn retention_client(server: &TestServer) -> RetentionClient {
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
@@ -127,13 +136,7 @@ async fn days_past_their_rule_drop_whole_and_every_kept_proof_still_verifies() {
     assert_eq!(of_day(&mut client, 5).await.len(), 3);
 
     // A late event for the dropped day is refused, naming the field.
-    let late = client
-        .ingest(IngestRequest {
-            events: vec![event(40, "svc/a", "s1")],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let late = late_for_day_40(&mut client).await;
     assert_eq!(late.code(), tonic::Code::InvalidArgument);
     assert!(
         late.message().contains("events[0].time"),
@@ -201,13 +204,7 @@ async fn days_past_their_rule_drop_whole_and_every_kept_proof_still_verifies() {
     let server = TestServer::start(config(dir.path(), thirty_days_and_hipaa())).await;
     let mut client = server.client().await;
     assert!(of_day(&mut client, 40).await.is_empty());
-    let late = client
-        .ingest(IngestRequest {
-            events: vec![event(40, "svc/a", "s1")],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let late = late_for_day_40(&mut client).await;
     assert_eq!(late.code(), tonic::Code::InvalidArgument);
     let mut proofs = integrity_client(&server.url(), &server.admin_token()).await;
     expect_expired(&full_audit(&mut proofs).await);

@@ -14,6 +14,17 @@ use auditd::proto::{
 };
 use common::*;
 
+/// An investigator searches for `subject`: the read trail now names it.
+async fn search_for(client: &mut Client, subject: &str) {
+    let request = SearchRequest {
+        subjects: vec![subject.into()],
+        limit: 10,
+        ..Default::default()
+    };
+    search_all(client, request).await;
+    trail_events(client, "audit.search", 1).await;
+}
+
 async fn subjects_client(server: &TestServer, token: &str) -> auditd::client::SubjectsClient {
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
@@ -49,16 +60,7 @@ async fn a_subject_export_is_exactly_the_subjects_events_each_with_a_receipt_tha
         .collect();
     assert!(expected.len() > 10);
     // An investigator reads the subject's data: the report must say so.
-    search_all(
-        &mut client,
-        SearchRequest {
-            subjects: vec![subject.clone()],
-            limit: 100,
-            ..Default::default()
-        },
-    )
-    .await;
-    trail_events(&mut client, "audit.search", 1).await;
+    search_for(&mut client, &subject).await;
 
     // Through auditctl, every receipt checked offline as it comes.
     let out = dir.path().join("package");
@@ -238,16 +240,7 @@ async fn erasure_leaves_no_marker_under_the_data_directory_and_every_proof_still
     events.extend(generated(40, 5, 20));
     let stored = ingest(&mut client, events, WaitFor::Searchable).await;
     // An investigator searched for the subject: the trail names it.
-    search_all(
-        &mut client,
-        SearchRequest {
-            subjects: vec![subject.into()],
-            limit: 10,
-            ..Default::default()
-        },
-    )
-    .await;
-    trail_events(&mut client, "audit.search", 1).await;
+    search_for(&mut client, subject).await;
     let mut all_markers = markers.clone();
     all_markers.push(subject.into());
     assert!(

@@ -62,6 +62,23 @@ pub trait Replace {
     fn pseudonymises(&self) -> bool;
 }
 
+/// Erasing: the value goes.
+pub struct Erase;
+
+impl Replace for Erase {
+    fn text(&self, _: &str) -> String {
+        String::new()
+    }
+
+    fn ip(&self, _: &str) -> String {
+        String::new()
+    }
+
+    fn pseudonymises(&self) -> bool {
+        false
+    }
+}
+
 /// Replaces personal part `part` of `event` as `how` says. A map whose
 /// values all become empty is emptied.
 pub fn replace_part(event: &mut AuditEvent, part: u8, how: &dyn Replace) {
@@ -258,25 +275,12 @@ mod tests {
     use crate::integrity::leaf::leaf_bytes;
     use crate::integrity::leaf::tests::{vector_event, VECTOR_SALT};
 
-    struct Empty;
-    impl Replace for Empty {
-        fn text(&self, _: &str) -> String {
-            String::new()
-        }
-        fn ip(&self, _: &str) -> String {
-            String::new()
-        }
-        fn pseudonymises(&self) -> bool {
-            false
-        }
-    }
-
     #[test]
     fn an_erased_event_still_rebuilds_its_leaf_and_the_opening_round_trips() {
         let event = vector_event();
         let original = leaf_bytes(&event, &VECTOR_SALT, &mut Vec::new());
         let mut erased = event.clone();
-        let opening = Opening::Salt(VECTOR_SALT).erase(&mut erased, 0b110, "req-1", &Empty);
+        let opening = Opening::Salt(VECTOR_SALT).erase(&mut erased, 0b110, "req-1", &Erase);
         assert!(erased.subject.is_empty() && erased.access_id.is_empty());
         assert_eq!(opening.leaf_bytes(&erased, &mut Vec::new()), original);
         assert_eq!(
@@ -290,7 +294,7 @@ mod tests {
         assert_ne!(opening.leaf_bytes(&changed, &mut Vec::new()), original);
         // Erasing more later keeps it whole; the salt is not in the bytes.
         let mut more = erased.clone();
-        let again = opening.erase(&mut more, 1 << 5 | 1 << 6, "req-2", &Empty);
+        let again = opening.erase(&mut more, 1 << 5 | 1 << 6, "req-2", &Erase);
         assert!(more.resource.is_empty() && more.query.is_empty());
         assert_eq!(again.leaf_bytes(&more, &mut Vec::new()), original);
         let bytes = again.to_bytes();
