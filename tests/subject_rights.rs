@@ -548,6 +548,37 @@ async fn the_subject_routes_over_http() {
         .unwrap()
         .contains("3 event(s)"));
 
+    // A hold whose query covers the subject's events refuses the erasure
+    // until it is released.
+    let hold: serde_json::Value = post(
+        "/v1/holds",
+        serde_json::json!({ "query": "resource:\"/records/H1\"", "reason": "case 9" }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let held = post(
+        "/v1/subjects/erase",
+        serde_json::json!({ "subject": "http-subject", "mode": "pseudonymise" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(held.status(), 409);
+    let problem: serde_json::Value = held.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("legal hold"),
+        "{problem}"
+    );
+    let hold_id = hold["id"].as_str().unwrap();
+    let released = http
+        .delete(url(&format!("/v1/holds/{hold_id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 200);
     let erased = post(
         "/v1/subjects/erase",
         serde_json::json!({ "subject": "http-subject", "mode": "pseudonymise" }),

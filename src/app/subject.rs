@@ -480,7 +480,8 @@ fn holds_on(
         if hold.subject == subject {
             return Ok(Some(hold.clone()));
         }
-        if hold.subject.is_empty() || hold.query.is_empty() {
+        // Someone else's hold, or one on a subject alone: not this one's.
+        if !hold.subject.is_empty() || hold.query.is_empty() {
             continue;
         }
         let filter = EventFilter {
