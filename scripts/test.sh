@@ -3,7 +3,8 @@
 # toolchain, when it is missing, then runs every test.
 #   - schemathesis (PyPI, pinned) into target/test-tools/venv, for
 #     tests/openapi_fuzz.rs;
-#   - Debian's chromium and chromium-driver (apt-get), for tests/web.rs.
+#   - Debian's chromium and chromium-driver (apt-get), for tests/web.rs;
+#   - Debian's nats-server (apt-get), for tests/jetstream.rs.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +18,19 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+apt_install() {
+    echo "== installing Debian's $*"
+    $SUDO apt-get install -y -q "$@" \
+        || { $SUDO apt-get update -q && $SUDO apt-get install -y -q "$@"; }
+}
+
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-    echo "== installing Debian's chromium and chromium-driver"
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-    $SUDO apt-get install -y -q chromium chromium-driver \
-        || { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver; }
+    apt_install chromium chromium-driver
+fi
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    apt_install nats-server
 fi
 
 exec cargo test --all-features "$@"

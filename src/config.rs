@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::wal::jetstream::JetStreamConfig;
 use crate::wal::{Recovery, SyncPolicy};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -23,8 +24,9 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (`/metrics`, `/healthz`).
     pub http_addr: SocketAddr,
-    /// `tracing` filter, e.g. `info` or `auditd=debug`.
-    pub log: String,
+    /// The `tracing` filter and the write-ahead log's kind (`[log]`).
+    #[serde(deserialize_with = "log_setting")]
+    pub log: LogConfig,
     /// `/metrics` asks for an admin bearer token, like the API. Off by
     /// default so a Prometheus on the same host can scrape it.
     pub metrics_require_token: bool,
@@ -63,7 +65,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
             http_addr: "127.0.0.1:8080".parse().expect("valid address"),
-            log: "info".into(),
+            log: LogConfig::default(),
             metrics_require_token: false,
             limits: Limits::default(),
             wal: WalConfig::default(),
@@ -75,6 +77,57 @@ impl Default for Config {
             erasure: ErasureConfig::default(),
         }
     }
+}
+
+/// `[log]`: what the daemon logs, and the write-ahead log it runs on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `auditd=debug`. The older form
+    /// `log = "info"` (a string, not a table) sets this alone.
+    pub filter: String,
+    /// `local` (segment files under `data_dir/wal`) or `jetstream` (a
+    /// NATS JetStream stream, `[log.jetstream]`).
+    pub kind: LogKind,
+    pub jetstream: JetStreamConfig,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            kind: LogKind::Local,
+            jetstream: JetStreamConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogKind {
+    Local,
+    Jetstream,
+}
+
+/// `log` as a table, or as the string it used to be (the filter).
+fn log_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogConfig, D::Error> {
+    struct Setting;
+    impl<'de> serde::de::Visitor<'de> for Setting {
+        type Value = LogConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a [log] table, or a tracing filter string")
+        }
+        fn visit_str<E: serde::de::Error>(self, filter: &str) -> Result<LogConfig, E> {
+            Ok(LogConfig {
+                filter: filter.to_owned(),
+                ..LogConfig::default()
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<LogConfig, A::Error> {
+            LogConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Setting)
 }
 
 /// What one request may carry. Violations are INVALID_ARGUMENT naming the
@@ -551,6 +604,11 @@ impl Config {
         if self.retention.sweep_interval_ms == 0 {
             return invalid("retention.sweep_interval_ms", "must be at least 1");
         }
+        if self.log.kind == LogKind::Jetstream {
+            if let Err((field, reason)) = self.log.jetstream.check() {
+                return invalid(field, &reason);
+            }
+        }
         Ok(())
     }
 }
@@ -633,6 +691,36 @@ mod tests {
             jail.set_env("AUDITD_RETENTION__DEFAULT_DAYS", "0");
             let error = Config::load(Some(Path::new("auditd.toml"))).unwrap_err();
             assert!(error.to_string().contains("retention"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn log_is_a_table_or_the_old_filter_string() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("old.toml", "log = \"debug\"\n")?;
+            let config = Config::load(Some(Path::new("old.toml"))).unwrap();
+            assert_eq!(config.log.filter, "debug");
+            assert_eq!(config.log.kind, LogKind::Local);
+            jail.create_file(
+                "new.toml",
+                "[log]\nkind = \"jetstream\"\n[log.jetstream]\nservers = [\"nats://10.0.0.1:4222\"]\nreplicas = 3\n",
+            )?;
+            let config = Config::load(Some(Path::new("new.toml"))).unwrap();
+            assert_eq!(
+                (config.log.kind, config.log.jetstream.replicas),
+                (LogKind::Jetstream, 3)
+            );
+            assert_eq!(config.log.filter, "info");
+            jail.set_env("AUDITD_LOG__JETSTREAM__REPLICAS", "2");
+            let error = Config::load(Some(Path::new("new.toml"))).unwrap_err();
+            assert!(
+                error.to_string().contains("log.jetstream.replicas"),
+                "{error}"
+            );
+            jail.create_file("typo.toml", "[log]\nkidn = \"jetstream\"\n")?;
+            let error = Config::load(Some(Path::new("typo.toml"))).unwrap_err();
+            assert!(error.to_string().contains("kidn"), "{error}");
             Ok(())
         });
     }

@@ -11,7 +11,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use prost::Message;
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use crate::config::{Limits, WalConfig};
+use crate::config::Limits;
 use crate::idempotency::{Begin, Idempotency, Stored};
 use crate::messages::{AppendRequest, RetentionChange, WalBatch};
 use crate::metrics as m;
@@ -51,18 +51,19 @@ pub struct IngestSettings {
     pub limits: Limits,
     /// How long to wait for room before RESOURCE_EXHAUSTED.
     pub submit_timeout: Duration,
-    /// WAL bytes that may wait for the indexer.
-    pub lag_budget_bytes: u64,
+    /// How far (in the log's positions: bytes for the local log, records
+    /// for JetStream) the log may run ahead of the index.
+    pub lag_budget: u64,
     /// Make each event's leaf hash for the Merkle tree (`integrity.enabled`).
     pub leaves: bool,
 }
 
 impl IngestSettings {
-    pub fn new(limits: Limits, wal: &WalConfig, submit_timeout: Duration) -> Self {
+    pub fn new(limits: Limits, lag_budget: u64, submit_timeout: Duration) -> Self {
         IngestSettings {
             limits,
             submit_timeout,
-            lag_budget_bytes: wal.lag_budget_bytes,
+            lag_budget,
             leaves: true,
         }
     }
@@ -174,6 +175,7 @@ impl IngestService {
             Vec::new()
         };
         let body = batch.encode_to_vec();
+        self.check_record_size(&body, batch.events.len())?;
         let (reply, replied) = oneshot::channel();
         let append = AppendRequest {
             body,
@@ -386,7 +388,7 @@ impl IngestService {
     /// Waits, at most `submit_timeout`, while the WAL is further ahead of
     /// the index than the lag budget.
     async fn wait_for_room(&self) -> Result<(), IngestError> {
-        let budget = self.settings.lag_budget_bytes;
+        let budget = self.settings.lag_budget;
         let positions = &self.positions;
         let over = || {
             let end = positions.end.load(Ordering::Acquire);
@@ -410,6 +412,29 @@ impl IngestService {
             _ => Err(self
                 .overloaded("the index is behind the write-ahead log by more than its lag budget")),
         }
+    }
+
+    /// Refuses a batch larger than the log takes (a NATS server's
+    /// `max_payload`), naming both sizes, before it reaches the log.
+    fn check_record_size(&self, body: &[u8], events: usize) -> Result<(), IngestError> {
+        let max = self.positions.max_record_bytes.load(Ordering::Acquire);
+        let size = (body.len() + crate::record::HEADER_LEN) as u64;
+        if size <= max {
+            return Ok(());
+        }
+        Err(IngestError::Invalid(InvalidBatch {
+            violations: vec![Violation {
+                index: None,
+                field: "events",
+                reason: format!(
+                    "the batch takes {size} bytes in the log, which takes at most {max} \
+                     (the NATS servers' max_payload): send fewer events per batch"
+                ),
+            }],
+            total: 1,
+            invalid_events: 0,
+            events,
+        }))
     }
 
     fn overloaded(&self, reason: &'static str) -> IngestError {

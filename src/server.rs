@@ -8,6 +8,7 @@ use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, TokenStore};
-use crate::config::Config;
+use crate::config::{Config, LogKind};
 use crate::datadir::{DataDir, Format, FormatError};
 use crate::grpc::{
     AuditLogService, Authenticate, IntegrityGrpc, RetentionGrpc, SubjectsGrpc, TokensService,
@@ -46,6 +47,7 @@ use crate::search::Searcher;
 use crate::status::{Health, PipelineStatus};
 use crate::tls::{TlsError, TlsMaterial};
 use crate::wal::group_commit::{self, WalPositions};
+use crate::wal::jetstream::{JetStreamConfig, JetStreamLog, JetStreamReader};
 use crate::wal::log::FileReader;
 use crate::wal::memory::{MemoryLog, MemoryStore};
 use crate::wal::{Log, LogPosition, LogReader, Record, ReplayReport, Wal, WalError};
@@ -109,22 +111,41 @@ pub enum ServerError {
 }
 
 /// Which log the pipeline runs on: the local segment files under the data
-/// directory (what `run` uses), or a store in memory (tests: the whole
-/// pipeline on the in-memory log, restarts included).
+/// directory, a NATS JetStream stream (`log.kind`; what `run` picks), or
+/// a store in memory (tests: the whole pipeline on the in-memory log,
+/// restarts included).
 #[derive(Clone, Default)]
 pub enum LogChoice {
     #[default]
     Local,
+    JetStream(JetStreamConfig),
     Memory(Arc<MemoryStore>),
 }
 
 impl LogChoice {
+    /// The log `config.log.kind` names.
+    pub fn configured(config: &Config) -> LogChoice {
+        match config.log.kind {
+            LogKind::Local => LogChoice::Local,
+            LogKind::Jetstream => LogChoice::JetStream(config.log.jetstream.clone()),
+        }
+    }
+
     fn reader(&self, config: &Config) -> Box<dyn LogReader> {
         match self {
             LogChoice::Local => Box::new(FileReader {
                 dir: DataDir::new(&config.data_dir).wal(),
             }),
+            LogChoice::JetStream(jetstream) => Box::new(JetStreamReader::lazy(jetstream)),
             LogChoice::Memory(store) => Box::new(store.clone()),
+        }
+    }
+
+    /// How far the log may run ahead of the index, in its positions.
+    fn lag_budget(&self, config: &Config) -> u64 {
+        match self {
+            LogChoice::JetStream(jetstream) => jetstream.lag_budget_records,
+            LogChoice::Local | LogChoice::Memory(_) => config.wal.lag_budget_bytes,
         }
     }
 
@@ -141,6 +162,10 @@ impl LogChoice {
                 let (segment_bytes, recovery) = (config.wal.segment_bytes, config.wal.recovery);
                 let (wal, report) = Wal::open(&dir, from, segment_bytes, recovery, visit)?;
                 Ok((Box::new(wal), report))
+            }
+            LogChoice::JetStream(jetstream) => {
+                let (log, report) = JetStreamLog::open(jetstream, from, visit)?;
+                Ok((Box::new(log), report))
             }
             LogChoice::Memory(store) => {
                 let mut report = ReplayReport::default();
@@ -187,7 +212,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    run_on(config, listeners, shutdown, LogChoice::Local).await
+    let log = LogChoice::configured(&config);
+    run_on(config, listeners, shutdown, log).await
 }
 
 /// [`run`], on the log `log`.
@@ -385,7 +411,7 @@ impl Pipeline {
         let (wal_tx, wal_rx) = crossbeam_channel::bounded(config.ingest.wal_queue_capacity);
         let mut ingest_settings = IngestSettings::new(
             config.limits.clone(),
-            &config.wal,
+            log.lag_budget(config),
             Duration::from_millis(config.ingest.submit_timeout_ms),
         );
         ingest_settings.leaves = integrity.is_some();
@@ -573,6 +599,11 @@ impl Pipeline {
             truncated = ?report.truncated,
             "write-ahead log replayed"
         );
+        if let Some(max) = wal.max_record_bytes() {
+            self.positions
+                .max_record_bytes
+                .store(max, Ordering::Release);
+        }
         self.wal_thread = Some(group_commit::spawn(
             wal,
             config.wal.sync_policy(),
@@ -621,18 +652,22 @@ impl Pipeline {
             None => None,
         };
         let indexed = join(self.indexer, "indexer").await;
-        let mut wal = wal.transpose()?;
+        let wal = wal.transpose()?;
         indexed??;
         if let Some(checkpointed) = checkpointed {
             checkpointed??;
         }
-        if let Some(wal) = &mut wal {
+        if let Some(mut wal) = wal {
             let checkpoint = self.positions.trimmable();
-            // Not fatal: replay skips what the checkpoint covers anyway.
-            if let Err(error) = wal
-                .trim(checkpoint)
-                .and_then(|_| wal.retire_indexed(checkpoint, 1))
-            {
+            // On a blocking thread: the log may be remote. Not fatal:
+            // replay skips what the checkpoint covers anyway.
+            let trimmed = tokio::task::spawn_blocking(move || {
+                wal.trim(checkpoint)
+                    .and_then(|_| wal.retire_indexed(checkpoint, 1))
+            })
+            .await
+            .map_err(|_| ServerError::Panicked("wal trim"))?;
+            if let Err(error) = trimmed {
                 tracing::warn!(%error, "could not drop the indexed write-ahead log at shutdown");
             }
         }

@@ -98,8 +98,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .with_context(|| format!("log = {:?} is not a tracing filter", config.log))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter).with_context(|| {
+        format!(
+            "log.filter = {:?} is not a tracing filter",
+            config.log.filter
+        )
+    })?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

@@ -45,6 +45,9 @@ pub struct WalPositions {
     pub tree_durable: AtomicU64,
     /// Every record below this is gone from the log (trimmed).
     pub trimmed: AtomicU64,
+    /// The largest record the log takes (`Log::max_record_bytes`; set once
+    /// it is open, `u64::MAX` when it has no limit).
+    pub max_record_bytes: AtomicU64,
 }
 
 impl Default for WalPositions {
@@ -55,6 +58,7 @@ impl Default for WalPositions {
             next_seq: AtomicU64::new(0),
             tree_durable: AtomicU64::new(u64::MAX),
             trimmed: AtomicU64::new(0),
+            max_record_bytes: AtomicU64::new(u64::MAX),
         }
     }
 }

@@ -8,16 +8,15 @@
 //! A log knows only bytes; what a record holds is `record`'s business
 //! (a typed envelope around `messages::WalBatch`).
 //!
+//! `jetstream` puts the records on a NATS JetStream stream.
+//!
 //! Positions are [`LogPosition`]s, ordered and opaque: a byte offset for
-//! the local log. A replicated log (NATS JetStream) would use
-//! its stream sequence as the position: `append` publishes (buffered),
-//! `sync` waits for every publish acknowledgement (a quorum of replicas
-//! has it on disk), `read` is an ordered consumer from a sequence, `trim`
-//! purges the stream below a sequence, and `repair` forgets publishes
-//! whose acknowledgements failed (ARCHITECTURE.md, "The log").
+//! the local log, a stream sequence for the JetStream one
+//! (ARCHITECTURE.md, "The log").
 
 pub mod frame;
 pub mod group_commit;
+pub mod jetstream;
 pub mod log;
 pub mod memory;
 pub mod segment;
@@ -113,6 +112,11 @@ pub trait Log: Send {
     fn start_piece(&mut self) -> Result<(), WalError>;
     /// Storage pieces held (segments, for the local log), for metrics.
     fn pieces(&self) -> usize;
+    /// The largest record the storage takes, when it has a limit (NATS
+    /// servers' `max_payload`): Ingest refuses a larger batch up front.
+    fn max_record_bytes(&self) -> Option<u64> {
+        None
+    }
     /// A reader of acknowledged records, for a thread beside the owner.
     fn reader(&self) -> Box<dyn LogReader>;
 }
@@ -158,6 +162,9 @@ pub enum WalError {
     Stopped,
     #[error("the log no longer holds position {0}")]
     Trimmed(LogPosition),
+    /// The JetStream log: NATS refused, failed or did not answer in time.
+    #[error("the log stream {stream}: {reason}")]
+    Remote { stream: String, reason: String },
 }
 
 impl WalError {

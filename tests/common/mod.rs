@@ -1,6 +1,7 @@
 //! The test harness: the real server, in-process, on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod oracle;
 
 use std::io::BufRead;
@@ -60,9 +61,10 @@ impl TestServer {
         server
     }
 
-    /// Starts a server without waiting for it.
+    /// Starts a server on the log its config names, without waiting for it.
     pub async fn spawn(config: Config) -> TestServer {
-        Self::spawn_on(config, auditd::LogChoice::Local).await
+        let log = auditd::LogChoice::configured(&config);
+        Self::spawn_on(config, log).await
     }
 
     /// Starts a server on the log `log` and waits until it reports SERVING.

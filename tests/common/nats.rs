@@ -1,0 +1,110 @@
+//! Real `nats-server` processes with JetStream, on loopback, for the
+//! tests of the JetStream log. `scripts/test.sh` installs Debian's
+//! `nats-server` when it is missing; a test without it fails, saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use super::DEADLINE;
+
+/// One `nats-server -js`: its store and config live in `dir`, and a
+/// restart reuses both, and the port.
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl NatsServer {
+    /// Starts a server on a free loopback port; `max_payload` bounds a
+    /// message (the servers' own default is 1 MiB).
+    pub fn start(dir: &Path, max_payload: u64) -> NatsServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = format!(
+            "listen: \"127.0.0.1:-1\"\nmax_payload: {max_payload}\n\
+             jetstream {{ store_dir: \"{}\" }}\n",
+            dir.join("store").display()
+        );
+        std::fs::write(dir.join("nats.conf"), config).unwrap();
+        let mut server = NatsServer {
+            child: None,
+            dir: dir.to_owned(),
+            url: String::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let ports = self.dir.join("ports");
+        let _ = std::fs::remove_dir_all(&ports);
+        std::fs::create_dir_all(&ports).unwrap();
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(self.dir.join("nats.conf"))
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start nats-server ({e}): scripts/test.sh installs Debian's")
+            });
+        let file = ports.join(format!("nats-server_{}.ports", child.id()));
+        self.child = Some(child);
+        let started = Instant::now();
+        let url = loop {
+            // The file is written once the server listens.
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+                    break json["nats"][0].as_str().unwrap().to_owned();
+                }
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "nats-server did not write its ports file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if self.url.is_empty() {
+            // A restart listens where the first start did.
+            let port = url.rsplit(':').next().unwrap();
+            let config = std::fs::read_to_string(self.dir.join("nats.conf")).unwrap();
+            let config = config.replace("127.0.0.1:-1", &format!("127.0.0.1:{port}"));
+            std::fs::write(self.dir.join("nats.conf"), config).unwrap();
+        }
+        self.url = url;
+    }
+
+    /// Kills the server (SIGKILL): what JetStream fsynced survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `nats-server` on the PATH, or where Debian puts it.
+fn binary() -> PathBuf {
+    let debian = Path::new("/usr/sbin/nats-server");
+    if debian.exists() {
+        debian.to_owned()
+    } else {
+        PathBuf::from("nats-server")
+    }
+}

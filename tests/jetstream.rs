@@ -1,0 +1,217 @@
+//! The daemon on the JetStream log (`log.kind = "jetstream"`), against
+//! real `nats-server` processes on loopback: ingest, search, a killed
+//! daemon replayed from the stream, NATS going away and coming back, a
+//! batch larger than the servers take, and two daemons on one stream.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use auditd::config::LogKind;
+use auditd::proto::{IngestRequest, WaitFor};
+use auditd::Config;
+use common::nats::NatsServer;
+use common::*;
+
+/// A test config whose log is the stream `stream` on `nats`.
+fn on_jetstream(data_dir: &Path, nats: &NatsServer, stream: &str) -> Config {
+    let mut config = test_config(data_dir);
+    config.log.kind = LogKind::Jetstream;
+    config.log.jetstream.servers = vec![nats.url.clone()];
+    config.log.jetstream.stream = stream.into();
+    config.log.jetstream.subject = format!("{}.log", stream.to_lowercase());
+    config.log.jetstream.timeout_ms = 1_000;
+    config
+}
+
+fn jetstream_env(nats: &NatsServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUDITD_LOG__KIND", "jetstream".into()),
+        (
+            "AUDITD_LOG__JETSTREAM__SERVERS",
+            format!("[\"{}\"]", nats.url),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_search_and_restart_on_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let data = dir.path().join("data");
+    let server = TestServer::start(on_jetstream(&data, &nats, "AUDIT_A")).await;
+    let mut client = server.client().await;
+    let events = generated(2_000, 41, 700);
+    for chunk in events.chunks(250) {
+        ingest(&mut client, chunk.to_vec(), WaitFor::Searchable).await;
+    }
+    assert_eq!(count_stored(&mut client).await, 2_000);
+    assert!(!data.join("wal").exists(), "no local log was opened");
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(on_jetstream(&data, &nats, "AUDIT_A")).await;
+    let mut client = server.client().await;
+    assert_eq!(count_stored(&mut client).await, 2_000, "nothing lost");
+    ingest(&mut client, generated(10, 42, 10), WaitFor::Searchable).await;
+    assert_dense_seqs(&mut client).await;
+    server.stop().await.unwrap();
+}
+
+/// A daemon killed with everything acknowledged only in the stream (it
+/// never commits on its own) finds it all again from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_replays_what_the_stream_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let data = dir.path().join("data");
+    let env = jetstream_env(&nats);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = Daemon::start_with(&data, &env);
+    daemon.wait_serving().await;
+    let mut client = daemon.client(&data).await;
+    let mut acknowledged = HashSet::new();
+    for chunk in generated(3_000, 43, 1_000).chunks(300) {
+        let ids = ingest(&mut client, chunk.to_vec(), WaitFor::Durable)
+            .await
+            .ids;
+        acknowledged.extend(ids);
+    }
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert!(!data.join("wal").exists(), "no local log was opened");
+
+    let mut daemon = Daemon::start_with(&data, &env);
+    daemon.wait_serving().await;
+    let mut client = daemon.client(&data).await;
+    let stored = stored_once_with_all_of(&mut client, &acknowledged).await;
+    assert_eq!(stored.len(), 3_000);
+    assert_dense_seqs(&mut client).await;
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+}
+
+/// With NATS gone, Ingest answers UNAVAILABLE and stores nothing; once it
+/// is back, ingest goes on, and every acknowledged event is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_away_means_unavailable_and_back_means_ingest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let data = dir.path().join("data");
+    let server = TestServer::start(on_jetstream(&data, &nats, "AUDIT_B")).await;
+    let mut client = server.client().await;
+    let mut acknowledged = HashSet::new();
+    let first = ingest(&mut client, generated(500, 44, 500), WaitFor::Durable).await;
+    acknowledged.extend(first.ids);
+
+    nats.kill();
+    let refused = client
+        .ingest(IngestRequest {
+            events: generated(100, 45, 100),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("AUDIT_B"), "{refused:?}");
+
+    nats.restart();
+    // The log repairs and probes on its own: ingest until it is back.
+    let again = generated(300, 46, 300);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let ids = loop {
+        let request = IngestRequest {
+            events: again.clone(),
+            wait_for: WaitFor::Searchable as i32,
+            ..Default::default()
+        };
+        match client.ingest(request).await {
+            Ok(stored) => break stored.into_inner().ids,
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(std::time::Instant::now() < deadline, "still {s:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("ingest: {s:?}"),
+        }
+    };
+    acknowledged.extend(ids);
+    let stored = stored_once_with_all_of(&mut client, &acknowledged).await;
+    assert_eq!(stored.len(), 800, "the refused batch was not stored");
+    assert_dense_seqs(&mut client).await;
+    server.stop().await.unwrap();
+}
+
+/// A batch larger than the servers' max_payload is INVALID_ARGUMENT
+/// naming `events` and the limit, before it reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_servers_take_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 64 << 10);
+    let data = dir.path().join("data");
+    let server = TestServer::start(on_jetstream(&data, &nats, "AUDIT_C")).await;
+    let mut client = server.client().await;
+    let refused = client
+        .ingest(IngestRequest {
+            events: generated(1_000, 47, 1_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("max_payload"),
+        "{}",
+        refused.message()
+    );
+    // Smaller batches go in, and the log did not fault.
+    for chunk in generated(1_000, 47, 1_000).chunks(50) {
+        ingest(&mut client, chunk.to_vec(), WaitFor::Searchable).await;
+    }
+    assert_eq!(count_stored(&mut client).await, 1_000);
+    server.stop().await.unwrap();
+}
+
+/// Two daemons on one stream: the second one's publishes are refused
+/// (they do not land after the first one's records), and its repair does
+/// not delete what the first one acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_stream_cannot_write_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let first = TestServer::start(on_jetstream(&dir.path().join("a"), &nats, "AUDIT_D")).await;
+    let second = TestServer::start(on_jetstream(&dir.path().join("b"), &nats, "AUDIT_D")).await;
+    let (mut a, mut b) = (first.client().await, second.client().await);
+    let mut acknowledged = HashSet::new();
+    acknowledged.extend(
+        ingest(&mut a, generated(200, 48, 200), WaitFor::Durable)
+            .await
+            .ids,
+    );
+    for _ in 0..3 {
+        let refused = b
+            .ingest(IngestRequest {
+                events: generated(50, 49, 50),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("AUDIT_D"), "{refused:?}");
+    }
+    acknowledged.extend(
+        ingest(&mut a, generated(200, 50, 200), WaitFor::Searchable)
+            .await
+            .ids,
+    );
+    let stored = stored_once_with_all_of(&mut a, &acknowledged).await;
+    assert_eq!(stored.len(), 400);
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+
+    // The first daemon's records are all in the stream, in order.
+    let server = TestServer::start(on_jetstream(&dir.path().join("a"), &nats, "AUDIT_D")).await;
+    let mut a = server.client().await;
+    assert_eq!(count_stored(&mut a).await, 400);
+    assert_dense_seqs(&mut a).await;
+    server.stop().await.unwrap();
+}
