@@ -1,7 +1,8 @@
 //! The daemon on the JetStream log (`log.kind = "jetstream"`), against
 //! real `nats-server` processes on loopback: ingest, search, a killed
 //! daemon replayed from the stream, NATS going away and coming back, a
-//! batch larger than the servers take, and two daemons on one stream.
+//! three-server cluster losing a server under ingest, a batch larger than
+//! the servers take, and two daemons on one stream.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::path::Path;
 use auditd::config::LogKind;
 use auditd::proto::{IngestRequest, WaitFor};
 use auditd::Config;
-use common::nats::NatsServer;
+use common::nats::{wait_for_jetstream, NatsServer};
 use common::*;
 
 /// A test config whose log is the stream `stream` on `nats`.
@@ -139,6 +140,74 @@ async fn nats_away_means_unavailable_and_back_means_ingest_goes_on() {
     assert_eq!(stored.len(), 800, "the refused batch was not stored");
     assert_dense_seqs(&mut client).await;
     server.stop().await.unwrap();
+}
+
+/// Three NATS servers, a stream of three replicas: killing one server
+/// under sustained ingest loses and duplicates nothing, and ingest goes on
+/// (a batch caught in the leader's election may be refused UNAVAILABLE,
+/// and is retried, as a client would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_server_cluster_loses_a_server_under_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = NatsServer::cluster(&dir.path().join("nats"), 3, 8 << 20);
+    wait_for_jetstream(&servers, 3).await;
+    let mut config = on_jetstream(&dir.path().join("data"), &servers[0], "AUDIT_R3");
+    config.log.jetstream.servers = servers.iter().map(|s| s.url.clone()).collect();
+    config.log.jetstream.replicas = 3;
+    config.log.jetstream.timeout_ms = 2_000;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let leader = stream_leader(&servers, "AUDIT_R3").await;
+    let events = generated(6_000, 51, 2_000);
+    let mut acknowledged = HashSet::new();
+    let (mut refused, mut after_kill) = (0, 0);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    for (i, chunk) in events.chunks(100).enumerate() {
+        if i == 20 {
+            servers[leader].kill();
+        }
+        loop {
+            let request = IngestRequest {
+                events: chunk.to_vec(),
+                batch_id: format!("r3-{i}"),
+                wait_for: WaitFor::Durable as i32,
+            };
+            match client.ingest(request).await {
+                Ok(stored) => {
+                    acknowledged.extend(stored.into_inner().ids);
+                    after_kill += usize::from(i >= 20);
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    refused += 1;
+                    assert!(std::time::Instant::now() < deadline, "still {s:?}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(s) => panic!("ingest: {s:?}"),
+            }
+        }
+    }
+    assert_eq!(after_kill, 40, "ingest went on after the leader's kill");
+    eprintln!("killed the stream leader n{leader}: {refused} refusals, retried");
+    ingest(&mut client, generated(1, 52, 1), WaitFor::Searchable).await;
+    let stored = stored_once_with_all_of(&mut client, &acknowledged).await;
+    assert_eq!(stored.len(), 6_001, "{refused} refusals, no duplicate");
+    assert_dense_seqs(&mut client).await;
+    server.stop().await.unwrap();
+}
+
+/// Which of `servers` (named `n<i>`) leads `stream`'s replicas.
+async fn stream_leader(servers: &[NatsServer], stream: &str) -> usize {
+    let client = async_nats::connect(servers[0].url.as_str()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream.get_stream(stream).await.unwrap();
+    let info = stream.info().await.unwrap();
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .unwrap();
+    leader.trim_start_matches('n').parse().unwrap()
 }
 
 /// A batch larger than the servers' max_payload is INVALID_ARGUMENT

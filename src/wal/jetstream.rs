@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::{self, stream};
-use async_nats::ConnectOptions;
+use async_nats::{ConnectOptions, ServerAddr};
 use serde::{Deserialize, Serialize};
 
 use super::{Log, LogPosition, LogReader, Record, ReplayReport, Span, WalError};
@@ -193,9 +193,16 @@ impl Remote {
             if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
                 options = options.add_client_certificate(cert.clone(), key.clone());
             }
-            let servers = config.servers.join(",");
+            let mut addrs = Vec::with_capacity(config.servers.len());
+            for url in &config.servers {
+                let addr: ServerAddr = url
+                    .parse()
+                    .map_err(|e| remote_error(format!("server {url:?}: {e}")))?;
+                addrs.push(addr);
+            }
+            let servers = config.servers.join(", ");
             let client = options
-                .connect(servers.as_str())
+                .connect(addrs)
                 .await
                 .map_err(|e| remote_error(format!("cannot connect to {servers}: {e}")))?;
             let context = jetstream::ContextBuilder::new()

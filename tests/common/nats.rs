@@ -21,10 +21,38 @@ impl NatsServer {
     /// Starts a server on a free loopback port; `max_payload` bounds a
     /// message (the servers' own default is 1 MiB).
     pub fn start(dir: &Path, max_payload: u64) -> NatsServer {
+        Self::start_with(dir, max_payload, "")
+    }
+
+    /// Starts `n` servers routed into one cluster, each in `dir/n<i>`.
+    /// JetStream places a replicated stream only once they have met:
+    /// [`wait_for_jetstream`] waits for that.
+    pub fn cluster(dir: &Path, n: usize, max_payload: u64) -> Vec<NatsServer> {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        (0..n)
+            .map(|i| {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("\"nats://127.0.0.1:{p}\""))
+                    .collect();
+                let cluster = format!(
+                    "server_name: n{i}\ncluster {{ name: \"auditd-test\", \
+                     listen: \"127.0.0.1:{}\", routes: [{}] }}\n",
+                    ports[i],
+                    routes.join(", ")
+                );
+                Self::start_with(&dir.join(format!("n{i}")), max_payload, &cluster)
+            })
+            .collect()
+    }
+
+    fn start_with(dir: &Path, max_payload: u64, extra: &str) -> NatsServer {
         std::fs::create_dir_all(dir).unwrap();
         let config = format!(
             "listen: \"127.0.0.1:-1\"\nmax_payload: {max_payload}\n\
-             jetstream {{ store_dir: \"{}\" }}\n",
+             jetstream {{ store_dir: \"{}\" }}\n{extra}",
             dir.join("store").display()
         );
         std::fs::write(dir.join("nats.conf"), config).unwrap();
@@ -97,6 +125,41 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits until JetStream on `servers` can place a stream of `replicas`
+/// copies (a cluster elects its meta leader a moment after it forms), by
+/// creating and deleting one.
+pub async fn wait_for_jetstream(servers: &[NatsServer], replicas: usize) {
+    let urls: Vec<async_nats::ServerAddr> =
+        servers.iter().map(|s| s.url.parse().unwrap()).collect();
+    let started = Instant::now();
+    let client = async_nats::connect(urls).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    loop {
+        let probe = async_nats::jetstream::stream::Config {
+            name: "PROBE".into(),
+            subjects: vec!["probe".into()],
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        if jetstream.create_stream(probe).await.is_ok() {
+            jetstream.delete_stream("PROBE").await.unwrap();
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "JetStream never placed a stream of {replicas} replicas"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port nothing listens on (for cluster routes, which must be
+/// known before the servers start).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// `nats-server` on the PATH, or where Debian puts it.
