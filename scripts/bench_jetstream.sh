@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The JetStream log against the local log, interleaved in one run set:
+# the same NDJSON loaded over gRPC into a fresh daemon on each log, RUNS
+# times. The JetStream daemon publishes to a one-server nats-server (R1,
+# max_payload 16 MiB) started here, on a fresh stream each run.
+#
+#   scripts/bench_jetstream.sh                 # 300,000 events, 3 runs
+#   COUNT=1000000 RUNS=5 scripts/bench_jetstream.sh
+#
+# Needs nats-server (scripts/test.sh installs Debian's). Writes
+# target/bench-jetstream/*.json and prints medians, spreads and the ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNT=${COUNT:-300000}
+RUNS=${RUNS:-3}
+STREAMS=${STREAMS:-4}
+BATCH=${BATCH:-1000}
+GRPC_PORT=${GRPC_PORT:-50961}
+HTTP_PORT=${HTTP_PORT:-50962}
+NATS_PORT=${NATS_PORT:-50963}
+OUT=${OUT:-target/bench-jetstream}
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+
+cargo build --release --bins
+source scripts/bench_common.sh
+NDJSON="$OUT/events-$COUNT.ndjson"
+ensure_ndjson "$NDJSON"
+
+NATS_DIR=$(mktemp -d "$OUT/nats.XXXXXX")
+cat > "$NATS_DIR/nats.conf" <<CONF
+listen: "127.0.0.1:$NATS_PORT"
+max_payload: 16MB
+jetstream { store_dir: "$NATS_DIR/store" }
+CONF
+NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+"$NATS" -c "$NATS_DIR/nats.conf" > "$OUT/nats.log" 2>&1 &
+NATS_PID=$!
+trap 'kill "$NATS_PID" 2>/dev/null || true' EXIT
+
+run_one() {
+    local name=$1
+    local data
+    data=$(mktemp -d "$OUT/data.XXXXXX")
+    "$AUDITD" --data-dir "$data" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+        --http-addr "127.0.0.1:$HTTP_PORT" > "$OUT/auditd.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 600); do
+        if "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$data" \
+            search --limit 1 > /dev/null 2>&1; then break; fi
+        kill -0 "$pid" || { cat "$OUT/auditd.log"; exit 1; }
+        sleep 0.1
+    done
+    "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$data" \
+        load "$NDJSON" --streams "$STREAMS" --batch-size "$BATCH" --json > "$OUT/$name.json"
+    kill -TERM "$pid"
+    wait "$pid"
+    rm -rf "$data"
+}
+
+for run in $(seq "$RUNS"); do
+    echo "== run $run/$RUNS: local log" >&2
+    run_one "local-$run"
+    echo "== run $run/$RUNS: JetStream log (R1, one nats-server)" >&2
+    AUDITD_LOG__KIND=jetstream \
+    AUDITD_LOG__JETSTREAM__SERVERS="[\"nats://127.0.0.1:$NATS_PORT\"]" \
+    AUDITD_LOG__JETSTREAM__STREAM="BENCH_$run" \
+    AUDITD_LOG__JETSTREAM__SUBJECT="bench.$run" \
+        run_one "jetstream-$run"
+done
+
+python3 - "$OUT" "$RUNS" <<'PY'
+import json, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+rate = lambda name, r: json.load(open(f"{out}/{name}-{r}.json"))["events_per_sec"]
+local = [rate("local", r) for r in range(1, runs + 1)]
+jet = [rate("jetstream", r) for r in range(1, runs + 1)]
+ratios = [j / l for j, l in zip(jet, local)]
+for name, xs in (("local log", local), ("JetStream log", jet)):
+    print(f"{name:14} median {statistics.median(xs):>9,.0f} events/s  (runs {min(xs):,.0f}–{max(xs):,.0f})")
+print(f"JetStream / local, run by run: median {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
+PY
