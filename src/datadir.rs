@@ -61,6 +61,17 @@ pub enum FormatError {
     Newer { path: PathBuf, found: u32 },
     #[error("{path}: {reason}")]
     Unreadable { path: PathBuf, reason: String },
+    #[error(
+        "data directory {path} was indexed from the log {was}, and log.kind (or \
+         log.jetstream.stream) now names {now}: the index's checkpoint is a position in \
+         the first one, meaningless in the other. Go back to {was}, or start a new data \
+         directory on {now} (README: \"On NATS JetStream\")"
+    )]
+    OtherLog {
+        path: PathBuf,
+        was: String,
+        now: String,
+    },
 }
 
 impl DataDir {
@@ -151,6 +162,43 @@ impl DataDir {
         }
     }
 
+    /// Ties the directory to the log named `log` (`local`,
+    /// `jetstream:<stream>`): its index positions are that log's. Written
+    /// on the first start; a directory from before the file existed was
+    /// on the local log. Another log is refused.
+    pub fn bind_log(&self, log: &str) -> Result<(), FormatError> {
+        let path = self.root.join("LOG");
+        let was = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let fresh = !self.wal().exists() && !self.checkpoint().exists();
+                if fresh || log == "local" {
+                    return write_atomically(&path, format!("{log}\n").as_bytes(), false).map_err(
+                        |e| FormatError::Unreadable {
+                            path,
+                            reason: e.to_string(),
+                        },
+                    );
+                }
+                "local".to_owned()
+            }
+            Err(e) => {
+                return Err(FormatError::Unreadable {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if was == log {
+            return Ok(());
+        }
+        Err(FormatError::OtherLog {
+            path: self.root.clone(),
+            was,
+            now: log.to_owned(),
+        })
+    }
+
     /// Records that the directory holds this binary's format.
     pub fn write_format(&self) -> std::io::Result<()> {
         write_atomically(&self.format_file(), format!("{FORMAT}\n").as_bytes(), false)
@@ -210,6 +258,29 @@ mod tests {
         let two = data.format().unwrap_err().to_string();
         assert!(two.contains("format 2"), "{two}");
         assert!(two.contains("auditd migrate --data-dir"), "{two}");
+    }
+
+    #[test]
+    fn a_directory_keeps_to_the_log_it_was_indexed_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        data.bind_log("jetstream:A").unwrap();
+        data.bind_log("jetstream:A").unwrap();
+        let other = data.bind_log("jetstream:B").unwrap_err().to_string();
+        assert!(
+            other.contains("jetstream:A") && other.contains("jetstream:B"),
+            "{other}"
+        );
+        assert!(data.bind_log("local").is_err());
+
+        // A directory from before the file was on the local log.
+        let old = tempfile::tempdir().unwrap();
+        let data = DataDir::new(old.path());
+        std::fs::create_dir(data.wal()).unwrap();
+        let moved = data.bind_log("jetstream:A").unwrap_err().to_string();
+        assert!(moved.contains("log local"), "{moved}");
+        data.bind_log("local").unwrap();
+        assert!(data.bind_log("jetstream:A").is_err());
     }
 
     #[test]

@@ -141,6 +141,15 @@ impl LogChoice {
         }
     }
 
+    /// The log's name in the data directory's `LOG` file.
+    fn identity(&self) -> String {
+        match self {
+            LogChoice::Local => "local".into(),
+            LogChoice::JetStream(jetstream) => format!("jetstream:{}", jetstream.stream),
+            LogChoice::Memory(_) => "memory".into(),
+        }
+    }
+
     /// How far the log may run ahead of the index, in its positions.
     fn lag_budget(&self, config: &Config) -> u64 {
         match self {
@@ -338,6 +347,7 @@ impl Pipeline {
                     source,
                 })?;
         }
+        layout.bind_log(&log.identity())?;
 
         // Before anything else reads the data: a configuration below the
         // compliance floor never starts.

@@ -93,6 +93,16 @@ async fn ingest_search_and_restart_on_the_stream() {
     ingest(&mut client, generated(10, 42, 10), WaitFor::Searchable).await;
     assert_dense_seqs(&mut client).await;
     server.stop().await.unwrap();
+
+    // Its index positions are that stream's: another log is refused.
+    for other in [
+        test_config(&data),
+        on_jetstream(&data, &nats, "AUDIT_OTHER"),
+    ] {
+        let error = TestServer::spawn(other).await.outcome().await.unwrap_err();
+        let error = error.to_string();
+        assert!(error.contains("jetstream:AUDIT_A"), "{error}");
+    }
 }
 
 /// A daemon killed with everything acknowledged only in the stream (it
@@ -202,6 +212,39 @@ async fn stream_leader(servers: &[NatsServer], stream: &str) -> usize {
         .and_then(|c| c.leader.clone())
         .unwrap();
     leader.trim_start_matches('n').parse().unwrap()
+}
+
+/// NATS that requires TLS: the log connects with `tls_ca`, and without it
+/// the start fails, naming the stream and why the server was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_reaches_nats_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::pki();
+    let put = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert, key) = (
+        put("nats.pem", &pki.server.0),
+        put("nats.key", &pki.server.1),
+    );
+    let ca = put("ca.pem", &pki.ca);
+    let nats = NatsServer::start_tls(&dir.path().join("nats"), &cert, &key);
+    let data = dir.path().join("data");
+    let mut config = on_jetstream(&data, &nats, "AUDIT_TLS");
+    config.log.jetstream.tls_ca = Some(ca);
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    ingest(&mut client, generated(100, 53, 100), WaitFor::Searchable).await;
+    assert_eq!(count_stored(&mut client).await, 100);
+    server.stop().await.unwrap();
+
+    config.log.jetstream.tls_ca = None;
+    let error = TestServer::spawn(config).await.outcome().await.unwrap_err();
+    let error = error.to_string();
+    assert!(error.contains("AUDIT_TLS: cannot connect to"), "{error}");
+    assert!(error.contains("invalid peer certificate"), "{error}");
 }
 
 /// A batch larger than the servers' max_payload is INVALID_ARGUMENT

@@ -10,36 +10,9 @@ use auditd::client::BearerToken;
 use auditd::config::TlsConfig;
 use auditd::proto::audit_log_client::AuditLogClient;
 use auditd::proto::SearchRequest;
+use common::pki::{pki, Pki};
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca: ca_cert.pem(),
-        server: leaf(vec!["localhost".into(), "127.0.0.1".into()]),
-        client: leaf(vec!["auditctl".into()]),
-    }
-}
 
 fn write_tls(dir: &Path, pki: &Pki, mutual: bool) -> TlsConfig {
     let put = |name: &str, text: &str| {

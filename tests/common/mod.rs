@@ -3,6 +3,7 @@
 
 pub mod nats;
 pub mod oracle;
+pub mod pki;
 
 use std::io::BufRead;
 use std::net::SocketAddr;

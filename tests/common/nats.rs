@@ -24,6 +24,17 @@ impl NatsServer {
         Self::start_with(dir, max_payload, "")
     }
 
+    /// Starts a server that requires TLS, with this certificate and key
+    /// (PEM files).
+    pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> NatsServer {
+        let tls = format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        );
+        Self::start_with(dir, 1 << 20, &tls)
+    }
+
     /// Starts `n` servers routed into one cluster, each in `dir/n<i>`.
     /// JetStream places a replicated stream only once they have met:
     /// [`wait_for_jetstream`] waits for that.
