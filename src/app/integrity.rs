@@ -12,7 +12,7 @@ use futures::Stream;
 
 use super::trail;
 use super::{AppError, Origin, ReadService};
-use crate::auth::Caller;
+use crate::auth::{Caller, ReadScope};
 use crate::integrity::audit;
 use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
 use crate::integrity::merkle::{leaf_hash, Hash};
@@ -110,7 +110,8 @@ impl IntegrityService {
     /// An event's receipt: its leaf, its audit path to a signed checkpoint
     /// (the latest, or the kept one of `tree_size`), and the same as a
     /// C2SP tlog-proof. The stored event is checked against the tree's
-    /// leaf first: a changed event gets `DataLoss`, never a proof.
+    /// leaf first: a changed event gets `DataLoss`, never a proof. A valid
+    /// request has its trail event stored while the proof is made.
     pub async fn inclusion_proof(
         &self,
         caller: &Caller,
@@ -125,18 +126,29 @@ impl IntegrityService {
             query.insert("seq".to_owned(), seq.to_string());
         }
         query.insert("tree_size".to_owned(), request.tree_size.to_string());
-        let result = self.prove_inclusion(caller, request).await;
-        self.reads
-            .trail
-            .audited(caller, trail::INCLUSION_PROOF, origin, query, result)
-            .await
+        let trail = &self.reads.trail;
+        match self.inclusion_call(caller, &request) {
+            Ok(call) => {
+                let proof = self.prove_inclusion(call);
+                trail
+                    .alongside(caller, trail::INCLUSION_PROOF, origin, query, proof)
+                    .await
+            }
+            Err(error) => {
+                trail
+                    .audited(caller, trail::INCLUSION_PROOF, origin, query, Err(error))
+                    .await
+            }
+        }
     }
 
-    async fn prove_inclusion(
+    /// What an inclusion proof request asks for, once it is known to be
+    /// allowed and well formed.
+    fn inclusion_call(
         &self,
         caller: &Caller,
-        request: GetInclusionProofRequest,
-    ) -> Result<InclusionProof, AppError> {
+        request: &GetInclusionProofRequest,
+    ) -> Result<InclusionCall, AppError> {
         let scope = caller.read_scope("read events")?;
         let by = match (request.seq, request.id.is_empty()) {
             (Some(seq), _) => EventRef::Seq(seq),
@@ -148,8 +160,23 @@ impl IntegrityService {
                 })
             }
         };
-        let integrity = self.enabled()?.clone();
-        let checkpoint = self.kept(request.tree_size)?;
+        Ok(InclusionCall {
+            integrity: self.enabled()?.clone(),
+            checkpoint: self.kept(request.tree_size)?,
+            tree_size: request.tree_size,
+            scope,
+            by,
+        })
+    }
+
+    async fn prove_inclusion(&self, call: InclusionCall) -> Result<InclusionProof, AppError> {
+        let InclusionCall {
+            integrity,
+            checkpoint,
+            tree_size,
+            scope,
+            by,
+        } = call;
         let lookup = by.clone();
         let (event, salt) = self
             .reads
@@ -161,7 +188,7 @@ impl IntegrityService {
             })?;
         let seq = event.seq;
         if seq >= checkpoint.size {
-            if request.tree_size != 0 {
+            if tree_size != 0 {
                 return Err(AppError::Invalid {
                     field: "tree_size",
                     reason: format!(
@@ -298,6 +325,17 @@ impl IntegrityService {
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
+}
+
+/// A checked inclusion proof request.
+struct InclusionCall {
+    integrity: Arc<Integrity>,
+    /// The checkpoint the proof leads to.
+    checkpoint: SignedCheckpoint,
+    /// As asked (0: the latest).
+    tree_size: u64,
+    scope: ReadScope,
+    by: EventRef,
 }
 
 fn progress_to_proto(p: audit::Progress) -> AuditLogProgress {

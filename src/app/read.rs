@@ -73,19 +73,9 @@ impl ReadService {
             }
         };
         let search = self.blocking(move |s| s.search(&request, &scope));
-        let stored = self
-            .trail
-            .store(caller, trail::SEARCH, origin, query.clone(), None);
-        let (result, stored) = tokio::join!(search, stored);
-        stored?;
-        match result {
-            Ok(response) => Ok(response),
-            Err(error) => {
-                self.trail
-                    .audited(caller, trail::SEARCH, origin, query, Err(error))
-                    .await
-            }
-        }
+        self.trail
+            .alongside(caller, trail::SEARCH, origin, query, search)
+            .await
     }
 
     /// Exact counts over the matches of the request's filter inside the

@@ -76,6 +76,31 @@ impl Trail {
         result
     }
 
+    /// Runs `work`, a call already checked as valid, while its trail
+    /// event is stored, and answers once both are done: the read waits for
+    /// the longer of the two, not their sum, and still nothing goes out
+    /// unaudited. Should `work` fail after all, a second trail event
+    /// records what the caller got.
+    pub async fn alongside<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        origin: &Origin,
+        query: BTreeMap<String, String>,
+        work: impl std::future::Future<Output = Result<T, AppError>>,
+    ) -> Result<T, AppError> {
+        let stored = self.store(caller, action, origin, query.clone(), None);
+        let (result, stored) = tokio::join!(work, stored);
+        stored?;
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                self.audited(caller, action, origin, query, Err(error))
+                    .await
+            }
+        }
+    }
+
     /// Stores the trail event of a call with `outcome` (`None`: success);
     /// `Err(NotAudited)` if it could not be stored.
     pub async fn store(
