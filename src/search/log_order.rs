@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use tantivy::query::{EnableScoring, Query};
-use tantivy::{DocAddress, SegmentOrdinal};
+use tantivy::{DocAddress, DocSet, SegmentOrdinal};
 
 use super::time_order::Hit;
 use super::view::View;
@@ -59,5 +59,46 @@ pub(super) fn collect(
         }
     }
     hits.sort_unstable_by_key(|h| h.seq);
+    Ok(hits)
+}
+
+/// The live documents at `seq` that `scope` matches (`None`: every
+/// document), found through the seq column rather than by running a
+/// query over whole segments: what a look-up by seq (an inclusion proof)
+/// reads. More than one only where a document was forged.
+pub(super) fn at(
+    views: &[Arc<View>],
+    scope: Option<&dyn Query>,
+    seq: u64,
+) -> tantivy::Result<Vec<Hit>> {
+    let mut hits = Vec::new();
+    for (partition, view) in views.iter().enumerate() {
+        let searcher = &view.searcher;
+        for (ord, reader) in searcher.segment_readers().iter().enumerate() {
+            let columns = &view.columns[ord];
+            if columns.seq.max_value() < seq || columns.seq.min_value() > seq {
+                continue;
+            }
+            let alive = reader.alive_bitset();
+            for doc in columns.docs_at_seq(seq) {
+                if alive.is_some_and(|a| !a.is_alive(doc)) {
+                    continue;
+                }
+                if let Some(scope) = scope {
+                    let weight = scope.weight(EnableScoring::disabled_from_searcher(searcher))?;
+                    let mut scorer = weight.scorer(reader, 1.0)?;
+                    if scorer.doc() > doc || scorer.seek(doc) != doc {
+                        continue;
+                    }
+                }
+                hits.push(Hit {
+                    time: columns.time.first(doc).unwrap_or(0),
+                    seq,
+                    address: DocAddress::new(ord as SegmentOrdinal, doc),
+                    partition,
+                });
+            }
+        }
+    }
     Ok(hits)
 }

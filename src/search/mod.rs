@@ -542,9 +542,8 @@ impl Searcher {
         self.add_scope(scope, &mut must);
         let hits = match by {
             EventRef::Seq(seq) => {
-                must.push(Box::new(AllQuery));
-                let query = BooleanQuery::intersection(must);
-                log_order::collect(&views, &query, *seq, seq.saturating_add(1))?
+                let scope = (!must.is_empty()).then(|| BooleanQuery::intersection(must));
+                log_order::at(&views, scope.as_ref().map(|q| q as &dyn Query), *seq)?
             }
             EventRef::Id(id) => {
                 must.push(term(self.schema.id, &id_key(id)));

@@ -10,11 +10,11 @@
 //! and carried over when the searcher is reloaded after a commit.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tantivy::columnar::Column;
+use tantivy::columnar::{Cardinality, Column};
 use tantivy::index::SegmentId;
-use tantivy::{IndexReader, SegmentReader};
+use tantivy::{DocId, IndexReader, SegmentReader};
 
 use crate::schema::names;
 
@@ -24,6 +24,9 @@ pub struct Columns {
     pub time: Column<i64>,
     pub seq: Column<u64>,
     pub received: Column<i64>,
+    /// The stretches of rows over which `seq` ascends, found on the first
+    /// look-up by seq; `None` where there are too many to be worth it.
+    seq_runs: Arc<OnceLock<Option<Vec<SeqRun>>>>,
 }
 
 impl Columns {
@@ -33,8 +36,84 @@ impl Columns {
             time: fast.i64(names::TIME)?,
             seq: fast.u64(names::SEQ)?,
             received: fast.i64(names::RECEIVED)?,
+            seq_runs: Arc::default(),
         })
     }
+
+    /// The documents whose seq is `seq`, deleted ones included: binary
+    /// searches of the stretches where seq ascends (the indexer adds
+    /// events in log order, each writer thread to its own segment, and a
+    /// merge appends whole segments, so a segment is a few such stretches),
+    /// or a scan of the column where it is not.
+    pub fn docs_at_seq(&self, seq: u64) -> Vec<DocId> {
+        let column = &self.seq;
+        let rows = column.num_docs();
+        let runs = self.seq_runs.get_or_init(|| seq_runs(column));
+        let Some(runs) = runs else {
+            let mut docs = Vec::new();
+            column.get_docids_for_value_range(seq..=seq, 0..rows, &mut docs);
+            return docs;
+        };
+        let first_at_least = |rows: &std::ops::Range<u32>, target: u64| {
+            let (mut low, mut high) = (rows.start, rows.end);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                if column.values.get_val(middle) < target {
+                    low = middle + 1;
+                } else {
+                    high = middle;
+                }
+            }
+            low
+        };
+        let mut docs = Vec::new();
+        for run in runs.iter().filter(|r| (r.first..=r.last).contains(&seq)) {
+            let start = first_at_least(&run.rows, seq);
+            let end = match seq.checked_add(1) {
+                Some(next) => first_at_least(&run.rows, next),
+                None => run.rows.end,
+            };
+            docs.extend(start..end);
+        }
+        docs
+    }
+}
+
+/// Rows `rows` of a seq column, over which seq never falls.
+#[derive(Debug, Clone, PartialEq)]
+struct SeqRun {
+    rows: std::ops::Range<u32>,
+    first: u64,
+    last: u64,
+}
+
+/// More stretches than this in one segment and a look-up by seq scans
+/// its column instead: the list would cost more memory than it saves.
+const MAX_SEQ_RUNS: usize = 4_096;
+
+/// The ascending stretches of a seq column with a value in every row
+/// (the doc id is the row), or `None`.
+fn seq_runs(column: &Column<u64>) -> Option<Vec<SeqRun>> {
+    if column.get_cardinality() != Cardinality::Full {
+        return None;
+    }
+    let mut runs: Vec<SeqRun> = Vec::new();
+    for (row, seq) in (0u32..).zip(column.values.iter()) {
+        if let Some(run) = runs.last_mut().filter(|run| run.last <= seq) {
+            run.rows.end = row + 1;
+            run.last = seq;
+            continue;
+        }
+        if runs.len() == MAX_SEQ_RUNS {
+            return None;
+        }
+        runs.push(SeqRun {
+            rows: row..row + 1,
+            first: seq,
+            last: seq,
+        });
+    }
+    Some(runs)
 }
 
 /// A searcher with the columns of each of its segments, in segment
@@ -101,5 +180,59 @@ impl Views {
         let view = Arc::new(View::open(searcher, current.as_deref())?);
         *current = Some(view.clone());
         Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::{doc, Index};
+
+    use super::*;
+    use crate::schema::AuditSchema;
+
+    /// One segment holding `seqs` in this order, as a view.
+    fn segment_of(seqs: &[u64]) -> View {
+        let schema = AuditSchema::new();
+        let index = Index::create_in_ram(schema.schema.clone());
+        crate::schema::register_tokenizers(&index);
+        let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for &seq in seqs {
+            let row = doc!(schema.seq => seq, schema.time => 0i64, schema.received => 0i64);
+            writer.add_document(row).unwrap();
+        }
+        writer.commit().unwrap();
+        View::new(index.reader().unwrap().searcher()).unwrap()
+    }
+
+    fn every_lookup_finds_what_a_scan_finds(seqs: &[u64]) {
+        let view = segment_of(seqs);
+        let columns = &view.columns[0];
+        for seq in 0..=seqs.iter().max().unwrap() + 1 {
+            let scanned: Vec<DocId> = (0..)
+                .zip(seqs)
+                .filter(|(_, s)| **s == seq)
+                .map(|(doc, _)| doc)
+                .collect();
+            assert_eq!(columns.docs_at_seq(seq), scanned, "seq {seq}");
+        }
+    }
+
+    #[test]
+    fn a_look_up_by_seq_searches_each_ascending_stretch() {
+        // Two writer threads' batches appended by a merge, and a forged
+        // document repeating a seq.
+        let seqs = [10, 11, 12, 13, 3, 4, 5, 20, 4, 30, 31];
+        every_lookup_finds_what_a_scan_finds(&seqs);
+        let view = segment_of(&seqs);
+        let runs = seq_runs(&view.columns[0].seq).unwrap();
+        assert_eq!(runs.len(), 3, "{runs:?}");
+    }
+
+    #[test]
+    fn too_many_stretches_and_the_column_is_scanned() {
+        let seqs: Vec<u64> = (0..MAX_SEQ_RUNS as u64 + 10).rev().collect();
+        let view = segment_of(&seqs);
+        assert_eq!(seq_runs(&view.columns[0].seq), None);
+        every_lookup_finds_what_a_scan_finds(&seqs);
     }
 }
