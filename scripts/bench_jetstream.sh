@@ -8,7 +8,9 @@
 #   COUNT=1000000 RUNS=5 scripts/bench_jetstream.sh
 #
 # Needs nats-server (scripts/test.sh installs Debian's). Writes
-# target/bench-jetstream/*.json and prints medians, spreads and the ratio.
+# target/bench-jetstream/*.json and prints medians, spreads, the ratio,
+# and the CPU seconds nats-server and auditd spent per million events
+# (what docs/cluster.md sizes a cluster from).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +41,11 @@ NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 NATS_PID=$!
 trap 'kill "$NATS_PID" 2>/dev/null || true' EXIT
 
+# Seconds of CPU (user + system) process $1 has used so far.
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
 run_one() {
     local name=$1
     local data
@@ -52,8 +59,14 @@ run_one() {
         kill -0 "$pid" || { cat "$OUT/auditd.log"; exit 1; }
         sleep 0.1
     done
+    local nats_before auditd_before
+    nats_before=$(cpu_seconds "$NATS_PID")
+    auditd_before=$(cpu_seconds "$pid")
     "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$data" \
         load "$NDJSON" --streams "$STREAMS" --batch-size "$BATCH" --json > "$OUT/$name.json"
+    awk -v n0="$nats_before" -v n1="$(cpu_seconds "$NATS_PID")" \
+        -v a0="$auditd_before" -v a1="$(cpu_seconds "$pid")" \
+        'BEGIN { printf "{\"nats\": %.2f, \"auditd\": %.2f}\n", n1 - n0, a1 - a0 }' > "$OUT/$name.cpu"
     kill -TERM "$pid"
     wait "$pid"
     rm -rf "$data"
@@ -70,9 +83,9 @@ for run in $(seq "$RUNS"); do
         run_one "jetstream-$run"
 done
 
-python3 - "$OUT" "$RUNS" <<'PY'
+python3 - "$OUT" "$RUNS" "$COUNT" <<'PY'
 import json, statistics, sys
-out, runs = sys.argv[1], int(sys.argv[2])
+out, runs, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rate = lambda name, r: json.load(open(f"{out}/{name}-{r}.json"))["events_per_sec"]
 local = [rate("local", r) for r in range(1, runs + 1)]
 jet = [rate("jetstream", r) for r in range(1, runs + 1)]
@@ -80,4 +93,10 @@ ratios = [j / l for j, l in zip(jet, local)]
 for name, xs in (("local log", local), ("JetStream log", jet)):
     print(f"{name:14} median {statistics.median(xs):>9,.0f} events/s  (runs {min(xs):,.0f}–{max(xs):,.0f})")
 print(f"JetStream / local, run by run: median {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
+for name in ("local", "jetstream"):
+    cpu = [json.load(open(f"{out}/{name}-{r}.cpu")) for r in range(1, runs + 1)]
+    for proc in ("auditd", "nats"):
+        per_million = [c[proc] * 1e6 / count for c in cpu]
+        print(f"{name:9} log: {proc:6} CPU s per million events, median {statistics.median(per_million):.2f} "
+              f"({min(per_million):.2f}–{max(per_million):.2f})")
 PY
