@@ -80,6 +80,25 @@ fn document_building(c: &mut Criterion) {
     group.finish();
 }
 
+/// What integrity adds per event at ingest: its leaf (ten salted part
+/// commitments at most, and the leaf hash), made by the ingest handler.
+fn leaf_hashes(c: &mut Criterion) {
+    use auditd::integrity::leaf;
+    let batch = events(BATCH);
+    let salts: Vec<leaf::Salt> = batch.iter().map(|_| leaf::new_salt()).collect();
+    let mut scratch = Vec::new();
+    let mut group = c.benchmark_group("integrity");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("leaf hashes of 1000 events", |b| {
+        b.iter(|| {
+            for (event, salt) in batch.iter().zip(&salts) {
+                black_box(leaf::event_leaf_hash(event, salt, &mut scratch));
+            }
+        })
+    });
+    group.finish();
+}
+
 fn wal_append(c: &mut Criterion) {
     let payload = WalBatch::salted(String::new(), events(BATCH)).encode_to_vec();
     let mut group = c.benchmark_group("wal");
@@ -138,6 +157,7 @@ criterion_group!(
     benches,
     decode_and_validate,
     document_building,
+    leaf_hashes,
     wal_append,
     raw_engine
 );
