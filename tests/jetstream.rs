@@ -2,7 +2,8 @@
 //! real `nats-server` processes on loopback: ingest, search, a killed
 //! daemon replayed from the stream, NATS going away and coming back, a
 //! three-server cluster losing a server under ingest, a batch larger than
-//! the servers take, and two daemons on one stream.
+//! the servers take, two daemons on one stream, TLS, and the two bounds:
+//! the record budget ahead of the index and a full stream.
 
 mod common;
 
@@ -303,5 +304,90 @@ async fn a_second_daemon_on_the_stream_cannot_write_into_it() {
     let mut a = server.client().await;
     assert_eq!(count_stored(&mut a).await, 400);
     assert_dense_seqs(&mut a).await;
+    server.stop().await.unwrap();
+}
+
+/// Past `lag_budget_records` (the stream ahead of the index), Ingest waits
+/// for `submit_timeout_ms`, then refuses with RESOURCE_EXHAUSTED and a
+/// retry hint, and the refused batch is not in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_record_budget_ingest_is_refused_with_a_retry_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let data = dir.path().join("data");
+    let mut config = on_jetstream(&data, &nats, "AUDIT_E");
+    // The indexer never catches up on its own, and one record fills the
+    // budget.
+    config.index.commit_interval_ms = 3_600_000;
+    config.log.jetstream.lag_budget_records = 1;
+    config.ingest.submit_timeout_ms = 200;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    // The budget is crossed once the stream is more than one record
+    // ahead: the third batch is refused.
+    ingest(&mut client, generated(10, 61, 10), WaitFor::Durable).await;
+    ingest(&mut client, generated(10, 62, 10), WaitFor::Durable).await;
+    let refusal = refused(&mut client, generated(10, 63, 10)).await;
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    assert!(refusal.message().contains("lag budget"), "{refusal:?}");
+    assert!(retry_after_ms(&refusal) > 0);
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(on_jetstream(&data, &nats, "AUDIT_E")).await;
+    let mut client = server.client().await;
+    assert_eq!(count_stored(&mut client).await, 20, "not the refused batch");
+    server.stop().await.unwrap();
+}
+
+/// A stream at `max_bytes` refuses what does not fit (discard "new"):
+/// Ingest answers UNAVAILABLE naming the stream, stores none of that
+/// batch, and takes batches again once indexing has purged the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_refuses_whole_batches_until_indexing_frees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let data = dir.path().join("data");
+    let mut config = on_jetstream(&data, &nats, "AUDIT_F");
+    config.index.commit_interval_ms = 3_600_000;
+    config.log.jetstream.max_bytes = 256 << 10;
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let mut acknowledged = HashSet::new();
+    let refusal = loop {
+        let batch = generated(200, 63 + acknowledged.len() as u64, 200);
+        let request = IngestRequest {
+            events: batch,
+            ..Default::default()
+        };
+        match client.ingest(request).await {
+            Ok(reply) => {
+                acknowledged.extend(reply.into_inner().ids);
+                assert!(acknowledged.len() < 100_000, "the stream never filled");
+            }
+            Err(status) => break status,
+        }
+    };
+    assert!(
+        acknowledged.len() >= 400,
+        "batches went in before it filled"
+    );
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert!(refusal.message().contains("AUDIT_F"), "{refusal:?}");
+    // A graceful stop indexes what waits, which purges the stream.
+    server.stop().await.unwrap();
+
+    // Restarted with the usual commit interval, so that what it takes
+    // next is indexed and purged again.
+    config.index.commit_interval_ms = test_config(&data).index.commit_interval_ms;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let stored = stored_once_with_all_of(&mut client, &acknowledged).await;
+    assert_eq!(stored.len(), acknowledged.len(), "nothing of the refusal");
+    let (ids, _) = ingest_retrying(&mut client, &generated(200, 99, 200), "").await;
+    assert_eq!(ids.len(), 200);
     server.stop().await.unwrap();
 }
