@@ -9,6 +9,8 @@ pub const BATCHES_REJECTED: &str = "auditd_batches_rejected_total";
 pub const BATCHES_DEDUPLICATED: &str = "auditd_batches_deduplicated_total";
 pub const INGEST_SECONDS: &str = "auditd_ingest_duration_seconds";
 pub const QUEUE_DEPTH: &str = "auditd_indexer_queue_depth";
+/// Bytes of the records appended to the log (header and body; the local
+/// log's framing and JetStream's message headers left out), on either log.
 pub const WAL_BYTES: &str = "auditd_wal_bytes_total";
 pub const WAL_END_POSITION: &str = "auditd_wal_end_position";
 pub const WAL_SEGMENTS: &str = "auditd_wal_segments";

@@ -86,6 +86,19 @@ async fn ingest_search_and_restart_on_the_stream() {
     }
     assert_eq!(count_stored(&mut client).await, 2_000);
     assert!(!data.join("wal").exists(), "no local log was opened");
+    // The log's bytes are bytes here too, not the stream's record count.
+    let (_, metrics) = http_get(server.http, "/metrics").await;
+    let wal_bytes: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("auditd_wal_bytes_total "))
+        .expect("auditd_wal_bytes_total")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wal_bytes > 2_000.0 * 100.0,
+        "{wal_bytes} bytes for 2,000 events"
+    );
     server.stop().await.unwrap();
 
     let server = TestServer::start(on_jetstream(&data, &nats, "AUDIT_A")).await;

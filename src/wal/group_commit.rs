@@ -282,7 +282,10 @@ fn run(
                 metrics::gauge!(m::WAL_END_POSITION).set(wal.end().get() as f64);
                 for (appended, request) in pending.drain(..) {
                     let span = appended.span;
-                    metrics::counter!(m::WAL_BYTES).increment(span.end.get() - span.start.get());
+                    // The record's own bytes: the log's positions are
+                    // bytes on the local log but records on JetStream.
+                    let bytes = record::HEADER_LEN + request.body.len();
+                    metrics::counter!(m::WAL_BYTES).increment(bytes as u64);
                     // In the tree before it is acknowledged.
                     if let Some(tree) = tree {
                         tree.append(&request.leaves, span.end);
