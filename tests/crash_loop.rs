@@ -7,36 +7,32 @@
 //! exactly 0..n. After every restart the Merkle tree holds every
 //! acknowledged event (a signed checkpoint of at least the highest
 //! acknowledged seq + 1 leaves), and at the end the full audit recomputes
-//! every leaf and the signed root and finds nothing.
+//! every leaf and the signed root and finds nothing. Run on the local log
+//! and on the JetStream log.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use auditd::proto::{AuditEvent, IngestRequest};
+use auditd::Config;
+use common::nats::{jetstream_env, on_jetstream, NatsServer};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Cycles in CI; `CRASH_LOOP_CYCLES` runs more.
 const DEFAULT_CYCLES: usize = 20;
+/// Cycles in CI on the JetStream log.
+const JETSTREAM_CYCLES: usize = 10;
 const PRODUCERS: usize = 3;
 const BATCH: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_across_random_kills() {
-    let cycles = std::env::var("CRASH_LOOP_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CYCLES);
-    let seed = std::env::var("CRASH_LOOP_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20261123u64);
-    eprintln!("crash loop: {cycles} cycles, seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     // Small segments and frequent commits put rotations and commits in the
     // way of the kills.
@@ -45,6 +41,40 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
         ("AUDITD_WAL__SEGMENT_BYTES", "65536"),
         ("AUDITD_INDEX__MAX_OPEN_WRITERS", "2"),
     ];
+    let config = test_config(dir.path());
+    crash_loop(dir.path(), &env, config, DEFAULT_CYCLES).await;
+}
+
+/// The same on the JetStream log (one `nats-server`, which is never
+/// killed): a kill leaves whatever the stream acknowledged, and the
+/// restarted daemon, another writer, replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_jetstream_nothing_acknowledged_is_lost_across_random_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let data = dir.path().join("data");
+    let mut env = jetstream_env(&nats);
+    env.push(("AUDITD_INDEX__COMMIT_INTERVAL_MS", "30".into()));
+    env.push(("AUDITD_INDEX__MAX_OPEN_WRITERS", "2".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = on_jetstream(&data, &nats, "AUDITD");
+    crash_loop(&data, &env, config, JETSTREAM_CYCLES).await;
+}
+
+/// Kills a daemon on `dir` started with `env` `cycles` times (or
+/// `CRASH_LOOP_CYCLES`), then checks what a clean start on `config`
+/// finds.
+async fn crash_loop(dir: &Path, env: &[(&str, &str)], config: Config, cycles: usize) {
+    let cycles = std::env::var("CRASH_LOOP_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cycles);
+    let seed = std::env::var("CRASH_LOOP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261123u64);
+    eprintln!("crash loop: {cycles} cycles, seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
     let template = generated(BATCH as u64 * 4, 7, BATCH as u64);
     let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
     let sent: Arc<Mutex<HashMap<String, AuditEvent>>> = Arc::default();
@@ -52,7 +82,7 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
     let acknowledged_end = Arc::new(AtomicU64::new(0));
 
     for cycle in 0..cycles {
-        let mut daemon = Daemon::start_with(dir.path(), &env);
+        let mut daemon = Daemon::start_with(dir, env);
         // Kill after this many acknowledged batches; 0 kills at once,
         // often in the middle of replay.
         let kill_after = if rng.random_bool(0.15) {
@@ -65,10 +95,10 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
         let mut producers = Vec::new();
         if kill_after > 0 {
             // What the last kill left: every acknowledged event a leaf.
-            let mut proofs = integrity_client(&daemon.url, &admin_token(dir.path())).await;
+            let mut proofs = integrity_client(&daemon.url, &admin_token(dir)).await;
             checkpoint_of_at_least(&mut proofs, acknowledged_end.load(Ordering::SeqCst)).await;
             for p in 0..PRODUCERS {
-                let mut client = daemon.client(dir.path()).await;
+                let mut client = daemon.client(dir).await;
                 let (acknowledged, sent, acked_batches, notify, end) = (
                     acknowledged.clone(),
                     sent.clone(),
@@ -141,7 +171,7 @@ async fn nothing_acknowledged_is_lost_across_random_kills() {
     }
 
     // A clean start replays whatever the last kill left.
-    let server = TestServer::start(test_config(dir.path())).await;
+    let server = TestServer::start(config).await;
     let mut client = server.client().await;
     let acknowledged = acknowledged.lock().unwrap().clone();
     let sent = sent.lock().unwrap().clone();

@@ -8,34 +8,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use auditd::config::LogKind;
 use auditd::proto::{AuditEvent, IngestRequest, WaitFor};
-use auditd::Config;
-use common::nats::{wait_for_jetstream, NatsServer};
+use common::nats::{jetstream_env, on_jetstream, wait_for_jetstream, NatsServer};
 use common::*;
-
-/// A test config whose log is the stream `stream` on `nats`.
-fn on_jetstream(data_dir: &Path, nats: &NatsServer, stream: &str) -> Config {
-    let mut config = test_config(data_dir);
-    config.log.kind = LogKind::Jetstream;
-    config.log.jetstream.servers = vec![nats.url.clone()];
-    config.log.jetstream.stream = stream.into();
-    config.log.jetstream.subject = format!("{}.log", stream.to_lowercase());
-    config.log.jetstream.timeout_ms = 1_000;
-    config
-}
-
-fn jetstream_env(nats: &NatsServer) -> Vec<(&'static str, String)> {
-    vec![
-        ("AUDITD_LOG__KIND", "jetstream".into()),
-        (
-            "AUDITD_LOG__JETSTREAM__SERVERS",
-            format!("[\"{}\"]", nats.url),
-        ),
-    ]
-}
 
 /// The refusal of a batch of `events` that must not be stored.
 async fn refused(client: &mut Client, events: Vec<AuditEvent>) -> tonic::Status {

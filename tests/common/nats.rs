@@ -6,7 +6,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use super::DEADLINE;
+use auditd::config::LogKind;
+use auditd::Config;
+
+use super::{test_config, DEADLINE};
+
+/// A test config whose log is the stream `stream` on `nats`.
+pub fn on_jetstream(data_dir: &Path, nats: &NatsServer, stream: &str) -> Config {
+    let mut config = test_config(data_dir);
+    config.log.kind = LogKind::Jetstream;
+    config.log.jetstream.servers = vec![nats.url.clone()];
+    config.log.jetstream.stream = stream.into();
+    config.log.jetstream.subject = format!("{}.log", stream.to_lowercase());
+    config.log.jetstream.timeout_ms = 1_000;
+    config
+}
+
+/// The environment that puts a daemon in a child process on `nats`, on
+/// the default stream (`AUDITD`, subject `auditd.log`): what
+/// `on_jetstream(dir, nats, "AUDITD")` configures in-process.
+pub fn jetstream_env(nats: &NatsServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUDITD_LOG__KIND", "jetstream".into()),
+        (
+            "AUDITD_LOG__JETSTREAM__SERVERS",
+            format!("[\"{}\"]", nats.url),
+        ),
+    ]
+}
 
 /// One `nats-server -js`: its store and config live in `dir`, and a
 /// restart reuses both, and the port.
