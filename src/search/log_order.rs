@@ -74,6 +74,9 @@ pub(super) fn at(
     let mut hits = Vec::new();
     for (partition, view) in views.iter().enumerate() {
         let searcher = &view.searcher;
+        let weight = scope
+            .map(|scope| scope.weight(EnableScoring::disabled_from_searcher(searcher)))
+            .transpose()?;
         for (ord, reader) in searcher.segment_readers().iter().enumerate() {
             let columns = &view.columns[ord];
             if columns.seq.max_value() < seq || columns.seq.min_value() > seq {
@@ -84,8 +87,9 @@ pub(super) fn at(
                 if alive.is_some_and(|a| !a.is_alive(doc)) {
                     continue;
                 }
-                if let Some(scope) = scope {
-                    let weight = scope.weight(EnableScoring::disabled_from_searcher(searcher))?;
+                if let Some(weight) = &weight {
+                    // A fresh scorer per document: docs of different
+                    // stretches need not come in doc id order.
                     let mut scorer = weight.scorer(reader, 1.0)?;
                     if scorer.doc() > doc || scorer.seek(doc) != doc {
                         continue;
