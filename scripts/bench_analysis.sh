@@ -7,10 +7,8 @@
 #     over 30 days), each ITERATIONS times;
 #   - Export: `auditctl export --format ndjson > /dev/null` of everything,
 #     RUNS times, events/s;
-#   - Tail: on a fresh data directory, `auditctl bench-tail` follows
-#     everything while `auditctl load` ingests at HALF events/s (half of
-#     the maximum ingest in BENCHMARKS.md), and reports received-to-
-#     delivered latency, beside the load's own time to searchable.
+#   - Tail: scripts/bench_tail.sh (a fresh data directory, HALF events/s
+#     for TAIL_SECONDS).
 #
 #   scripts/bench_analysis.sh
 #   ITERATIONS=20 RUNS=1 HALF=75000 TAIL_SECONDS=30 scripts/bench_analysis.sh
@@ -77,18 +75,7 @@ PY
 rm -f "$OUT/export-times.txt.$$"
 cat "$OUT/export.json"
 stop
+trap - EXIT
 
-echo "== tail while ingesting at $HALF events/s for $TAIL_SECONDS s" >&2
-TAIL_DATA=$OUT/tail-data
-rm -rf "$TAIL_DATA"
-start "$TAIL_DATA"
-tctl() { "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$TAIL_DATA" "$@"; }
-# The tail follows a little longer than the load runs, so it sees every
-# event; the load reports time to searchable for the same events.
-tctl bench-tail --seconds $((TAIL_SECONDS + 10)) --json > "$OUT/tail.json" &
-TAIL_PID=$!
-tctl load --generate $((HALF * TAIL_SECONDS)) --rate "$HALF" --markers 200 --json > "$OUT/tail-load.json"
-wait "$TAIL_PID"
-python3 -c "import json; r = json.load(open('$OUT/tail-load.json')); print('load:', {k: v for k, v in r.items() if 'search' in k or k == 'events_per_sec'})"
-cat "$OUT/tail.json"
-stop
+GRPC_PORT=$GRPC_PORT HTTP_PORT=$HTTP_PORT HALF=$HALF TAIL_SECONDS=$TAIL_SECONDS \
+    scripts/bench_tail.sh
