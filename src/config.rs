@@ -256,10 +256,12 @@ impl WalConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
-    /// How often the indexer commits, making new events searchable. When
-    /// the last three commits each took at least `t`, the next one waits
-    /// at least `3 t` (`indexer::CommitPacer`), so under heavy load
-    /// commits space out, but one slow commit does not hold back the next.
+    /// How often the indexer commits, making new events searchable
+    /// (from the start of one commit to the start of the next). When the
+    /// last three commits each took at least `t`, the next one waits at
+    /// least `3 t` after the last ended (`indexer::CommitPacer`), so under
+    /// heavy load commits space out, but one slow commit does not hold
+    /// back the next.
     pub commit_interval_ms: u64,
     /// When the only new events are the trail of reads
     /// (`audit-log/auditd`, one per search), the commit waits until the
@@ -300,6 +302,13 @@ pub struct IndexConfig {
     /// file named, instead of wrong or failing searches later. Turn off
     /// only for an index too big to read at each start.
     pub verify_on_start: bool,
+    /// Bytes of the last commits' events (their stored bodies) kept in
+    /// memory, where Tail reads what a commit just made searchable
+    /// instead of the doc store (`search/recent.rs`). Past it the oldest
+    /// go, and a follower that far behind reads them from the index. The
+    /// indexer's events awaiting a commit are held under the same budget,
+    /// so at most twice this. 0 keeps none.
+    pub recent_events_bytes: usize,
 }
 
 impl Default for IndexConfig {
@@ -314,6 +323,7 @@ impl Default for IndexConfig {
             max_segment_docs: 500_000,
             queue_capacity: 16,
             verify_on_start: true,
+            recent_events_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::retention::{
     runs, Applied, Change, Dropped, Retention, RetentionError, RetentionRecord, Verdict,
 };
 use crate::schema::{timestamp_micros, AuditSchema};
+use crate::search::recent::{RecentEvents, RecentRun, StoredEvent};
 use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::group_commit::WalPositions;
 use crate::wal::{LogReader, Span, WalError};
@@ -117,6 +118,10 @@ pub struct Indexer {
     searchable: watch::Sender<u64>,
     body: Vec<u8>,
     pending: Pending,
+    /// What the writers took since the last commit, as stored; handed to
+    /// `recent` when the commit makes it searchable.
+    uncommitted: RecentRun,
+    recent: Arc<RecentEvents>,
     /// Applies retention changes as their records come, in log order.
     retention: Arc<Retention>,
 }
@@ -141,6 +146,7 @@ impl Indexer {
         positions: Arc<WalPositions>,
         searchable: watch::Sender<u64>,
         retention: Arc<Retention>,
+        recent: Arc<RecentEvents>,
     ) -> Indexer {
         let ledger = partitions
             .overlapping(None, None)
@@ -172,6 +178,8 @@ impl Indexer {
             positions,
             searchable,
             body: Vec::new(),
+            uncommitted: RecentRun::default(),
+            recent,
             retention,
         }
     }
@@ -286,6 +294,7 @@ impl Indexer {
         status.set_fault("index", Some(error.to_string()));
         // Dropping an IndexWriter discards what it did not commit.
         self.writers.clear();
+        self.uncommitted.clear();
         self.rebuild = true;
     }
 
@@ -323,6 +332,7 @@ impl Indexer {
         };
         if result.is_err() {
             self.writers.clear();
+            self.uncommitted.clear();
             self.rebuild = true;
             self.indexed = to;
         }
@@ -372,9 +382,10 @@ impl Indexer {
             if first_seq < writer.skip_below {
                 continue;
             }
-            let doc =
-                self.schema
-                    .document(event, first_seq + i as u64, &batch.batch_id, salt, body);
+            let seq = first_seq + i as u64;
+            let doc = self
+                .schema
+                .document(event, seq, &batch.batch_id, salt, body);
             writer
                 .writer
                 .add_document(doc)
@@ -382,6 +393,15 @@ impl Indexer {
                     path: writer.partition.path.clone(),
                     source,
                 })?;
+            if self.recent.budget() > 0 {
+                let stored = StoredEvent {
+                    seq,
+                    time: timestamp_micros(event.time.as_ref()),
+                    received: timestamp_micros(event.received.as_ref()),
+                    body: Arc::from(body.as_slice()),
+                };
+                self.uncommitted.push(stored, self.recent.budget());
+            }
             writer.dirty = true;
             writer.last_batch = self.batches;
             writer.last_write = Instant::now();
@@ -423,6 +443,7 @@ impl Indexer {
         self.committed = position;
         self.pending = Pending::Nothing;
         self.positions.set_checkpoint(position.log);
+        self.recent.extend(&mut self.uncommitted);
         self.searchable.send_replace(position.seq);
         metrics::counter!(m::COMMITS).increment(1);
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
@@ -437,6 +458,7 @@ impl Indexer {
             .map(|p| p.reader.searcher().num_docs())
             .sum();
         metrics::gauge!(m::INDEX_DOCS).set(docs as f64);
+        metrics::gauge!(m::RECENT_EVENTS_BYTES).set(self.recent.held().1 as f64);
         Ok(())
     }
 }
@@ -451,6 +473,12 @@ impl Indexer {
         span: Span,
         record: &RetentionRecord,
     ) -> Result<Applied, IndexError> {
+        if let Some(Change::Drop(_) | Change::Erase(_)) = &record.change {
+            // Before the index changes: what is cached must not outlive
+            // what the change removes.
+            self.uncommitted.clear();
+            self.recent.clear();
+        }
         let applied = match (&record.change, self.rebuild) {
             (Some(Change::Drop(_) | Change::Erase(_)), true) => Ok(Applied::Unchanged(
                 "the index is re-reading the log after a fault; the change is applied with it"
@@ -665,9 +693,17 @@ impl Indexer {
 /// (Tantivy's least for one thread).
 const ERASURE_WRITER_HEAP_BYTES: usize = 15_000_000;
 
-/// When the last `PACED_COMMITS` commits all took at least `t`, the next
-/// one waits at least `COMMIT_SPACING * t`: under sustained load commits
-/// take at most a quarter of the indexer's time.
+/// Commits start every `commit_interval` (counted from the start of the
+/// last one, so a commit's own duration does not stretch the interval),
+/// but when the last `PACED_COMMITS` commits all took at least `t`, the
+/// next one waits at least `COMMIT_SPACING * t` after the last ended:
+/// under sustained load commits take at most a quarter of the indexer's
+/// time.
+///
+/// Counting from the start: an event that just missed a commit waits
+/// for the next one, so the time to searchable is at most the interval
+/// plus one commit; counted from the end it was the interval plus two
+/// (Tail's target is the interval plus 100 ms).
 ///
 /// Why: a commit's cost grows with the events it flushes, and each commit
 /// leaves segments that merges must re-read. A short interval keeps data
@@ -696,13 +732,14 @@ struct CommitPacer {
 }
 
 impl CommitPacer {
-    /// Notes a commit that took `took`; returns the pause before the next
-    /// one: the interval, or longer while commits are slow.
+    /// Notes a commit that took `took`; returns the pause from its end to
+    /// the start of the next one: what is left of the interval, or longer
+    /// while commits are slow.
     fn pause_after(&mut self, interval: Duration, took: Duration) -> Duration {
         self.recent[self.next] = took;
         self.next = (self.next + 1) % PACED_COMMITS;
         let shortest = self.recent.iter().min().copied().unwrap_or_default();
-        interval.max(shortest * COMMIT_SPACING)
+        interval.saturating_sub(took).max(shortest * COMMIT_SPACING)
     }
 }
 
@@ -846,17 +883,18 @@ mod tests {
         let interval = Duration::from_millis(500);
         let ms = Duration::from_millis;
         let mut pacer = CommitPacer::default();
-        // Fast commits, then one slow one: still the interval.
-        assert_eq!(pacer.pause_after(interval, ms(100)), interval);
-        assert_eq!(pacer.pause_after(interval, ms(80)), interval);
-        assert_eq!(pacer.pause_after(interval, ms(900)), interval);
+        // Fast commits, then one slow one: the next starts an interval
+        // after the last started (nothing left of it after the slow one).
+        assert_eq!(pacer.pause_after(interval, ms(100)), ms(400));
+        assert_eq!(pacer.pause_after(interval, ms(80)), ms(420));
+        assert_eq!(pacer.pause_after(interval, ms(900)), ms(240));
         // Three slow ones in a row: spaced by the shortest of them.
-        assert_eq!(pacer.pause_after(interval, ms(400)), interval);
+        assert_eq!(pacer.pause_after(interval, ms(400)), ms(240));
         assert_eq!(pacer.pause_after(interval, ms(300)), ms(900));
         assert_eq!(pacer.pause_after(interval, ms(500)), ms(900));
         assert_eq!(pacer.pause_after(interval, ms(350)), ms(900));
         assert_eq!(pacer.pause_after(interval, ms(400)), ms(1050));
         // Load gone: back to the interval once one commit is fast.
-        assert_eq!(pacer.pause_after(interval, ms(60)), interval);
+        assert_eq!(pacer.pause_after(interval, ms(60)), ms(440));
     }
 }

@@ -292,6 +292,20 @@ pub fn restore_times(event: &mut AuditEvent, time_micros: i64, received_micros: 
     event.received = restore(event.received.take(), received_micros);
 }
 
+/// The event a document stores: its body decoded, the times put back
+/// from the fast fields' microseconds, and its seq.
+pub fn decode_stored(
+    body: &[u8],
+    time_micros: i64,
+    received_micros: i64,
+    seq: u64,
+) -> Result<AuditEvent, prost::DecodeError> {
+    let mut event = AuditEvent::decode(body)?;
+    restore_times(&mut event, time_micros, received_micros);
+    event.seq = seq;
+    Ok(event)
+}
+
 /// The tokenizer of the `id` field.
 pub const ID_TOKENIZER: &str = "auditd_id";
 

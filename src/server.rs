@@ -43,6 +43,7 @@ use crate::proto::tokens_server::TokensServer;
 use crate::record::LogRecord;
 use crate::retention::{Retention, RetentionError};
 use crate::schema::{timestamp_micros, AuditSchema};
+use crate::search::recent::RecentEvents;
 use crate::search::Searcher;
 use crate::status::{Health, PipelineStatus};
 use crate::tls::{TlsError, TlsMaterial};
@@ -411,10 +412,12 @@ impl Pipeline {
             .map(|c| c.seq)
             .fold(checkpoint.next_seq, u64::max);
         let (searchable_tx, searchable) = tokio::sync::watch::channel(indexed_seq);
+        let recent = Arc::new(RecentEvents::new(config.index.recent_events_bytes));
         let searcher = Searcher::new(
             partitions.clone(),
             config.limits.clone(),
             searchable.clone(),
+            recent.clone(),
         );
         // Batches waiting for the WAL thread; its slots are the ingest
         // service's semaphore permits.
@@ -477,6 +480,7 @@ impl Pipeline {
             positions.clone(),
             searchable_tx,
             retention,
+            recent,
         )
         .spawn(index_rx, status.clone())?;
         Ok(Pipeline {

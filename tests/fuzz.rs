@@ -183,7 +183,8 @@ fn searcher(dir: &std::path::Path) -> Searcher {
     partition.reader.reload().unwrap();
     // Everything is visible: the snapshot covers any sequence number.
     let (_, searchable) = tokio::sync::watch::channel(u64::MAX);
-    Searcher::new(partitions, Limits::default(), searchable)
+    let recent = std::sync::Arc::new(auditd::search::recent::RecentEvents::new(0));
+    Searcher::new(partitions, Limits::default(), searchable, recent)
 }
 
 #[test]

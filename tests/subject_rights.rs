@@ -273,6 +273,27 @@ async fn erasure_leaves_no_marker_under_the_data_directory_and_every_proof_still
     // subject itself is checked through search below.)
     let left = files_holding(dir.path(), &markers);
     assert!(left.is_empty(), "erased values left on disk: {left:?}");
+    // Nor in memory: a search of everything (which reads the last
+    // commits' events from memory, `index.recent_events_bytes`) shows
+    // none of them.
+    let (everything, _) = search_all(&mut client, SearchRequest::default()).await;
+    assert!(
+        everything
+            .iter()
+            .filter(|e| stored.ids[..5].contains(&e.id))
+            .count()
+            == 5
+    );
+    for event in everything
+        .iter()
+        .filter(|e| stored.ids[..5].contains(&e.id))
+    {
+        let shown = format!("{event:?}");
+        assert!(
+            markers.iter().all(|m| !shown.contains(m.as_str())) && !shown.contains(subject),
+            "an erased value is still served: {shown}"
+        );
+    }
 
     // The erased events keep their core, lose their personal fields, and
     // each still proves its place; the kept one is whole.

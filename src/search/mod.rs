@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use prost::Message;
 use rayon::prelude::*;
 use tantivy::query::{
     AllQuery, BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, Query, QueryParser,
@@ -32,10 +31,13 @@ use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, EventFilter, Outcome, SearchRequest,
     SearchResponse,
 };
-use crate::schema::{id_key, restore_times, timestamp_micros, to_v6, AuditSchema};
+use crate::schema::{decode_stored, id_key, timestamp_micros, to_v6, AuditSchema};
 
 pub mod aggregate;
 mod log_order;
+pub mod recent;
+
+use recent::RecentEvents;
 
 /// One event, named by its id or its seq.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +81,8 @@ pub struct Searcher {
     limits: Limits,
     /// The indexed position: what a new page snapshot may see.
     searchable: watch::Receiver<u64>,
+    /// What the last commits made searchable, in memory (`recent.rs`).
+    recent: Arc<RecentEvents>,
     /// An empty in-memory index with the schema, for parsing `query`
     /// strings and tokenizing `text` when no partition exists yet.
     parsing: Index,
@@ -215,6 +219,7 @@ impl Searcher {
         partitions: Arc<Partitions>,
         limits: Limits,
         searchable: watch::Receiver<u64>,
+        recent: Arc<RecentEvents>,
     ) -> Searcher {
         let schema = partitions.schema().clone();
         let parsing = Index::create_in_ram(schema.schema.clone());
@@ -227,6 +232,7 @@ impl Searcher {
             schema,
             limits,
             searchable,
+            recent,
             parsing,
             text_analyzer,
         }
@@ -486,11 +492,21 @@ impl Searcher {
     /// A sparse page's events lie in as many doc-store blocks, each one
     /// decompressed whole: most of a sparse search's time
     /// (BENCHMARKS.md, issue 17). So they are read on every core, in
-    /// runs of neighbouring hits (which share blocks).
+    /// runs of neighbouring hits (which share blocks). An event a recent
+    /// commit made searchable is taken from memory instead
+    /// (`recent.rs`): what Tail reads, right after each commit.
     fn fetch(&self, views: &[Arc<View>], hits: &[Hit]) -> Result<Vec<AuditEvent>, SearchError> {
+        let recent = self.recent.lookup(hits.iter().map(|hit| hit.seq));
         hits.par_iter()
+            .zip(recent)
             .with_min_len(FETCH_RUN_HITS)
-            .map(|hit| self.fetch_one(views, hit))
+            .map(|(hit, recent)| match recent {
+                Some(stored) => stored.event().map_err(|e| SearchError::Corrupt {
+                    address: hit.address,
+                    reason: e.to_string(),
+                }),
+                None => self.fetch_one(views, hit),
+            })
             .collect()
     }
 
@@ -518,13 +534,12 @@ impl Searcher {
             .get_first(self.schema.body)
             .and_then(|v| v.as_bytes())
             .ok_or_else(|| corrupt("no body".into()))?;
-        let mut event = AuditEvent::decode(body).map_err(|e| corrupt(e.to_string()))?;
         let received = view.columns[hit.address.segment_ord as usize]
             .received
             .first(hit.address.doc_id)
             .ok_or_else(|| corrupt("no received time".into()))?;
-        restore_times(&mut event, hit.time, received);
-        event.seq = hit.seq;
+        let event =
+            decode_stored(body, hit.time, received, hit.seq).map_err(|e| corrupt(e.to_string()))?;
         Ok((event, salt))
     }
 

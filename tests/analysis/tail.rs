@@ -6,7 +6,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use auditd::proto::{AuditEvent, EventFilter, TailRequest, TailResponse, TokenKind, WaitFor};
+use auditd::config::Config;
+use auditd::proto::{
+    AuditEvent, EventFilter, GetEventRequest, TailRequest, TailResponse, TokenKind, WaitFor,
+};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
@@ -68,11 +71,25 @@ fn assert_once_in_seq_order(events: &[AuditEvent]) {
 }
 
 /// Three clients ingest 20 batches each while one subscriber follows
-/// them; halfway the subscriber's stream is cut and resumed.
+/// them; halfway the subscriber's stream is cut and resumed. The events
+/// come from the last commits' copy in memory (`index.recent_events_bytes`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_arrives_once_in_order_across_a_resume() {
+    follow_and_resume(Config::default().index.recent_events_bytes).await;
+}
+
+/// The same with room in memory for a handful of events: nearly all
+/// are read from the index, some from memory, within one stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_memory_budget_the_tail_reads_the_index_and_loses_nothing() {
+    follow_and_resume(4_096).await;
+}
+
+async fn follow_and_resume(recent_events_bytes: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(test_config(dir.path())).await;
+    let mut config = test_config(dir.path());
+    config.index.recent_events_bytes = recent_events_bytes;
+    let server = TestServer::start(config).await;
     let mut reader = server.client().await;
     // Everything but one source name: the filter is applied too.
     let filter = EventFilter {
@@ -124,6 +141,17 @@ async fn every_acknowledged_event_arrives_once_in_order_across_a_resume() {
         wanted(&events).len(),
         "only what the filter matches"
     );
+    // Each as the index stores it (GetEvent reads the doc store).
+    for delivered in got.iter().step_by(25) {
+        let stored = reader
+            .get_event(GetEventRequest {
+                id: delivered.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(delivered, &stored);
+    }
     server.stop().await.unwrap();
 }
 
