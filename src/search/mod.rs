@@ -37,7 +37,7 @@ pub mod aggregate;
 mod log_order;
 pub mod recent;
 
-use recent::RecentEvents;
+use recent::{RecentEvents, StoredEvent};
 
 /// One event, named by its id or its seq.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,16 +495,30 @@ impl Searcher {
     /// runs of neighbouring hits (which share blocks). An event a recent
     /// commit made searchable is taken from memory instead
     /// (`recent.rs`): what Tail reads, right after each commit.
+    ///
+    /// All in memory (a follower right behind the commits): decoded on
+    /// this thread, since a body decodes in about the time handing it to
+    /// another thread takes.
     fn fetch(&self, views: &[Arc<View>], hits: &[Hit]) -> Result<Vec<AuditEvent>, SearchError> {
         let recent = self.recent.lookup(hits.iter().map(|hit| hit.seq));
+        let decode = |hit: &Hit, stored: &StoredEvent| {
+            stored.event().map_err(|e| SearchError::Corrupt {
+                address: hit.address,
+                reason: e.to_string(),
+            })
+        };
+        if recent.iter().all(Option::is_some) {
+            return hits
+                .iter()
+                .zip(recent.iter().flatten())
+                .map(|(hit, stored)| decode(hit, stored))
+                .collect();
+        }
         hits.par_iter()
             .zip(recent)
             .with_min_len(FETCH_RUN_HITS)
             .map(|(hit, recent)| match recent {
-                Some(stored) => stored.event().map_err(|e| SearchError::Corrupt {
-                    address: hit.address,
-                    reason: e.to_string(),
-                }),
+                Some(stored) => decode(hit, &stored),
                 None => self.fetch_one(views, hit),
             })
             .collect()
