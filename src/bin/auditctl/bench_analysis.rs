@@ -44,6 +44,11 @@ pub struct BenchTailArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also report acknowledged-to-delivered latency, from the file
+    /// `auditctl load --ack-log` wrote (read once following ends; the
+    /// load must have finished by then).
+    #[arg(long, value_name = "FILE")]
+    ack_log: Option<std::path::PathBuf>,
 }
 
 fn terms(field: &str, size: u32) -> Aggregation {
@@ -170,6 +175,8 @@ pub async fn bench_tail(mut client: Client, args: BenchTailArgs) -> anyhow::Resu
         .into_inner();
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let mut samples = Vec::new();
+    // (seq, unix microseconds delivered), for --ack-log.
+    let mut delivered = Vec::new();
     while let Ok(next) = tokio::time::timeout_at(until.into(), stream.message()).await {
         let Some(response) = next.map_err(status_error)? else {
             bail!("the tail stream ended");
@@ -181,6 +188,9 @@ pub async fn bench_tail(mut client: Client, args: BenchTailArgs) -> anyhow::Resu
         for event in response.events {
             let received = timestamp_micros(event.received.as_ref());
             samples.push((now - received) as f64 / 1e3);
+            if args.ack_log.is_some() {
+                delivered.push((event.seq, now));
+            }
         }
     }
     if samples.is_empty() {
@@ -195,6 +205,18 @@ pub async fn bench_tail(mut client: Client, args: BenchTailArgs) -> anyhow::Resu
         "received to delivered".into(),
         summary(&mut samples, events),
     );
+    if let Some(path) = &args.ack_log {
+        let acked = read_ack_log(path)?;
+        let mut since_ack = ack_to_delivered(&acked, &delivered);
+        if since_ack.is_empty() {
+            bail!("no delivered event is in {}", path.display());
+        }
+        let count = since_ack.len() as u64;
+        report.insert(
+            "acknowledged to delivered".into(),
+            summary(&mut since_ack, count),
+        );
+    }
     print(report, args.json, "FIGURE", "EVENTS");
     Ok(())
 }
@@ -222,5 +244,63 @@ fn print(report: serde_json::Map<String, serde_json::Value>, json: bool, what: &
             v["p50_ms"].as_f64().unwrap_or(f64::NAN),
             v["p99_ms"].as_f64().unwrap_or(f64::NAN)
         );
+    }
+}
+
+/// `auditctl load --ack-log`'s lines, sorted by first seq.
+fn read_ack_log(path: &std::path::Path) -> anyhow::Result<Vec<(u64, u64, i64)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (has the load finished?)", path.display()))?;
+    let mut runs = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let mut parts = line.split(' ').map(str::parse::<i64>);
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(Ok(first)), Some(Ok(last)), Some(Ok(at))) => {
+                    Ok((first as u64, last as u64, at))
+                }
+                _ => bail!(
+                    "{} line {}: not `<first> <last> <micros>`",
+                    path.display(),
+                    i + 1
+                ),
+            }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    runs.sort_unstable();
+    Ok(runs)
+}
+
+/// Milliseconds from each delivered event's acknowledgement to its
+/// delivery, for the events an acknowledged run holds (not the daemon's
+/// own trail events).
+fn ack_to_delivered(acked: &[(u64, u64, i64)], delivered: &[(u64, i64)]) -> Vec<f64> {
+    delivered
+        .iter()
+        .filter_map(|&(seq, at)| {
+            let i = acked.partition_point(|run| run.0 <= seq).checked_sub(1)?;
+            let (_, last, acked_at) = acked[i];
+            (seq <= last).then(|| (at - acked_at) as f64 / 1e3)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_to_delivered;
+
+    #[test]
+    fn each_delivered_event_is_timed_from_its_runs_acknowledgement() {
+        let acked = [(0, 9, 1_000), (12, 20, 5_000)];
+        // Seq 10 and 30 were never acknowledged by the load (trail events).
+        let delivered = [
+            (3, 3_000),
+            (10, 4_000),
+            (12, 9_000),
+            (20, 6_000),
+            (30, 9_000),
+        ];
+        assert_eq!(ack_to_delivered(&acked, &delivered), vec![2.0, 4.0, 1.0]);
     }
 }

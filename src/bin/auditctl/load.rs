@@ -77,6 +77,11 @@ pub struct LoadArgs {
     /// Print the report as one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    /// At the end, write when each batch was acknowledged to FILE: one
+    /// line `<first seq> <last seq> <unix microseconds>` per run of
+    /// consecutive seqs (`auditctl bench-tail --ack-log` reads it).
+    #[arg(long, value_name = "FILE")]
+    ack_log: Option<PathBuf>,
     /// Send each batch as NDJSON to `POST <URL>/v1/events` (the HTTP
     /// listener, e.g. http://127.0.0.1:8080) instead of gRPC `Ingest`.
     /// Probes and the final wait stay on gRPC.
@@ -102,6 +107,9 @@ struct Samples {
     ack: Vec<f64>,
     /// Per marker found: time to searchable, seconds.
     searchable: Vec<f64>,
+    /// With `--ack-log`: (first seq, last seq, unix microseconds) per run
+    /// of consecutive seqs acknowledged.
+    acked_at: Vec<(u64, u64, i64)>,
     missing_markers: u64,
     retries: u64,
 }
@@ -142,6 +150,7 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     let started = Instant::now();
     let cpu_at_start = auditd::client::cpu::process_cpu_seconds();
     let (rate, batch_size) = (args.rate, args.batch_size);
+    let ack_log = args.ack_log.is_some();
     let due = move |k: usize| -> Option<Instant> {
         rate.map(|rate| started + Duration::from_secs_f64((k * batch_size) as f64 / rate))
     };
@@ -181,6 +190,11 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
                     let mut s = samples.lock().expect("samples lock");
                     s.ack.push(acked);
                     s.retries += u64::from(retries);
+                    if ack_log {
+                        let now = unix_micros();
+                        s.acked_at
+                            .extend(seq_runs(&reply.seqs).map(|(a, b)| (a, b, now)));
+                    }
                 }
                 if markers > 0 && k % marker_every == 0 {
                     if let Some(id) = reply.ids.first().cloned() {
@@ -222,6 +236,9 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     let events = acked_events.load(Ordering::Relaxed);
     let ndjson_bytes: u64 = batches.iter().map(|b| b.ndjson_bytes).sum();
     let mut samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    if let Some(path) = &args.ack_log {
+        write_ack_log(path, &samples.acked_at)?;
+    }
     let report = serde_json::json!({
         "events": events,
         "batches": batches.len(),
@@ -596,4 +613,45 @@ fn print_summary(report: &serde_json::Value) {
         "markers: {} found, {} missing",
         report["markers_found"], report["markers_missing"]
     );
+}
+
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// `seqs` as runs of consecutive values, (first, last) each.
+fn seq_runs(seqs: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    seqs.chunk_by(|a, b| a + 1 == *b)
+        .map(|run| (run[0], run[run.len() - 1]))
+}
+
+/// Writes the ack log whole under a temporary name, then renames it: a
+/// reader never sees half of it.
+fn write_ack_log(path: &std::path::Path, acked_at: &[(u64, u64, i64)]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let partial = path.with_extension("partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?,
+    );
+    for (first, last, at) in acked_at {
+        writeln!(out, "{first} {last} {at}")?;
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod ack_log_tests {
+    use super::seq_runs;
+
+    #[test]
+    fn seqs_group_into_runs_of_consecutive_values() {
+        let runs: Vec<_> = seq_runs(&[4, 5, 6, 9, 10, 12]).collect();
+        assert_eq!(runs, vec![(4, 6), (9, 10), (12, 12)]);
+        assert_eq!(seq_runs(&[]).count(), 0);
+    }
 }
