@@ -367,7 +367,8 @@ impl Indexer {
         };
         let salts = std::mem::take(&mut batch.salts);
         for (i, event) in batch.events.iter_mut().enumerate() {
-            let day = day_of(timestamp_micros(event.time.as_ref()));
+            let time = timestamp_micros(event.time.as_ref());
+            let day = day_of(time);
             let salt = salts.get(i * SALT_LEN..(i + 1) * SALT_LEN);
             let body = &mut self.body;
             let writer = writer_for(
@@ -396,7 +397,7 @@ impl Indexer {
             if self.recent.budget() > 0 {
                 let stored = StoredEvent {
                     seq,
-                    time: timestamp_micros(event.time.as_ref()),
+                    time,
                     received: timestamp_micros(event.received.as_ref()),
                     body: Arc::from(body.as_slice()),
                 };

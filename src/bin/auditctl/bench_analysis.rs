@@ -14,7 +14,7 @@
 //! ingests, and reports how long after `received` (when auditd accepted
 //! the event, just before its acknowledgement) each event arrived.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use auditd::proto::aggregation::Kind;
@@ -181,10 +181,7 @@ pub async fn bench_tail(mut client: Client, args: BenchTailArgs) -> anyhow::Resu
         let Some(response) = next.map_err(status_error)? else {
             bail!("the tail stream ended");
         };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .context("the clock is before 1970")?
-            .as_micros() as i64;
+        let now = crate::load::unix_micros();
         for event in response.events {
             let received = timestamp_micros(event.received.as_ref());
             samples.push((now - received) as f64 / 1e3);

@@ -615,7 +615,8 @@ fn print_summary(report: &serde_json::Value) {
     );
 }
 
-fn unix_micros() -> i64 {
+/// Now, in microseconds since 1970 (0 for a clock before it).
+pub(crate) fn unix_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
