@@ -285,7 +285,24 @@ fn ack_to_delivered(acked: &[(u64, u64, i64)], delivered: &[(u64, i64)]) -> Vec<
 
 #[cfg(test)]
 mod tests {
-    use super::ack_to_delivered;
+    use super::{ack_to_delivered, read_ack_log};
+
+    #[test]
+    fn a_bad_ack_log_line_is_named_and_a_good_log_is_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acks.txt");
+        std::fs::write(&path, "12 20 5000\n0 9 1000\n").unwrap();
+        assert_eq!(
+            read_ack_log(&path).unwrap(),
+            vec![(0, 9, 1_000), (12, 20, 5_000)]
+        );
+        std::fs::write(&path, "0 9 1000\n12 twenty 5000\n").unwrap();
+        let error = read_ack_log(&path).unwrap_err().to_string();
+        assert!(error.contains("line 2"), "{error}");
+        let missing = dir.path().join("none.txt");
+        let error = format!("{:#}", read_ack_log(&missing).unwrap_err());
+        assert!(error.contains("has the load finished?"), "{error}");
+    }
 
     #[test]
     fn each_delivered_event_is_timed_from_its_runs_acknowledgement() {
