@@ -35,6 +35,9 @@ pub const INTEGRITY_VIOLATIONS: &str = "auditd_integrity_violations_total";
 pub const PUBLISH_ERRORS: &str = "auditd_integrity_publish_errors_total";
 /// Checkpoints not POSTed because the previous POST was still in flight.
 pub const PUBLISH_SKIPPED: &str = "auditd_integrity_publish_skipped_total";
+/// Level-0 hash tiles removed because the index stands in for them
+/// (`integrity::compact`).
+pub const TILES_COMPACTED: &str = "auditd_integrity_tiles_compacted_total";
 /// 1 while a stage (`stage` = wal, index) is degraded by a fault it retries.
 pub const DEGRADED: &str = "auditd_degraded";
 /// WAL write, sync, rotation and repair errors, labelled by `op`.

@@ -419,6 +419,10 @@ impl Pipeline {
             searchable.clone(),
             recent.clone(),
         );
+        if let Some(integrity) = &integrity {
+            let leaves = crate::integrity::audit::IndexLeaves(searcher.clone());
+            integrity.tree.set_leaf_source(Arc::new(leaves));
+        }
         // Batches waiting for the WAL thread; its slots are the ingest
         // service's semaphore permits.
         let (wal_tx, wal_rx) = crossbeam_channel::bounded(config.ingest.wal_queue_capacity);

@@ -71,6 +71,10 @@ pub enum AppError {
     /// The stored event does not make the leaf the tree holds for it.
     #[error("the stored event at seq {seq} does not match its leaf in the Merkle tree: {reason}")]
     LeafMismatch { seq: u64, reason: &'static str },
+    /// Stored events no longer give the tree's hashes where the tree
+    /// reads them back (a compacted tile): evidence of a change.
+    #[error("the Merkle tree: {0}")]
+    TreeMismatch(String),
     /// A retention change the compliance floor forbids, or a lock below
     /// the floor already set.
     #[error("{0}")]
@@ -182,7 +186,7 @@ impl AppError {
             | AppError::NotCheckpointed { .. }
             | AppError::NoCheckpointYet { .. } => Unavailable,
             AppError::CheckpointNotFound(_) | AppError::TileNotFound(_) => NotFound,
-            AppError::LeafMismatch { .. } => DataLoss,
+            AppError::LeafMismatch { .. } | AppError::TreeMismatch(_) => DataLoss,
             AppError::BelowFloor(_) => FailedPrecondition,
             AppError::HoldNotFound(_) => NotFound,
             AppError::TooManyHolds(_) => ResourceExhausted,

@@ -248,7 +248,7 @@ impl IntegrityService {
             })
             .await
             .map_err(|e| AppError::Internal(format!("proof task failed: {e}")))?
-            .map_err(|e| AppError::Internal(format!("the Merkle tree: {e}")))?;
+            .map_err(tree_error)?;
             Ok(ConsistencyProof {
                 hashes: hashes.iter().map(|h| h.to_vec()).collect(),
             })
@@ -370,11 +370,10 @@ pub(super) fn receipt_in(
         reason: "the stored event has no salt",
     })?;
     let leaf = opening.leaf_bytes(event, &mut Vec::new());
-    let tree = |e: SnapshotError| AppError::Internal(format!("the Merkle tree: {e}"));
-    let held = snapshot.leaf(seq).map_err(tree)?;
+    let held = snapshot.leaf(seq).map_err(tree_error)?;
     let hashes = snapshot
         .inclusion_proof(seq, checkpoint.size)
-        .map_err(tree)?;
+        .map_err(tree_error)?;
     if held != leaf_hash(&leaf) {
         return Err(AppError::LeafMismatch {
             seq,
@@ -413,7 +412,7 @@ impl IntegrityService {
                 .map_err(|e| AppError::Internal(format!("tile task failed: {e}")))?
                 .map_err(|e| match e {
                     TileError::Absent { .. } => AppError::TileNotFound(e.to_string()),
-                    other => AppError::Internal(format!("the Merkle tree: {other}")),
+                    other => tree_error(SnapshotError::Tile(other)),
                 })
         }
         .await;
@@ -421,6 +420,15 @@ impl IntegrityService {
             .trail
             .audited(caller, trail::TILE, origin, query, result)
             .await
+    }
+}
+
+/// A tree that cannot answer: DATA_LOSS where stored events no longer
+/// give its hashes, INTERNAL otherwise.
+fn tree_error(e: SnapshotError) -> AppError {
+    match e {
+        SnapshotError::Tile(TileError::Mismatch(reason)) => AppError::TreeMismatch(reason),
+        e => AppError::Internal(format!("the Merkle tree: {e}")),
     }
 }
 

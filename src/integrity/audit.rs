@@ -22,14 +22,49 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+use super::compact::{fingerprint, pick_leaves, Fingerprint, LeafSource};
 use super::leaf::lost_leaf_hash;
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::opening::Opening;
-use super::store::{tile_root, SnapshotError, TreeSnapshot};
+use super::store::{tile_root, HeldTile, SnapshotError, TreeSnapshot};
 use super::tiles::{TileId, TILE_HEIGHT, TILE_WIDTH};
+use crate::partition::Day;
 use crate::proto::AuditEvent;
 use crate::retention::{expired_at, Expired};
 use crate::search::{SearchError, Searcher};
+
+/// The index as the tree's [`LeafSource`]: where a compacted tile is
+/// read back from.
+pub struct IndexLeaves(pub Searcher);
+
+impl LeafSource for IndexLeaves {
+    fn indexed(&self) -> u64 {
+        *self.0.searchable().borrow()
+    }
+
+    fn seq_days(&self, from: u64, to: u64) -> Result<Vec<(u64, Day)>, String> {
+        self.0.seq_days(from, to).map_err(|e| e.to_string())
+    }
+
+    fn leaves(&self, from: u64, to: u64) -> Result<Vec<(u64, Option<Hash>)>, String> {
+        let stored = self.0.stored_range(from, to).map_err(|e| e.to_string())?;
+        let mut bytes = Vec::new();
+        Ok(stored
+            .iter()
+            .map(|(event, opening)| {
+                (
+                    event.seq,
+                    opening.as_ref().map(|o| leaf_of(event, o, &mut bytes)),
+                )
+            })
+            .collect())
+    }
+}
+
+/// The leaf hash `event` gives with `opening`.
+fn leaf_of(event: &AuditEvent, opening: &Opening, scratch: &mut Vec<u8>) -> Hash {
+    leaf_hash(&opening.leaf_bytes(event, scratch))
+}
 
 /// Seqs read and checked at once: bounds the events held in memory (a
 /// multiple of the tile width, so no tile straddles two windows).
@@ -97,18 +132,19 @@ pub fn audit(
     let mut start = from - from % AUDIT_WINDOW;
     while start < to {
         let end = (start + AUDIT_WINDOW).min(snapshot.size());
-        let held = tile_leaves(snapshot, start, end)?;
-        if let Some(frontier) = &mut frontier {
-            for hash in held.iter().take(signed_size.saturating_sub(start) as usize) {
-                frontier.push(*hash);
-            }
-        }
         let (lo, hi) = (start.max(from), end.min(to));
-        let stored = searcher.stored_range(lo, hi)?;
+        // Whole tiles' events: a compacted tile is checked as a whole.
+        let tiles_lo = lo - lo % TILE_WIDTH;
+        let tiles_hi = hi.div_ceil(TILE_WIDTH).saturating_mul(TILE_WIDTH).min(end);
+        let stored = searcher.stored_range(tiles_lo, tiles_hi)?;
+        let computed = computed_leaves(&stored);
+        let held = held_leaves(snapshot, start, end, &computed, signed_size, &mut frontier)?;
         // Tile findings first: for the same seq, theirs is the detail kept.
-        let mut problems = check_tiles(snapshot, start, &held, &stored)?;
+        let mut problems = check_tiles(snapshot, start, &held, &computed)?;
+        problems.extend(held.problems);
         tiles_damaged |= !problems.is_empty();
-        problems.extend(check_window(start, &held, lo, hi, &stored, expired));
+        let inside = seqs_within(&computed, lo, hi);
+        problems.extend(check_window(start, &held.leaves, lo, hi, inside, expired));
         problems.sort_by_key(|p| p.seq);
         problems.dedup_by(|a, b| a.seq == b.seq && a.kind == b.kind);
         checked += hi - lo;
@@ -151,25 +187,158 @@ pub fn audit(
     Ok(())
 }
 
-/// The leaf hashes the tree holds for `[start, end)`, tile by tile.
-fn tile_leaves(snapshot: &TreeSnapshot, start: u64, end: u64) -> Result<Vec<Hash>, AuditError> {
-    let mut out = Vec::with_capacity((end - start) as usize);
-    let mut tile = start / TILE_WIDTH;
-    while tile * TILE_WIDTH < end {
-        let hashes = snapshot
-            .nodes()
-            .fetch_tile(0, tile)
-            .map_err(SnapshotError::from)?;
-        let first = tile * TILE_WIDTH;
-        for (i, hash) in hashes.iter().enumerate() {
-            let seq = first + i as u64;
-            if (start..end).contains(&seq) {
-                out.push(*hash);
+/// What the tree holds for a window, tile by tile.
+struct HeldLeaves {
+    /// A leaf hash for each seq: the stored tile's, or for a compacted
+    /// tile what its events and fingerprints tell ([`compacted_leaves`]).
+    leaves: Vec<Hash>,
+    /// Which tiles (by position in the window) were stored, not compacted.
+    stored: Vec<bool>,
+    /// The compacted tiles' own findings.
+    problems: Vec<Problem>,
+}
+
+/// The leaves the tree holds for `[start, end)`, pushing the tree's
+/// nodes below `signed_size` into `frontier` (dropped where a compacted
+/// tile that straddles the signed size does not check out).
+fn held_leaves(
+    snapshot: &TreeSnapshot,
+    start: u64,
+    end: u64,
+    computed: &[Computed],
+    signed_size: u64,
+    frontier: &mut Option<Frontier>,
+) -> Result<HeldLeaves, AuditError> {
+    let mut held = HeldLeaves {
+        leaves: Vec::with_capacity((end - start) as usize),
+        stored: Vec::new(),
+        problems: Vec::new(),
+    };
+    for index in start / TILE_WIDTH..end.div_ceil(TILE_WIDTH) {
+        let first = index * TILE_WIDTH;
+        let (leaves, above) = match snapshot.held(index)? {
+            HeldTile::Hashes(hashes) => (hashes, None),
+            HeldTile::Compacted { above, prints } => {
+                let (leaves, problem) = compacted_leaves(first, &above, &prints, computed);
+                let intact = problem.is_none() && tile_root(&leaves) == above;
+                held.problems.extend(problem);
+                (leaves, Some((above, intact)))
             }
+        };
+        held.stored.push(above.is_none());
+        let below_signed = signed_size.saturating_sub(first).min(leaves.len() as u64);
+        match (frontier.as_mut(), above) {
+            (Some(f), Some((above, _))) if below_signed == TILE_WIDTH => {
+                f.push_subtree(above, TILE_HEIGHT)
+            }
+            (Some(_), Some((_, false))) if below_signed > 0 => *frontier = None,
+            (Some(f), _) => leaves[..below_signed as usize]
+                .iter()
+                .for_each(|l| f.push(*l)),
+            (None, _) => {}
         }
-        tile += 1;
+        held.leaves.extend(leaves);
     }
-    Ok(out)
+    Ok(held)
+}
+
+/// What a stored event gives: its seq, its leaf hash (`None`: it has no
+/// salt) and the erasure request that removed parts of it, if any.
+struct Computed<'a> {
+    seq: u64,
+    leaf: Option<Hash>,
+    erased_by: Option<&'a str>,
+}
+
+/// Each stored event's leaf, computed once for every check (in seq
+/// order, as `stored` is).
+fn computed_leaves(stored: &[(AuditEvent, Option<Opening>)]) -> Vec<Computed<'_>> {
+    stored
+        .par_iter()
+        .map_init(Vec::new, |scratch, (event, opening)| Computed {
+            seq: event.seq,
+            leaf: opening.as_ref().map(|o| leaf_of(event, o, scratch)),
+            erased_by: opening.as_ref().and_then(Opening::erased_by),
+        })
+        .collect()
+}
+
+/// The events of `[lo, hi)` among `computed` (in seq order).
+fn seqs_within<'a, 'b>(computed: &'a [Computed<'b>], lo: u64, hi: u64) -> &'a [Computed<'b>] {
+    let a = computed.partition_point(|c| c.seq < lo);
+    let b = computed.partition_point(|c| c.seq < hi);
+    &computed[a..b]
+}
+
+/// A hash no event gives: what a compacted tile "held" at a seq whose
+/// leaf its events do not tell.
+fn unknown_leaf(seq: u64) -> Hash {
+    leaf_hash(format!("auditd: no leaf is known for seq {seq}").as_bytes())
+}
+
+/// The leaves of the compacted tile starting at `first` (node above it
+/// `above`, fingerprints `prints`), as far as its stored events tell.
+/// When they hash up to `above`, they are its leaves. Otherwise each seq
+/// holds its event's leaf where that carries the seq's fingerprint, the
+/// leaf of an event found at another seq where it carries this one's
+/// (so the window check calls the two reordered), and a leaf nobody gives
+/// for the rest (so it calls them modified or missing). When no seq is
+/// left to blame, the tile itself is the problem.
+fn compacted_leaves(
+    first: u64,
+    above: &Hash,
+    prints: &[Fingerprint],
+    computed: &[Computed],
+) -> (Vec<Hash>, Option<Problem>) {
+    let end = first + TILE_WIDTH;
+    let leaves: Vec<(u64, Option<Hash>)> = seqs_within(computed, first, end)
+        .iter()
+        .map(|c| (c.seq, c.leaf))
+        .collect();
+    let picked = pick_leaves(first, &leaves, prints);
+    if let Some(all) = picked.iter().copied().collect::<Option<Vec<Hash>>>() {
+        if tile_root(&all) == *above {
+            return (all, None);
+        }
+    }
+    let fits = |at: usize, leaf: &Hash| fingerprint(leaf) == prints[at];
+    let mut held: Vec<Hash> = (0..TILE_WIDTH as usize)
+        .map(|at| match picked[at] {
+            Some(leaf) if fits(at, &leaf) => leaf,
+            _ => unknown_leaf(first + at as u64),
+        })
+        .collect();
+    for (seq, leaf) in &leaves {
+        let (at, Some(leaf)) = ((seq - first) as usize, leaf) else {
+            continue;
+        };
+        if fits(at, leaf) {
+            continue;
+        }
+        let moved_from = (0..held.len())
+            .find(|&j| j != at && fits(j, leaf) && held[j] == unknown_leaf(first + j as u64));
+        if let Some(j) = moved_from {
+            held[j] = *leaf;
+        }
+    }
+    let blamed = (0..held.len()).any(|at| held[at] == unknown_leaf(first + at as u64));
+    let problem = (!blamed && !leaves.is_empty()).then(|| Problem {
+        seq: first,
+        kind: "modified",
+        detail: format!(
+            "the stored events of seqs {first} to {} carry their leaves' fingerprints but do \
+             not hash up to the node above them (level-1 tile {}): that node, or an event \
+             together with its 16-bit fingerprint, was changed",
+            end - 1,
+            TileId {
+                level: 1,
+                index: first / TILE_WIDTH / TILE_WIDTH,
+                width: TILE_WIDTH,
+            }
+            .path()
+        ),
+    });
+    (held, problem)
 }
 
 /// Each seq of `[lo, hi)` against the stored events of the window that
@@ -179,23 +348,13 @@ fn check_window(
     held: &[Hash],
     lo: u64,
     hi: u64,
-    stored: &[(AuditEvent, Option<Opening>)],
+    computed: &[Computed],
     expired: &[Expired],
 ) -> Vec<Problem> {
     let owner: HashMap<Hash, u64> = held
         .iter()
         .enumerate()
         .map(|(i, h)| (*h, start + i as u64))
-        .collect();
-    let computed: Vec<(u64, Option<Hash>, Option<&str>)> = stored
-        .par_iter()
-        .map(|(event, salt)| {
-            let hash = salt
-                .as_ref()
-                .map(|opening| leaf_hash(&opening.leaf_bytes(event, &mut Vec::new())));
-            let erased = salt.as_ref().and_then(Opening::erased_by);
-            (event.seq, hash, erased)
-        })
         .collect();
     let mut problems = Vec::new();
     // Lawfully gone: dropped by retention, or erased on request.
@@ -207,9 +366,9 @@ fn check_window(
         // The stored events of seq `next` (computed is in seq order).
         let mut found = Vec::new();
         let mut erased_by = Vec::new();
-        while i < computed.len() && computed[i].0 == next {
-            found.push(computed[i].1);
-            erased_by.push(computed[i].2);
+        while i < computed.len() && computed[i].seq == next {
+            found.push(computed[i].leaf);
+            erased_by.push(computed[i].erased_by);
             i += 1;
         }
         if next >= hi {
@@ -310,12 +469,12 @@ fn lawful_runs(
 fn check_tiles(
     snapshot: &TreeSnapshot,
     start: u64,
-    held: &[Hash],
-    stored: &[(AuditEvent, Option<Opening>)],
+    held: &HeldLeaves,
+    computed: &[Computed],
 ) -> Result<Vec<Problem>, AuditError> {
     let mut problems = Vec::new();
-    for (t, tile) in held.chunks(TILE_WIDTH as usize).enumerate() {
-        if tile.len() as u64 != TILE_WIDTH {
+    for (t, tile) in held.leaves.chunks(TILE_WIDTH as usize).enumerate() {
+        if tile.len() as u64 != TILE_WIDTH || !held.stored[t] {
             continue;
         }
         let index = start / TILE_WIDTH + t as u64;
@@ -335,13 +494,11 @@ fn check_tiles(
         .path();
         // Where the stored events make other hashes than the tile holds.
         let mut differ: Vec<(usize, Hash)> = Vec::new();
-        for (event, salt) in stored {
-            let (Some(salt), true) = (salt, (first..first + TILE_WIDTH).contains(&event.seq))
-            else {
+        for c in seqs_within(computed, first, first + TILE_WIDTH) {
+            let Some(hash) = c.leaf else {
                 continue;
             };
-            let at = (event.seq - first) as usize;
-            let hash = leaf_hash(&salt.leaf_bytes(event, &mut Vec::new()));
+            let at = (c.seq - first) as usize;
             if hash != tile[at] && !differ.iter().any(|(p, _)| *p == at) {
                 differ.push((at, hash));
             }
@@ -376,4 +533,90 @@ fn check_tiles(
         }
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::integrity::leaf::new_salt;
+
+    /// A compacted tile's 256 stored events (seqs from `first`), its node
+    /// above and its fingerprints.
+    type Stored = Vec<(AuditEvent, Option<Opening>)>;
+
+    fn tile_of_events(first: u64) -> (Stored, Hash, Vec<Fingerprint>) {
+        let stored: Stored = (first..first + TILE_WIDTH)
+            .map(|seq| {
+                let event = AuditEvent {
+                    id: format!("event-{seq}"),
+                    seq,
+                    action: "events.get".into(),
+                    ..Default::default()
+                };
+                (event, Some(Opening::Salt(new_salt())))
+            })
+            .collect();
+        let leaves: Vec<Hash> = stored
+            .iter()
+            .map(|(e, o)| leaf_of(e, o.as_ref().unwrap(), &mut Vec::new()))
+            .collect();
+        let prints = leaves.iter().map(fingerprint).collect();
+        (stored, tile_root(&leaves), prints)
+    }
+
+    fn blamed(first: u64, held: &[Hash]) -> Vec<u64> {
+        (0..held.len() as u64)
+            .filter(|at| held[*at as usize] == unknown_leaf(first + at))
+            .map(|at| first + at)
+            .collect()
+    }
+
+    #[test]
+    fn a_compacted_tile_names_the_changed_and_the_swapped_seqs_by_their_fingerprints() {
+        let first = 512;
+        let (stored, above, prints) = tile_of_events(first);
+        let (held, problem) = compacted_leaves(first, &above, &prints, &computed_leaves(&stored));
+        assert_eq!((tile_root(&held), problem), (above, None), "intact");
+
+        // One changed, two swapped, one gone.
+        let mut tampered = stored.clone();
+        tampered[5].0.status = 599;
+        tampered[7].0.seq = first + 9;
+        tampered[9].0.seq = first + 7;
+        tampered.remove(20);
+        tampered.sort_by_key(|(e, _)| e.seq);
+        let tampered = computed_leaves(&tampered);
+        let (held, problem) = compacted_leaves(first, &above, &prints, &tampered);
+        assert_eq!(problem, None, "every mismatch is named by a seq");
+        assert_eq!(blamed(first, &held), vec![first + 5, first + 20]);
+        let window = check_window(first, &held, first, first + TILE_WIDTH, &tampered, &[]);
+        let kinds: Vec<(u64, &str)> = window.iter().map(|p| (p.seq - first, p.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (5, "modified"),
+                (7, "reordered"),
+                (9, "reordered"),
+                (20, "missing")
+            ]
+        );
+
+        // Nothing stored: the window check says missing (or expired).
+        let (held, problem) = compacted_leaves(first, &above, &prints, &[]);
+        assert_eq!(
+            (blamed(first, &held).len(), problem),
+            (TILE_WIDTH as usize, None)
+        );
+    }
+
+    #[test]
+    fn a_node_above_that_its_intact_events_do_not_give_is_the_tiles_problem() {
+        let first = 0;
+        let (stored, _, prints) = tile_of_events(first);
+        let (held, problem) = compacted_leaves(first, &[7; 32], &prints, &computed_leaves(&stored));
+        assert!(blamed(first, &held).is_empty());
+        let problem = problem.expect("a problem at the tile");
+        assert_eq!((problem.seq, problem.kind), (0, "modified"));
+        assert!(problem.detail.contains("tile/1/000"), "{problem:?}");
+    }
 }

@@ -282,6 +282,7 @@ pub fn spawn(
         .spawn(move || {
             let guard = WorkerGuard::new(status.clone(), "integrity");
             let mut failing = false;
+            let mut compact_error: Option<String> = None;
             loop {
                 let last = matches!(
                     stop.recv_timeout(interval),
@@ -303,6 +304,20 @@ pub fn spawn(
                         failing = true;
                         status.set_fault("integrity", Some(error.to_string()));
                     }
+                }
+                // Level-0 tiles the index now holds whole: a failure
+                // costs disk, not evidence, and is tried again next time
+                // (said once, not every tick).
+                match integrity.tree.compact() {
+                    Ok(removed) => {
+                        metrics::counter!(crate::metrics::TILES_COMPACTED).increment(removed);
+                        compact_error = None;
+                    }
+                    Err(error) if compact_error.as_ref() != Some(&error.to_string()) => {
+                        tracing::warn!(%error, "could not compact the tree's level-0 tiles; will retry");
+                        compact_error = Some(error.to_string());
+                    }
+                    Err(_) => {}
                 }
                 if last {
                     guard.defuse();

@@ -264,16 +264,29 @@ impl Frontier {
     }
 
     pub fn push(&mut self, leaf: Hash) {
-        let mut carry = leaf;
-        // Each trailing one bit of the old size is a subtree to merge.
-        let mut merges = self.size.trailing_ones();
+        self.push_subtree(leaf, 0);
+    }
+
+    /// Appends the `2^height` leaves of a perfect subtree whose root is
+    /// `root`; the size so far must be a multiple of `2^height`.
+    pub fn push_subtree(&mut self, root: Hash, height: u32) {
+        assert_eq!(
+            self.size % (1 << height),
+            0,
+            "a subtree of height {height} after {} leaves",
+            self.size
+        );
+        let mut carry = root;
+        // Each trailing one bit of the old size (in subtrees) is a
+        // subtree to merge.
+        let mut merges = (self.size >> height).trailing_ones();
         while merges > 0 {
             let left = self.roots.pop().expect("a root per set bit");
             carry = node_hash(&left, &carry);
             merges -= 1;
         }
         self.roots.push(carry);
-        self.size += 1;
+        self.size += 1 << height;
     }
 
     /// `MTH` of the leaves pushed so far.

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod checkpointer;
+pub mod compact;
 pub mod leaf;
 pub mod merkle;
 pub mod note;

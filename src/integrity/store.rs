@@ -22,13 +22,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use std::cell::RefCell;
 
+use super::compact::{self, full_tile, pick_leaves, Fingerprint, LeafSource, BLOCK_LEAVES};
 use super::merkle::{self, node_hash, root, Hash, Nodes, ProofError};
 use super::tiles::{TileError, TileId, TileNodes, TILE_HEIGHT, TILE_WIDTH};
 use crate::datadir::write_atomically;
@@ -49,7 +50,7 @@ pub enum StoreError {
     Damaged { path: PathBuf, reason: String },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -97,10 +98,15 @@ struct Inner {
     durable: TreeHead,
 }
 
-/// The tree: in memory at its edge, on disk in tiles.
+/// The tree: in memory at its edge, on disk in tiles, the level-0 ones
+/// of a compacted block in the index ([`compact`]).
 pub struct TreeStore {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// Set once the index is open.
+    leaves: OnceLock<Arc<dyn LeafSource>>,
+    /// Blocks compacted so far; held while compacting.
+    compacted: Mutex<u64>,
 }
 
 impl TreeStore {
@@ -143,8 +149,11 @@ impl TreeStore {
             let bytes = read_tile(&dir, id)?;
             edge.push(hashes_of(&bytes));
         }
+        let compacted = compact::compacted_blocks(&dir)?;
         let store = TreeStore {
             dir,
+            leaves: OnceLock::new(),
+            compacted: Mutex::new(compacted),
             inner: Mutex::new(Inner {
                 size: head.size,
                 log_end: head.log,
@@ -198,12 +207,31 @@ impl TreeStore {
     /// A consistent view of the tree as it is now.
     pub fn snapshot(&self) -> TreeSnapshot {
         let inner = self.lock();
-        TreeSnapshot::new(
-            self.dir.clone(),
-            inner.size,
-            inner.edge.clone(),
-            inner.unwritten.clone(),
-        )
+        TreeSnapshot::new(TileSource {
+            dir: self.dir.clone(),
+            size: inner.size,
+            edge: inner.edge.clone(),
+            unwritten: inner.unwritten.clone(),
+            leaves: self.leaves.get().cloned(),
+        })
+    }
+
+    /// Where compacted tiles are read back from, once the index is open;
+    /// until then a compacted tile cannot be read and nothing is
+    /// compacted.
+    pub fn set_leaf_source(&self, leaves: Arc<dyn LeafSource>) {
+        let _ = self.leaves.set(leaves);
+    }
+
+    /// Compacts what the durable tree and the index both hold whole
+    /// ([`compact`]); returns the level-0 tiles removed.
+    pub fn compact(&self) -> Result<u64, StoreError> {
+        let Some(leaves) = self.leaves.get() else {
+            return Ok(0);
+        };
+        let mut done = self.compacted.lock().expect("compaction lock");
+        let durable = self.durable().size;
+        compact::compact(&self.dir, durable, leaves.as_ref(), &mut done)
     }
 
     /// Writes what is new, makes it durable, and moves `tree.json` to it.
@@ -242,7 +270,13 @@ impl TreeStore {
             partials.push(id);
         }
         sync_filesystem(&self.dir)?;
-        let snapshot = TreeSnapshot::new(self.dir.clone(), size, edge, unwritten.clone());
+        let snapshot = TreeSnapshot::new(TileSource {
+            dir: self.dir.clone(),
+            size,
+            edge,
+            unwritten: unwritten.clone(),
+            leaves: None,
+        });
         let root = snapshot.root().map_err(|e| StoreError::Damaged {
             path: self.dir.clone(),
             reason: e.to_string(),
@@ -304,11 +338,11 @@ fn hashes_of(bytes: &[u8]) -> Vec<Hash> {
         .collect()
 }
 
-fn tile_path(dir: &Path, id: TileId) -> PathBuf {
+pub(super) fn tile_path(dir: &Path, id: TileId) -> PathBuf {
     dir.join(id.path())
 }
 
-fn read_tile(dir: &Path, id: TileId) -> Result<Vec<u8>, StoreError> {
+pub(super) fn read_tile(dir: &Path, id: TileId) -> Result<Vec<u8>, StoreError> {
     let path = tile_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     if bytes.len() as u64 != id.width * 32 {
@@ -385,43 +419,174 @@ fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// The tree as it was at one moment: its size, and a way to every
-/// complete node (the edge and the unwritten tiles from memory, the rest
-/// from the tile files).
 /// Where a snapshot's tiles come from.
 pub type FetchTile = Box<dyn Fn(TileId) -> Result<Vec<u8>, TileError> + Send>;
 
+/// What a snapshot reads its tiles from: the edge and the unwritten
+/// tiles in memory, the rest from the tile files, and a compacted level-0
+/// tile recomputed from the stored events.
+struct TileSource {
+    dir: PathBuf,
+    size: u64,
+    edge: Vec<Vec<Hash>>,
+    unwritten: BTreeMap<(u32, u64), Tile>,
+    leaves: Option<Arc<dyn LeafSource>>,
+}
+
+impl TileSource {
+    /// The tile's bytes as stored, or `None` for a compacted level-0 tile.
+    fn stored(&self, id: TileId) -> Result<Option<Vec<u8>>, TileError> {
+        if id.width < TILE_WIDTH {
+            let hashes = self.edge.get(id.level as usize).ok_or(TileError::Absent {
+                size: self.size,
+                level: id.level,
+                index: id.index,
+                width: id.width,
+            })?;
+            return Ok(Some(hashes.concat()));
+        }
+        if let Some(hashes) = self.unwritten.get(&(id.level, id.index)) {
+            return Ok(Some(hashes.concat()));
+        }
+        let unreadable = |e: StoreError| TileError::Unreadable(e.to_string());
+        match read_tile(&self.dir, id) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && id.level == 0
+                    && self.prints(id.index).map_err(unreadable)?.is_some() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(unreadable(e)),
+        }
+    }
+
+    /// The fingerprints of level-0 tile `index`, when its block was
+    /// compacted.
+    fn prints(&self, index: u64) -> Result<Option<Vec<Fingerprint>>, StoreError> {
+        let block = index * TILE_WIDTH / BLOCK_LEAVES;
+        let at = (index % TILE_WIDTH * TILE_WIDTH) as usize;
+        Ok(compact::read_fingerprints(&self.dir, block)?
+            .map(|prints| prints[at..at + TILE_WIDTH as usize].to_vec()))
+    }
+
+    /// The node above level-0 tile `index`, from the level-1 tile.
+    fn above(&self, index: u64) -> Result<Hash, TileError> {
+        let id = TileId {
+            level: 1,
+            index: index / TILE_WIDTH,
+            width: TILE_WIDTH,
+        };
+        let bytes = self.stored(id)?.expect("only level-0 tiles are compacted");
+        let at = (index % TILE_WIDTH * 32) as usize;
+        Ok(bytes[at..at + 32].try_into().expect("32 bytes"))
+    }
+
+    /// The tile's bytes, a compacted one recomputed.
+    fn fetch(&self, id: TileId) -> Result<Vec<u8>, TileError> {
+        match self.stored(id)? {
+            Some(bytes) => Ok(bytes),
+            None => Ok(self.recompute(id.index)?.concat()),
+        }
+    }
+
+    /// Compacted level-0 tile `index` from the stored events, checked
+    /// against the node above.
+    fn recompute(&self, index: u64) -> Result<Vec<Hash>, TileError> {
+        let (first, end) = (index * TILE_WIDTH, (index + 1) * TILE_WIDTH);
+        let path = full_tile(index).path();
+        let Some(leaves) = &self.leaves else {
+            return Err(TileError::Unreadable(format!(
+                "{path} was compacted and the index is not open to recompute it"
+            )));
+        };
+        let prints = self
+            .prints(index)
+            .map_err(|e| TileError::Unreadable(e.to_string()))?
+            .expect("a compacted tile has fingerprints");
+        let stored = leaves
+            .leaves(first, end)
+            .map_err(|e| TileError::Unreadable(format!("{path}: the index: {e}")))?;
+        let hashes: Vec<Hash> = pick_leaves(first, &stored, &prints)
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                TileError::Mismatch(format!(
+                    "{path} was compacted and an event of seqs {first} to {} is not in the index",
+                    end - 1
+                ))
+            })?;
+        if tile_root(&hashes) != self.above(index)? {
+            return Err(TileError::Mismatch(format!(
+                "{path} was compacted and the stored events of seqs {first} to {} no longer \
+                 hash up to the tree (auditctl verify --full names them)",
+                end - 1
+            )));
+        }
+        Ok(hashes)
+    }
+}
+
+/// Level-0 tile `index` as the tree keeps it, for the full audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldTile {
+    /// Its hashes, stored.
+    Hashes(Vec<Hash>),
+    /// Compacted: the node above it and its leaves' fingerprints.
+    Compacted {
+        above: Hash,
+        prints: Vec<Fingerprint>,
+    },
+}
+
+/// The tree as it was at one moment: its size, and a way to every
+/// complete node.
 pub struct TreeSnapshot {
     size: u64,
+    source: Arc<TileSource>,
     nodes: TileNodes<FetchTile>,
 }
 
 impl TreeSnapshot {
-    fn new(
-        dir: PathBuf,
-        size: u64,
-        edge: Vec<Vec<Hash>>,
-        unwritten: BTreeMap<(u32, u64), Tile>,
-    ) -> TreeSnapshot {
-        let fetch = move |id: TileId| -> Result<Vec<u8>, TileError> {
-            if id.width < TILE_WIDTH {
-                let hashes = edge.get(id.level as usize).ok_or(TileError::Absent {
-                    size,
-                    level: id.level,
-                    index: id.index,
-                    width: id.width,
-                })?;
-                return Ok(hashes.concat());
-            }
-            if let Some(hashes) = unwritten.get(&(id.level, id.index)) {
-                return Ok(hashes.concat());
-            }
-            read_tile(&dir, id).map_err(|e| TileError::Unreadable(e.to_string()))
-        };
+    fn new(source: TileSource) -> TreeSnapshot {
+        let size = source.size;
+        let source = Arc::new(source);
+        let fetching = source.clone();
         TreeSnapshot {
             size,
-            nodes: TileNodes::new(size, Box::new(fetch)),
+            source,
+            nodes: TileNodes::new(size, Box::new(move |id| fetching.fetch(id))),
         }
+    }
+
+    /// Level-0 tile `index` as the tree keeps it.
+    pub fn held(&self, index: u64) -> Result<HeldTile, SnapshotError> {
+        let width = self.size.saturating_sub(index * TILE_WIDTH).min(TILE_WIDTH);
+        if width == 0 {
+            return Err(SnapshotError::Tile(TileError::Absent {
+                size: self.size,
+                level: 0,
+                index,
+                width: TILE_WIDTH,
+            }));
+        }
+        let id = TileId {
+            level: 0,
+            index,
+            width,
+        };
+        Ok(match self.source.stored(id)? {
+            Some(bytes) => HeldTile::Hashes(hashes_of(&bytes)),
+            None => HeldTile::Compacted {
+                above: self.source.above(index)?,
+                prints: self
+                    .source
+                    .prints(index)
+                    .map_err(|e| TileError::Unreadable(e.to_string()))?
+                    .expect("a compacted tile has fingerprints"),
+            },
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -564,6 +729,7 @@ impl Nodes for Recorder {
 mod tests {
     use super::*;
     use crate::integrity::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MemoryTree};
+    use crate::integrity::tiles::TILE_WIDTH;
 
     fn leaf(i: u64) -> Hash {
         leaf_hash(&i.to_be_bytes())
@@ -613,6 +779,102 @@ mod tests {
             partials, 1,
             "one partial level-0 tile, of the current width"
         );
+    }
+
+    /// An index as the tree sees it: the leaf of each seq, one day each.
+    struct Stored(Mutex<BTreeMap<u64, (Hash, crate::partition::Day)>>);
+
+    impl LeafSource for Stored {
+        fn indexed(&self) -> u64 {
+            self.0.lock().unwrap().keys().max().map_or(0, |s| s + 1)
+        }
+        fn seq_days(&self, from: u64, to: u64) -> Result<Vec<(u64, i64)>, String> {
+            let map = self.0.lock().unwrap();
+            Ok(map.range(from..to).map(|(s, (_, d))| (*s, *d)).collect())
+        }
+        fn leaves(&self, from: u64, to: u64) -> Result<Vec<(u64, Option<Hash>)>, String> {
+            let map = self.0.lock().unwrap();
+            Ok(map
+                .range(from..to)
+                .map(|(s, (l, _))| (*s, Some(*l)))
+                .collect())
+        }
+    }
+
+    fn tlog_bytes(dir: &Path) -> u64 {
+        fn walk(path: &Path) -> u64 {
+            std::fs::read_dir(path)
+                .unwrap()
+                .flatten()
+                .map(|e| match e.file_type().unwrap().is_dir() {
+                    true => walk(&e.path()),
+                    false => e.metadata().unwrap().len(),
+                })
+                .sum()
+        }
+        walk(&dir.join(TLOG_DIR))
+    }
+
+    #[test]
+    fn compacted_tiles_are_read_back_from_the_index_and_refused_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 2 * BLOCK_LEAVES + 300;
+        let mut memory = MemoryTree::new();
+        let leaves: Vec<Hash> = (0..size).map(leaf).collect();
+        leaves.iter().for_each(|l| memory.push(*l));
+        // Seq 700 (tile 2) never reached the index; tile 5 mixes two days.
+        let mut index: BTreeMap<u64, (Hash, i64)> =
+            (0..size).map(|s| (s, (leaf(s), 20_000))).collect();
+        index.remove(&700);
+        index.get_mut(&(5 * TILE_WIDTH + 3)).unwrap().1 = 20_001;
+        let source = Arc::new(Stored(Mutex::new(index)));
+
+        let store = TreeStore::open(dir.path()).unwrap();
+        store.append(&leaves, LogPosition::new(size));
+        store.sync().unwrap();
+        let before = tlog_bytes(dir.path());
+        assert_eq!(store.compact().unwrap(), 0, "no index yet, nothing goes");
+        store.set_leaf_source(source.clone());
+        // Two whole blocks; tiles 2 and 5 stay.
+        assert_eq!(store.compact().unwrap(), 2 * TILE_WIDTH - 2);
+        assert_eq!(store.compact().unwrap(), 0, "done once");
+        let kept: Vec<bool> = [0u64, 2, 5, 300]
+            .iter()
+            .map(|i| tile_path(&store.dir, full_tile(*i)).exists())
+            .collect();
+        assert_eq!(kept, vec![false, true, true, false]);
+        let after = tlog_bytes(dir.path());
+        assert!(after * 10 < before, "{after} bytes of {before}");
+
+        // Proofs and tiles read through the index are the tree's.
+        let snapshot = store.snapshot();
+        for index in [0, 700, 5 * TILE_WIDTH + 3, BLOCK_LEAVES + 17, size - 1] {
+            let proof = snapshot.inclusion_proof(index, size).unwrap();
+            assert_eq!(proof, inclusion_proof(&memory, index, size).unwrap());
+            assert_eq!(snapshot.leaf(index).unwrap(), leaf(index));
+        }
+        assert_eq!(
+            snapshot.tile(full_tile(300)).unwrap(),
+            crate::integrity::tiles::tile(&memory, size, full_tile(300)).unwrap()
+        );
+        assert!(matches!(
+            snapshot.held(0).unwrap(),
+            HeldTile::Compacted { .. }
+        ));
+        assert!(matches!(snapshot.held(2).unwrap(), HeldTile::Hashes(_)));
+
+        // A reopened store compacts no more and reads the same.
+        drop((store, snapshot));
+        let store = TreeStore::open(dir.path()).unwrap();
+        store.set_leaf_source(source.clone());
+        assert_eq!(store.compact().unwrap(), 0);
+        assert_eq!(store.snapshot().leaf(9).unwrap(), leaf(9));
+
+        // A changed stored event makes its compacted tile unreadable.
+        source.0.lock().unwrap().get_mut(&9).unwrap().0 = leaf(1_000_000);
+        let error = store.snapshot().leaf(9).unwrap_err().to_string();
+        assert!(error.contains("no longer hash up"), "{error}");
+        assert_eq!(store.snapshot().leaf(TILE_WIDTH).unwrap(), leaf(TILE_WIDTH));
     }
 
     #[test]

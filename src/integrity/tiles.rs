@@ -41,6 +41,10 @@ pub enum TileError {
     },
     #[error("a tile could not be read: {0}")]
     Unreadable(String),
+    /// A compacted tile whose stored events no longer give the tree's
+    /// hashes: evidence of a change, not a fault of the daemon.
+    #[error("{0}")]
+    Mismatch(String),
     #[error("tile {level}/{index} holds {got} bytes, not {want}")]
     Length {
         level: u32,

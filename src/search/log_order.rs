@@ -62,15 +62,17 @@ pub(super) fn collect(
     Ok(hits)
 }
 
-/// The live documents at `seq` that `scope` matches (`None`: every
-/// document), found through the seq column rather than by running a
-/// query over whole segments: what a look-up by seq (an inclusion proof)
-/// reads. More than one only where a document was forged.
-pub(super) fn at(
+/// The live documents whose seq lies in `seqs` that `scope` matches
+/// (`None`: every document), in seq order, found through the seq column
+/// rather than by running a query over whole segments: what a look-up by
+/// seq (an inclusion proof) and a tile's recomputation read. More than
+/// one a seq only where a document was forged.
+pub(super) fn in_seqs(
     views: &[Arc<View>],
     scope: Option<&dyn Query>,
-    seq: u64,
+    seqs: std::ops::RangeInclusive<u64>,
 ) -> tantivy::Result<Vec<Hit>> {
+    let (first, last) = (*seqs.start(), *seqs.end());
     let mut hits = Vec::new();
     for (partition, view) in views.iter().enumerate() {
         let searcher = &view.searcher;
@@ -79,11 +81,11 @@ pub(super) fn at(
             .transpose()?;
         for (ord, reader) in searcher.segment_readers().iter().enumerate() {
             let columns = &view.columns[ord];
-            if columns.seq.max_value() < seq || columns.seq.min_value() > seq {
+            if columns.seq.max_value() < first || columns.seq.min_value() > last {
                 continue;
             }
             let alive = reader.alive_bitset();
-            for doc in columns.docs_at_seq(seq) {
+            for doc in columns.docs_in_seqs(first..=last) {
                 if alive.is_some_and(|a| !a.is_alive(doc)) {
                     continue;
                 }
@@ -97,12 +99,13 @@ pub(super) fn at(
                 }
                 hits.push(Hit {
                     time: columns.time.first(doc).unwrap_or(0),
-                    seq,
+                    seq: columns.seq.first(doc).unwrap_or(first),
                     address: DocAddress::new(ord as SegmentOrdinal, doc),
                     partition,
                 });
             }
         }
     }
+    hits.sort_by_key(|h| h.seq);
     Ok(hits)
 }

@@ -572,7 +572,7 @@ impl Searcher {
         let hits = match by {
             EventRef::Seq(seq) => {
                 let scope = (!must.is_empty()).then(|| BooleanQuery::intersection(must));
-                log_order::at(&views, scope.as_ref().map(|q| q as &dyn Query), *seq)?
+                log_order::in_seqs(&views, scope.as_ref().map(|q| q as &dyn Query), *seq..=*seq)?
             }
             EventRef::Id(id) => {
                 must.push(term(self.schema.id, &id_key(id)));
@@ -597,6 +597,21 @@ impl Searcher {
         Ok(None)
     }
 
+    /// The seq and day of every stored document whose seq lies in
+    /// `[from, to)`, in seq order: what tile compaction checks before it
+    /// lets the index stand in for a tile (`integrity::compact`).
+    pub fn seq_days(&self, from: u64, to: u64) -> Result<Vec<(u64, Day)>, SearchError> {
+        let partitions = self.partitions.overlapping(None, None);
+        let views = Self::views(&partitions)?;
+        let Some(last) = to.checked_sub(1).filter(|last| from <= *last) else {
+            return Ok(Vec::new());
+        };
+        Ok(log_order::in_seqs(&views, None, from..=last)?
+            .into_iter()
+            .map(|hit| (hit.seq, partitions[hit.partition].day))
+            .collect())
+    }
+
     /// Every stored event whose seq lies in `[from, to)`, in seq order,
     /// each with its salt: what the full audit recomputes the leaves from.
     /// Every document counts, a forged one sharing a seq included.
@@ -606,8 +621,10 @@ impl Searcher {
         to: u64,
     ) -> Result<Vec<(AuditEvent, Option<Opening>)>, SearchError> {
         let views = Self::views(&self.partitions.overlapping(None, None))?;
-        let mut hits = log_order::collect(&views, &AllQuery, from, to)?;
-        hits.sort_by_key(|h| h.seq);
+        let Some(last) = to.checked_sub(1).filter(|last| from <= *last) else {
+            return Ok(Vec::new());
+        };
+        let hits = log_order::in_seqs(&views, None, from..=last)?;
         hits.par_iter()
             .with_min_len(FETCH_RUN_HITS)
             .map(|hit| self.fetch_stored(&views, hit))

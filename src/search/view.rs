@@ -40,18 +40,24 @@ impl Columns {
         })
     }
 
-    /// The documents whose seq is `seq`, deleted ones included: binary
-    /// searches of the stretches where seq ascends (the indexer adds
-    /// events in log order, each writer thread to its own segment, and a
-    /// merge appends whole segments, so a segment is a few such stretches),
-    /// or a scan of the column where it is not.
+    /// The documents whose seq is `seq`, deleted ones included.
     pub fn docs_at_seq(&self, seq: u64) -> Vec<DocId> {
+        self.docs_in_seqs(seq..=seq)
+    }
+
+    /// The documents whose seq lies in `seqs`, deleted ones included:
+    /// binary searches of the stretches where seq ascends (the indexer
+    /// adds events in log order, each writer thread to its own segment,
+    /// and a merge appends whole segments, so a segment is a few such
+    /// stretches), or a scan of the column where it is not.
+    pub fn docs_in_seqs(&self, seqs: std::ops::RangeInclusive<u64>) -> Vec<DocId> {
+        let (first, last) = (*seqs.start(), *seqs.end());
         let column = &self.seq;
         let rows = column.num_docs();
         let runs = self.seq_runs.get_or_init(|| seq_runs(column));
         let Some(runs) = runs else {
             let mut docs = Vec::new();
-            column.get_docids_for_value_range(seq..=seq, 0..rows, &mut docs);
+            column.get_docids_for_value_range(first..=last, 0..rows, &mut docs);
             return docs;
         };
         let first_at_least = |rows: &std::ops::Range<u32>, target: u64| {
@@ -67,9 +73,9 @@ impl Columns {
             low
         };
         let mut docs = Vec::new();
-        for run in runs.iter().filter(|r| (r.first..=r.last).contains(&seq)) {
-            let start = first_at_least(&run.rows, seq);
-            let end = match seq.checked_add(1) {
+        for run in runs.iter().filter(|r| r.first <= last && first <= r.last) {
+            let start = first_at_least(&run.rows, first);
+            let end = match last.checked_add(1) {
                 Some(next) => first_at_least(&run.rows, next),
                 None => run.rows.end,
             };
@@ -214,6 +220,19 @@ mod tests {
                 .map(|(doc, _)| doc)
                 .collect();
             assert_eq!(columns.docs_at_seq(seq), scanned, "seq {seq}");
+        }
+        let max = *seqs.iter().max().unwrap();
+        for (first, last) in [(0, max), (4, 12), (5, 5), (13, 19), (21, max + 3)] {
+            let scanned: Vec<DocId> = (0..)
+                .zip(seqs)
+                .filter(|(_, s)| (first..=last).contains(*s))
+                .map(|(doc, _)| doc)
+                .collect();
+            assert_eq!(
+                columns.docs_in_seqs(first..=last),
+                scanned,
+                "seqs {first}..={last}"
+            );
         }
     }
 

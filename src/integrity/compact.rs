@@ -1,0 +1,266 @@
+//! Level-0 tiles the index stands in for.
+//!
+//! A level-0 tile holds 32 bytes a leaf: a quarter of the index again
+//! (BENCHMARKS.md, issue 19). Yet every leaf can be recomputed from its
+//! stored event (`leaf`, `opening`), and the tile's root is held one level
+//! up. So once the index has committed a whole level-1 tile's span of
+//! leaves ([`BLOCK_LEAVES`]), the auditd-tlog thread *compacts* it:
+//!
+//! 1. It writes the block's *fingerprints*, the first two bytes of each
+//!    leaf hash, read from its level-0 tiles, to
+//!    `tlog/fingerprints/<block>` (2 bytes a leaf, made durable).
+//! 2. It removes each level-0 tile whose 256 seqs each have exactly one
+//!    stored event, all in the same day partition. Retention drops whole
+//!    days, so such a tile's events go together or not at all; a tile
+//!    that mixes days, misses an event (lost to damaged log bytes) or
+//!    holds a forged second one keeps its file.
+//!
+//! Reading a removed tile (a proof, `/tlog/tile/0/…`) recomputes its
+//! leaves from the stored events, picking, where a seq has more than one,
+//! the one whose fingerprint matches, and refuses the result unless it
+//! hashes up to the node above. The fingerprints add no trust: the node
+//! above does. They let the full audit name which seq of a compacted tile
+//! was changed, where otherwise it could only name the tile.
+
+use std::path::{Path, PathBuf};
+
+use super::merkle::Hash;
+use super::store::{io, read_tile, tile_path, StoreError};
+use super::tiles::{TileId, TILE_WIDTH};
+use crate::datadir::write_atomically;
+use crate::partition::Day;
+
+/// Leaves a fingerprint file covers, and the unit of compaction: one
+/// full level-1 tile's span.
+pub const BLOCK_LEAVES: u64 = TILE_WIDTH * TILE_WIDTH;
+/// Under `tlog/`.
+pub const FINGERPRINT_DIR: &str = "fingerprints";
+/// The first bytes of a fingerprint file: its format, version 1.
+const FINGERPRINT_MAGIC: &[u8; 4] = b"afp1";
+/// How many blocks were compacted, so a restart resumes after them.
+const DONE_FILE: &str = "compacted.json";
+
+/// A leaf hash's first two bytes, big-endian.
+pub type Fingerprint = u16;
+
+pub fn fingerprint(hash: &Hash) -> Fingerprint {
+    u16::from_be_bytes([hash[0], hash[1]])
+}
+
+/// What the tree reads its compacted tiles back from: the index.
+pub trait LeafSource: Send + Sync {
+    /// Seqs below this are committed to the index.
+    fn indexed(&self) -> u64;
+    /// The seq and day of every stored event in `[from, to)`, in seq order.
+    fn seq_days(&self, from: u64, to: u64) -> Result<Vec<(u64, Day)>, String>;
+    /// The leaf hash each stored event in `[from, to)` gives (`None`:
+    /// the event has no salt), in seq order; more than one a seq where a
+    /// document was forged.
+    fn leaves(&self, from: u64, to: u64) -> Result<Vec<(u64, Option<Hash>)>, String>;
+}
+
+fn fingerprint_path(dir: &Path, block: u64) -> PathBuf {
+    dir.join(FINGERPRINT_DIR).join(block.to_string())
+}
+
+/// The fingerprints of `block`, when it was compacted.
+pub fn read_fingerprints(dir: &Path, block: u64) -> Result<Option<Vec<Fingerprint>>, StoreError> {
+    let path = fingerprint_path(dir, block);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let body = bytes
+        .strip_prefix(FINGERPRINT_MAGIC)
+        .filter(|body| body.len() as u64 == BLOCK_LEAVES * 2)
+        .ok_or_else(|| StoreError::Damaged {
+            path: path.clone(),
+            reason: format!(
+                "not a fingerprint file: {} bytes, not {FINGERPRINT_MAGIC:?} and {} more",
+                bytes.len(),
+                BLOCK_LEAVES * 2
+            ),
+        })?;
+    Ok(Some(
+        body.chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect(),
+    ))
+}
+
+fn write_fingerprints(dir: &Path, block: u64, prints: &[Fingerprint]) -> Result<(), StoreError> {
+    let folder = dir.join(FINGERPRINT_DIR);
+    std::fs::create_dir_all(&folder).map_err(io(&folder))?;
+    let mut bytes = Vec::with_capacity(FINGERPRINT_MAGIC.len() + prints.len() * 2);
+    bytes.extend_from_slice(FINGERPRINT_MAGIC);
+    for print in prints {
+        bytes.extend_from_slice(&print.to_be_bytes());
+    }
+    let path = fingerprint_path(dir, block);
+    write_atomically(&path, &bytes, false).map_err(io(&path))
+}
+
+/// Blocks compacted so far.
+pub fn compacted_blocks(dir: &Path) -> Result<u64, StoreError> {
+    let path = dir.join(DONE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Done>(&bytes)
+            .map(|d| d.blocks)
+            .map_err(|e| StoreError::Damaged {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Done {
+    blocks: u64,
+}
+
+/// Compacts each block after the first `*done` that the durable tree
+/// (`durable_size` leaves) and the index both hold whole, moving `*done`
+/// on; returns the tiles removed. Each step may be repeated after a
+/// crash: fingerprints are written (from the tiles) before any tile goes,
+/// and read back when they are there.
+pub fn compact(
+    dir: &Path,
+    durable_size: u64,
+    source: &dyn LeafSource,
+    done: &mut u64,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    loop {
+        let block = *done;
+        let (lo, hi) = (block * BLOCK_LEAVES, (block + 1) * BLOCK_LEAVES);
+        if hi > durable_size || hi > source.indexed() {
+            return Ok(removed);
+        }
+        if read_fingerprints(dir, block)?.is_none() {
+            let mut prints = Vec::with_capacity(BLOCK_LEAVES as usize);
+            for index in lo / TILE_WIDTH..hi / TILE_WIDTH {
+                let bytes = read_tile(dir, full_tile(index))?;
+                prints.extend(bytes.chunks(32).map(|c| u16::from_be_bytes([c[0], c[1]])));
+            }
+            write_fingerprints(dir, block, &prints)?;
+        }
+        let found = source
+            .seq_days(lo, hi)
+            .map_err(|reason| StoreError::Damaged {
+                path: dir.to_owned(),
+                reason: format!("reading the stored seqs of block {block}: {reason}"),
+            })?;
+        for index in replaceable(&found) {
+            let path = tile_path(dir, full_tile(index));
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        *done += 1;
+        let path = dir.join(DONE_FILE);
+        let bytes = serde_json::to_vec(&Done { blocks: *done }).expect("serializes");
+        write_atomically(&path, &bytes, false).map_err(io(&path))?;
+    }
+}
+
+pub(super) fn full_tile(index: u64) -> TileId {
+    TileId {
+        level: 0,
+        index,
+        width: TILE_WIDTH,
+    }
+}
+
+/// The level-0 tiles among `found` (seq and day of stored events, in seq
+/// order) whose every seq has exactly one event, all of one day.
+fn replaceable(found: &[(u64, Day)]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for run in found.chunk_by(|a, b| a.0 / TILE_WIDTH == b.0 / TILE_WIDTH) {
+        let first = run[0].0 / TILE_WIDTH * TILE_WIDTH;
+        let whole = run.len() as u64 == TILE_WIDTH
+            && run
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, day))| *seq == first + i as u64 && *day == run[0].1);
+        if whole {
+            out.push(first / TILE_WIDTH);
+        }
+    }
+    out
+}
+
+/// The leaf each seq of the tile starting at `first` takes from
+/// `stored` (its events' leaves, in seq order): the only one, or where a
+/// seq has several, the one `prints` (the tile's fingerprints) names.
+/// `None` where a seq has none that fits.
+pub fn pick_leaves(
+    first: u64,
+    stored: &[(u64, Option<Hash>)],
+    prints: &[Fingerprint],
+) -> Vec<Option<Hash>> {
+    let width = prints.len();
+    let mut fitting: Vec<Option<Hash>> = vec![None; width];
+    let mut only: Vec<(usize, Option<Hash>)> = vec![(0, None); width];
+    for (seq, leaf) in stored {
+        let Some(at) = seq.checked_sub(first).filter(|at| *at < width as u64) else {
+            continue;
+        };
+        let at = at as usize;
+        only[at] = (only[at].0 + 1, *leaf);
+        if leaf.is_some_and(|l| fingerprint(&l) == prints[at]) && fitting[at].is_none() {
+            fitting[at] = *leaf;
+        }
+    }
+    fitting
+        .into_iter()
+        .zip(only)
+        .map(|(fits, (count, leaf))| fits.or(if count == 1 { leaf } else { None }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::integrity::merkle::leaf_hash;
+
+    #[test]
+    fn a_tile_is_replaceable_only_when_each_seq_has_one_event_of_one_day() {
+        let (day, other): (Day, Day) = (20_425, 20_426);
+        let mut found: Vec<(u64, Day)> = (0..3 * TILE_WIDTH).map(|s| (s, day)).collect();
+        // Tile 1 has a seq of another day, tile 2 misses one; tile 3 has a
+        // forged second event.
+        found[(TILE_WIDTH + 7) as usize].1 = other;
+        found.remove((2 * TILE_WIDTH + 9) as usize);
+        found.extend((3 * TILE_WIDTH..4 * TILE_WIDTH).map(|s| (s, day)));
+        found.insert((3 * TILE_WIDTH) as usize, (3 * TILE_WIDTH, day));
+        found.extend((4 * TILE_WIDTH..5 * TILE_WIDTH).map(|s| (s, other)));
+        assert_eq!(replaceable(&found), vec![0, 4]);
+    }
+
+    #[test]
+    fn a_forged_second_event_is_passed_over_by_its_fingerprint() {
+        let genuine = leaf_hash(b"genuine");
+        let forged = leaf_hash(b"forged");
+        let prints = vec![fingerprint(&genuine), fingerprint(&genuine)];
+        for stored in [
+            vec![(10, Some(forged)), (10, Some(genuine)), (11, Some(genuine))],
+            vec![(10, Some(genuine)), (10, Some(forged)), (11, Some(genuine))],
+        ] {
+            assert_eq!(
+                pick_leaves(10, &stored, &prints),
+                vec![Some(genuine), Some(genuine)]
+            );
+        }
+        // Alone, an event is taken even when it does not fit (the node
+        // above then refuses it); a seq with none has none.
+        assert_eq!(
+            pick_leaves(10, &[(10, Some(forged))], &prints),
+            vec![Some(forged), None]
+        );
+    }
+}
