@@ -50,13 +50,19 @@ du = lambda p: int(subprocess.check_output(["du", "-sb", f"{data}/{p}"]).split()
 audit = {"events": checked, "seconds": round(ended - started, 2), "events_per_sec": round(checked / (ended - started))}
 disk = {"index_bytes": du("index"), "tlog_bytes": du("tlog")}
 disk["tlog_per_index"] = round(disk["tlog_bytes"] / disk["index_bytes"], 4)
+# Of the tree: the leaf fingerprints of compacted blocks, and the level-0
+# tiles still on disk (the last, unfinished block, and tiles compaction
+# kept: events of two days, a missing or a forged event).
+disk["fingerprint_bytes"] = du("tlog/fingerprints") if subprocess.call(["test", "-d", f"{data}/tlog/fingerprints"]) == 0 else 0
+disk["level0_tile_bytes"] = du("tlog/tile/0")
 json.dump(audit, open(f"{out}/audit.json", "w"))
 json.dump(disk, open(f"{out}/disk.json", "w"))
 proof = json.load(open(f"{out}/proof.json"))
 print(f"inclusion proofs on {proof['tree_size']:,} leaves: p50 {proof['p50_ms']:.2f} ms, p99 {proof['p99_ms']:.2f} ms, "
       f"max {proof['max_ms']:.2f} ms ({proof['proofs']} proofs)")
 print(f"full audit: {audit['events']:,} events in {audit['seconds']} s = {audit['events_per_sec']:,} events/s")
-print(f"disk: tree + checkpoints {disk['tlog_bytes']:,} B, index {disk['index_bytes']:,} B: {disk['tlog_per_index']:.3f} of the index")
+print(f"disk: tree + checkpoints {disk['tlog_bytes']:,} B, index {disk['index_bytes']:,} B: {disk['tlog_per_index']:.4f} of the index "
+      f"(fingerprints {disk['fingerprint_bytes']:,} B, level-0 tiles {disk['level0_tile_bytes']:,} B)")
 PY
 kill -TERM "$PID"
 wait "$PID" || true

@@ -37,6 +37,8 @@ pub const BLOCK_LEAVES: u64 = TILE_WIDTH * TILE_WIDTH;
 pub const FINGERPRINT_DIR: &str = "fingerprints";
 /// The first bytes of a fingerprint file: its format, version 1.
 const FINGERPRINT_MAGIC: &[u8; 4] = b"afp1";
+/// A fingerprint file's length: the magic, then 2 bytes a leaf.
+const FINGERPRINT_FILE_BYTES: u64 = 4 + BLOCK_LEAVES * 2;
 /// How many blocks were compacted, so a restart resumes after them.
 const DONE_FILE: &str = "compacted.json";
 
@@ -63,27 +65,38 @@ fn fingerprint_path(dir: &Path, block: u64) -> PathBuf {
     dir.join(FINGERPRINT_DIR).join(block.to_string())
 }
 
-/// The fingerprints of `block`, when it was compacted.
-pub fn read_fingerprints(dir: &Path, block: u64) -> Result<Option<Vec<Fingerprint>>, StoreError> {
-    let path = fingerprint_path(dir, block);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
+/// The fingerprints of level-0 tile `index`, read from its block's file
+/// (only the tile's part of it), or `None` when the block was not
+/// compacted.
+pub fn tile_fingerprints(dir: &Path, index: u64) -> Result<Option<Vec<Fingerprint>>, StoreError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = fingerprint_path(dir, index * TILE_WIDTH / BLOCK_LEAVES);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(&path)(e)),
     };
-    let body = bytes
-        .strip_prefix(FINGERPRINT_MAGIC)
-        .filter(|body| body.len() as u64 == BLOCK_LEAVES * 2)
-        .ok_or_else(|| StoreError::Damaged {
-            path: path.clone(),
-            reason: format!(
-                "not a fingerprint file: {} bytes, not {FINGERPRINT_MAGIC:?} and {} more",
-                bytes.len(),
-                BLOCK_LEAVES * 2
-            ),
-        })?;
+    let damaged = |reason: String| StoreError::Damaged {
+        path: path.clone(),
+        reason,
+    };
+    let length = file.metadata().map_err(io(&path))?.len();
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic).map_err(io(&path))?;
+    if &magic != FINGERPRINT_MAGIC || length != FINGERPRINT_FILE_BYTES {
+        return Err(damaged(format!(
+            "not a fingerprint file: {length} bytes starting {magic:?}, not \
+             {FINGERPRINT_FILE_BYTES} starting {FINGERPRINT_MAGIC:?}"
+        )));
+    }
+    let mut bytes = vec![0u8; TILE_WIDTH as usize * 2];
+    let offset = FINGERPRINT_MAGIC.len() as u64 + index % TILE_WIDTH * TILE_WIDTH * 2;
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(io(&path))?;
     Ok(Some(
-        body.chunks(2)
+        bytes
+            .chunks(2)
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .collect(),
     ))
@@ -139,7 +152,8 @@ pub fn compact(
         if hi > durable_size || hi > source.indexed() {
             return Ok(removed);
         }
-        if read_fingerprints(dir, block)?.is_none() {
+        // Written atomically: there means whole.
+        if !fingerprint_path(dir, block).exists() {
             let mut prints = Vec::with_capacity(BLOCK_LEAVES as usize);
             for index in lo / TILE_WIDTH..hi / TILE_WIDTH {
                 let bytes = read_tile(dir, full_tile(index))?;
@@ -153,6 +167,7 @@ pub fn compact(
                 path: dir.to_owned(),
                 reason: format!("reading the stored seqs of block {block}: {reason}"),
             })?;
+        let mut folders = std::collections::BTreeSet::new();
         for index in replaceable(&found) {
             let path = tile_path(dir, full_tile(index));
             match std::fs::remove_file(&path) {
@@ -160,6 +175,11 @@ pub fn compact(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io(&path)(e)),
             }
+            folders.extend(path.parent().map(Path::to_owned));
+        }
+        // A folder left empty goes too (a non-empty one stays: best effort).
+        for folder in folders {
+            let _ = std::fs::remove_dir(&folder);
         }
         *done += 1;
         let path = dir.join(DONE_FILE);

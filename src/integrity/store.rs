@@ -7,6 +7,8 @@
 //!                        position after the record of its last leaf
 //!   tile/<L>/<N>         a full tile (256 hashes of tree level 8·L)
 //!   tile/<L>/<N>.p/<W>   the partial last tile of level L, as of tree.json
+//!   fingerprints/<b>     a compacted block's leaf fingerprints (`compact`)
+//!   compacted.json       how many blocks were compacted
 //! ```
 //!
 //! The WAL thread, which gives out seqs, appends each acknowledged
@@ -29,7 +31,7 @@ use base64::Engine;
 
 use std::cell::RefCell;
 
-use super::compact::{self, full_tile, pick_leaves, Fingerprint, LeafSource, BLOCK_LEAVES};
+use super::compact::{self, full_tile, pick_leaves, Fingerprint, LeafSource};
 use super::merkle::{self, node_hash, root, Hash, Nodes, ProofError};
 use super::tiles::{TileError, TileId, TileNodes, TILE_HEIGHT, TILE_WIDTH};
 use crate::datadir::write_atomically;
@@ -465,10 +467,7 @@ impl TileSource {
     /// The fingerprints of level-0 tile `index`, when its block was
     /// compacted.
     fn prints(&self, index: u64) -> Result<Option<Vec<Fingerprint>>, StoreError> {
-        let block = index * TILE_WIDTH / BLOCK_LEAVES;
-        let at = (index % TILE_WIDTH * TILE_WIDTH) as usize;
-        Ok(compact::read_fingerprints(&self.dir, block)?
-            .map(|prints| prints[at..at + TILE_WIDTH as usize].to_vec()))
+        compact::tile_fingerprints(&self.dir, index)
     }
 
     /// The node above level-0 tile `index`, from the level-1 tile.
@@ -728,6 +727,7 @@ impl Nodes for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::integrity::compact::BLOCK_LEAVES;
     use crate::integrity::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MemoryTree};
     use crate::integrity::tiles::TILE_WIDTH;
 

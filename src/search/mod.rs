@@ -620,14 +620,30 @@ impl Searcher {
         from: u64,
         to: u64,
     ) -> Result<Vec<(AuditEvent, Option<Opening>)>, SearchError> {
+        self.map_stored_range(from, to, FETCH_RUN_HITS, |event, opening| (event, opening))
+    }
+
+    /// [`Searcher::stored_range`], each event passed through `each` on the
+    /// thread that fetched it, in runs of at least `run` neighbouring
+    /// events a thread.
+    pub fn map_stored_range<T: Send>(
+        &self,
+        from: u64,
+        to: u64,
+        run: usize,
+        each: impl Fn(AuditEvent, Option<Opening>) -> T + Sync + Send,
+    ) -> Result<Vec<T>, SearchError> {
         let views = Self::views(&self.partitions.overlapping(None, None))?;
         let Some(last) = to.checked_sub(1).filter(|last| from <= *last) else {
             return Ok(Vec::new());
         };
         let hits = log_order::in_seqs(&views, None, from..=last)?;
         hits.par_iter()
-            .with_min_len(FETCH_RUN_HITS)
-            .map(|hit| self.fetch_stored(&views, hit))
+            .with_min_len(run.max(1))
+            .map(|hit| {
+                let (event, opening) = self.fetch_stored(&views, hit)?;
+                Ok(each(event, opening))
+            })
             .collect()
     }
 
