@@ -72,10 +72,17 @@ pub struct BenchProofArgs {
     count: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Draw seqs at or above this one only (default: 0).
+    #[arg(long, default_value_t = 0)]
+    from_seq: u64,
+    /// Draw seqs below this one only (default: the checkpoint's size).
+    #[arg(long)]
+    to_seq: Option<u64>,
 }
 
-/// Times `GetInclusionProof` for random seqs of the latest checkpoint, one
-/// at a time, and prints p50, p99 and max as JSON (BENCHMARKS.md).
+/// Times `GetInclusionProof` for random seqs of the latest checkpoint (or
+/// of `--from-seq`..`--to-seq` in it), one at a time, and prints p50, p99
+/// and max as JSON (BENCHMARKS.md).
 pub async fn bench_proof(mut client: IntegrityClient, args: BenchProofArgs) -> anyhow::Result<()> {
     use rand::{Rng, SeedableRng};
     let size = client
@@ -87,12 +94,19 @@ pub async fn bench_proof(mut client: IntegrityClient, args: BenchProofArgs) -> a
     if size == 0 {
         bail!("the log is empty");
     }
+    let to = args.to_seq.unwrap_or(size).min(size);
+    if args.from_seq >= to {
+        bail!(
+            "--from-seq {} leaves no seq below {to} (the checkpoint holds {size} leaves)",
+            args.from_seq
+        );
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut samples = Vec::with_capacity(args.count);
     // The first few warm the caches and connections; not counted.
     for i in 0..args.count + 10 {
         let request = GetInclusionProofRequest {
-            seq: Some(rng.random_range(0..size)),
+            seq: Some(rng.random_range(args.from_seq..to)),
             tree_size: size,
             ..Default::default()
         };
