@@ -336,6 +336,32 @@ fn tamper_with_events(data_dir: &Path, seqs: &[u64]) -> (Vec<(u64, &'static str)
     (want, changed)
 }
 
+/// Flips a bit of byte `at` of the file at `path`, as an attacker would.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Starts the daemon on the tampered data directory and checks that the
+/// full audit reports `want` and, at `tile.0`, a changed hash tile whose
+/// path `tile.1` the detail names.
+async fn audit_finds(
+    config: auditd::config::Config,
+    mut want: Vec<(u64, &'static str)>,
+    tile: (u64, &str),
+) -> (TestServer, IntegrityClient) {
+    let server = TestServer::start(config).await;
+    let mut admin = integrity(&server, &server.admin_token()).await;
+    let problems = full_audit(&mut admin).await;
+    want.push((tile.0, "modified"));
+    want.sort();
+    assert_eq!(kinds(&problems), want, "{problems:#?}");
+    let tile_problem = problems.iter().find(|p| p.seq == tile.0).unwrap();
+    assert!(tile_problem.detail.contains(tile.1), "{tile_problem:?}");
+    (server, admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_audit_names_the_seq_and_kind_of_each_tampering() {
     let dir = tempfile::tempdir().unwrap();
@@ -349,24 +375,10 @@ async fn the_full_audit_names_the_seq_and_kind_of_each_tampering() {
     assert_eq!(kinds(&full_audit(&mut admin).await), vec![]);
     server.stop().await.unwrap();
 
-    let (mut want, changed) = tamper_with_events(dir.path(), &seqs);
+    let (want, changed) = tamper_with_events(dir.path(), &seqs);
     // A flipped byte in the leaf hash of seq 100 in the first tile.
-    let tile = dir.path().join("tlog/tile/0/000");
-    let mut bytes = std::fs::read(&tile).unwrap();
-    bytes[100 * 32 + 3] ^= 0x40;
-    std::fs::write(&tile, bytes).unwrap();
-
-    let server = TestServer::start(config).await;
-    let mut admin = integrity(&server, &server.admin_token()).await;
-    let problems = full_audit(&mut admin).await;
-    want.push((100, "modified"));
-    want.sort();
-    assert_eq!(kinds(&problems), want, "{problems:#?}");
-    let tile_problem = problems.iter().find(|p| p.seq == 100).unwrap();
-    assert!(
-        tile_problem.detail.contains("tile/0/000"),
-        "{tile_problem:?}"
-    );
+    flip(&dir.path().join("tlog/leaves/0"), 100 * 32 + 3);
+    let (server, mut admin) = audit_finds(config, want, (100, "tile/0/000")).await;
     // A receipt for a changed event is refused, not made.
     let refused = admin
         .get_inclusion_proof(GetInclusionProofRequest {
@@ -424,24 +436,10 @@ async fn compacted_tiles_still_give_receipts_and_the_audit_still_names_each_tamp
     assert_eq!(kinds(&full_audit(&mut admin).await), vec![]);
     server.stop().await.unwrap();
 
-    let (mut want, changed) = tamper_with_events(dir.path(), &seqs);
+    let (want, changed) = tamper_with_events(dir.path(), &seqs);
     // A flipped byte in the node above the fourth level-0 tile.
-    let tile = dir.path().join("tlog/tile/1/000");
-    let mut bytes = std::fs::read(&tile).unwrap();
-    bytes[3 * 32 + 5] ^= 0x01;
-    std::fs::write(&tile, bytes).unwrap();
-
-    let server = TestServer::start(config).await;
-    let mut admin = integrity(&server, &server.admin_token()).await;
-    let problems = full_audit(&mut admin).await;
-    want.push((3 * 256, "modified"));
-    want.sort();
-    assert_eq!(kinds(&problems), want, "{problems:#?}");
-    let node_problem = problems.iter().find(|p| p.seq == 3 * 256).unwrap();
-    assert!(
-        node_problem.detail.contains("tile/1/000"),
-        "{node_problem:?}"
-    );
+    flip(&dir.path().join("tlog/tile/1/000"), 3 * 32 + 5);
+    let (server, mut admin) = audit_finds(config, want, (3 * 256, "tile/1/000")).await;
     // The changed event's tile no longer reads back: its receipt, and
     // its neighbour's, are refused as evidence of a change.
     for seq in [changed, changed + 1] {

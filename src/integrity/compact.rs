@@ -9,11 +9,13 @@
 //! 1. It writes the block's *fingerprints*, the first two bytes of each
 //!    leaf hash, read from its level-0 tiles, to
 //!    `tlog/fingerprints/<block>` (2 bytes a leaf, made durable).
-//! 2. It removes each level-0 tile whose 256 seqs each have exactly one
-//!    stored event, all in the same day partition. Retention drops whole
-//!    days, so such a tile's events go together or not at all; a tile
-//!    that mixes days, misses an event (lost to damaged log bytes) or
-//!    holds a forged second one keeps its file.
+//! 2. It lets go of each level-0 tile whose 256 seqs each have exactly
+//!    one stored event, all in the same day partition. Retention drops
+//!    whole days, so such a tile's events go together or not at all; a
+//!    tile that mixes days, misses an event (lost to damaged log bytes)
+//!    or holds a forged second one gets a file of its own
+//!    (`tile/0/<N>`), and then the block's file of tiles (`leaves/<b>`)
+//!    is removed.
 //!
 //! Reading a removed tile (a proof, `/tlog/tile/0/…`) recomputes its
 //! leaves from the stored events, picking, where a seq has more than one,
@@ -25,7 +27,9 @@
 use std::path::{Path, PathBuf};
 
 use super::merkle::Hash;
-use super::store::{io, read_tile, tile_path, StoreError};
+use super::store::{
+    io, leaves_path, read_level0, sync_filesystem, tile_path, write_tile, StoreError,
+};
 use super::tiles::{TileId, TILE_WIDTH};
 use crate::datadir::write_atomically;
 use crate::partition::Day;
@@ -156,7 +160,7 @@ pub fn compact(
         if !fingerprint_path(dir, block).exists() {
             let mut prints = Vec::with_capacity(BLOCK_LEAVES as usize);
             for index in lo / TILE_WIDTH..hi / TILE_WIDTH {
-                let bytes = read_tile(dir, full_tile(index))?;
+                let bytes = level0(dir, index)?;
                 prints.extend(bytes.chunks(32).map(|c| u16::from_be_bytes([c[0], c[1]])));
             }
             write_fingerprints(dir, block, &prints)?;
@@ -167,25 +171,47 @@ pub fn compact(
                 path: dir.to_owned(),
                 reason: format!("reading the stored seqs of block {block}: {reason}"),
             })?;
-        let mut folders = std::collections::BTreeSet::new();
-        for index in replaceable(&found) {
-            let path = tile_path(dir, full_tile(index));
+        let replaced = replaceable(&found);
+        // The tiles that stay get files of their own, durable before the
+        // block's file goes.
+        let block_file = leaves_path(dir, block);
+        if block_file.exists() {
+            for index in lo / TILE_WIDTH..hi / TILE_WIDTH {
+                if replaced.binary_search(&index).is_err() {
+                    let bytes = level0(dir, index)?;
+                    let hashes: Vec<Hash> = bytes
+                        .chunks(32)
+                        .map(|c| c.try_into().expect("32-byte chunks"))
+                        .collect();
+                    write_tile(dir, full_tile(index), &hashes)?;
+                }
+            }
+            sync_filesystem(dir)?;
+        }
+        let mut gone = vec![block_file];
+        // Tiles written one a file by an auditd before block files.
+        gone.extend(replaced.iter().map(|i| tile_path(dir, full_tile(*i))));
+        for path in gone {
             match std::fs::remove_file(&path) {
-                Ok(()) => removed += 1,
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io(&path)(e)),
             }
-            folders.extend(path.parent().map(Path::to_owned));
         }
-        // A folder left empty goes too (a non-empty one stays: best effort).
-        for folder in folders {
-            let _ = std::fs::remove_dir(&folder);
-        }
+        removed += replaced.len() as u64;
         *done += 1;
         let path = dir.join(DONE_FILE);
         let bytes = serde_json::to_vec(&Done { blocks: *done }).expect("serializes");
         write_atomically(&path, &bytes, false).map_err(io(&path))?;
     }
+}
+
+/// Full level-0 tile `index` of a block not yet compacted: on disk.
+fn level0(dir: &Path, index: u64) -> Result<Vec<u8>, StoreError> {
+    read_level0(dir, index)?.ok_or_else(|| StoreError::Damaged {
+        path: leaves_path(dir, index * TILE_WIDTH / BLOCK_LEAVES),
+        reason: format!("level-0 tile {index} is not on disk"),
+    })
 }
 
 pub(super) fn full_tile(index: u64) -> TileId {

@@ -5,7 +5,9 @@
 //! tlog/
 //!   tree.json            the durable tree head: size, root, and the log
 //!                        position after the record of its last leaf
-//!   tile/<L>/<N>         a full tile (256 hashes of tree level 8·L)
+//!   leaves/<b>           the full level-0 tiles of block b, 256 of them
+//!   tile/<L>/<N>         a full tile (256 hashes of tree level 8·L) of
+//!                        level L > 0, or a level-0 one compaction kept
 //!   tile/<L>/<N>.p/<W>   the partial last tile of level L, as of tree.json
 //!   fingerprints/<b>     a compacted block's leaf fingerprints (`compact`)
 //!   compacted.json       how many blocks were compacted
@@ -31,7 +33,7 @@ use base64::Engine;
 
 use std::cell::RefCell;
 
-use super::compact::{self, full_tile, pick_leaves, Fingerprint, LeafSource};
+use super::compact::{self, full_tile, pick_leaves, Fingerprint, LeafSource, BLOCK_LEAVES};
 use super::merkle::{self, node_hash, root, Hash, Nodes, ProofError};
 use super::tiles::{TileError, TileId, TileNodes, TILE_HEIGHT, TILE_WIDTH};
 use crate::datadir::write_atomically;
@@ -256,7 +258,10 @@ impl TreeStore {
                 index: *index,
                 width: TILE_WIDTH,
             };
-            write_tile(&self.dir, id, hashes)?;
+            match level {
+                0 => write_level0(&self.dir, *index, hashes)?,
+                _ => write_tile(&self.dir, id, hashes)?,
+            }
         }
         let mut partials = Vec::new();
         for (level, hashes) in edge.iter().enumerate() {
@@ -340,6 +345,64 @@ fn hashes_of(bytes: &[u8]) -> Vec<Hash> {
         .collect()
 }
 
+/// Where full level-0 tiles are written: a block's 256 in one file,
+/// `leaves/<b>`, tile `i` at byte `8192 · (i mod 256)`. One file a block,
+/// where a file a tile made 256 files to create and, once compaction
+/// replaced them (`compact`), to remove again: most of the auditd-tlog
+/// thread's time, in the file system.
+const LEAVES_DIR: &str = "leaves";
+const TILE_BYTES: u64 = TILE_WIDTH * 32;
+
+pub(super) fn leaves_path(dir: &Path, block: u64) -> PathBuf {
+    dir.join(LEAVES_DIR).join(block.to_string())
+}
+
+fn write_level0(dir: &Path, index: u64, hashes: &[Hash]) -> Result<(), StoreError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let folder = dir.join(LEAVES_DIR);
+    std::fs::create_dir_all(&folder).map_err(io(&folder))?;
+    let path = leaves_path(dir, index * TILE_WIDTH / BLOCK_LEAVES);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    file.seek(SeekFrom::Start(index % TILE_WIDTH * TILE_BYTES))
+        .and_then(|_| file.write_all(&hashes.concat()))
+        .map_err(io(&path))
+}
+
+/// Full level-0 tile `index` as stored: in its block's file, or in a
+/// file of its own (a tile compaction kept, or one written by an auditd
+/// before block files); `None` when it is in neither.
+pub(super) fn read_level0(dir: &Path, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = leaves_path(dir, index * TILE_WIDTH / BLOCK_LEAVES);
+    match std::fs::File::open(&path) {
+        Ok(mut file) => {
+            let offset = index % TILE_WIDTH * TILE_BYTES;
+            let length = file.metadata().map_err(io(&path))?.len();
+            if length >= offset + TILE_BYTES {
+                let mut bytes = vec![0u8; TILE_BYTES as usize];
+                file.seek(SeekFrom::Start(offset))
+                    .and_then(|_| file.read_exact(&mut bytes))
+                    .map_err(io(&path))?;
+                return Ok(Some(bytes));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&path)(e)),
+    }
+    match read_tile(dir, full_tile(index)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub(super) fn tile_path(dir: &Path, id: TileId) -> PathBuf {
     dir.join(id.path())
 }
@@ -356,7 +419,7 @@ pub(super) fn read_tile(dir: &Path, id: TileId) -> Result<Vec<u8>, StoreError> {
     Ok(bytes)
 }
 
-fn write_tile(dir: &Path, id: TileId, hashes: &[Hash]) -> Result<(), StoreError> {
+pub(super) fn write_tile(dir: &Path, id: TileId, hashes: &[Hash]) -> Result<(), StoreError> {
     let path = tile_path(dir, id);
     let parent = path.parent().expect("a tile path has folders");
     std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -392,7 +455,7 @@ fn remove_partials(dir: &Path, level: u32, index: u64, keep: Option<u64>) {
 
 /// One `syncfs(2)` for every tile written since the last: a tile a second
 /// per 256 events makes one `fsync` each far too many.
-fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
     let folder = std::fs::File::open(dir).map_err(io(dir))?;
     #[cfg(target_os = "linux")]
     {
@@ -451,16 +514,18 @@ impl TileSource {
             return Ok(Some(hashes.concat()));
         }
         let unreadable = |e: StoreError| TileError::Unreadable(e.to_string());
-        match read_tile(&self.dir, id) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(StoreError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound
-                    && id.level == 0
-                    && self.prints(id.index).map_err(unreadable)?.is_some() =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(unreadable(e)),
+        if id.level > 0 {
+            return read_tile(&self.dir, id).map(Some).map_err(unreadable);
+        }
+        if let Some(bytes) = read_level0(&self.dir, id.index).map_err(unreadable)? {
+            return Ok(Some(bytes));
+        }
+        match self.prints(id.index).map_err(unreadable)? {
+            Some(_) => Ok(None),
+            None => Err(TileError::Unreadable(format!(
+                "{}: not on disk, and its block was not compacted",
+                id.path()
+            ))),
         }
     }
 
