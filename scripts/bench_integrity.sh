@@ -58,8 +58,10 @@ disk["tlog_per_index"] = round(disk["tlog_bytes"] / disk["index_bytes"], 4)
 # Of the tree: the leaf fingerprints of compacted blocks, and the level-0
 # tiles still on disk (the last, unfinished block, and tiles compaction
 # kept: events of two days, a missing or a forged event).
-disk["fingerprint_bytes"] = du("tlog/fingerprints") if subprocess.call(["test", "-d", f"{data}/tlog/fingerprints"]) == 0 else 0
-disk["level0_tile_bytes"] = du("tlog/tile/0")
+import os
+du_if = lambda p: du(p) if os.path.exists(f"{data}/{p}") else 0
+disk["fingerprint_bytes"] = du_if("tlog/fingerprints")
+disk["level0_tile_bytes"] = du_if("tlog/tile/0") + du_if("tlog/leaves")
 json.dump(audit, open(f"{out}/audit.json", "w"))
 json.dump(disk, open(f"{out}/disk.json", "w"))
 proof = json.load(open(f"{out}/proof.json"))
