@@ -161,7 +161,11 @@ pub fn compact(
             let mut prints = Vec::with_capacity(BLOCK_LEAVES as usize);
             for index in lo / TILE_WIDTH..hi / TILE_WIDTH {
                 let bytes = level0(dir, index)?;
-                prints.extend(bytes.chunks(32).map(|c| u16::from_be_bytes([c[0], c[1]])));
+                prints.extend(
+                    bytes
+                        .chunks(32)
+                        .map(|c| fingerprint(&c.try_into().expect("32 bytes"))),
+                );
             }
             write_fingerprints(dir, block, &prints)?;
         }

@@ -498,9 +498,17 @@ struct TileSource {
     leaves: Option<Arc<dyn LeafSource>>,
 }
 
+/// A tile as a snapshot finds it.
+enum Stored {
+    Bytes(Vec<u8>),
+    /// A compacted level-0 tile: its leaves' fingerprints.
+    Compacted(Vec<Fingerprint>),
+}
+
 impl TileSource {
-    /// The tile's bytes as stored, or `None` for a compacted level-0 tile.
-    fn stored(&self, id: TileId) -> Result<Option<Vec<u8>>, TileError> {
+    /// The tile as stored: its bytes, or a compacted level-0 tile's
+    /// fingerprints.
+    fn stored(&self, id: TileId) -> Result<Stored, TileError> {
         if id.width < TILE_WIDTH {
             let hashes = self.edge.get(id.level as usize).ok_or(TileError::Absent {
                 size: self.size,
@@ -508,31 +516,27 @@ impl TileSource {
                 index: id.index,
                 width: id.width,
             })?;
-            return Ok(Some(hashes.concat()));
+            return Ok(Stored::Bytes(hashes.concat()));
         }
         if let Some(hashes) = self.unwritten.get(&(id.level, id.index)) {
-            return Ok(Some(hashes.concat()));
+            return Ok(Stored::Bytes(hashes.concat()));
         }
         let unreadable = |e: StoreError| TileError::Unreadable(e.to_string());
         if id.level > 0 {
-            return read_tile(&self.dir, id).map(Some).map_err(unreadable);
+            return read_tile(&self.dir, id)
+                .map(Stored::Bytes)
+                .map_err(unreadable);
         }
         if let Some(bytes) = read_level0(&self.dir, id.index).map_err(unreadable)? {
-            return Ok(Some(bytes));
+            return Ok(Stored::Bytes(bytes));
         }
-        match self.prints(id.index).map_err(unreadable)? {
-            Some(_) => Ok(None),
+        match compact::tile_fingerprints(&self.dir, id.index).map_err(unreadable)? {
+            Some(prints) => Ok(Stored::Compacted(prints)),
             None => Err(TileError::Unreadable(format!(
                 "{}: not on disk, and its block was not compacted",
                 id.path()
             ))),
         }
-    }
-
-    /// The fingerprints of level-0 tile `index`, when its block was
-    /// compacted.
-    fn prints(&self, index: u64) -> Result<Option<Vec<Fingerprint>>, StoreError> {
-        compact::tile_fingerprints(&self.dir, index)
     }
 
     /// The node above level-0 tile `index`, from the level-1 tile.
@@ -542,7 +546,9 @@ impl TileSource {
             index: index / TILE_WIDTH,
             width: TILE_WIDTH,
         };
-        let bytes = self.stored(id)?.expect("only level-0 tiles are compacted");
+        let Stored::Bytes(bytes) = self.stored(id)? else {
+            unreachable!("only level-0 tiles are compacted")
+        };
         let at = (index % TILE_WIDTH * 32) as usize;
         Ok(bytes[at..at + 32].try_into().expect("32 bytes"))
     }
@@ -550,14 +556,14 @@ impl TileSource {
     /// The tile's bytes, a compacted one recomputed.
     fn fetch(&self, id: TileId) -> Result<Vec<u8>, TileError> {
         match self.stored(id)? {
-            Some(bytes) => Ok(bytes),
-            None => Ok(self.recompute(id.index)?.concat()),
+            Stored::Bytes(bytes) => Ok(bytes),
+            Stored::Compacted(prints) => Ok(self.recompute(id.index, &prints)?.concat()),
         }
     }
 
-    /// Compacted level-0 tile `index` from the stored events, checked
-    /// against the node above.
-    fn recompute(&self, index: u64) -> Result<Vec<Hash>, TileError> {
+    /// Compacted level-0 tile `index` (fingerprints `prints`) from the
+    /// stored events, checked against the node above.
+    fn recompute(&self, index: u64, prints: &[Fingerprint]) -> Result<Vec<Hash>, TileError> {
         let (first, end) = (index * TILE_WIDTH, (index + 1) * TILE_WIDTH);
         let path = full_tile(index).path();
         let Some(leaves) = &self.leaves else {
@@ -565,14 +571,10 @@ impl TileSource {
                 "{path} was compacted and the index is not open to recompute it"
             )));
         };
-        let prints = self
-            .prints(index)
-            .map_err(|e| TileError::Unreadable(e.to_string()))?
-            .expect("a compacted tile has fingerprints");
         let stored = leaves
             .leaves(first, end)
             .map_err(|e| TileError::Unreadable(format!("{path}: the index: {e}")))?;
-        let hashes: Vec<Hash> = pick_leaves(first, &stored, &prints)
+        let hashes: Vec<Hash> = pick_leaves(first, &stored, prints)
             .into_iter()
             .collect::<Option<_>>()
             .ok_or_else(|| {
@@ -641,14 +643,10 @@ impl TreeSnapshot {
             width,
         };
         Ok(match self.source.stored(id)? {
-            Some(bytes) => HeldTile::Hashes(hashes_of(&bytes)),
-            None => HeldTile::Compacted {
+            Stored::Bytes(bytes) => HeldTile::Hashes(hashes_of(&bytes)),
+            Stored::Compacted(prints) => HeldTile::Compacted {
                 above: self.source.above(index)?,
-                prints: self
-                    .source
-                    .prints(index)
-                    .map_err(|e| TileError::Unreadable(e.to_string()))?
-                    .expect("a compacted tile has fingerprints"),
+                prints,
             },
         })
     }

@@ -70,10 +70,13 @@ pub(super) fn collect(
 pub(super) fn in_seqs(
     views: &[Arc<View>],
     scope: Option<&dyn Query>,
-    seqs: std::ops::RangeInclusive<u64>,
+    seqs: std::ops::Range<u64>,
 ) -> tantivy::Result<Vec<Hit>> {
-    let (first, last) = (*seqs.start(), *seqs.end());
     let mut hits = Vec::new();
+    let Some(last) = seqs.end.checked_sub(1).filter(|last| seqs.start <= *last) else {
+        return Ok(hits);
+    };
+    let first = seqs.start;
     for (partition, view) in views.iter().enumerate() {
         let searcher = &view.searcher;
         let weight = scope

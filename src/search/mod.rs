@@ -572,7 +572,11 @@ impl Searcher {
         let hits = match by {
             EventRef::Seq(seq) => {
                 let scope = (!must.is_empty()).then(|| BooleanQuery::intersection(must));
-                log_order::in_seqs(&views, scope.as_ref().map(|q| q as &dyn Query), *seq..=*seq)?
+                log_order::in_seqs(
+                    &views,
+                    scope.as_ref().map(|q| q as &dyn Query),
+                    *seq..seq.saturating_add(1),
+                )?
             }
             EventRef::Id(id) => {
                 must.push(term(self.schema.id, &id_key(id)));
@@ -603,10 +607,7 @@ impl Searcher {
     pub fn seq_days(&self, from: u64, to: u64) -> Result<Vec<(u64, Day)>, SearchError> {
         let partitions = self.partitions.overlapping(None, None);
         let views = Self::views(&partitions)?;
-        let Some(last) = to.checked_sub(1).filter(|last| from <= *last) else {
-            return Ok(Vec::new());
-        };
-        Ok(log_order::in_seqs(&views, None, from..=last)?
+        Ok(log_order::in_seqs(&views, None, from..to)?
             .into_iter()
             .map(|hit| (hit.seq, partitions[hit.partition].day))
             .collect())
@@ -634,10 +635,7 @@ impl Searcher {
         each: impl Fn(AuditEvent, Option<Opening>) -> T + Sync + Send,
     ) -> Result<Vec<T>, SearchError> {
         let views = Self::views(&self.partitions.overlapping(None, None))?;
-        let Some(last) = to.checked_sub(1).filter(|last| from <= *last) else {
-            return Ok(Vec::new());
-        };
-        let hits = log_order::in_seqs(&views, None, from..=last)?;
+        let hits = log_order::in_seqs(&views, None, from..to)?;
         hits.par_iter()
             .with_min_len(run.max(1))
             .map(|hit| {
