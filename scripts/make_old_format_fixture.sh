@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Writes tests/fixtures/format-<N>/: a data directory written by an older
-# auditd, for tests/migrate.rs. The fixtures in the tree:
+# auditd, for tests/migrate.rs and tests/integrity.rs. The fixtures in
+# the tree:
 #   format 1: commit 53d9c9c (no FORMAT file, bare prost log records,
 #             byte-derived seqs, plain-number commit payloads);
 #   format 2: commit f880949 (typed records and dense seqs, no salts and
-#             no Merkle tree).
+#             no Merkle tree);
+#   format 3: commit 4544b2c (salts, the Merkle tree, version 1 leaves).
 #
 # It builds that commit in a scratch git worktree (a debug build, in its
 # own target directory: minutes), then runs
@@ -17,13 +19,14 @@
 # The events' NDJSON goes beside the data directory, so the test can check
 # every field of every event after `auditd migrate`.
 #
-# Usage: scripts/make_old_format_fixture.sh 1|2   (from anywhere; needs git)
+# Usage: scripts/make_old_format_fixture.sh 1|2|3   (from anywhere; needs git)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FORMAT=${1:?usage: $0 1|2}
+FORMAT=${1:?usage: $0 1|2|3}
 case "$FORMAT" in
   1) OLD_COMMIT=53d9c9c ;;
   2) OLD_COMMIT=f880949 ;;
+  3) OLD_COMMIT=4544b2c ;;
   *) echo "no fixture for format $FORMAT" >&2; exit 2 ;;
 esac
 SRC=target/format-$FORMAT-src

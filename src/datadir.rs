@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   FORMAT             the data format version ("3")
+//!   FORMAT             the data format version ("4")
 //!   LOCK               held (flock) while a daemon or a tool works here
 //!   admin.token        the first admin token, owner-only
 //!   tokens.json        token hashes, owner-only
@@ -25,11 +25,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The data format this binary writes and reads. Older ones are migrated
-/// by `auditd migrate`: format 1 (before typed records and dense seqs, no
-/// `FORMAT` file) and format 2 (no salts, no Merkle tree). A newer one is
-/// refused.
-pub const FORMAT: u32 = 3;
+/// The data format this binary writes and reads. Format 3 (every leaf of
+/// version 1) is read as it is and called format 4 from the first start
+/// on: the events stored before keep their version 1 leaves, which this
+/// binary still rebuilds. Older ones are migrated by `auditd migrate`:
+/// format 1 (before typed records and dense seqs, no `FORMAT` file) and
+/// format 2 (no salts, no Merkle tree). A newer one is refused.
+pub const FORMAT: u32 = 4;
+
+/// The older format read as it is (see [`FORMAT`]).
+pub const OPENS_IN_PLACE: u32 = 3;
 
 /// The layout of one data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +49,9 @@ pub enum Format {
     Fresh,
     /// This binary's format.
     Current,
+    /// An older format this binary reads as it is; the first start
+    /// writes this binary's format over it.
+    InPlace(u32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +144,9 @@ impl DataDir {
                         path: self.root.clone(),
                         found,
                     }),
+                    std::cmp::Ordering::Less if found == OPENS_IN_PLACE => {
+                        Ok(Format::InPlace(found))
+                    }
                     std::cmp::Ordering::Less => Err(FormatError::Older {
                         path: self.root.clone(),
                         found,
@@ -253,6 +264,9 @@ mod tests {
         let older = data.format().unwrap_err().to_string();
         assert!(older.contains("format 1"), "{older}");
         assert!(older.contains("auditd migrate --data-dir"), "{older}");
+
+        std::fs::write(data.format_file(), "3\n").unwrap();
+        assert_eq!(data.format().unwrap(), Format::InPlace(3));
 
         std::fs::write(data.format_file(), "2\n").unwrap();
         let two = data.format().unwrap_err().to_string();

@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use crate::app::trail::TRAIL_TYPE;
 use crate::datadir::DataDir;
 use crate::erasure::PseudonymKey;
-use crate::integrity::leaf::SALT_LEN;
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
 use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
@@ -365,11 +364,14 @@ impl Indexer {
             log: span.start,
             seq: first_seq,
         };
-        let salts = std::mem::take(&mut batch.salts);
+        // What each event's leaf is rebuilt from, as the index keeps it.
+        let openings: Vec<Option<Vec<u8>>> = (0..batch.events.len())
+            .map(|i| batch.opening(i).map(|opening| opening.to_bytes()))
+            .collect();
         for (i, event) in batch.events.iter_mut().enumerate() {
             let time = timestamp_micros(event.time.as_ref());
             let day = day_of(time);
-            let salt = salts.get(i * SALT_LEN..(i + 1) * SALT_LEN);
+            let salt = openings[i].as_deref();
             let body = &mut self.body;
             let writer = writer_for(
                 &mut self.writers,

@@ -7,8 +7,9 @@
 
 use tokio::sync::oneshot;
 
-use crate::integrity::leaf::{event_leaf_hash, salt_from_bytes, Salt, SALT_LEN};
+use crate::integrity::leaf::{event_leaf_hash, salt_from_bytes, Salt, Version, SALT_LEN};
 use crate::integrity::merkle::Hash;
+use crate::integrity::opening::Opening;
 use crate::proto::AuditEvent;
 use crate::retention::{Applied, RetentionRecord};
 use crate::wal::{LogPosition, Span};
@@ -26,6 +27,10 @@ pub struct WalBatch {
     /// in event order. Empty in records of data format 2, which had none.
     #[prost(bytes = "vec", tag = "3")]
     pub salts: Vec<u8>,
+    /// The version of its events' leaves (`integrity::leaf::Version`); 0
+    /// in records written before version 2, whose leaves are version 1.
+    #[prost(uint32, tag = "4")]
+    pub leaf_version: u32,
 }
 
 impl WalBatch {
@@ -37,7 +42,22 @@ impl WalBatch {
             batch_id,
             events,
             salts,
+            leaf_version: Version::CURRENT.byte().into(),
         }
+    }
+
+    /// Its leaves' version; `None` for one this binary does not know.
+    pub fn version(&self) -> Option<Version> {
+        match self.leaf_version {
+            0 => Some(Version::V1),
+            n => Version::from_byte(u8::try_from(n).ok()?),
+        }
+    }
+
+    /// What event `i`'s leaf is rebuilt from: its salt and the leaf
+    /// version (`None` without salts, or in an unknown version).
+    pub fn opening(&self, i: usize) -> Option<Opening> {
+        Some(Opening::Salt(self.version()?, self.salt(i)?))
     }
 
     /// Event `i`'s salt; `None` when the batch has no salts (format 2).
@@ -51,8 +71,10 @@ impl WalBatch {
         self.salts.len() == self.events.len() * SALT_LEN
     }
 
-    /// The leaf hashes of its events, in order (`None` without salts).
+    /// The leaf hashes of its events, in order (`None` without salts, or
+    /// in an unknown leaf version).
     pub fn leaf_hashes(&self) -> Option<Vec<Hash>> {
+        let version = self.version()?;
         if !self.is_salted() {
             return None;
         }
@@ -63,7 +85,7 @@ impl WalBatch {
                 .enumerate()
                 .map(|(i, event)| {
                     let salt = self.salt(i).expect("salted");
-                    event_leaf_hash(event, &salt, &mut scratch)
+                    event_leaf_hash(version, event, &salt, &mut scratch)
                 })
                 .collect(),
         )

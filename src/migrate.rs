@@ -118,7 +118,9 @@ pub fn migrate(config: &Config, keep_old: bool) -> Result<MigrateReport, Migrate
     // the old files in their `format-<N>/`.
     let moved = OLD_FORMATS.into_iter().find(|n| old_dir(root, *n).exists());
     let format = match (data.format(), moved) {
-        (Ok(Format::Current), _) => return Err(MigrateError::NothingToMigrate(root.clone())),
+        (Ok(Format::Current | Format::InPlace(_)), _) => {
+            return Err(MigrateError::NothingToMigrate(root.clone()))
+        }
         (Ok(Format::Fresh), None) => return Err(MigrateError::NothingToMigrate(root.clone())),
         (Ok(Format::Fresh), Some(n)) => n,
         (Err(FormatError::Older { found, .. }), _) if OLD_FORMATS.contains(&found) => found,

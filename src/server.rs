@@ -340,7 +340,7 @@ impl Pipeline {
         })?;
         let lock = lock_data_dir(&data_dir)?;
         let layout = DataDir::new(&data_dir);
-        if layout.format()? == Format::Fresh {
+        if matches!(layout.format()?, Format::Fresh | Format::InPlace(_)) {
             layout
                 .write_format()
                 .map_err(|source| ServerError::DataDir {
@@ -983,10 +983,11 @@ fn grow_tree(tree: &TreeStore, batch: &IndexBatch, after_skip: bool) -> Result<(
         tree.append(&lost, batch.span.start);
     }
     let size = tree.size();
-    let leaves = batch
-        .batch
-        .leaf_hashes()
-        .ok_or_else(|| "a batch record without salts (data format 2)".to_owned())?;
+    let leaves = batch.batch.leaf_hashes().ok_or_else(|| {
+        "a batch record without salts (data format 2), or of a leaf version this \
+             auditd does not know"
+            .to_owned()
+    })?;
     tree.append(&leaves[(size - batch.first_seq) as usize..], batch.span.end);
     Ok(())
 }

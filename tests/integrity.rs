@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use auditd::client::IntegrityClient;
-use auditd::integrity::leaf::{salt_from_bytes, Salt};
 use auditd::integrity::merkle::{verify_consistency, Hash};
 use auditd::integrity::note;
 use auditd::integrity::receipt::{verify_receipt, Receipt};
@@ -234,8 +233,9 @@ async fn proofs_follow_read_scope_and_bad_requests_name_their_field() {
     server.stop().await.unwrap();
 }
 
-/// One day partition's documents, by seq: event, salt.
-fn stored_by_seq(index: &Index) -> HashMap<u64, (AuditEvent, Salt)> {
+/// One day partition's documents, by seq: event, and its salt as stored
+/// (the opening bytes of `integrity::opening`).
+fn stored_by_seq(index: &Index) -> HashMap<u64, (AuditEvent, Vec<u8>)> {
     let schema = AuditSchema::new();
     let searcher = index.reader().unwrap().searcher();
     let mut out = HashMap::new();
@@ -255,8 +255,12 @@ fn stored_by_seq(index: &Index) -> HashMap<u64, (AuditEvent, Salt)> {
                 times.first(doc).unwrap(),
                 received.first(doc).unwrap(),
             );
-            let salt = salt_from_bytes(stored.get_first(schema.salt).unwrap().as_bytes().unwrap())
-                .unwrap();
+            let salt = stored
+                .get_first(schema.salt)
+                .unwrap()
+                .as_bytes()
+                .unwrap()
+                .to_vec();
             out.insert(seqs.first(doc).unwrap(), (event, salt));
         }
     }
@@ -266,7 +270,7 @@ fn stored_by_seq(index: &Index) -> HashMap<u64, (AuditEvent, Salt)> {
 /// What an attacker does to the partition of `day`: delete the events of
 /// `remove` (by seq) and add `add` (event, seq, salt), then commit with
 /// the partition's own payload, so nothing else looks touched.
-fn rewrite(day: &Path, remove: &[&AuditEvent], add: Vec<(AuditEvent, u64, Salt)>) {
+fn rewrite(day: &Path, remove: &[&AuditEvent], add: Vec<(AuditEvent, u64, Vec<u8>)>) {
     let index = Index::open_in_dir(day).unwrap();
     register_tokenizers(&index);
     let schema = AuditSchema::new();
@@ -278,7 +282,7 @@ fn rewrite(day: &Path, remove: &[&AuditEvent], add: Vec<(AuditEvent, u64, Salt)>
     let mut body = Vec::new();
     for (mut event, seq, salt) in add {
         writer
-            .add_document(schema.document(&mut event, seq, "", Some(&salt[..]), &mut body))
+            .add_document(schema.document(&mut event, seq, "", Some(&salt), &mut body))
             .unwrap();
     }
     let mut commit = writer.prepare_commit().unwrap();
@@ -320,10 +324,10 @@ fn tamper_with_events(data_dir: &Path, seqs: &[u64]) -> (Vec<(u64, &'static str)
             &stored[&swap_b].0,
         ],
         vec![
-            (modified, changed, stored[&changed].1),
-            (forged, forged_at, stored[&forged_at].1),
-            (stored[&swap_a].0.clone(), swap_b, stored[&swap_a].1),
-            (stored[&swap_b].0.clone(), swap_a, stored[&swap_b].1),
+            (modified, changed, stored[&changed].1.clone()),
+            (forged, forged_at, stored[&forged_at].1.clone()),
+            (stored[&swap_a].0.clone(), swap_b, stored[&swap_a].1.clone()),
+            (stored[&swap_b].0.clone(), swap_a, stored[&swap_b].1.clone()),
         ],
     );
     let want = vec![
@@ -600,7 +604,7 @@ async fn the_auditctl_tour_receipt_verify_receipt_and_verify() {
     rewrite(
         &day,
         &[&stored[&seq].0],
-        vec![(changed, seq, stored[&seq].1)],
+        vec![(changed, seq, stored[&seq].1.clone())],
     );
     let server = TestServer::start(config).await;
     let failed = run_failing(auditctl(&server, &["verify", "--full"])).await;
@@ -736,7 +740,7 @@ async fn the_self_audit_finds_a_changed_event_and_says_so() {
     rewrite(
         &day,
         &[&stored[&seq].0],
-        vec![(changed, seq, stored[&seq].1)],
+        vec![(changed, seq, stored[&seq].1.clone())],
     );
 
     let server = TestServer::start(config).await;
@@ -835,5 +839,58 @@ async fn checkpoints_are_published_to_a_file_and_a_url() {
     assert!(lines
         .lines()
         .any(|l| l.contains(&posted.replace('\n', "\\n"))));
+    server.stop().await.unwrap();
+}
+
+/// A directory of data format 3, written by the auditd before version 2
+/// leaves (`scripts/make_old_format_fixture.sh 3`), opens as it is: its
+/// events keep their version 1 leaves, those replayed from its log
+/// included, new events get version 2 ones, receipts of both verify
+/// offline, and the full audit finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_3_directory_opens_as_it_is_and_its_version_1_leaves_still_verify() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-3");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture.join("data"), dir.path());
+    let server = TestServer::start(test_config(dir.path())).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+        format!("{}\n", auditd::datadir::FORMAT)
+    );
+    let mut client = server.client().await;
+    let mut proofs = integrity(&server, &server.admin_token()).await;
+    let key = verifier_key(dir.path());
+
+    let reply = ingest(&mut client, generated(20, 9, 20), WaitFor::Searchable).await;
+    checkpoint_of_at_least(&mut proofs, reply.seqs[19] + 1).await;
+    let first_id = |name: &str| -> String {
+        let text = std::fs::read_to_string(fixture.join(name)).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        line["id"].as_str().unwrap().to_owned()
+    };
+    for (id, version) in [
+        (first_id("indexed.ndjson"), 1),
+        (first_id("log-only.ndjson"), 1),
+        (reply.ids[3].clone(), 2),
+    ] {
+        let proof = proofs
+            .get_inclusion_proof(GetInclusionProofRequest {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(proof.leaf[0], version, "the leaf version of {id}");
+        let receipt = Receipt::parse(&proof.tlog_proof).unwrap();
+        let event = client
+            .get_event(auditd::proto::GetEventRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let verified = verify_receipt(&receipt, &key, Some(&event)).unwrap();
+        assert!(verified.event_matched, "{id}");
+    }
+    assert_eq!(kinds(&full_audit(&mut proofs).await), vec![]);
     server.stop().await.unwrap();
 }

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use auditd::integrity::leaf::{new_salt, Version};
+use auditd::integrity::opening::Opening;
 use auditd::proto::AuditEvent;
 use auditd::schema::{micros_to_timestamp, AuditSchema};
 
@@ -50,7 +52,7 @@ pub fn index_all(
         }
         let seq = i as u64;
         // A salt each, as the daemon stores (random: it does not compress).
-        let salt = auditd::integrity::leaf::new_salt();
+        let salt = Opening::Salt(Version::CURRENT, new_salt()).to_bytes();
         writer
             .add_document(schema.document(event, seq, &batch_id, Some(&salt), &mut body))
             .unwrap();

@@ -536,7 +536,7 @@ fn check_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integrity::leaf::new_salt;
+    use crate::integrity::leaf::{new_salt, Version};
 
     /// A compacted tile's 256 stored events (seqs from `first`), its node
     /// above and its fingerprints.
@@ -551,7 +551,7 @@ mod tests {
                     action: "events.get".into(),
                     ..Default::default()
                 };
-                (event, Some(Opening::Salt(new_salt())))
+                (event, Some(Opening::Salt(Version::CURRENT, new_salt())))
             })
             .collect();
         let leaves: Vec<Hash> = stored

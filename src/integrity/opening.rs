@@ -10,26 +10,35 @@
 //! Stored as bytes (the index's `salt` field, a receipt's `extra`):
 //!
 //! ```text
-//! salt:   the 16 salt bytes
-//! erased: 0x02 || flags (bit 0: pseudonymised) || id length (u8) || erasure request id
+//! salt, leaf version 1: the 16 salt bytes
+//! salt, leaf version 2: 0x03 || the 16 salt bytes
+//! erased: 0x02 || flags (bit 0: pseudonymised; bit 1: leaf version 2)
+//!         || id length (u8) || erasure request id
 //!         || mask (u16, big-endian; the parts the event had at ingest)
 //!         || for part 0, then each part in mask (ascending):
-//!            0x00 || salt_k (32 bytes)   the value is there
-//!            0x01 || c_k (32 bytes)      the value was erased or pseudonymised
+//!            0x00 || salt_k (32 bytes in version 1, 16 in 2)   the value is there
+//!            0x01 || c_k (32 bytes)    the value was erased or pseudonymised
 //! ```
 
 use super::leaf::{
-    commit, core_bytes, part_salt, personal_bytes, Salt, LEAF_VERSION, PERSONAL, SALT_LEN,
+    commit, core_bytes, personal_bytes, PartSalt, PartSalts, Salt, Version, PERSONAL, SALT_LEN,
 };
 use super::merkle::Hash;
 use crate::proto::AuditEvent;
 
 /// The first byte of the erased form.
 pub const ERASED_FORM: u8 = 2;
+/// The first byte of a version 2 leaf's salt (a version 1 leaf's is the
+/// bare 16 bytes).
+pub const SALT_V2_FORM: u8 = 3;
+/// The erased form's flags.
+const PSEUDONYMISED: u8 = 1;
+const LEAF_V2: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opening {
-    Salt(Salt),
+    /// The event as stored at ingest: its salt, and its leaf's version.
+    Salt(Version, Salt),
     Erased(Erased),
 }
 
@@ -39,6 +48,7 @@ pub struct Erased {
     /// The erasure request that made it so.
     pub request: String,
     pub pseudonymised: bool,
+    pub version: Version,
     /// The parts the event had at ingest (bit `k` for part `k`).
     pub mask: u16,
     /// Part 0, then each part of `mask` in ascending order.
@@ -48,7 +58,7 @@ pub struct Erased {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     /// The value is there: its commitment is made from it and this salt.
-    Open(Hash),
+    Open(PartSalt),
     /// The value is gone: this is its commitment.
     Committed(Hash),
 }
@@ -114,13 +124,20 @@ impl Opening {
     /// `None` for bytes that are neither form.
     pub fn from_bytes(bytes: &[u8]) -> Option<Opening> {
         if bytes.len() == SALT_LEN {
-            return bytes.try_into().ok().map(Opening::Salt);
+            return bytes.try_into().ok().map(|s| Opening::Salt(Version::V1, s));
         }
         let (&form, rest) = bytes.split_first()?;
+        if form == SALT_V2_FORM {
+            return rest.try_into().ok().map(|s| Opening::Salt(Version::V2, s));
+        }
         if form != ERASED_FORM {
             return None;
         }
         let (&flags, rest) = rest.split_first()?;
+        let version = match flags & LEAF_V2 {
+            0 => Version::V1,
+            _ => Version::V2,
+        };
         let (&id_len, rest) = rest.split_first()?;
         let id = rest.get(..id_len as usize)?;
         let rest = &rest[id_len as usize..];
@@ -129,20 +146,25 @@ impl Opening {
         let mut parts = Vec::new();
         for _ in 0..=mask.count_ones() {
             let (&tag, tail) = rest.split_first()?;
-            let hash: Hash = tail.get(..32)?.try_into().ok()?;
+            let len = match tag {
+                0 => version.part_salt_len(),
+                _ => 32,
+            };
+            let bytes = tail.get(..len)?;
             parts.push(match tag {
-                0 => Part::Open(hash),
-                1 => Part::Committed(hash),
+                0 => Part::Open(PartSalt::from_bytes(version, bytes)?),
+                1 => Part::Committed(bytes.try_into().ok()?),
                 _ => return None,
             });
-            rest = &tail[32..];
+            rest = &tail[len..];
         }
         if !rest.is_empty() {
             return None;
         }
         Some(Opening::Erased(Erased {
             request: String::from_utf8(id.to_vec()).ok()?,
-            pseudonymised: flags & 1 == 1,
+            pseudonymised: flags & PSEUDONYMISED != 0,
+            version,
             mask,
             parts,
         }))
@@ -150,19 +172,31 @@ impl Opening {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
-            Opening::Salt(salt) => salt.to_vec(),
+            Opening::Salt(Version::V1, salt) => salt.to_vec(),
+            Opening::Salt(Version::V2, salt) => {
+                let mut out = vec![SALT_V2_FORM];
+                out.extend_from_slice(salt);
+                out
+            }
             Opening::Erased(e) => {
                 let id = &e.request.as_bytes()[..e.request.len().min(255)];
-                let mut out = vec![ERASED_FORM, e.pseudonymised as u8, id.len() as u8];
+                let mut flags = 0;
+                if e.pseudonymised {
+                    flags |= PSEUDONYMISED;
+                }
+                if e.version == Version::V2 {
+                    flags |= LEAF_V2;
+                }
+                let mut out = vec![ERASED_FORM, flags, id.len() as u8];
                 out.extend_from_slice(id);
                 out.extend_from_slice(&e.mask.to_be_bytes());
                 for part in &e.parts {
-                    let (tag, hash) = match part {
-                        Part::Open(salt) => (0, salt),
-                        Part::Committed(c) => (1, c),
+                    let (tag, bytes) = match part {
+                        Part::Open(salt) => (0, salt.bytes()),
+                        Part::Committed(c) => (1, &c[..]),
                     };
                     out.push(tag);
-                    out.extend_from_slice(hash);
+                    out.extend_from_slice(bytes);
                 }
                 out
             }
@@ -172,7 +206,7 @@ impl Opening {
     /// The erasure request behind it, when some part was erased.
     pub fn erased_by(&self) -> Option<&str> {
         match self {
-            Opening::Salt(_) => None,
+            Opening::Salt(..) => None,
             Opening::Erased(e) => Some(&e.request),
         }
     }
@@ -181,11 +215,13 @@ impl Opening {
     /// event, the erased parts' commitments stand in for their values.
     pub fn leaf_bytes(&self, event: &AuditEvent, scratch: &mut Vec<u8>) -> Vec<u8> {
         let erased = match self {
-            Opening::Salt(salt) => return super::leaf::leaf_bytes(event, salt, scratch),
+            Opening::Salt(version, salt) => {
+                return super::leaf::leaf_bytes(*version, event, salt, scratch)
+            }
             Opening::Erased(erased) => erased,
         };
         let mut leaf = Vec::with_capacity(3 + 32 * erased.parts.len());
-        leaf.push(LEAF_VERSION);
+        leaf.push(erased.version.byte());
         leaf.extend_from_slice(&erased.mask.to_be_bytes());
         for (part, k) in erased.parts.iter().zip(parts_of(erased.mask)) {
             let c = match part {
@@ -220,7 +256,7 @@ impl Opening {
         let mut scratch = Vec::new();
         let erased = match self {
             Opening::Erased(erased) => erased.clone(),
-            Opening::Salt(salt) => open_parts(event, salt),
+            Opening::Salt(version, salt) => open_parts(*version, event, salt),
         };
         let mut parts = Vec::with_capacity(erased.parts.len());
         for (part, k) in erased.parts.iter().zip(parts_of(erased.mask)) {
@@ -238,6 +274,7 @@ impl Opening {
         Opening::Erased(Erased {
             request: request.to_owned(),
             pseudonymised: erased.pseudonymised || how.pseudonymises(),
+            version: erased.version,
             mask: erased.mask,
             parts,
         })
@@ -245,20 +282,22 @@ impl Opening {
 }
 
 /// Every part of an event as it was stored, each with its own salt.
-fn open_parts(event: &AuditEvent, salt: &Salt) -> Erased {
+fn open_parts(version: Version, event: &AuditEvent, salt: &Salt) -> Erased {
     let mut mask = 0u16;
     let mut scratch = Vec::new();
-    let mut parts = vec![Part::Open(part_salt(salt, 0))];
+    let mut salts = PartSalts::new(version, salt);
+    let mut parts = vec![Part::Open(salts.get(0))];
     for k in 1..=PERSONAL.len() as u8 {
         scratch.clear();
         if personal_bytes(event, k, &mut scratch) {
             mask |= 1 << k;
-            parts.push(Part::Open(part_salt(salt, k)));
+            parts.push(Part::Open(salts.get(k)));
         }
     }
     Erased {
         request: String::new(),
         pseudonymised: false,
+        version,
         mask,
         parts,
     }
@@ -277,10 +316,22 @@ mod tests {
 
     #[test]
     fn an_erased_event_still_rebuilds_its_leaf_and_the_opening_round_trips() {
+        for version in [Version::V1, Version::V2] {
+            erased_rebuilds_its_leaf_in(version);
+        }
+    }
+
+    fn erased_rebuilds_its_leaf_in(version: Version) {
         let event = vector_event();
-        let original = leaf_bytes(&event, &VECTOR_SALT, &mut Vec::new());
+        let original = leaf_bytes(version, &event, &VECTOR_SALT, &mut Vec::new());
+        let salted = Opening::Salt(version, VECTOR_SALT);
+        assert_eq!(
+            Opening::from_bytes(&salted.to_bytes()),
+            Some(salted.clone())
+        );
+        assert_eq!(salted.leaf_bytes(&event, &mut Vec::new()), original);
         let mut erased = event.clone();
-        let opening = Opening::Salt(VECTOR_SALT).erase(&mut erased, 0b110, "req-1", &Erase);
+        let opening = salted.erase(&mut erased, 0b110, "req-1", &Erase);
         assert!(erased.subject.is_empty() && erased.access_id.is_empty());
         assert_eq!(opening.leaf_bytes(&erased, &mut Vec::new()), original);
         assert_eq!(
@@ -299,10 +350,22 @@ mod tests {
         assert_eq!(again.leaf_bytes(&more, &mut Vec::new()), original);
         let bytes = again.to_bytes();
         assert!(!bytes.windows(SALT_LEN).any(|w| w == VECTOR_SALT));
+        assert_eq!(Opening::from_bytes(&bytes[..bytes.len() - 1]), None);
+    }
+
+    #[test]
+    fn a_bare_salt_is_a_version_1_leaf_and_a_tagged_one_version_2() {
         assert_eq!(
             Opening::from_bytes(&VECTOR_SALT),
-            Some(Opening::Salt(VECTOR_SALT))
+            Some(Opening::Salt(Version::V1, VECTOR_SALT))
         );
-        assert_eq!(Opening::from_bytes(&bytes[..bytes.len() - 1]), None);
+        let mut tagged = vec![SALT_V2_FORM];
+        tagged.extend_from_slice(&VECTOR_SALT);
+        assert_eq!(
+            Opening::from_bytes(&tagged),
+            Some(Opening::Salt(Version::V2, VECTOR_SALT))
+        );
+        tagged.push(0);
+        assert_eq!(Opening::from_bytes(&tagged), None);
     }
 }

@@ -11,24 +11,25 @@
 //! ```
 //!
 //! `extra` (opaque to other tlog-proof readers) carries what the leaf is
-//! made of: form byte `0x01`, the event's 16-byte salt, then the leaf
-//! bytes; or, for an event erasure took fields from, form byte `0x02`,
-//! the length of its opening (u16, big-endian), the opening
-//! (`integrity::opening`), then the leaf bytes. The leaf bytes alone prove that the log holds this leaf; with
+//! made of: for a version 1 leaf, form byte `0x01`, the event's 16-byte
+//! salt, then the leaf bytes; otherwise (a version 2 leaf, or an event
+//! erasure took fields from) form byte `0x02`, the length of its opening
+//! (u16, big-endian), the opening (`integrity::opening`), then the leaf
+//! bytes. The leaf bytes alone prove that the log holds this leaf; with
 //! the event they prove it is this event (`docs/integrity.md`).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use super::leaf::SALT_LEN;
+use super::leaf::{Version, SALT_LEN};
 use super::merkle::{leaf_hash, verify_inclusion, Hash, ProofError};
 use super::note::{parse_checkpoint, verify, NoteError};
 use super::opening::Opening;
 use crate::proto::AuditEvent;
 
 const HEADER: &str = "c2sp.org/tlog-proof@v1";
-/// The forms of `extra`: salt, then leaf bytes; or an erased event's
-/// opening, then leaf bytes.
+/// The forms of `extra`: a version 1 leaf's salt, then leaf bytes; or
+/// any other opening, then leaf bytes.
 const EXTRA_SALT_AND_LEAF: u8 = 0x01;
 const EXTRA_OPENING_AND_LEAF: u8 = 0x02;
 
@@ -61,12 +62,12 @@ impl Receipt {
     pub fn to_text(&self) -> String {
         let mut extra = Vec::with_capacity(3 + SALT_LEN + self.leaf.len());
         match &self.opening {
-            Opening::Salt(salt) => {
+            Opening::Salt(Version::V1, salt) => {
                 extra.push(EXTRA_SALT_AND_LEAF);
                 extra.extend_from_slice(salt);
             }
-            erased => {
-                let bytes = erased.to_bytes();
+            opening => {
+                let bytes = opening.to_bytes();
                 extra.push(EXTRA_OPENING_AND_LEAF);
                 extra.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
                 extra.extend_from_slice(&bytes);
@@ -126,7 +127,7 @@ impl Receipt {
         let (opening, leaf) = match extra.first() {
             Some(&EXTRA_SALT_AND_LEAF) if extra.len() > 1 + SALT_LEN => {
                 let salt = extra[1..1 + SALT_LEN].try_into().expect("16 bytes");
-                (Opening::Salt(salt), &extra[1 + SALT_LEN..])
+                (Opening::Salt(Version::V1, salt), &extra[1 + SALT_LEN..])
             }
             Some(&EXTRA_OPENING_AND_LEAF) if extra.len() > 3 => {
                 let len = u16::from_be_bytes([extra[1], extra[2]]) as usize;
@@ -134,7 +135,7 @@ impl Receipt {
                     .get(3..3 + len)
                     .ok_or(malformed("extra's opening is cut short"))?;
                 let opening = Opening::from_bytes(bytes)
-                    .ok_or(malformed("extra's opening is not an erased event's"))?;
+                    .ok_or(malformed("extra's opening is not an auditd opening"))?;
                 (opening, &extra[3 + len..])
             }
             _ => {
@@ -211,10 +212,11 @@ mod tests {
     use crate::integrity::merkle::{inclusion_proof, MemoryTree};
     use crate::integrity::note::{checkpoint_body, NoteSigner};
 
-    /// A receipt for the vector event as leaf 5 of 9, and the key.
-    fn receipt() -> (Receipt, String) {
+    /// A receipt for the vector event as leaf 5 of 9 in `version`, and
+    /// the key.
+    fn receipt_in(version: Version) -> (Receipt, String) {
         let mut scratch = Vec::new();
-        let leaf = leaf_bytes(&vector_event(), &VECTOR_SALT, &mut scratch);
+        let leaf = leaf_bytes(version, &vector_event(), &VECTOR_SALT, &mut scratch);
         let mut tree = MemoryTree::new();
         for i in 0..9u8 {
             tree.push(if i == 5 {
@@ -231,15 +233,25 @@ mod tests {
             index: 5,
             hashes: inclusion_proof(&tree, 5, 9).unwrap(),
             checkpoint: note,
-            opening: Opening::Salt(VECTOR_SALT),
+            opening: Opening::Salt(version, VECTOR_SALT),
             leaf,
         };
         (receipt, signer.verifier_key())
     }
 
+    fn receipt() -> (Receipt, String) {
+        receipt_in(Version::CURRENT)
+    }
+
     #[test]
     fn a_receipt_round_trips_as_text_and_verifies_with_and_without_its_event() {
-        let (receipt, key) = receipt();
+        for version in [Version::V1, Version::V2] {
+            round_trips_and_verifies_in(version);
+        }
+    }
+
+    fn round_trips_and_verifies_in(version: Version) {
+        let (receipt, key) = receipt_in(version);
         let text = receipt.to_text();
         assert!(text.starts_with("c2sp.org/tlog-proof@v1\nextra "), "{text}");
         assert!(text.contains("\nindex 5\n"), "{text}");
