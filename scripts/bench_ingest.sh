@@ -111,7 +111,9 @@ for run in $(seq "$RUNS"); do
     export AUDITD_INTEGRITY__ENABLED=false
     start_daemon
     unset AUDITD_INTEGRITY__ENABLED
+    cpu_snapshot "$OUT/off-$run-cpu-before.txt"
     load > "$OUT/off-$run.json"
+    cpu_snapshot "$OUT/off-$run-cpu-after.txt"
     stop_daemon "off-$run"
 done
 

@@ -101,12 +101,13 @@ def stage(thread):
     return "other"
 
 
-def daemon_cpu(run):
-    """CPU seconds by stage over the load of run `run`. Threads that ended
-    during it (Tantivy's indexing workers end at each commit) are the
-    process's CPU beyond its live threads', counted as `tantivy`."""
-    before, start = thread_ticks(f"e2e-{run}-cpu-before.txt")
-    after, end = thread_ticks(f"e2e-{run}-cpu-after.txt")
+def daemon_cpu(run, load="e2e"):
+    """CPU seconds by stage over the load `load` ("e2e", or "off" with
+    integrity off) of run `run`. Threads that ended during it (Tantivy's
+    indexing workers end at each commit) are the process's CPU beyond its
+    live threads', counted as `tantivy`."""
+    before, start = thread_ticks(f"{load}-{run}-cpu-before.txt")
+    after, end = thread_ticks(f"{load}-{run}-cpu-after.txt")
     stages = dict.fromkeys(["tantivy", "documents", "merges", "grpc", "wal", "other"], 0)
     live = 0
     for tid, (name, ticks) in after.items():
@@ -131,11 +132,18 @@ for r in range(1, runs + 1):
     cpu["raw_documents"] = raw["main_thread_cpu_seconds"] * m_raw
     cpu["raw_tantivy"] = (raw["cpu_seconds"] - raw["main_thread_cpu_seconds"]) * m_raw
     cpu["raw"] = raw["cpu_seconds"] * m_raw
+    if (out / f"off-{r}-cpu-after.txt").exists():
+        m_off = 1e6 / load(f"off-{r}.json")["events"]
+        cpu["daemon_off"] = sum(daemon_cpu(r, "off").values()) * m_off
+        # A closed loop on a busy machine is bound by CPU: the throughput
+        # integrity leaves, judged by the daemon's CPU an event.
+        cpu["off_on"] = cpu["daemon_off"] / cpu["daemon"]
     per_m.append(cpu)
 if len(per_m) == runs:
-    def cpu(key):
+    def cpu(key, digits=2):
         values = [c[key] for c in per_m]
-        return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+        return (f"{statistics.median(values):.{digits}f} "
+                f"({min(values):.{digits}f}–{max(values):.{digits}f})")
 
     print()
     print(f"CPU seconds per million events, median (spread) over {runs} runs:")
@@ -150,6 +158,11 @@ if len(per_m) == runs:
     print(f"| other daemon threads | — | {cpu('other')} |")
     print(f"| **total** | {cpu('raw')} | {cpu('daemon')} |")
     print(f"| load generator (`auditctl load`, same machine) | — | {cpu('client')} |")
+    if all("off_on" in c for c in per_m):
+        print()
+        print(f"daemon CPU seconds per million events, integrity on {cpu('daemon')}, off "
+              f"{cpu('daemon_off')}; off / on {cpu('off_on', 3)} (what integrity leaves of a "
+              f"CPU-bound throughput)")
 
 half, daemon = load("half.json"), load("half-daemon.json")
 s = half["searchable_ms"] or {}
