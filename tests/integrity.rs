@@ -15,7 +15,7 @@ use auditd::integrity::note;
 use auditd::integrity::receipt::{verify_receipt, Receipt};
 use auditd::proto::{
     AuditEvent, AuditLogRequest, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest,
-    GetInclusionProofRequest, LeafProblem, TokenKind, WaitFor,
+    GetInclusionProofRequest, InclusionProof, LeafProblem, TokenKind, WaitFor,
 };
 use auditd::schema::{id_key, names, register_tokenizers, restore_times, AuditSchema};
 use common::*;
@@ -51,6 +51,18 @@ async fn consistency(client: &mut IntegrityClient, first: u64, second: u64) -> V
         .collect()
 }
 
+/// The inclusion proof of the event `id` in the latest checkpoint.
+async fn proof_by_id(client: &mut IntegrityClient, id: &str) -> InclusionProof {
+    client
+        .get_inclusion_proof(GetInclusionProofRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn kinds(problems: &[LeafProblem]) -> Vec<(u64, &str)> {
     problems.iter().map(|p| (p.seq, p.kind.as_str())).collect()
 }
@@ -79,14 +91,7 @@ async fn a_receipt_verifies_offline_and_still_after_ten_thousand_more_events() {
     assert_eq!(reply.seqs.len(), 50);
     let (id, seq) = (reply.ids[7].clone(), reply.seqs[7]);
     let first = checkpoint_of_at_least(&mut proofs, seq + 1).await;
-    let proof = proofs
-        .get_inclusion_proof(GetInclusionProofRequest {
-            id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let proof = proof_by_id(&mut proofs, &id).await;
     assert_eq!(proof.leaf_index, seq);
     let receipt = Receipt::parse(&proof.tlog_proof).unwrap();
     assert_eq!(receipt.leaf, proof.leaf);
@@ -873,14 +878,7 @@ async fn a_format_3_directory_opens_as_it_is_and_its_version_1_leaves_still_veri
         (first_id("log-only.ndjson"), 1),
         (reply.ids[3].clone(), 2),
     ] {
-        let proof = proofs
-            .get_inclusion_proof(GetInclusionProofRequest {
-                id: id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let proof = proof_by_id(&mut proofs, &id).await;
         assert_eq!(proof.leaf[0], version, "the leaf version of {id}");
         let receipt = Receipt::parse(&proof.tlog_proof).unwrap();
         let event = client
