@@ -152,22 +152,25 @@ impl<'a> PartSalts<'a> {
 
     /// `salt_k`.
     pub fn get(&mut self, part: u8) -> PartSalt {
-        let mut hasher = Sha256::new();
         match self.version {
-            Version::V1 => {
-                hasher.update(self.salt);
-                hasher.update([part]);
-                PartSalt::V1(hasher.finalize().into())
-            }
+            Version::V1 => PartSalt::V1(
+                Sha256::new()
+                    .chain_update(self.salt)
+                    .chain_update([part])
+                    .finalize()
+                    .into(),
+            ),
             Version::V2 => {
                 let index = part / 2;
                 let pair = match self.pair {
                     Some((made, pair)) if made == index => pair,
                     _ => {
-                        hasher.update([Version::V2.byte()]);
-                        hasher.update(self.salt);
-                        hasher.update([index]);
-                        let pair = hasher.finalize().into();
+                        let pair = Sha256::new()
+                            .chain_update([Version::V2.byte()])
+                            .chain_update(self.salt)
+                            .chain_update([index])
+                            .finalize()
+                            .into();
                         self.pair = Some((index, pair));
                         pair
                     }
