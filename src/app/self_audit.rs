@@ -9,8 +9,8 @@
 //! It is low-priority work in the CPU's eyes too: its windows run on
 //! threads of their own at nice 19, so that on a saturated machine it
 //! yields to ingest and search (about 0.37 CPU s a million events
-//! ingested at full speed, when it ran at normal priority, BENCHMARKS.md
-//! run set T) and keeps its pace only with CPU to spare.
+//! ingested at full speed, when it ran at normal priority: run set T in
+//! docs/benchmarks-history.md) and keeps its pace only with CPU to spare.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
