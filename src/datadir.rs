@@ -4,13 +4,14 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   FORMAT             the data format version ("4")
+//!   FORMAT             the data format version ("5")
 //!   LOCK               held (flock) while a daemon or a tool works here
 //!   admin.token        the first admin token, owner-only
 //!   tokens.json        token hashes, owner-only
 //!   checkpoint.json    what the index covers, and each partition's ledger
 //!   wal/               write-ahead log segments (wal-<position>.log)
-//!   index/<day>/       one Tantivy index per UTC day
+//!   index/<day>/       one Tantivy index per UTC day, with its events
+//!                      store's dictionary (`events.dict`, `docstore`)
 //!   damaged/           what `auditd recover` moved aside
 //!   integrity.key      the checkpoint signing key, owner-only
 //!   integrity.pub      its note verifier key
@@ -25,16 +26,21 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The data format this binary writes and reads. Format 3 (every leaf of
-/// version 1) is read as it is and called format 4 from the first start
-/// on: the events stored before keep their version 1 leaves, which this
-/// binary still rebuilds. Older ones are migrated by `auditd migrate`:
-/// format 1 (before typed records and dense seqs, no `FORMAT` file) and
-/// format 2 (no salts, no Merkle tree). A newer one is refused.
-pub const FORMAT: u32 = 4;
+/// The data format this binary writes and reads. Formats 3 and 4 are read
+/// as they are and called format 5 from the first start on:
+/// - format 3's events keep their version 1 leaves, which this binary
+///   still rebuilds (format 4 brought version 2 leaves);
+/// - the partitions of formats 3 and 4 keep their events in Tantivy's doc
+///   store, which this binary still reads; partitions created since keep
+///   them in the events store (`docstore`, format 5).
+///
+/// Older ones are migrated by `auditd migrate`: format 1 (before typed
+/// records and dense seqs, no `FORMAT` file) and format 2 (no salts, no
+/// Merkle tree). A newer one is refused.
+pub const FORMAT: u32 = 5;
 
-/// The older format read as it is (see [`FORMAT`]).
-pub const OPENS_IN_PLACE: u32 = 3;
+/// The older formats read as they are (see [`FORMAT`]).
+pub const OPENS_IN_PLACE: [u32; 2] = [3, 4];
 
 /// The layout of one data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +150,7 @@ impl DataDir {
                         path: self.root.clone(),
                         found,
                     }),
-                    std::cmp::Ordering::Less if found == OPENS_IN_PLACE => {
+                    std::cmp::Ordering::Less if OPENS_IN_PLACE.contains(&found) => {
                         Ok(Format::InPlace(found))
                     }
                     std::cmp::Ordering::Less => Err(FormatError::Older {
@@ -265,8 +271,10 @@ mod tests {
         assert!(older.contains("format 1"), "{older}");
         assert!(older.contains("auditd migrate --data-dir"), "{older}");
 
-        std::fs::write(data.format_file(), "3\n").unwrap();
-        assert_eq!(data.format().unwrap(), Format::InPlace(3));
+        for old in OPENS_IN_PLACE {
+            std::fs::write(data.format_file(), format!("{old}\n")).unwrap();
+            assert_eq!(data.format().unwrap(), Format::InPlace(old));
+        }
 
         std::fs::write(data.format_file(), "2\n").unwrap();
         let two = data.format().unwrap_err().to_string();

@@ -21,8 +21,7 @@ use hmac::{Hmac, Mac};
 use prost::Message;
 use sha2::Sha256;
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
-use tantivy::schema::Value;
-use tantivy::{DocAddress, IndexWriter, TantivyDocument, Term};
+use tantivy::{DocAddress, IndexWriter, Term};
 
 use crate::integrity::leaf::PERSONAL;
 use crate::integrity::opening::{Erase, Opening, Replace};
@@ -202,18 +201,18 @@ pub fn rewrite_partition(
             else {
                 continue;
             };
-            let stored: TantivyDocument = view.searcher.doc(DocAddress::new(ord as u32, doc))?;
-            let body = stored
-                .get_first(schema.body)
-                .and_then(|v| v.as_bytes())
-                .ok_or_else(|| corrupt("a document without a body"))?;
-            let mut event = AuditEvent::decode(body).map_err(|e| corrupt(&e.to_string()))?;
+            let stored = view.stored(DocAddress::new(ord as u32, doc), schema)?;
+            if stored.body.is_empty() {
+                return Err(corrupt("a document without a body"));
+            }
+            let mut event =
+                AuditEvent::decode(stored.body.as_slice()).map_err(|e| corrupt(&e.to_string()))?;
             let time = columns.time.first(doc).unwrap_or_default();
             let received = columns.received.first(doc).unwrap_or_default();
             restore_times(&mut event, time, received);
             let opening = stored
-                .get_first(schema.salt)
-                .and_then(|v| v.as_bytes())
+                .salt
+                .as_deref()
                 .and_then(Opening::from_bytes)
                 .ok_or_else(|| corrupt("a document without a salt (data format 2)"))?;
             if opening.erased_by() == Some(id) {

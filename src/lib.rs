@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod conn;
 pub mod datadir;
+pub mod docstore;
 pub mod erasure;
 pub mod failpoint;
 pub mod formats;

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use tantivy::directory::MmapDirectory;
+use tantivy::directory::{Directory, MmapDirectory};
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy};
 
+use crate::docstore::{self, EventsPlugin, PartitionDictionary};
 use crate::messages::CommitPayload;
 use crate::schema::AuditSchema;
 use crate::search::view::{View, Views};
@@ -59,6 +60,9 @@ pub struct Partition {
     pub path: PathBuf,
     pub index: Index,
     pub reader: IndexReader,
+    /// The dictionary of its events store; `None` in a partition created
+    /// before data format 5, which keeps its events in Tantivy's doc store.
+    pub events: Option<Arc<PartitionDictionary>>,
     views: Views,
 }
 
@@ -66,7 +70,7 @@ impl Partition {
     /// What a search sees of this partition now: its searcher since the
     /// last reload, with the columns every search reads.
     pub fn view(&self) -> tantivy::Result<Arc<View>> {
-        self.views.current(&self.reader)
+        self.views.current(&self.reader, self.events.as_deref())
     }
 
     /// The seqs of every event its searcher holds, and the bytes of its
@@ -263,6 +267,16 @@ impl Partitions {
     }
 }
 
+/// Opens an existing partition as it is, as the daemon would: for tools
+/// and tests that read or change a stopped daemon's index.
+pub fn open_existing(
+    path: &Path,
+    day: Day,
+    schema: &AuditSchema,
+) -> Result<Partition, PartitionError> {
+    open_partition(path, day, schema, false)
+}
+
 /// Opens an existing partition and checks that its commit payload parses
 /// and that every file its last commit uses matches its checksum.
 pub fn verify_partition(
@@ -310,15 +324,7 @@ fn open_partition(
     let dir = MmapDirectory::open(path).map_err(|e| tantivy_err(e.into()))?;
     #[cfg(feature = "failpoints")]
     let dir = crate::failpoint::FailingDirectory(dir);
-    let index = if Index::exists(&dir).map_err(|e| tantivy_err(e.into()))? {
-        Index::open(dir).map_err(tantivy_err)?
-    } else {
-        Index::builder()
-            .schema(schema.schema.clone())
-            .settings(index_settings())
-            .open_or_create(dir)
-            .map_err(tantivy_err)?
-    };
+    let (index, events) = open_index(path, dir, schema).map_err(tantivy_err)?;
     crate::schema::register_tokenizers(&index);
     let reader: IndexReader = index
         .reader_builder()
@@ -331,8 +337,58 @@ fn open_partition(
         path: path.to_owned(),
         index,
         reader,
+        events,
         views: Views::default(),
     })
+}
+
+/// Opens the index in `dir` (the directory `path`), or creates it, with
+/// the events store, when there is none. An index created with the events
+/// store has it registered again (Tantivy does not keep plugins); one
+/// created before data format 5 keeps Tantivy's doc store.
+fn open_index<D: Directory>(
+    path: &Path,
+    dir: D,
+    schema: &AuditSchema,
+) -> tantivy::Result<(Index, Option<Arc<PartitionDictionary>>)> {
+    if !Index::exists(&dir)? {
+        let (index, dictionary) = create_index(path, dir, schema)?;
+        return Ok((index, Some(dictionary)));
+    }
+    let mut index = Index::open(dir)?;
+    let persisted = index.load_metas()?.persisted_custom_extensions;
+    if !persisted.iter().any(|e| e == docstore::EXTENSION) {
+        return Ok((index, None));
+    }
+    let (plugin, dictionary) = events_plugin(path, schema)?;
+    index.register_plugin(plugin);
+    Ok((index, Some(dictionary)))
+}
+
+/// Creates a partition's index in `dir` (the directory `path`): the
+/// schema and settings of every new partition, with the events store.
+/// Also what the raw-engine bench builds, to be a fair limit.
+pub fn create_index<D: Directory>(
+    path: &Path,
+    dir: D,
+    schema: &AuditSchema,
+) -> tantivy::Result<(Index, Arc<PartitionDictionary>)> {
+    let (plugin, dictionary) = events_plugin(path, schema)?;
+    let index = Index::builder()
+        .schema(schema.events_store_schema())
+        .settings(index_settings())
+        .register_plugin(plugin)
+        .open_or_create(dir)?;
+    Ok((index, dictionary))
+}
+
+fn events_plugin(
+    path: &Path,
+    schema: &AuditSchema,
+) -> tantivy::Result<(Arc<EventsPlugin>, Arc<PartitionDictionary>)> {
+    let dictionary = Arc::new(PartitionDictionary::open(path)?);
+    let plugin = EventsPlugin::new(schema.body, schema.salt, dictionary.clone());
+    Ok((Arc::new(plugin), dictionary))
 }
 
 /// Opens one term dictionary of every segment: Tantivy opens them only

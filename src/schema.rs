@@ -1,7 +1,8 @@
 //! The Tantivy schema and the one place an `AuditEvent` becomes a document.
 //!
 //! Only `body` and `salt` are stored: the event, prost-encoded, in the
-//! zstd doc store, less its `time` and `received`, which the fast fields
+//! events store (`docstore`; Tantivy's doc store in partitions created
+//! before data format 5), less its `time` and `received`, which the fast fields
 //! hold already (`encode_body`, `restore_times`), and the event's salt
 //! (`integrity::leaf`). Every other field is indexed (and some fast) but
 //! never stored, so no value is kept twice.
@@ -13,8 +14,8 @@ use prost::Message;
 
 use sha2::{Digest, Sha256};
 use tantivy::schema::{
-    Field, IndexRecordOption, IpAddrOptions, JsonObjectOptions, NumericOptions, OwnedValue, Schema,
-    TextFieldIndexing, TextOptions, FAST, STORED,
+    BytesOptions, Field, IndexRecordOption, IpAddrOptions, JsonObjectOptions, NumericOptions,
+    OwnedValue, Schema, TextFieldIndexing, TextOptions, FAST, STORED,
 };
 use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 use tantivy::{Index, TantivyDocument};
@@ -99,6 +100,21 @@ impl Default for AuditSchema {
 }
 
 impl AuditSchema {
+    /// The schema of a partition that keeps its events in the events
+    /// store (`docstore`, every partition created since data format 5):
+    /// the same fields, `body` and `salt` not stored by Tantivy.
+    pub fn events_store_schema(&self) -> Schema {
+        let mut b = Schema::builder();
+        for (field, entry) in self.schema.fields() {
+            if field == self.body || field == self.salt {
+                b.add_bytes_field(entry.name(), BytesOptions::default());
+            } else {
+                b.add_field(entry.clone());
+            }
+        }
+        b.build()
+    }
+
     pub fn new() -> Self {
         use names::*;
         let mut b = Schema::builder();

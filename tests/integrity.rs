@@ -13,14 +13,14 @@ use auditd::client::IntegrityClient;
 use auditd::integrity::merkle::{verify_consistency, Hash};
 use auditd::integrity::note;
 use auditd::integrity::receipt::{verify_receipt, Receipt};
+use auditd::partition::{parse_day, Partition};
 use auditd::proto::{
     AuditEvent, AuditLogRequest, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest,
     GetInclusionProofRequest, InclusionProof, LeafProblem, TokenKind, WaitFor,
 };
-use auditd::schema::{id_key, names, register_tokenizers, restore_times, AuditSchema};
+use auditd::schema::{id_key, restore_times, AuditSchema};
 use common::*;
-use tantivy::schema::Value;
-use tantivy::{Index, TantivyDocument, Term};
+use tantivy::Term;
 use tonic::Code;
 
 async fn integrity(server: &TestServer, token: &str) -> IntegrityClient {
@@ -238,35 +238,34 @@ async fn proofs_follow_read_scope_and_bad_requests_name_their_field() {
     server.stop().await.unwrap();
 }
 
+/// The partition in `day`, opened as the daemon opens it.
+fn open_day(day: &Path) -> Partition {
+    let name = day.file_name().unwrap().to_str().unwrap();
+    auditd::partition::open_existing(day, parse_day(name).unwrap(), &AuditSchema::new()).unwrap()
+}
+
 /// One day partition's documents, by seq: event, and its salt as stored
 /// (the opening bytes of `integrity::opening`).
-fn stored_by_seq(index: &Index) -> HashMap<u64, (AuditEvent, Vec<u8>)> {
+fn stored_by_seq(day: &Path) -> HashMap<u64, (AuditEvent, Vec<u8>)> {
     let schema = AuditSchema::new();
-    let searcher = index.reader().unwrap().searcher();
+    let view = open_day(day).view().unwrap();
     let mut out = HashMap::new();
-    for (ord, segment) in searcher.segment_readers().iter().enumerate() {
-        let fast = segment.fast_fields();
-        let seqs = fast.u64(names::SEQ).unwrap();
-        let times = fast.i64(names::TIME).unwrap();
-        let received = fast.i64(names::RECEIVED).unwrap();
+    let segments = view.searcher.segment_readers().iter().zip(&view.columns);
+    for (ord, (segment, columns)) in segments.enumerate() {
         for doc in segment.doc_ids_alive() {
-            let stored: TantivyDocument = searcher
-                .doc(tantivy::DocAddress::new(ord as u32, doc))
+            let stored = view
+                .stored(tantivy::DocAddress::new(ord as u32, doc), &schema)
                 .unwrap();
-            let body = stored.get_first(schema.body).unwrap().as_bytes().unwrap();
-            let mut event = <AuditEvent as prost::Message>::decode(body).unwrap();
+            let mut event = <AuditEvent as prost::Message>::decode(stored.body.as_slice()).unwrap();
             restore_times(
                 &mut event,
-                times.first(doc).unwrap(),
-                received.first(doc).unwrap(),
+                columns.time.first(doc).unwrap(),
+                columns.received.first(doc).unwrap(),
             );
-            let salt = stored
-                .get_first(schema.salt)
-                .unwrap()
-                .as_bytes()
-                .unwrap()
-                .to_vec();
-            out.insert(seqs.first(doc).unwrap(), (event, salt));
+            out.insert(
+                columns.seq.first(doc).unwrap(),
+                (event, stored.salt.unwrap()),
+            );
         }
     }
     out
@@ -276,8 +275,7 @@ fn stored_by_seq(index: &Index) -> HashMap<u64, (AuditEvent, Vec<u8>)> {
 /// `remove` (by seq) and add `add` (event, seq, salt), then commit with
 /// the partition's own payload, so nothing else looks touched.
 fn rewrite(day: &Path, remove: &[&AuditEvent], add: Vec<(AuditEvent, u64, Vec<u8>)>) {
-    let index = Index::open_in_dir(day).unwrap();
-    register_tokenizers(&index);
+    let index = open_day(day).index;
     let schema = AuditSchema::new();
     let payload = index.load_metas().unwrap().payload;
     let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 20_000_000).unwrap();
@@ -310,9 +308,7 @@ fn event_day(data_dir: &Path) -> std::path::PathBuf {
 fn tamper_with_events(data_dir: &Path, seqs: &[u64]) -> (Vec<(u64, &'static str)>, u64) {
     let day = event_day(data_dir);
     assert!(day.exists(), "the generated events' partition");
-    let index = Index::open_in_dir(&day).unwrap();
-    let stored = stored_by_seq(&index);
-    drop(index);
+    let stored = stored_by_seq(&day);
     let (changed, deleted, forged_at, swap_a, swap_b) =
         (seqs[10], seqs[20], seqs[30], seqs[40], seqs[41]);
     let mut modified = stored[&changed].0.clone();
@@ -600,9 +596,7 @@ async fn the_auditctl_tour_receipt_verify_receipt_and_verify() {
 
     // A changed event: verify --full names it and fails.
     let day = event_day(dir.path());
-    let index = Index::open_in_dir(&day).unwrap();
-    let stored = stored_by_seq(&index);
-    drop(index);
+    let stored = stored_by_seq(&day);
     let seq = reply.seqs[5];
     let mut changed = stored[&seq].0.clone();
     changed.subject = "mallory".into();
@@ -736,9 +730,7 @@ async fn the_self_audit_finds_a_changed_event_and_says_so() {
     server.stop().await.unwrap();
 
     let day = event_day(dir.path());
-    let index = Index::open_in_dir(&day).unwrap();
-    let stored = stored_by_seq(&index);
-    drop(index);
+    let stored = stored_by_seq(&day);
     let seq = seqs[17];
     let mut changed = stored[&seq].0.clone();
     changed.resource = "somewhere-else".into();

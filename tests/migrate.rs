@@ -79,7 +79,8 @@ async fn refused_then_migrated_and_served(format: u32) {
     );
     // 600 events from the index, 400 from the log alone, and the trail of
     // the old run's reads.
-    assert!(stdout.contains("migrated to data format 4"), "{stdout}");
+    let migrated = format!("migrated to data format {}", auditd::datadir::FORMAT);
+    assert!(stdout.contains(&migrated), "{stdout}");
     assert!(dir
         .path()
         .join(format!("format-{format}"))

@@ -1,6 +1,6 @@
 //! The raw-engine step both benches time: auditd's schema and document
-//! code, straight into one Tantivy IndexWriter (zstd doc store, as the
-//! daemon's partitions), one commit. No network, no WAL, no queue.
+//! code, straight into one Tantivy IndexWriter (with the events store, as
+//! the daemon's partitions: `partition::create_index`), one commit. No network, no WAL, no queue.
 
 use std::path::Path;
 
@@ -35,11 +35,8 @@ pub fn index_all(
     threads: usize,
     heap_bytes: usize,
 ) -> tantivy::IndexWriter {
-    let index = tantivy::Index::builder()
-        .schema(schema.schema.clone())
-        .settings(auditd::partition::index_settings())
-        .create_in_dir(dir)
-        .unwrap();
+    let directory = tantivy::directory::MmapDirectory::open(dir).unwrap();
+    let (index, _) = auditd::partition::create_index(dir, directory, schema).unwrap();
     auditd::schema::register_tokenizers(&index);
     let mut writer: tantivy::IndexWriter =
         index.writer_with_num_threads(threads, heap_bytes).unwrap();

@@ -16,9 +16,9 @@ use tantivy::query::{
     AllQuery, BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, Query, QueryParser,
     RangeQuery, RegexQuery, TermQuery,
 };
-use tantivy::schema::{IndexRecordOption, Term, Value};
+use tantivy::schema::{IndexRecordOption, Term};
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::{DocAddress, Index, TantivyDocument};
+use tantivy::{DocAddress, Index};
 use tokio::sync::watch;
 
 use crate::app::trail::TRAIL_TYPE;
@@ -539,15 +539,12 @@ impl Searcher {
             address: hit.address,
             reason,
         };
-        let doc: TantivyDocument = view.searcher.doc(hit.address)?;
-        let salt = doc
-            .get_first(self.schema.salt)
-            .and_then(|v| v.as_bytes())
-            .and_then(Opening::from_bytes);
-        let body = doc
-            .get_first(self.schema.body)
-            .and_then(|v| v.as_bytes())
-            .ok_or_else(|| corrupt("no body".into()))?;
+        let stored = view.stored(hit.address, &self.schema)?;
+        let salt = stored.salt.as_deref().and_then(Opening::from_bytes);
+        if stored.body.is_empty() {
+            return Err(corrupt("no body".into()));
+        }
+        let body = stored.body.as_slice();
         let received = view.columns[hit.address.segment_ord as usize]
             .received
             .first(hit.address.doc_id)

@@ -1,6 +1,6 @@
 //! A partition as one search sees it: a Tantivy searcher, and the columns
-//! every search reads (`time`, `seq`, `received`), opened once per segment
-//! rather than once per search.
+//! every search reads (`time`, `seq`, `received`) and the events file
+//! (`docstore`), opened once per segment rather than once per search.
 //!
 //! Opening a column reads its header and, for `time` (stored blockwise
 //! linear), the table of every block: for a 10 M-event partition that was
@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tantivy::columnar::{Cardinality, Column};
 use tantivy::index::SegmentId;
-use tantivy::{DocId, IndexReader, SegmentReader};
+use tantivy::schema::Value;
+use tantivy::{DocAddress, DocId, IndexReader, SegmentReader, TantivyDocument};
 
-use crate::schema::names;
+use crate::docstore::{self, EventsFile, PartitionDictionary};
+use crate::schema::{names, AuditSchema};
 
 /// The columns of one segment.
 #[derive(Clone)]
@@ -24,18 +26,27 @@ pub struct Columns {
     pub time: Column<i64>,
     pub seq: Column<u64>,
     pub received: Column<i64>,
+    /// The segment's events file; `None` in a partition created before
+    /// the events store, whose events are in Tantivy's doc store.
+    pub events: Option<EventsFile>,
     /// The stretches of rows over which `seq` ascends, found on the first
     /// look-up by seq; `None` where there are too many to be worth it.
     seq_runs: Arc<OnceLock<Option<Vec<SeqRun>>>>,
 }
 
 impl Columns {
-    fn open(reader: &SegmentReader) -> tantivy::Result<Columns> {
+    fn open(
+        reader: &SegmentReader,
+        events: Option<&PartitionDictionary>,
+    ) -> tantivy::Result<Columns> {
         let fast = reader.fast_fields();
         Ok(Columns {
             time: fast.i64(names::TIME)?,
             seq: fast.u64(names::SEQ)?,
             received: fast.i64(names::RECEIVED)?,
+            events: events
+                .map(|dictionary| docstore::open(reader, dictionary))
+                .transpose()?,
             seq_runs: Arc::default(),
         })
     }
@@ -135,15 +146,31 @@ impl AsRef<View> for View {
     }
 }
 
+/// A document's stored bytes.
+pub struct Stored {
+    /// The event, prost-encoded, less its times (`schema::encode_body`).
+    pub body: Vec<u8>,
+    /// Its salt or opening (`integrity::opening`); `None` without one.
+    pub salt: Option<Vec<u8>>,
+}
+
 impl View {
-    /// The view of `searcher`, its columns opened.
-    pub fn new(searcher: tantivy::Searcher) -> tantivy::Result<View> {
-        View::open(searcher, None)
+    /// The view of `searcher` (with the events store's `dictionary`, or
+    /// none for a partition without it), its columns opened.
+    pub fn new(
+        searcher: tantivy::Searcher,
+        events: Option<&PartitionDictionary>,
+    ) -> tantivy::Result<View> {
+        View::open(searcher, events, None)
     }
 
     /// The view of `searcher`, reusing the columns `previous` already
     /// opened for the segments both hold.
-    fn open(searcher: tantivy::Searcher, previous: Option<&View>) -> tantivy::Result<View> {
+    fn open(
+        searcher: tantivy::Searcher,
+        events: Option<&PartitionDictionary>,
+        previous: Option<&View>,
+    ) -> tantivy::Result<View> {
         let known: HashMap<SegmentId, &Columns> = previous
             .map(|view| {
                 let ids = view
@@ -159,10 +186,32 @@ impl View {
             .iter()
             .map(|reader| match known.get(&reader.segment_id()) {
                 Some(columns) => Ok((*columns).clone()),
-                None => Columns::open(reader),
+                None => Columns::open(reader, events),
             })
             .collect::<tantivy::Result<_>>()?;
         Ok(View { searcher, columns })
+    }
+
+    /// The stored bytes of the document at `address`: from its segment's
+    /// events file, or from Tantivy's doc store in a partition created
+    /// before the events store.
+    pub fn stored(&self, address: DocAddress, schema: &AuditSchema) -> tantivy::Result<Stored> {
+        let segment = &self.columns[address.segment_ord as usize];
+        if let Some(events) = &segment.events {
+            let (body, salt) = events.get(address.doc_id)?;
+            let salt = (!salt.is_empty()).then_some(salt);
+            return Ok(Stored { body, salt });
+        }
+        let doc: TantivyDocument = self.searcher.doc(address)?;
+        let bytes = |field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_bytes())
+                .map(<[u8]>::to_vec)
+        };
+        Ok(Stored {
+            body: bytes(schema.body).unwrap_or_default(),
+            salt: bytes(schema.salt),
+        })
     }
 }
 
@@ -174,7 +223,11 @@ pub struct Views {
 }
 
 impl Views {
-    pub fn current(&self, reader: &IndexReader) -> tantivy::Result<Arc<View>> {
+    pub fn current(
+        &self,
+        reader: &IndexReader,
+        events: Option<&PartitionDictionary>,
+    ) -> tantivy::Result<Arc<View>> {
         let searcher = reader.searcher();
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let generation = searcher.generation().generation_id();
@@ -183,7 +236,7 @@ impl Views {
                 return Ok(view.clone());
             }
         }
-        let view = Arc::new(View::open(searcher, current.as_deref())?);
+        let view = Arc::new(View::open(searcher, events, current.as_deref())?);
         *current = Some(view.clone());
         Ok(view)
     }
@@ -207,7 +260,7 @@ mod tests {
             writer.add_document(row).unwrap();
         }
         writer.commit().unwrap();
-        View::new(index.reader().unwrap().searcher()).unwrap()
+        View::new(index.reader().unwrap().searcher(), None).unwrap()
     }
 
     fn every_lookup_finds_what_a_scan_finds(seqs: &[u64]) {
