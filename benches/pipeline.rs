@@ -158,12 +158,107 @@ fn raw_engine(c: &mut Criterion) {
     group.finish();
 }
 
+/// Events in the doc-store benches.
+const STORE_EVENTS: usize = 100_000;
+
+/// Where a fetched event comes from: Tantivy's doc store as partitions
+/// before data format 5 keep it (64 KiB blocks, zstd level 6), against
+/// the events store (`docstore`: 4 KiB blocks, zstd level 3, a dictionary
+/// trained on the events), on the same stored bytes (body and opening).
+/// Prints each one's size; times writing them, and fetching 100 events
+/// scattered over them with no block cached (a sparse page).
+fn doc_store(c: &mut Criterion) {
+    use auditd::docstore::file::FileWriter;
+    use auditd::docstore::{encode_record, EventsFile, PartitionDictionary};
+    use auditd::integrity::leaf::{new_salt, Version};
+    use auditd::integrity::opening::Opening;
+    use tantivy::directory::{Directory, OwnedBytes, RamDirectory};
+    use tantivy::store::{Compressor, StoreReader, StoreWriter, ZstdCompressor};
+    use tantivy::HasLen;
+
+    let records: Vec<Vec<u8>> = events(STORE_EVENTS)
+        .iter_mut()
+        .map(|event| {
+            let (mut body, mut record) = (Vec::new(), Vec::new());
+            auditd::schema::encode_body(event, &mut body);
+            let opening = Opening::Salt(Version::CURRENT, new_salt()).to_bytes();
+            encode_record(&body, &opening, &mut record);
+            record
+        })
+        .collect();
+    let raw: usize = records.iter().map(Vec::len).sum();
+    let tantivy_store = || {
+        let directory = RamDirectory::create();
+        let path = std::path::Path::new("store");
+        let zstd = Compressor::Zstd(ZstdCompressor {
+            compression_level: Some(6),
+        });
+        let mut writer =
+            StoreWriter::new(directory.open_write(path).unwrap(), zstd, 64 << 10, false).unwrap();
+        for record in &records {
+            writer.store_bytes(record).unwrap();
+        }
+        writer.close().unwrap();
+        directory.open_read(path).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dictionary = PartitionDictionary::open(dir.path()).unwrap();
+    let trained = dictionary.current_or_train(&records).unwrap();
+    let events_store = || {
+        let mut writer = FileWriter::new(Vec::new(), trained.clone());
+        for record in &records {
+            writer.push(record).unwrap();
+        }
+        writer.finish().unwrap()
+    };
+    let tantivy_file = tantivy_store();
+    let events_file = events_store();
+    eprintln!(
+        "doc store of {STORE_EVENTS} events ({raw} bytes stored): Tantivy's {} bytes ({:.2}x), \
+         the events store's {} bytes ({:.2}x) and a {} byte dictionary",
+        tantivy_file.len(),
+        raw as f64 / tantivy_file.len() as f64,
+        events_file.len(),
+        raw as f64 / events_file.len() as f64,
+        std::fs::metadata(dir.path().join(auditd::docstore::dictionary::FILE))
+            .unwrap()
+            .len(),
+    );
+    let tantivy_reader = StoreReader::open(tantivy_file, 0).unwrap();
+    let events_reader = EventsFile::open(OwnedBytes::new(events_file), &dictionary).unwrap();
+    let scattered: Vec<u32> = (0..100u32).map(|i| i * 997 % STORE_EVENTS as u32).collect();
+
+    let mut group = c.benchmark_group("doc store");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(STORE_EVENTS as u64));
+    group.bench_function("Tantivy's: write 100k events", |b| b.iter(tantivy_store));
+    group.bench_function("events store: write 100k events", |b| b.iter(events_store));
+    group.sample_size(50);
+    group.throughput(Throughput::Elements(scattered.len() as u64));
+    group.bench_function("Tantivy's: fetch 100 scattered events", |b| {
+        b.iter(|| {
+            for doc in &scattered {
+                black_box(tantivy_reader.get_document_bytes(*doc).unwrap());
+            }
+        })
+    });
+    group.bench_function("events store: fetch 100 scattered events", |b| {
+        b.iter(|| {
+            for doc in &scattered {
+                black_box(events_reader.get(*doc).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     decode_and_validate,
     document_building,
     leaf_hashes,
     wal_append,
-    raw_engine
+    raw_engine,
+    doc_store
 );
 criterion_main!(benches);
