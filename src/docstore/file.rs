@@ -97,6 +97,11 @@ impl<W: Write> FileWriter<W> {
         self.dictionary.as_ref().map_or(0, |d| d.id())
     }
 
+    /// Bytes it holds until they are written: the open block, the index.
+    pub fn mem_usage(&self) -> usize {
+        self.block.capacity() + self.compressed.capacity() + self.index.capacity()
+    }
+
     /// Appends the next doc's record, already encoded ([`encode_record`]).
     pub fn push(&mut self, record: &[u8]) -> io::Result<()> {
         if self.block.is_empty() {
@@ -120,12 +125,16 @@ impl<W: Write> FileWriter<W> {
             return Err(invalid("stacking blocks of another dictionary".into()));
         }
         self.close_block()?;
+        let docs = self
+            .docs
+            .checked_add(file.docs)
+            .ok_or_else(|| invalid("more than u32::MAX documents".into()))?;
         for block in 0..file.blocks {
             let (first, _) = file.entry(block);
-            let bytes = &file.bytes.as_slice()[file.block_range(block)];
-            self.write_block(self.docs + first, bytes)?;
+            let bytes = file.block_bytes(block)?;
+            self.write_block(self.docs.saturating_add(first), bytes)?;
         }
-        self.docs += file.docs;
+        self.docs = docs;
         Ok(())
     }
 
@@ -287,14 +296,17 @@ impl EventsFile {
         low
     }
 
+    /// Block `i` as stored (compressed).
+    fn block_bytes(&self, i: usize) -> io::Result<&[u8]> {
+        self.bytes
+            .as_slice()
+            .get(self.block_range(i))
+            .ok_or_else(|| invalid("a block outside its file".into()))
+    }
+
     /// Block `i`, decompressed into `out`.
     fn read_block(&self, i: usize, out: &mut Vec<u8>) -> io::Result<()> {
-        let range = self.block_range(i);
-        let src = self
-            .bytes
-            .as_slice()
-            .get(range)
-            .ok_or_else(|| invalid("a block outside its file".into()))?;
+        let src = self.block_bytes(i)?;
         let size = zstd::zstd_safe::get_frame_content_size(src)
             .ok()
             .flatten()

@@ -27,7 +27,7 @@ use std::any::Any;
 use std::io;
 use std::sync::Arc;
 
-use tantivy::directory::TerminatingWrite;
+use tantivy::directory::{TerminatingWrite, WritePtr};
 use tantivy::index::SegmentComponent;
 use tantivy::indexer::doc_id_mapping::{DocIdMapping, MappingType};
 use tantivy::plugin::{PluginMergeContext, PluginWriter, PluginWriterContext, SegmentPlugin};
@@ -36,6 +36,7 @@ use tantivy::schema::{Field, Schema, Value};
 use tantivy::{DocId, Segment, SegmentReader, TantivyDocument, TantivyError};
 
 pub use dictionary::PartitionDictionary;
+use dictionary::{MAX_TRAINING_RECORDS, MIN_TRAINING_RECORDS};
 use file::FileWriter;
 pub use file::{decode_record, encode_record, EventsFile};
 
@@ -49,13 +50,24 @@ fn component() -> SegmentComponent {
     SegmentComponent::Custom(EXTENSION.to_string())
 }
 
-/// Opens the events file of `segment`.
+/// Opens the events file of `segment`, which must hold a record for each
+/// of its documents.
 pub fn open(
     segment: &SegmentReader,
     dictionary: &PartitionDictionary,
 ) -> tantivy::Result<EventsFile> {
     let bytes = segment.open_read(component())?.read_bytes()?;
-    Ok(EventsFile::open(bytes, dictionary)?)
+    let file = EventsFile::open(bytes, dictionary)?;
+    if file.docs() != segment.max_doc() {
+        return Err(dictionary::invalid(format!(
+            "segment {} holds {} documents and its events file {}",
+            segment.segment_id().uuid_string(),
+            segment.max_doc(),
+            file.docs()
+        ))
+        .into());
+    }
+    Ok(file)
 }
 
 /// The plugin of one partition: the fields it stores, and the
@@ -81,14 +93,8 @@ impl SegmentPlugin for EventsPlugin {
         &[EXTENSION]
     }
 
-    fn create_writer(&self, _: &PluginWriterContext) -> tantivy::Result<Box<dyn PluginWriter>> {
-        Ok(Box::new(EventsWriter {
-            body: self.body,
-            salt: self.salt,
-            dictionary: self.dictionary.clone(),
-            records: Vec::new(),
-            ends: Vec::new(),
-        }))
+    fn create_writer(&self, ctx: &PluginWriterContext) -> tantivy::Result<Box<dyn PluginWriter>> {
+        Ok(Box::new(EventsWriter::new(self, ctx.segment)?))
     }
 
     fn merge(&self, ctx: PluginMergeContext) -> tantivy::Result<()> {
@@ -103,11 +109,17 @@ impl SegmentPlugin for EventsPlugin {
         let dictionary = match self.dictionary.current() {
             Some(dictionary) => Some(dictionary),
             // Every segment merged was written before the partition had a
-            // dictionary: their records, together, may be enough to train one.
+            // dictionary: their records, together, may be enough to train
+            // one. At most MAX_TRAINING_RECORDS of them are kept for it.
             None => {
-                let mut records = Vec::new();
+                let alive: usize = ctx.readers.iter().map(|r| r.num_docs() as usize).sum();
+                let step = alive.div_ceil(MAX_TRAINING_RECORDS).max(1);
+                let (mut records, mut seen) = (Vec::new(), 0usize);
                 for_each_alive(ctx.readers, &files, |record| {
-                    records.push(record.to_vec());
+                    if seen % step == 0 {
+                        records.push(record.to_vec());
+                    }
+                    seen += 1;
                     Ok(())
                 })?;
                 self.dictionary.current_or_train(&records)?
@@ -138,14 +150,6 @@ fn for_each_alive(
     mut f: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     for (reader, file) in readers.iter().zip(files) {
-        if file.docs() != reader.max_doc() {
-            return Err(dictionary::invalid(format!(
-                "segment {} holds {} documents and its events file {}",
-                reader.segment_id().uuid_string(),
-                reader.max_doc(),
-                file.docs()
-            )));
-        }
         file.for_each(|doc, record| match reader.is_deleted(doc) {
             true => Ok(()),
             false => f(record),
@@ -158,13 +162,73 @@ fn unsorted() -> TantivyError {
     TantivyError::InvalidArgument("the events store keeps documents in the order added".into())
 }
 
-/// A segment's records while it is written, in doc-id order.
+/// A segment's events file while the segment is written: compressed block
+/// by block as documents arrive (so a commit only closes the last block),
+/// once the partition has a dictionary.
 struct EventsWriter {
     body: Field,
     salt: Field,
     dictionary: Arc<PartitionDictionary>,
-    records: Vec<u8>,
-    ends: Vec<usize>,
+    segment: Segment,
+    state: WriterState,
+    record: Vec<u8>,
+}
+
+enum WriterState {
+    /// The partition has no dictionary yet: the records wait until they
+    /// are enough to train one ([`MIN_TRAINING_RECORDS`]) or the segment
+    /// ends.
+    Waiting {
+        records: Vec<u8>,
+        ends: Vec<usize>,
+    },
+    Writing(FileWriter<WritePtr>),
+}
+
+impl EventsWriter {
+    fn new(plugin: &EventsPlugin, segment: &Segment) -> tantivy::Result<EventsWriter> {
+        let state = match plugin.dictionary.current() {
+            Some(dictionary) => WriterState::Writing(FileWriter::new(
+                segment.open_write(component())?,
+                Some(dictionary),
+            )),
+            None => WriterState::Waiting {
+                records: Vec::new(),
+                ends: Vec::new(),
+            },
+        };
+        Ok(EventsWriter {
+            body: plugin.body,
+            salt: plugin.salt,
+            dictionary: plugin.dictionary.clone(),
+            segment: segment.clone(),
+            state,
+            record: Vec::new(),
+        })
+    }
+}
+
+/// The writer of `segment`'s events file, given its first records
+/// (`ends[i]` is where record `i` of `records` ends): with the partition's
+/// dictionary, trained from those records if it has none yet and they
+/// are enough.
+fn start_writing(
+    dictionary: &PartitionDictionary,
+    segment: &Segment,
+    records: &[u8],
+    ends: &[usize],
+) -> tantivy::Result<FileWriter<WritePtr>> {
+    let starts = std::iter::once(0).chain(ends.iter().copied());
+    let records: Vec<&[u8]> = starts
+        .zip(ends)
+        .map(|(start, end)| &records[start..*end])
+        .collect();
+    let dictionary = dictionary.current_or_train(&records)?;
+    let mut writer = FileWriter::new(segment.open_write(component())?, dictionary);
+    for record in records {
+        writer.push(record)?;
+    }
+    Ok(writer)
 }
 
 impl PluginWriter for EventsWriter {
@@ -183,35 +247,50 @@ impl PluginWriter for EventsWriter {
                 .and_then(|value| value.as_bytes())
                 .unwrap_or_default()
         };
-        encode_record(bytes(self.body), bytes(self.salt), &mut self.records);
-        self.ends.push(self.records.len());
+        match &mut self.state {
+            WriterState::Writing(writer) => {
+                self.record.clear();
+                encode_record(bytes(self.body), bytes(self.salt), &mut self.record);
+                writer.push(&self.record)?;
+            }
+            WriterState::Waiting { records, ends } => {
+                encode_record(bytes(self.body), bytes(self.salt), records);
+                ends.push(records.len());
+                if ends.len() >= MIN_TRAINING_RECORDS {
+                    let writer = start_writing(&self.dictionary, &self.segment, records, ends)?;
+                    self.state = WriterState::Writing(writer);
+                }
+            }
+        }
         Ok(())
     }
 
     fn serialize(
         self: Box<Self>,
-        segment: &Segment,
+        _: &Segment,
         doc_id_map: Option<&DocIdMapping>,
     ) -> tantivy::Result<()> {
         if doc_id_map.is_some() {
             return Err(unsorted());
         }
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        let records: Vec<&[u8]> = starts
-            .zip(&self.ends)
-            .map(|(start, end)| &self.records[start..*end])
-            .collect();
-        let dictionary = self.dictionary.current_or_train(&records)?;
-        let mut writer = FileWriter::new(segment.open_write(component())?, dictionary);
-        for record in records {
-            writer.push(record)?;
-        }
+        let this = *self;
+        let writer = match this.state {
+            WriterState::Writing(writer) => writer,
+            WriterState::Waiting { records, ends } => {
+                start_writing(&this.dictionary, &this.segment, &records, &ends)?
+            }
+        };
         writer.finish()?.terminate()?;
         Ok(())
     }
 
     fn mem_usage(&self) -> usize {
-        self.records.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+        match &self.state {
+            WriterState::Waiting { records, ends } => {
+                records.capacity() + ends.capacity() * std::mem::size_of::<usize>()
+            }
+            WriterState::Writing(writer) => writer.mem_usage(),
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -344,5 +423,28 @@ mod tests {
         );
         assert_eq!(partition.events.unwrap().current().unwrap().id(), trained);
         assert!(partition.index.validate_checksum().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_first_segment_big_enough_trains_the_dictionary_as_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = AuditSchema::new();
+        let directory = MmapDirectory::open(dir.path()).unwrap();
+        let (index, dictionary) =
+            crate::partition::create_index(dir.path(), directory, &schema).unwrap();
+        crate::schema::register_tokenizers(&index);
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 50_000_000).unwrap();
+        let count = 2 * MIN_TRAINING_RECORDS as u64 + 500;
+        add(&mut writer, &schema, 0..count);
+        let trained = dictionary
+            .current()
+            .expect("trained by the first segment")
+            .id();
+        drop(writer);
+        let partition = open_existing(dir.path(), DAY, &schema).unwrap();
+        assert_eq!(read_all(&partition, &schema), expected(0..count));
+        let view = partition.view().unwrap();
+        let file = view.columns[0].events.as_ref().unwrap();
+        assert_eq!((file.docs() as u64, file.dictionary_id()), (count, trained));
     }
 }
