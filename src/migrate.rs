@@ -96,8 +96,8 @@ impl std::fmt::Display for MigrateReport {
         )?;
         writeln!(f, "the next start indexes them all again before it serves")?;
         match &self.kept {
-            Some(path) => writeln!(f, "the format-1 files are kept in {}", path.display()),
-            None => writeln!(f, "the format-1 files are deleted"),
+            Some(path) => writeln!(f, "the old files are kept in {}", path.display()),
+            None => writeln!(f, "the old files are deleted"),
         }
     }
 }
