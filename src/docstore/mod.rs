@@ -36,7 +36,7 @@ use tantivy::schema::{Field, Schema, Value};
 use tantivy::{DocId, Segment, SegmentReader, TantivyDocument, TantivyError};
 
 pub use dictionary::PartitionDictionary;
-use dictionary::{MAX_TRAINING_RECORDS, MIN_TRAINING_RECORDS};
+use dictionary::MAX_TRAINING_RECORDS;
 use file::FileWriter;
 pub use file::{decode_record, encode_record, EventsFile};
 
@@ -175,9 +175,9 @@ struct EventsWriter {
 }
 
 enum WriterState {
-    /// The partition has no dictionary yet: the records wait until they
-    /// are enough to train one ([`MIN_TRAINING_RECORDS`]) or the segment
-    /// ends.
+    /// The partition has no dictionary yet: the records wait until there
+    /// are [`MAX_TRAINING_RECORDS`] to train one from, or the segment ends
+    /// (and trains one if it has at least `MIN_TRAINING_RECORDS`).
     Waiting {
         records: Vec<u8>,
         ends: Vec<usize>,
@@ -256,7 +256,7 @@ impl PluginWriter for EventsWriter {
             WriterState::Waiting { records, ends } => {
                 encode_record(bytes(self.body), bytes(self.salt), records);
                 ends.push(records.len());
-                if ends.len() >= MIN_TRAINING_RECORDS {
+                if ends.len() >= MAX_TRAINING_RECORDS {
                     let writer = start_writing(&self.dictionary, &self.segment, records, ends)?;
                     self.state = WriterState::Writing(writer);
                 }
@@ -307,7 +307,7 @@ mod tests {
     use tantivy::directory::MmapDirectory;
     use tantivy::{DocAddress, IndexWriter, Term};
 
-    use super::dictionary::MIN_TRAINING_RECORDS;
+    use super::dictionary::{MAX_TRAINING_RECORDS, MIN_TRAINING_RECORDS};
     use crate::partition::{open_existing, Partition};
     use crate::proto::{AuditEvent, Source};
     use crate::schema::{id_key, micros_to_timestamp, AuditSchema};
@@ -434,7 +434,7 @@ mod tests {
             crate::partition::create_index(dir.path(), directory, &schema).unwrap();
         crate::schema::register_tokenizers(&index);
         let mut writer: IndexWriter = index.writer_with_num_threads(1, 50_000_000).unwrap();
-        let count = 2 * MIN_TRAINING_RECORDS as u64 + 500;
+        let count = MAX_TRAINING_RECORDS as u64 + 2_500;
         add(&mut writer, &schema, 0..count);
         let trained = dictionary
             .current()
