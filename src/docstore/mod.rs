@@ -7,10 +7,12 @@
 //! 100 events decompressed up to 100 blocks, 44 % of a sparse search's CPU
 //! (BENCHMARKS.md, issue 17). Here a block is about 4 KiB, a dozen
 //! events, compressed at zstd level 3 with a dictionary trained on the
-//! partition's own events: on `gen_events.py` events that is as small as
-//! the 64 KiB blocks at level 6, a tenth of the decompression per fetched
-//! event, and a third of the compression time (docs/benchmarks-history.md,
-//! "2026-12-03: a doc store that reads one event").
+//! partition's own events: on auditd's stored bytes of `gen_events.py`
+//! events that is 6 % smaller than the 64 KiB blocks at level 6, writes
+//! in about half the time, and fetches scattered events in a twelfth of
+//! it (`cargo bench --bench pipeline -- "doc store"`;
+//! docs/benchmarks-history.md, "2026-12-03: a doc store that reads one
+//! event").
 //!
 //! It is a Tantivy [`SegmentPlugin`]: each segment gets a `<segment>.events`
 //! file ([`file`]), written with the segment, merged with it (blocks of
