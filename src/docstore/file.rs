@@ -104,10 +104,20 @@ impl<W: Write> FileWriter<W> {
 
     /// Appends the next doc's record, already encoded ([`encode_record`]).
     pub fn push(&mut self, record: &[u8]) -> io::Result<()> {
+        self.append(|block| block.extend_from_slice(record))
+    }
+
+    /// Appends the next doc's record: `body` and `salt`, encoded straight
+    /// into the open block.
+    pub fn push_record(&mut self, body: &[u8], salt: &[u8]) -> io::Result<()> {
+        self.append(|block| encode_record(body, salt, block))
+    }
+
+    fn append(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         if self.block.is_empty() {
             self.block_first = self.docs;
         }
-        self.block.extend_from_slice(record);
+        write(&mut self.block);
         self.docs = self
             .docs
             .checked_add(1)
@@ -374,7 +384,8 @@ impl EventsFile {
 }
 
 /// The body and salt of an encoded record.
-pub fn decode_record(record: &[u8]) -> io::Result<(&[u8], &[u8])> {
+#[cfg(test)]
+fn decode_record(record: &[u8]) -> io::Result<(&[u8], &[u8])> {
     split_record(record).map(|(body, salt, _)| (body, salt))
 }
 

@@ -40,7 +40,7 @@ use tantivy::{DocId, Segment, SegmentReader, TantivyDocument, TantivyError};
 pub use dictionary::PartitionDictionary;
 use dictionary::MAX_TRAINING_RECORDS;
 use file::FileWriter;
-pub use file::{decode_record, encode_record, EventsFile};
+pub use file::{encode_record, EventsFile};
 
 /// The extension of a segment's events file.
 pub const EXTENSION: &str = "events";
@@ -173,7 +173,6 @@ struct EventsWriter {
     dictionary: Arc<PartitionDictionary>,
     segment: Segment,
     state: WriterState,
-    record: Vec<u8>,
 }
 
 enum WriterState {
@@ -205,7 +204,6 @@ impl EventsWriter {
             dictionary: plugin.dictionary.clone(),
             segment: segment.clone(),
             state,
-            record: Vec::new(),
         })
     }
 }
@@ -251,9 +249,7 @@ impl PluginWriter for EventsWriter {
         };
         match &mut self.state {
             WriterState::Writing(writer) => {
-                self.record.clear();
-                encode_record(bytes(self.body), bytes(self.salt), &mut self.record);
-                writer.push(&self.record)?;
+                writer.push_record(bytes(self.body), bytes(self.salt))?
             }
             WriterState::Waiting { records, ends } => {
                 encode_record(bytes(self.body), bytes(self.salt), records);

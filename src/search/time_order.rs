@@ -708,7 +708,7 @@ mod brute_force {
                     writer.delete_term(Term::from_field_u64(seq, e.seq));
                 }
                 writer.commit().unwrap();
-                View::new(index.reader().unwrap().searcher(), None).unwrap()
+                View::new(index.reader().unwrap().searcher()).unwrap()
             })
             .collect()
     }

@@ -155,13 +155,10 @@ pub struct Stored {
 }
 
 impl View {
-    /// The view of `searcher` (with the events store's `dictionary`, or
-    /// none for a partition without it), its columns opened.
-    pub fn new(
-        searcher: tantivy::Searcher,
-        events: Option<&PartitionDictionary>,
-    ) -> tantivy::Result<View> {
-        View::open(searcher, events, None)
+    /// The view of `searcher` over a partition without the events store,
+    /// its columns opened.
+    pub fn new(searcher: tantivy::Searcher) -> tantivy::Result<View> {
+        View::open(searcher, None, None)
     }
 
     /// The view of `searcher`, reusing the columns `previous` already
@@ -260,7 +257,7 @@ mod tests {
             writer.add_document(row).unwrap();
         }
         writer.commit().unwrap();
-        View::new(index.reader().unwrap().searcher(), None).unwrap()
+        View::new(index.reader().unwrap().searcher()).unwrap()
     }
 
     fn every_lookup_finds_what_a_scan_finds(seqs: &[u64]) {
