@@ -19,7 +19,7 @@ use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::{DocAddress, DocId, DocSet, SegmentOrdinal, SegmentReader, TERMINATED};
 
-use super::view::View;
+use super::view::{Columns, View, TIME_BOUNDS_DOCS};
 
 /// The first chunk a search visits at the best end of a segment
 /// (`State::collect_all`); each next one is four times as long, until the
@@ -31,11 +31,6 @@ const FIRST_CHUNK_DOCS: u32 = 4096;
 /// of at most this many doc ids (256 KiB), and the page's threshold rises
 /// from block to block.
 const SCAN_BLOCK_DOCS: u32 = 65_536;
-
-/// A query matching at least one document in this many of a segment is
-/// dense: a bulk scan of the time column costs less than a read per match.
-/// (A column read per match costs several times a scanned value.)
-const SCAN_DENSITY: u64 = 8;
 
 /// A query whose own estimate (`DocSet::size_hint`) is at most this many
 /// matches in a segment is sparse there: its matches are read in one pass
@@ -51,15 +46,15 @@ const SPARSE_MATCHES: u32 = SCAN_BLOCK_DOCS;
 struct Tuning {
     first_chunk: u32,
     scan_block: u32,
-    scan_density: u64,
     sparse_matches: u32,
+    time_bounds: u32,
 }
 
 const TUNING: Tuning = Tuning {
     first_chunk: FIRST_CHUNK_DOCS,
     scan_block: SCAN_BLOCK_DOCS,
-    scan_density: SCAN_DENSITY,
     sparse_matches: SPARSE_MATCHES,
+    time_bounds: TIME_BOUNDS_DOCS,
 };
 
 /// One hit: where it is and its sort key.
@@ -106,6 +101,7 @@ struct Segment<'a> {
     reader: &'a SegmentReader,
     time: &'a Column<i64>,
     seq: &'a Column<u64>,
+    columns: &'a Columns,
 }
 
 /// Runs `query` over the segments of `views` (one per partition).
@@ -140,6 +136,7 @@ fn collect_tuned<V: AsRef<View>>(
                 reader,
                 time: &columns.time,
                 seq: &columns.seq,
+                columns,
             });
         }
     }
@@ -239,8 +236,7 @@ impl State<'_> {
     /// order every match of a newest-first search would beat the one before
     /// and enter the page (about twice the time for page 10 of a broad
     /// search: docs/benchmarks-history.md).
-    /// Once the page is full, the rest goes in blocks of
-    /// `SCAN_BLOCK_DOCS` (`scan_block`).
+    /// Once the page is full, the rest goes to `scan_rest`.
     fn collect_all(&mut self, segment: &Segment, weight: &dyn Weight) -> tantivy::Result<()> {
         let check_seq = segment.seq.max_value() >= self.order.snapshot;
         let scorer = weight.scorer(segment.reader, 1.0)?;
@@ -251,11 +247,13 @@ impl State<'_> {
         drop(scorer);
         let mut rest = 0..segment.reader.max_doc();
         let mut chunk = self.tuning.first_chunk;
-        // Whether the query matches at least one document in
-        // `scan_density` of the segment, on its own estimate: used once the
-        // page is full.
-        let dense = u64::from(estimate) * self.tuning.scan_density >= u64::from(rest.end);
         while !rest.is_empty() {
+            if self.top.threshold().is_some() {
+                // The page is full: what is left is only scanned, in doc
+                // order, so that one scorer serves all of it.
+                self.scan_rest(segment, weight, rest, check_seq)?;
+                break;
+            }
             let len = chunk.min(rest.end - rest.start);
             let block = if self.order.ascending {
                 rest.start += len;
@@ -264,21 +262,11 @@ impl State<'_> {
                 rest.end -= len;
                 rest.end..rest.end + len
             };
-            let full = self.top.threshold().is_some();
-            if full && dense {
-                self.scan_block(segment, weight, block, check_seq)?;
-            } else {
-                self.offer_block(segment, weight, block, check_seq)?;
-            }
+            self.offer_block(segment, weight, block, check_seq)?;
             // A page's worth kept sets the threshold now rather than at
             // twice that (`TopN::push`).
             self.top.settle();
-            chunk = match self.top.threshold() {
-                None => chunk.saturating_mul(4),
-                Some(_) if dense => self.tuning.scan_block,
-                // The rest in one go.
-                Some(_) => u32::MAX,
-            };
+            chunk = chunk.saturating_mul(4);
         }
         self.top.settle();
         Ok(())
@@ -338,20 +326,86 @@ impl State<'_> {
         Ok(())
     }
 
-    /// Like `offer_block`, with a full page: only matches whose time could
-    /// reach the page are offered, found by one bulk scan of the block's
-    /// time column (what Tantivy's own range queries use), several times
-    /// cheaper than a column read per match. The other matches are only
-    /// counted, and only until `counted_enough`.
-    fn scan_block(
+    /// The rest of a segment once the page is full: `scan_block` over
+    /// blocks of `scan_block` documents taken in doc order, all with one
+    /// scorer, passing over the blocks whose times cannot reach the page
+    /// once the count is done (`Columns::time_bounds`); with 2 M-event
+    /// segments that took the outcome shape from 12–18 to 1.7 ms at p99,
+    /// where reading each match's time had cost more than the scan of
+    /// the blocks that could still enter. Visiting them from the best end
+    /// instead would need a scorer per block (a scorer only moves
+    /// forward), and building one can cost as much as reading every match
+    /// in the segment (a prefix's builds a bit set of them): with
+    /// 2 M-event segments an action prefix took 39.7 ms at p99, and 8.4
+    /// with one scorer (docs/benchmarks-history.md, "2026-12-03: 100 M
+    /// within 20 ms"). The page's threshold is set by then,
+    /// so the order only changes how soon it rises.
+    fn scan_rest(
         &mut self,
         segment: &Segment,
         weight: &dyn Weight,
-        block: Range<DocId>,
+        rest: Range<DocId>,
         check_seq: bool,
     ) -> tantivy::Result<()> {
+        let (mut scorer, mut doc) = scorer_at(segment, weight, rest.start)?;
+        let rows = self.tuning.time_bounds;
+        let bounds = segment.columns.time_bounds(rows);
+        let mut start = rest.start;
+        while start < rest.end && doc < rest.end {
+            let end = start.saturating_add(self.tuning.scan_block).min(rest.end);
+            // A block the scorer passed over holds no match; one whose
+            // times cannot reach the page needs reading only to count.
+            let skip = doc >= end
+                || (self.counted_enough(true)
+                    && bounds
+                        .as_deref()
+                        .is_some_and(|b| !self.could_enter(b, rows, start..end)));
+            if !skip {
+                doc = self.scan_block(segment, scorer.as_mut(), doc, start..end, check_seq)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Whether a document of `docs` could enter the (full) page on its
+    /// time, by the time `bounds` of every `rows` rows.
+    fn could_enter(&self, bounds: &[(i64, i64)], rows: u32, docs: Range<DocId>) -> bool {
         let Some((worst, _)) = self.top.threshold() else {
-            return self.offer_block(segment, weight, block, check_seq);
+            return true;
+        };
+        let first = (docs.start / rows) as usize;
+        let last = ((docs.end - 1) / rows) as usize;
+        let Some(covering) = bounds.get(first..=last) else {
+            return true;
+        };
+        covering
+            .iter()
+            .any(|&(min, max)| match self.order.ascending {
+                true => -min >= worst,
+                false => max >= worst,
+            })
+    }
+
+    /// Only matches in `block` whose time could reach the (full) page are
+    /// offered, found by one bulk scan of the block's time column (what
+    /// Tantivy's own range queries use), several times cheaper than a
+    /// column read per match. The other matches are only counted, and only
+    /// until `counted_enough`. `scorer` stands on `doc`, at or past the
+    /// block's start, and is left on the returned doc: the first match not
+    /// looked at, or one past `block` (every match before it was seen).
+    fn scan_block(
+        &mut self,
+        segment: &Segment,
+        scorer: &mut dyn tantivy::query::Scorer,
+        mut doc: DocId,
+        block: Range<DocId>,
+        check_seq: bool,
+    ) -> tantivy::Result<DocId> {
+        let Some((worst, _)) = self.top.threshold() else {
+            return Err(tantivy::TantivyError::InternalError(
+                "scan_block needs a full page".into(),
+            ));
         };
         // A time equal to the worst kept can still win on seq.
         let times = match self.order.ascending {
@@ -364,7 +418,6 @@ impl State<'_> {
             .time
             .get_docids_for_value_range(times, block.clone(), &mut candidates);
         let alive = segment.reader.alive_bitset();
-        let (mut scorer, mut doc) = scorer_at(segment, weight, block.start)?;
         let mut next = 0;
         // Every match, while the count is still wanted. The ones not
         // among the candidates rank below the page's worst, so they are
@@ -383,7 +436,8 @@ impl State<'_> {
             }
             doc = scorer.advance();
         }
-        // Then the candidates only: does each match?
+        // Then the candidates only: does each match? A candidate below
+        // `doc` does not: the scorer passed it.
         for &candidate in candidates.iter().skip(next) {
             if doc >= block.end {
                 break; // no match left in the block
@@ -397,7 +451,7 @@ impl State<'_> {
             }
         }
         self.candidates = candidates;
-        Ok(())
+        Ok(doc)
     }
 
     /// The count is as far as it needs to go: `count_up_to` reached and,
@@ -476,6 +530,15 @@ impl State<'_> {
             return Ok(());
         }
         let check_seq = segment.seq.max_value() >= self.order.snapshot;
+        if !check_seq && self.order.count_up_to == u64::MAX {
+            // Every match counts and none can stop the count early: the
+            // weight counts them its own way (a term with no deletes from
+            // its dictionary entry, the rest in one tight loop).
+            let matches = u64::from(weight.count(segment.reader)?);
+            self.total += matches;
+            self.after_cursor += matches * u64::from(past);
+            return Ok(());
+        }
         let alive = segment.reader.alive_bitset();
         let mut scorer = weight.scorer(segment.reader, 1.0)?;
         let mut doc = scorer.doc();
@@ -622,7 +685,7 @@ mod tests {
 
 /// `collect` against a brute-force sort, over small segments and small
 /// chunks so that every path runs: chunks from either end, blocks scanned
-/// for candidates (dense queries) or read match by match (sparse ones),
+/// for candidates or passed over on their time bounds, sparse segments,
 /// deleted documents, a snapshot, a count that stops, page tokens.
 #[cfg(test)]
 mod brute_force {
@@ -747,6 +810,7 @@ mod brute_force {
             count_up_to in prop::option::of(1u64..200),
             first_chunk in 1u32..20,
             scan_block in 1u32..50,
+            time_bounds in prop_oneof![1u32..40, Just(TIME_BOUNDS_DOCS)],
             sparse_matches in prop_oneof![Just(0u32), 0u32..400, Just(u32::MAX)],
         ) {
             let mut events = events;
@@ -773,7 +837,7 @@ mod brute_force {
                 expected.reverse();
             }
             let count_up_to = count_up_to.unwrap_or(u64::MAX);
-            let tuning = Tuning { first_chunk, scan_block, scan_density: 8, sparse_matches };
+            let tuning = Tuning { first_chunk, scan_block, sparse_matches, time_bounds };
             let mut after = None;
             let mut seen = 0;
             // Thirty pages at most: enough to cross many segments.
@@ -817,8 +881,8 @@ mod brute_force {
         let tuning = Tuning {
             first_chunk: 4,
             scan_block: 4,
-            scan_density: 8,
             sparse_matches: 0,
+            time_bounds: 4,
         };
         for count_up_to in [1, 15, u64::MAX] {
             let order = TimeOrder {

@@ -32,7 +32,14 @@ pub struct Columns {
     /// The stretches of rows over which `seq` ascends, found on the first
     /// look-up by seq; `None` where there are too many to be worth it.
     seq_runs: Arc<OnceLock<Option<Vec<SeqRun>>>>,
+    /// The least and greatest time of each `TIME_BOUNDS_DOCS` rows, found
+    /// on first use.
+    time_bounds: Arc<OnceLock<Option<Arc<[(i64, i64)]>>>>,
 }
+
+/// Rows a `Columns::time_bounds` entry covers: 512 entries (8 KiB) for a
+/// segment of 2 M events.
+pub const TIME_BOUNDS_DOCS: u32 = 4096;
 
 impl Columns {
     fn open(
@@ -48,7 +55,23 @@ impl Columns {
                 .map(|dictionary| docstore::open(reader, dictionary))
                 .transpose()?,
             seq_runs: Arc::default(),
+            time_bounds: Arc::default(),
         })
+    }
+
+    /// The least and greatest time of rows `[i × rows, (i + 1) × rows)`
+    /// at `i`, where every row has one time (`None` if not): lets a search
+    /// with a full page pass over the stretches of a segment too old (or
+    /// too new) to enter it without reading their times one by one. Kept
+    /// for `TIME_BOUNDS_DOCS`; other sizes (tests) are computed each time.
+    pub fn time_bounds(&self, rows: u32) -> Option<Arc<[(i64, i64)]>> {
+        if rows == TIME_BOUNDS_DOCS {
+            return self
+                .time_bounds
+                .get_or_init(|| time_bounds(&self.time, rows))
+                .clone();
+        }
+        time_bounds(&self.time, rows)
     }
 
     /// The documents whose seq is `seq`, deleted ones included.
@@ -94,6 +117,22 @@ impl Columns {
         }
         docs
     }
+}
+
+/// The least and greatest value of each `rows` rows of a time column
+/// with a value in every row, or `None`.
+fn time_bounds(column: &Column<i64>, rows: u32) -> Option<Arc<[(i64, i64)]>> {
+    if column.get_cardinality() != Cardinality::Full || rows == 0 {
+        return None;
+    }
+    let mut bounds = Vec::new();
+    let mut values = column.values.iter();
+    loop {
+        let mut block = values.by_ref().take(rows as usize);
+        let Some(first) = block.next() else { break };
+        bounds.push(block.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t))));
+    }
+    Some(bounds.into())
 }
 
 /// Rows `rows` of a seq column, over which seq never falls.
