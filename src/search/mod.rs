@@ -14,7 +14,7 @@ use base64::Engine;
 use rayon::prelude::*;
 use tantivy::query::{
     AllQuery, BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, Query, QueryParser,
-    RangeQuery, RegexQuery, TermQuery,
+    RangeQuery, TermQuery,
 };
 use tantivy::schema::{IndexRecordOption, Term};
 use tantivy::tokenizer::TextAnalyzer;
@@ -35,6 +35,7 @@ use crate::schema::{decode_stored, id_key, timestamp_micros, to_v6, AuditSchema}
 
 pub mod aggregate;
 mod log_order;
+mod prefix;
 pub mod recent;
 
 use recent::{RecentEvents, StoredEvent};
@@ -794,9 +795,8 @@ pub(crate) fn prefix_query(
     field: tantivy::schema::Field,
     prefix: &str,
 ) -> Result<Box<dyn Query>, String> {
-    let pattern = format!("{}.*", regex_syntax::escape(prefix));
     Ok(Box::new(
-        RegexQuery::from_pattern(&pattern, field).map_err(|e| e.to_string())?,
+        prefix::PrefixQuery::new(field, prefix).map_err(|e| e.to_string())?,
     ))
 }
 
