@@ -281,7 +281,7 @@ pub struct IndexConfig {
     pub max_open_writers: usize,
     /// A partition of a day that is over (UTC) and has had no new event for
     /// this long is compacted in the background: its segments, in time
-    /// order, merged into as few as `max_segment_docs` allows. Audit data
+    /// order, merged into as few as `compact_segment_docs` allows. Audit data
     /// of past days stops changing, and few segments take less disk than
     /// the many small ones frequent commits leave. Late events for that
     /// day are still taken (as a new segment). 0 turns it off.
@@ -293,6 +293,15 @@ pub struct IndexConfig {
     /// segment before it can skip older ones: with a whole day in one
     /// segment, it reads far more than the page (docs/benchmarks-history.md).
     pub max_segment_docs: u32,
+    /// Compaction's cap, in place of `max_segment_docs`, for a past day
+    /// that stopped changing: no merge builds a segment of this many
+    /// events. Larger than the live cap because a search pays a fixed cost
+    /// per segment (a dictionary look-up per term, a scorer), which a sparse
+    /// search over a long range pays for every segment; a past day's
+    /// merged segments are time neighbours that do not overlap, so a
+    /// newest-first search still reads only the best end of the one it
+    /// starts with (docs/benchmarks-history.md, "2026-12-03: 100 M within 20 ms").
+    pub compact_segment_docs: u32,
     /// Durable batches waiting for the indexer. When full, the WAL thread
     /// waits, its request queue fills, and Ingest refuses with
     /// RESOURCE_EXHAUSTED.
@@ -321,6 +330,7 @@ impl Default for IndexConfig {
             max_open_writers: 4,
             compact_after_idle_ms: 10_000,
             max_segment_docs: 500_000,
+            compact_segment_docs: 2_000_000,
             queue_capacity: 16,
             verify_on_start: true,
             recent_events_bytes: 32 * 1024 * 1024,
@@ -588,6 +598,12 @@ impl Config {
                 "at least 2, or segments would never merge",
             );
         }
+        if self.index.compact_segment_docs < 2 {
+            return invalid(
+                "index.compact_segment_docs",
+                "at least 2, or segments would never merge",
+            );
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert", "tls.cert and tls.key go together");
         }
@@ -680,6 +696,11 @@ mod tests {
         let error = config.check().unwrap_err().to_string();
         assert!(error.contains("index.max_segment_docs"), "{error}");
         config.index.max_segment_docs = 2;
+        config.check().unwrap();
+        config.index.compact_segment_docs = 1;
+        let error = config.check().unwrap_err().to_string();
+        assert!(error.contains("index.compact_segment_docs"), "{error}");
+        config.index.compact_segment_docs = 2;
         config.check().unwrap();
     }
 

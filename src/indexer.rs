@@ -63,6 +63,8 @@ pub struct IndexerSettings {
     pub compact_after_idle: Option<Duration>,
     /// See `IndexConfig::max_segment_docs`.
     pub max_segment_docs: u32,
+    /// See `IndexConfig::compact_segment_docs`.
+    pub compact_segment_docs: u32,
 }
 
 struct OpenWriter {
@@ -656,7 +658,7 @@ impl Indexer {
         let runs = open.partition.reader.reload().and_then(|()| {
             compaction_runs(
                 &open.partition.reader.searcher(),
-                self.settings.max_segment_docs,
+                self.settings.compact_segment_docs,
             )
         });
         let runs = match runs {

@@ -470,6 +470,7 @@ impl Pipeline {
                 writer_heap_bytes: config.index.writer_heap_bytes,
                 max_open_writers: config.index.max_open_writers,
                 max_segment_docs: config.index.max_segment_docs,
+                compact_segment_docs: config.index.compact_segment_docs,
                 compact_after_idle: match config.index.compact_after_idle_ms {
                     0 => None,
                     ms => Some(Duration::from_millis(ms)),

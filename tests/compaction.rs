@@ -1,6 +1,6 @@
 //! Compaction: the partition of a day that is over, once idle, is merged
 //! in the background (`index.compact_after_idle_ms`) into as few segments
-//! as `index.max_segment_docs` allows, in time order; its merged-away
+//! as `index.compact_segment_docs` allows, in time order; its merged-away
 //! files are deleted, and every event is still found.
 
 mod common;
@@ -108,15 +108,15 @@ fn segment_shapes(dir: &Path) -> Vec<(u32, i64, i64)> {
     shapes
 }
 
-/// With `index.max_segment_docs` at 250, seven segments of 100 events
+/// With `index.compact_segment_docs` at 250, seven segments of 100 events
 /// compact to runs of consecutive segments below it: 200, 200, 200, and
 /// the last one alone, each covering its own stretch of time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_merges_time_ordered_runs_below_max_segment_docs() {
+async fn compaction_merges_time_ordered_runs_below_compact_segment_docs() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.index.compact_after_idle_ms = 2_000;
-    config.index.max_segment_docs = 250;
+    config.index.compact_segment_docs = 250;
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
 
