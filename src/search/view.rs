@@ -34,8 +34,11 @@ pub struct Columns {
     seq_runs: Arc<OnceLock<Option<Vec<SeqRun>>>>,
     /// The least and greatest time of each `TIME_BOUNDS_DOCS` rows, found
     /// on first use.
-    time_bounds: Arc<OnceLock<Option<Arc<[(i64, i64)]>>>>,
+    time_bounds: Arc<OnceLock<Option<TimeBounds>>>,
 }
+
+/// The least and greatest time of each stretch of rows (`Columns::time_bounds`).
+pub type TimeBounds = Arc<[(i64, i64)]>;
 
 /// Rows a `Columns::time_bounds` entry covers: 512 entries (8 KiB) for a
 /// segment of 2 M events.
@@ -64,7 +67,7 @@ impl Columns {
     /// with a full page pass over the stretches of a segment too old (or
     /// too new) to enter it without reading their times one by one. Kept
     /// for `TIME_BOUNDS_DOCS`; other sizes (tests) are computed each time.
-    pub fn time_bounds(&self, rows: u32) -> Option<Arc<[(i64, i64)]>> {
+    pub fn time_bounds(&self, rows: u32) -> Option<TimeBounds> {
         if rows == TIME_BOUNDS_DOCS {
             return self
                 .time_bounds
@@ -121,7 +124,7 @@ impl Columns {
 
 /// The least and greatest value of each `rows` rows of a time column
 /// with a value in every row, or `None`.
-fn time_bounds(column: &Column<i64>, rows: u32) -> Option<Arc<[(i64, i64)]>> {
+fn time_bounds(column: &Column<i64>, rows: u32) -> Option<TimeBounds> {
     if column.get_cardinality() != Cardinality::Full || rows == 0 {
         return None;
     }
