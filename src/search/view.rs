@@ -275,10 +275,27 @@ impl Views {
                 return Ok(view.clone());
             }
         }
-        let view = Arc::new(View::open(searcher, events, current.as_deref())?);
+        let view = match View::open(searcher, events, current.as_deref()) {
+            Ok(view) => view,
+            // The events file of a segment this searcher holds is gone:
+            // Tantivy deletes a merge's inputs as soon as it ends, before
+            // the indexer reloads the reader, and no view had opened them.
+            // The reloaded searcher names the merged segment instead.
+            Err(error) if reload_moved(reader, generation) => {
+                tracing::debug!(%error, "a merged-away segment: taking the reloaded searcher");
+                View::open(reader.searcher(), events, current.as_deref())?
+            }
+            Err(error) => return Err(error),
+        };
+        let view = Arc::new(view);
         *current = Some(view.clone());
         Ok(view)
     }
+}
+
+/// Reloads `reader`; true if its searcher is no longer of `generation`.
+fn reload_moved(reader: &IndexReader, generation: u64) -> bool {
+    reader.reload().is_ok() && reader.searcher().generation().generation_id() != generation
 }
 
 #[cfg(test)]
