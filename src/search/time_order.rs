@@ -15,7 +15,6 @@
 use std::cmp::Reverse;
 use std::ops::Range;
 
-use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::{DocAddress, DocId, DocSet, SegmentOrdinal, SegmentReader, TERMINATED};
 
@@ -99,8 +98,7 @@ struct Segment<'a> {
     partition: usize,
     ord: SegmentOrdinal,
     reader: &'a SegmentReader,
-    time: &'a Column<i64>,
-    seq: &'a Column<u64>,
+    /// Its `time` and `seq` columns and their time bounds.
     columns: &'a Columns,
 }
 
@@ -134,17 +132,15 @@ fn collect_tuned<V: AsRef<View>>(
                 partition,
                 ord: ord as SegmentOrdinal,
                 reader,
-                time: &columns.time,
-                seq: &columns.seq,
                 columns,
             });
         }
     }
     // Best first. The column bounds are read from its header.
     if order.ascending {
-        segments.sort_by_key(|s| s.time.min_value());
+        segments.sort_by_key(|s| s.columns.time.min_value());
     } else {
-        segments.sort_by_key(|s| Reverse(s.time.max_value()));
+        segments.sort_by_key(|s| Reverse(s.columns.time.max_value()));
     }
     let mut state = State {
         order,
@@ -205,7 +201,10 @@ impl State<'_> {
     }
 
     fn visit(&mut self, segment: &Segment, weight: &dyn Weight) -> tantivy::Result<()> {
-        let (min, max) = (segment.time.min_value(), segment.time.max_value());
+        let (min, max) = (
+            segment.columns.time.min_value(),
+            segment.columns.time.max_value(),
+        );
         // The best rank any event of this segment could have, on time.
         let best = if self.order.ascending { -min } else { max };
         let could_enter = match self.top.threshold() {
@@ -238,7 +237,7 @@ impl State<'_> {
     /// search: docs/benchmarks-history.md).
     /// Once the page is full, the rest goes to `scan_rest`.
     fn collect_all(&mut self, segment: &Segment, weight: &dyn Weight) -> tantivy::Result<()> {
-        let check_seq = segment.seq.max_value() >= self.order.snapshot;
+        let check_seq = segment.columns.seq.max_value() >= self.order.snapshot;
         let scorer = weight.scorer(segment.reader, 1.0)?;
         let estimate = scorer.size_hint();
         if estimate <= self.tuning.sparse_matches {
@@ -415,6 +414,7 @@ impl State<'_> {
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         segment
+            .columns
             .time
             .get_docids_for_value_range(times, block.clone(), &mut candidates);
         let alive = segment.reader.alive_bitset();
@@ -463,13 +463,13 @@ impl State<'_> {
     }
 
     fn before_snapshot(&self, segment: &Segment, doc: DocId) -> bool {
-        segment.seq.first(doc).unwrap_or(u64::MAX) < self.order.snapshot
+        segment.columns.seq.first(doc).unwrap_or(u64::MAX) < self.order.snapshot
     }
 
     fn offer(&mut self, segment: &Segment, doc: DocId, check_seq: bool) -> tantivy::Result<()> {
         let missing = || tantivy::TantivyError::InternalError(format!("doc {doc} has no time/seq"));
-        let time = segment.time.first(doc).ok_or_else(missing)?;
-        let read_seq = || segment.seq.first(doc).ok_or_else(missing);
+        let time = segment.columns.time.first(doc).ok_or_else(missing)?;
+        let read_seq = || segment.columns.seq.first(doc).ok_or_else(missing);
         // The seq is read only when it decides something: the snapshot
         // (new segments only), a time equal to the cursor's, or a place on
         // the page. Most matches of a large old segment need the time only.
@@ -529,7 +529,7 @@ impl State<'_> {
         if self.counted_enough(past) {
             return Ok(());
         }
-        let check_seq = segment.seq.max_value() >= self.order.snapshot;
+        let check_seq = segment.columns.seq.max_value() >= self.order.snapshot;
         if !check_seq && self.order.count_up_to == u64::MAX {
             // Every match counts and none can stop the count early: the
             // weight counts them its own way (a term with no deletes from
