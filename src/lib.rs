@@ -15,6 +15,7 @@
 pub mod app;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub(crate) mod conn;
 pub mod datadir;

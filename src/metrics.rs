@@ -63,3 +63,6 @@ pub const RETENTION_DROPPED_BYTES: &str = "auditd_retention_dropped_bytes_total"
 pub const RETENTION_OLDEST_SECONDS: &str = "auditd_retention_oldest_day_timestamp_seconds";
 /// Legal holds in force.
 pub const RETENTION_HOLDS: &str = "auditd_retention_holds";
+/// Publishes to a partition refused because another ingest node published
+/// there first (`cluster::publish`; each is retried), by `partition`.
+pub const CLUSTER_PUBLISH_CONFLICTS: &str = "auditd_cluster_publish_conflicts_total";

@@ -135,9 +135,48 @@ impl JetStreamConfig {
         Ok(())
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+}
+
+/// Connects to `config.servers` with its credentials and TLS settings,
+/// every request bounded by `config.timeout_ms`: the client and its
+/// JetStream context. The error says what failed, for a `Remote` error.
+pub(crate) async fn connect(
+    config: &JetStreamConfig,
+) -> Result<(async_nats::Client, jetstream::Context), String> {
+    let timeout = config.timeout();
+    let mut options = ConnectOptions::new()
+        .name("auditd")
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout));
+    if let Some(path) = &config.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let mut addrs = Vec::with_capacity(config.servers.len());
+    for url in &config.servers {
+        let addr: ServerAddr = url.parse().map_err(|e| format!("server {url:?}: {e}"))?;
+        addrs.push(addr);
+    }
+    let servers = config.servers.join(", ");
+    let client = options
+        .connect(addrs)
+        .await
+        .map_err(|e| format!("cannot connect to {servers}: {e}"))?;
+    let context = jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client.clone());
+    Ok((client, context))
 }
 
 /// The connection, shared by the log and its readers.
@@ -178,36 +217,7 @@ impl Remote {
             reason,
         };
         let (client, context, stream) = runtime.block_on(async {
-            let mut options = ConnectOptions::new()
-                .name("auditd")
-                .connection_timeout(timeout)
-                .request_timeout(Some(timeout));
-            if let Some(path) = &config.credentials {
-                options = options.credentials_file(path).await.map_err(|e| {
-                    remote_error(format!("credentials file {}: {e}", path.display()))
-                })?;
-            }
-            if let Some(ca) = &config.tls_ca {
-                options = options.add_root_certificates(ca.clone()).require_tls(true);
-            }
-            if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-                options = options.add_client_certificate(cert.clone(), key.clone());
-            }
-            let mut addrs = Vec::with_capacity(config.servers.len());
-            for url in &config.servers {
-                let addr: ServerAddr = url
-                    .parse()
-                    .map_err(|e| remote_error(format!("server {url:?}: {e}")))?;
-                addrs.push(addr);
-            }
-            let servers = config.servers.join(", ");
-            let client = options
-                .connect(addrs)
-                .await
-                .map_err(|e| remote_error(format!("cannot connect to {servers}: {e}")))?;
-            let context = jetstream::ContextBuilder::new()
-                .timeout(timeout)
-                .build(client.clone());
+            let (client, context) = connect(config).await.map_err(remote_error)?;
             let stream = context
                 .get_or_create_stream(stream::Config {
                     name: config.stream.clone(),

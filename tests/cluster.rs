@@ -1,0 +1,263 @@
+//! The partitioned stream of the cluster (issue 21), against a real
+//! `nats-server`: ingest nodes racing on the same partitions get dense
+//! seqs with no gap and no repeat, a batch retried on another node (whole
+//! or after a partial failure) is stored once, and a stream of another
+//! layout is refused.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditd::cluster::publish::{Placed, Publisher, SEQ_END_HEADER};
+use auditd::cluster::{partition_of, ClusterError, Layout};
+use auditd::messages::WalBatch;
+use auditd::proto::AuditEvent;
+use auditd::record::{self, LogRecord};
+use auditd::wal::jetstream::JetStreamConfig;
+use auditd::wal::{LogPosition, Record};
+use common::nats::NatsServer;
+use common::*;
+
+const PARTITIONS: u32 = 4;
+
+fn layout(nats: &NatsServer, stream: &str, partitions: u32) -> Layout {
+    Layout {
+        jetstream: JetStreamConfig {
+            servers: vec![nats.url.clone()],
+            stream: stream.into(),
+            subject: format!("{}.events", stream.to_lowercase()),
+            timeout_ms: 2_000,
+            ..Default::default()
+        },
+        partitions,
+        duplicate_window: Duration::from_secs(120),
+    }
+}
+
+/// A salted batch of `events` whose ids are `<batch id>-<i>`.
+fn batch(batch_id: &str, events: &[AuditEvent]) -> WalBatch {
+    let events = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| AuditEvent {
+            id: format!("{batch_id}-{i}"),
+            ..e.clone()
+        })
+        .collect();
+    WalBatch::salted(batch_id.into(), events)
+}
+
+/// What one partition's messages hold, in stream order.
+struct Stored {
+    /// Per message: its first seq, its `Auditd-Seq-End`, and its events.
+    messages: Vec<(u64, u64, Vec<AuditEvent>)>,
+}
+
+/// Every message of the stream, by partition.
+async fn read_stream(nats: &NatsServer, layout: &Layout) -> BTreeMap<u32, Stored> {
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream
+        .get_stream(layout.jetstream.stream.as_str())
+        .await
+        .unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out: BTreeMap<u32, Stored> = BTreeMap::new();
+    for seq in 1..=last {
+        let message = stream.direct_get(seq).await.unwrap();
+        let partition: u32 = message.subject.rsplit('.').next().unwrap().parse().unwrap();
+        let seq_end: u64 = message
+            .headers
+            .get(SEQ_END_HEADER)
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let decoded = record::decode(Record {
+            start: LogPosition::new(seq - 1),
+            end: LogPosition::new(seq),
+            payload: &message.payload,
+            path: Path::new("stream"),
+            offset: seq,
+        })
+        .unwrap();
+        let LogRecord::Batch(batch) = decoded else {
+            panic!("a batch at {seq}")
+        };
+        out.entry(partition)
+            .or_insert(Stored {
+                messages: Vec::new(),
+            })
+            .messages
+            .push((batch.first_seq, seq_end, batch.batch.events));
+    }
+    out
+}
+
+/// Checks that every partition's seqs run 0, 1, 2, … with no gap and no
+/// repeat, that each event sits in the partition its subject hashes to,
+/// and returns every stored event as `(partition, seq) → id`.
+fn dense(stored: &BTreeMap<u32, Stored>) -> BTreeMap<(u32, u64), String> {
+    let mut out = BTreeMap::new();
+    for (&partition, stored) in stored {
+        let mut next = 0;
+        for (first, end, events) in &stored.messages {
+            assert_eq!(*first, next, "partition {partition}: a gap or a repeat");
+            assert_eq!(*end, first + events.len() as u64, "partition {partition}");
+            for (event, seq) in events.iter().zip(*first..) {
+                assert_eq!(partition_of(&event.subject, PARTITIONS), partition);
+                out.insert((partition, seq), event.id.clone());
+            }
+            next = *end;
+        }
+    }
+    out
+}
+
+/// Checks that `placed` names exactly where the stream holds each event.
+fn placed_where_stored(placed: &[Placed], stored: &BTreeMap<(u32, u64), String>) {
+    for p in placed {
+        assert_eq!(stored.get(&(p.partition, p.seq)), Some(&p.id), "{p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_racing_on_the_same_partitions_get_dense_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let layout = layout(&nats, "RACE", PARTITIONS);
+    // Two ingest nodes: two connections, each with its own tips.
+    let nodes = [
+        Arc::new(Publisher::open(layout.clone()).await.unwrap()),
+        Arc::new(Publisher::open(layout.clone()).await.unwrap()),
+    ];
+    let events = generated(40, 7, 1_000);
+
+    // One node's tips go stale when the other publishes: its next
+    // publish is refused by JetStream and goes again.
+    let mut placed = Vec::new();
+    for (n, node) in [0, 1, 0].into_iter().enumerate() {
+        placed.extend(
+            nodes[node]
+                .publish(batch(&format!("seq{n}"), &events))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(nodes[0].conflicts() >= 1, "the stale tip was refused");
+
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for t in 0..4 {
+            let node = node.clone();
+            let events = events.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut placed = Vec::new();
+                for b in 0..25 {
+                    let batch = batch(&format!("n{n}t{t}b{b}"), &events);
+                    placed.extend(node.publish(batch).await.unwrap());
+                }
+                placed
+            }));
+        }
+    }
+    for task in tasks {
+        placed.extend(task.await.unwrap());
+    }
+    assert_eq!(placed.len(), (3 + 2 * 4 * 25) * 40);
+    let stored = dense(&read_stream(&nats, &layout).await);
+    assert_eq!(stored.len(), placed.len(), "each event stored once");
+    placed_where_stored(&placed, &stored);
+    let partitions: HashSet<u32> = placed.iter().map(|p| p.partition).collect();
+    assert!(partitions.len() > 1, "the events spread over partitions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_retried_on_another_node_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let layout = layout(&nats, "RETRY", PARTITIONS);
+    let a = Publisher::open(layout.clone()).await.unwrap();
+    let b = Publisher::open(layout.clone()).await.unwrap();
+    let events = generated(60, 11, 1_000);
+
+    // Whole: the retry (new ids and salts, as another node would give
+    // them) gets the first attempt's ids and seqs.
+    let first = a.publish(batch("whole", &events)).await.unwrap();
+    let mut retried = batch("whole", &events);
+    for event in &mut retried.events {
+        event.id.push_str("-again");
+    }
+    assert_eq!(b.publish(retried).await.unwrap(), first);
+
+    // After a partial failure: one partition's message went out, the
+    // others did not. The retry keeps that one and stores the rest.
+    let lone = partition_of(&events[0].subject, PARTITIONS);
+    let of_lone: Vec<AuditEvent> = events
+        .iter()
+        .filter(|e| partition_of(&e.subject, PARTITIONS) == lone)
+        .cloned()
+        .collect();
+    let mut partial = batch("partial", &of_lone);
+    for event in &mut partial.events {
+        event.id.push_str("-first");
+    }
+    let stored_first = a.publish(partial).await.unwrap();
+    let whole = b.publish(batch("partial", &events)).await.unwrap();
+    let kept: Vec<&Placed> = whole.iter().filter(|p| p.partition == lone).collect();
+    assert_eq!(kept.len(), stored_first.len());
+    for (kept, first) in kept.iter().zip(&stored_first) {
+        assert_eq!(*kept, first, "the lone partition's events as first stored");
+    }
+    assert!(whole.iter().any(|p| p.partition != lone));
+
+    let stored = dense(&read_stream(&nats, &layout).await);
+    assert_eq!(stored.len(), 2 * events.len(), "two batches, each once");
+    placed_where_stored(&first, &stored);
+    placed_where_stored(&whole, &stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_another_layout_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let four = layout(&nats, "FIXED", 4);
+    let node = Publisher::open(four.clone()).await.unwrap();
+
+    let mut eight = four.clone();
+    eight.partitions = 8;
+    let Err(ClusterError::Config { field, reason }) = Publisher::open(eight).await else {
+        panic!("another partition count must be refused")
+    };
+    assert_eq!(field, "cluster.partitions");
+    assert!(
+        reason.contains("fixed when the stream is created"),
+        "{reason}"
+    );
+
+    let mut longer = four.clone();
+    longer.duplicate_window = Duration::from_secs(600);
+    let Err(ClusterError::Config { field, .. }) = Publisher::open(longer).await else {
+        panic!("a window the stream does not keep must be refused")
+    };
+    assert_eq!(field, "cluster.duplicate_window");
+
+    // A message on a partition that auditd did not publish: the next
+    // batch there is refused, naming what is missing, and nothing is
+    // stored over it.
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let events = generated(1, 3, 1_000);
+    let partition = partition_of(&events[0].subject, 4);
+    jetstream
+        .publish(four.subject(partition), "not a record".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let error = node.publish(batch("foreign", &events)).await.unwrap_err();
+    assert!(error.to_string().contains(SEQ_END_HEADER), "{error}");
+}
