@@ -2,15 +2,18 @@
 //! `nats-server`: ingest nodes racing on the same partitions get dense
 //! seqs with no gap and no repeat, a batch retried on another node (whole
 //! or after a partial failure) is stored once, and a stream of another
-//! layout is refused.
+//! layout is refused. Then the partition leases: spread over the nodes,
+//! moved when an owner dies (never two owners at once, counting the dead
+//! one's own view), handed over at once when a node leaves.
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use auditd::cluster::lease::{LeaseSettings, Leases};
 use auditd::cluster::publish::{Placed, Publisher, SEQ_END_HEADER};
 use auditd::cluster::{partition_of, ClusterError, Layout};
 use auditd::messages::WalBatch;
@@ -260,4 +263,158 @@ async fn a_stream_of_another_layout_is_refused_naming_the_setting() {
         .unwrap();
     let error = node.publish(batch("foreign", &events)).await.unwrap_err();
     assert!(error.to_string().contains(SEQ_END_HEADER), "{error}");
+}
+
+async fn leases(nats: &NatsServer, node: &str, partitions: u32, lease: Duration) -> Leases {
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    let settings = LeaseSettings {
+        bucket: "auditd-leases".into(),
+        node: node.into(),
+        partitions,
+        lease,
+        replicas: 1,
+    };
+    Leases::open(&context, settings).await.unwrap()
+}
+
+/// Runs rounds of `live` (one `tick` each, a round every third of the
+/// lease, as a node does) until `done` holds of what they hold. After
+/// every round no partition may be held twice, counting what the `dead`
+/// nodes still believe they hold. Returns the rounds taken.
+async fn rounds_until(
+    live: &mut [&mut Leases],
+    dead: &[&Leases],
+    every: Duration,
+    done: impl Fn(&[BTreeSet<u32>]) -> bool,
+) -> usize {
+    let started = Instant::now();
+    for round in 1.. {
+        for node in live.iter_mut() {
+            node.tick().await.unwrap();
+        }
+        let now = Instant::now();
+        let held: Vec<BTreeSet<u32>> = live.iter().map(|n| n.held(now)).collect();
+        let mut seen = BTreeSet::new();
+        for set in held
+            .iter()
+            .chain(dead.iter().map(|d| d.held(now)).collect::<Vec<_>>().iter())
+        {
+            for p in set {
+                assert!(seen.insert(*p), "partition {p} held twice: {held:?}");
+            }
+        }
+        if done(&held) {
+            return round;
+        }
+        assert!(started.elapsed() < DEADLINE, "never settled: {held:?}");
+        tokio::time::sleep(every).await;
+    }
+    unreachable!()
+}
+
+fn all_of(held: &[BTreeSet<u32>], partitions: u32, each: usize) -> bool {
+    held.iter().all(|h| h.len() == each)
+        && held.iter().flatten().collect::<BTreeSet<_>>().len() == partitions as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_spread_and_a_dead_owners_partitions_move_after_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 1 << 20);
+    let lease = Duration::from_secs(2);
+    let tick = lease / 3;
+    let mut a = leases(&nats, "node-a", 6, lease).await;
+    let mut b = leases(&nats, "node-b", 6, lease).await;
+    let mut c = leases(&nats, "node-c", 6, lease).await;
+    rounds_until(&mut [&mut a, &mut b, &mut c], &[], tick, |h| {
+        all_of(h, 6, 2)
+    })
+    .await;
+    let owners = a.owners().await.unwrap();
+    let now = Instant::now();
+    for node in [&a, &b, &c] {
+        let named: BTreeSet<u32> = owners
+            .iter()
+            .filter(|(_, n)| n.as_str() == node.node())
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(named, node.held(now), "{}", node.node());
+    }
+
+    // c dies: it renews no more. Its partitions move once its leases
+    // expire, and c stops counting them as its own before they do.
+    let died = Instant::now();
+    rounds_until(&mut [&mut a, &mut b], &[&c], tick, |h| all_of(h, 6, 3)).await;
+    let moved = died.elapsed();
+    eprintln!("moved after {moved:?}");
+    assert!(c.held(Instant::now()).is_empty());
+    assert!(
+        moved <= lease + 4 * tick,
+        "moved after {moved:?}, lease {lease:?}"
+    );
+
+    // Refused: a bucket of another lease time, a node name that is no key.
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    let settings = |node: &str, lease| LeaseSettings {
+        bucket: "auditd-leases".into(),
+        node: node.into(),
+        partitions: 6,
+        lease,
+        replicas: 1,
+    };
+    for (settings, field) in [
+        (
+            settings("node-d", Duration::from_secs(5)),
+            "cluster.lease_ms",
+        ),
+        (settings("node d", lease), "cluster.node"),
+    ] {
+        match Leases::open(&context, settings).await {
+            Err(ClusterError::Config { field: got, .. }) => assert_eq!(got, field),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("{field} must be refused"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_hands_its_partitions_over_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 1 << 20);
+    // A lease far longer than the test: only a release can move them.
+    let lease = Duration::from_secs(300);
+    let tick = Duration::from_millis(100);
+    let mut a = leases(&nats, "node-a", 4, lease).await;
+    let mut b = leases(&nats, "node-b", 4, lease).await;
+    rounds_until(&mut [&mut a, &mut b], &[], tick, |h| all_of(h, 4, 2)).await;
+    b.release_all().await.unwrap();
+    assert!(b.held(Instant::now()).is_empty());
+    let rounds = rounds_until(&mut [&mut a], &[], tick, |h| all_of(h, 4, 4)).await;
+    assert_eq!(rounds, 1, "taken on the first round after the release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_after_the_lease_is_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 1 << 20);
+    let lease = Duration::from_secs(1);
+    let mut a = leases(&nats, "node-a", 2, lease).await;
+    let mut b = leases(&nats, "node-b", 2, lease).await;
+    let change = a.tick().await.unwrap();
+    assert_eq!(change.gained.len(), 2);
+    // a stalls past its lease (a long pause, a lost connection): by its
+    // own clock it holds nothing, and b takes both once they expire.
+    let stalled = Instant::now();
+    while !a.held(Instant::now()).is_empty() {
+        assert!(stalled.elapsed() < lease, "held past its lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rounds_until(&mut [&mut b], &[&a], lease / 3, |h| h[0].len() == 2).await;
+    // When a comes back, its renewals are refused: it lost both.
+    let change = a.tick().await.unwrap();
+    assert_eq!(change.lost, vec![0, 1]);
+    assert!(change.gained.is_empty());
+    assert!(a.held(Instant::now()).is_empty());
 }

@@ -15,6 +15,7 @@
 //! consume the partitions and the queries that fan out to them are the
 //! next steps (docs/cluster.md).
 
+pub mod lease;
 pub mod publish;
 
 use std::time::Duration;
