@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use auditd::cluster::follow::{Follower, Resume};
 use auditd::cluster::lease::{LeaseSettings, Leases};
 use auditd::cluster::publish::{Placed, Publisher, SEQ_END_HEADER};
 use auditd::cluster::{partition_of, ClusterError, Layout};
@@ -417,4 +418,144 @@ async fn a_renewal_after_the_lease_is_a_loss() {
     assert_eq!(change.lost, vec![0, 1]);
     assert!(change.gained.is_empty());
     assert!(a.held(Instant::now()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_its_partition_in_order_as_it_grows_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let layout = layout(&nats, "FOLLOW", PARTITIONS);
+    let (_client, _context, stream) = layout.open().await.unwrap();
+    let start = Resume {
+        after: LogPosition::START,
+        next_seq: 0,
+    };
+    let mut follower = Follower::open(&stream, &layout, 0, start).await.unwrap();
+
+    // Two nodes publish while the follower reads.
+    let events = generated(30, 5, 1_000);
+    let mut tasks = Vec::new();
+    for n in 0..2 {
+        let node = Publisher::open(layout.clone()).await.unwrap();
+        let events = events.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            for b in 0..20 {
+                placed.extend(
+                    node.publish(batch(&format!("f{n}b{b}"), &events))
+                        .await
+                        .unwrap(),
+                );
+            }
+            placed
+        }));
+    }
+    let mut read: Vec<(u64, u64, String)> = Vec::new(); // (span start, span end, id)
+    let mut spans = Vec::new();
+    let mut by_seq: BTreeMap<u64, String> = BTreeMap::new();
+    let mut publishing = true;
+    let mut placed: Vec<Placed> = Vec::new();
+    let started = Instant::now();
+    loop {
+        if publishing && tasks.iter().all(|t| t.is_finished()) {
+            for task in tasks.drain(..) {
+                placed.extend(task.await.unwrap());
+            }
+            publishing = false;
+        }
+        let expected = placed.iter().filter(|p| p.partition == 0).count() as u64;
+        if !publishing && follower.resume().next_seq == expected {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the follower fell behind");
+        if let Some(LogRecord::Batch(batch)) =
+            follower.next(Duration::from_millis(100)).await.unwrap()
+        {
+            spans.push(batch.span);
+            for (event, seq) in batch.batch.events.iter().zip(batch.first_seq..) {
+                assert!(
+                    by_seq.insert(seq, event.id.clone()).is_none(),
+                    "seq {seq} twice"
+                );
+                read.push((
+                    batch.span.start.get(),
+                    batch.span.end.get(),
+                    event.id.clone(),
+                ));
+            }
+        }
+    }
+    let of_zero: BTreeMap<u64, String> = placed
+        .iter()
+        .filter(|p| p.partition == 0)
+        .map(|p| (p.seq, p.id.clone()))
+        .collect();
+    assert!(!of_zero.is_empty());
+    assert_eq!(
+        by_seq, of_zero,
+        "every event of partition 0, at its seq, once"
+    );
+    for pair in spans.windows(2) {
+        assert_eq!(pair[0].end, pair[1].start, "spans follow each other");
+    }
+
+    // Resumed after the middle record: exactly the rest.
+    let middle = spans[spans.len() / 2];
+    let after_middle = read
+        .iter()
+        .filter(|(_, end, _)| *end <= middle.end.get())
+        .count() as u64;
+    let resume = Resume {
+        after: middle.end,
+        next_seq: after_middle,
+    };
+    let mut again = Follower::open(&stream, &layout, 0, resume).await.unwrap();
+    let mut rest = Vec::new();
+    while again.resume().next_seq < of_zero.len() as u64 {
+        if let Some(LogRecord::Batch(batch)) = again.next(Duration::from_secs(5)).await.unwrap() {
+            rest.extend(batch.batch.events.into_iter().map(|e| e.id));
+        }
+    }
+    let expected_rest: Vec<String> = of_zero
+        .values()
+        .skip(after_middle as usize)
+        .cloned()
+        .collect();
+    assert_eq!(rest, expected_rest);
+
+    // A message auditd did not write stops the follower, naming it.
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .publish(layout.subject(0), "not a record".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let error = again.next(Duration::from_secs(5)).await.unwrap_err();
+    assert!(error.to_string().contains(SEQ_END_HEADER), "{error}");
+
+    // A record whose seqs do not follow on (a forged or misnumbered
+    // one) stops the follower of its partition after the good ones.
+    let of_one = placed.iter().filter(|p| p.partition == 1).count() as u64;
+    let forged = batch("forged", &events[..1]);
+    let mut payload = record::header(record::RecordKind::Batch, of_one + 5).to_vec();
+    payload.extend(prost::Message::encode_to_vec(&forged));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(SEQ_END_HEADER, (of_one + 6).to_string().as_str());
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .publish_with_headers(layout.subject(1), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut one = Follower::open(&stream, &layout, 1, start).await.unwrap();
+    let error = loop {
+        match one.next(Duration::from_secs(5)).await {
+            Ok(_) => assert!(one.resume().next_seq <= of_one),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(one.resume().next_seq, of_one, "every good record first");
+    assert!(error.to_string().contains("a gap or a repeat"), "{error}");
 }

@@ -8,13 +8,17 @@
 //! a node configured with another `N` refuses to start on it
 //! ([`Layout`]).
 //!
-//! What is built so far is the ingest side, [`publish::Publisher`]: any
-//! number of ingest nodes publish batches into the partitions, every
-//! event gets the next seq of its partition with no gap and no repeat,
-//! and a batch retried on any node is stored once. The indexers that
-//! consume the partitions and the queries that fan out to them are the
-//! next steps (docs/cluster.md).
+//! What is built so far, as library code no daemon role runs yet:
+//! the ingest side, [`publish::Publisher`] (any number of ingest nodes
+//! publish batches into the partitions, every event gets the next seq
+//! of its partition with no gap and no repeat, and a batch retried on any
+//! node is stored once); [`follow::Follower`], which reads one partition
+//! in order as it grows and checks those promises; and
+//! [`lease::Leases`], one owner per partition at a time. The partition
+//! pipelines that run on them and the queries that fan out to them are
+//! the next steps (docs/cluster.md).
 
+pub mod follow;
 pub mod lease;
 pub mod publish;
 
