@@ -38,6 +38,7 @@ pub struct Config {
     pub integrity: IntegrityConfig,
     pub retention: RetentionConfig,
     pub erasure: ErasureConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// TLS for gRPC (rustls). Off unless `cert` and `key` are set.
@@ -75,7 +76,44 @@ impl Default for Config {
             integrity: IntegrityConfig::default(),
             retention: RetentionConfig::default(),
             erasure: ErasureConfig::default(),
+            cluster: ClusterConfig::default(),
         }
+    }
+}
+
+/// `[cluster]`: this daemon as one node of several on one JetStream
+/// stream (docs/cluster.md, "One partition, several nodes"). Needs
+/// `log.kind = "jetstream"`; `[log.jetstream]` names the stream, and its
+/// `subject` is the partitions' prefix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every write this node takes (its clients' batches, the trail events
+    /// of its audited reads, retention changes) goes into the stream's
+    /// partitions, and the node indexes what every node wrote there.
+    pub enabled: bool,
+    /// `N`, fixed when the stream is created. Only 1 for now: each node
+    /// then indexes everything, and queries need no fan-out.
+    pub partitions: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            partitions: 1,
+        }
+    }
+}
+
+impl Config {
+    /// The partitioned stream of `[cluster]` (`None` when off).
+    pub fn cluster_layout(&self) -> Option<crate::cluster::Layout> {
+        self.cluster.enabled.then(|| crate::cluster::Layout {
+            jetstream: self.log.jetstream.clone(),
+            partitions: self.cluster.partitions,
+            duplicate_window: Duration::from_secs(self.ingest.idempotency_window_secs.max(1)),
+        })
     }
 }
 
@@ -635,6 +673,18 @@ impl Config {
                 return invalid(field, &reason);
             }
         }
+        if self.cluster.enabled {
+            if self.log.kind != LogKind::Jetstream {
+                return invalid("cluster.enabled", "needs log.kind = \"jetstream\"");
+            }
+            if self.cluster.partitions != 1 {
+                return invalid(
+                    "cluster.partitions",
+                    "only 1 until partition pipelines and fan-out search are built \
+                     (docs/cluster.md)",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -754,6 +804,24 @@ mod tests {
             assert!(error.to_string().contains("kidn"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_cluster_needs_jetstream_and_one_partition_naming_the_field() {
+        let field = |config: Config| match config.check() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let mut config = Config::default();
+        config.cluster.enabled = true;
+        assert_eq!(field(config.clone()), "cluster.enabled");
+        config.log.kind = LogKind::Jetstream;
+        config.check().unwrap();
+        config.cluster.partitions = 2;
+        assert_eq!(field(config.clone()), "cluster.partitions");
+        // Off, the section is not looked at.
+        config.cluster.enabled = false;
+        config.check().unwrap();
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct IngestSettings {
     pub lag_budget: u64,
     /// Make each event's leaf hash for the Merkle tree (`integrity.enabled`).
     pub leaves: bool,
+    /// A node of a cluster (`[cluster] enabled`): what one node's log
+    /// allows and a shared stream does not yet (erasure) is refused.
+    pub in_cluster: bool,
 }
 
 impl IngestSettings {
@@ -65,6 +68,7 @@ impl IngestSettings {
             submit_timeout,
             lag_budget,
             leaves: true,
+            in_cluster: false,
         }
     }
 }
@@ -201,7 +205,7 @@ impl IngestService {
             .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
             .map_err(IngestError::Unavailable)?;
         let stored = Stored {
-            ids,
+            ids: appended.stored_ids.unwrap_or(ids),
             first_seq: appended.first_seq,
         };
         if let Some(guard) = memo_guard.as_mut() {
@@ -220,6 +224,11 @@ impl IngestService {
     /// What retention has dropped, and its rules.
     pub fn retention(&self) -> &Arc<Retention> {
         &self.retention
+    }
+
+    /// Whether this daemon is a node of a cluster.
+    pub fn in_cluster(&self) -> bool {
+        self.settings.in_cluster
     }
 
     /// The log's shared positions (the acknowledged seq, what is trimmed).

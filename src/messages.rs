@@ -130,11 +130,16 @@ impl RetentionChange {
 
 /// Where an appended batch landed: its record's place in the log, and the
 /// seq of its first event (its events take `first_seq..next_seq`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub span: Span,
     pub first_seq: u64,
     pub next_seq: u64,
+    /// A batch a cluster's stream already held under its batch id (a retry
+    /// through another node): the ids it was stored with, to answer with
+    /// instead of the request's. `None` on one node, whose idempotency
+    /// window answers retries before they reach the log.
+    pub stored_ids: Option<Vec<String>>,
 }
 
 /// What the indexer queue carries.

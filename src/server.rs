@@ -120,15 +120,30 @@ pub enum LogChoice {
     #[default]
     Local,
     JetStream(JetStreamConfig),
+    /// A node of a cluster (`[cluster] enabled`): the partitioned stream,
+    /// read through its one partition's subject.
+    Cluster(crate::cluster::Layout),
     Memory(Arc<MemoryStore>),
 }
 
 impl LogChoice {
     /// The log `config.log.kind` names.
     pub fn configured(config: &Config) -> LogChoice {
+        if let Some(layout) = config.cluster_layout() {
+            return LogChoice::Cluster(layout);
+        }
         match config.log.kind {
             LogKind::Local => LogChoice::Local,
             LogKind::Jetstream => LogChoice::JetStream(config.log.jetstream.clone()),
+        }
+    }
+
+    /// The JetStream log's settings for reading the one partition a
+    /// cluster node indexes: its subject.
+    fn partition_log(layout: &crate::cluster::Layout) -> JetStreamConfig {
+        JetStreamConfig {
+            subject: layout.subject(0),
+            ..layout.jetstream.clone()
         }
     }
 
@@ -138,6 +153,9 @@ impl LogChoice {
                 dir: DataDir::new(&config.data_dir).wal(),
             }),
             LogChoice::JetStream(jetstream) => Box::new(JetStreamReader::lazy(jetstream)),
+            LogChoice::Cluster(layout) => {
+                Box::new(JetStreamReader::lazy(&Self::partition_log(layout)))
+            }
             LogChoice::Memory(store) => Box::new(store.clone()),
         }
     }
@@ -147,6 +165,7 @@ impl LogChoice {
         match self {
             LogChoice::Local => "local".into(),
             LogChoice::JetStream(jetstream) => format!("jetstream:{}", jetstream.stream),
+            LogChoice::Cluster(layout) => format!("cluster:{}", layout.jetstream.stream),
             LogChoice::Memory(_) => "memory".into(),
         }
     }
@@ -155,6 +174,7 @@ impl LogChoice {
     fn lag_budget(&self, config: &Config) -> u64 {
         match self {
             LogChoice::JetStream(jetstream) => jetstream.lag_budget_records,
+            LogChoice::Cluster(layout) => layout.jetstream.lag_budget_records,
             LogChoice::Local | LogChoice::Memory(_) => config.wal.lag_budget_bytes,
         }
     }
@@ -175,6 +195,16 @@ impl LogChoice {
             }
             LogChoice::JetStream(jetstream) => {
                 let (log, report) = JetStreamLog::open(jetstream, from, visit)?;
+                Ok((Box::new(log), report))
+            }
+            LogChoice::Cluster(layout) => {
+                // The stream with its partitions first: the log below
+                // would otherwise make one with its single subject.
+                let runtime = tokio::runtime::Handle::current();
+                runtime
+                    .block_on(layout.open())
+                    .map_err(crate::cluster::node::remote)?;
+                let (log, report) = JetStreamLog::open(&Self::partition_log(layout), from, visit)?;
                 Ok((Box::new(log), report))
             }
             LogChoice::Memory(store) => {
@@ -431,7 +461,9 @@ impl Pipeline {
             log.lag_budget(config),
             Duration::from_millis(config.ingest.submit_timeout_ms),
         );
-        ingest_settings.leaves = integrity.is_some();
+        // A cluster node makes the leaves when it reads its records back.
+        ingest_settings.in_cluster = matches!(log, LogChoice::Cluster(_));
+        ingest_settings.leaves = integrity.is_some() && !ingest_settings.in_cluster;
         let ingest = Arc::new(IngestService::new(
             ingest_settings,
             wal_tx,
@@ -623,16 +655,34 @@ impl Pipeline {
                 .max_record_bytes
                 .store(max, Ordering::Release);
         }
-        self.wal_thread = Some(group_commit::spawn(
-            wal,
-            config.wal.sync_policy(),
-            tree,
-            next_seq,
-            self.wal_rx.take().expect("replay runs once"),
-            self.index_tx.take().expect("replay runs once"),
-            self.positions.clone(),
-            self.status.clone(),
-        )?);
+        let requests = self.wal_rx.take().expect("replay runs once");
+        let indexer = self.index_tx.take().expect("replay runs once");
+        self.wal_thread = Some(match &self.log {
+            LogChoice::Cluster(layout) => crate::cluster::node::spawn(
+                layout.clone(),
+                crate::cluster::follow::Resume {
+                    after: wal.end(),
+                    next_seq,
+                },
+                wal,
+                tree,
+                self.memo.clone(),
+                requests,
+                indexer,
+                self.positions.clone(),
+                self.status.clone(),
+            )?,
+            _ => group_commit::spawn(
+                wal,
+                config.wal.sync_policy(),
+                tree,
+                next_seq,
+                requests,
+                indexer,
+                self.positions.clone(),
+                self.status.clone(),
+            )?,
+        });
         if let Some(integrity) = &self.integrity {
             let (stop, stopped) = crossbeam_channel::bounded(0);
             let thread = checkpointer::spawn(
@@ -676,7 +726,9 @@ impl Pipeline {
         if let Some(checkpointed) = checkpointed {
             checkpointed??;
         }
-        if let Some(mut wal) = wal {
+        // A cluster's stream is every node's: nothing is trimmed from it.
+        let trims = !matches!(self.log, LogChoice::Cluster(_));
+        if let Some(mut wal) = wal.filter(|_| trims) {
             let checkpoint = self.positions.trimmable();
             // On a blocking thread: the log may be remote. Not fatal:
             // replay skips what the checkpoint covers anyway.
@@ -963,7 +1015,11 @@ fn open_integrity(config: &Config) -> Result<Integrity, ServerError> {
 /// between the tree's end and the batch are lost to damage when the batch
 /// comes `after_skip` (they get the lost leaf, which the full audit
 /// reports as missing), and an error otherwise.
-fn grow_tree(tree: &TreeStore, batch: &IndexBatch, after_skip: bool) -> Result<(), String> {
+pub(crate) fn grow_tree(
+    tree: &TreeStore,
+    batch: &IndexBatch,
+    after_skip: bool,
+) -> Result<(), String> {
     let size = tree.size();
     if batch.next_seq() <= size {
         return Ok(());

@@ -4,7 +4,10 @@
 //! or after a partial failure) is stored once, and a stream of another
 //! layout is refused. Then the partition leases: spread over the nodes,
 //! moved when an owner dies (never two owners at once, counting the dead
-//! one's own view), handed over at once when a node leaves.
+//! one's own view), handed over at once when a node leaves. Last, three
+//! daemons as nodes of a one-partition cluster (`[cluster] enabled`):
+//! each ingests, each indexes what all of them wrote, and all three
+//! answer alike.
 
 mod common;
 
@@ -19,10 +22,11 @@ use auditd::cluster::publish::{Placed, Publisher, SEQ_END_HEADER};
 use auditd::cluster::{partition_of, ClusterError, Layout};
 use auditd::messages::WalBatch;
 use auditd::proto::AuditEvent;
+use auditd::proto::{IngestRequest, SearchRequest, WaitFor};
 use auditd::record::{self, LogRecord};
 use auditd::wal::jetstream::JetStreamConfig;
 use auditd::wal::{LogPosition, Record};
-use common::nats::NatsServer;
+use common::nats::{on_cluster, NatsServer};
 use common::*;
 
 const PARTITIONS: u32 = 4;
@@ -558,4 +562,184 @@ async fn a_follower_reads_its_partition_in_order_as_it_grows_and_resumes() {
     };
     assert_eq!(one.resume().next_seq, of_one, "every good record first");
     assert!(error.to_string().contains("a gap or a repeat"), "{error}");
+}
+
+/// Ingests `events` through `client` as batch `batch_id`.
+async fn ingest_batch(
+    client: &mut Client,
+    events: &[AuditEvent],
+    batch_id: &str,
+    wait_for: WaitFor,
+) -> Vec<(String, u64)> {
+    let stored = client
+        .ingest(IngestRequest {
+            events: events.to_vec(),
+            batch_id: batch_id.into(),
+            wait_for: wait_for as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stored.ids.into_iter().zip(stored.seqs).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let config = on_cluster(&dir.path().join(name), &nats, "NODES");
+        nodes.push(TestServer::start(config).await);
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.client().await);
+    }
+
+    // Batches through a and b in turn; their seqs are the partition's,
+    // dense across both nodes.
+    let events = generated(1_200, 17, 400);
+    let mut stored: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, chunk) in events.chunks(100).enumerate() {
+        let placed = ingest_batch(
+            &mut clients[i % 2],
+            chunk,
+            &format!("batch-{i}"),
+            WaitFor::Durable,
+        )
+        .await;
+        stored.extend(placed);
+    }
+    assert_eq!(stored.len(), events.len());
+
+    // Batch 0 went through a; retried through b it is the same batch.
+    let again = ingest_batch(&mut clients[1], &events[..100], "batch-0", WaitFor::Durable).await;
+    for (id, seq) in &again {
+        assert_eq!(
+            stored.get(id),
+            Some(seq),
+            "the retry answers with the first ids and seqs"
+        );
+    }
+
+    // Every node finds every event at its seq, once; its own batch with
+    // `SEARCHABLE` comes after the others' in the stream, so once it is
+    // searchable so are they.
+    for (n, client) in clients.iter_mut().enumerate() {
+        // Without an id: the server gives it a new one.
+        let marker = AuditEvent {
+            id: String::new(),
+            ..events[0].clone()
+        };
+        ingest_batch(
+            client,
+            &[marker],
+            &format!("marker-{n}"),
+            WaitFor::Searchable,
+        )
+        .await;
+        let (found, _) = search_all(
+            client,
+            SearchRequest {
+                limit: 1_000,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        for event in found.iter().filter(|e| stored.contains_key(&e.id)) {
+            assert!(
+                seen.insert(event.id.clone(), event.seq).is_none(),
+                "{} twice",
+                event.id
+            );
+        }
+        assert_eq!(seen, stored, "node {n}");
+        // The trail of reads (the other nodes' searches among it) is
+        // left out of a search unless asked for by type.
+        let (trail, _) = search_all(
+            client,
+            SearchRequest {
+                types: vec!["audit-log/auditd".into()],
+                limit: 1_000,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut seqs: Vec<u64> = found.iter().chain(&trail).map(|e| e.seq).collect();
+        seqs.sort_unstable();
+        // What a node has indexed is always a prefix of the partition.
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "node {n}: dense seqs"
+        );
+    }
+
+    // Erasure would leave the events in the stream: refused, saying why.
+    let channel = tonic::transport::Endpoint::from_shared(nodes[0].url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = auditd::client::BearerToken::new(&nodes[0].admin_token()).unwrap();
+    let refused = auditd::client::subjects(channel, token)
+        .erase_subject(auditd::proto::EraseSubjectRequest {
+            subject: events[0].subject.clone(),
+            reason: "a test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("cluster node"), "{refused:?}");
+
+    // A node that was down catches up from its checkpoint: exactly what
+    // the others wrote meanwhile, nothing twice.
+    let c = nodes.pop().unwrap();
+    let c_dir = c.data_dir.clone();
+    c.stop().await.unwrap();
+    let later = ingest_batch(&mut clients[0], &events[..100], "batch-0", WaitFor::Durable).await;
+    let fresh: Vec<AuditEvent> = events[..100]
+        .iter()
+        .map(|e| AuditEvent {
+            id: format!("{}-later", e.id),
+            ..e.clone()
+        })
+        .collect();
+    let fresh = ingest_batch(&mut clients[1], &fresh, "fresh", WaitFor::Durable).await;
+    assert_eq!(later, again, "batch ids are remembered across nodes");
+    stored.extend(fresh);
+    let c = TestServer::start(on_cluster(&c_dir, &nats, "NODES")).await;
+    let mut client = c.client().await;
+    let marker = AuditEvent {
+        id: String::new(),
+        ..events[0].clone()
+    };
+    ingest_batch(&mut client, &[marker], "marker-again", WaitFor::Searchable).await;
+    let (found, _) = search_all(
+        &mut client,
+        SearchRequest {
+            limit: 1_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let seen: BTreeMap<String, u64> = found
+        .iter()
+        .filter(|e| stored.contains_key(&e.id))
+        .map(|e| (e.id.clone(), e.seq))
+        .collect();
+    assert_eq!(seen, stored, "after the restart");
+    assert_eq!(
+        found.len(),
+        found.iter().map(|e| &e.id).collect::<HashSet<_>>().len(),
+        "nothing twice after the restart"
+    );
+
+    c.stop().await.unwrap();
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
 }

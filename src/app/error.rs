@@ -48,6 +48,9 @@ pub enum AppError {
     },
     #[error("{0} tail subscribers are open, the limit (limits.max_tail_subscribers)")]
     TooManySubscribers(usize),
+    /// What a cluster node does not do yet (docs/cluster.md): what, and why.
+    #[error("{0} is not available on a cluster node yet: {1}")]
+    NotInCluster(&'static str, &'static str),
     /// `integrity.enabled` is off: no tree, no checkpoints.
     #[error("integrity is off (integrity.enabled = false): no Merkle tree, no checkpoints")]
     IntegrityOff,
@@ -187,7 +190,7 @@ impl AppError {
             | AppError::NoCheckpointYet { .. } => Unavailable,
             AppError::CheckpointNotFound(_) | AppError::TileNotFound(_) => NotFound,
             AppError::LeafMismatch { .. } | AppError::TreeMismatch(_) => DataLoss,
-            AppError::BelowFloor(_) => FailedPrecondition,
+            AppError::BelowFloor(_) | AppError::NotInCluster(..) => FailedPrecondition,
             AppError::HoldNotFound(_) => NotFound,
             AppError::TooManyHolds(_) => ResourceExhausted,
             AppError::Internal(_) => Internal,

@@ -101,6 +101,12 @@ impl SubjectService {
         request: &EraseSubjectRequest,
     ) -> Result<EraseSubjectResponse, AppError> {
         caller.require_admin("erase a subject's personal data")?;
+        if self.ingest.in_cluster() {
+            return Err(AppError::NotInCluster(
+                "erasing a subject",
+                "the stream every node reads would keep the erased events",
+            ));
+        }
         let subject = request.subject.clone();
         if subject.is_empty() {
             return Err(AppError::Invalid {

@@ -1,6 +1,6 @@
-//! The cluster (issue 21; docs/cluster.md, "Partitions on one stream"):
-//! events partitioned by subject over one JetStream stream, each
-//! partition with a dense seq of its own.
+//! The cluster (issue 21; docs/cluster.md): events partitioned by
+//! subject over one JetStream stream, each partition with a dense seq of
+//! its own.
 //!
 //! Partition `p` of `N` is the stream subject `<prefix>.<p>`, and an event
 //! belongs to partition [`partition_of`] its `subject`. The stream's
@@ -8,18 +8,20 @@
 //! a node configured with another `N` refuses to start on it
 //! ([`Layout`]).
 //!
-//! What is built so far, as library code no daemon role runs yet:
-//! the ingest side, [`publish::Publisher`] (any number of ingest nodes
-//! publish batches into the partitions, every event gets the next seq
-//! of its partition with no gap and no repeat, and a batch retried on any
-//! node is stored once); [`follow::Follower`], which reads one partition
-//! in order as it grows and checks those promises; and
-//! [`lease::Leases`], one owner per partition at a time. The partition
-//! pipelines that run on them and the queries that fan out to them are
-//! the next steps (docs/cluster.md).
+//! - [`publish::Publisher`]: any number of nodes publish batches into the
+//!   partitions; every event gets the next seq of its partition with no
+//!   gap and no repeat, and a batch retried on any node is stored once.
+//! - [`follow::Follower`]: one partition read in order as it grows, those
+//!   promises checked.
+//! - [`node`]: a daemon's WAL thread when `[cluster] enabled`: its writes
+//!   published, the partition followed into its tree and index. With one
+//!   partition (all that is accepted yet) every node indexes everything.
+//! - [`lease::Leases`]: one owner per partition at a time, for the
+//!   partition pipelines of more than one partition (not run yet).
 
 pub mod follow;
 pub mod lease;
+pub mod node;
 pub mod publish;
 
 use std::time::Duration;

@@ -64,6 +64,18 @@ pub struct Placed {
     pub seq: u64,
 }
 
+/// Where one record went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its message's stream sequence (the first copy's, for a repeat).
+    pub stream_seq: u64,
+    /// The seq of its first event.
+    pub first_seq: u64,
+    /// For a repeat: the ids its first copy stored, which the caller
+    /// answers with instead of its own.
+    pub stored_ids: Option<Vec<String>>,
+}
+
 /// The last message of a partition, as this node last saw it.
 #[derive(Debug, Clone, Copy)]
 struct Tip {
@@ -106,6 +118,15 @@ impl Publisher {
 
     pub fn partitions(&self) -> u32 {
         self.layout.partitions
+    }
+
+    /// The stream, for followers on the same connection.
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Publishes this node had to try again because another node had
@@ -181,9 +202,38 @@ impl Publisher {
         partition: u32,
         part: &WalBatch,
     ) -> Result<(u64, Vec<String>), ClusterError> {
-        let subject = self.layout.subject(partition);
-        let message_id = format!("{}/{partition}", part.batch_id);
         let body = part.encode_to_vec();
+        let count = part.events.len() as u64;
+        let message_id = format!("{}/{partition}", part.batch_id);
+        let published = self
+            .publish_record(
+                partition,
+                RecordKind::Batch,
+                &body,
+                count,
+                Some(&message_id),
+            )
+            .await?;
+        let ids = match published.stored_ids {
+            Some(ids) => ids,
+            None => part.events.iter().map(|e| e.id.clone()).collect(),
+        };
+        Ok((published.first_seq, ids))
+    }
+
+    /// Publishes one record of `kind` whose body is `body` and which holds
+    /// `count` events into `partition`, at the partition's next seqs.
+    /// With a `message_id`, a repeat within the duplicate window is
+    /// answered from the first copy.
+    pub async fn publish_record(
+        &self,
+        partition: u32,
+        kind: RecordKind,
+        body: &[u8],
+        count: u64,
+        message_id: Option<&str>,
+    ) -> Result<Published, ClusterError> {
+        let subject = self.layout.subject(partition);
         if record::HEADER_LEN + body.len() + 1024 > self.max_payload {
             return Err(self.remote(format!(
                 "the events of partition {partition} take {} bytes, more than the servers' \
@@ -192,7 +242,6 @@ impl Publisher {
                 self.max_payload
             )));
         }
-        let count = part.events.len() as u64;
         let mut tip = self.tips[partition as usize].lock().await;
         for _ in 0..MAX_PUBLISH_ATTEMPTS {
             let current = match *tip {
@@ -201,14 +250,16 @@ impl Publisher {
             };
             // Unknown until the answer: a failure below leaves it unread.
             *tip = None;
-            let mut payload = record::header(RecordKind::Batch, current.next_seq).to_vec();
-            payload.extend_from_slice(&body);
+            let mut payload = record::header(kind, current.next_seq).to_vec();
+            payload.extend_from_slice(body);
             let seq_end = current.next_seq + count;
-            let message = PublishMessage::build()
+            let mut message = PublishMessage::build()
                 .payload(payload.into())
-                .message_id(message_id.as_str())
                 .expected_last_subject_sequence(current.stream_seq)
                 .header(SEQ_END_HEADER, seq_end.to_string().as_str());
+            if let Some(id) = message_id {
+                message = message.message_id(id);
+            }
             let ack = self
                 .bounded("publish", async {
                     let ack = self.context.send_publish(subject.clone(), message).await?;
@@ -216,14 +267,25 @@ impl Publisher {
                 })
                 .await?;
             match ack {
-                Ok(ack) if ack.duplicate => return self.stored(ack.sequence, &message_id).await,
+                Ok(ack) if ack.duplicate => {
+                    let id = message_id.unwrap_or_default();
+                    let (first_seq, ids) = self.stored(ack.sequence, id).await?;
+                    return Ok(Published {
+                        stream_seq: ack.sequence,
+                        first_seq,
+                        stored_ids: Some(ids),
+                    });
+                }
                 Ok(ack) => {
                     *tip = Some(Tip {
                         stream_seq: ack.sequence,
                         next_seq: seq_end,
                     });
-                    let ids = part.events.iter().map(|e| e.id.clone()).collect();
-                    return Ok((current.next_seq, ids));
+                    return Ok(Published {
+                        stream_seq: ack.sequence,
+                        first_seq: current.next_seq,
+                        stored_ids: None,
+                    });
                 }
                 // Another node published first: read its message, go again.
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {

@@ -83,7 +83,7 @@ impl WalPositions {
         self.checkpoint().min(tree)
     }
 
-    fn set_end(&self, position: LogPosition) {
+    pub(crate) fn set_end(&self, position: LogPosition) {
         self.end.store(position.get(), Ordering::Release);
     }
 }
@@ -225,6 +225,7 @@ fn run(
                                 span,
                                 first_seq,
                                 next_seq,
+                                stored_ids: None,
                             };
                             pending.push((appended, request));
                         }
@@ -281,7 +282,7 @@ fn run(
                 positions.next_seq.store(next_seq, Ordering::Release);
                 metrics::gauge!(m::WAL_END_POSITION).set(wal.end().get() as f64);
                 for (appended, request) in pending.drain(..) {
-                    let span = appended.span;
+                    let (span, first_seq) = (appended.span, appended.first_seq);
                     // The record's own bytes: the log's positions are
                     // bytes on the local log but records on JetStream.
                     let bytes = record::HEADER_LEN + request.body.len();
@@ -298,7 +299,7 @@ fn run(
                         Some(change) => ToIndexer::Retention(span, change),
                         None => ToIndexer::Batch(IndexBatch {
                             span,
-                            first_seq: appended.first_seq,
+                            first_seq,
                             batch: request.batch,
                         }),
                     };

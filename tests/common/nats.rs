@@ -22,6 +22,16 @@ pub fn on_jetstream(data_dir: &Path, nats: &NatsServer, stream: &str) -> Config 
     config
 }
 
+/// A test config for a node of a one-partition cluster on the stream
+/// `stream` of `nats` (`[cluster] enabled`).
+#[allow(dead_code)] // used by tests/cluster.rs only
+pub fn on_cluster(data_dir: &Path, nats: &NatsServer, stream: &str) -> Config {
+    let mut config = on_jetstream(data_dir, nats, stream);
+    config.log.jetstream.subject = format!("{}.events", stream.to_lowercase());
+    config.cluster.enabled = true;
+    config
+}
+
 /// The environment that puts a daemon in a child process on `nats`, on
 /// the default stream (`AUDITD`, subject `auditd.log`): what
 /// `on_jetstream(dir, nats, "AUDITD")` configures in-process.
