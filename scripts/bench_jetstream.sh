@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The JetStream log against the local log, interleaved in one run set:
-# the same NDJSON loaded over gRPC into a fresh daemon on each log, RUNS
-# times. The JetStream daemon publishes to a one-server nats-server (R1,
-# max_payload 16 MiB) started here, on a fresh stream each run.
+# The JetStream log and a cluster node against the local log, interleaved
+# in one run set: the same NDJSON loaded over gRPC into a fresh daemon on
+# each, RUNS times. The JetStream daemon publishes to a one-server
+# nats-server (R1, max_payload 16 MiB) started here, on a fresh stream
+# each run; the cluster node ([cluster] enabled, one partition) publishes
+# each batch by compare-and-set and indexes what it reads back.
 #
 #   scripts/bench_jetstream.sh                 # 300,000 events, 3 runs
 #   COUNT=1000000 RUNS=5 scripts/bench_jetstream.sh
@@ -81,22 +83,30 @@ for run in $(seq "$RUNS"); do
     AUDITD_LOG__JETSTREAM__STREAM="BENCH_$run" \
     AUDITD_LOG__JETSTREAM__SUBJECT="bench.$run" \
         run_one "jetstream-$run"
+    echo "== run $run/$RUNS: cluster node (one partition, R1)" >&2
+    AUDITD_LOG__KIND=jetstream AUDITD_CLUSTER__ENABLED=true \
+    AUDITD_LOG__JETSTREAM__SERVERS="[\"nats://127.0.0.1:$NATS_PORT\"]" \
+    AUDITD_LOG__JETSTREAM__STREAM="CLUSTER_$run" \
+    AUDITD_LOG__JETSTREAM__SUBJECT="cluster.$run" \
+        run_one "cluster-$run"
 done
 
 python3 - "$OUT" "$RUNS" "$COUNT" <<'PY'
 import json, statistics, sys
 out, runs, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rate = lambda name, r: json.load(open(f"{out}/{name}-{r}.json"))["events_per_sec"]
-local = [rate("local", r) for r in range(1, runs + 1)]
-jet = [rate("jetstream", r) for r in range(1, runs + 1)]
-ratios = [j / l for j, l in zip(jet, local)]
-for name, xs in (("local log", local), ("JetStream log", jet)):
-    print(f"{name:14} median {statistics.median(xs):>9,.0f} events/s  (runs {min(xs):,.0f}–{max(xs):,.0f})")
-print(f"JetStream / local, run by run: median {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
-for name in ("local", "jetstream"):
+names = (("local", "local log"), ("jetstream", "JetStream log"), ("cluster", "cluster node"))
+rates = {name: [rate(name, r) for r in range(1, runs + 1)] for name, _ in names}
+for name, label in names:
+    xs = rates[name]
+    print(f"{label:14} median {statistics.median(xs):>9,.0f} events/s  (runs {min(xs):,.0f}–{max(xs):,.0f})")
+for name, label in names[1:]:
+    ratios = [x / l for x, l in zip(rates[name], rates["local"])]
+    print(f"{label} / local, run by run: median {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
+for name, _ in names:
     cpu = [json.load(open(f"{out}/{name}-{r}.cpu")) for r in range(1, runs + 1)]
     for proc in ("auditd", "nats"):
         per_million = [c[proc] * 1e6 / count for c in cpu]
-        print(f"{name:9} log: {proc:6} CPU s per million events, median {statistics.median(per_million):.2f} "
+        print(f"{name:9} : {proc:6} CPU s per million events, median {statistics.median(per_million):.2f} "
               f"({min(per_million):.2f}–{max(per_million):.2f})")
 PY
