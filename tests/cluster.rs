@@ -7,7 +7,8 @@
 //! one's own view), handed over at once when a node leaves. Last, three
 //! daemons as nodes of a one-partition cluster (`[cluster] enabled`):
 //! each ingests, each indexes what all of them wrote, and all three
-//! answer alike.
+//! answer alike; and two nodes on a three-server NATS that loses its
+//! stream leader under ingest lose and repeat nothing.
 
 mod common;
 
@@ -26,7 +27,7 @@ use auditd::proto::{IngestRequest, SearchRequest, WaitFor};
 use auditd::record::{self, LogRecord};
 use auditd::wal::jetstream::JetStreamConfig;
 use auditd::wal::{LogPosition, Record};
-use common::nats::{on_cluster, NatsServer};
+use common::nats::{ingest_retrying, on_cluster, stream_leader, wait_for_jetstream, NatsServer};
 use common::*;
 
 const PARTITIONS: u32 = 4;
@@ -739,6 +740,52 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
     );
 
     c.stop().await.unwrap();
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_go_on_when_a_three_server_nats_loses_the_stream_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = NatsServer::cluster(&dir.path().join("nats"), 3, 8 << 20);
+    wait_for_jetstream(&servers, 3).await;
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    let config = |name: &str| {
+        let mut config = on_cluster(&dir.path().join(name), &servers[0], "NODES_R3");
+        config.log.jetstream.servers = urls.clone();
+        config.log.jetstream.replicas = 3;
+        config.log.jetstream.timeout_ms = 2_000;
+        config
+    };
+    let (a, b) = (config("a"), config("b"));
+    let nodes = [TestServer::start(a).await, TestServer::start(b).await];
+    let mut clients = [nodes[0].client().await, nodes[1].client().await];
+    let leader = stream_leader(&servers, "NODES_R3").await;
+    let events = generated(4_000, 53, 2_000);
+    let mut acknowledged = HashSet::new();
+    let mut refusals = 0;
+    for (i, chunk) in events.chunks(100).enumerate() {
+        if i == 15 {
+            servers[leader].kill();
+        }
+        let (ids, refused) = ingest_retrying(&mut clients[i % 2], chunk, &format!("r3-{i}")).await;
+        acknowledged.extend(ids);
+        refusals += refused;
+    }
+    eprintln!("killed the stream leader n{leader}: {refusals} refusals, retried");
+    for client in clients.iter_mut() {
+        // Its own batch, searchable, comes after everything acknowledged.
+        let marker = AuditEvent {
+            id: String::new(),
+            ..events[0].clone()
+        };
+        let (ids, _) = ingest_retrying(client, &[marker], &ulid::Ulid::new().to_string()).await;
+        acknowledged.extend(ids);
+        let stored = stored_once_with_all_of(client, &acknowledged).await;
+        assert!(stored.len() >= 4_000, "{refusals} refusals");
+        assert_dense_seqs(client).await;
+    }
     for node in nodes {
         node.stop().await.unwrap();
     }

@@ -10,7 +10,9 @@ mod common;
 use std::collections::HashSet;
 
 use auditd::proto::{AuditEvent, IngestRequest, WaitFor};
-use common::nats::{jetstream_env, on_jetstream, wait_for_jetstream, NatsServer};
+use common::nats::{
+    ingest_retrying, jetstream_env, on_jetstream, stream_leader, wait_for_jetstream, NatsServer,
+};
 use common::*;
 
 /// The refusal of a batch of `events` that must not be stored.
@@ -20,33 +22,6 @@ async fn refused(client: &mut Client, events: Vec<AuditEvent>) -> tonic::Status 
         ..Default::default()
     };
     client.ingest(request).await.unwrap_err()
-}
-
-/// Ingests `events` (waiting until searchable), retrying while the answer
-/// is UNAVAILABLE, as a client would. Returns the ids and the refusals.
-async fn ingest_retrying(
-    client: &mut Client,
-    events: &[AuditEvent],
-    batch_id: &str,
-) -> (Vec<String>, usize) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let mut refusals = 0;
-    loop {
-        let request = IngestRequest {
-            events: events.to_vec(),
-            batch_id: batch_id.into(),
-            wait_for: WaitFor::Searchable as i32,
-        };
-        match client.ingest(request).await {
-            Ok(stored) => return (stored.into_inner().ids, refusals),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                refusals += 1;
-                assert!(std::time::Instant::now() < deadline, "still {s:?}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(s) => panic!("ingest: {s:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,20 +163,6 @@ async fn a_three_server_cluster_loses_a_server_under_ingest() {
     assert_eq!(stored.len(), 6_000, "{refusals} refusals, no duplicate");
     assert_dense_seqs(&mut client).await;
     server.stop().await.unwrap();
-}
-
-/// Which of `servers` (named `n<i>`) leads `stream`'s replicas.
-async fn stream_leader(servers: &[NatsServer], stream: &str) -> usize {
-    let client = async_nats::connect(servers[0].url.as_str()).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
-    let mut stream = jetstream.get_stream(stream).await.unwrap();
-    let info = stream.info().await.unwrap();
-    let leader = info
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .unwrap();
-    leader.trim_start_matches('n').parse().unwrap()
 }
 
 /// NATS that requires TLS: the log connects with `tls_ca`, and without it

@@ -8,7 +8,9 @@
 //! them). It checks what the publishers promise: every batch starts at
 //! the seq the one before it ended (`Auditd-Seq-End`), so a gap, a
 //! repeat, or a message auditd did not write stops the follower with an
-//! error naming the stream sequence, instead of being indexed.
+//! error naming the stream sequence (`ClusterError::Corrupt`), instead of
+//! being indexed. A lost connection or consumer is `Remote`: open a new
+//! follower at [`Follower::resume`].
 //!
 //! Bounded: the consumer pulls at most [`FOLLOW_BATCH`] messages at a
 //! time (each at most the servers' `max_payload`), and nothing else is
@@ -110,7 +112,7 @@ impl Follower {
         };
         let info = message
             .info()
-            .map_err(|e| self.remote(format!("a message without its metadata: {e}")))?;
+            .map_err(|e| self.corrupt(format!("a message without its metadata: {e}")))?;
         let stream_seq = info.stream_sequence;
         let seq_end = message
             .headers
@@ -118,7 +120,7 @@ impl Follower {
             .and_then(|h| h.get(SEQ_END_HEADER))
             .and_then(|v| v.as_str().parse::<u64>().ok());
         let Some(seq_end) = seq_end else {
-            return Err(self.remote(format!(
+            return Err(self.corrupt(format!(
                 "stream sequence {stream_seq} on partition {} has no {SEQ_END_HEADER} header: \
                  something other than auditd publishes to the partition",
                 self.partition
@@ -131,13 +133,13 @@ impl Follower {
             path: &self.name,
             offset: stream_seq,
         })
-        .map_err(|e| self.remote(e.to_string()))?;
+        .map_err(|e| self.corrupt(e.to_string()))?;
         let (first_seq, count) = match &decoded {
             LogRecord::Batch(batch) => (batch.first_seq, batch.batch.events.len() as u64),
             LogRecord::Retention(..) | LogRecord::Skip(_) => (self.next_seq, 0),
         };
         if first_seq != self.next_seq || seq_end != first_seq + count {
-            return Err(self.remote(format!(
+            return Err(self.corrupt(format!(
                 "stream sequence {stream_seq} on partition {} holds seqs {first_seq}..{seq_end} \
                  ({count} events) where {} was next: a gap or a repeat; stopped before it",
                 self.partition, self.next_seq
@@ -146,6 +148,13 @@ impl Follower {
         self.end = LogPosition::new(stream_seq);
         self.next_seq = seq_end;
         Ok(Some(decoded))
+    }
+
+    fn corrupt(&self, reason: String) -> ClusterError {
+        ClusterError::Corrupt {
+            stream: self.stream_name.clone(),
+            reason,
+        }
     }
 
     fn remote(&self, reason: String) -> ClusterError {

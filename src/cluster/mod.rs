@@ -70,6 +70,10 @@ pub enum ClusterError {
     /// was asked is known to be done, and a retry is safe.
     #[error("stream {stream}: {reason}")]
     Remote { stream: String, reason: String },
+    /// The stream holds what auditd did not write, or not in order: no
+    /// retry helps, and nothing past it is taken.
+    #[error("stream {stream}: {reason}")]
+    Corrupt { stream: String, reason: String },
 }
 
 impl Layout {

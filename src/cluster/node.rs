@@ -47,6 +47,16 @@ const PARTITION: u32 = 0;
 /// again (they also wake it).
 const FOLLOW_WAIT: Duration = Duration::from_millis(200);
 
+/// How long a follower may go without a record while records this node
+/// published (so surely in the stream) wait to be read back, before the
+/// node takes its consumer for stuck and follows again. The client's own
+/// heartbeat check notices a lost consumer only after tens of seconds.
+const STALL: Duration = Duration::from_secs(2);
+
+/// How long a node waits before it follows the partition again after
+/// losing it (a server lost, a stream leader elected).
+const REFOLLOW_PAUSE: Duration = Duration::from_millis(250);
+
 /// How long a stopping node waits to read back what it published; past
 /// it those requests are answered with an error (their records are in
 /// the stream, and a retry is answered from them).
@@ -97,6 +107,7 @@ pub fn spawn(
                 .build()
                 .map_err(|e| WalError::io(&name, e))?;
             let node = Node {
+                status: status.clone(),
                 tree,
                 memo,
                 indexer,
@@ -112,6 +123,7 @@ pub fn spawn(
 }
 
 struct Node {
+    status: Arc<PipelineStatus>,
     tree: Option<Arc<TreeStore>>,
     memo: Arc<Idempotency>,
     indexer: Sender<ToIndexer>,
@@ -124,15 +136,18 @@ impl Node {
     async fn run(
         mut self,
         layout: Layout,
-        resume: Resume,
+        mut resume: Resume,
         mut requests: mpsc::Receiver<AppendRequest>,
     ) -> Result<(), WalError> {
         let publisher = Publisher::open(layout.clone()).await.map_err(remote)?;
-        let mut follower = Follower::open(publisher.stream(), &layout, PARTITION, resume)
-            .await
-            .map_err(remote)?;
+        let mut follower = Some(
+            Follower::open(publisher.stream(), &layout, PARTITION, resume)
+                .await
+                .map_err(remote)?,
+        );
         let mut open = true;
         let mut closed_at = None;
+        let mut last_read = std::time::Instant::now();
         loop {
             if !open {
                 let since = *closed_at.get_or_insert_with(std::time::Instant::now);
@@ -149,15 +164,57 @@ impl Node {
                     return Ok(());
                 }
             }
+            if let Some(reading) = follower.as_mut() {
+                let read_back = reading.resume().after;
+                tokio::select! {
+                    request = requests.recv(), if open => match request {
+                        Some(request) => self.publish(&publisher, read_back, request).await,
+                        // Stopping: what is published is still read back.
+                        None => open = false,
+                    },
+                    record = reading.next(FOLLOW_WAIT) => match record {
+                        Ok(Some(record)) => {
+                            last_read = std::time::Instant::now();
+                            self.take(record)?;
+                        }
+                        Ok(None) if !self.waiting.is_empty() && last_read.elapsed() > STALL => {
+                            tracing::warn!(
+                                waiting = self.waiting.len(),
+                                "the partition's consumer gives nothing back; following it again"
+                            );
+                            self.status.set_fault("wal", Some("following the partition again".into()));
+                            resume = reading.resume();
+                            follower = None;
+                        }
+                        Ok(None) => {}
+                        Err(error @ ClusterError::Corrupt { .. }) => return Err(remote(error)),
+                        // The consumer or its server went away: follow again
+                        // from where it stopped, degraded meanwhile.
+                        Err(error) => {
+                            tracing::warn!(%error, "lost the partition; following it again");
+                            self.status.set_fault("wal", Some(error.to_string()));
+                            resume = reading.resume();
+                            follower = None;
+                        }
+                    },
+                }
+                continue;
+            }
             tokio::select! {
                 request = requests.recv(), if open => match request {
-                    Some(request) => self.publish(&publisher, &follower, request).await,
-                    // Stopping: what is published is still read back.
+                    Some(request) => self.publish(&publisher, resume.after, request).await,
                     None => open = false,
                 },
-                record = follower.next(FOLLOW_WAIT) => {
-                    if let Some(record) = record.map_err(remote)? {
-                        self.take(record)?;
+                () = tokio::time::sleep(REFOLLOW_PAUSE) => {
+                    match Follower::open(publisher.stream(), &layout, PARTITION, resume).await {
+                        Ok(reading) => {
+                            follower = Some(reading);
+                            last_read = std::time::Instant::now();
+                            self.status.set_fault("wal", None);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot follow the partition yet; will retry");
+                        }
                     }
                 }
             }
@@ -168,7 +225,7 @@ impl Node {
     async fn publish(
         &mut self,
         publisher: &Publisher,
-        follower: &Follower,
+        read_back: crate::wal::LogPosition,
         mut request: AppendRequest,
     ) {
         drop(request.permit.take());
@@ -196,7 +253,7 @@ impl Node {
                 return;
             }
         };
-        if published.stream_seq <= follower.resume().after.get() {
+        if published.stream_seq <= read_back.get() {
             // A repeat of a record already read back: in the tree already.
             let end = crate::wal::LogPosition::new(published.stream_seq);
             let span = Span { start: end, end };
@@ -308,7 +365,9 @@ impl Node {
 /// A cluster error as the log's.
 pub(crate) fn remote(error: ClusterError) -> WalError {
     match error {
-        ClusterError::Remote { stream, reason } => WalError::Remote { stream, reason },
+        ClusterError::Remote { stream, reason } | ClusterError::Corrupt { stream, reason } => {
+            WalError::Remote { stream, reason }
+        }
         ClusterError::Config { field, reason } => WalError::Remote {
             stream: field.into(),
             reason,

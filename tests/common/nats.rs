@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use auditd::config::LogKind;
+use auditd::proto::{AuditEvent, IngestRequest, WaitFor};
 use auditd::Config;
 
 use super::{test_config, DEADLINE};
@@ -201,6 +202,49 @@ pub async fn wait_for_jetstream(servers: &[NatsServer], replicas: usize) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Ingests `events` (waiting until searchable), retrying while the answer
+/// is UNAVAILABLE, as a client would. Returns the ids and the refusals.
+#[allow(dead_code)] // not every test file uses it
+pub async fn ingest_retrying(
+    client: &mut super::Client,
+    events: &[AuditEvent],
+    batch_id: &str,
+) -> (Vec<String>, usize) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut refusals = 0;
+    loop {
+        let request = IngestRequest {
+            events: events.to_vec(),
+            batch_id: batch_id.into(),
+            wait_for: WaitFor::Searchable as i32,
+        };
+        match client.ingest(request).await {
+            Ok(stored) => return (stored.into_inner().ids, refusals),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                refusals += 1;
+                assert!(std::time::Instant::now() < deadline, "still {s:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("ingest: {s:?}"),
+        }
+    }
+}
+
+/// Which of `servers` (named `n<i>`) leads `stream`'s replicas.
+#[allow(dead_code)]
+pub async fn stream_leader(servers: &[NatsServer], stream: &str) -> usize {
+    let client = async_nats::connect(servers[0].url.as_str()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream.get_stream(stream).await.unwrap();
+    let info = stream.info().await.unwrap();
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .unwrap();
+    leader.trim_start_matches('n').parse().unwrap()
 }
 
 /// A loopback port nothing listens on (for cluster routes, which must be
