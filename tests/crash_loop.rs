@@ -7,8 +7,8 @@
 //! exactly 0..n. After every restart the Merkle tree holds every
 //! acknowledged event (a signed checkpoint of at least the highest
 //! acknowledged seq + 1 leaves), and at the end the full audit recomputes
-//! every leaf and the signed root and finds nothing. Run on the local log
-//! and on the JetStream log.
+//! every leaf and the signed root and finds nothing. Run on the local log,
+//! on the JetStream log, and as a node of a one-partition cluster.
 
 mod common;
 
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use auditd::proto::{AuditEvent, IngestRequest};
 use auditd::Config;
-use common::nats::{jetstream_env, on_jetstream, NatsServer};
+use common::nats::{jetstream_env, on_cluster, on_jetstream, NatsServer};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -58,6 +58,27 @@ async fn on_jetstream_nothing_acknowledged_is_lost_across_random_kills() {
     env.push(("AUDITD_INDEX__MAX_OPEN_WRITERS", "2".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let config = on_jetstream(&data, &nats, "AUDITD");
+    crash_loop(&data, &env, config, JETSTREAM_CYCLES).await;
+}
+
+/// The same for a node of a one-partition cluster (`[cluster] enabled`):
+/// every write goes through the stream by compare-and-set, and the
+/// restarted node replays and then follows the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_node_nothing_acknowledged_is_lost_across_random_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let data = dir.path().join("data");
+    let config = on_cluster(&data, &nats, "AUDITD");
+    let mut env = jetstream_env(&nats);
+    env.push(("AUDITD_CLUSTER__ENABLED", "true".into()));
+    env.push((
+        "AUDITD_LOG__JETSTREAM__SUBJECT",
+        config.log.jetstream.subject.clone(),
+    ));
+    env.push(("AUDITD_INDEX__COMMIT_INTERVAL_MS", "30".into()));
+    env.push(("AUDITD_INDEX__MAX_OPEN_WRITERS", "2".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     crash_loop(&data, &env, config, JETSTREAM_CYCLES).await;
 }
 
