@@ -461,9 +461,8 @@ impl Pipeline {
             log.lag_budget(config),
             Duration::from_millis(config.ingest.submit_timeout_ms),
         );
-        // A cluster node makes the leaves when it reads its records back.
         ingest_settings.in_cluster = matches!(log, LogChoice::Cluster(_));
-        ingest_settings.leaves = integrity.is_some() && !ingest_settings.in_cluster;
+        ingest_settings.leaves = integrity.is_some();
         let ingest = Arc::new(IngestService::new(
             ingest_settings,
             wal_tx,
