@@ -66,3 +66,10 @@ pub const RETENTION_HOLDS: &str = "auditd_retention_holds";
 /// Publishes to a partition refused because another ingest node published
 /// there first (`cluster::publish`; each is retried), by `partition`.
 pub const CLUSTER_PUBLISH_CONFLICTS: &str = "auditd_cluster_publish_conflicts_total";
+/// Records of a partition after the last one this node has read (the
+/// consumer's pending count), by `partition`: how far its index trails
+/// the stream.
+pub const CLUSTER_FOLLOW_LAG: &str = "auditd_cluster_follow_lag_records";
+/// Partition leases this node gained or lost (`change` = gained, lost),
+/// by `partition`.
+pub const CLUSTER_LEASE_CHANGES: &str = "auditd_cluster_lease_changes_total";

@@ -678,6 +678,16 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
         );
     }
 
+    // How far each node trails the partition is a metric.
+    for node in &nodes {
+        let (code, metrics) = http_get(node.http, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            metrics.contains("auditd_cluster_follow_lag_records{partition=\"0\"}"),
+            "{metrics}"
+        );
+    }
+
     // Erasure would leave the events in the stream: refused, saying why.
     let channel = tonic::transport::Endpoint::from_shared(nodes[0].url())
         .unwrap()

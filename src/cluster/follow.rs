@@ -25,6 +25,7 @@ use futures::StreamExt;
 
 use super::publish::SEQ_END_HEADER;
 use super::{ClusterError, Layout};
+use crate::metrics as m;
 use crate::record::{self, LogRecord};
 use crate::wal::{LogPosition, Record};
 
@@ -114,6 +115,8 @@ impl Follower {
             .info()
             .map_err(|e| self.corrupt(format!("a message without its metadata: {e}")))?;
         let stream_seq = info.stream_sequence;
+        metrics::gauge!(m::CLUSTER_FOLLOW_LAG, "partition" => self.partition.to_string())
+            .set(info.pending as f64);
         let seq_end = message
             .headers
             .as_ref()

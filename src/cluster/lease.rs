@@ -31,6 +31,7 @@ use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt;
 
 use super::ClusterError;
+use crate::metrics as m;
 
 /// What a node asks of the lease bucket.
 #[derive(Debug, Clone)]
@@ -238,6 +239,12 @@ impl Leases {
             }
         }
         change.lost.sort_unstable();
+        for (what, partitions) in [("gained", &change.gained), ("lost", &change.lost)] {
+            for p in partitions {
+                metrics::counter!(m::CLUSTER_LEASE_CHANGES, "change" => what, "partition" => p.to_string())
+                    .increment(1);
+            }
+        }
         Ok(change)
     }
 

@@ -155,12 +155,13 @@ impl Layout {
             return Err(ClusterError::Config {
                 field: "cluster.partitions",
                 reason: format!(
-                    "the stream {} exists with the subjects {:?}, not the {} partitions \
-                     {}.0..{} configured; the partition count is fixed when the stream \
-                     is created",
+                    "the stream {} exists with the subjects {:?}, not those of the {} \
+                     partition(s) configured ({}.0 to {}.{}); the partition count is fixed \
+                     when the stream is created",
                     existing.name,
                     existing.subjects,
                     self.partitions,
+                    self.jetstream.subject,
                     self.jetstream.subject,
                     self.partitions - 1
                 ),
