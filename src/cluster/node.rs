@@ -66,6 +66,8 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 struct Waiting {
     request: AppendRequest,
     published: Published,
+    /// When it was published.
+    since: std::time::Instant,
 }
 
 /// Starts the thread. `resume` is where start-up replay ended; `log`
@@ -177,7 +179,10 @@ impl Node {
                             last_read = std::time::Instant::now();
                             self.take(record)?;
                         }
-                        Ok(None) if !self.waiting.is_empty() && last_read.elapsed() > STALL => {
+                        // Counted from the later of the last record read and
+                        // the oldest record waiting, so that a node idle for
+                        // long does not take a slow first delivery for a stall.
+                        Ok(None) if self.stalled(last_read) => {
                             tracing::warn!(
                                 waiting = self.waiting.len(),
                                 "the partition's consumer gives nothing back; following it again"
@@ -219,6 +224,13 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Whether records this node published have waited more than
+    /// [`STALL`] with nothing read since.
+    fn stalled(&self, last_read: std::time::Instant) -> bool {
+        let oldest = self.waiting.values().flatten().map(|w| w.since).min();
+        oldest.is_some_and(|oldest| oldest.max(last_read).elapsed() > STALL)
     }
 
     /// Publishes a request's record; it is answered when read back.
@@ -272,7 +284,11 @@ impl Node {
         self.waiting
             .entry(published.stream_seq)
             .or_default()
-            .push(Waiting { request, published });
+            .push(Waiting {
+                request,
+                published,
+                since: std::time::Instant::now(),
+            });
     }
 
     /// A record read back: into the tree, its waiting requests answered,
