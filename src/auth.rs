@@ -12,10 +12,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use futures::future::BoxFuture;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,8 +52,10 @@ pub enum AuthError {
     OutsideBinding { field: String, reason: String },
     #[error("no token with id {0:?}")]
     NotFound(String),
-    #[error("token store {path}: {reason}")]
-    Store { path: PathBuf, reason: String },
+    /// The store could not be read or written: a file, or a cluster's
+    /// shared bucket.
+    #[error("token store {place}: {reason}")]
+    Store { place: String, reason: String },
 }
 
 /// A token as stored: everything but the secret, which only its hash
@@ -206,11 +209,32 @@ impl Caller {
     }
 }
 
-/// The tokens, in `<data_dir>/tokens.json` (hashes only; owner-only
-/// permissions), cached in memory. Every change is written through before
-/// it is answered, so a revocation holds across a restart.
+/// Where the tokens are kept: this node's file, or a store every node of
+/// a cluster shares ([`SharedTokens`]).
+enum Backing {
+    /// `<data_dir>/tokens.json` (hashes only; owner-only permissions).
+    File(PathBuf),
+    Shared(Arc<dyn SharedTokens>),
+}
+
+/// A token store every node of a cluster reads and writes: the JetStream
+/// KV bucket of `cluster::tokens`. A node keeps every token in memory and
+/// hears of other nodes' changes through [`TokenStore::apply`].
+pub trait SharedTokens: Send + Sync {
+    /// The store's name, for errors.
+    fn name(&self) -> String;
+    /// Writes `token` through; resolves once the store holds it.
+    fn put(&self, token: &StoredToken) -> BoxFuture<'_, Result<(), String>>;
+    /// Writes `token` as the cluster's first admin token unless one was
+    /// written before (by any node): `Ok(false)` then.
+    fn create_first_admin(&self, token: &StoredToken) -> BoxFuture<'_, Result<bool, String>>;
+}
+
+/// The tokens, cached in memory and kept in a [`Backing`]. Every change is
+/// written through before it is answered, so a revocation holds across a
+/// restart (and, shared, on every node).
 pub struct TokenStore {
-    path: PathBuf,
+    backing: Backing,
     tokens: RwLock<BTreeMap<String, StoredToken>>,
     /// Compared against when a token is malformed or unknown, so those
     /// cost about the same time as a wrong secret.
@@ -218,38 +242,71 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    /// Opens the store. When it holds no token yet, creates an admin
-    /// token, writes it to `<data_dir>/admin.token` (mode 0600) and returns
-    /// its secret so the caller can show it once.
+    /// Opens the store in `<data_dir>/tokens.json`. When it holds no token
+    /// yet, creates an admin token, writes it to `<data_dir>/admin.token`
+    /// (mode 0600) and returns its secret so the caller can show it once.
     pub fn open(data_dir: &Path) -> Result<(TokenStore, Option<String>), AuthError> {
         let data_dir = DataDir::new(data_dir);
         let path = data_dir.tokens();
-        let tokens: BTreeMap<String, StoredToken> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Vec<StoredToken>>(&bytes)
-                .map_err(|e| store_error(&path, e))?
-                .into_iter()
-                .map(|t| (t.id.clone(), t))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        let tokens: Vec<StoredToken> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| store_error(&path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(store_error(&path, e)),
         };
-        let store = TokenStore {
-            path,
-            tokens: RwLock::new(tokens),
-            decoy: Sha256::digest(b"decoy").into(),
-        };
+        let store = TokenStore::new(Backing::File(path.clone()), tokens);
         if !store.tokens.read().expect("token lock").is_empty() {
             return Ok((store, None));
         }
-        let (_, secret) = store.create(CreateTokenRequest {
-            kind: TokenKind::Admin as i32,
-            name: "admin (created on first start)".into(),
-            ..Default::default()
-        })?;
-        let file = data_dir.admin_token();
-        write_atomically(&file, format!("{secret}\n").as_bytes(), true)
-            .map_err(|e| store_error(&file, e))?;
+        let (token, secret) = new_token(first_admin_request())?;
+        store.write_file(&path, token)?;
+        write_admin_token(&data_dir, &secret)?;
         Ok((store, Some(secret)))
+    }
+
+    /// A store over `shared`, holding `tokens` as read from it at start.
+    pub fn shared(shared: Arc<dyn SharedTokens>, tokens: Vec<StoredToken>) -> TokenStore {
+        TokenStore::new(Backing::Shared(shared), tokens)
+    }
+
+    fn new(backing: Backing, tokens: Vec<StoredToken>) -> TokenStore {
+        let mut map = BTreeMap::new();
+        for token in tokens {
+            merge(&mut map, token);
+        }
+        TokenStore {
+            backing,
+            tokens: RwLock::new(map),
+            decoy: Sha256::digest(b"decoy").into(),
+        }
+    }
+
+    /// For a shared store: makes the cluster's first admin token unless a
+    /// node made one before, writing it to `<data_dir>/admin.token` and
+    /// returning its secret (as [`TokenStore::open`] does on one node).
+    pub async fn ensure_first_admin(&self, data_dir: &Path) -> Result<Option<String>, AuthError> {
+        let Backing::Shared(shared) = &self.backing else {
+            return Ok(None);
+        };
+        let (token, secret) = new_token(first_admin_request())?;
+        if !shared
+            .create_first_admin(&token)
+            .await
+            .map_err(|reason| shared_error(shared.as_ref(), reason))?
+        {
+            return Ok(None);
+        }
+        self.apply(token);
+        write_admin_token(&DataDir::new(data_dir), &secret)?;
+        Ok(Some(secret))
+    }
+
+    /// A token as the shared store now holds it (another node's change,
+    /// or this node's heard back). A token never changes but to be
+    /// revoked, and a revocation is never undone, so the order changes
+    /// arrive in does not matter.
+    pub fn apply(&self, token: StoredToken) {
+        let mut tokens = self.tokens.write().expect("token lock");
+        merge(&mut tokens, token);
     }
 
     /// The caller behind an `authorization` header value.
@@ -285,73 +342,13 @@ impl TokenStore {
     }
 
     /// Creates a token; returns it and its secret (shown once).
-    pub fn create(&self, request: CreateTokenRequest) -> Result<(TokenInfo, String), AuthError> {
-        let invalid = |field: &str, reason: &str| AuthError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        };
-        let kind = TokenKind::try_from(request.kind)
-            .ok()
-            .and_then(StoredKind::from_proto)
-            .ok_or_else(|| invalid("kind", "one of admin, personal, app, shared, ingest"))?;
-        let needs_subject = matches!(
-            kind,
-            StoredKind::Personal | StoredKind::App | StoredKind::Shared
-        );
-        if needs_subject && request.subject.is_empty() {
-            return Err(invalid(
-                "subject",
-                "required for personal, app and shared tokens",
-            ));
-        }
-        if !needs_subject && !request.subject.is_empty() {
-            return Err(invalid(
-                "subject",
-                "only personal, app and shared tokens have a subject",
-            ));
-        }
-        let needs_access = matches!(kind, StoredKind::App | StoredKind::Shared);
-        if needs_access == request.access_id.is_empty() {
-            return Err(invalid(
-                "access_id",
-                "required for app and shared tokens, and only for them",
-            ));
-        }
-        if kind != StoredKind::Ingest
-            && (!request.sources.is_empty() || !request.type_prefix.is_empty())
-        {
-            return Err(invalid(
-                "sources",
-                "only ingest tokens are bound to sources or a type prefix",
-            ));
-        }
-        if request.name.len() > 256 {
-            return Err(invalid("name", "at most 256 bytes"));
-        }
-        let id = ulid::Ulid::new().to_string().to_lowercase();
-        let mut secret_bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret_bytes);
-        let secret = format!(
-            "{TOKEN_PREFIX}{id}.{}",
-            URL_SAFE_NO_PAD.encode(secret_bytes)
-        );
-        let stored = StoredToken {
-            id: id.clone(),
-            kind,
-            name: request.name,
-            subject: request.subject,
-            access_id: request.access_id,
-            sources: request.sources,
-            type_prefix: request.type_prefix,
-            created_micros: crate::ingest::now_micros(),
-            revoked: false,
-            hash: hex::encode(Sha256::digest(secret.as_bytes())),
-        };
+    pub async fn create(
+        &self,
+        request: CreateTokenRequest,
+    ) -> Result<(TokenInfo, String), AuthError> {
+        let (stored, secret) = new_token(request)?;
         let info = info(&stored);
-        self.change(|tokens| {
-            tokens.insert(id, stored);
-            Ok(())
-        })?;
+        self.write(stored).await?;
         Ok((info, secret))
     }
 
@@ -364,35 +361,135 @@ impl TokenStore {
             .collect()
     }
 
-    /// Revokes at once: the next call with this token is refused.
-    pub fn revoke(&self, id: &str) -> Result<TokenInfo, AuthError> {
-        let mut revoked = None;
-        self.change(|tokens| {
-            let token = tokens
-                .get_mut(id)
-                .ok_or_else(|| AuthError::NotFound(id.to_owned()))?;
-            token.revoked = true;
-            revoked = Some(info(token));
-            Ok(())
-        })?;
-        Ok(revoked.expect("set when found"))
+    /// Revokes at once: the next call with this token is refused (on
+    /// another node of a cluster, once the change reaches it).
+    pub async fn revoke(&self, id: &str) -> Result<TokenInfo, AuthError> {
+        let mut token = self
+            .tokens
+            .read()
+            .expect("token lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AuthError::NotFound(id.to_owned()))?;
+        token.revoked = true;
+        let revoked = info(&token);
+        self.write(token).await?;
+        Ok(revoked)
     }
 
-    /// Applies `edit` and writes the store through; memory changes only
-    /// once the file does.
-    fn change(
-        &self,
-        edit: impl FnOnce(&mut BTreeMap<String, StoredToken>) -> Result<(), AuthError>,
-    ) -> Result<(), AuthError> {
+    /// Writes `token` through; memory changes only once the backing does.
+    async fn write(&self, token: StoredToken) -> Result<(), AuthError> {
+        match &self.backing {
+            Backing::File(path) => self.write_file(path, token),
+            Backing::Shared(shared) => {
+                shared
+                    .put(&token)
+                    .await
+                    .map_err(|reason| shared_error(shared.as_ref(), reason))?;
+                self.apply(token);
+                Ok(())
+            }
+        }
+    }
+
+    fn write_file(&self, path: &Path, token: StoredToken) -> Result<(), AuthError> {
         let mut tokens = self.tokens.write().expect("token lock");
         let mut next = tokens.clone();
-        edit(&mut next)?;
+        merge(&mut next, token);
         let list: Vec<&StoredToken> = next.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).expect("tokens serialize");
-        write_atomically(&self.path, &bytes, true).map_err(|e| store_error(&self.path, e))?;
+        write_atomically(path, &bytes, true).map_err(|e| store_error(path, e))?;
         *tokens = next;
         Ok(())
     }
+}
+
+/// Puts `token` in `tokens`; one revoked stays revoked.
+fn merge(tokens: &mut BTreeMap<String, StoredToken>, mut token: StoredToken) {
+    if tokens.get(&token.id).is_some_and(|t| t.revoked) {
+        token.revoked = true;
+    }
+    tokens.insert(token.id.clone(), token);
+}
+
+fn first_admin_request() -> CreateTokenRequest {
+    CreateTokenRequest {
+        kind: TokenKind::Admin as i32,
+        name: "admin (created on first start)".into(),
+        ..Default::default()
+    }
+}
+
+fn write_admin_token(data_dir: &DataDir, secret: &str) -> Result<(), AuthError> {
+    let file = data_dir.admin_token();
+    write_atomically(&file, format!("{secret}\n").as_bytes(), true)
+        .map_err(|e| store_error(&file, e))
+}
+
+/// A new token for a valid `request`, and its secret.
+fn new_token(request: CreateTokenRequest) -> Result<(StoredToken, String), AuthError> {
+    let invalid = |field: &str, reason: &str| AuthError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    };
+    let kind = TokenKind::try_from(request.kind)
+        .ok()
+        .and_then(StoredKind::from_proto)
+        .ok_or_else(|| invalid("kind", "one of admin, personal, app, shared, ingest"))?;
+    let needs_subject = matches!(
+        kind,
+        StoredKind::Personal | StoredKind::App | StoredKind::Shared
+    );
+    if needs_subject && request.subject.is_empty() {
+        return Err(invalid(
+            "subject",
+            "required for personal, app and shared tokens",
+        ));
+    }
+    if !needs_subject && !request.subject.is_empty() {
+        return Err(invalid(
+            "subject",
+            "only personal, app and shared tokens have a subject",
+        ));
+    }
+    let needs_access = matches!(kind, StoredKind::App | StoredKind::Shared);
+    if needs_access == request.access_id.is_empty() {
+        return Err(invalid(
+            "access_id",
+            "required for app and shared tokens, and only for them",
+        ));
+    }
+    if kind != StoredKind::Ingest
+        && (!request.sources.is_empty() || !request.type_prefix.is_empty())
+    {
+        return Err(invalid(
+            "sources",
+            "only ingest tokens are bound to sources or a type prefix",
+        ));
+    }
+    if request.name.len() > 256 {
+        return Err(invalid("name", "at most 256 bytes"));
+    }
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let mut secret_bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret_bytes);
+    let secret = format!(
+        "{TOKEN_PREFIX}{id}.{}",
+        URL_SAFE_NO_PAD.encode(secret_bytes)
+    );
+    let stored = StoredToken {
+        id: id.clone(),
+        kind,
+        name: request.name,
+        subject: request.subject,
+        access_id: request.access_id,
+        sources: request.sources,
+        type_prefix: request.type_prefix,
+        created_micros: crate::ingest::now_micros(),
+        revoked: false,
+        hash: hex::encode(Sha256::digest(secret.as_bytes())),
+    };
+    Ok((stored, secret))
 }
 
 fn info(t: &StoredToken) -> TokenInfo {
@@ -411,8 +508,15 @@ fn info(t: &StoredToken) -> TokenInfo {
 
 fn store_error(path: &Path, e: impl std::fmt::Display) -> AuthError {
     AuthError::Store {
-        path: path.to_owned(),
+        place: path.display().to_string(),
         reason: e.to_string(),
+    }
+}
+
+fn shared_error(shared: &dyn SharedTokens, reason: String) -> AuthError {
+    AuthError::Store {
+        place: shared.name(),
+        reason,
     }
 }
 
@@ -454,8 +558,8 @@ mod tests {
         assert_eq!(store.list().len(), 1);
     }
 
-    #[test]
-    fn bad_tokens_all_get_the_same_answer_and_revocation_is_immediate() {
+    #[tokio::test]
+    async fn bad_tokens_all_get_the_same_answer_and_revocation_is_immediate() {
         let dir = tempfile::tempdir().unwrap();
         let (store, admin) = TokenStore::open(dir.path()).unwrap();
         let admin = admin.unwrap();
@@ -466,6 +570,7 @@ mod tests {
                 access_id: "diary".into(),
                 ..Default::default()
             })
+            .await
             .unwrap();
         let wrong_secret = format!("{}x", &app[..app.len() - 1]);
         for header in [
@@ -484,7 +589,7 @@ mod tests {
             );
         }
         assert!(store.authenticate(Some(&format!("Bearer {app}"))).is_ok());
-        store.revoke(&info.id).unwrap();
+        store.revoke(&info.id).await.unwrap();
         assert_eq!(
             store.authenticate(Some(&format!("Bearer {app}"))),
             Err(AuthError::Unauthenticated)
@@ -500,10 +605,8 @@ mod tests {
 
     #[test]
     fn token_creation_rules() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = TokenStore::open(dir.path()).unwrap();
         let create = |kind: TokenKind, subject: &str, access: &str| {
-            store.create(CreateTokenRequest {
+            new_token(CreateTokenRequest {
                 kind: kind as i32,
                 subject: subject.into(),
                 access_id: access.into(),
@@ -516,5 +619,28 @@ mod tests {
         assert!(create(TokenKind::Unspecified, "", "").is_err());
         assert!(create(TokenKind::Shared, "emma", "x").is_ok());
         assert!(create(TokenKind::Ingest, "", "").is_ok());
+    }
+
+    #[test]
+    fn a_revocation_is_never_undone_whatever_order_changes_arrive_in() {
+        let (token, secret) = new_token(CreateTokenRequest {
+            kind: TokenKind::Ingest as i32,
+            ..Default::default()
+        })
+        .unwrap();
+        let store = TokenStore::new(Backing::File(PathBuf::from("unused")), Vec::new());
+        let header = format!("Bearer {secret}");
+        store.apply(token.clone());
+        assert!(store.authenticate(Some(&header)).is_ok());
+        store.apply(StoredToken {
+            revoked: true,
+            ..token.clone()
+        });
+        // The creation heard again after the revocation.
+        store.apply(token);
+        assert_eq!(
+            store.authenticate(Some(&header)),
+            Err(AuthError::Unauthenticated)
+        );
     }
 }

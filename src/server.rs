@@ -21,7 +21,9 @@ use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::app::{App, StreamSettings};
-use crate::auth::{AuthError, TokenStore};
+use crate::auth::{AuthError, StoredToken, TokenStore};
+use crate::cluster::tokens::{Loaded, TokenBucket};
+use crate::cluster::ClusterError;
 use crate::config::{Config, LogKind};
 use crate::datadir::{DataDir, Format, FormatError};
 use crate::grpc::{
@@ -109,6 +111,8 @@ pub enum ServerError {
          `integrity.enabled` was off have no leaves"
     )]
     TreeBehind { tree: u64, log: u64 },
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// Which log the pipeline runs on: the local segment files under the data
@@ -221,6 +225,29 @@ impl LogChoice {
     }
 }
 
+/// Shows a first admin token once (its file keeps it for auditctl).
+fn announce_first_admin(data_dir: &std::path::Path, secret: Option<String>) {
+    if let Some(secret) = secret {
+        let file = DataDir::new(data_dir).admin_token();
+        println!(
+            "first start: admin token {secret}\n(also written to {}, readable by its owner only)",
+            file.display()
+        );
+        tracing::info!(file = %file.display(), "created the first admin token");
+    }
+}
+
+/// Connects to the cluster's NATS and reads its tokens bucket.
+async fn open_shared_tokens(layout: &crate::cluster::Layout) -> Result<Loaded, ServerError> {
+    let (_client, context) = crate::wal::jetstream::connect(&layout.jetstream)
+        .await
+        .map_err(|reason| ClusterError::Remote {
+            stream: format!("KV_{}", crate::cluster::tokens::TOKENS_BUCKET),
+            reason,
+        })?;
+    Ok(TokenBucket::open(&context, layout.jetstream.replicas).await?)
+}
+
 /// How long HTTPS connections may finish their requests at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
@@ -271,15 +298,46 @@ pub async fn run_on(
         tasks: tasks.clone(),
     };
     let tls = TlsMaterial::load(&config.tls)?;
-    let mut pipeline = Pipeline::start(&config, streams, log)?;
+    // A cluster's tokens are the nodes' shared bucket's, read in full
+    // before the node serves.
+    let shared_tokens = match &log {
+        LogChoice::Cluster(layout) => Some(open_shared_tokens(layout).await?),
+        _ => None,
+    };
+    let mut pipeline = Pipeline::start(
+        &config,
+        streams,
+        log,
+        shared_tokens
+            .as_ref()
+            .map(|loaded| (loaded.bucket.clone(), loaded.tokens.clone())),
+    )?;
+    if let Some(loaded) = shared_tokens {
+        match pipeline.tokens.ensure_first_admin(&config.data_dir).await {
+            Ok(first_admin) => announce_first_admin(&config.data_dir, first_admin),
+            Err(error) => {
+                pipeline.stop().await?;
+                return Err(error.into());
+            }
+        }
+        // Other nodes' changes, from what was read on: among the
+        // transports' tasks, so their stop ends it.
+        tasks.spawn(loaded.bucket.follow(
+            Arc::downgrade(&pipeline.tokens),
+            loaded.revision,
+            stop.clone(),
+        ));
+    }
     // The background self-audit runs among the transports' tasks: their
     // stop ends it, and their stop waits for it.
     let (background, background_stop) = (tasks.clone(), stop.clone());
     let background_stop_retention = stop.clone();
+    let stop_on_error = stop.clone();
     let transports = match Transports::serve(&config, listeners, &pipeline, tls, stop, tasks).await
     {
         Ok(transports) => transports,
         Err(error) => {
+            stop_on_error.cancel();
             pipeline.stop().await?;
             return Err(error);
         }
@@ -352,6 +410,7 @@ struct Pipeline {
     integrity: Option<Arc<Integrity>>,
     /// `auditd-tlog`, once replay has run: dropping the sender stops it.
     checkpointer: Option<Checkpointer>,
+    tokens: Arc<TokenStore>,
 }
 
 impl Pipeline {
@@ -362,6 +421,7 @@ impl Pipeline {
         config: &Config,
         streams: StreamSettings,
         log: LogChoice,
+        shared_tokens: Option<(Arc<TokenBucket>, Vec<StoredToken>)>,
     ) -> Result<Pipeline, ServerError> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
@@ -387,17 +447,20 @@ impl Pipeline {
             &config.retention,
             &config.erasure,
         )?);
-        let (tokens, first_admin) = TokenStore::open(&data_dir)?;
+        let tokens = match shared_tokens {
+            Some((bucket, loaded)) => {
+                if layout.tokens().exists() {
+                    tracing::warn!(file = %layout.tokens().display(), "a cluster node takes its tokens from the cluster's bucket; this file is not read");
+                }
+                TokenStore::shared(bucket, loaded)
+            }
+            None => {
+                let (tokens, first_admin) = TokenStore::open(&data_dir)?;
+                announce_first_admin(&data_dir, first_admin);
+                tokens
+            }
+        };
         let tokens = Arc::new(tokens);
-        if let Some(secret) = first_admin {
-            let file = layout.admin_token();
-            // Shown once; the file keeps it for auditctl.
-            println!(
-                "first start: admin token {secret}\n(also written to {}, readable by its owner only)",
-                file.display()
-            );
-            tracing::info!(file = %file.display(), "created the first admin token");
-        }
         let damaged = |source| ServerError::Damaged {
             source,
             data_dir: data_dir.clone(),
@@ -477,7 +540,7 @@ impl Pipeline {
         let app = App::new(
             ingest,
             searcher,
-            tokens,
+            tokens.clone(),
             status.clone(),
             streams,
             config.limits.max_tail_subscribers,
@@ -534,6 +597,7 @@ impl Pipeline {
             wal_thread: None,
             integrity,
             checkpointer: None,
+            tokens,
         })
     }
 

@@ -593,10 +593,17 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
         let config = on_cluster(&dir.path().join(name), &nats, "NODES");
         nodes.push(TestServer::start(config).await);
     }
+    // The tokens are the cluster's: one node made the first admin token,
+    // and it works on every node.
+    let admin = nodes[0].admin_token();
+    for node in &nodes[1..] {
+        assert!(!node.data_dir.join(auditd::auth::ADMIN_TOKEN_FILE).exists());
+    }
     let mut clients = Vec::new();
     for node in &nodes {
-        clients.push(node.client().await);
+        clients.push(node.client_with(&admin).await);
     }
+    tokens_made_or_revoked_on_one_node_hold_on_all(&nodes, &admin).await;
 
     // Batches through a and b in turn; their seqs are the partition's,
     // dense across both nodes.
@@ -694,7 +701,7 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
         .connect()
         .await
         .unwrap();
-    let token = auditd::client::BearerToken::new(&nodes[0].admin_token()).unwrap();
+    let token = auditd::client::BearerToken::new(&admin).unwrap();
     let refused = auditd::client::subjects(channel, token)
         .erase_subject(auditd::proto::EraseSubjectRequest {
             subject: events[0].subject.clone(),
@@ -723,7 +730,7 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
     assert_eq!(later, again, "batch ids are remembered across nodes");
     stored.extend(fresh);
     let c = TestServer::start(on_cluster(&c_dir, &nats, "NODES")).await;
-    let mut client = c.client().await;
+    let mut client = c.client_with(&admin).await;
     let marker = AuditEvent {
         id: String::new(),
         ..events[0].clone()
@@ -755,6 +762,60 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
     }
 }
 
+/// A token made on one node works on the others, and one revoked on a
+/// node is refused on the others, once each change reaches them (a
+/// bounded wait: the nodes hear of it through the bucket's watch).
+async fn tokens_made_or_revoked_on_one_node_hold_on_all(nodes: &[TestServer], admin: &str) {
+    let (id, secret) = {
+        let mut tokens = tokens_client(&nodes[1], admin).await;
+        let made = tokens
+            .create_token(auditd::proto::CreateTokenRequest {
+                kind: auditd::proto::TokenKind::Personal as i32,
+                name: "made on b".into(),
+                subject: "emma".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (made.token.unwrap().id, made.secret)
+    };
+    let mut on_c = nodes[2].client_with(&secret).await;
+    until_the_token_is(&mut on_c, true).await;
+    let mut tokens = tokens_client(&nodes[2], admin).await;
+    let listed = tokens
+        .list_tokens(auditd::proto::ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.tokens.iter().any(|t| t.id == id));
+    tokens
+        .revoke_token(auditd::proto::RevokeTokenRequest { id: id.clone() })
+        .await
+        .unwrap();
+    // On the node that revoked it, at once.
+    let status = on_c.search(SearchRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    until_the_token_is(&mut nodes[0].client_with(&secret).await, false).await;
+    until_the_token_is(&mut nodes[1].client_with(&secret).await, false).await;
+}
+
+/// Searches with `client` until its token is taken (`accepted`) or
+/// refused, for at most ten seconds.
+async fn until_the_token_is(client: &mut Client, accepted: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = client.search(SearchRequest::default()).await;
+        match &answer {
+            Ok(_) if accepted => return,
+            Err(status) if !accepted && status.code() == tonic::Code::Unauthenticated => return,
+            Err(status) if status.code() != tonic::Code::Unauthenticated => panic!("{status:?}"),
+            _ if Instant::now() > deadline => panic!("still {answer:?} after 10 s"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_go_on_when_a_three_server_nats_loses_the_stream_leader() {
     let dir = tempfile::tempdir().unwrap();
@@ -770,7 +831,11 @@ async fn nodes_go_on_when_a_three_server_nats_loses_the_stream_leader() {
     };
     let (a, b) = (config("a"), config("b"));
     let nodes = [TestServer::start(a).await, TestServer::start(b).await];
-    let mut clients = [nodes[0].client().await, nodes[1].client().await];
+    let admin = nodes[0].admin_token();
+    let mut clients = [
+        nodes[0].client_with(&admin).await,
+        nodes[1].client_with(&admin).await,
+    ];
     let leader = stream_leader(&servers, "NODES_R3").await;
     let events = generated(4_000, 53, 2_000);
     let mut acknowledged = HashSet::new();

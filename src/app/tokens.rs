@@ -25,10 +25,11 @@ impl TokenService {
         origin: &Origin,
         request: CreateTokenRequest,
     ) -> Result<(TokenInfo, String), AppError> {
-        let result = caller
-            .require_admin("manage tokens")
-            .and_then(|()| self.store.create(request))
-            .map_err(AppError::from);
+        let result = match caller.require_admin("manage tokens") {
+            Ok(()) => self.store.create(request).await,
+            Err(denied) => Err(denied),
+        }
+        .map_err(AppError::from);
         let query = result
             .as_ref()
             .map(|(info, _)| token_query(info))
@@ -54,10 +55,11 @@ impl TokenService {
         origin: &Origin,
         id: String,
     ) -> Result<TokenInfo, AppError> {
-        let result = caller
-            .require_admin("manage tokens")
-            .and_then(|()| self.store.revoke(&id))
-            .map_err(AppError::from);
+        let result = match caller.require_admin("manage tokens") {
+            Ok(()) => self.store.revoke(&id).await,
+            Err(denied) => Err(denied),
+        }
+        .map_err(AppError::from);
         let query = BTreeMap::from([("token".to_owned(), id)]);
         self.trail
             .audited(caller, trail::TOKEN_REVOKE, origin, query, result)

@@ -115,31 +115,9 @@ impl Leases {
                 reason: "letters, digits, '-' and '_' only".into(),
             });
         }
-        // The bucket's stream, made as a KV bucket is (history 1, roll-ups,
-        // direct reads); created here rather than by the client's
-        // `create_key_value`, whose account query Debian's nats-server
-        // 2.9 answers in a form the client does not read.
-        context
-            .get_or_create_stream(jetstream::stream::Config {
-                name: format!("KV_{}", settings.bucket),
-                subjects: vec![format!("$KV.{}.>", settings.bucket)],
-                max_messages_per_subject: 1,
-                max_age: settings.lease,
-                duplicate_window: settings.lease.min(Duration::from_secs(120)),
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: settings.replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                ..Default::default()
-            })
+        let kv = super::open_kv(context, &settings.bucket, settings.lease, settings.replicas)
             .await
             .map_err(|e| remote(format!("cannot open or create the lease bucket: {e}")))?;
-        let kv = context
-            .get_key_value(settings.bucket.as_str())
-            .await
-            .map_err(|e| remote(format!("cannot open the lease bucket: {e}")))?;
         let mut stream = kv.stream.clone();
         let info = stream
             .info()

@@ -23,6 +23,7 @@ pub mod follow;
 pub mod lease;
 pub mod node;
 pub mod publish;
+pub mod tokens;
 
 use std::time::Duration;
 
@@ -184,6 +185,44 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// Opens the KV bucket `bucket`, creating its stream as a KV bucket is
+/// made (history 1, roll-ups, direct reads) when it is missing; `max_age`
+/// zero keeps keys forever. The stream is made here rather than by the
+/// client's `create_key_value`, whose account query Debian's nats-server
+/// 2.9 answers in a form the client does not read.
+pub(crate) async fn open_kv(
+    context: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, String> {
+    let duplicate_window = match max_age.is_zero() {
+        true => Duration::from_secs(120),
+        false => max_age.min(Duration::from_secs(120)),
+    };
+    context
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    context
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
