@@ -95,6 +95,11 @@ pub struct ClusterConfig {
     /// `N`, fixed when the stream is created. Only 1 for now: each node
     /// then indexes everything, and queries need no fan-out.
     pub partitions: u32,
+    /// What this node does (`auditd --role`): `all` takes Ingest, indexes
+    /// and answers queries; `query` indexes and answers queries but takes
+    /// no Ingest (its own trail events still go into the stream).
+    /// `ingest` and `index` need several partitions (docs/cluster.md).
+    pub role: Role,
 }
 
 impl Default for ClusterConfig {
@@ -102,7 +107,52 @@ impl Default for ClusterConfig {
         ClusterConfig {
             enabled: false,
             partitions: 1,
+            role: Role::All,
         }
+    }
+}
+
+/// A cluster node's role (`[cluster] role`, `auditd --role`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    All,
+    Ingest,
+    Index,
+    Query,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Index => "index",
+            Role::Query => "query",
+        }
+    }
+
+    /// Whether clients' Ingest is taken here.
+    pub fn takes_ingest(self) -> bool {
+        matches!(self, Role::All | Role::Ingest)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        [Role::All, Role::Ingest, Role::Index, Role::Query]
+            .into_iter()
+            .find(|role| role.name() == s)
+            .ok_or_else(|| format!("{s:?}: one of all, ingest, index, query"))
     }
 }
 
@@ -684,6 +734,18 @@ impl Config {
                      (docs/cluster.md)",
                 );
             }
+            if matches!(self.cluster.role, Role::Ingest | Role::Index) {
+                return invalid(
+                    "cluster.role",
+                    "ingest and index need several partitions and fan-out queries, not built \
+                     yet (docs/cluster.md); all and query run today",
+                );
+            }
+        } else if self.cluster.role != Role::All {
+            return invalid(
+                "cluster.role",
+                "a role other than all needs cluster.enabled",
+            );
         }
         Ok(())
     }
@@ -817,11 +879,20 @@ mod tests {
         assert_eq!(field(config.clone()), "cluster.enabled");
         config.log.kind = LogKind::Jetstream;
         config.check().unwrap();
+        config.cluster.role = Role::Query;
+        config.check().unwrap();
+        config.cluster.role = Role::Index;
+        assert_eq!(field(config.clone()), "cluster.role");
+        config.cluster.role = Role::All;
         config.cluster.partitions = 2;
         assert_eq!(field(config.clone()), "cluster.partitions");
-        // Off, the section is not looked at.
+        // Off, the section is not looked at but for a role.
         config.cluster.enabled = false;
         config.check().unwrap();
+        config.cluster.role = Role::Query;
+        assert_eq!(field(config.clone()), "cluster.role");
+        assert_eq!("query".parse::<Role>(), Ok(Role::Query));
+        assert!("reader".parse::<Role>().is_err());
     }
 
     #[test]

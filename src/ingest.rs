@@ -59,6 +59,8 @@ pub struct IngestSettings {
     /// A node of a cluster (`[cluster] enabled`): what one node's log
     /// allows and a shared stream does not yet (erasure) is refused.
     pub in_cluster: bool,
+    /// The node's role: one that takes no Ingest refuses clients' batches.
+    pub role: crate::config::Role,
 }
 
 impl IngestSettings {
@@ -69,6 +71,7 @@ impl IngestSettings {
             lag_budget,
             leaves: true,
             in_cluster: false,
+            role: crate::config::Role::All,
         }
     }
 }
@@ -229,6 +232,11 @@ impl IngestService {
     /// Whether this daemon is a node of a cluster.
     pub fn in_cluster(&self) -> bool {
         self.settings.in_cluster
+    }
+
+    /// This node's role in its cluster (`all` off a cluster).
+    pub fn role(&self) -> crate::config::Role {
+        self.settings.role
     }
 
     /// The log's shared positions (the acknowledged seq, what is trimmed).

@@ -111,7 +111,7 @@ pub enum ServerError {
          `integrity.enabled` was off have no leaves"
     )]
     TreeBehind { tree: u64, log: u64 },
-    #[error("cluster: {0}")]
+    #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
 
@@ -525,6 +525,7 @@ impl Pipeline {
             Duration::from_millis(config.ingest.submit_timeout_ms),
         );
         ingest_settings.in_cluster = matches!(log, LogChoice::Cluster(_));
+        ingest_settings.role = config.cluster.role;
         ingest_settings.leaves = integrity.is_some();
         let ingest = Arc::new(IngestService::new(
             ingest_settings,
@@ -964,7 +965,11 @@ impl Transports {
                 tasks.spawn(async move { server.serve(http_router).await })
             }
         };
-        let follower = tasks.spawn(follow_health(pipeline.status.clone(), health.clone()));
+        let follower = tasks.spawn(follow_health(
+            pipeline.status.clone(),
+            health.clone(),
+            config.cluster.role.takes_ingest(),
+        ));
         tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "listening; replaying the write-ahead log");
         Ok(Transports {
             health,
@@ -1011,13 +1016,20 @@ async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
 }
 
 /// Keeps the gRPC health service in step with the pipeline's health.
-async fn follow_health(status: Arc<PipelineStatus>, health: tonic_health::server::HealthReporter) {
+///
+/// A cluster node whose role takes no Ingest never reports the ingest name
+/// SERVING, so a balancer that checks it sends no batch there.
+async fn follow_health(
+    status: Arc<PipelineStatus>,
+    health: tonic_health::server::HealthReporter,
+    takes_ingest: bool,
+) {
     use tonic_health::ServingStatus::{NotServing, Serving};
     let mut changes = status.subscribe();
     loop {
         let (reads, writes) = match status.health() {
-            Health::Serving => (Serving, Serving),
-            Health::Degraded(_) => (Serving, NotServing),
+            Health::Serving if takes_ingest => (Serving, Serving),
+            Health::Serving | Health::Degraded(_) => (Serving, NotServing),
             Health::Starting | Health::Failed(_) => (NotServing, NotServing),
         };
         for name in read_health_services() {

@@ -7,8 +7,10 @@
 //! one's own view), handed over at once when a node leaves. Last, three
 //! daemons as nodes of a one-partition cluster (`[cluster] enabled`):
 //! each ingests, each indexes what all of them wrote, and all three
-//! answer alike; and two nodes on a three-server NATS that loses its
-//! stream leader under ingest lose and repeat nothing.
+//! answer alike, with the tokens they share; two nodes on a three-server
+//! NATS that loses its stream leader under ingest lose and repeat
+//! nothing; and `scripts/cluster.sh` starts two `all` nodes and a
+//! `query` node that answers as one daemon would (the search oracle).
 
 mod common;
 
@@ -28,6 +30,7 @@ use auditd::record::{self, LogRecord};
 use auditd::wal::jetstream::JetStreamConfig;
 use auditd::wal::{LogPosition, Record};
 use common::nats::{ingest_retrying, on_cluster, stream_leader, wait_for_jetstream, NatsServer};
+use common::oracle;
 use common::*;
 
 const PARTITIONS: u32 = 4;
@@ -863,5 +866,184 @@ async fn nodes_go_on_when_a_three_server_nats_loses_the_stream_leader() {
     }
     for node in nodes {
         node.stop().await.unwrap();
+    }
+}
+
+/// What `scripts/cluster.sh up` wrote (`target/cluster/cluster.json` by
+/// default), as far as this test reads it.
+#[derive(serde::Deserialize)]
+struct ClusterJson {
+    nats: Vec<ScriptNats>,
+    auditd: Vec<ScriptNode>,
+    admin_token: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ScriptNats {
+    pid: u32,
+    url: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ScriptNode {
+    pid: u32,
+    role: String,
+    grpc: String,
+    http: String,
+    data_dir: String,
+}
+
+/// `scripts/cluster.sh` in `dir` on ports of its own; `down` when dropped,
+/// so a failed test leaves no process behind.
+struct ScriptCluster {
+    env: Vec<(&'static str, String)>,
+}
+
+impl ScriptCluster {
+    fn run(&self, command: &str) -> std::process::Output {
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_auditd")).parent().unwrap();
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh"))
+            .arg(command)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("BIN_DIR", bin_dir)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        self.run("down");
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_script_starts_nodes_that_answer_as_one_daemon_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = |_| {
+        (0..3)
+            .map(|_| common::nats::free_port().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let cluster = ScriptCluster {
+        env: vec![
+            ("CLUSTER_DIR", dir.path().display().to_string()),
+            ("NATS_PORTS", ports(0)),
+            ("ROUTE_PORTS", ports(1)),
+            ("MONITOR_PORTS", ports(2)),
+            ("GRPC_PORTS", ports(3)),
+            ("HTTP_PORTS", ports(4)),
+            ("WAIT_SECONDS", "60".into()),
+        ],
+    };
+    let up = cluster.run("up");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let json: ClusterJson =
+        serde_json::from_slice(&std::fs::read(dir.path().join("cluster.json")).unwrap()).unwrap();
+    assert_eq!(json.nats.len(), 3);
+    assert!(json
+        .nats
+        .iter()
+        .all(|n| n.url.starts_with("nats://127.0.0.1:")));
+    let roles: Vec<&str> = json.auditd.iter().map(|n| n.role.as_str()).collect();
+    assert_eq!(roles, ["all", "all", "query"]);
+    for node in &json.auditd {
+        assert!(Path::new(&node.data_dir).is_dir());
+        let (code, _) = http_get(node.http.parse().unwrap(), "/healthz").await;
+        assert_eq!(code, 200, "{} is SERVING once up returns", node.grpc);
+    }
+    let url = |node: &ScriptNode| format!("http://{}", node.grpc);
+    let mut clients = Vec::new();
+    for node in &json.auditd {
+        clients.push(connect(&url(node), &json.admin_token).await);
+    }
+
+    // Through the two `all` nodes in turn; the query node takes none.
+    let events = generated(1_500, 23, 500);
+    for (i, chunk) in events.chunks(100).enumerate() {
+        ingest(&mut clients[i % 2], chunk.to_vec(), WaitFor::Durable).await;
+    }
+    let refused = clients[2]
+        .ingest(IngestRequest {
+            events: events[..1].to_vec(),
+            batch_id: String::new(),
+            wait_for: WaitFor::Durable as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("role is query"), "{refused:?}");
+    wait_health(
+        &url(&json.auditd[2]),
+        auditd::server::INGEST_HEALTH_SERVICE,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing,
+    )
+    .await;
+    wait_health(
+        &url(&json.auditd[0]),
+        auditd::server::INGEST_HEALTH_SERVICE,
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+    )
+    .await;
+
+    // The query node answers as one daemon that took every batch would:
+    // the search oracle, every page.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_stored(&mut clients[2]).await < events.len() as u64 {
+        assert!(Instant::now() < deadline, "the query node never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(21);
+    for round in 0..40 {
+        let mut request = oracle::search_request(oracle::random_filter(&mut rng, &events));
+        request.limit = 200;
+        request.exact_total = true;
+        let mut expected: Vec<(i64, usize)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| oracle::matches(&auditd::search::filter_of(&request), e))
+            .map(|(i, e)| (auditd::schema::timestamp_micros(e.time.as_ref()), i))
+            .collect();
+        expected.sort();
+        expected.reverse();
+        let expected: Vec<&str> = expected
+            .iter()
+            .map(|(_, i)| events[*i].id.as_str())
+            .collect();
+        let (got, total) = search_all(&mut clients[2], request.clone()).await;
+        let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(total as usize, expected.len(), "round {round}: {request:?}");
+        assert_eq!(got, expected, "round {round}: {request:?}");
+    }
+
+    // `down` stops every process it started.
+    let pids: Vec<u32> = json
+        .nats
+        .iter()
+        .map(|n| n.pid)
+        .chain(json.auditd.iter().map(|n| n.pid))
+        .collect();
+    let down = cluster.run("down");
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} outlived down");
     }
 }

@@ -51,6 +51,12 @@ pub enum AppError {
     /// What a cluster node does not do yet (docs/cluster.md): what, and why.
     #[error("{0} is not available on a cluster node yet: {1}")]
     NotInCluster(&'static str, &'static str),
+    /// Ingest sent to a cluster node whose role takes none.
+    #[error(
+        "this node's role is {0}: it takes no Ingest; send events to a node of role all \
+         (docs/cluster.md)"
+    )]
+    NotThisRole(crate::config::Role),
     /// `integrity.enabled` is off: no tree, no checkpoints.
     #[error("integrity is off (integrity.enabled = false): no Merkle tree, no checkpoints")]
     IntegrityOff,
@@ -190,7 +196,9 @@ impl AppError {
             | AppError::NoCheckpointYet { .. } => Unavailable,
             AppError::CheckpointNotFound(_) | AppError::TileNotFound(_) => NotFound,
             AppError::LeafMismatch { .. } | AppError::TreeMismatch(_) => DataLoss,
-            AppError::BelowFloor(_) | AppError::NotInCluster(..) => FailedPrecondition,
+            AppError::BelowFloor(_) | AppError::NotInCluster(..) | AppError::NotThisRole(_) => {
+                FailedPrecondition
+            }
             AppError::HoldNotFound(_) => NotFound,
             AppError::TooManyHolds(_) => ResourceExhausted,
             AppError::Internal(_) => Internal,

@@ -46,7 +46,16 @@ impl WriteService {
         request: IngestRequest,
     ) -> Result<IngestResponse, AppError> {
         caller.check_write(&request.events)?;
+        self.takes_ingest()?;
         Ok(self.ingest.ingest(request).await?)
+    }
+
+    /// Refuses Ingest on a node whose role takes none.
+    fn takes_ingest(&self) -> Result<(), AppError> {
+        match self.ingest.role() {
+            role if role.takes_ingest() => Ok(()),
+            role => Err(AppError::NotThisRole(role)),
+        }
     }
 
     /// Stores each batch `inbound` yields, in order, and yields one reply
@@ -63,6 +72,7 @@ impl WriteService {
         S: Stream<Item = Result<IngestRequest, E>> + Send + Unpin + 'static,
     {
         caller.check_write(&[])?;
+        self.takes_ingest()?;
         let writes = WriteService {
             ingest: self.ingest.clone(),
             streams: self.streams.clone(),

@@ -36,6 +36,10 @@ struct Args {
     /// HTTP listen address (/metrics, /healthz) [default: 127.0.0.1:8080].
     #[arg(long)]
     http_addr: Option<SocketAddr>,
+    /// A cluster node's role: all | ingest | index | query [default: all;
+    /// `[cluster] role`].
+    #[arg(long)]
+    role: Option<auditd::config::Role>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -80,6 +84,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.http_addr {
         config.http_addr = addr;
+    }
+    if let Some(role) = args.role {
+        config.cluster.role = role;
+        config.check()?;
     }
     if args.print_config {
         print!("{}", toml::to_string_pretty(&config)?);

@@ -249,7 +249,7 @@ pub async fn stream_leader(servers: &[NatsServer], stream: &str) -> usize {
 
 /// A loopback port nothing listens on (for cluster routes, which must be
 /// known before the servers start).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
