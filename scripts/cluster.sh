@@ -18,7 +18,7 @@
 #    "admin_token": "adt.…"}
 #
 # Uses the nats-server on the PATH (or Debian's /usr/sbin/nats-server),
-# installing Debian's package when it is missing. Builds auditd (release)
+# installing Debian's package when it is missing. Builds auditd and auditctl (release)
 # unless BIN_DIR names a directory holding an auditd binary (not an
 # AUDITD_ variable: those are the daemon's settings).
 # Ports, for several clusters or busy ones (the defaults are the
@@ -68,7 +68,7 @@ auditd_binary() {
         [ -x "$BIN_DIR/auditd" ] || die "no auditd in BIN_DIR=$BIN_DIR"
         echo "$BIN_DIR/auditd"
     else
-        cargo build --release --bin auditd >&2
+        cargo build --release --bins >&2   # auditd, and auditctl for the README's commands
         echo "$PWD/target/release/auditd"
     fi
 }
