@@ -607,6 +607,7 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
         clients.push(node.client_with(&admin).await);
     }
     tokens_made_or_revoked_on_one_node_hold_on_all(&nodes, &admin).await;
+    a_hold_placed_on_one_node_stands_on_all(&nodes, &admin).await;
 
     // Batches through a and b in turn; their seqs are the partition's,
     // dense across both nodes.
@@ -801,6 +802,47 @@ async fn tokens_made_or_revoked_on_one_node_hold_on_all(nodes: &[TestServer], ad
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     until_the_token_is(&mut nodes[0].client_with(&secret).await, false).await;
     until_the_token_is(&mut nodes[1].client_with(&secret).await, false).await;
+}
+
+/// A legal hold is a record in the stream: placed through one node, every
+/// node holds it (once it has read that far).
+async fn a_hold_placed_on_one_node_stands_on_all(nodes: &[TestServer], admin: &str) {
+    let retention = |node: &TestServer| {
+        let channel = tonic::transport::Channel::from_shared(node.url()).unwrap();
+        let token = auditd::client::BearerToken::new(admin).unwrap();
+        async move { auditd::client::retention(channel.connect().await.unwrap(), token) }
+    };
+    let hold = retention(&nodes[0])
+        .await
+        .add_hold(auditd::proto::AddHoldRequest {
+            subject: "emma".into(),
+            reason: "litigation".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for node in &nodes[1..] {
+        let mut client = retention(node).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let holds = client
+                .list_holds(auditd::proto::ListHoldsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .holds;
+            if holds.iter().any(|h| h.id == hold.id && h.subject == "emma") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never held {hold:?}",
+                node.url()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Searches with `client` until its token is taken (`accepted`) or
