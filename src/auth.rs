@@ -228,6 +228,11 @@ pub trait SharedTokens: Send + Sync {
     /// Writes `token` as the cluster's first admin token unless one was
     /// written before (by any node): `Ok(false)` then.
     fn create_first_admin(&self, token: &StoredToken) -> BoxFuture<'_, Result<bool, String>>;
+    /// Why the tokens this node holds may be out of date, when they may:
+    /// it has not heard from the store for too long, so a revocation could
+    /// have been missed. Then no token is taken. Called on every request:
+    /// cheap.
+    fn stale(&self) -> Option<String>;
 }
 
 /// The tokens, cached in memory and kept in a [`Backing`]. Every change is
@@ -311,6 +316,11 @@ impl TokenStore {
 
     /// The caller behind an `authorization` header value.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Caller, AuthError> {
+        if let Backing::Shared(shared) = &self.backing {
+            if let Some(reason) = shared.stale() {
+                return Err(shared_error(shared.as_ref(), reason));
+            }
+        }
         let token = header
             .and_then(|h| {
                 h.strip_prefix("Bearer ")

@@ -100,6 +100,11 @@ pub struct ClusterConfig {
     /// no Ingest (its own trail events still go into the stream).
     /// `ingest` and `index` need several partitions (docs/cluster.md).
     pub role: Role,
+    /// How long a node may go without hearing from the cluster's tokens
+    /// bucket (a ping answered while its watch runs) before it takes no
+    /// token at all: a revocation made on another node could be missed.
+    /// 0: tokens never go stale.
+    pub token_staleness_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -108,6 +113,7 @@ impl Default for ClusterConfig {
             enabled: false,
             partitions: 1,
             role: Role::All,
+            token_staleness_ms: 10_000,
         }
     }
 }

@@ -238,14 +238,17 @@ fn announce_first_admin(data_dir: &std::path::Path, secret: Option<String>) {
 }
 
 /// Connects to the cluster's NATS and reads its tokens bucket.
-async fn open_shared_tokens(layout: &crate::cluster::Layout) -> Result<Loaded, ServerError> {
-    let (_client, context) = crate::wal::jetstream::connect(&layout.jetstream)
+async fn open_shared_tokens(
+    layout: &crate::cluster::Layout,
+    stale_after: Duration,
+) -> Result<Loaded, ServerError> {
+    let (client, context) = crate::wal::jetstream::connect(&layout.jetstream)
         .await
         .map_err(|reason| ClusterError::Remote {
             stream: format!("KV_{}", crate::cluster::tokens::TOKENS_BUCKET),
             reason,
         })?;
-    Ok(TokenBucket::open(&context, layout.jetstream.replicas).await?)
+    Ok(TokenBucket::open(client, &context, layout.jetstream.replicas, stale_after).await?)
 }
 
 /// How long HTTPS connections may finish their requests at shutdown.
@@ -301,7 +304,13 @@ pub async fn run_on(
     // A cluster's tokens are the nodes' shared bucket's, read in full
     // before the node serves.
     let shared_tokens = match &log {
-        LogChoice::Cluster(layout) => Some(open_shared_tokens(layout).await?),
+        LogChoice::Cluster(layout) => Some(
+            open_shared_tokens(
+                layout,
+                Duration::from_millis(config.cluster.token_staleness_ms),
+            )
+            .await?,
+        ),
         _ => None,
     };
     let mut pipeline = Pipeline::start(

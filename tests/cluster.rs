@@ -1089,3 +1089,48 @@ async fn the_cluster_script_starts_nodes_that_answer_as_one_daemon_would() {
         assert!(!alive(pid), "process {pid} outlived down");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_tokens_bucket_takes_no_token_until_it_hears_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let mut config = on_cluster(&dir.path().join("a"), &nats, "CUT");
+    config.cluster.token_staleness_ms = 1_000;
+    let node = TestServer::start(config).await;
+    let mut client = node.client().await;
+    client.search(SearchRequest::default()).await.unwrap();
+
+    // With NATS gone a read fails at once (its trail event cannot be
+    // stored); past the staleness limit the token itself is refused,
+    // before anything is read, naming the bucket. (The case it guards is
+    // narrower: a node that still reaches the events' stream leader but
+    // not the bucket's, or whose watch broke.)
+    nats.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let answer = client.search(SearchRequest::default()).await;
+        match &answer {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && status.message().contains("KV_auditd-tokens") =>
+            {
+                break
+            }
+            _ => seen.push(format!("{answer:?}")),
+        }
+        assert!(Instant::now() < deadline, "never stale: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(status) = client.search(SearchRequest::default()).await {
+        assert!(
+            Instant::now() < deadline,
+            "tokens never taken again: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.stop().await.unwrap();
+}

@@ -13,12 +13,18 @@
 //! comes ([`TokenStore::apply`]). A token never changes but to be revoked,
 //! and a revocation is never undone, so a change heard twice or late does
 //! no harm. A revocation made on another node holds here once the watch
-//! brings it (milliseconds on one network). A node cut off from NATS
-//! keeps the tokens it last heard of, and tries the watch again every
-//! second.
+//! brings it (milliseconds on one network).
+//!
+//! **Cut off.** Every second the node checks that it still hears NATS (a
+//! ping's round trip) while its watch runs. After `cluster.token_staleness_ms`
+//! without both, it takes no token at all (UNAVAILABLE naming the bucket):
+//! a revocation made meanwhile on another node could not reach it. A
+//! broken watch is made again every second, from the last revision
+//! applied; once it runs and NATS answers, tokens are taken again.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use futures::future::BoxFuture;
@@ -34,12 +40,21 @@ pub const TOKENS_BUCKET: &str = "auditd-tokens";
 /// The first admin token's key.
 const FIRST_ADMIN: &str = "first-admin";
 
-/// How long a broken watch waits before it is made again.
+/// How long a broken watch waits before it is made again, and how often
+/// the node checks that it still hears NATS.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// The tokens bucket, as a [`SharedTokens`] store.
 pub struct TokenBucket {
     kv: kv::Store,
+    client: async_nats::Client,
+    /// When the node last knew its tokens current (NATS answered while
+    /// the watch ran), in milliseconds since `epoch`.
+    fresh_at: AtomicU64,
+    epoch: Instant,
+    watching: AtomicBool,
+    /// `cluster.token_staleness_ms` (zero: tokens never go stale).
+    stale_after: Duration,
 }
 
 /// What [`TokenBucket::open`] read: every token, and the bucket's last
@@ -56,8 +71,10 @@ impl TokenBucket {
     /// must not serve on a partial list (a revocation could be the
     /// unreadable one).
     pub async fn open(
+        client: async_nats::Client,
         context: &jetstream::Context,
         replicas: usize,
+        stale_after: Duration,
     ) -> Result<Loaded, ClusterError> {
         let remote = |reason: String| ClusterError::Remote {
             stream: format!("KV_{TOKENS_BUCKET}"),
@@ -94,10 +111,31 @@ impl TokenBucket {
             }
         }
         Ok(Loaded {
-            bucket: Arc::new(TokenBucket { kv }),
+            bucket: Arc::new(TokenBucket {
+                kv,
+                client,
+                fresh_at: AtomicU64::new(0),
+                epoch: Instant::now(),
+                watching: AtomicBool::new(false),
+                stale_after,
+            }),
             tokens,
             revision,
         })
+    }
+
+    fn mark_fresh(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.fresh_at.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Marks the tokens current when NATS answers a ping while the watch
+    /// runs.
+    async fn check_fresh(&self) {
+        let answered = tokio::time::timeout(WATCH_RETRY, self.client.flush()).await;
+        if matches!(answered, Ok(Ok(()))) && self.watching.load(Ordering::Relaxed) {
+            self.mark_fresh();
+        }
     }
 
     /// Applies every change after `revision` to `store` until `stop`, or
@@ -109,6 +147,8 @@ impl TokenBucket {
         mut revision: u64,
         stop: CancellationToken,
     ) {
+        let mut check = tokio::time::interval(WATCH_RETRY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let watch = tokio::select! {
                 () = stop.cancelled() => return,
@@ -116,8 +156,13 @@ impl TokenBucket {
             };
             match watch {
                 Ok(mut entries) => loop {
+                    self.watching.store(true, Ordering::Relaxed);
                     let next = tokio::select! {
                         () = stop.cancelled() => return,
+                        _ = check.tick() => {
+                            self.check_fresh().await;
+                            continue;
+                        }
                         next = entries.next() => next,
                     };
                     let entry = match next {
@@ -168,6 +213,22 @@ impl SharedTokens for TokenBucket {
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("writing {key}: {e}"))
+        })
+    }
+
+    fn stale(&self) -> Option<String> {
+        if self.stale_after.is_zero() {
+            return None;
+        }
+        let fresh_at = Duration::from_millis(self.fresh_at.load(Ordering::Relaxed));
+        let unheard = self.epoch.elapsed().saturating_sub(fresh_at);
+        (unheard > self.stale_after).then(|| {
+            format!(
+                "not heard from for {:.1} s (cluster.token_staleness_ms = {}): a revocation \
+                 made on another node could be missed, so no token is taken until NATS is back",
+                unheard.as_secs_f64(),
+                self.stale_after.as_millis()
+            )
         })
     }
 
