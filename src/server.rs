@@ -242,13 +242,15 @@ async fn open_shared_tokens(
     layout: &crate::cluster::Layout,
     stale_after: Duration,
 ) -> Result<Loaded, ServerError> {
+    let bucket = crate::cluster::tokens::bucket_name(&layout.jetstream.stream);
     let (client, context) = crate::wal::jetstream::connect(&layout.jetstream)
         .await
         .map_err(|reason| ClusterError::Remote {
-            stream: format!("KV_{}", crate::cluster::tokens::TOKENS_BUCKET),
+            stream: format!("KV_{bucket}"),
             reason,
         })?;
-    Ok(TokenBucket::open(client, &context, layout.jetstream.replicas, stale_after).await?)
+    let replicas = layout.jetstream.replicas;
+    Ok(TokenBucket::open(client, &context, &bucket, replicas, stale_after).await?)
 }
 
 /// How long HTTPS connections may finish their requests at shutdown.

@@ -1113,7 +1113,7 @@ async fn a_node_cut_off_from_the_tokens_bucket_takes_no_token_until_it_hears_aga
         match &answer {
             Err(status)
                 if status.code() == tonic::Code::Unavailable
-                    && status.message().contains("KV_auditd-tokens") =>
+                    && status.message().contains("KV_CUT-tokens") =>
             {
                 break
             }

@@ -1,5 +1,7 @@
 //! Tokens every node of a cluster shares: a JetStream KV bucket
-//! (`auditd-tokens`), so a token made or revoked on one node holds on all.
+//! (`<stream>-tokens`, e.g. `AUDITD-tokens`: one a cluster, so clusters on
+//! other streams of the same NATS keep theirs apart), so a token made or
+//! revoked on one node holds on all.
 //!
 //! **Keys.** Each token is one key, `t.<id>`, holding the same JSON as a
 //! node's `tokens.json` (the SHA-256 of the secret, never the secret).
@@ -34,8 +36,10 @@ use tokio_util::sync::CancellationToken;
 use super::ClusterError;
 use crate::auth::{SharedTokens, StoredToken, TokenStore};
 
-/// The bucket's name.
-pub const TOKENS_BUCKET: &str = "auditd-tokens";
+/// The tokens bucket of the cluster on `stream`.
+pub fn bucket_name(stream: &str) -> String {
+    format!("{stream}-tokens")
+}
 
 /// The first admin token's key.
 const FIRST_ADMIN: &str = "first-admin";
@@ -47,6 +51,8 @@ const WATCH_RETRY: Duration = Duration::from_secs(1);
 /// The tokens bucket, as a [`SharedTokens`] store.
 pub struct TokenBucket {
     kv: kv::Store,
+    /// The bucket's stream, `KV_<bucket>`, for errors.
+    name: String,
     client: async_nats::Client,
     /// When the node last knew its tokens current (NATS answered while
     /// the watch ran), in milliseconds since `epoch`.
@@ -73,14 +79,16 @@ impl TokenBucket {
     pub async fn open(
         client: async_nats::Client,
         context: &jetstream::Context,
+        bucket: &str,
         replicas: usize,
         stale_after: Duration,
     ) -> Result<Loaded, ClusterError> {
+        let name = format!("KV_{bucket}");
         let remote = |reason: String| ClusterError::Remote {
-            stream: format!("KV_{TOKENS_BUCKET}"),
+            stream: name.clone(),
             reason,
         };
-        let kv = super::open_kv(context, TOKENS_BUCKET, Duration::ZERO, replicas)
+        let kv = super::open_kv(context, bucket, Duration::ZERO, replicas)
             .await
             .map_err(|e| remote(format!("cannot open or create the tokens bucket: {e}")))?;
         // The revision first: a change after it is heard by the watch,
@@ -107,12 +115,13 @@ impl TokenBucket {
                 .await
                 .map_err(|e| remote(format!("reading {key}: {e}")))?;
             if let Some(value) = value {
-                tokens.push(decode(&key, &value)?);
+                tokens.push(decode(&name, &key, &value)?);
             }
         }
         Ok(Loaded {
             bucket: Arc::new(TokenBucket {
                 kv,
+                name,
                 client,
                 fresh_at: AtomicU64::new(0),
                 epoch: Instant::now(),
@@ -180,7 +189,7 @@ impl TokenBucket {
                     let Some(store) = store.upgrade() else {
                         return;
                     };
-                    match decode(&entry.key, &entry.value) {
+                    match decode(&self.name, &entry.key, &entry.value) {
                         Ok(token) => store.apply(token),
                         // Not a token: nothing to apply; the keys written
                         // by auditd always are.
@@ -201,7 +210,7 @@ impl TokenBucket {
 
 impl SharedTokens for TokenBucket {
     fn name(&self) -> String {
-        format!("KV_{TOKENS_BUCKET}")
+        self.name.clone()
     }
 
     fn put(&self, token: &StoredToken) -> BoxFuture<'_, Result<(), String>> {
@@ -248,9 +257,9 @@ fn encode(token: &StoredToken) -> Vec<u8> {
     serde_json::to_vec(token).expect("a token serializes")
 }
 
-fn decode(key: &str, value: &[u8]) -> Result<StoredToken, ClusterError> {
+fn decode(stream: &str, key: &str, value: &[u8]) -> Result<StoredToken, ClusterError> {
     serde_json::from_slice(value).map_err(|e| ClusterError::Corrupt {
-        stream: format!("KV_{TOKENS_BUCKET}"),
+        stream: stream.to_owned(),
         reason: format!("{key} is not a token: {e}"),
     })
 }
