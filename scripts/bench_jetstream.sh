@@ -4,7 +4,9 @@
 # each, RUNS times. The JetStream daemon publishes to a one-server
 # nats-server (R1, max_payload 16 MiB) started here, on a fresh stream
 # each run; the cluster node ([cluster] enabled, one partition) publishes
-# each batch by compare-and-set and indexes what it reads back.
+# each batch by compare-and-set and indexes what it reads back; two
+# cluster nodes on one stream each take half the file at once (two loads
+# in parallel, one a node), and every node indexes all of it.
 #
 #   scripts/bench_jetstream.sh                 # 300,000 events, 3 runs
 #   COUNT=1000000 RUNS=5 scripts/bench_jetstream.sh
@@ -41,7 +43,9 @@ CONF
 NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 "$NATS" -c "$NATS_DIR/nats.conf" > "$OUT/nats.log" 2>&1 &
 NATS_PID=$!
-trap 'kill "$NATS_PID" 2>/dev/null || true' EXIT
+# Daemons still running when the script stops early are stopped with NATS.
+DAEMONS=""
+trap 'kill $DAEMONS "$NATS_PID" 2>/dev/null || true' EXIT
 
 # Seconds of CPU (user + system) process $1 has used so far.
 cpu_seconds() {
@@ -55,6 +59,7 @@ run_one() {
     "$AUDITD" --data-dir "$data" --grpc-addr "127.0.0.1:$GRPC_PORT" \
         --http-addr "127.0.0.1:$HTTP_PORT" > "$OUT/auditd.log" 2>&1 &
     local pid=$!
+    DAEMONS="$pid"
     for _ in $(seq 600); do
         if "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" --data-dir "$data" \
             search --limit 1 > /dev/null 2>&1; then break; fi
@@ -74,6 +79,65 @@ run_one() {
     rm -rf "$data"
 }
 
+# Waits until the daemon $1 on gRPC port $2 answers a search (token $3).
+wait_answering() {
+    for _ in $(seq 600); do
+        if AUDITCTL_TOKEN=$3 "$AUDITCTL" --addr "http://127.0.0.1:$2" \
+            search --limit 1 > /dev/null 2>&1; then return 0; fi
+        kill -0 "$1" || { cat "$OUT/auditd.log" "$OUT/auditd-2.log"; exit 1; }
+        sleep 0.1
+    done
+    return 1
+}
+
+# Two cluster nodes on stream $2: each loads half of the file through its
+# own node at once. Writes events/s over the wall time of both loads.
+run_two() {
+    local name=$1 stream=$2
+    local data1 data2 half
+    data1=$(mktemp -d "$OUT/data.XXXXXX")
+    data2=$(mktemp -d "$OUT/data.XXXXXX")
+    half=$(( $(wc -l < "$NDJSON") / 2 ))
+    head -n "$half" "$NDJSON" > "$OUT/half-1.ndjson"
+    tail -n +"$((half + 1))" "$NDJSON" > "$OUT/half-2.ndjson"
+    export AUDITD_LOG__KIND=jetstream AUDITD_CLUSTER__ENABLED=true \
+        AUDITD_LOG__JETSTREAM__SERVERS="[\"nats://127.0.0.1:$NATS_PORT\"]" \
+        AUDITD_LOG__JETSTREAM__STREAM="$stream" AUDITD_LOG__JETSTREAM__SUBJECT="${stream,,}"
+    "$AUDITD" --data-dir "$data1" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+        --http-addr "127.0.0.1:$HTTP_PORT" > "$OUT/auditd.log" 2>&1 &
+    local pid1=$!
+    DAEMONS="$pid1"
+    for _ in $(seq 600); do [ -f "$data1/admin.token" ] && break; sleep 0.1; done
+    local token
+    token=$(cat "$data1/admin.token")
+    wait_answering "$pid1" "$GRPC_PORT" "$token"
+    "$AUDITD" --data-dir "$data2" --grpc-addr "127.0.0.1:$((GRPC_PORT + 10))" \
+        --http-addr "127.0.0.1:$((HTTP_PORT + 10))" > "$OUT/auditd-2.log" 2>&1 &
+    local pid2=$!
+    DAEMONS="$pid1 $pid2"
+    wait_answering "$pid2" "$((GRPC_PORT + 10))" "$token"
+    unset AUDITD_LOG__KIND AUDITD_CLUSTER__ENABLED AUDITD_LOG__JETSTREAM__SERVERS \
+        AUDITD_LOG__JETSTREAM__STREAM AUDITD_LOG__JETSTREAM__SUBJECT
+    local n0 a0 b0 started
+    n0=$(cpu_seconds "$NATS_PID"); a0=$(cpu_seconds "$pid1"); b0=$(cpu_seconds "$pid2")
+    started=$(date +%s.%N)
+    AUDITCTL_TOKEN=$token "$AUDITCTL" --addr "http://127.0.0.1:$GRPC_PORT" \
+        load "$OUT/half-1.ndjson" --streams "$STREAMS" --batch-size "$BATCH" --json > "$OUT/$name.a.json" &
+    local load1=$!
+    AUDITCTL_TOKEN=$token "$AUDITCTL" --addr "http://127.0.0.1:$((GRPC_PORT + 10))" \
+        load "$OUT/half-2.ndjson" --streams "$STREAMS" --batch-size "$BATCH" --json > "$OUT/$name.b.json"
+    wait "$load1"
+    awk -v s="$started" -v e="$(date +%s.%N)" -v n="$COUNT" \
+        'BEGIN { printf "{\"events_per_sec\": %.1f}\n", n / (e - s) }' > "$OUT/$name.json"
+    # auditd: both nodes together (each indexes all of it).
+    awk -v n0="$n0" -v n1="$(cpu_seconds "$NATS_PID")" -v a0="$a0" -v b0="$b0" \
+        -v a1="$(cpu_seconds "$pid1")" -v b1="$(cpu_seconds "$pid2")" \
+        'BEGIN { printf "{\"nats\": %.2f, \"auditd\": %.2f}\n", n1 - n0, a1 - a0 + b1 - b0 }' > "$OUT/$name.cpu"
+    kill -TERM "$pid1" "$pid2"
+    wait "$pid1" "$pid2" || true
+    rm -rf "$data1" "$data2" "$OUT/half-1.ndjson" "$OUT/half-2.ndjson"
+}
+
 for run in $(seq "$RUNS"); do
     echo "== run $run/$RUNS: local log" >&2
     run_one "local-$run"
@@ -89,13 +153,16 @@ for run in $(seq "$RUNS"); do
     AUDITD_LOG__JETSTREAM__STREAM="CLUSTER_$run" \
     AUDITD_LOG__JETSTREAM__SUBJECT="cluster.$run" \
         run_one "cluster-$run"
+    echo "== run $run/$RUNS: two cluster nodes, half the file through each at once" >&2
+    run_two "two-nodes-$run" "TWO_$run"
 done
 
 python3 - "$OUT" "$RUNS" "$COUNT" <<'PY'
 import json, statistics, sys
 out, runs, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rate = lambda name, r: json.load(open(f"{out}/{name}-{r}.json"))["events_per_sec"]
-names = (("local", "local log"), ("jetstream", "JetStream log"), ("cluster", "cluster node"))
+names = (("local", "local log"), ("jetstream", "JetStream log"), ("cluster", "cluster node"),
+         ("two-nodes", "two nodes"))
 rates = {name: [rate(name, r) for r in range(1, runs + 1)] for name, _ in names}
 for name, label in names:
     xs = rates[name]
