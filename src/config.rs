@@ -105,6 +105,10 @@ pub struct ClusterConfig {
     /// token at all: a revocation made on another node could be missed.
     /// 0: tokens never go stale.
     pub token_staleness_ms: u64,
+    /// This node's shared settings (its `[retention]` rules) replace the
+    /// cluster's when it starts, instead of being checked against them:
+    /// how the rules of every node change (docs/cluster.md).
+    pub adopt_settings: bool,
 }
 
 impl Default for ClusterConfig {
@@ -114,6 +118,7 @@ impl Default for ClusterConfig {
             partitions: 1,
             role: Role::All,
             token_staleness_ms: 10_000,
+            adopt_settings: false,
         }
     }
 }

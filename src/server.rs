@@ -237,19 +237,30 @@ fn announce_first_admin(data_dir: &std::path::Path, secret: Option<String>) {
     }
 }
 
-/// Connects to the cluster's NATS and reads its tokens bucket.
-async fn open_shared_tokens(
+/// Connects to the cluster's NATS, checks this node's settings against
+/// the cluster's and reads the tokens bucket.
+async fn open_shared(
     layout: &crate::cluster::Layout,
-    stale_after: Duration,
+    config: &Config,
 ) -> Result<Loaded, ServerError> {
-    let bucket = crate::cluster::tokens::bucket_name(&layout.jetstream.stream);
+    let stream = &layout.jetstream.stream;
     let (client, context) = crate::wal::jetstream::connect(&layout.jetstream)
         .await
         .map_err(|reason| ClusterError::Remote {
-            stream: format!("KV_{bucket}"),
+            stream: stream.clone(),
             reason,
         })?;
     let replicas = layout.jetstream.replicas;
+    crate::cluster::settings::agree_on_retention(
+        &context,
+        &crate::cluster::settings::bucket_name(stream),
+        replicas,
+        &config.retention,
+        config.cluster.adopt_settings,
+    )
+    .await?;
+    let stale_after = Duration::from_millis(config.cluster.token_staleness_ms);
+    let bucket = crate::cluster::tokens::bucket_name(stream);
     Ok(TokenBucket::open(client, &context, &bucket, replicas, stale_after).await?)
 }
 
@@ -306,13 +317,7 @@ pub async fn run_on(
     // A cluster's tokens are the nodes' shared bucket's, read in full
     // before the node serves.
     let shared_tokens = match &log {
-        LogChoice::Cluster(layout) => Some(
-            open_shared_tokens(
-                layout,
-                Duration::from_millis(config.cluster.token_staleness_ms),
-            )
-            .await?,
-        ),
+        LogChoice::Cluster(layout) => Some(open_shared(layout, &config).await?),
         _ => None,
     };
     let mut pipeline = Pipeline::start(

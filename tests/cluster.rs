@@ -1134,3 +1134,45 @@ async fn a_node_cut_off_from_the_tokens_bucket_takes_no_token_until_it_hears_aga
     }
     node.stop().await.unwrap();
 }
+
+/// Starts a node that must fail to start; its error.
+async fn refused_start(config: auditd::Config) -> String {
+    let listeners = auditd::server::Listeners::bind(&config).await.unwrap();
+    let log = auditd::LogChoice::configured(&config);
+    let started = auditd::run_on(config, listeners, std::future::pending(), log);
+    match tokio::time::timeout(Duration::from_secs(30), started).await {
+        Ok(Err(error)) => error.to_string(),
+        Ok(Ok(())) => panic!("it started and stopped"),
+        Err(_) => panic!("it started"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_other_retention_rules_is_refused_until_they_are_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let a_config = on_cluster(&dir.path().join("a"), &nats, "RULES");
+    let a = TestServer::start(a_config.clone()).await;
+
+    // b keeps events 400 days; a (and so the cluster) forever.
+    let mut b_config = on_cluster(&dir.path().join("b"), &nats, "RULES");
+    b_config.retention.default_days = Some(400);
+    let error = refused_start(b_config.clone()).await;
+    assert!(
+        error.starts_with("retention: this node keeps") && error.contains("adopt_settings"),
+        "{error}"
+    );
+
+    // Adopted: b's rules become the cluster's, and a, restarted with the
+    // old ones, is refused in turn.
+    b_config.cluster.adopt_settings = true;
+    let b = TestServer::start(b_config).await;
+    a.stop().await.unwrap();
+    let error = refused_start(a_config.clone()).await;
+    assert!(error.contains("\"default_days\":400"), "{error}");
+    let mut a_config = a_config;
+    a_config.retention.default_days = Some(400);
+    let a = TestServer::start(a_config).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -23,6 +23,7 @@ pub mod follow;
 pub mod lease;
 pub mod node;
 pub mod publish;
+pub mod settings;
 pub mod tokens;
 
 use std::time::Duration;

@@ -1,0 +1,88 @@
+//! Settings every node of a cluster must hold alike, checked when a node
+//! starts: the KV bucket `<stream>-settings`, one key a setting, written
+//! by the first node to start. Today one key, `retention`: the rules of
+//! `[retention]` (not how often the sweep runs). Each node judges every
+//! drop by its own rules, so nodes with different rules would keep
+//! different days; a node whose rules are not the cluster's is refused at
+//! start, naming `retention`.
+//!
+//! To change them for every node: give every node the new rules, start
+//! one of them with `cluster.adopt_settings = true` (its rules replace
+//! the cluster's), then restart the others. A node already running keeps
+//! the rules it started with until it restarts.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+use super::ClusterError;
+use crate::config::RetentionConfig;
+
+/// The settings bucket of the cluster on `stream`.
+pub fn bucket_name(stream: &str) -> String {
+    format!("{stream}-settings")
+}
+
+/// What of `[retention]` every node must share, as stored.
+fn retention_value(config: &RetentionConfig) -> serde_json::Value {
+    serde_json::json!({
+        "default_days": config.default_days,
+        "trail_days": config.trail_days,
+        "rules": config.rules,
+    })
+}
+
+/// Checks this node's `[retention]` rules against the cluster's, writing
+/// them when the cluster has none yet, or when `adopt` says this node's
+/// replace them.
+pub async fn agree_on_retention(
+    context: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    retention: &RetentionConfig,
+    adopt: bool,
+) -> Result<(), ClusterError> {
+    let remote = |reason: String| ClusterError::Remote {
+        stream: format!("KV_{bucket}"),
+        reason,
+    };
+    let kv = super::open_kv(context, bucket, Duration::ZERO, replicas)
+        .await
+        .map_err(|e| remote(format!("cannot open or create the settings bucket: {e}")))?;
+    let ours = retention_value(retention);
+    let bytes = serde_json::to_vec(&ours).expect("rules serialize");
+    if adopt {
+        kv.put("retention", bytes.into())
+            .await
+            .map_err(|e| remote(format!("writing retention: {e}")))?;
+        tracing::warn!(rules = %ours, "this node's retention rules are now the cluster's (cluster.adopt_settings)");
+        return Ok(());
+    }
+    match kv.create("retention", bytes.into()).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(remote(format!("writing retention: {e}"))),
+    }
+    let theirs = kv
+        .get("retention")
+        .await
+        .map_err(|e| remote(format!("reading retention: {e}")))?
+        .ok_or_else(|| remote("retention: the key went away".into()))?;
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&theirs).map_err(|e| ClusterError::Corrupt {
+            stream: format!("KV_{bucket}"),
+            reason: format!("retention is not rules: {e}"),
+        })?;
+    if theirs == ours {
+        return Ok(());
+    }
+    Err(ClusterError::Config {
+        field: "retention",
+        reason: format!(
+            "this node keeps {ours}, the cluster {theirs} (in KV_{bucket}, written by the first \
+             node to start): every node must keep the same, or they would drop different days. \
+             Give this node the cluster's [retention]; to change the rules of every node, give \
+             them all the new ones and start one with cluster.adopt_settings = true"
+        ),
+    })
+}
