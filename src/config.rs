@@ -109,6 +109,10 @@ pub struct ClusterConfig {
     /// cluster's when it starts, instead of being checked against them:
     /// how the rules of every node change (docs/cluster.md).
     pub adopt_settings: bool,
+    /// How long a node starting while NATS cannot be reached (not yet up,
+    /// or a new JetStream cluster still electing its leader) tries again,
+    /// once a second, before it gives up.
+    pub start_wait_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -119,6 +123,7 @@ impl Default for ClusterConfig {
             role: Role::All,
             token_staleness_ms: 10_000,
             adopt_settings: false,
+            start_wait_ms: 30_000,
         }
     }
 }

@@ -237,6 +237,28 @@ fn announce_first_admin(data_dir: &std::path::Path, secret: Option<String>) {
     }
 }
 
+/// [`open_shared`], tried again every second for `cluster.start_wait_ms`
+/// while NATS cannot be reached: nodes and NATS are often started
+/// together, and a new JetStream cluster elects its leader a moment after
+/// it forms. A refused setting is not tried again.
+async fn open_shared_waiting(
+    layout: &crate::cluster::Layout,
+    config: &Config,
+) -> Result<Loaded, ServerError> {
+    let give_up = Instant::now() + Duration::from_millis(config.cluster.start_wait_ms);
+    loop {
+        match open_shared(layout, config).await {
+            Err(ServerError::Cluster(ClusterError::Remote { stream, reason }))
+                if Instant::now() < give_up =>
+            {
+                tracing::warn!(%stream, %reason, "NATS cannot be reached yet; again in a second (cluster.start_wait_ms)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Connects to the cluster's NATS, checks this node's settings against
 /// the cluster's and reads the tokens bucket.
 async fn open_shared(
@@ -317,7 +339,7 @@ pub async fn run_on(
     // A cluster's tokens are the nodes' shared bucket's, read in full
     // before the node serves.
     let shared_tokens = match &log {
-        LogChoice::Cluster(layout) => Some(open_shared(layout, &config).await?),
+        LogChoice::Cluster(layout) => Some(open_shared_waiting(layout, &config).await?),
         _ => None,
     };
     let mut pipeline = Pipeline::start(

@@ -1176,3 +1176,20 @@ async fn a_node_with_other_retention_rules_is_refused_until_they_are_adopted() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_its_nats_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    nats.kill();
+    let node = TestServer::spawn(on_cluster(&dir.path().join("a"), &nats, "LATE")).await;
+    // The node's first tries meet a closed port (without the wait, start-up
+    // would fail at once); then NATS comes, on the same port.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    nats.restart();
+    node.wait_serving().await;
+    let mut client = node.client().await;
+    ingest(&mut client, generated(10, 3, 10), WaitFor::Searchable).await;
+    assert_eq!(count_stored(&mut client).await, 10);
+    node.stop().await.unwrap();
+}
