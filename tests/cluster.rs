@@ -1182,10 +1182,25 @@ async fn a_node_started_before_its_nats_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
     nats.kill();
+    // NATS's port, held by a listener that never speaks NATS: the node's
+    // first try is seen to fail (without the wait, start-up would end
+    // there); then NATS comes back on the same port.
+    let port: u16 = nats.url.rsplit(':').next().unwrap().parse().unwrap();
+    let silent = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    silent.set_nonblocking(true).unwrap();
     let node = TestServer::spawn(on_cluster(&dir.path().join("a"), &nats, "LATE")).await;
-    // The node's first tries meet a closed port (without the wait, start-up
-    // would fail at once); then NATS comes, on the same port.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let knocked = loop {
+        match silent.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the node never tried NATS");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    drop((knocked, silent));
     nats.restart();
     node.wait_serving().await;
     let mut client = node.client().await;
