@@ -336,8 +336,8 @@ pub async fn run_on(
         tasks: tasks.clone(),
     };
     let tls = TlsMaterial::load(&config.tls)?;
-    // A cluster's tokens are the nodes' shared bucket's, read in full
-    // before the node serves.
+    // A cluster node checks its settings against the cluster's and reads
+    // the shared tokens bucket in full before it serves.
     let shared_tokens = match &log {
         LogChoice::Cluster(layout) => Some(open_shared_waiting(layout, &config).await?),
         _ => None,
