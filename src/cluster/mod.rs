@@ -18,7 +18,10 @@
 //!   partition (all that is accepted yet) every node indexes everything.
 //! - [`lease::Leases`]: one owner per partition at a time, for the
 //!   partition pipelines of more than one partition (not run yet).
+//! - [`fanout`]: a search merged over partitions, each read by its owner
+//!   (not run yet: the owners' pipelines come first).
 
+pub mod fanout;
 pub mod follow;
 pub mod lease;
 pub mod node;

@@ -172,6 +172,28 @@ impl Cursor {
     }
 }
 
+/// Where a page starts without a page token (`Searcher::search_at`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageAt {
+    /// The last (time, seq) already had, in the request's order.
+    pub after: Option<(i64, u64)>,
+    /// The snapshot the first page saw; `None` on the first page.
+    pub snapshot: Option<u64>,
+}
+
+/// One page of `Searcher::search_at`.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotPage {
+    pub events: Vec<AuditEvent>,
+    /// More matches past this page.
+    pub more: bool,
+    /// Matches inside the snapshot, counted up to the request's bound
+    /// (`Searcher::count_up_to`): the same on every page.
+    pub counted: u64,
+    /// The snapshot this page saw: pass it back for the next page.
+    pub snapshot: u64,
+}
+
 /// What `Searcher::page` reads.
 pub(crate) struct PageRequest<'a> {
     pub limit: usize,
@@ -267,14 +289,8 @@ impl Searcher {
         scope: &ReadScope,
     ) -> Result<SearchResponse, SearchError> {
         let started = std::time::Instant::now();
-        let limit = match request.limit {
-            0 => self.limits.default_search_limit,
-            n => n.min(self.limits.max_search_limit),
-        } as usize;
-        let count_up_to = match request.exact_total {
-            true => u64::MAX,
-            false => u64::from(self.limits.exact_total_hits),
-        };
+        let limit = self.limit_of(request);
+        let count_up_to = self.count_up_to(request);
         let page = self.page(
             &filter_of(request),
             scope,
@@ -302,6 +318,50 @@ impl Searcher {
         })
     }
 
+    /// One page of `request`'s events from an explicit place, for a
+    /// search merged over several partitions of a cluster
+    /// (`cluster::fanout`), whose page token holds every partition's
+    /// place: `at.after` is the last (time, seq) already had, in the
+    /// request's order, and `at.snapshot` the snapshot the first page saw
+    /// (`None`: the first page, which takes the current one). The
+    /// request's own `page_token` is not read.
+    pub fn search_at(
+        &self,
+        request: &SearchRequest,
+        scope: &ReadScope,
+        at: PageAt,
+    ) -> Result<SnapshotPage, SearchError> {
+        let limit = self.limit_of(request);
+        let count_up_to = self.count_up_to(request);
+        let filter = filter_of(request);
+        let page = self.page_at(&filter, scope, limit, request.ascending, at, count_up_to)?;
+        Ok(SnapshotPage {
+            events: self.events(&page, 0..page.len())?,
+            more: page.more,
+            counted: page.total.min(count_up_to),
+            snapshot: page.snapshot,
+        })
+    }
+
+    /// A page's size: the request's limit, the default for none, the
+    /// maximum at most.
+    pub fn limit_of(&self, request: &SearchRequest) -> usize {
+        let limit = match request.limit {
+            0 => self.limits.default_search_limit,
+            n => n.min(self.limits.max_search_limit),
+        };
+        limit as usize
+    }
+
+    /// How far matches are counted: all of them for `exact_total`, else
+    /// up to `limits.exact_total_hits`.
+    pub fn count_up_to(&self, request: &SearchRequest) -> u64 {
+        match request.exact_total {
+            true => u64::MAX,
+            false => u64::from(self.limits.exact_total_hits),
+        }
+    }
+
     /// One page of the events `filter` matches inside `scope`, in time
     /// order, from where `request.token` left off.
     pub(crate) fn page(
@@ -310,20 +370,40 @@ impl Searcher {
         scope: &ReadScope,
         request: &PageRequest,
     ) -> Result<HitPage, SearchError> {
-        let Matching { query, from, to } = self.matching(filter, scope)?;
         let cursor = Cursor::of_page(request.token, request.token_field, request.ascending)?;
+        let at = PageAt {
+            after: cursor.map(|c| (c.time, c.seq)),
+            snapshot: cursor.map(|c| c.snapshot),
+        };
+        self.page_at(
+            filter,
+            scope,
+            request.limit,
+            request.ascending,
+            at,
+            request.count_up_to,
+        )
+    }
+
+    fn page_at(
+        &self,
+        filter: &EventFilter,
+        scope: &ReadScope,
+        limit: usize,
+        ascending: bool,
+        at: PageAt,
+        count_up_to: u64,
+    ) -> Result<HitPage, SearchError> {
+        let Matching { query, from, to } = self.matching(filter, scope)?;
         // Events whose record starts below the indexed position are all
         // visible; later ones are left out of every page of this search.
-        let snapshot = match cursor {
-            Some(c) => c.snapshot,
-            None => *self.searchable.borrow(),
-        };
+        let snapshot = at.snapshot.unwrap_or_else(|| *self.searchable.borrow());
         let order = TimeOrder {
-            limit: request.limit,
-            ascending: request.ascending,
-            after: cursor.map(|c| (c.time, c.seq)),
+            limit,
+            ascending,
+            after: at.after,
             snapshot,
-            count_up_to: request.count_up_to,
+            count_up_to,
         };
         let views = Self::views(&self.partitions.overlapping(from, to))?;
         let page = time_order::collect(&views, &*query, &order)?;
@@ -333,7 +413,7 @@ impl Searcher {
             more: page.more,
             total: page.total,
             snapshot,
-            ascending: request.ascending,
+            ascending,
         })
     }
 

@@ -1,0 +1,408 @@
+//! Search over the partitions of a cluster (docs/cluster.md, item 6):
+//! each partition asked for a page, the pages merged into one, exactly as
+//! one node would page through the same events.
+//!
+//! Events are ordered by (time, partition, seq): time first, as on one
+//! node; a partition's own dense seq breaks ties inside it, and the
+//! partition number between partitions (seqs of two partitions are not
+//! comparable). A merged page of `limit` events takes at most `limit`
+//! from any partition, so each partition is asked for `limit` events past
+//! the merged cursor; the merged page token holds that cursor and the
+//! snapshot each partition's first page saw, so later pages see the same
+//! set of events on every partition. The total is the sum of the
+//! partitions' counts, each bounded as one node bounds its own: the
+//! merged total and its lower-bound flag are exactly what one node holding
+//! every partition would answer.
+//!
+//! A search asks only the partitions that can hold a match: a filter
+//! that names subjects, or a caller whose scope is one subject, needs
+//! only their partitions (a partition is a hash of the subject). A
+//! partition needed and without a reader (no owner) fails the whole
+//! search with [`FanOutError::Unavailable`] naming it: never a short
+//! answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use futures::future::{try_join_all, BoxFuture};
+
+use super::partition_of;
+use crate::auth::ReadScope;
+use crate::proto::{AuditEvent, SearchRequest, SearchResponse};
+use crate::schema::timestamp_micros;
+use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
+
+/// One partition, as a fan-out reads it: the owner's index, in this
+/// process (`Searcher::search_at`) or on another node.
+pub trait PartitionReader: Send + Sync {
+    /// One page of `request` (its `page_token` unread) inside `scope`,
+    /// from `at`.
+    fn search_at(
+        &self,
+        request: SearchRequest,
+        scope: ReadScope,
+        at: PageAt,
+    ) -> BoxFuture<'static, Result<SnapshotPage, FanOutError>>;
+}
+
+/// A partition whose index is in this process, read on the blocking
+/// pool.
+pub struct LocalPartition {
+    pub partition: u32,
+    pub searcher: Searcher,
+}
+
+impl PartitionReader for LocalPartition {
+    fn search_at(
+        &self,
+        request: SearchRequest,
+        scope: ReadScope,
+        at: PageAt,
+    ) -> BoxFuture<'static, Result<SnapshotPage, FanOutError>> {
+        let (partition, searcher) = (self.partition, self.searcher.clone());
+        let failed = move |reason: String| FanOutError::Failed { partition, reason };
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || searcher.search_at(&request, &scope, at))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| match e {
+                    SearchError::Invalid { field, reason } => {
+                        FanOutError::Invalid { field, reason }
+                    }
+                    other => failed(other.to_string()),
+                })
+        })
+    }
+}
+
+/// Why a merged search has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FanOutError {
+    /// The request is wrong; `field` names the request field.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// A partition the search needs has no owner, or its owner did not
+    /// answer: retry later (another node takes it over once its lease
+    /// expires).
+    #[error("partition {partition}: {reason}")]
+    Unavailable { partition: u32, reason: String },
+    /// A partition's owner failed to answer for another reason.
+    #[error("partition {partition}: {reason}")]
+    Failed { partition: u32, reason: String },
+}
+
+/// How a merged page is cut: one node's `Searcher::limit_of` and
+/// `Searcher::count_up_to` for the request (every node of a cluster has
+/// the same limits).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub limit: usize,
+    pub count_up_to: u64,
+}
+
+/// The partitions, of `partitions`, that can hold an event `request`
+/// matches inside `scope`, in order.
+pub fn partitions_for(request: &SearchRequest, scope: &ReadScope, partitions: u32) -> Vec<u32> {
+    let scoped = match scope {
+        ReadScope::All => None,
+        ReadScope::Subject(subject) | ReadScope::SubjectAndAccess { subject, .. } => {
+            Some(partition_of(subject, partitions))
+        }
+    };
+    let mut named: Vec<u32> = match request.subjects.is_empty() {
+        true => (0..partitions).collect(),
+        false => request
+            .subjects
+            .iter()
+            .map(|s| partition_of(s, partitions))
+            .collect(),
+    };
+    named.sort_unstable();
+    named.dedup();
+    named.retain(|p| scoped.is_none_or(|s| s == *p));
+    named
+}
+
+/// One merged page of `request` over `readers` (index = partition; `None`
+/// = no owner), inside `scope`.
+pub async fn search(
+    readers: &[Option<Arc<dyn PartitionReader>>],
+    request: &SearchRequest,
+    scope: &ReadScope,
+    bounds: Bounds,
+) -> Result<SearchResponse, FanOutError> {
+    let started = Instant::now();
+    let asked = partitions_for(request, scope, readers.len() as u32);
+    let cursor = match request.page_token.as_str() {
+        "" => None,
+        token => Some(MergedCursor::decode(token, request.ascending, &asked)?),
+    };
+    let mut inner = request.clone();
+    inner.page_token.clear();
+    inner.limit = bounds.limit as u32;
+    let pages = asked.iter().map(|&p| {
+        let reader = readers[p as usize].clone();
+        let at = PageAt {
+            after: cursor.as_ref().map(|c| c.after_in(p, request.ascending)),
+            snapshot: cursor.as_ref().map(|c| c.snapshots[&p]),
+        };
+        let (inner, scope) = (inner.clone(), scope.clone());
+        async move {
+            let reader = reader.ok_or_else(|| FanOutError::Unavailable {
+                partition: p,
+                reason: "no node owns it".into(),
+            })?;
+            Ok::<_, FanOutError>((p, reader.search_at(inner, scope, at).await?))
+        }
+    });
+    let pages = try_join_all(pages).await?;
+    let response = merge(pages, request.ascending, bounds);
+    metrics::histogram!(crate::metrics::CLUSTER_FANOUT_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+/// The first `bounds.limit` events of the partitions' pages in the merged
+/// order, with the token past the last one.
+fn merge(pages: Vec<(u32, SnapshotPage)>, ascending: bool, bounds: Bounds) -> SearchResponse {
+    let counted: u64 = pages.iter().map(|(_, page)| page.counted).sum();
+    let mut more = pages.iter().any(|(_, page)| page.more);
+    let snapshots: BTreeMap<u32, u64> = pages.iter().map(|(p, page)| (*p, page.snapshot)).collect();
+    let mut events: Vec<(Place, AuditEvent)> = pages
+        .into_iter()
+        .flat_map(|(p, page)| page.events.into_iter().map(move |e| (Place::of(&e, p), e)))
+        .collect();
+    events.sort_by_key(|(place, _)| *place);
+    if !ascending {
+        events.reverse();
+    }
+    if events.len() > bounds.limit {
+        events.truncate(bounds.limit);
+        more = true;
+    }
+    let next_page_token = match (more, events.last()) {
+        (true, Some((last, _))) => MergedCursor {
+            last: *last,
+            snapshots,
+            ascending,
+        }
+        .encode(),
+        _ => String::new(),
+    };
+    SearchResponse {
+        events: events.into_iter().map(|(_, e)| e).collect(),
+        next_page_token,
+        total_hits: counted.min(bounds.count_up_to),
+        total_hits_is_lower_bound: counted >= bounds.count_up_to,
+    }
+}
+
+/// An event's place in the merged order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    time: i64,
+    partition: u32,
+    seq: u64,
+}
+
+impl Place {
+    fn of(event: &AuditEvent, partition: u32) -> Place {
+        Place {
+            time: timestamp_micros(event.time.as_ref()),
+            partition,
+            seq: event.seq,
+        }
+    }
+}
+
+/// Where a merged page ended, and what each partition's first page saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MergedCursor {
+    last: Place,
+    snapshots: BTreeMap<u32, u64>,
+    ascending: bool,
+}
+
+/// `f1`: a fan-out's page token (one node's are `p3`).
+const TOKEN_VERSION: &str = "f1";
+
+impl MergedCursor {
+    /// Partition `p`'s own cursor: its events past `last` in the merged
+    /// order, as the (time, seq) a partition pages after. Seqs are never
+    /// `u64::MAX`, and times are whole microseconds, so each case is one
+    /// pair: a partition before `last`'s takes its events at `last.time`
+    /// only in the direction's past, one after it all of them.
+    fn after_in(&self, p: u32, ascending: bool) -> (i64, u64) {
+        let Place {
+            time,
+            partition,
+            seq,
+        } = self.last;
+        match (p.cmp(&partition), ascending) {
+            (std::cmp::Ordering::Equal, _) => (time, seq),
+            // Ascending, then later times only; descending, time itself too.
+            (std::cmp::Ordering::Less, true) => (time, u64::MAX),
+            (std::cmp::Ordering::Less, false) => (time + 1, 0),
+            // Ascending, time itself too; descending, earlier times only.
+            (std::cmp::Ordering::Greater, true) => (time - 1, u64::MAX),
+            (std::cmp::Ordering::Greater, false) => (time, 0),
+        }
+    }
+
+    fn encode(&self) -> String {
+        let snapshots: Vec<String> = self
+            .snapshots
+            .iter()
+            .map(|(p, s)| format!("{p}={s}"))
+            .collect();
+        let Place {
+            time,
+            partition,
+            seq,
+        } = self.last;
+        let raw = format!(
+            "{TOKEN_VERSION}:{}:{time}:{partition}:{seq}:{}",
+            self.ascending as u8,
+            snapshots.join(",")
+        );
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The cursor of `token`, which must come from a page of the same
+    /// search: the same order and the same partitions `asked`.
+    fn decode(token: &str, ascending: bool, asked: &[u32]) -> Result<MergedCursor, FanOutError> {
+        let bad = |reason: &str| FanOutError::Invalid {
+            field: "page_token",
+            reason: reason.into(),
+        };
+        let not_ours = || bad("not a token from a previous response");
+        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| not_ours())?;
+        let raw = String::from_utf8(raw).map_err(|_| not_ours())?;
+        let parts: Vec<&str> = raw.split(':').collect();
+        let [TOKEN_VERSION, order, time, partition, seq, snapshots] = parts[..] else {
+            return Err(not_ours());
+        };
+        let number = |s: &str| s.parse::<u64>().map_err(|_| not_ours());
+        let cursor = MergedCursor {
+            last: Place {
+                time: time.parse().map_err(|_| not_ours())?,
+                partition: partition.parse().map_err(|_| not_ours())?,
+                seq: number(seq)?,
+            },
+            snapshots: snapshots
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|pair| {
+                    let (p, s) = pair.split_once('=').ok_or_else(not_ours)?;
+                    Ok((p.parse().map_err(|_| not_ours())?, number(s)?))
+                })
+                .collect::<Result<_, FanOutError>>()?,
+            ascending: match order {
+                "0" => false,
+                "1" => true,
+                _ => return Err(not_ours()),
+            },
+        };
+        if cursor.ascending != ascending {
+            return Err(bad("the token was made for the other sort order"));
+        }
+        if !cursor.snapshots.keys().copied().eq(asked.iter().copied()) {
+            return Err(bad("the token was made for another search"));
+        }
+        Ok(cursor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(time: i64, partition: u32, seq: u64, ascending: bool) -> MergedCursor {
+        MergedCursor {
+            last: Place {
+                time,
+                partition,
+                seq,
+            },
+            snapshots: [(1, 10), (2, 20), (3, 30)].into(),
+            ascending,
+        }
+    }
+
+    /// Brute force: every (time, seq) of partitions 1..=3 around the
+    /// cursor is past it in the merged order exactly when it is past the
+    /// partition's own cursor in the partition's order.
+    #[test]
+    fn a_partitions_cursor_takes_exactly_what_follows_in_the_merged_order() {
+        for ascending in [false, true] {
+            let c = cursor(100, 2, 5, ascending);
+            for p in 1..=3 {
+                let own = c.after_in(p, ascending);
+                for time in 98..=102 {
+                    for seq in 0..10 {
+                        let merged = Place {
+                            time,
+                            partition: p,
+                            seq,
+                        };
+                        let past_merged = match ascending {
+                            true => merged > c.last,
+                            false => merged < c.last,
+                        };
+                        let past_own = match ascending {
+                            true => (time, seq) > own,
+                            false => (time, seq) < own,
+                        };
+                        assert_eq!(past_merged, past_own, "{merged:?} asc {ascending}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_garbage_or_another_search_is_refused() {
+        let c = cursor(-1 + 2, 3, 7, true);
+        assert_eq!(
+            MergedCursor::decode(&c.encode(), true, &[1, 2, 3]).unwrap(),
+            c
+        );
+        let field_of = |r: Result<MergedCursor, FanOutError>| match r {
+            Err(FanOutError::Invalid { field, reason }) => (field, reason),
+            other => panic!("{other:?}"),
+        };
+        for bad in ["", "x", &URL_SAFE_NO_PAD.encode("p3:1:2:3:0")] {
+            let (field, _) = field_of(MergedCursor::decode(bad, true, &[1, 2, 3]));
+            assert_eq!(field, "page_token");
+        }
+        let (_, reason) = field_of(MergedCursor::decode(&c.encode(), false, &[1, 2, 3]));
+        assert!(reason.contains("other sort order"), "{reason}");
+        let (_, reason) = field_of(MergedCursor::decode(&c.encode(), true, &[1, 2]));
+        assert!(reason.contains("another search"), "{reason}");
+    }
+
+    #[test]
+    fn subjects_and_a_subject_scope_narrow_the_partitions_asked() {
+        let n = 32;
+        let all = ReadScope::All;
+        let request = |subjects: &[&str]| SearchRequest {
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            partitions_for(&request(&[]), &all, n),
+            (0..n).collect::<Vec<_>>()
+        );
+        // docs/cluster.md's table: emma → 28, user-1 → 18.
+        assert_eq!(
+            partitions_for(&request(&["emma", "user-1", "emma"]), &all, n),
+            [18, 28]
+        );
+        let emma = ReadScope::Subject("emma".into());
+        assert_eq!(partitions_for(&request(&[]), &emma, n), [28]);
+        assert!(partitions_for(&request(&["user-1"]), &emma, n).is_empty());
+    }
+}

@@ -1,0 +1,333 @@
+//! A search merged over partitions (`cluster::fanout`) against the
+//! oracle: generated events split by the hash of their subject into four
+//! partition indexes, each with its own dense seq, every page of many
+//! random searches (random scopes too) followed through the merge and
+//! compared with a brute-force filter in the merged order, and each total
+//! with what one index holding every event answers.
+
+mod common;
+
+use std::sync::Arc;
+
+use auditd::auth::ReadScope;
+use auditd::cluster::fanout::{self, Bounds, FanOutError, LocalPartition, PartitionReader};
+use auditd::cluster::partition_of;
+use auditd::config::Limits;
+use auditd::partition::{day_of, Partitions};
+use auditd::proto::{AuditEvent, SearchRequest, SearchResponse};
+use auditd::schema::{timestamp_micros, AuditSchema};
+use auditd::search::recent::RecentEvents;
+use auditd::search::Searcher;
+use common::oracle::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const PARTITIONS: u32 = 4;
+/// The searchers' `limits.exact_total_hits` in this test.
+const COUNT_UP_TO: u32 = 300;
+
+/// One index and the seqs it gave out.
+struct Store {
+    _dir: tempfile::TempDir,
+    partitions: Arc<Partitions>,
+    searchable: tokio::sync::watch::Sender<u64>,
+    searcher: Searcher,
+    next_seq: u64,
+}
+
+impl Store {
+    fn new() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let partitions = Arc::new(Partitions::open(dir.path(), AuditSchema::new(), false).unwrap());
+        let (searchable, seen) = tokio::sync::watch::channel(0);
+        let limits = Limits {
+            max_search_limit: 250,
+            exact_total_hits: COUNT_UP_TO,
+            ..Limits::default()
+        };
+        let recent = Arc::new(RecentEvents::new(0));
+        let searcher = Searcher::new(partitions.clone(), limits, seen, recent);
+        Store {
+            _dir: dir,
+            partitions,
+            searchable,
+            searcher,
+            next_seq: 0,
+        }
+    }
+
+    /// Indexes `events` at the next seqs, in order, and makes them
+    /// searchable; returns their seqs.
+    fn add(&mut self, events: &[AuditEvent]) -> Vec<u64> {
+        let schema = self.partitions.schema().clone();
+        let mut seqs = Vec::new();
+        let mut days = std::collections::BTreeMap::<i64, Vec<(u64, AuditEvent)>>::new();
+        for event in events {
+            let day = day_of(timestamp_micros(event.time.as_ref()));
+            days.entry(day)
+                .or_default()
+                .push((self.next_seq, event.clone()));
+            seqs.push(self.next_seq);
+            self.next_seq += 1;
+        }
+        for (day, events) in days {
+            let partition = self.partitions.get_or_create(day).unwrap();
+            let mut writer: tantivy::IndexWriter = partition
+                .index
+                .writer_with_num_threads(1, 20_000_000)
+                .unwrap();
+            let mut body = Vec::new();
+            for (seq, mut event) in events {
+                writer
+                    .add_document(schema.document(&mut event, seq, "", None, &mut body))
+                    .unwrap();
+            }
+            writer.commit().unwrap();
+            partition.reader.reload().unwrap();
+        }
+        self.searchable.send_replace(self.next_seq);
+        seqs
+    }
+}
+
+/// Every event once in `whole`, and each in the partition of its subject
+/// with that partition's seq; the merged order of each event.
+struct Cluster {
+    whole: Store,
+    parts: Vec<Store>,
+    /// (time, partition, seq) of `events[i]`.
+    places: Vec<(i64, u32, u64)>,
+    events: Vec<AuditEvent>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mut cluster = Cluster {
+            whole: Store::new(),
+            parts: (0..PARTITIONS).map(|_| Store::new()).collect(),
+            places: Vec::new(),
+            events: Vec::new(),
+        };
+        // 3,000 events over three days; times repeat, so the merged
+        // order's ties between partitions are exercised.
+        cluster.add(common::generated(3_000, 21, 1_000));
+        cluster
+    }
+
+    fn add(&mut self, events: Vec<AuditEvent>) {
+        self.whole.add(&events);
+        for p in 0..PARTITIONS {
+            let (mine, places): (Vec<AuditEvent>, Vec<usize>) = events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| partition_of(&e.subject, PARTITIONS) == p)
+                .map(|(i, e)| (e.clone(), i))
+                .unzip();
+            let seqs = self.parts[p as usize].add(&mine);
+            for (i, seq) in places.into_iter().zip(seqs) {
+                let time = timestamp_micros(events[i].time.as_ref());
+                self.place(self.events.len() + i, (time, p, seq));
+            }
+        }
+        self.events.extend(events);
+    }
+
+    fn place(&mut self, at: usize, place: (i64, u32, u64)) {
+        if self.places.len() <= at {
+            self.places.resize(at + 1, (0, 0, 0));
+        }
+        self.places[at] = place;
+    }
+
+    fn readers(&self) -> Vec<Option<Arc<dyn PartitionReader>>> {
+        self.parts
+            .iter()
+            .enumerate()
+            .map(|(p, store)| {
+                let reader: Arc<dyn PartitionReader> = Arc::new(LocalPartition {
+                    partition: p as u32,
+                    searcher: store.searcher.clone(),
+                });
+                Some(reader)
+            })
+            .collect()
+    }
+
+    fn bounds(&self, request: &SearchRequest) -> Bounds {
+        Bounds {
+            limit: self.whole.searcher.limit_of(request),
+            count_up_to: self.whole.searcher.count_up_to(request),
+        }
+    }
+
+    /// The ids `request` must find inside `scope`, in the merged order.
+    fn expected(&self, request: &SearchRequest, scope: &ReadScope) -> Vec<String> {
+        let filter = auditd::search::filter_of(request);
+        let mut hits: Vec<((i64, u32, u64), &str)> = self
+            .events
+            .iter()
+            .zip(&self.places)
+            .filter(|(e, _)| matches(&filter, e) && in_scope(scope, e))
+            .map(|(e, place)| (*place, e.id.as_str()))
+            .collect();
+        hits.sort();
+        if !request.ascending {
+            hits.reverse();
+        }
+        hits.into_iter().map(|(_, id)| id.to_owned()).collect()
+    }
+}
+
+fn in_scope(scope: &ReadScope, e: &AuditEvent) -> bool {
+    match scope {
+        ReadScope::All => true,
+        ReadScope::Subject(s) => e.subject == *s,
+        ReadScope::SubjectAndAccess { subject, access_id } => {
+            e.subject == *subject && e.access_id == *access_id
+        }
+    }
+}
+
+/// Every page of `request` through the merge: the events, and the total
+/// of the first page (asserted the same on every page).
+async fn merged_all(
+    cluster: &Cluster,
+    mut request: SearchRequest,
+    scope: &ReadScope,
+) -> (Vec<String>, (u64, bool)) {
+    let readers = cluster.readers();
+    let bounds = cluster.bounds(&request);
+    let mut ids = Vec::new();
+    let mut total = None;
+    loop {
+        let page: SearchResponse = fanout::search(&readers, &request, scope, bounds)
+            .await
+            .unwrap();
+        assert!(page.events.len() <= bounds.limit);
+        let count = (page.total_hits, page.total_hits_is_lower_bound);
+        assert_eq!(
+            *total.get_or_insert(count),
+            count,
+            "total changed between pages"
+        );
+        ids.extend(page.events.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            return (ids, count);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_searches_match_the_oracle_and_one_index() {
+    let cluster = Cluster::new();
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut checked = 0;
+    for round in 0..150 {
+        let mut request = search_request(random_filter(&mut rng, &cluster.events));
+        request.limit = rng.random_range(10..=250);
+        request.ascending = rng.random_bool(0.3);
+        request.exact_total = rng.random_bool(0.3);
+        let someone = &cluster.events[rng.random_range(0..cluster.events.len())];
+        let scope = match rng.random_range(0..10) {
+            0 | 1 => ReadScope::Subject(someone.subject.clone()),
+            2 => ReadScope::SubjectAndAccess {
+                subject: someone.subject.clone(),
+                access_id: someone.access_id.clone(),
+            },
+            _ => ReadScope::All,
+        };
+        let expected = cluster.expected(&request, &scope);
+        let (got, total) = merged_all(&cluster, request.clone(), &scope).await;
+        assert_eq!(got, expected, "round {round}: {request:?} in {scope:?}");
+        // The total, and whether it is a bound, as one index answers.
+        let one = cluster.whole.searcher.search(&request, &scope).unwrap();
+        assert_eq!(
+            total,
+            (one.total_hits, one.total_hits_is_lower_bound),
+            "round {round}: total for {request:?} in {scope:?}"
+        );
+        let bounded = !request.exact_total && expected.len() >= COUNT_UP_TO as usize;
+        assert_eq!(total.1, bounded, "round {round}");
+        checked += got.len();
+    }
+    assert!(checked > 20_000, "the searches found too little: {checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_pages_see_the_first_pages_snapshot_on_every_partition() {
+    let mut cluster = Cluster::new();
+    let request = SearchRequest {
+        limit: 100,
+        ..Default::default()
+    };
+    let readers = cluster.readers();
+    let bounds = cluster.bounds(&request);
+    let first = fanout::search(&readers, &request, &ReadScope::All, bounds)
+        .await
+        .unwrap();
+    let before = cluster.expected(&request, &ReadScope::All);
+    // New events, newest and oldest alike, into every partition.
+    let mut newer = common::generated(400, 22, 200);
+    for (i, e) in newer.iter_mut().enumerate() {
+        e.id = format!("later-{i}");
+    }
+    cluster.add(newer);
+    let mut rest = request.clone();
+    rest.page_token = first.next_page_token.clone();
+    let (tail, total) = merged_all(&cluster, rest, &ReadScope::All).await;
+    let mut got: Vec<String> = first.events.into_iter().map(|e| e.id).collect();
+    got.extend(tail);
+    assert_eq!(got, before, "pages after the first see what the first saw");
+    assert_eq!(total.0, first.total_hits);
+    // A new search sees everything.
+    let (now, _) = merged_all(&cluster, request.clone(), &ReadScope::All).await;
+    assert_eq!(now, cluster.expected(&request, &ReadScope::All));
+    assert_eq!(now.len(), 3_400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_without_owner_fails_the_search_naming_it_unless_not_needed() {
+    let cluster = Cluster::new();
+    let mut readers = cluster.readers();
+    readers[2] = None;
+    let everything = SearchRequest::default();
+    let bounds = cluster.bounds(&everything);
+    match fanout::search(&readers, &everything, &ReadScope::All, bounds).await {
+        Err(FanOutError::Unavailable {
+            partition: 2,
+            reason,
+        }) => {
+            assert!(reason.contains("no node owns it"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A subject of another partition needs only that one.
+    let elsewhere = cluster
+        .events
+        .iter()
+        .find(|e| partition_of(&e.subject, PARTITIONS) != 2)
+        .unwrap();
+    let scope = ReadScope::Subject(elsewhere.subject.clone());
+    let request = SearchRequest {
+        limit: 250,
+        exact_total: true,
+        ..Default::default()
+    };
+    let page = fanout::search(&readers, &request, &scope, cluster.bounds(&request))
+        .await
+        .unwrap();
+    let expected = cluster.expected(&request, &scope);
+    assert_eq!(page.total_hits as usize, expected.len());
+    assert!(page.total_hits > 0);
+    // And a bad page token names the field, asking no partition.
+    let mut bad = everything.clone();
+    bad.page_token = "garbage".into();
+    match fanout::search(&readers, &bad, &ReadScope::All, bounds).await {
+        Err(FanOutError::Invalid {
+            field: "page_token",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
