@@ -73,6 +73,6 @@ pub const CLUSTER_FOLLOW_LAG: &str = "auditd_cluster_follow_lag_records";
 /// Partition leases this node gained or lost (`change` = gained, lost),
 /// by `partition`.
 pub const CLUSTER_LEASE_CHANGES: &str = "auditd_cluster_lease_changes_total";
-/// Seconds a search merged over partitions took, every partition's page
-/// included (`cluster::fanout`).
+/// Seconds a call merged over partitions took, every partition's part
+/// included (`cluster::fanout`), by `call` (search, aggregate).
 pub const CLUSTER_FANOUT_SECONDS: &str = "auditd_cluster_fanout_duration_seconds";

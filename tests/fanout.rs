@@ -3,21 +3,23 @@
 //! partition indexes, each with its own dense seq, every page of many
 //! random searches (random scopes too) followed through the merge and
 //! compared with a brute-force filter in the merged order, and each total
-//! with what one index holding every event answers.
+//! with what one index holding every event answers; random aggregations
+//! likewise, against the aggregate oracle and that one index.
 
 mod common;
 
 use std::sync::Arc;
 
 use auditd::auth::ReadScope;
-use auditd::cluster::fanout::{self, Bounds, FanOutError, LocalPartition, PartitionReader};
+use auditd::cluster::fanout::{self, Bounds, FanOutError, LocalPartition};
 use auditd::cluster::partition_of;
 use auditd::config::Limits;
 use auditd::partition::{day_of, Partitions};
-use auditd::proto::{AuditEvent, SearchRequest, SearchResponse};
+use auditd::proto::{AggregateRequest, Aggregation, AuditEvent, SearchRequest, SearchResponse};
 use auditd::schema::{timestamp_micros, AuditSchema};
 use auditd::search::recent::RecentEvents;
 use auditd::search::Searcher;
+use common::aggregate_oracle::{brute_force, random_aggregation};
 use common::oracle::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -139,12 +141,12 @@ impl Cluster {
         self.places[at] = place;
     }
 
-    fn readers(&self) -> Vec<Option<Arc<dyn PartitionReader>>> {
+    fn readers(&self) -> Vec<Option<fanout::Reader>> {
         self.parts
             .iter()
             .enumerate()
             .map(|(p, store)| {
-                let reader: Arc<dyn PartitionReader> = Arc::new(LocalPartition {
+                let reader: fanout::Reader = Arc::new(LocalPartition {
                     partition: p as u32,
                     searcher: store.searcher.clone(),
                 });
@@ -218,6 +220,77 @@ async fn merged_all(
     }
 }
 
+fn random_scope(rng: &mut StdRng, events: &[AuditEvent]) -> ReadScope {
+    let someone = &events[rng.random_range(0..events.len())];
+    match rng.random_range(0..10) {
+        0 | 1 => ReadScope::Subject(someone.subject.clone()),
+        2 => ReadScope::SubjectAndAccess {
+            subject: someone.subject.clone(),
+            access_id: someone.access_id.clone(),
+        },
+        _ => ReadScope::All,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_aggregates_match_the_oracle_and_one_index() {
+    let cluster = Cluster::new();
+    let readers = cluster.readers();
+    let mut rng = StdRng::seed_from_u64(9);
+    let (mut compared, mut refused) = (0, 0);
+    for round in 0..100 {
+        let mut filter = random_filter(&mut rng, &cluster.events);
+        if rng.random_bool(0.3) {
+            filter.from_time = None;
+            filter.to_time = None;
+        }
+        let aggregations: Vec<Aggregation> = (0..rng.random_range(1..=3))
+            .map(|i| random_aggregation(&mut rng, &format!("a{i}"), 0))
+            .collect();
+        let request = AggregateRequest {
+            filter: Some(filter.clone()),
+            aggregations: aggregations.clone(),
+        };
+        let scope = random_scope(&mut rng, &cluster.events);
+        let one = cluster.whole.searcher.aggregate(&request, &scope);
+        let merged = fanout::aggregate(&readers, &request, &scope).await;
+        let (one, merged) = match (one, merged) {
+            (Ok(one), Ok(merged)) => (one, merged),
+            // Refused alike: only the bucket limit refuses a random request.
+            (
+                Err(auditd::search::SearchError::Invalid { field, .. }),
+                Err(FanOutError::Invalid { field: also, .. }),
+            ) => {
+                assert_eq!((field, also), ("aggregations", "aggregations"));
+                refused += 1;
+                continue;
+            }
+            other => panic!("round {round}: {other:?}"),
+        };
+        assert_eq!(merged, one, "round {round}: {request:?} in {scope:?}");
+        let matched: Vec<&AuditEvent> = cluster
+            .events
+            .iter()
+            .filter(|e| matches(&filter, e) && in_scope(&scope, e))
+            .collect();
+        let range = (
+            filter.from_time.as_ref().map(|t| timestamp_micros(Some(t))),
+            filter.to_time.as_ref().map(|t| timestamp_micros(Some(t))),
+        );
+        assert_eq!(merged.total_hits, matched.len() as u64, "round {round}");
+        for a in &aggregations {
+            assert_eq!(
+                merged.results.get(&a.name),
+                Some(&brute_force(a, &matched, range)),
+                "round {round}: {a:?}"
+            );
+        }
+        compared += matched.len();
+    }
+    assert!(compared > 10_000, "too little matched: {compared}");
+    assert!(refused < 30, "too many refused: {refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_searches_match_the_oracle_and_one_index() {
     let cluster = Cluster::new();
@@ -228,15 +301,7 @@ async fn merged_searches_match_the_oracle_and_one_index() {
         request.limit = rng.random_range(10..=250);
         request.ascending = rng.random_bool(0.3);
         request.exact_total = rng.random_bool(0.3);
-        let someone = &cluster.events[rng.random_range(0..cluster.events.len())];
-        let scope = match rng.random_range(0..10) {
-            0 | 1 => ReadScope::Subject(someone.subject.clone()),
-            2 => ReadScope::SubjectAndAccess {
-                subject: someone.subject.clone(),
-                access_id: someone.access_id.clone(),
-            },
-            _ => ReadScope::All,
-        };
+        let scope = random_scope(&mut rng, &cluster.events);
         let expected = cluster.expected(&request, &scope);
         let (got, total) = merged_all(&cluster, request.clone(), &scope).await;
         assert_eq!(got, expected, "round {round}: {request:?} in {scope:?}");

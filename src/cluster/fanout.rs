@@ -31,8 +31,11 @@ use futures::future::{try_join_all, BoxFuture};
 
 use super::partition_of;
 use crate::auth::ReadScope;
-use crate::proto::{AuditEvent, SearchRequest, SearchResponse};
-use crate::schema::timestamp_micros;
+use crate::proto::{
+    AggregateRequest, AggregateResponse, AuditEvent, SearchRequest, SearchResponse,
+};
+use crate::schema::{timestamp_micros, AuditSchema};
+use crate::search::aggregate::{self, FirstPass, Planned, SecondPass, Selections};
 use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
 
 /// One partition, as a fan-out reads it: the owner's index, in this
@@ -46,13 +49,50 @@ pub trait PartitionReader: Send + Sync {
         scope: ReadScope,
         at: PageAt,
     ) -> BoxFuture<'static, Result<SnapshotPage, FanOutError>>;
+
+    /// The first pass of `request` inside `scope` (`Searcher::aggregate_first`).
+    fn aggregate_first(
+        &self,
+        request: AggregateRequest,
+        scope: ReadScope,
+    ) -> BoxFuture<'static, Result<FirstPass, FanOutError>>;
+
+    /// The second pass, inside the buckets the merged first pass selected.
+    fn aggregate_second(
+        &self,
+        request: AggregateRequest,
+        scope: ReadScope,
+        selections: Selections,
+    ) -> BoxFuture<'static, Result<SecondPass, FanOutError>>;
 }
+
+/// A partition's reader, shared by the searches that ask it.
+pub type Reader = Arc<dyn PartitionReader>;
 
 /// A partition whose index is in this process, read on the blocking
 /// pool.
 pub struct LocalPartition {
     pub partition: u32,
     pub searcher: Searcher,
+}
+
+impl LocalPartition {
+    /// Runs `read` on the blocking pool, its errors as a fan-out's.
+    fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Searcher) -> Result<T, SearchError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, FanOutError>> {
+        let (partition, searcher) = (self.partition, self.searcher.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read(&searcher))
+                .await
+                .map_err(|e| FanOutError::Failed {
+                    partition,
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| FanOutError::of(e, partition))
+        })
+    }
 }
 
 impl PartitionReader for LocalPartition {
@@ -62,19 +102,24 @@ impl PartitionReader for LocalPartition {
         scope: ReadScope,
         at: PageAt,
     ) -> BoxFuture<'static, Result<SnapshotPage, FanOutError>> {
-        let (partition, searcher) = (self.partition, self.searcher.clone());
-        let failed = move |reason: String| FanOutError::Failed { partition, reason };
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || searcher.search_at(&request, &scope, at))
-                .await
-                .map_err(|e| failed(e.to_string()))?
-                .map_err(|e| match e {
-                    SearchError::Invalid { field, reason } => {
-                        FanOutError::Invalid { field, reason }
-                    }
-                    other => failed(other.to_string()),
-                })
-        })
+        self.blocking(move |searcher| searcher.search_at(&request, &scope, at))
+    }
+
+    fn aggregate_first(
+        &self,
+        request: AggregateRequest,
+        scope: ReadScope,
+    ) -> BoxFuture<'static, Result<FirstPass, FanOutError>> {
+        self.blocking(move |searcher| searcher.aggregate_first(&request, &scope))
+    }
+
+    fn aggregate_second(
+        &self,
+        request: AggregateRequest,
+        scope: ReadScope,
+        selections: Selections,
+    ) -> BoxFuture<'static, Result<SecondPass, FanOutError>> {
+        self.blocking(move |searcher| searcher.aggregate_second(&request, &scope, &selections))
     }
 }
 
@@ -92,6 +137,24 @@ pub enum FanOutError {
     /// A partition's owner failed to answer for another reason.
     #[error("partition {partition}: {reason}")]
     Failed { partition: u32, reason: String },
+    /// The answer would take more memory than a call may (as
+    /// `SearchError::TooLarge`).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl FanOutError {
+    /// A search error, of `partition`'s owner when it comes from one.
+    fn of(error: SearchError, partition: u32) -> FanOutError {
+        match error {
+            SearchError::Invalid { field, reason } => FanOutError::Invalid { field, reason },
+            SearchError::TooLarge(reason) => FanOutError::TooLarge(reason),
+            other => FanOutError::Failed {
+                partition,
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 /// How a merged page is cut: one node's `Searcher::limit_of` and
@@ -103,19 +166,18 @@ pub struct Bounds {
     pub count_up_to: u64,
 }
 
-/// The partitions, of `partitions`, that can hold an event `request`
-/// matches inside `scope`, in order.
-pub fn partitions_for(request: &SearchRequest, scope: &ReadScope, partitions: u32) -> Vec<u32> {
+/// The partitions, of `partitions`, that can hold an event of one of
+/// `subjects` (any subject when empty) inside `scope`, in order.
+pub fn partitions_for(subjects: &[String], scope: &ReadScope, partitions: u32) -> Vec<u32> {
     let scoped = match scope {
         ReadScope::All => None,
         ReadScope::Subject(subject) | ReadScope::SubjectAndAccess { subject, .. } => {
             Some(partition_of(subject, partitions))
         }
     };
-    let mut named: Vec<u32> = match request.subjects.is_empty() {
+    let mut named: Vec<u32> = match subjects.is_empty() {
         true => (0..partitions).collect(),
-        false => request
-            .subjects
+        false => subjects
             .iter()
             .map(|s| partition_of(s, partitions))
             .collect(),
@@ -129,40 +191,104 @@ pub fn partitions_for(request: &SearchRequest, scope: &ReadScope, partitions: u3
 /// One merged page of `request` over `readers` (index = partition; `None`
 /// = no owner), inside `scope`.
 pub async fn search(
-    readers: &[Option<Arc<dyn PartitionReader>>],
+    readers: &[Option<Reader>],
     request: &SearchRequest,
     scope: &ReadScope,
     bounds: Bounds,
 ) -> Result<SearchResponse, FanOutError> {
     let started = Instant::now();
-    let asked = partitions_for(request, scope, readers.len() as u32);
+    let partitions = partitions_for(&request.subjects, scope, readers.len() as u32);
     let cursor = match request.page_token.as_str() {
         "" => None,
-        token => Some(MergedCursor::decode(token, request.ascending, &asked)?),
+        token => Some(MergedCursor::decode(token, request.ascending, &partitions)?),
     };
+    let asked = owners(readers, &partitions)?;
     let mut inner = request.clone();
     inner.page_token.clear();
     inner.limit = bounds.limit as u32;
-    let pages = asked.iter().map(|&p| {
-        let reader = readers[p as usize].clone();
+    let pages = asked.into_iter().map(|(p, reader)| {
         let at = PageAt {
             after: cursor.as_ref().map(|c| c.after_in(p, request.ascending)),
             snapshot: cursor.as_ref().map(|c| c.snapshots[&p]),
         };
-        let (inner, scope) = (inner.clone(), scope.clone());
-        async move {
-            let reader = reader.ok_or_else(|| FanOutError::Unavailable {
-                partition: p,
-                reason: "no node owns it".into(),
-            })?;
-            Ok::<_, FanOutError>((p, reader.search_at(inner, scope, at).await?))
-        }
+        let page = reader.search_at(inner.clone(), scope.clone(), at);
+        async move { Ok::<_, FanOutError>((p, page.await?)) }
     });
     let pages = try_join_all(pages).await?;
     let response = merge(pages, request.ascending, bounds);
-    metrics::histogram!(crate::metrics::CLUSTER_FANOUT_SECONDS)
+    metrics::histogram!(crate::metrics::CLUSTER_FANOUT_SECONDS, "call" => "search")
         .record(started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// Exact counts of `request` inside `scope`, over `readers` (index =
+/// partition; `None` = no owner): each partition's first pass, merged;
+/// the buckets kept; each partition's second pass inside them, merged.
+/// The same answer as one index holding every partition.
+pub async fn aggregate(
+    readers: &[Option<Reader>],
+    request: &AggregateRequest,
+    scope: &ReadScope,
+) -> Result<AggregateResponse, FanOutError> {
+    let started = Instant::now();
+    let planned = Planned::of(&AuditSchema::new(), request).map_err(|e| FanOutError::of(e, 0))?;
+    let plans = &planned.plans;
+    let no_subjects = Vec::new();
+    let subjects = request
+        .filter
+        .as_ref()
+        .map_or(&no_subjects, |f| &f.subjects);
+    let partitions = partitions_for(subjects, scope, readers.len() as u32);
+    let asked = owners(readers, &partitions)?;
+    let firsts = asked
+        .iter()
+        .map(|(_, reader)| reader.aggregate_first(request.clone(), scope.clone()));
+    let mut first = FirstPass::empty(plans);
+    for part in try_join_all(firsts).await? {
+        first
+            .merge(part, plans)
+            .map_err(|e| FanOutError::of(e, 0))?;
+    }
+    let total_hits = first.hits;
+    let (results, selections) = aggregate::select(plans, first, planned.from, planned.to)
+        .map_err(|e| FanOutError::of(e, 0))?;
+    let mut second = SecondPass::empty(plans, &selections);
+    if selections.iter().any(Option::is_some) {
+        let seconds = asked.iter().map(|(_, reader)| {
+            reader.aggregate_second(request.clone(), scope.clone(), selections.clone())
+        });
+        for part in try_join_all(seconds).await? {
+            second
+                .merge(part, plans)
+                .map_err(|e| FanOutError::of(e, 0))?;
+        }
+    }
+    let results = aggregate::complete(plans, results, second, planned.from, planned.to)
+        .map_err(|e| FanOutError::of(e, 0))?;
+    metrics::histogram!(crate::metrics::CLUSTER_FANOUT_SECONDS, "call" => "aggregate")
+        .record(started.elapsed().as_secs_f64());
+    Ok(AggregateResponse {
+        total_hits,
+        results: results.into_iter().collect(),
+    })
+}
+
+/// The reader of each of `partitions`; UNAVAILABLE naming the first one
+/// without.
+fn owners(
+    readers: &[Option<Reader>],
+    partitions: &[u32],
+) -> Result<Vec<(u32, Reader)>, FanOutError> {
+    partitions
+        .iter()
+        .map(|&p| match &readers[p as usize] {
+            Some(reader) => Ok((p, reader.clone())),
+            None => Err(FanOutError::Unavailable {
+                partition: p,
+                reason: "no node owns it".into(),
+            }),
+        })
+        .collect()
 }
 
 /// The first `bounds.limit` events of the partitions' pages in the merged
@@ -388,10 +514,8 @@ mod tests {
     fn subjects_and_a_subject_scope_narrow_the_partitions_asked() {
         let n = 32;
         let all = ReadScope::All;
-        let request = |subjects: &[&str]| SearchRequest {
-            subjects: subjects.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
+        let request =
+            |subjects: &[&str]| -> Vec<String> { subjects.iter().map(|s| s.to_string()).collect() };
         assert_eq!(
             partitions_for(&request(&[]), &all, n),
             (0..n).collect::<Vec<_>>()

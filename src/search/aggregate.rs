@@ -219,6 +219,28 @@ fn value_field(schema: &AuditSchema, name: &str) -> Result<ValueField, String> {
     Ok(field)
 }
 
+/// A request's aggregations, checked, and its filter's time range (which
+/// bounds the histograms' buckets): what merging the parts' counts needs.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub plans: Vec<Plan>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl Planned {
+    pub fn of(
+        schema: &AuditSchema,
+        request: &crate::proto::AggregateRequest,
+    ) -> Result<Planned, SearchError> {
+        let plans = plan(schema, &request.aggregations)?;
+        let filter = request.filter.clone().unwrap_or_default();
+        let (from, to) = super::time_range(&filter)?;
+        check_ranges(&plans, from, to)?;
+        Ok(Planned { plans, from, to })
+    }
+}
+
 /// The histogram's bucket range, when the filter's time range fixes it:
 /// checked against the bucket limit before anything is read.
 pub fn check_ranges(plans: &[Plan], from: Option<i64>, to: Option<i64>) -> Result<(), SearchError> {
@@ -282,13 +304,27 @@ impl Counts {
 /// The selected buckets of a parent, for the second pass: each bucket's
 /// key, and its place in the parent's answer.
 #[derive(Debug, Clone)]
-enum Selected {
+pub enum Selected {
     Keys(HashMap<String, usize>),
     /// First bucket number, and how many.
     Buckets {
         first: i64,
         len: usize,
     },
+}
+
+impl Selected {
+    /// How many buckets.
+    pub fn len(&self) -> usize {
+        match self {
+            Selected::Keys(keys) => keys.len(),
+            Selected::Buckets { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What a pass computes in one segment and merges over all of them: for
@@ -306,8 +342,15 @@ struct Pass<'a> {
     plans: &'a [Plan],
 }
 
-/// The whole computation: the answer for each top-level aggregation, by
-/// name, and the exact number of matches.
+/// The whole computation over one index's `searchers`: the answer for
+/// each top-level aggregation, by name, and the exact number of matches.
+///
+/// The two passes are also steps of their own, so that a cluster runs
+/// them over its partitions (`cluster::fanout`): each part's
+/// [`first_pass`] merged ([`FirstPass::merge`]) and [`select`]ed, then
+/// each part's [`second_pass`] inside the selected buckets merged and
+/// [`complete`]d. Merged counts are the sums of the parts' counts, so the
+/// answer is the same however the events are split.
 pub fn aggregate(
     schema: &AuditSchema,
     searchers: &[tantivy::Searcher],
@@ -316,51 +359,169 @@ pub fn aggregate(
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<(u64, HashMap<String, AggregationResult>), SearchError> {
-    let first = Pass {
+    let first = first_pass(schema, searchers, query, plans)?;
+    let total = first.hits;
+    let (results, selections) = select(plans, first, from, to)?;
+    let second = second_pass(schema, searchers, query, plans, &selections)?;
+    Ok((total, complete(plans, results, second, from, to)?))
+}
+
+/// What the first pass counted: the matches, and each top-level
+/// aggregation's counts (index = plan).
+#[derive(Debug)]
+pub struct FirstPass {
+    pub hits: u64,
+    pub counts: Vec<Counts>,
+}
+
+impl FirstPass {
+    pub fn empty(plans: &[Plan]) -> FirstPass {
+        FirstPass {
+            hits: 0,
+            counts: plans.iter().map(|_| Counts::default()).collect(),
+        }
+    }
+
+    /// Adds another part's counts.
+    pub fn merge(&mut self, part: FirstPass, plans: &[Plan]) -> Result<(), SearchError> {
+        self.hits += part.hits;
+        for ((plan, merged), part) in plans.iter().zip(&mut self.counts).zip(part.counts) {
+            merge(merged, part, &plan.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// The buckets of each top-level aggregation a second pass counts its
+/// sub-aggregations in (index = plan; `None` for one without subs).
+pub type Selections = Vec<Option<Selected>>;
+
+/// What the second pass counted (index = plan, then sub-aggregation, then
+/// selected bucket; empty for a plan without subs).
+#[derive(Debug)]
+pub struct SecondPass(pub Vec<Vec<Vec<Counts>>>);
+
+impl SecondPass {
+    pub fn empty(plans: &[Plan], selections: &Selections) -> SecondPass {
+        SecondPass(
+            plans
+                .iter()
+                .zip(selections)
+                .map(|(plan, selected)| match selected {
+                    Some(selected) => plan
+                        .subs
+                        .iter()
+                        .map(|_| (0..selected.len()).map(|_| Counts::default()).collect())
+                        .collect(),
+                    None => Vec::new(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Adds another part's counts.
+    pub fn merge(&mut self, part: SecondPass, plans: &[Plan]) -> Result<(), SearchError> {
+        for ((plan, merged), part) in plans.iter().zip(&mut self.0).zip(part.0) {
+            for ((sub, merged), part) in plan.subs.iter().zip(merged).zip(part) {
+                for (m, p) in merged.iter_mut().zip(part) {
+                    merge(m, p, &sub.name)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first pass over one index's `searchers`.
+pub fn first_pass(
+    schema: &AuditSchema,
+    searchers: &[tantivy::Searcher],
+    query: &dyn Query,
+    plans: &[Plan],
+) -> Result<FirstPass, SearchError> {
+    let pass = Pass {
         schema,
         parent: None,
         plans,
     };
-    let mut total = 0;
-    let mut counts: Vec<Counts> = plans.iter().map(|_| Counts::default()).collect();
+    let mut merged = FirstPass::empty(plans);
     for searcher in searchers {
-        let (hits, fruit) = searcher.search(query, &first)?;
-        total += hits;
-        for ((plan, merged), mut part) in plans.iter().zip(&mut counts).zip(fruit) {
-            merge(merged, part.pop().unwrap_or_default(), &plan.name)?;
-        }
+        let (hits, fruit) = searcher.search(query, &pass)?;
+        let counts = fruit
+            .into_iter()
+            .map(|mut part| part.pop().unwrap_or_default())
+            .collect();
+        merged.merge(FirstPass { hits, counts }, plans)?;
     }
-    let mut results = HashMap::new();
-    let mut buckets_in_answer = 0u64;
-    for (plan, counts) in plans.iter().zip(counts) {
-        let (mut result, selected) = finish(plan, counts, from, to)?;
-        buckets_in_answer += result.buckets.len() as u64;
-        if let Some(selected) = selected.filter(|_| !plan.subs.is_empty()) {
-            let pass = Pass {
-                schema,
-                parent: Some((plan, &selected)),
-                plans: &plan.subs,
-            };
-            let slots = result.buckets.len();
-            let mut sub_counts: Vec<Vec<Counts>> = plan
-                .subs
-                .iter()
-                .map(|_| (0..slots).map(|_| Counts::default()).collect())
-                .collect();
-            for searcher in searchers {
-                let (_, fruit) = searcher.search(query, &pass)?;
-                for ((sub, merged), part) in plan.subs.iter().zip(&mut sub_counts).zip(fruit) {
-                    for (m, p) in merged.iter_mut().zip(part) {
-                        merge(m, p, &sub.name)?;
-                    }
+    Ok(merged)
+}
+
+/// The top-level answers from the merged first pass (their buckets not
+/// yet holding sub-aggregations), and the buckets the second pass counts
+/// in.
+pub fn select(
+    plans: &[Plan],
+    first: FirstPass,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<(Vec<AggregationResult>, Selections), SearchError> {
+    let mut results = Vec::with_capacity(plans.len());
+    let mut selections = Vec::with_capacity(plans.len());
+    for (plan, counts) in plans.iter().zip(first.counts) {
+        let (result, selected) = finish(plan, counts, from, to)?;
+        results.push(result);
+        selections.push(selected.filter(|_| !plan.subs.is_empty()));
+    }
+    Ok((results, selections))
+}
+
+/// The second pass over one index's `searchers`: each sub-aggregation's
+/// counts inside the selected buckets.
+pub fn second_pass(
+    schema: &AuditSchema,
+    searchers: &[tantivy::Searcher],
+    query: &dyn Query,
+    plans: &[Plan],
+    selections: &Selections,
+) -> Result<SecondPass, SearchError> {
+    let mut merged = SecondPass::empty(plans, selections);
+    for (i, (plan, selected)) in plans.iter().zip(selections).enumerate() {
+        let Some(selected) = selected else { continue };
+        let pass = Pass {
+            schema,
+            parent: Some((plan, selected)),
+            plans: &plan.subs,
+        };
+        for searcher in searchers {
+            let (_, fruit) = searcher.search(query, &pass)?;
+            for ((sub, merged), part) in plan.subs.iter().zip(&mut merged.0[i]).zip(fruit) {
+                for (m, p) in merged.iter_mut().zip(part) {
+                    merge(m, p, &sub.name)?;
                 }
             }
-            for (sub, per_bucket) in plan.subs.iter().zip(sub_counts) {
-                for (bucket, counts) in result.buckets.iter_mut().zip(per_bucket) {
-                    let (sub_result, _) = finish(sub, counts, from, to)?;
-                    buckets_in_answer += sub_result.buckets.len() as u64;
-                    bucket.sub.insert(sub.name.clone(), sub_result);
-                }
+        }
+    }
+    Ok(merged)
+}
+
+/// The answer, by name: the selected answers with their buckets'
+/// sub-aggregations from the merged second pass.
+pub fn complete(
+    plans: &[Plan],
+    results: Vec<AggregationResult>,
+    second: SecondPass,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<HashMap<String, AggregationResult>, SearchError> {
+    let mut answer = HashMap::new();
+    let mut buckets_in_answer = 0u64;
+    for ((plan, mut result), per_sub) in plans.iter().zip(results).zip(second.0) {
+        buckets_in_answer += result.buckets.len() as u64;
+        for (sub, per_bucket) in plan.subs.iter().zip(per_sub) {
+            for (bucket, counts) in result.buckets.iter_mut().zip(per_bucket) {
+                let (sub_result, _) = finish(sub, counts, from, to)?;
+                buckets_in_answer += sub_result.buckets.len() as u64;
+                bucket.sub.insert(sub.name.clone(), sub_result);
             }
         }
         if buckets_in_answer > MAX_BUCKETS {
@@ -369,9 +530,9 @@ pub fn aggregate(
                 format!("the answer would hold over {MAX_BUCKETS} buckets; ask for fewer"),
             ));
         }
-        results.insert(plan.name.clone(), result);
+        answer.insert(plan.name.clone(), result);
     }
-    Ok((total, results))
+    Ok(answer)
 }
 
 fn merge(into: &mut Counts, part: Counts, name: &str) -> Result<(), SearchError> {
@@ -533,10 +694,7 @@ impl SegmentCollector for SegmentPass {
             Some((kind, selected)) => {
                 let values = SegmentValues::read(&self.segment, &self.schema, kind, docs)?;
                 (
-                    match selected {
-                        Selected::Keys(keys) => keys.len(),
-                        Selected::Buckets { len, .. } => *len,
-                    },
+                    selected.len(),
                     docs.iter()
                         .enumerate()
                         .map(|(i, _)| values.slot(i, selected))

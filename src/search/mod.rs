@@ -194,6 +194,13 @@ pub struct SnapshotPage {
     pub snapshot: u64,
 }
 
+/// What an aggregate's passes read (`Searcher::counting`).
+struct Counting {
+    planned: aggregate::Planned,
+    query: Box<dyn Query>,
+    searchers: Vec<tantivy::Searcher>,
+}
+
 /// What `Searcher::page` reads.
 pub(crate) struct PageRequest<'a> {
     pub limit: usize,
@@ -472,20 +479,66 @@ impl Searcher {
         request: &AggregateRequest,
         scope: &ReadScope,
     ) -> Result<AggregateResponse, SearchError> {
-        let plans = aggregate::plan(&self.schema, &request.aggregations)?;
-        let filter = request.filter.clone().unwrap_or_default();
-        let Matching { query, from, to } = self.matching(&filter, scope)?;
-        aggregate::check_ranges(&plans, from, to)?;
-        let searchers: Vec<tantivy::Searcher> =
-            Self::views(&self.partitions.overlapping(from, to))?
-                .iter()
-                .map(|view| view.searcher.clone())
-                .collect();
-        let (total_hits, results) =
-            aggregate::aggregate(&self.schema, &searchers, &*query, &plans, from, to)?;
+        let counting = self.counting(request, scope)?;
+        let (total_hits, results) = aggregate::aggregate(
+            &self.schema,
+            &counting.searchers,
+            &*counting.query,
+            &counting.planned.plans,
+            counting.planned.from,
+            counting.planned.to,
+        )?;
         Ok(AggregateResponse {
             total_hits,
             results: results.into_iter().collect(),
+        })
+    }
+
+    /// The first pass of `request` over this index, as one part of an
+    /// aggregate merged over partitions (`cluster::fanout`).
+    pub fn aggregate_first(
+        &self,
+        request: &AggregateRequest,
+        scope: &ReadScope,
+    ) -> Result<aggregate::FirstPass, SearchError> {
+        let c = self.counting(request, scope)?;
+        aggregate::first_pass(&self.schema, &c.searchers, &*c.query, &c.planned.plans)
+    }
+
+    /// The second pass of `request` over this index, inside the buckets
+    /// the merged first pass selected.
+    pub fn aggregate_second(
+        &self,
+        request: &AggregateRequest,
+        scope: &ReadScope,
+        selections: &aggregate::Selections,
+    ) -> Result<aggregate::SecondPass, SearchError> {
+        let c = self.counting(request, scope)?;
+        let plans = &c.planned.plans;
+        if selections.len() != plans.len() {
+            return Err(invalid("aggregations", "selections of another request"));
+        }
+        aggregate::second_pass(&self.schema, &c.searchers, &*c.query, plans, selections)
+    }
+
+    /// What both passes read: the checked plans, the query and the
+    /// partitions' searchers.
+    fn counting(
+        &self,
+        request: &AggregateRequest,
+        scope: &ReadScope,
+    ) -> Result<Counting, SearchError> {
+        let planned = aggregate::Planned::of(&self.schema, request)?;
+        let filter = request.filter.clone().unwrap_or_default();
+        let Matching { query, from, to } = self.matching(&filter, scope)?;
+        let searchers = Self::views(&self.partitions.overlapping(from, to))?
+            .iter()
+            .map(|view| view.searcher.clone())
+            .collect();
+        Ok(Counting {
+            planned,
+            query,
+            searchers,
         })
     }
 

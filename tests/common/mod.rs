@@ -1,6 +1,7 @@
 //! The test harness: the real server, in-process, on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod aggregate_oracle;
 pub mod nats;
 pub mod oracle;
 pub mod pki;
