@@ -13,7 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // encode in key order, so the same event always has the same bytes.
         .btree_map(".")
         .file_descriptor_set_path(out_dir.join("audit_descriptor.bin"))
-        .compile_protos(&["proto/audit/v1/audit.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/audit/v1/audit.proto",
+                "proto/audit/v1/partitions.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -22,6 +22,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, StoredToken, TokenStore};
+use crate::cluster::remote::{PartitionsService, MAX_PARTITION_MESSAGE_BYTES};
 use crate::cluster::tokens::{Loaded, TokenBucket};
 use crate::cluster::ClusterError;
 use crate::config::{Config, LogKind};
@@ -39,6 +40,7 @@ use crate::messages::{AppendRequest, CommitPayload, IndexBatch, RetentionChange,
 use crate::partition::{PartitionError, Partitions};
 use crate::proto::audit_log_server::AuditLogServer;
 use crate::proto::integrity_server::IntegrityServer;
+use crate::proto::partitions_server::PartitionsServer;
 use crate::proto::retention_server::RetentionServer;
 use crate::proto::subjects_server::SubjectsServer;
 use crate::proto::tokens_server::TokensServer;
@@ -244,7 +246,7 @@ fn announce_first_admin(data_dir: &std::path::Path, secret: Option<String>) {
 async fn open_shared_waiting(
     layout: &crate::cluster::Layout,
     config: &Config,
-) -> Result<Loaded, ServerError> {
+) -> Result<Shared, ServerError> {
     let give_up = Instant::now() + Duration::from_millis(config.cluster.start_wait_ms);
     loop {
         match open_shared(layout, config).await {
@@ -264,7 +266,7 @@ async fn open_shared_waiting(
 async fn open_shared(
     layout: &crate::cluster::Layout,
     config: &Config,
-) -> Result<Loaded, ServerError> {
+) -> Result<Shared, ServerError> {
     let stream = &layout.jetstream.stream;
     let (client, context) = crate::wal::jetstream::connect(&layout.jetstream)
         .await
@@ -281,9 +283,26 @@ async fn open_shared(
         config.cluster.adopt_settings,
     )
     .await?;
+    let node_secret = crate::cluster::settings::node_secret(
+        &context,
+        &crate::cluster::settings::bucket_name(stream),
+        replicas,
+    )
+    .await?;
     let stale_after = Duration::from_millis(config.cluster.token_staleness_ms);
     let bucket = crate::cluster::tokens::bucket_name(stream);
-    Ok(TokenBucket::open(client, &context, &bucket, replicas, stale_after).await?)
+    let tokens = TokenBucket::open(client, &context, &bucket, replicas, stale_after).await?;
+    Ok(Shared {
+        tokens,
+        node_secret,
+    })
+}
+
+/// What a cluster node reads from the cluster's buckets before it serves.
+struct Shared {
+    tokens: Loaded,
+    /// What nodes show one another (`cluster::remote`).
+    node_secret: String,
 }
 
 /// How long HTTPS connections may finish their requests at shutdown.
@@ -338,10 +357,12 @@ pub async fn run_on(
     let tls = TlsMaterial::load(&config.tls)?;
     // A cluster node checks its settings against the cluster's and reads
     // the shared tokens bucket in full before it serves.
-    let shared_tokens = match &log {
+    let shared = match &log {
         LogChoice::Cluster(layout) => Some(open_shared_waiting(layout, &config).await?),
         _ => None,
     };
+    let node_secret = shared.as_ref().map(|s| s.node_secret.clone());
+    let shared_tokens = shared.map(|s| s.tokens);
     let mut pipeline = Pipeline::start(
         &config,
         streams,
@@ -371,7 +392,15 @@ pub async fn run_on(
     let (background, background_stop) = (tasks.clone(), stop.clone());
     let background_stop_retention = stop.clone();
     let stop_on_error = stop.clone();
-    let transports = match Transports::serve(&config, listeners, &pipeline, tls, stop, tasks).await
+    let transports = match Transports::serve(
+        &config,
+        listeners,
+        &pipeline,
+        (tls, node_secret),
+        stop,
+        tasks,
+    )
+    .await
     {
         Ok(transports) => transports,
         Err(error) => {
@@ -879,15 +908,24 @@ struct Transports {
 impl Transports {
     /// Serves at once, with every health name NOT_SERVING until replay
     /// ends; the RPCs answer UNAVAILABLE meanwhile.
+    /// `node_secret`: a cluster node's, for its `Partitions` service
+    /// (`cluster::remote`); none serves it without one.
     async fn serve(
         config: &Config,
         listeners: Listeners,
         pipeline: &Pipeline,
-        tls: Option<TlsMaterial>,
+        (tls, node_secret): (Option<TlsMaterial>, Option<String>),
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Transports, ServerError> {
         let app = pipeline.app();
+        // A node of today's one-partition clusters holds partition 0.
+        let partitions_service = node_secret.map(|secret| {
+            let held = std::collections::BTreeMap::from([(0, app.reads.searcher().clone())]);
+            PartitionsServer::new(Arc::new(PartitionsService::new(held, &secret)))
+                .max_decoding_message_size(MAX_PARTITION_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PARTITION_MESSAGE_BYTES)
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         set_not_serving(&health).await;
         let reflection = || {
@@ -949,6 +987,7 @@ impl Transports {
                 .add_service(integrity_service)
                 .add_service(retention_service)
                 .add_service(subjects_service)
+                .add_optional_service(partitions_service)
                 .serve_with_incoming_shutdown(
                     crate::conn::incoming(
                         listeners.grpc,

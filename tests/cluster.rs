@@ -689,6 +689,8 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
         );
     }
 
+    another_node_answers_for_its_partition(&nats, &nodes, &events).await;
+
     // How far each node trails the partition is a metric.
     for node in &nodes {
         let (code, metrics) = http_get(node.http, "/metrics").await;
@@ -769,6 +771,113 @@ async fn nodes_of_one_partition_ingest_anywhere_and_answer_alike() {
 /// A token made on one node works on the others, and one revoked on a
 /// node is refused on the others, once each change reaches them (a
 /// bounded wait: the nodes hear of it through the bucket's watch).
+/// Node b's `Partitions` service (`cluster::remote`), asked with the
+/// cluster's node secret through a fan-out, answers searches and
+/// aggregates as node a answers its clients; without the secret, or for a
+/// partition it does not hold, it answers nothing.
+async fn another_node_answers_for_its_partition(
+    nats: &NatsServer,
+    nodes: &[TestServer],
+    events: &[AuditEvent],
+) {
+    use auditd::auth::ReadScope;
+    use auditd::cluster::fanout::{self, Bounds, FanOutError, Reader};
+    use auditd::cluster::remote::RemotePartition;
+    use auditd::proto::AggregateRequest;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    let bucket = auditd::cluster::settings::bucket_name("NODES");
+    let secret = auditd::cluster::settings::node_secret(&context, &bucket, 1)
+        .await
+        .unwrap();
+    let channel = || {
+        tonic::transport::Channel::from_shared(nodes[1].url())
+            .unwrap()
+            .connect_lazy()
+    };
+    let b: Reader = Arc::new(RemotePartition::new(0, channel(), &secret).unwrap());
+    let readers = [Some(b)];
+    let mut a = nodes[0].client().await;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    for _ in 0..20 {
+        let mut request = oracle::search_request(oracle::random_filter(&mut rng, events));
+        request.limit = 70;
+        request.exact_total = true;
+        let bounds = Bounds {
+            limit: 70,
+            count_up_to: u64::MAX,
+        };
+        let (expected, total) = search_all(&mut a, request.clone()).await;
+        let mut got = Vec::new();
+        for _ in 0..=expected.len() / 70 + 1 {
+            let page = fanout::search(&readers, &request, &ReadScope::All, bounds)
+                .await
+                .unwrap();
+            assert_eq!(page.total_hits, total);
+            got.extend(page.events);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            request.page_token = page.next_page_token;
+        }
+        assert_eq!(got, expected, "{request:?}");
+
+        let aggregate = AggregateRequest {
+            filter: Some(oracle::random_filter(&mut rng, events)),
+            aggregations: vec![
+                common::aggregate_oracle::random_aggregation(&mut rng, "x", 0),
+                common::aggregate_oracle::random_aggregation(&mut rng, "y", 0),
+            ],
+        };
+        let merged = fanout::aggregate(&readers, &aggregate, &ReadScope::All).await;
+        match (a.aggregate(aggregate.clone()).await, merged) {
+            (Ok(one), Ok(merged)) => assert_eq!(merged, one.into_inner(), "{aggregate:?}"),
+            (Err(status), Err(FanOutError::Invalid { field, .. })) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                assert!(field.starts_with("aggregations"), "{field}");
+            }
+            other => panic!("{aggregate:?}: {other:?}"),
+        }
+    }
+    // A wrong secret, a client's token, and a partition not held here.
+    let everything = SearchRequest::default();
+    let bounds = Bounds {
+        limit: 10,
+        count_up_to: 100,
+    };
+    let admin = nodes[0].admin_token();
+    for shown in ["not-the-secret", admin.trim()] {
+        let wrong: Reader = Arc::new(RemotePartition::new(0, channel(), shown).unwrap());
+        match fanout::search(&[Some(wrong)], &everything, &ReadScope::All, bounds).await {
+            Err(FanOutError::Failed {
+                partition: 0,
+                reason,
+            }) => {
+                assert!(reason.contains("node secret"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(RemotePartition::new(0, channel(), "two\nlines").is_err());
+    let elsewhere: Reader = Arc::new(RemotePartition::new(1, channel(), &secret).unwrap());
+    let readers = [None, Some(elsewhere)];
+    match fanout::search(&readers, &everything, &ReadScope::All, bounds).await {
+        Err(FanOutError::Unavailable { partition: 0, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let readers = [Some(readers[1].clone().unwrap())];
+    let one = SearchRequest::default();
+    match fanout::search(&readers, &one, &ReadScope::All, bounds).await {
+        Err(FanOutError::Unavailable {
+            partition: 1,
+            reason,
+        }) => {
+            assert!(reason.contains("not held by this node"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn tokens_made_or_revoked_on_one_node_hold_on_all(nodes: &[TestServer], admin: &str) {
     let (id, secret) = {
         let mut tokens = tokens_client(&nodes[1], admin).await;

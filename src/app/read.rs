@@ -125,7 +125,7 @@ impl ReadService {
             .await
     }
 
-    pub(super) fn searcher(&self) -> &Searcher {
+    pub fn searcher(&self) -> &Searcher {
         &self.searcher
     }
 

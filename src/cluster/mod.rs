@@ -18,14 +18,16 @@
 //!   partition (all that is accepted yet) every node indexes everything.
 //! - [`lease::Leases`]: one owner per partition at a time, for the
 //!   partition pipelines of more than one partition (not run yet).
-//! - [`fanout`]: a search merged over partitions, each read by its owner
-//!   (not run yet: the owners' pipelines come first).
+//! - [`fanout`]: a search or an aggregate merged over partitions, each
+//!   read by its owner, in this process or on another node ([`remote`]);
+//!   not run by the daemon yet (the owners' pipelines come first).
 
 pub mod fanout;
 pub mod follow;
 pub mod lease;
 pub mod node;
 pub mod publish;
+pub mod remote;
 pub mod settings;
 pub mod tokens;
 

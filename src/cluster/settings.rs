@@ -1,7 +1,10 @@
 //! Settings every node of a cluster must hold alike, checked when a node
 //! starts: the KV bucket `<stream>-settings`, one key a setting, written
-//! by the first node to start. Today one key, `retention`: the rules of
-//! `[retention]` (not how often the sweep runs). Each node judges every
+//! by the first node to start. `node-secret` is what nodes show one
+//! another (`cluster::remote`): 32 random bytes, base64url, made by the
+//! first node to start; whoever may read the bucket may read the stream
+//! itself, so it guards nothing the stream does not. `retention` holds the
+//! rules of `[retention]` (not how often the sweep runs). Each node judges every
 //! drop by its own rules, so nodes with different rules would keep
 //! different days; a node whose rules are not the cluster's is refused at
 //! start, naming `retention`.
@@ -22,6 +25,43 @@ use crate::config::RetentionConfig;
 pub fn bucket_name(stream: &str) -> String {
     format!("{stream}-settings")
 }
+
+/// The cluster's node secret: read, or made when no node has yet.
+pub async fn node_secret(
+    context: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<String, ClusterError> {
+    use base64::Engine;
+    let remote = |reason: String| ClusterError::Remote {
+        stream: format!("KV_{bucket}"),
+        reason,
+    };
+    let kv = super::open_kv(context, bucket, Duration::ZERO, replicas)
+        .await
+        .map_err(|e| remote(format!("cannot open or create the settings bucket: {e}")))?;
+    let made = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    match kv.create(NODE_SECRET, made.clone().into()).await {
+        Ok(_) => return Ok(made),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(remote(format!("writing {NODE_SECRET}: {e}"))),
+    }
+    let stored = kv
+        .get(NODE_SECRET)
+        .await
+        .map_err(|e| remote(format!("reading {NODE_SECRET}: {e}")))?
+        .ok_or_else(|| remote(format!("{NODE_SECRET}: the key went away")))?;
+    match String::from_utf8(stored.to_vec()) {
+        Ok(secret) if secret.len() >= 32 && secret.is_ascii() => Ok(secret),
+        _ => Err(ClusterError::Corrupt {
+            stream: format!("KV_{bucket}"),
+            reason: format!("{NODE_SECRET} is not a secret auditd made"),
+        }),
+    }
+}
+
+/// The node secret's key.
+const NODE_SECRET: &str = "node-secret";
 
 /// What of `[retention]` every node must share, as stored.
 fn retention_value(config: &RetentionConfig) -> serde_json::Value {

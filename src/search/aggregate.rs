@@ -287,6 +287,16 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Counts by value text and by bucket number, as another node sent
+    /// them (`cluster::remote`).
+    pub fn from_parts(by_key: HashMap<String, u64>, by_bucket: BTreeMap<i64, u64>) -> Counts {
+        Counts { by_key, by_bucket }
+    }
+
+    pub fn into_parts(self) -> (HashMap<String, u64>, BTreeMap<i64, u64>) {
+        (self.by_key, self.by_bucket)
+    }
+
     fn add(&mut self, part: Counts) {
         for (key, n) in part.by_key {
             *self.by_key.entry(key).or_default() += n;
@@ -314,6 +324,11 @@ pub enum Selected {
 }
 
 impl Selected {
+    /// A terms aggregation's kept keys, in bucket order.
+    pub fn keys(keys: Vec<String>) -> Selected {
+        Selected::Keys(keys.into_iter().enumerate().map(|(i, k)| (k, i)).collect())
+    }
+
     /// How many buckets.
     pub fn len(&self) -> usize {
         match self {
