@@ -127,8 +127,9 @@ pub enum LogChoice {
     Local,
     JetStream(JetStreamConfig),
     /// A node of a cluster (`[cluster] enabled`): the partitioned stream,
-    /// read through its one partition's subject.
-    Cluster(crate::cluster::Layout),
+    /// read through the subject of one partition (0 in a one-partition
+    /// cluster; a partition pipeline's own otherwise, `cluster::owned`).
+    Cluster(crate::cluster::Layout, u32),
     Memory(Arc<MemoryStore>),
 }
 
@@ -136,7 +137,7 @@ impl LogChoice {
     /// The log `config.log.kind` names.
     pub fn configured(config: &Config) -> LogChoice {
         if let Some(layout) = config.cluster_layout() {
-            return LogChoice::Cluster(layout);
+            return LogChoice::Cluster(layout, 0);
         }
         match config.log.kind {
             LogKind::Local => LogChoice::Local,
@@ -144,11 +145,11 @@ impl LogChoice {
         }
     }
 
-    /// The JetStream log's settings for reading the one partition a
-    /// cluster node indexes: its subject.
-    fn partition_log(layout: &crate::cluster::Layout) -> JetStreamConfig {
+    /// The JetStream log's settings for reading partition `p`: its
+    /// subject.
+    fn partition_log(layout: &crate::cluster::Layout, p: u32) -> JetStreamConfig {
         JetStreamConfig {
-            subject: layout.subject(0),
+            subject: layout.subject(p),
             ..layout.jetstream.clone()
         }
     }
@@ -159,8 +160,8 @@ impl LogChoice {
                 dir: DataDir::new(&config.data_dir).wal(),
             }),
             LogChoice::JetStream(jetstream) => Box::new(JetStreamReader::lazy(jetstream)),
-            LogChoice::Cluster(layout) => {
-                Box::new(JetStreamReader::lazy(&Self::partition_log(layout)))
+            LogChoice::Cluster(layout, p) => {
+                Box::new(JetStreamReader::lazy(&Self::partition_log(layout, *p)))
             }
             LogChoice::Memory(store) => Box::new(store.clone()),
         }
@@ -171,7 +172,9 @@ impl LogChoice {
         match self {
             LogChoice::Local => "local".into(),
             LogChoice::JetStream(jetstream) => format!("jetstream:{}", jetstream.stream),
-            LogChoice::Cluster(layout) => format!("cluster:{}", layout.jetstream.stream),
+            // Partition 0 alone: what one-partition nodes have written.
+            LogChoice::Cluster(layout, 0) => format!("cluster:{}", layout.jetstream.stream),
+            LogChoice::Cluster(layout, p) => format!("cluster:{}/{p}", layout.jetstream.stream),
             LogChoice::Memory(_) => "memory".into(),
         }
     }
@@ -180,7 +183,7 @@ impl LogChoice {
     fn lag_budget(&self, config: &Config) -> u64 {
         match self {
             LogChoice::JetStream(jetstream) => jetstream.lag_budget_records,
-            LogChoice::Cluster(layout) => layout.jetstream.lag_budget_records,
+            LogChoice::Cluster(layout, _) => layout.jetstream.lag_budget_records,
             LogChoice::Local | LogChoice::Memory(_) => config.wal.lag_budget_bytes,
         }
     }
@@ -203,14 +206,15 @@ impl LogChoice {
                 let (log, report) = JetStreamLog::open(jetstream, from, visit)?;
                 Ok((Box::new(log), report))
             }
-            LogChoice::Cluster(layout) => {
+            LogChoice::Cluster(layout, p) => {
                 // The stream with its partitions first: the log below
                 // would otherwise make one with its single subject.
                 let runtime = tokio::runtime::Handle::current();
                 runtime
                     .block_on(layout.open())
                     .map_err(crate::cluster::node::remote)?;
-                let (log, report) = JetStreamLog::open(&Self::partition_log(layout), from, visit)?;
+                let (log, report) =
+                    JetStreamLog::open(&Self::partition_log(layout, *p), from, visit)?;
                 Ok((Box::new(log), report))
             }
             LogChoice::Memory(store) => {
@@ -358,19 +362,16 @@ pub async fn run_on(
     // A cluster node checks its settings against the cluster's and reads
     // the shared tokens bucket in full before it serves.
     let shared = match &log {
-        LogChoice::Cluster(layout) => Some(open_shared_waiting(layout, &config).await?),
+        LogChoice::Cluster(layout, _) => Some(open_shared_waiting(layout, &config).await?),
         _ => None,
     };
     let node_secret = shared.as_ref().map(|s| s.node_secret.clone());
     let shared_tokens = shared.map(|s| s.tokens);
-    let mut pipeline = Pipeline::start(
-        &config,
-        streams,
-        log,
-        shared_tokens
-            .as_ref()
-            .map(|loaded| (loaded.bucket.clone(), loaded.tokens.clone())),
-    )?;
+    let tokens = match &shared_tokens {
+        Some(loaded) => Tokens::Shared(loaded.bucket.clone(), loaded.tokens.clone()),
+        None => Tokens::Own,
+    };
+    let mut pipeline = Pipeline::start(&config, streams, log, tokens)?;
     if let Some(loaded) = shared_tokens {
         match pipeline.tokens.ensure_first_admin(&config.data_dir).await {
             Ok(first_admin) => announce_first_admin(&config.data_dir, first_admin),
@@ -453,12 +454,23 @@ pub async fn run_on(
     Ok(())
 }
 
+/// Where a pipeline's tokens come from.
+pub(crate) enum Tokens {
+    /// The data directory's `tokens.json` (one node).
+    Own,
+    /// The cluster's bucket, as read at start.
+    Shared(Arc<TokenBucket>, Vec<StoredToken>),
+    /// Another pipeline's store (a partition pipeline, `cluster::owned`,
+    /// shares its node's).
+    Given(Arc<TokenStore>),
+}
+
 /// The stages behind the transports: the data directory's lock, the token
 /// store, the indexer thread, the WAL thread once replay has run, and the
 /// application layer over them.
-struct Pipeline {
+pub(crate) struct Pipeline {
     _lock: File,
-    status: Arc<PipelineStatus>,
+    pub(crate) status: Arc<PipelineStatus>,
     /// Dropped at stop: with it goes the WAL queue's last sender.
     app: Option<App>,
     positions: Arc<WalPositions>,
@@ -484,11 +496,11 @@ impl Pipeline {
     /// Locks the data directory and starts every stage but the WAL thread,
     /// which starts once replay has run. The indexer is the last thing
     /// started, so nothing fails after it.
-    fn start(
+    pub(crate) fn start(
         config: &Config,
         streams: StreamSettings,
         log: LogChoice,
-        shared_tokens: Option<(Arc<TokenBucket>, Vec<StoredToken>)>,
+        tokens: Tokens,
     ) -> Result<Pipeline, ServerError> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
@@ -514,20 +526,20 @@ impl Pipeline {
             &config.retention,
             &config.erasure,
         )?);
-        let tokens = match shared_tokens {
-            Some((bucket, loaded)) => {
+        let tokens = match tokens {
+            Tokens::Shared(bucket, loaded) => {
                 if layout.tokens().exists() {
                     tracing::warn!(file = %layout.tokens().display(), "a cluster node takes its tokens from the cluster's bucket; this file is not read");
                 }
-                TokenStore::shared(bucket, loaded)
+                Arc::new(TokenStore::shared(bucket, loaded))
             }
-            None => {
+            Tokens::Own => {
                 let (tokens, first_admin) = TokenStore::open(&data_dir)?;
                 announce_first_admin(&data_dir, first_admin);
-                tokens
+                Arc::new(tokens)
             }
+            Tokens::Given(tokens) => tokens,
         };
-        let tokens = Arc::new(tokens);
         let damaged = |source| ServerError::Damaged {
             source,
             data_dir: data_dir.clone(),
@@ -591,7 +603,7 @@ impl Pipeline {
             log.lag_budget(config),
             Duration::from_millis(config.ingest.submit_timeout_ms),
         );
-        ingest_settings.in_cluster = matches!(log, LogChoice::Cluster(_));
+        ingest_settings.in_cluster = matches!(log, LogChoice::Cluster(..));
         ingest_settings.role = config.cluster.role;
         ingest_settings.leaves = integrity.is_some();
         let ingest = Arc::new(IngestService::new(
@@ -669,7 +681,7 @@ impl Pipeline {
         })
     }
 
-    fn app(&self) -> App {
+    pub(crate) fn app(&self) -> App {
         self.app.clone().expect("the app lives until stop")
     }
 
@@ -677,7 +689,7 @@ impl Pipeline {
     /// indexer again, and its batch id back into the idempotency window),
     /// waits until the replayed events are searchable, then starts the WAL
     /// thread.
-    async fn replay(&mut self, config: &Config) -> Result<(), ServerError> {
+    pub(crate) async fn replay(&mut self, config: &Config) -> Result<(), ServerError> {
         let started = Instant::now();
         let data_dir = config.data_dir.clone();
         let checkpoint = self.checkpoint;
@@ -789,8 +801,9 @@ impl Pipeline {
         let requests = self.wal_rx.take().expect("replay runs once");
         let indexer = self.index_tx.take().expect("replay runs once");
         self.wal_thread = Some(match &self.log {
-            LogChoice::Cluster(layout) => crate::cluster::node::spawn(
+            LogChoice::Cluster(layout, partition) => crate::cluster::node::spawn(
                 layout.clone(),
+                *partition,
                 crate::cluster::follow::Resume {
                     after: wal.end(),
                     next_seq,
@@ -834,7 +847,7 @@ impl Pipeline {
     /// indexer's sender; the indexer drains its queue, commits and exits;
     /// then the log drops every record that last commit covers, so a clean
     /// stop leaves no indexed records behind.
-    async fn stop(mut self) -> Result<(), ServerError> {
+    pub(crate) async fn stop(mut self) -> Result<(), ServerError> {
         drop(self.app.take());
         drop(self.wal_rx.take());
         drop(self.index_tx.take());
@@ -858,7 +871,7 @@ impl Pipeline {
             checkpointed??;
         }
         // A cluster's stream is every node's: nothing is trimmed from it.
-        let trims = !matches!(self.log, LogChoice::Cluster(_));
+        let trims = !matches!(self.log, LogChoice::Cluster(..));
         if let Some(mut wal) = wal.filter(|_| trims) {
             let checkpoint = self.positions.trimmable();
             // On a blocking thread: the log may be remote. Not fatal:

@@ -1317,3 +1317,208 @@ async fn a_node_started_before_its_nats_waits_for_it() {
     assert_eq!(count_stored(&mut client).await, 10);
     node.stop().await.unwrap();
 }
+
+/// Every page of `request` merged over `readers`: the events' ids, in
+/// order, and the total.
+async fn merged_ids(
+    readers: &[Option<auditd::cluster::fanout::Reader>],
+    mut request: SearchRequest,
+) -> (Vec<String>, u64) {
+    use auditd::cluster::fanout::{self, Bounds};
+    let bounds = Bounds {
+        limit: request.limit as usize,
+        count_up_to: u64::MAX,
+    };
+    request.exact_total = true;
+    let mut ids = Vec::new();
+    loop {
+        let page = fanout::search(readers, &request, &auditd::auth::ReadScope::All, bounds)
+            .await
+            .unwrap();
+        ids.extend(page.events.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            return (ids, page.total_hits);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// Waits until `owned`'s partition has `count` events searchable.
+async fn until_searchable(owned: &auditd::cluster::owned::OwnedPartition, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let everything = SearchRequest {
+        exact_total: true,
+        limit: 1,
+        ..Default::default()
+    };
+    loop {
+        let searcher = owned.searcher();
+        let request = everything.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            searcher
+                .search(&request, &auditd::auth::ReadScope::All)
+                .unwrap()
+                .total_hits
+        })
+        .await
+        .unwrap();
+        if found as usize == count {
+            return;
+        }
+        assert!(
+            found as usize <= count,
+            "partition {}: {found} events",
+            owned.partition()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "partition {}: {found} of {count} searchable",
+            owned.partition()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes `events` in batches of 200 (`b<from>`, `b<from + 1>`, …) and
+/// adds each, as stored (ids renamed by `batch`), to `stored` with where
+/// it went: (time, partition, seq).
+async fn publish_placed(
+    publisher: &Publisher,
+    from: usize,
+    events: &[AuditEvent],
+    stored: &mut Vec<(AuditEvent, (i64, u32, u64))>,
+) {
+    for (i, chunk) in events.chunks(200).enumerate() {
+        let batch = batch(&format!("b{}", from + i), chunk);
+        let renamed = batch.events.clone();
+        let placed = publisher.publish(batch).await.unwrap();
+        assert_eq!(placed.len(), renamed.len());
+        for (event, place) in renamed.into_iter().zip(placed) {
+            assert_eq!(event.id, place.id);
+            let time = auditd::schema::timestamp_micros(event.time.as_ref());
+            stored.push((event, (time, place.partition, place.seq)));
+        }
+    }
+}
+
+/// Partition pipelines (`cluster::owned`): four partitions owned by two
+/// nodes, read through one fan-out, answer as the oracle. When a node
+/// stops owning its two, a search needing them is refused naming one; a
+/// new owner rebuilds one from the stream in an empty directory, the old
+/// owner takes the other back and resumes after its checkpoint, and
+/// every event published before and meanwhile is then found once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_partitions_answer_together_and_move_to_another_owner() {
+    use auditd::cluster::fanout::FanOutError;
+    use auditd::cluster::owned::OwnedPartition;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let layout = layout(&nats, "OWNED", PARTITIONS);
+    let publisher = Publisher::open(layout.clone()).await.unwrap();
+    std::fs::create_dir(dir.path().join("tokens")).unwrap();
+    let (tokens, _) = auditd::auth::TokenStore::open(&dir.path().join("tokens")).unwrap();
+    let tokens = Arc::new(tokens);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+
+    let mut stored: Vec<(AuditEvent, (i64, u32, u64))> = Vec::new();
+    let events = generated(2_400, 31, 800);
+    publish_placed(&publisher, 0, &events[..2_000], &mut stored).await;
+
+    let mut owned = Vec::new();
+    for (p, node) in [(0, &a), (1, &a), (2, &b), (3, &b)] {
+        let config = test_config(node);
+        owned.push(Some(
+            OwnedPartition::start(&config, layout.clone(), p, tokens.clone())
+                .await
+                .unwrap(),
+        ));
+    }
+    let readers = |owned: &[Option<OwnedPartition>]| -> Vec<_> {
+        owned
+            .iter()
+            .map(|o| o.as_ref().map(|o| o.reader()))
+            .collect()
+    };
+    let check = async |owned: &[Option<OwnedPartition>],
+                       stored: &[(AuditEvent, (i64, u32, u64))],
+                       rounds| {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(rounds);
+        let events: Vec<AuditEvent> = stored.iter().map(|(e, _)| e.clone()).collect();
+        for round in 0..rounds {
+            let mut request = match round {
+                0 => SearchRequest::default(),
+                _ => oracle::search_request(oracle::random_filter(&mut rng, &events)),
+            };
+            request.limit = 150;
+            let filter = auditd::search::filter_of(&request);
+            let mut expected: Vec<(&(i64, u32, u64), &str)> = stored
+                .iter()
+                .filter(|(e, _)| oracle::matches(&filter, e))
+                .map(|(e, place)| (place, e.id.as_str()))
+                .collect();
+            expected.sort();
+            expected.reverse();
+            let expected: Vec<&str> = expected.into_iter().map(|(_, id)| id).collect();
+            let (got, total) = merged_ids(&readers(owned), request.clone()).await;
+            assert_eq!(got, expected, "round {round}: {request:?}");
+            assert_eq!(total as usize, expected.len());
+        }
+    };
+    check(&owned, &stored, 25).await;
+
+    // Node a stops owning partitions 0 and 1: nothing answers for them.
+    for p in [0, 1] {
+        owned[p].take().unwrap().stop().await.unwrap();
+    }
+    match auditd::cluster::fanout::search(
+        &readers(&owned),
+        &SearchRequest::default(),
+        &auditd::auth::ReadScope::All,
+        auditd::cluster::fanout::Bounds {
+            limit: 10,
+            count_up_to: 100,
+        },
+    )
+    .await
+    {
+        Err(FanOutError::Unavailable { partition: 0, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    publish_placed(&publisher, 10, &events[2_000..], &mut stored).await;
+    // b rebuilds partition 0 from the stream; a resumes partition 1.
+    owned[0] = Some(
+        OwnedPartition::start(&test_config(&b), layout.clone(), 0, tokens.clone())
+            .await
+            .unwrap(),
+    );
+    owned[1] = Some(
+        OwnedPartition::start(&test_config(&a), layout.clone(), 1, tokens.clone())
+            .await
+            .unwrap(),
+    );
+    for o in owned.iter().flatten() {
+        let count = stored
+            .iter()
+            .filter(|(_, (_, p, _))| *p == o.partition())
+            .count();
+        until_searchable(o, count).await;
+    }
+    let (all, _) = merged_ids(
+        &readers(&owned),
+        SearchRequest {
+            limit: 250,
+            ..Default::default()
+        },
+    )
+    .await;
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(
+        (all.len(), unique.len()),
+        (2_400, 2_400),
+        "every event once"
+    );
+    check(&owned, &stored, 15).await;
+    for o in owned.into_iter().flatten() {
+        o.stop().await.unwrap();
+    }
+}

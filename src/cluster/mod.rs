@@ -26,6 +26,7 @@ pub mod fanout;
 pub mod follow;
 pub mod lease;
 pub mod node;
+pub mod owned;
 pub mod publish;
 pub mod remote;
 pub mod settings;

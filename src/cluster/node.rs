@@ -40,9 +40,6 @@ use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::group_commit::WalPositions;
 use crate::wal::{Log, Span, WalError};
 
-/// The one partition a node of today's clusters indexes.
-const PARTITION: u32 = 0;
-
 /// How long the follower waits for a record before it looks at requests
 /// again (they also wake it).
 const FOLLOW_WAIT: Duration = Duration::from_millis(200);
@@ -76,6 +73,7 @@ struct Waiting {
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     layout: Layout,
+    partition: u32,
     resume: Resume,
     log: Box<dyn Log>,
     tree: Option<Arc<TreeStore>>,
@@ -109,6 +107,7 @@ pub fn spawn(
                 .build()
                 .map_err(|e| WalError::io(&name, e))?;
             let node = Node {
+                partition,
                 status: status.clone(),
                 tree,
                 memo,
@@ -125,6 +124,8 @@ pub fn spawn(
 }
 
 struct Node {
+    /// The partition this thread publishes to and follows.
+    partition: u32,
     status: Arc<PipelineStatus>,
     tree: Option<Arc<TreeStore>>,
     memo: Arc<Idempotency>,
@@ -143,7 +144,7 @@ impl Node {
     ) -> Result<(), WalError> {
         let publisher = Publisher::open(layout.clone()).await.map_err(remote)?;
         let mut follower = Some(
-            Follower::open(publisher.stream(), &layout, PARTITION, resume)
+            Follower::open(publisher.stream(), &layout, self.partition, resume)
                 .await
                 .map_err(remote)?,
         );
@@ -211,7 +212,7 @@ impl Node {
                     None => open = false,
                 },
                 () = tokio::time::sleep(REFOLLOW_PAUSE) => {
-                    match Follower::open(publisher.stream(), &layout, PARTITION, resume).await {
+                    match Follower::open(publisher.stream(), &layout, self.partition, resume).await {
                         Ok(reading) => {
                             follower = Some(reading);
                             last_read = std::time::Instant::now();
@@ -245,7 +246,7 @@ impl Node {
             Some(_) => (RecordKind::Retention, 0, None),
             None => {
                 let id = &request.batch.batch_id;
-                let message_id = (!id.is_empty()).then(|| format!("{id}/{PARTITION}"));
+                let message_id = (!id.is_empty()).then(|| format!("{id}/{}", self.partition));
                 (
                     RecordKind::Batch,
                     request.batch.events.len() as u64,
@@ -254,7 +255,13 @@ impl Node {
             }
         };
         let published = publisher
-            .publish_record(PARTITION, kind, &request.body, count, message_id.as_deref())
+            .publish_record(
+                self.partition,
+                kind,
+                &request.body,
+                count,
+                message_id.as_deref(),
+            )
             .await;
         let published = match published {
             Ok(published) => published,
