@@ -22,7 +22,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, StoredToken, TokenStore};
-use crate::cluster::remote::{PartitionsService, MAX_PARTITION_MESSAGE_BYTES};
+use crate::cluster::remote::{Held, PartitionsService, MAX_PARTITION_MESSAGE_BYTES};
 use crate::cluster::tokens::{Loaded, TokenBucket};
 use crate::cluster::ClusterError;
 use crate::config::{Config, LogKind};
@@ -934,7 +934,8 @@ impl Transports {
         let app = pipeline.app();
         // A node of today's one-partition clusters holds partition 0.
         let partitions_service = node_secret.map(|secret| {
-            let held = std::collections::BTreeMap::from([(0, app.reads.searcher().clone())]);
+            let searcher = app.reads.searcher().clone();
+            let held: Held = Arc::new(move |p| (p == 0).then(|| searcher.clone()));
             PartitionsServer::new(Arc::new(PartitionsService::new(held, &secret)))
                 .max_decoding_message_size(MAX_PARTITION_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PARTITION_MESSAGE_BYTES)

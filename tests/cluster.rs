@@ -283,6 +283,7 @@ async fn leases(nats: &NatsServer, node: &str, partitions: u32, lease: Duration)
         partitions,
         lease,
         replicas: 1,
+        address: String::new(),
     };
     Leases::open(&context, settings).await.unwrap()
 }
@@ -372,6 +373,7 @@ async fn leases_spread_and_a_dead_owners_partitions_move_after_the_lease() {
         partitions: 6,
         lease,
         replicas: 1,
+        address: String::new(),
     };
     for (settings, field) in [
         (
@@ -1521,4 +1523,155 @@ async fn owned_partitions_answer_together_and_move_to_another_owner() {
     for o in owned.into_iter().flatten() {
         o.stop().await.unwrap();
     }
+}
+
+/// One in-process node of `cluster::owner`: its owner and the
+/// `Partitions` service other nodes read its partitions through.
+struct OwnerNode {
+    owner: auditd::cluster::owner::Owner,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn owner_node(
+    layout: &Layout,
+    data_dir: &Path,
+    name: &str,
+    lease: Duration,
+    tokens: Arc<auditd::auth::TokenStore>,
+) -> OwnerNode {
+    use auditd::cluster::owner::{Owner, OwnerSettings};
+    use auditd::cluster::remote::PartitionsService;
+    use auditd::proto::partitions_server::PartitionsServer;
+    const SECRET: &str = "a-node-secret-of-this-test-cluster-only";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let owner = Owner::start(OwnerSettings {
+        config: test_config(data_dir),
+        layout: layout.clone(),
+        leases: LeaseSettings {
+            bucket: "handover-leases".into(),
+            node: name.into(),
+            partitions: layout.partitions,
+            lease,
+            replicas: 1,
+            address,
+        },
+        node_secret: SECRET.into(),
+        tokens,
+    })
+    .await
+    .unwrap();
+    let service = PartitionsService::new(owner.held_searchers(), SECRET);
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(PartitionsServer::new(Arc::new(service)))
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    OwnerNode { owner, server }
+}
+
+/// Waits (up to `limit`) until `done` holds; how long it took.
+async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Waits until a fan-out over `owner`'s routes finds as many events as
+/// `stored`, then checks they are exactly those, each once.
+async fn found_once(
+    owner: &auditd::cluster::owner::Owner,
+    stored: &[(AuditEvent, (i64, u32, u64))],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let everything = SearchRequest {
+        limit: 250,
+        ..Default::default()
+    };
+    loop {
+        let (ids, total) = merged_ids(&owner.readers(), everything.clone()).await;
+        if total as usize == stored.len() {
+            let unique: HashSet<&String> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "every event once");
+            let expected: HashSet<&String> = stored.iter().map(|(e, _)| &e.id).collect();
+            assert_eq!(unique, expected);
+            return;
+        }
+        assert!(total as usize <= stored.len(), "{total} found");
+        assert!(
+            Instant::now() < deadline,
+            "{total} of {} searchable",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Indexer loss (issue 21): two nodes own four partitions through their
+/// leases and each reads the other's through its `Partitions` service.
+/// One node dies (its leases left to expire) while events are published;
+/// the other takes its partitions within the lease time plus a round,
+/// rebuilds them from the stream, and then every acknowledged event is
+/// found through its fan-out exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexers_partitions_move_to_another_after_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let layout = layout(&nats, "HANDOVER", PARTITIONS);
+    std::fs::create_dir(dir.path().join("tokens")).unwrap();
+    let (tokens, _) = auditd::auth::TokenStore::open(&dir.path().join("tokens")).unwrap();
+    let tokens = Arc::new(tokens);
+    let lease = Duration::from_secs(2);
+    let a = owner_node(&layout, &dir.path().join("a"), "a", lease, tokens.clone()).await;
+    let b = owner_node(&layout, &dir.path().join("b"), "b", lease, tokens.clone()).await;
+    // Two each, every partition readable from both.
+    until(
+        Duration::from_secs(20),
+        "the partitions shared and ready",
+        || {
+            a.owner.ready().len() == 2
+                && b.owner.ready().len() == 2
+                && a.owner.readers().iter().all(Option::is_some)
+                && b.owner.readers().iter().all(Option::is_some)
+        },
+    )
+    .await;
+
+    let publisher = Publisher::open(layout.clone()).await.unwrap();
+    let events = generated(3_000, 41, 1_000);
+    let mut stored = Vec::new();
+    publish_placed(&publisher, 0, &events[..1_000], &mut stored).await;
+    // Read through a: b's partitions come over gRPC.
+    found_once(&a.owner, &stored).await;
+
+    // a dies under ingest.
+    let dying = tokio::spawn(async move {
+        a.server.abort();
+        a.owner.abandon().await;
+    });
+    publish_placed(&publisher, 10, &events[1_000..2_000], &mut stored).await;
+    dying.await.unwrap();
+    let died = Instant::now();
+    publish_placed(&publisher, 20, &events[2_000..], &mut stored).await;
+    let all: BTreeSet<u32> = (0..PARTITIONS).collect();
+    until(lease * 3, "b holds every lease", || b.owner.held() == all).await;
+    let moved = died.elapsed();
+    eprintln!("the partitions moved {moved:?} after the node died (lease {lease:?})");
+    assert!(
+        moved <= lease + lease / 3 + Duration::from_secs(1),
+        "the partitions moved after {moved:?}, lease {lease:?}"
+    );
+    until(Duration::from_secs(30), "b's pipelines ready", || {
+        b.owner.ready() == all
+    })
+    .await;
+    assert!(b.owner.readers().iter().all(Option::is_some));
+    found_once(&b.owner, &stored).await;
+    b.server.abort();
+    b.owner.stop().await;
 }

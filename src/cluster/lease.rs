@@ -3,7 +3,8 @@
 //! takes it over when its owner dies.
 //!
 //! **Keys.** `p.<p>` holds the owner's node name, or nothing once it is
-//! released; `n.<node>` is a node's heartbeat. The bucket's `max_age` is
+//! released; `n.<node>` is a node's heartbeat, holding the address where
+//! its `Partitions` service answers (`cluster::remote`). The bucket's `max_age` is
 //! the lease time: a key nobody renews disappears that long after its
 //! last write, by the servers' clock alone, so no two nodes' clocks are
 //! ever compared.
@@ -48,6 +49,11 @@ pub struct LeaseSettings {
     pub lease: Duration,
     /// Copies of the bucket (1, 3 or 5), when it is created.
     pub replicas: usize,
+    /// Where this node's `Partitions` service answers (`http://host:port`,
+    /// or `https://` with TLS), for the other nodes' fan-outs: the value
+    /// of its heartbeat. Empty: nowhere (a node that only indexes for
+    /// itself, in tests).
+    pub address: String,
 }
 
 /// A lease this node holds.
@@ -245,11 +251,39 @@ impl Leases {
         format!("$KV.{}.n.{}", self.settings.bucket, self.settings.node)
     }
 
+    /// Every live node's address, by name (its heartbeat's value).
+    pub async fn addresses(&self) -> Result<BTreeMap<String, String>, ClusterError> {
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| self.remote(format!("list the nodes: {e}")))?
+            .try_collect()
+            .await
+            .map_err(|e| self.remote(format!("list the nodes: {e}")))?;
+        let mut addresses = BTreeMap::new();
+        for key in keys {
+            let Some(node) = key.strip_prefix("n.") else {
+                continue;
+            };
+            let value = self
+                .kv
+                .get(key.as_str())
+                .await
+                .map_err(|e| self.remote(format!("read {key}: {e}")))?;
+            if let Some(value) = value {
+                let address = String::from_utf8_lossy(&value).into_owned();
+                addresses.insert(node.to_owned(), address);
+            }
+        }
+        Ok(addresses)
+    }
+
     async fn heartbeat(&self) -> Result<(), ClusterError> {
         self.kv
             .put(
                 format!("n.{}", self.settings.node),
-                self.settings.node.clone().into(),
+                self.settings.address.clone().into(),
             )
             .await
             .map_err(|e| self.remote(format!("heartbeat: {e}")))?;

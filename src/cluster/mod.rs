@@ -27,6 +27,7 @@ pub mod follow;
 pub mod lease;
 pub mod node;
 pub mod owned;
+pub mod owner;
 pub mod publish;
 pub mod remote;
 pub mod settings;

@@ -355,16 +355,19 @@ impl PartitionReader for RemotePartition {
 
 // ---- The answering side ----
 
+/// The searcher of a partition this node holds now, if it does.
+pub type Held = Arc<dyn Fn(u32) -> Option<Searcher> + Send + Sync>;
+
 /// The `Partitions` service of a node: the partitions whose index it
 /// holds, each by its searcher.
 pub struct PartitionsService {
-    held: BTreeMap<u32, Searcher>,
+    held: Held,
     /// SHA-256 of the node secret: compared in constant time.
     secret_hash: [u8; 32],
 }
 
 impl PartitionsService {
-    pub fn new(held: BTreeMap<u32, Searcher>, node_secret: &str) -> PartitionsService {
+    pub fn new(held: Held, node_secret: &str) -> PartitionsService {
         PartitionsService {
             held,
             secret_hash: Sha256::digest(node_secret.as_bytes()).into(),
@@ -383,7 +386,7 @@ impl PartitionsService {
         if !bool::from(hash.ct_eq(&self.secret_hash)) {
             return Err(Status::unauthenticated("not this cluster's node secret"));
         }
-        self.held.get(&partition).cloned().ok_or_else(|| {
+        (self.held)(partition).ok_or_else(|| {
             Status::unavailable(format!("partition {partition}: not held by this node"))
         })
     }
