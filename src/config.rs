@@ -92,13 +92,29 @@ pub struct ClusterConfig {
     /// of its audited reads, retention changes) goes into the stream's
     /// partitions, and the node indexes what every node wrote there.
     pub enabled: bool,
-    /// `N`, fixed when the stream is created. Only 1 for now: each node
-    /// then indexes everything, and queries need no fan-out.
+    /// `N`, fixed when the stream is created. 1: every node indexes
+    /// everything. More: each partition is indexed by one node at a time
+    /// (its lease), and reads fan out to the owners (docs/cluster.md).
     pub partitions: u32,
+    /// This node's name in the cluster (letters, digits, `-`, `_`):
+    /// unique, and the same across its restarts. Needed with
+    /// `partitions > 1`.
+    pub node: String,
+    /// How long a partition's lease lives unrenewed (`partitions > 1`):
+    /// a dead owner's partitions move to another node after at most
+    /// this long. The same on every node.
+    pub lease_ms: u64,
+    /// The URL at which the other nodes reach this node's gRPC port
+    /// (`partitions > 1`), e.g. `http://10.0.0.7:50051`. Empty: `http://`
+    /// and `grpc_addr`, which must then not be a wildcard address.
+    pub advertise: String,
     /// What this node does (`auditd --role`): `all` takes Ingest, indexes
-    /// and answers queries; `query` indexes and answers queries but takes
-    /// no Ingest (its own trail events still go into the stream).
-    /// `ingest` and `index` need several partitions (docs/cluster.md).
+    /// and answers queries; `query` answers queries but takes no Ingest
+    /// (its own trail events still go into the stream), and with one
+    /// partition indexes everything, with several none. `ingest` and
+    /// `index` need several partitions: `ingest` takes Ingest and indexes
+    /// nothing, `index` owns partitions and takes no Ingest. Every node
+    /// answers queries (docs/cluster.md).
     pub role: Role,
     /// How long a node may go without hearing from the cluster's tokens
     /// bucket (a ping answered while its watch runs) before it takes no
@@ -120,6 +136,9 @@ impl Default for ClusterConfig {
         ClusterConfig {
             enabled: false,
             partitions: 1,
+            node: String::new(),
+            lease_ms: 10_000,
+            advertise: String::new(),
             role: Role::All,
             token_staleness_ms: 10_000,
             adopt_settings: false,
@@ -153,6 +172,11 @@ impl Role {
     pub fn takes_ingest(self) -> bool {
         matches!(self, Role::All | Role::Ingest)
     }
+
+    /// Whether a node of this role owns partitions when there are several.
+    pub fn owns_partitions(self) -> bool {
+        matches!(self, Role::All | Role::Index)
+    }
 }
 
 impl std::fmt::Display for Role {
@@ -174,6 +198,56 @@ impl std::str::FromStr for Role {
 
 impl Config {
     /// The partitioned stream of `[cluster]` (`None` when off).
+    /// What a node of several partitions needs besides the layout.
+    fn check_partitioned(&self) -> Result<(), (&'static str, String)> {
+        let c = &self.cluster;
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !token(&c.node) {
+            return Err((
+                "cluster.node",
+                "a name for this node, unique in the cluster (letters, digits, '-' and '_'), is \
+                 needed with cluster.partitions > 1"
+                    .into(),
+            ));
+        }
+        if c.lease_ms < 1_000 {
+            return Err(("cluster.lease_ms", "at least 1000".into()));
+        }
+        if self.tls.cert.is_some() {
+            return Err((
+                "cluster.partitions",
+                "nodes of several partitions read each other over plain gRPC only yet: not \
+                 with tls.cert (docs/cluster.md)"
+                    .into(),
+            ));
+        }
+        if c.advertise.is_empty() && self.grpc_addr.ip().is_unspecified() {
+            return Err((
+                "cluster.advertise",
+                format!(
+                    "grpc_addr {} is a wildcard address: say at which URL the other nodes \
+                     reach this one (e.g. http://10.0.0.7:{})",
+                    self.grpc_addr,
+                    self.grpc_addr.port()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the other nodes reach this node's gRPC port, bound at
+    /// `bound`.
+    pub fn advertised(&self, bound: std::net::SocketAddr) -> String {
+        match self.cluster.advertise.as_str() {
+            "" => format!("http://{bound}"),
+            given => given.to_owned(),
+        }
+    }
+
     pub fn cluster_layout(&self) -> Option<crate::cluster::Layout> {
         self.cluster.enabled.then(|| crate::cluster::Layout {
             jetstream: self.log.jetstream.clone(),
@@ -743,19 +817,24 @@ impl Config {
             if self.log.kind != LogKind::Jetstream {
                 return invalid("cluster.enabled", "needs log.kind = \"jetstream\"");
             }
-            if self.cluster.partitions != 1 {
+            let partitions = self.cluster.partitions;
+            if partitions == 0 || partitions > crate::cluster::MAX_PARTITIONS {
                 return invalid(
                     "cluster.partitions",
-                    "only 1 until partition pipelines and fan-out search are built \
-                     (docs/cluster.md)",
+                    &format!("between 1 and {}", crate::cluster::MAX_PARTITIONS),
                 );
             }
-            if matches!(self.cluster.role, Role::Ingest | Role::Index) {
+            if partitions == 1 && matches!(self.cluster.role, Role::Ingest | Role::Index) {
                 return invalid(
                     "cluster.role",
-                    "ingest and index need several partitions and fan-out queries, not built \
-                     yet (docs/cluster.md); all and query run today",
+                    "ingest and index need several partitions (cluster.partitions > 1): with \
+                     one, every node indexes everything",
                 );
+            }
+            if partitions > 1 {
+                if let Err((field, reason)) = self.check_partitioned() {
+                    return invalid(field, &reason);
+                }
             }
         } else if self.cluster.role != Role::All {
             return invalid(
@@ -885,7 +964,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_needs_jetstream_and_one_partition_naming_the_field() {
+    fn a_cluster_needs_jetstream_and_a_node_of_several_partitions_a_name_naming_the_field() {
         let field = |config: Config| match config.check() {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
@@ -900,8 +979,32 @@ mod tests {
         config.cluster.role = Role::Index;
         assert_eq!(field(config.clone()), "cluster.role");
         config.cluster.role = Role::All;
-        config.cluster.partitions = 2;
+        config.cluster.partitions = 0;
         assert_eq!(field(config.clone()), "cluster.partitions");
+        config.cluster.partitions = 2;
+        assert_eq!(field(config.clone()), "cluster.node");
+        config.cluster.node = "node 1".into();
+        assert_eq!(field(config.clone()), "cluster.node");
+        config.cluster.node = "node-1".into();
+        config.check().unwrap();
+        // Every role runs with several partitions.
+        for role in [Role::Ingest, Role::Index, Role::Query] {
+            config.cluster.role = role;
+            config.check().unwrap();
+        }
+        config.cluster.lease_ms = 999;
+        assert_eq!(field(config.clone()), "cluster.lease_ms");
+        config.cluster.lease_ms = 10_000;
+        config.grpc_addr = "0.0.0.0:50051".parse().unwrap();
+        assert_eq!(field(config.clone()), "cluster.advertise");
+        config.cluster.advertise = "http://10.0.0.7:50051".into();
+        config.check().unwrap();
+        config.tls.cert = Some("cert.pem".into());
+        config.tls.key = Some("key.pem".into());
+        assert_eq!(field(config.clone()), "cluster.partitions");
+        config.tls = TlsConfig::default();
+        config.cluster.partitions = 1;
+        config.cluster.role = Role::All;
         // Off, the section is not looked at but for a role.
         config.cluster.enabled = false;
         config.check().unwrap();

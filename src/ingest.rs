@@ -61,6 +61,9 @@ pub struct IngestSettings {
     pub in_cluster: bool,
     /// The node's role: one that takes no Ingest refuses clients' batches.
     pub role: crate::config::Role,
+    /// A node of a cluster of several partitions: batches are published
+    /// into the partitions (`cluster::front`) and indexed by their owners.
+    pub partitioned: bool,
 }
 
 impl IngestSettings {
@@ -72,6 +75,7 @@ impl IngestSettings {
             leaves: true,
             in_cluster: false,
             role: crate::config::Role::All,
+            partitioned: false,
         }
     }
 }
@@ -211,16 +215,24 @@ impl IngestService {
             ids: appended.stored_ids.unwrap_or(ids),
             first_seq: appended.first_seq,
         };
-        if let Some(guard) = memo_guard.as_mut() {
-            guard.complete(stored.clone(), now);
+        let mut answer = response(stored.clone());
+        match appended.seqs {
+            // Over partitions (each event its partition's seq): a retry is
+            // answered by the stream's deduplication, not the window.
+            Some(seqs) => answer.seqs = seqs,
+            None => {
+                if let Some(guard) = memo_guard.as_mut() {
+                    guard.complete(stored, now);
+                }
+            }
         }
         if wait_for == WaitFor::Searchable {
             self.wait_searchable(appended.next_seq).await?;
         }
         metrics::counter!(m::BATCHES_INGESTED).increment(1);
-        metrics::counter!(m::EVENTS_INGESTED).increment(stored.ids.len() as u64);
+        metrics::counter!(m::EVENTS_INGESTED).increment(answer.ids.len() as u64);
         metrics::histogram!(m::INGEST_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(response(stored))
+        Ok(answer)
     }
 
     /// Returns once every event with a seq below `next_seq` is searchable.
@@ -232,6 +244,11 @@ impl IngestService {
     /// Whether this daemon is a node of a cluster.
     pub fn in_cluster(&self) -> bool {
         self.settings.in_cluster
+    }
+
+    /// Whether this node's cluster has several partitions.
+    pub fn partitioned(&self) -> bool {
+        self.settings.partitioned
     }
 
     /// This node's role in its cluster (`all` off a cluster).

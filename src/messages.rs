@@ -140,6 +140,10 @@ pub struct Appended {
     /// instead of the request's. `None` on one node, whose idempotency
     /// window answers retries before they reach the log.
     pub stored_ids: Option<Vec<String>>,
+    /// Each event's seq, in request order, when they are not
+    /// `first_seq..next_seq`: a batch over several partitions of a cluster
+    /// (`cluster::front`), each event with its partition's seq.
+    pub seqs: Option<Vec<u64>>,
 }
 
 /// What the indexer queue carries.

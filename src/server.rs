@@ -22,6 +22,8 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, StoredToken, TokenStore};
+use crate::cluster::lease::LeaseSettings;
+use crate::cluster::owner::{Owner, OwnerSettings};
 use crate::cluster::remote::{Held, PartitionsService, MAX_PARTITION_MESSAGE_BYTES};
 use crate::cluster::tokens::{Loaded, TokenBucket};
 use crate::cluster::ClusterError;
@@ -130,6 +132,11 @@ pub enum LogChoice {
     /// read through the subject of one partition (0 in a one-partition
     /// cluster; a partition pipeline's own otherwise, `cluster::owned`).
     Cluster(crate::cluster::Layout, u32),
+    /// A node of a cluster of several partitions (`cluster.partitions >
+    /// 1`): writes are published into the partitions (`cluster::front`),
+    /// nothing is indexed in the node's own data directory, and its
+    /// partitions run pipelines of their own (`cluster::owner`).
+    Front(crate::cluster::Layout),
     Memory(Arc<MemoryStore>),
 }
 
@@ -137,7 +144,10 @@ impl LogChoice {
     /// The log `config.log.kind` names.
     pub fn configured(config: &Config) -> LogChoice {
         if let Some(layout) = config.cluster_layout() {
-            return LogChoice::Cluster(layout, 0);
+            return match layout.partitions {
+                1 => LogChoice::Cluster(layout, 0),
+                _ => LogChoice::Front(layout),
+            };
         }
         match config.log.kind {
             LogKind::Local => LogChoice::Local,
@@ -164,6 +174,15 @@ impl LogChoice {
                 Box::new(JetStreamReader::lazy(&Self::partition_log(layout, *p)))
             }
             LogChoice::Memory(store) => Box::new(store.clone()),
+            LogChoice::Front(_) => Box::new(Arc::new(MemoryStore::default())),
+        }
+    }
+
+    /// The cluster's layout, for a node of one.
+    pub fn layout(&self) -> Option<&crate::cluster::Layout> {
+        match self {
+            LogChoice::Cluster(layout, _) | LogChoice::Front(layout) => Some(layout),
+            _ => None,
         }
     }
 
@@ -176,6 +195,7 @@ impl LogChoice {
             LogChoice::Cluster(layout, 0) => format!("cluster:{}", layout.jetstream.stream),
             LogChoice::Cluster(layout, p) => format!("cluster:{}/{p}", layout.jetstream.stream),
             LogChoice::Memory(_) => "memory".into(),
+            LogChoice::Front(layout) => format!("cluster-front:{}", layout.jetstream.stream),
         }
     }
 
@@ -183,7 +203,9 @@ impl LogChoice {
     fn lag_budget(&self, config: &Config) -> u64 {
         match self {
             LogChoice::JetStream(jetstream) => jetstream.lag_budget_records,
-            LogChoice::Cluster(layout, _) => layout.jetstream.lag_budget_records,
+            LogChoice::Cluster(layout, _) | LogChoice::Front(layout) => {
+                layout.jetstream.lag_budget_records
+            }
             LogChoice::Local | LogChoice::Memory(_) => config.wal.lag_budget_bytes,
         }
     }
@@ -216,6 +238,14 @@ impl LogChoice {
                 let (log, report) =
                     JetStreamLog::open(&Self::partition_log(layout, *p), from, visit)?;
                 Ok((Box::new(log), report))
+            }
+            LogChoice::Front(layout) => {
+                // The stream with its partitions; nothing to replay here.
+                tokio::runtime::Handle::current()
+                    .block_on(layout.open())
+                    .map_err(crate::cluster::node::remote)?;
+                let log = MemoryLog::open(Arc::new(MemoryStore::default()), from, |_| Ok(()))?;
+                Ok((Box::new(log), ReplayReport::default()))
             }
             LogChoice::Memory(store) => {
                 let mut report = ReplayReport::default();
@@ -302,6 +332,37 @@ async fn open_shared(
     })
 }
 
+/// Starts the partition owner of a node of several partitions (one that
+/// owns none, of role `ingest` or `query`, only routes), and routes its
+/// reads through it.
+async fn start_owner(
+    config: &Config,
+    layout: &crate::cluster::Layout,
+    secret: &str,
+    pipeline: &Pipeline,
+    listeners: &Listeners,
+) -> Result<Owner, ServerError> {
+    let (grpc, _) = listeners.addrs()?;
+    let settings = OwnerSettings {
+        config: config.clone(),
+        layout: layout.clone(),
+        leases: LeaseSettings {
+            bucket: format!("{}-leases", layout.jetstream.stream),
+            node: config.cluster.node.clone(),
+            partitions: layout.partitions,
+            lease: Duration::from_millis(config.cluster.lease_ms),
+            replicas: layout.jetstream.replicas,
+            address: config.advertised(grpc),
+        },
+        node_secret: secret.to_owned(),
+        tokens: pipeline.tokens.clone(),
+        owns: config.cluster.role.owns_partitions(),
+    };
+    let owner = Owner::start(settings).await?;
+    pipeline.app().reads.route_through(owner.routes());
+    Ok(owner)
+}
+
 /// What a cluster node reads from the cluster's buckets before it serves.
 struct Shared {
     tokens: Loaded,
@@ -362,7 +423,9 @@ pub async fn run_on(
     // A cluster node checks its settings against the cluster's and reads
     // the shared tokens bucket in full before it serves.
     let shared = match &log {
-        LogChoice::Cluster(layout, _) => Some(open_shared_waiting(layout, &config).await?),
+        LogChoice::Cluster(layout, _) | LogChoice::Front(layout) => {
+            Some(open_shared_waiting(layout, &config).await?)
+        }
         _ => None,
     };
     let node_secret = shared.as_ref().map(|s| s.node_secret.clone());
@@ -388,6 +451,31 @@ pub async fn run_on(
             stop.clone(),
         ));
     }
+    // A node of several partitions: its share of them, and the routes
+    // its reads fan out through.
+    let owner = match (&pipeline.log, &node_secret) {
+        (LogChoice::Front(layout), Some(secret)) => {
+            match start_owner(&config, layout, secret, &pipeline, &listeners).await {
+                Ok(owner) => Some(owner),
+                Err(error) => {
+                    pipeline.stop().await?;
+                    return Err(error);
+                }
+            }
+        }
+        _ => None,
+    };
+    let partitions_service = node_secret.map(|secret| {
+        let held: Held = match &owner {
+            Some(owner) => owner.held_searchers(),
+            // One partition: this node's own index is partition 0.
+            None => {
+                let searcher = pipeline.app().reads.searcher().clone();
+                Arc::new(move |p| (p == 0).then(|| searcher.clone()))
+            }
+        };
+        (secret, held)
+    });
     // The background self-audit runs among the transports' tasks: their
     // stop ends it, and their stop waits for it.
     let (background, background_stop) = (tasks.clone(), stop.clone());
@@ -397,7 +485,7 @@ pub async fn run_on(
         &config,
         listeners,
         &pipeline,
-        (tls, node_secret),
+        (tls, partitions_service),
         stop,
         tasks,
     )
@@ -406,6 +494,9 @@ pub async fn run_on(
         Ok(transports) => transports,
         Err(error) => {
             stop_on_error.cancel();
+            if let Some(owner) = owner {
+                owner.stop().await;
+            }
             pipeline.stop().await?;
             return Err(error);
         }
@@ -415,6 +506,9 @@ pub async fn run_on(
         // The error that stopped start-up is the one to report.
         if let Err(also) = transports.stop().await {
             tracing::error!(error = %also, "while stopping the servers after a failed start-up");
+        }
+        if let Some(owner) = owner {
+            owner.stop().await;
         }
         if let Err(also) = pipeline.stop().await {
             tracing::error!(error = %also, "while stopping after a failed start-up");
@@ -448,6 +542,9 @@ pub async fn run_on(
     shutdown.await;
     tracing::info!("shutting down: no new requests; draining the pipeline");
     let served = transports.stop().await;
+    if let Some(owner) = owner {
+        owner.stop().await;
+    }
     pipeline.stop().await?;
     served?;
     tracing::info!("stopped cleanly");
@@ -603,8 +700,9 @@ impl Pipeline {
             log.lag_budget(config),
             Duration::from_millis(config.ingest.submit_timeout_ms),
         );
-        ingest_settings.in_cluster = matches!(log, LogChoice::Cluster(..));
+        ingest_settings.in_cluster = matches!(log, LogChoice::Cluster(..) | LogChoice::Front(_));
         ingest_settings.role = config.cluster.role;
+        ingest_settings.partitioned = matches!(log, LogChoice::Front(_));
         ingest_settings.leaves = integrity.is_some();
         let ingest = Arc::new(IngestService::new(
             ingest_settings,
@@ -816,6 +914,9 @@ impl Pipeline {
                 self.positions.clone(),
                 self.status.clone(),
             )?,
+            LogChoice::Front(layout) => {
+                crate::cluster::front::spawn(layout.clone(), wal, requests, self.status.clone())?
+            }
             _ => group_commit::spawn(
                 wal,
                 config.wal.sync_policy(),
@@ -871,7 +972,7 @@ impl Pipeline {
             checkpointed??;
         }
         // A cluster's stream is every node's: nothing is trimmed from it.
-        let trims = !matches!(self.log, LogChoice::Cluster(..));
+        let trims = !matches!(self.log, LogChoice::Cluster(..) | LogChoice::Front(_));
         if let Some(mut wal) = wal.filter(|_| trims) {
             let checkpoint = self.positions.trimmable();
             // On a blocking thread: the log may be remote. Not fatal:
@@ -921,21 +1022,19 @@ struct Transports {
 impl Transports {
     /// Serves at once, with every health name NOT_SERVING until replay
     /// ends; the RPCs answer UNAVAILABLE meanwhile.
-    /// `node_secret`: a cluster node's, for its `Partitions` service
-    /// (`cluster::remote`); none serves it without one.
+    /// `partitions`: a cluster node's secret and the partitions it holds,
+    /// for its `Partitions` service (`cluster::remote`); none serves it
+    /// without.
     async fn serve(
         config: &Config,
         listeners: Listeners,
         pipeline: &Pipeline,
-        (tls, node_secret): (Option<TlsMaterial>, Option<String>),
+        (tls, partitions): (Option<TlsMaterial>, Option<(String, Held)>),
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Transports, ServerError> {
         let app = pipeline.app();
-        // A node of today's one-partition clusters holds partition 0.
-        let partitions_service = node_secret.map(|secret| {
-            let searcher = app.reads.searcher().clone();
-            let held: Held = Arc::new(move |p| (p == 0).then(|| searcher.clone()));
+        let partitions_service = partitions.map(|(secret, held)| {
             PartitionsServer::new(Arc::new(PartitionsService::new(held, &secret)))
                 .max_decoding_message_size(MAX_PARTITION_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PARTITION_MESSAGE_BYTES)

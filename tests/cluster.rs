@@ -1558,6 +1558,7 @@ async fn owner_node(
         },
         node_secret: SECRET.into(),
         tokens,
+        owns: true,
     })
     .await
     .unwrap();
@@ -1674,4 +1675,185 @@ async fn an_indexers_partitions_move_to_another_after_the_lease() {
     found_once(&b.owner, &stored).await;
     b.server.abort();
     b.owner.stop().await;
+}
+
+/// A node of a cluster of four partitions on `nats`.
+fn on_partitions(
+    dir: &Path,
+    nats: &NatsServer,
+    node: &str,
+    role: auditd::config::Role,
+) -> auditd::Config {
+    let mut config = on_cluster(&dir.join(node), nats, "PARTS");
+    config.cluster.partitions = PARTITIONS;
+    config.cluster.node = node.into();
+    config.cluster.lease_ms = 2_000;
+    config.cluster.role = role;
+    config
+}
+
+/// Daemons on a cluster of four partitions (issue 21's first test): a
+/// `query` node alone answers UNAVAILABLE naming a partition (no owner
+/// yet); two `all` nodes and an `ingest` node join; batches through the
+/// three are published into the partitions and indexed by the two
+/// owners; the query node, which holds no index, answers random searches
+/// (every page) and aggregates as the oracles do; when an owner stops its
+/// partitions move to the other, and every event is still found once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_of_several_partitions_answer_through_the_owners() {
+    use auditd::config::Role;
+    use auditd::proto::AggregateRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let q = TestServer::start(on_partitions(dir.path(), &nats, "q", Role::Query)).await;
+    let admin = q.admin_token();
+    let mut query = q.client_with(&admin).await;
+    let everything = SearchRequest {
+        limit: 250,
+        exact_total: true,
+        ..Default::default()
+    };
+    let refused = query.search(everything.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("no node owns it"), "{refused:?}");
+    assert!(refused.message().starts_with("partition "), "{refused:?}");
+
+    let a = TestServer::start(on_partitions(dir.path(), &nats, "a", Role::All)).await;
+    let b = TestServer::start(on_partitions(dir.path(), &nats, "b", Role::All)).await;
+    let i = TestServer::start(on_partitions(dir.path(), &nats, "i", Role::Ingest)).await;
+    let mut writers = [
+        a.client_with(&admin).await,
+        b.client_with(&admin).await,
+        i.client_with(&admin).await,
+    ];
+    let events = generated(2_400, 51, 800);
+    // Each event's place: (time, partition, seq), from the answers.
+    let mut stored: Vec<(AuditEvent, (i64, u32, u64))> = Vec::new();
+    for (n, chunk) in events.chunks(200).enumerate() {
+        let request = IngestRequest {
+            events: chunk.to_vec(),
+            batch_id: format!("parts-{n}"),
+            wait_for: WaitFor::Durable as i32,
+        };
+        let reply = writers[n % 3].ingest(request).await.unwrap().into_inner();
+        assert_eq!(reply.seqs.len(), chunk.len());
+        for ((event, id), seq) in chunk.iter().zip(reply.ids).zip(reply.seqs) {
+            let time = auditd::schema::timestamp_micros(event.time.as_ref());
+            let p = partition_of(&event.subject, PARTITIONS);
+            stored.push((
+                AuditEvent {
+                    id,
+                    ..event.clone()
+                },
+                (time, p, seq),
+            ));
+        }
+    }
+    // Each event has a seq of its own in its partition, rising as the
+    // batches went (the trail events of reads take seqs in between).
+    for p in 0..PARTITIONS {
+        let seqs: Vec<u64> = stored
+            .iter()
+            .filter(|(_, (_, q, _))| *q == p)
+            .map(|(_, (_, _, s))| *s)
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: {seqs:?}"
+        );
+    }
+    // A retry through another node is the same batch.
+    let again = IngestRequest {
+        events: events[..200].to_vec(),
+        batch_id: "parts-0".into(),
+        wait_for: WaitFor::Durable as i32,
+    };
+    let retried = writers[1].ingest(again).await.unwrap().into_inner();
+    let first: Vec<u64> = stored[..200].iter().map(|(_, (_, _, s))| *s).collect();
+    assert_eq!(retried.seqs, first);
+    // SEARCHABLE is the owners' to say; GetEvent does not fan out yet.
+    let searchable = IngestRequest {
+        events: events[..1].to_vec(),
+        wait_for: WaitFor::Searchable as i32,
+        ..Default::default()
+    };
+    let status = writers[0].ingest(searchable).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let status = query
+        .get_event(auditd::proto::GetEventRequest {
+            id: stored[0].0.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+
+    let found_all = async |client: &mut Client| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.search(everything.clone()).await {
+                Ok(page) if page.get_ref().total_hits as usize == stored.len() => break,
+                Ok(page) => assert!(page.get_ref().total_hits as usize <= stored.len()),
+                Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every event searchable in time"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (found, total) = search_all(client, everything.clone()).await;
+        assert_eq!(total as usize, stored.len());
+        let ids: HashSet<String> = found.into_iter().map(|e| e.id).collect();
+        assert_eq!(ids.len(), stored.len(), "every event once");
+    };
+    found_all(&mut query).await;
+
+    let plain: Vec<AuditEvent> = stored.iter().map(|(e, _)| e.clone()).collect();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(52);
+    for round in 0..25 {
+        let mut request = oracle::search_request(oracle::random_filter(&mut rng, &plain));
+        request.limit = 97;
+        request.exact_total = true;
+        let filter = auditd::search::filter_of(&request);
+        let mut expected: Vec<(&(i64, u32, u64), &str)> = stored
+            .iter()
+            .filter(|(e, _)| oracle::matches(&filter, e))
+            .map(|(e, place)| (place, e.id.as_str()))
+            .collect();
+        expected.sort();
+        expected.reverse();
+        let (got, total) = search_all(&mut query, request.clone()).await;
+        let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        let expected: Vec<&str> = expected.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(got, expected, "round {round}: {request:?}");
+        assert_eq!(total as usize, expected.len());
+
+        let mut filter = oracle::random_filter(&mut rng, &plain);
+        filter.from_time = None;
+        filter.to_time = None;
+        let aggregation = common::aggregate_oracle::random_aggregation(&mut rng, "x", 0);
+        let request = AggregateRequest {
+            filter: Some(filter.clone()),
+            aggregations: vec![aggregation.clone()],
+        };
+        let got = query.aggregate(request).await.unwrap().into_inner();
+        let matched: Vec<&AuditEvent> = plain
+            .iter()
+            .filter(|e| oracle::matches(&filter, e))
+            .collect();
+        assert_eq!(got.total_hits as usize, matched.len(), "round {round}");
+        let expected = common::aggregate_oracle::brute_force(&aggregation, &matched, (None, None));
+        assert_eq!(
+            got.results.get("x"),
+            Some(&expected),
+            "round {round}: {aggregation:?}"
+        );
+    }
+
+    // b stops: its partitions move to a, which rebuilds them.
+    b.stop().await.unwrap();
+    found_all(&mut query).await;
+    for node in [q, a, i] {
+        node.stop().await.unwrap();
+    }
 }

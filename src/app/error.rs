@@ -16,6 +16,9 @@ pub enum AppError {
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Search(#[from] SearchError),
+    /// A read merged over a cluster's partitions (`cluster::fanout`).
+    #[error(transparent)]
+    FanOut(#[from] crate::cluster::fanout::FanOutError),
     /// A request field the service itself checks (the search's own fields
     /// come as `Search(SearchError::Invalid)`).
     #[error("{field}: {reason}")]
@@ -184,6 +187,15 @@ impl AppError {
                 SearchError::Corrupt { .. } => DataLoss,
                 SearchError::TooLarge(_) => ResourceExhausted,
             },
+            AppError::FanOut(error) => {
+                use crate::cluster::fanout::FanOutError;
+                match error {
+                    FanOutError::Invalid { .. } => InvalidArgument,
+                    FanOutError::Unavailable { .. } => Unavailable,
+                    FanOutError::Failed { .. } => Internal,
+                    FanOutError::TooLarge(_) => ResourceExhausted,
+                }
+            }
             AppError::Invalid { .. } => InvalidArgument,
             AppError::EventNotFound(_) => NotFound,
             AppError::Starting | AppError::NotAudited(_) | AppError::ShuttingDown => Unavailable,
@@ -225,6 +237,7 @@ impl AppError {
                 })
                 .collect(),
             AppError::Search(SearchError::Invalid { field, reason })
+            | AppError::FanOut(crate::cluster::fanout::FanOutError::Invalid { field, reason })
             | AppError::Invalid { field, reason } => one(field, reason),
             _ => Vec::new(),
         }

@@ -59,6 +59,7 @@ impl ReadService {
         }
         let first = async {
             let scope = caller.read_scope("export")?;
+            self.not_partitioned("Export")?;
             let format = format?;
             let mut reader = PageReader {
                 reads: self.clone(),

@@ -12,6 +12,7 @@ mod export;
 mod integrity;
 mod outbox;
 mod read;
+pub use read::Routes;
 mod retention;
 pub mod self_audit;
 mod subject;

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::trail::{self, Trail};
 use super::{AppError, Origin, StreamSettings};
 use crate::auth::Caller;
+use crate::cluster::fanout::{self, Bounds, Reader};
 use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, SearchRequest, SearchResponse,
 };
@@ -24,7 +25,15 @@ pub struct ReadService {
     /// (`limits.max_tail_subscribers`).
     pub(super) subscribers: Arc<tokio::sync::Semaphore>,
     pub(super) max_subscribers: usize,
+    /// On a node of a cluster of several partitions: how each partition is
+    /// read now (`cluster::owner`), set once the node's owner runs;
+    /// Search and Aggregate fan out through it.
+    routes: Arc<OnceLock<Routes>>,
+    partitioned: bool,
 }
+
+/// Each partition's reader now (index = partition; `None`: no owner).
+pub type Routes = Arc<dyn Fn() -> Vec<Option<Reader>> + Send + Sync>;
 
 impl ReadService {
     pub fn new(
@@ -34,6 +43,7 @@ impl ReadService {
         streams: StreamSettings,
         max_subscribers: usize,
     ) -> Self {
+        let partitioned = trail.partitioned();
         ReadService {
             searcher,
             status,
@@ -41,6 +51,39 @@ impl ReadService {
             streams,
             subscribers: Arc::new(tokio::sync::Semaphore::new(max_subscribers)),
             max_subscribers,
+            routes: Arc::new(OnceLock::new()),
+            partitioned,
+        }
+    }
+
+    /// Reads fan out through `routes` from now on (a node of a cluster of
+    /// several partitions; set once).
+    pub fn route_through(&self, routes: Routes) {
+        let _ = self.routes.set(routes);
+    }
+
+    /// The partitions' readers, on a node of several partitions (`None`
+    /// elsewhere); `Starting` until its owner runs.
+    fn fanning_out(&self) -> Result<Option<Vec<Option<Reader>>>, AppError> {
+        if !self.partitioned {
+            return Ok(None);
+        }
+        self.check_health()?;
+        match self.routes.get() {
+            Some(routes) => Ok(Some(routes())),
+            None => Err(AppError::Starting),
+        }
+    }
+
+    /// Refuses what does not fan out yet on a node of several partitions.
+    pub(super) fn not_partitioned(&self, what: &'static str) -> Result<(), AppError> {
+        match self.partitioned {
+            true => Err(AppError::NotInCluster(
+                what,
+                "with cluster.partitions > 1 only Search and Aggregate fan out to the \
+                 partitions' owners yet (docs/cluster.md)",
+            )),
+            false => Ok(()),
         }
     }
 
@@ -60,11 +103,17 @@ impl ReadService {
         let query = trail::search_query(&request);
         let checked = self.check_health().and_then(|()| {
             let scope = caller.read_scope("search")?;
-            self.searcher.check(&request, &scope)?;
-            Ok(scope)
+            let readers = self.fanning_out()?;
+            // A merged search's page token is the fan-out's to check.
+            let mut own = request.clone();
+            if readers.is_some() {
+                own.page_token.clear();
+            }
+            self.searcher.check(&own, &scope)?;
+            Ok((scope, readers))
         });
-        let scope = match checked {
-            Ok(scope) => scope,
+        let (scope, readers) = match checked {
+            Ok(checked) => checked,
             Err(error) => {
                 return self
                     .trail
@@ -72,6 +121,18 @@ impl ReadService {
                     .await
             }
         };
+        if let Some(readers) = readers {
+            let bounds = Bounds {
+                limit: self.searcher.limit_of(&request),
+                count_up_to: self.searcher.count_up_to(&request),
+            };
+            let search =
+                async move { Ok(fanout::search(&readers, &request, &scope, bounds).await?) };
+            return self
+                .trail
+                .alongside(caller, trail::SEARCH, origin, query, search)
+                .await;
+        }
         let search = self.blocking(move |s| s.search(&request, &scope));
         self.trail
             .alongside(caller, trail::SEARCH, origin, query, search)
@@ -89,7 +150,10 @@ impl ReadService {
         let query = trail::aggregate_query(&request);
         let result = async {
             let scope = caller.read_scope("aggregate")?;
-            self.blocking(move |s| s.aggregate(&request, &scope)).await
+            match self.fanning_out()? {
+                Some(readers) => Ok(fanout::aggregate(&readers, &request, &scope).await?),
+                None => self.blocking(move |s| s.aggregate(&request, &scope)).await,
+            }
         }
         .await;
         self.trail
@@ -108,6 +172,7 @@ impl ReadService {
         let query = BTreeMap::from([("id".to_owned(), id.clone())]);
         let result = async {
             let scope = caller.read_scope("read events")?;
+            self.not_partitioned("GetEvent")?;
             if id.is_empty() {
                 return Err(AppError::Invalid {
                     field: "id",

@@ -80,6 +80,7 @@ impl ReadService {
         }
         let started = async {
             let scope = caller.read_scope("tail")?;
+            self.not_partitioned("Tail")?;
             let permit = self
                 .subscribers
                 .clone()

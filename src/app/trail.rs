@@ -57,6 +57,11 @@ impl Trail {
         Trail { ingest }
     }
 
+    /// Whether this node's cluster has several partitions.
+    pub fn partitioned(&self) -> bool {
+        self.ingest.partitioned()
+    }
+
     /// Stores the trail event of a call that ended with `result`, then
     /// hands `result` back: a read that cannot be audited is not served
     /// (`AppError::NotAudited`), whatever it found.

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::AppError;
 use crate::auth::Caller;
 use crate::ingest::IngestService;
-use crate::proto::{IngestRequest, IngestResponse};
+use crate::proto::{IngestRequest, IngestResponse, WaitFor};
 
 /// Replies an ingest stream may have waiting for a slow reader before it
 /// stops reading requests.
@@ -47,6 +47,13 @@ impl WriteService {
     ) -> Result<IngestResponse, AppError> {
         caller.check_write(&request.events)?;
         self.takes_ingest()?;
+        if self.ingest.partitioned() && request.wait_for == WaitFor::Searchable as i32 {
+            return Err(AppError::NotInCluster(
+                "wait_for = SEARCHABLE",
+                "with cluster.partitions > 1 the partitions' owners index the events; \
+                 ask for DURABLE",
+            ));
+        }
         Ok(self.ingest.ingest(request).await?)
     }
 

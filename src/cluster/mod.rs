@@ -24,6 +24,7 @@
 
 pub mod fanout;
 pub mod follow;
+pub mod front;
 pub mod lease;
 pub mod node;
 pub mod owned;

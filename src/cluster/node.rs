@@ -285,6 +285,7 @@ impl Node {
                 first_seq: published.first_seq,
                 next_seq: published.first_seq + count,
                 stored_ids: published.stored_ids,
+                seqs: None,
             }));
             return;
         }
@@ -341,6 +342,7 @@ impl Node {
                         first_seq,
                         next_seq: first_seq + count,
                         stored_ids: waiting.published.stored_ids,
+                        seqs: None,
                     }));
                 }
                 ToIndexer::Batch(batch)
@@ -356,6 +358,7 @@ impl Node {
                         first_seq: next_seq,
                         next_seq,
                         stored_ids: None,
+                        seqs: None,
                     }));
                 }
                 ToIndexer::Retention(span, RetentionChange { record, done })

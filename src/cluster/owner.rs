@@ -49,6 +49,9 @@ pub struct OwnerSettings {
     /// What the node shows other nodes' `Partitions` services.
     pub node_secret: String,
     pub tokens: Arc<TokenStore>,
+    /// Whether this node takes leases (roles `all` and `index`); one that
+    /// does not only routes its reads to the owners.
+    pub owns: bool,
 }
 
 /// What the round and the readers share.
@@ -109,6 +112,12 @@ impl Owner {
     /// How a fan-out reads each partition now (index = partition).
     pub fn readers(&self) -> Vec<Option<Reader>> {
         self.routes.readers.read().expect("routes lock").clone()
+    }
+
+    /// [`Owner::readers`], as the read service asks for them.
+    pub fn routes(&self) -> crate::app::Routes {
+        let routes = self.routes.clone();
+        Arc::new(move || routes.readers.read().expect("routes lock").clone())
     }
 
     /// The partitions this node holds a lease on.
@@ -181,7 +190,7 @@ impl Round {
         for (p, owned) in std::mem::take(&mut self.owned) {
             self.drop_partition(p, Some(owned)).await;
         }
-        if !abandon.is_cancelled() {
+        if !abandon.is_cancelled() && self.settings.owns {
             if let Err(error) = self.leases.release_all().await {
                 tracing::warn!(%error, "could not release the leases; they expire on their own");
             }
@@ -190,6 +199,10 @@ impl Round {
 
     /// One lease round, its changes applied, the routes made again.
     async fn round(&mut self) {
+        if !self.settings.owns {
+            self.route().await;
+            return;
+        }
         match self.leases.tick().await {
             Ok(change) => {
                 for p in change.lost {

@@ -226,6 +226,7 @@ fn run(
                                 first_seq,
                                 next_seq,
                                 stored_ids: None,
+                                seqs: None,
                             };
                             pending.push((appended, request));
                         }
