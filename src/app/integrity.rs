@@ -58,6 +58,7 @@ impl IntegrityService {
     }
 
     fn enabled(&self) -> Result<&Arc<Integrity>, AppError> {
+        self.reads.not_partitioned("the Integrity service")?;
         self.integrity.as_ref().ok_or(AppError::IntegrityOff)
     }
 

@@ -234,6 +234,11 @@ impl RetentionService {
     /// Drops now every partition that is due.
     pub async fn sweep(&self, caller: &Caller, origin: &Origin) -> Result<SweepResponse, AppError> {
         let result = match caller.require_admin("run retention") {
+            Ok(()) if self.ingest.partitioned() => Err(AppError::NotInCluster(
+                "a retention sweep",
+                "with cluster.partitions > 1 each partition's owner would sweep its own, which \
+                 is not built yet (docs/cluster.md)",
+            )),
             Ok(()) => self.sweep_now().await,
             Err(error) => Err(error.into()),
         };
@@ -325,6 +330,13 @@ impl RetentionService {
     }
 
     async fn change(&self, change: Change) -> Result<Applied, AppError> {
+        if self.ingest.partitioned() {
+            return Err(AppError::NotInCluster(
+                "changing retention (a lock, a hold, a sweep)",
+                "with cluster.partitions > 1 a change would have to reach every partition's \
+                 owner, which is not built yet (docs/cluster.md)",
+            ));
+        }
         let record = RetentionRecord {
             id: ulid::Ulid::new().to_string(),
             at_micros: now_micros(),

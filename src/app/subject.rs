@@ -235,6 +235,7 @@ impl SubjectService {
             if !own {
                 caller.require_admin("export another subject's events")?;
             }
+            self.reads.not_partitioned("a subject's export")?;
             let format = super::export::format_of(request.format)?;
             query.insert("format".into(), format.name().into());
             let checkpoint = self.checkpoint_covering_all().await?;
