@@ -35,7 +35,7 @@ use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{channel, retry, send_with_retry};
+use crate::{channel, retry, wait_searchable, NO_SEARCHABLE_WAIT};
 use auditd::client::MAX_MESSAGE_BYTES;
 
 /// How often a probe asks whether its marker is searchable: the resolution
@@ -214,13 +214,15 @@ pub async fn load(endpoint: Endpoint, bearer: BearerToken, args: LoadArgs) -> an
     let all_searchable = if args.no_wait {
         None
     } else {
-        let mut again = IngestRequest::decode(&*batches[batches.len() - 1].request)
+        let again = IngestRequest::decode(&*batches[batches.len() - 1].request)
             .context("decoding the last batch")?;
-        again.wait_for = WaitFor::Searchable as i32;
-        send_with_retry(&mut last_client, &again)
+        let waited = wait_searchable(&mut last_client, &again)
             .await
             .context("waiting until everything is searchable")?;
-        Some(started.elapsed().as_secs_f64())
+        if !waited {
+            eprintln!("auditctl: {NO_SEARCHABLE_WAIT}");
+        }
+        waited.then(|| started.elapsed().as_secs_f64())
     };
     let probes = std::mem::take(&mut *probes.lock().expect("probes lock"));
     for probe in probes {
@@ -463,6 +465,12 @@ async fn probe(
                 return Ok(());
             }
             Err(status) if status.code() == tonic::Code::NotFound => {}
+            // A node that cannot look events up by id (a cluster of
+            // several partitions): the marker goes unmeasured.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                samples.lock().expect("samples lock").missing_markers += 1;
+                return Ok(());
+            }
             // Reads may be refused for a moment under overload; retry.
             Err(status)
                 if matches!(

@@ -693,17 +693,42 @@ async fn ingest(client: Client, args: IngestArgs) -> anyhow::Result<()> {
     // A retry of a stored batch with WAIT_FOR_SEARCHABLE stores nothing and
     // returns once everything durable is searchable.
     let last = last_sent.lock().expect("lock").take();
-    if let (false, Some(mut last)) = (args.no_wait, last) {
-        last.wait_for = WaitFor::Searchable as i32;
-        send_with_retry(&mut client.clone(), &last)
+    if let (false, Some(last)) = (args.no_wait, last) {
+        let waited = wait_searchable(&mut client.clone(), &last)
             .await
             .context("waiting until searchable")?;
-        println!(
-            "all searchable after {:.2} s",
-            started.elapsed().as_secs_f64()
-        );
+        match waited {
+            true => println!(
+                "all searchable after {:.2} s",
+                started.elapsed().as_secs_f64()
+            ),
+            false => println!("{NO_SEARCHABLE_WAIT}"),
+        }
     }
     Ok(())
+}
+
+/// What `load` and `ingest` say when the node cannot wait for searchability.
+pub(crate) const NO_SEARCHABLE_WAIT: &str = "durable; this node does not wait until events are \
+    searchable (a cluster of several partitions: each partition's owner indexes its events)";
+
+/// Sends `last` (a batch already stored) again with WAIT_FOR_SEARCHABLE:
+/// it stores nothing and returns once everything durable is searchable
+/// (`true`). `false`: the node cannot wait (a node of a cluster of several
+/// partitions refuses SEARCHABLE with FAILED_PRECONDITION).
+pub(crate) async fn wait_searchable(
+    client: &mut Client,
+    last: &IngestRequest,
+) -> anyhow::Result<bool> {
+    let mut last = last.clone();
+    last.wait_for = WaitFor::Searchable as i32;
+    match client.ingest(last.clone()).await {
+        Ok(_) => return Ok(true),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => return Ok(false),
+        Err(_) => {}
+    }
+    send_with_retry(client, &last).await?;
+    Ok(true)
 }
 
 /// Most attempts for one batch before giving up.
