@@ -343,6 +343,10 @@ async fn start_owner(
     listeners: &Listeners,
 ) -> Result<Owner, ServerError> {
     let (grpc, _) = listeners.addrs()?;
+    // The stream first, made once: the partitions' pipelines all open it
+    // at once, and on a three-server NATS a first create racing others
+    // timed out.
+    layout.open().await?;
     let settings = OwnerSettings {
         config: config.clone(),
         layout: layout.clone(),

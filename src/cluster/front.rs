@@ -18,7 +18,6 @@
 //! bounded WAL queue, so a slow stream fills it and Ingest answers
 //! RESOURCE_EXHAUSTED.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -42,11 +41,7 @@ pub fn spawn(
         .name("auditd-front".into())
         .spawn(move || {
             let guard = WorkerGuard::new(status.clone(), "wal");
-            let name = PathBuf::from(format!("nats:{}", layout.jetstream.stream));
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| WalError::io(&name, e))?;
+            let runtime = super::node::thread_runtime(&layout)?;
             let publisher = runtime
                 .block_on(Publisher::open(layout))
                 .map_err(super::node::remote)?;

@@ -101,11 +101,7 @@ pub fn spawn(
         .name("auditd-cluster".into())
         .spawn(move || {
             let guard = WorkerGuard::new(status.clone(), "wal");
-            let name = PathBuf::from(format!("nats:{}", layout.jetstream.stream));
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| WalError::io(&name, e))?;
+            let runtime = thread_runtime(&layout)?;
             let node = Node {
                 partition,
                 status: status.clone(),
@@ -401,6 +397,15 @@ impl Node {
 }
 
 /// A cluster error as the log's.
+/// The runtime of a cluster WAL thread (this one, or `cluster::front`).
+pub(crate) fn thread_runtime(layout: &Layout) -> Result<tokio::runtime::Runtime, WalError> {
+    let name = PathBuf::from(format!("nats:{}", layout.jetstream.stream));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| WalError::io(&name, e))
+}
+
 pub(crate) fn remote(error: ClusterError) -> WalError {
     match error {
         ClusterError::Remote { stream, reason } | ClusterError::Corrupt { stream, reason } => {

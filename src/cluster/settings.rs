@@ -33,13 +33,8 @@ pub async fn node_secret(
     replicas: usize,
 ) -> Result<String, ClusterError> {
     use base64::Engine;
-    let remote = |reason: String| ClusterError::Remote {
-        stream: format!("KV_{bucket}"),
-        reason,
-    };
-    let kv = super::open_kv(context, bucket, Duration::ZERO, replicas)
-        .await
-        .map_err(|e| remote(format!("cannot open or create the settings bucket: {e}")))?;
+    let remote = |reason: String| remote(bucket, reason);
+    let kv = open(context, bucket, replicas).await?;
     let made = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     match kv.create(NODE_SECRET, made.clone().into()).await {
         Ok(_) => return Ok(made),
@@ -63,6 +58,30 @@ pub async fn node_secret(
 /// The node secret's key.
 const NODE_SECRET: &str = "node-secret";
 
+/// The settings bucket, opened or made.
+async fn open(
+    context: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    super::open_kv(context, bucket, Duration::ZERO, replicas)
+        .await
+        .map_err(|e| {
+            remote(
+                bucket,
+                format!("cannot open or create the settings bucket: {e}"),
+            )
+        })
+}
+
+/// NATS failed or refused on `bucket`.
+fn remote(bucket: &str, reason: String) -> ClusterError {
+    ClusterError::Remote {
+        stream: format!("KV_{bucket}"),
+        reason,
+    }
+}
+
 /// What of `[retention]` every node must share, as stored.
 fn retention_value(config: &RetentionConfig) -> serde_json::Value {
     serde_json::json!({
@@ -82,13 +101,8 @@ pub async fn agree_on_retention(
     retention: &RetentionConfig,
     adopt: bool,
 ) -> Result<(), ClusterError> {
-    let remote = |reason: String| ClusterError::Remote {
-        stream: format!("KV_{bucket}"),
-        reason,
-    };
-    let kv = super::open_kv(context, bucket, Duration::ZERO, replicas)
-        .await
-        .map_err(|e| remote(format!("cannot open or create the settings bucket: {e}")))?;
+    let remote = |reason: String| remote(bucket, reason);
+    let kv = open(context, bucket, replicas).await?;
     let ours = retention_value(retention);
     let bytes = serde_json::to_vec(&ours).expect("rules serialize");
     if adopt {
