@@ -6,7 +6,10 @@
 # each run; the cluster node ([cluster] enabled, one partition) publishes
 # each batch by compare-and-set and indexes what it reads back; two
 # cluster nodes on one stream each take half the file at once (two loads
-# in parallel, one a node), and every node indexes all of it.
+# in parallel, one a node), and every node indexes all of it; then the
+# same two nodes on a stream of PARTS partitions (4), each owning half of
+# them, timed until every event is searchable (a node acknowledges once
+# the stream holds a batch; its partitions' owners index it after).
 #
 #   scripts/bench_jetstream.sh                 # 300,000 events, 3 runs
 #   COUNT=1000000 RUNS=5 scripts/bench_jetstream.sh
@@ -21,6 +24,7 @@ cd "$(dirname "$0")/.."
 COUNT=${COUNT:-300000}
 RUNS=${RUNS:-3}
 STREAMS=${STREAMS:-4}
+PARTS=${PARTS:-4}
 BATCH=${BATCH:-1000}
 GRPC_PORT=${GRPC_PORT:-50961}
 HTTP_PORT=${HTTP_PORT:-50962}
@@ -90,10 +94,26 @@ wait_answering() {
     return 1
 }
 
-# Two cluster nodes on stream $2: each loads half of the file through its
-# own node at once. Writes events/s over the wall time of both loads.
+# The exact number of events node's HTTP port $1 finds (token $2).
+count_events() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys, urllib.request
+request = urllib.request.Request(
+    f"http://127.0.0.1:{sys.argv[1]}/v1/events?limit=1&exactTotal=true",
+    headers={"Authorization": f"Bearer {sys.argv[2]}"})
+try:
+    print(json.load(urllib.request.urlopen(request, timeout=10))["totalHits"])
+except Exception:
+    print(-1)
+PY
+}
+
+# Two cluster nodes on stream $2 of $3 partitions (1 by default): each
+# loads half of the file through its own node at once. Writes events/s
+# over the wall time of both loads and, with several partitions, until
+# every event is searchable.
 run_two() {
-    local name=$1 stream=$2
+    local name=$1 stream=$2 partitions=${3:-1}
     local data1 data2 half
     data1=$(mktemp -d "$OUT/data.XXXXXX")
     data2=$(mktemp -d "$OUT/data.XXXXXX")
@@ -102,8 +122,9 @@ run_two() {
     tail -n +"$((half + 1))" "$NDJSON" > "$OUT/half-2.ndjson"
     export AUDITD_LOG__KIND=jetstream AUDITD_CLUSTER__ENABLED=true \
         AUDITD_LOG__JETSTREAM__SERVERS="[\"nats://127.0.0.1:$NATS_PORT\"]" \
-        AUDITD_LOG__JETSTREAM__STREAM="$stream" AUDITD_LOG__JETSTREAM__SUBJECT="${stream,,}"
-    "$AUDITD" --data-dir "$data1" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+        AUDITD_LOG__JETSTREAM__STREAM="$stream" AUDITD_LOG__JETSTREAM__SUBJECT="${stream,,}" \
+        AUDITD_CLUSTER__PARTITIONS="$partitions" AUDITD_CLUSTER__LEASE_MS=3000
+    AUDITD_CLUSTER__NODE=n1 "$AUDITD" --data-dir "$data1" --grpc-addr "127.0.0.1:$GRPC_PORT" \
         --http-addr "127.0.0.1:$HTTP_PORT" > "$OUT/auditd.log" 2>&1 &
     local pid1=$!
     DAEMONS="$pid1"
@@ -111,13 +132,24 @@ run_two() {
     local token
     token=$(cat "$data1/admin.token")
     wait_answering "$pid1" "$GRPC_PORT" "$token"
-    "$AUDITD" --data-dir "$data2" --grpc-addr "127.0.0.1:$((GRPC_PORT + 10))" \
+    AUDITD_CLUSTER__NODE=n2 "$AUDITD" --data-dir "$data2" --grpc-addr "127.0.0.1:$((GRPC_PORT + 10))" \
         --http-addr "127.0.0.1:$((HTTP_PORT + 10))" > "$OUT/auditd-2.log" 2>&1 &
     local pid2=$!
     DAEMONS="$pid1 $pid2"
     wait_answering "$pid2" "$((GRPC_PORT + 10))" "$token"
     unset AUDITD_LOG__KIND AUDITD_CLUSTER__ENABLED AUDITD_LOG__JETSTREAM__SERVERS \
-        AUDITD_LOG__JETSTREAM__STREAM AUDITD_LOG__JETSTREAM__SUBJECT
+        AUDITD_LOG__JETSTREAM__STREAM AUDITD_LOG__JETSTREAM__SUBJECT AUDITD_CLUSTER__PARTITIONS \
+        AUDITD_CLUSTER__LEASE_MS
+    if [ "$partitions" -gt 1 ]; then
+        # The second node has its share once the first released it: both
+        # answer for every partition (an empty stream counts 0, not -1).
+        for _ in $(seq 300); do
+            local ready
+            ready=$( (ls -d "$data2"/partitions/* 2>/dev/null || true) | wc -l)
+            [ "$ready" -ge $((partitions / 2)) ] && [ "$(count_events "$HTTP_PORT" "$token")" = 0 ] && break
+            sleep 0.1
+        done
+    fi
     local n0 a0 b0 started
     n0=$(cpu_seconds "$NATS_PID"); a0=$(cpu_seconds "$pid1"); b0=$(cpu_seconds "$pid2")
     started=$(date +%s.%N)
@@ -127,6 +159,13 @@ run_two() {
     AUDITCTL_TOKEN=$token "$AUDITCTL" --addr "http://127.0.0.1:$((GRPC_PORT + 10))" \
         load "$OUT/half-2.ndjson" --streams "$STREAMS" --batch-size "$BATCH" --json > "$OUT/$name.b.json"
     wait "$load1"
+    if [ "$partitions" -gt 1 ]; then
+        # Searchable through either node: what the owners have indexed.
+        for _ in $(seq 3000); do
+            [ "$(count_events "$HTTP_PORT" "$token")" -ge "$COUNT" ] && break
+            sleep 0.05
+        done
+    fi
     awk -v s="$started" -v e="$(date +%s.%N)" -v n="$COUNT" \
         'BEGIN { printf "{\"events_per_sec\": %.1f}\n", n / (e - s) }' > "$OUT/$name.json"
     # auditd: both nodes together (each indexes all of it).
@@ -155,6 +194,8 @@ for run in $(seq "$RUNS"); do
         run_one "cluster-$run"
     echo "== run $run/$RUNS: two cluster nodes, half the file through each at once" >&2
     run_two "two-nodes-$run" "TWO_$run"
+    echo "== run $run/$RUNS: two nodes owning ${PARTS} partitions, until all is searchable" >&2
+    run_two "two-parts-$run" "PARTS_$run" "$PARTS"
 done
 
 python3 - "$OUT" "$RUNS" "$COUNT" <<'PY'
@@ -162,7 +203,7 @@ import json, statistics, sys
 out, runs, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rate = lambda name, r: json.load(open(f"{out}/{name}-{r}.json"))["events_per_sec"]
 names = (("local", "local log"), ("jetstream", "JetStream log"), ("cluster", "cluster node"),
-         ("two-nodes", "two nodes"))
+         ("two-nodes", "two nodes"), ("two-parts", "two owners"))
 rates = {name: [rate(name, r) for r in range(1, runs + 1)] for name, _ in names}
 for name, label in names:
     xs = rates[name]

@@ -24,6 +24,10 @@
 # Ports, for several clusters or busy ones (the defaults are the
 # example's): NATS_PORTS, ROUTE_PORTS, MONITOR_PORTS (nats-server's
 # /healthz), GRPC_PORTS, HTTP_PORTS, three space-separated ports each. CLUSTER_DIR moves target/cluster.
+# PARTITIONS (1 by default) is the stream's partition count when `up`
+# makes it: with more than one, the two `all` nodes (named node-1 and
+# node-2) own the partitions through leases, the `query` node holds no
+# index, and Search and Aggregate fan out to the owners (docs/cluster.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +38,7 @@ read -r -a GRPC_PORTS <<< "${GRPC_PORTS:-50051 50052 50053}"
 read -r -a HTTP_PORTS <<< "${HTTP_PORTS:-8080 8081 8082}"
 read -r -a MONITOR_PORTS <<< "${MONITOR_PORTS:-8222 8223 8224}"
 ROLES=(all all query)
+PARTITIONS=${PARTITIONS:-1}
 # How long `up` waits for each process.
 WAIT_SECONDS=${WAIT_SECONDS:-120}
 
@@ -169,6 +174,8 @@ EOF
         AUDITD_LOG__JETSTREAM__SERVERS="[$(IFS=,; echo "${servers[*]}")]" \
         AUDITD_LOG__JETSTREAM__REPLICAS=3 \
         AUDITD_CLUSTER__ENABLED=true \
+        AUDITD_CLUSTER__PARTITIONS="$PARTITIONS" \
+        AUDITD_CLUSTER__NODE="node-$n" \
             setsid "$auditd" --role "${ROLES[$i]}" --data-dir "$dir/node-$n" \
             --grpc-addr "127.0.0.1:${GRPC_PORTS[$i]}" --http-addr "127.0.0.1:${HTTP_PORTS[$i]}" \
             > "$dir/node-$n.log" 2>&1 < /dev/null &
