@@ -356,6 +356,21 @@ impl Indexer {
             self.indexed = next;
             return Ok(());
         }
+        let added = self.add_events(batch);
+        // Failed or not, the batch is below `indexed`: after a failure the
+        // re-read of `[committed, indexed)` must take it. (Left behind, a
+        // failed last batch before a commit was skipped for good: the
+        // commit found nothing to do, and the next one moved past it.)
+        self.indexed = next;
+        added
+    }
+
+    /// Adds the events of one batch; `add` moves `indexed` past it.
+    fn add_events(&mut self, batch: IndexBatch) -> Result<(), IndexError> {
+        crate::failpoint::io("index::add").map_err(|e| IndexError::Tantivy {
+            path: self.data_dir.join("index"),
+            source: e.into(),
+        })?;
         self.batches += 1;
         let IndexBatch {
             span,
@@ -412,7 +427,6 @@ impl Indexer {
             writer.last_write = Instant::now();
             writer.compacted = false;
         }
-        self.indexed = next;
         Ok(())
     }
 

@@ -224,6 +224,29 @@ async fn failed_index_commit_loses_nothing_and_heals() {
     index_fault_loses_nothing_and_heals("index::commit").await;
 }
 
+/// Adding a batch to the index fails (a day partition that cannot be
+/// made on a full disk) and no batch follows before the next commit: the
+/// batch is re-read from the WAL, not skipped (the full-disk test caught
+/// one lost this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_add_of_the_last_batch_is_indexed_once_the_index_heals() {
+    let faults = Faults::take();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    ingest(&mut client, tagged("before", 20, 1), WaitFor::Searchable).await;
+    faults.arm("index::add", "return(enospc)");
+    ingest(&mut client, tagged("during", 20, 2), WaitFor::Durable).await;
+    wait_health(&server.url(), "auditd.ingest", ServingStatus::NotServing).await;
+    faults.clear("index::add");
+    // A commit with nothing new heals the index first.
+    wait_health(&server.url(), "auditd.ingest", ServingStatus::Serving).await;
+    ingest(&mut client, tagged("after", 20, 3), WaitFor::Searchable).await;
+    assert_eq!(count_action(&mut client, "fault.during").await, 20);
+    assert_eq!(count_action(&mut client, "fault.after").await, 20);
+    server.stop().await.unwrap();
+}
+
 /// Tantivy cannot create a segment file (the full-disk case inside the
 /// index, as the indexing threads flush at commit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
