@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::Limits;
 use crate::idempotency::{Begin, Idempotency, Stored};
-use crate::messages::{AppendRequest, RetentionChange, WalBatch};
+use crate::messages::{AppendRequest, Refused, RetentionChange, WalBatch};
 use crate::metrics as m;
 use crate::partition::day_of;
 use crate::proto::{AuditEvent, IngestRequest, IngestResponse, WaitFor};
@@ -44,6 +44,25 @@ pub enum IngestError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl IngestError {
+    /// A WAL thread's refusal of a request of `events` events.
+    fn of_refusal(refused: Refused, events: usize) -> IngestError {
+        match refused {
+            Refused::NotStored(reason) => IngestError::Unavailable(reason),
+            Refused::BatchIdReused(reason) => IngestError::Invalid(InvalidBatch {
+                violations: vec![Violation {
+                    index: None,
+                    field: "batch_id",
+                    reason,
+                }],
+                total: 1,
+                invalid_events: 0,
+                events,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -210,7 +229,7 @@ impl IngestService {
         let appended = replied
             .await
             .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
-            .map_err(IngestError::Unavailable)?;
+            .map_err(|refused| IngestError::of_refusal(refused, ids.len()))?;
         let stored = Stored {
             ids: appended.stored_ids.unwrap_or(ids),
             first_seq: appended.first_seq,
@@ -331,7 +350,7 @@ impl IngestService {
         let appended = replied
             .await
             .map_err(|_| IngestError::Unavailable("the write-ahead log thread stopped".into()))?
-            .map_err(IngestError::Unavailable)?;
+            .map_err(|refused| IngestError::of_refusal(refused, 0))?;
         let applied = applied
             .await
             .map_err(|_| IngestError::Unavailable("the indexer stopped before applying it".into()))?

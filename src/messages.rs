@@ -92,6 +92,29 @@ impl WalBatch {
     }
 }
 
+/// Why a WAL thread did not store a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The log failed, or is stopping: nothing stored; retry.
+    NotStored(String),
+    /// The request's `batch_id` was used before for a batch of other
+    /// events (a cluster of several partitions finds out when a
+    /// partition's copy holds another count of events).
+    BatchIdReused(String),
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Refused {
+        Refused::NotStored(reason)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(reason: &str) -> Refused {
+        Refused::NotStored(reason.to_owned())
+    }
+}
+
 /// An ingest handler's request to the WAL thread. `body` is `batch`
 /// encoded, done on the handler's task so the WAL thread only writes the
 /// record's header (with the batch's first seq) and the body.
@@ -102,7 +125,7 @@ pub struct AppendRequest {
     /// handler's task: the WAL thread only adds them to the tree.
     pub leaves: Vec<Hash>,
     /// `Ok` once the record is as durable as the sync policy makes it.
-    pub reply: oneshot::Sender<Result<Appended, String>>,
+    pub reply: oneshot::Sender<Result<Appended, Refused>>,
     /// A slot of the bounded WAL queue, given back when the WAL thread
     /// takes the request.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,

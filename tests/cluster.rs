@@ -1771,6 +1771,28 @@ async fn daemons_of_several_partitions_answer_through_the_owners() {
     let retried = writers[1].ingest(again).await.unwrap().into_inner();
     let first: Vec<u64> = stored[..200].iter().map(|(_, (_, _, s))| *s).collect();
     assert_eq!(retried.seqs, first);
+    // A batch id used again for other events is refused, naming it (a
+    // partition's copy holds another count); the node goes on.
+    let reused = IngestRequest {
+        events: events[200..350].to_vec(),
+        batch_id: "parts-1".into(),
+        wait_for: WaitFor::Durable as i32,
+    };
+    let status = writers[2].ingest(reused).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("batch_id"), "{status:?}");
+    assert!(
+        status.message().contains("used for another batch"),
+        "{status:?}"
+    );
+    let again = IngestRequest {
+        events: events[200..400].to_vec(),
+        batch_id: "parts-1".into(),
+        wait_for: WaitFor::Durable as i32,
+    };
+    let retried = writers[2].ingest(again).await.unwrap().into_inner();
+    let first: Vec<u64> = stored[200..400].iter().map(|(_, (_, _, s))| *s).collect();
+    assert_eq!(retried.seqs, first);
     // SEARCHABLE is the owners' to say; GetEvent does not fan out yet.
     let searchable = IngestRequest {
         events: events[..1].to_vec(),

@@ -24,8 +24,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Receiver;
 
 use super::publish::Publisher;
+use super::ClusterError;
 use super::Layout;
-use crate::messages::{AppendRequest, Appended};
+use crate::messages::{AppendRequest, Appended, Refused};
 use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::{Log, LogPosition, Span, WalError};
 
@@ -79,10 +80,15 @@ async fn publish(publisher: &Publisher, status: &PipelineStatus, mut request: Ap
                 seqs: Some(placed.iter().map(|p| p.seq).collect()),
             }));
         }
-        Err(error) => {
+        Err(reused @ ClusterError::BatchIdReused { .. }) => {
             let _ = request
                 .reply
-                .send(Err(format!("the stream did not take the batch: {error}")));
+                .send(Err(Refused::BatchIdReused(reused.to_string())));
+        }
+        Err(error) => {
+            let _ = request.reply.send(Err(
+                format!("the stream did not take the batch: {error}").into()
+            ));
         }
     }
 }

@@ -84,6 +84,18 @@ pub enum ClusterError {
     /// retry helps, and nothing past it is taken.
     #[error("stream {stream}: {reason}")]
     Corrupt { stream: String, reason: String },
+    /// A batch id the stream already holds for a batch of other events.
+    #[error(
+        "{batch_id:?} was used for another batch: partition {partition} holds {stored} \
+         events of it, this batch puts {sent} there (a batch id names one batch; this \
+         batch's events for other partitions may have been stored under it)"
+    )]
+    BatchIdReused {
+        batch_id: String,
+        partition: u32,
+        stored: usize,
+        sent: usize,
+    },
 }
 
 impl Layout {

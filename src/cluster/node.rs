@@ -262,9 +262,10 @@ impl Node {
         let published = match published {
             Ok(published) => published,
             Err(error) => {
-                let _ = request
-                    .reply
-                    .send(Err(format!("the stream did not take the batch: {error}")));
+                let _ =
+                    request.reply.send(Err(
+                        format!("the stream did not take the batch: {error}").into()
+                    ));
                 return;
             }
         };
@@ -414,6 +415,10 @@ pub(crate) fn remote(error: ClusterError) -> WalError {
         ClusterError::Config { field, reason } => WalError::Remote {
             stream: field.into(),
             reason,
+        },
+        reused @ ClusterError::BatchIdReused { .. } => WalError::Remote {
+            stream: "batch_id".into(),
+            reason: reused.to_string(),
         },
     }
 }

@@ -149,6 +149,16 @@ impl Publisher {
                 .map(|(partition, (_, part))| self.publish_partition(*partition, part)),
         )
         .await?;
+        for ((partition, (at, part)), (_, ids)) in groups.iter().zip(&placed) {
+            if ids.len() != at.len() {
+                return Err(ClusterError::BatchIdReused {
+                    batch_id: part.batch_id.clone(),
+                    partition: *partition,
+                    stored: ids.len(),
+                    sent: at.len(),
+                });
+            }
+        }
         let total = groups.values().map(|(at, _)| at.len()).sum();
         let mut out = vec![None; total];
         for ((partition, (at, _)), (first_seq, ids)) in groups.iter().zip(placed) {

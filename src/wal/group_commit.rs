@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Log, LogPosition, SyncPolicy, WalError};
 use crate::integrity::store::TreeStore;
-use crate::messages::{AppendRequest, Appended, IndexBatch, ToIndexer};
+use crate::messages::{AppendRequest, Appended, IndexBatch, Refused, ToIndexer};
 use crate::metrics as m;
 use crate::record::{self, RecordKind};
 use crate::status::{PipelineStatus, WorkerGuard};
@@ -391,8 +391,10 @@ fn count_error(op: &'static str) {
 }
 
 /// What a client whose batch could not be made durable is told.
-fn refusal(error: &WalError) -> String {
-    format!("the write-ahead log could not make the batch durable: {error}")
+fn refusal(error: &WalError) -> Refused {
+    Refused::NotStored(format!(
+        "the write-ahead log could not make the batch durable: {error}"
+    ))
 }
 
 fn refuse(requests: impl IntoIterator<Item = AppendRequest>, error: &WalError) {
