@@ -1677,6 +1677,76 @@ async fn an_indexers_partitions_move_to_another_after_the_lease() {
     b.owner.stop().await;
 }
 
+/// A node joining (issue 21): a owns all four partitions; b joins and
+/// takes its share, rebuilding two from the stream while events are
+/// published. a hands them over: it answers for them until b is ready,
+/// so every search through either node, all along, succeeds and never
+/// finds fewer events than one before it, each once; at the end each
+/// node holds two and both find everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_takes_its_share_while_every_search_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let layout = layout(&nats, "HANDOVER", PARTITIONS);
+    std::fs::create_dir(dir.path().join("tokens")).unwrap();
+    let (tokens, _) = auditd::auth::TokenStore::open(&dir.path().join("tokens")).unwrap();
+    let tokens = Arc::new(tokens);
+    let lease = Duration::from_secs(2);
+    let all: BTreeSet<u32> = (0..PARTITIONS).collect();
+    let a = owner_node(&layout, &dir.path().join("a"), "a", lease, tokens.clone()).await;
+    until(Duration::from_secs(20), "a ready for all", || {
+        a.owner.ready() == all
+    })
+    .await;
+    let publisher = Publisher::open(layout.clone()).await.unwrap();
+    let events = generated(4_000, 43, 1_000);
+    let mut stored = Vec::new();
+    publish_placed(&publisher, 0, &events[..2_000], &mut stored).await;
+    found_once(&a.owner, &stored).await;
+
+    let b = owner_node(&layout, &dir.path().join("b"), "b", lease, tokens.clone()).await;
+    let everything = SearchRequest {
+        limit: 300,
+        ..Default::default()
+    };
+    let (mut published, mut found) = (0, stored.len());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if published < 4 {
+            let from = 2_000 + published * 500;
+            let batch = &events[from..from + 500];
+            publish_placed(&publisher, 100 + 10 * published, batch, &mut stored).await;
+            published += 1;
+        }
+        for node in [&a, &b] {
+            let (ids, total) = merged_ids(&node.owner.readers(), everything.clone()).await;
+            let unique: HashSet<&String> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "every event once");
+            assert_eq!(total as usize, ids.len());
+            assert!(ids.len() >= found, "{} found after {found}", ids.len());
+            assert!(ids.len() <= stored.len());
+            found = ids.len();
+        }
+        let shared = a.owner.ready().len() == 2 && b.owner.ready().len() == 2;
+        if shared && published == 4 && found == stored.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a: {:?}, b: {:?}, {found} found",
+            a.owner.ready(),
+            b.owner.ready()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    found_once(&a.owner, &stored).await;
+    found_once(&b.owner, &stored).await;
+    for node in [a, b] {
+        node.server.abort();
+        node.owner.stop().await;
+    }
+}
+
 /// A node of a cluster of four partitions on `nats`.
 fn on_partitions(
     dir: &Path,

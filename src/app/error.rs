@@ -186,6 +186,7 @@ impl AppError {
                 SearchError::Index(_) => Internal,
                 SearchError::Corrupt { .. } => DataLoss,
                 SearchError::TooLarge(_) => ResourceExhausted,
+                SearchError::Behind { .. } => Unavailable,
             },
             AppError::FanOut(error) => {
                 use crate::cluster::fanout::FanOutError;

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -66,6 +66,11 @@ pub trait PartitionReader: Send + Sync {
     ) -> BoxFuture<'static, Result<SecondPass, FanOutError>>;
 }
 
+/// How long a partition's index is waited for when a page's snapshot is
+/// past it (the partition moved to a node still catching up) before the
+/// page is refused, UNAVAILABLE naming the partition.
+pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
 /// A partition's reader, shared by the searches that ask it.
 pub type Reader = Arc<dyn PartitionReader>;
 
@@ -102,7 +107,13 @@ impl PartitionReader for LocalPartition {
         scope: ReadScope,
         at: PageAt,
     ) -> BoxFuture<'static, Result<SnapshotPage, FanOutError>> {
-        self.blocking(move |searcher| searcher.search_at(&request, &scope, at))
+        let (partition, searcher) = (self.partition, self.searcher.clone());
+        let page = self.blocking(move |searcher| searcher.search_at(&request, &scope, at));
+        Box::pin(async move {
+            let reached = searcher.reach(at.snapshot, SNAPSHOT_WAIT).await;
+            reached.map_err(|behind| FanOutError::of(behind, partition))?;
+            page.await
+        })
     }
 
     fn aggregate_first(
@@ -149,6 +160,10 @@ impl FanOutError {
         match error {
             SearchError::Invalid { field, reason } => FanOutError::Invalid { field, reason },
             SearchError::TooLarge(reason) => FanOutError::TooLarge(reason),
+            behind @ SearchError::Behind { .. } => FanOutError::Unavailable {
+                partition,
+                reason: behind.to_string(),
+            },
             other => FanOutError::Failed {
                 partition,
                 reason: other.to_string(),

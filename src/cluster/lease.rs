@@ -3,8 +3,10 @@
 //! takes it over when its owner dies.
 //!
 //! **Keys.** `p.<p>` holds the owner's node name, or nothing once it is
-//! released; `n.<node>` is a node's heartbeat, holding the address where
-//! its `Partitions` service answers (`cluster::remote`). The bucket's `max_age` is
+//! released; `n.<node>` is a node's heartbeat, a [`Member`] in JSON
+//! (`{"v":1,"address":…,"ready":[…]}`): the address where its
+//! `Partitions` service answers (`cluster::remote`) and the partitions it
+//! can answer for now. The bucket's `max_age` is
 //! the lease time: a key nobody renews disappears that long after its
 //! last write, by the servers' clock alone, so no two nodes' clocks are
 //! ever compared.
@@ -22,7 +24,10 @@
 //! free ones (starting at a place its name picks, so that nodes starting
 //! together do not all race for partition 0) up to that share, and
 //! releases what it holds above it, so a node that joins gets work and a
-//! node that dies or leaves has its partitions spread over the rest.
+//! node that dies or leaves has its partitions spread over the rest. A
+//! release above the share is [`Change::released`], not lost: nobody else
+//! holds the lease yet, so the node may keep answering for the partition
+//! (`cluster::owner`'s hand-over) until the new owner says it is ready.
 //! [`Leases::tick`] does one round; run it every third of the lease time.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,8 +86,42 @@ enum State {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Change {
     pub gained: Vec<u32>,
-    /// Taken over, expired, or released above the share.
+    /// Taken over by another node, or expired.
     pub lost: Vec<u32>,
+    /// Released above the share, for another node to take.
+    pub released: Vec<u32>,
+}
+
+/// A live node, as its heartbeat says.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// Where its `Partitions` service answers; empty: nowhere.
+    pub address: String,
+    /// The partitions it answers for now: its ready pipelines, and those
+    /// it hands over.
+    #[serde(default)]
+    pub ready: BTreeSet<u32>,
+}
+
+/// The heartbeat's format version (`v`).
+const HEARTBEAT_VERSION: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    v: u32,
+    #[serde(flatten)]
+    member: Member,
+}
+
+impl Member {
+    /// A heartbeat's value; one of another version, or not JSON, is a
+    /// member at no known address answering for nothing.
+    fn parse(value: &[u8]) -> Member {
+        match serde_json::from_slice::<Heartbeat>(value) {
+            Ok(beat) if beat.v == HEARTBEAT_VERSION => beat.member,
+            _ => Member::default(),
+        }
+    }
 }
 
 /// This node's leases.
@@ -90,6 +129,8 @@ pub struct Leases {
     kv: kv::Store,
     settings: LeaseSettings,
     held: BTreeMap<u32, Held>,
+    /// What this node's heartbeat says it answers for.
+    ready: BTreeSet<u32>,
 }
 
 impl Leases {
@@ -143,6 +184,7 @@ impl Leases {
             kv,
             settings,
             held: BTreeMap::new(),
+            ready: BTreeSet::new(),
         })
     }
 
@@ -203,7 +245,7 @@ impl Leases {
         while self.held.len() > share {
             let (p, held) = self.held.pop_last().expect("non-empty");
             let _ = self.write(p, "", held.revision).await;
-            change.lost.push(p);
+            change.released.push(p);
         }
         // Take free partitions up to the share.
         let n = self.settings.partitions;
@@ -223,7 +265,13 @@ impl Leases {
             }
         }
         change.lost.sort_unstable();
-        for (what, partitions) in [("gained", &change.gained), ("lost", &change.lost)] {
+        change.released.sort_unstable();
+        let changes = [
+            ("gained", &change.gained),
+            ("lost", &change.lost),
+            ("released", &change.released),
+        ];
+        for (what, partitions) in changes {
             for p in partitions {
                 metrics::counter!(m::CLUSTER_LEASE_CHANGES, "change" => what, "partition" => p.to_string())
                     .increment(1);
@@ -251,8 +299,14 @@ impl Leases {
         format!("$KV.{}.n.{}", self.settings.bucket, self.settings.node)
     }
 
-    /// Every live node's address, by name (its heartbeat's value).
-    pub async fn addresses(&self) -> Result<BTreeMap<String, String>, ClusterError> {
+    /// Sets what this node's heartbeats say it answers for; written with
+    /// the next [`Leases::heartbeat`].
+    pub fn set_ready(&mut self, ready: BTreeSet<u32>) {
+        self.ready = ready;
+    }
+
+    /// Every live node, by name (its heartbeat).
+    pub async fn members(&self) -> Result<BTreeMap<String, Member>, ClusterError> {
         let keys: Vec<String> = self
             .kv
             .keys()
@@ -261,7 +315,7 @@ impl Leases {
             .try_collect()
             .await
             .map_err(|e| self.remote(format!("list the nodes: {e}")))?;
-        let mut addresses = BTreeMap::new();
+        let mut members = BTreeMap::new();
         for key in keys {
             let Some(node) = key.strip_prefix("n.") else {
                 continue;
@@ -272,19 +326,24 @@ impl Leases {
                 .await
                 .map_err(|e| self.remote(format!("read {key}: {e}")))?;
             if let Some(value) = value {
-                let address = String::from_utf8_lossy(&value).into_owned();
-                addresses.insert(node.to_owned(), address);
+                members.insert(node.to_owned(), Member::parse(&value));
             }
         }
-        Ok(addresses)
+        Ok(members)
     }
 
-    async fn heartbeat(&self) -> Result<(), ClusterError> {
+    /// Says this node is alive, where it answers and for what.
+    pub async fn heartbeat(&self) -> Result<(), ClusterError> {
+        let beat = Heartbeat {
+            v: HEARTBEAT_VERSION,
+            member: Member {
+                address: self.settings.address.clone(),
+                ready: self.ready.clone(),
+            },
+        };
+        let value = serde_json::to_vec(&beat).expect("a heartbeat serializes");
         self.kv
-            .put(
-                format!("n.{}", self.settings.node),
-                self.settings.address.clone().into(),
-            )
+            .put(format!("n.{}", self.settings.node), value.into())
             .await
             .map_err(|e| self.remote(format!("heartbeat: {e}")))?;
         Ok(())
@@ -372,6 +431,23 @@ fn start_for(node: &str, partitions: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heartbeat_reads_back_and_an_unknown_one_answers_for_nothing() {
+        let member = Member {
+            address: "http://127.0.0.1:7000".into(),
+            ready: BTreeSet::from([1, 3]),
+        };
+        let value = serde_json::to_vec(&Heartbeat {
+            v: HEARTBEAT_VERSION,
+            member: member.clone(),
+        })
+        .unwrap();
+        assert_eq!(Member::parse(&value), member);
+        let later = br#"{"v":2,"address":"http://x","ready":[0]}"#;
+        assert_eq!(Member::parse(later), Member::default());
+        assert_eq!(Member::parse(b"http://x"), Member::default());
+    }
 
     #[test]
     fn nodes_start_looking_at_different_partitions() {

@@ -7,16 +7,27 @@
 //!
 //! A pipeline starts on a task of its own, so that a long rebuild never
 //! delays a renewal; the partition is routed here once it is ready (its
-//! replay done), and until then to nobody (a search needing it is
-//! refused, naming it). A lease this node lost, or could not renew before
-//! its deadline, stops the partition's pipeline at once. Routes to other
-//! nodes are as fresh as the last round: a search that reaches a node
-//! which no longer owns the partition is refused, UNAVAILABLE naming the
-//! partition, and may be retried.
+//! replay done). Each node's heartbeat says which partitions it is ready
+//! for, and a partition is read at its owner when the owner is ready,
+//! else at another node still ready for it, else at its owner anyway
+//! (which refuses, UNAVAILABLE naming the partition).
 //!
-//! Bounds: at most `N` pipelines, one a partition held; one gRPC channel
-//! a remote node (`max_nodes` of them at most, the oldest dropped past
-//! it).
+//! **Hand-over.** A partition released above the share (a node joined)
+//! keeps its pipeline here, answering and following the stream, until
+//! its new owner's heartbeat has said it is ready on two rounds in a row
+//! (so every node's routes, made each round, point there first); gained
+//! back meanwhile, it is owned again without a rebuild. So a node joining
+//! never makes a partition unreadable. A lease this node lost (taken
+//! over, or not renewed before its deadline) stops the partition's
+//! pipeline at once; a node that stops releases everything and hands
+//! nothing over: its partitions are unreadable until their new owners
+//! are ready. Routes are as fresh as the last round: a search that
+//! reaches a node which no longer answers for the partition is refused,
+//! UNAVAILABLE naming it, and may be retried.
+//!
+//! Bounds: at most `N` pipelines, one a partition held or handed over;
+//! one gRPC channel a remote node ([`MAX_NODE_CHANNELS`] at most, the
+//! least recently used dropped past it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -27,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::fanout::Reader;
-use super::lease::{LeaseSettings, Leases};
+use super::lease::{LeaseSettings, Leases, Member};
 use super::owned::OwnedPartition;
 use super::remote::{Held, RemotePartition};
 use super::{ClusterError, Layout};
@@ -96,6 +107,7 @@ impl Owner {
             leases,
             routes: routes.clone(),
             owned: BTreeMap::new(),
+            handing: BTreeMap::new(),
             starting: JoinSet::new(),
             opening: BTreeSet::new(),
             channels: BTreeMap::new(),
@@ -153,12 +165,24 @@ impl Owner {
     }
 }
 
+/// Rounds a new owner must be seen ready before a hand-over ends.
+const HAND_OVER_ROUNDS: u32 = 3;
+
+/// A released partition's pipeline, kept until its new owner is ready.
+struct HandOver {
+    owned: OwnedPartition,
+    /// Rounds in a row the new owner was seen ready.
+    seen_ready: u32,
+}
+
 /// The rounds' state.
 struct Round {
     settings: OwnerSettings,
     leases: Leases,
     routes: Arc<Routes>,
     owned: BTreeMap<u32, OwnedPartition>,
+    /// Released partitions still answered here.
+    handing: BTreeMap<u32, HandOver>,
     /// Pipelines starting, each with its partition.
     starting: JoinSet<(u32, Result<OwnedPartition, crate::server::ServerError>)>,
     /// Their partitions.
@@ -187,7 +211,9 @@ impl Round {
             }
         }
         self.starting.shutdown().await;
-        for (p, owned) in std::mem::take(&mut self.owned) {
+        let handing = std::mem::take(&mut self.handing);
+        let handing = handing.into_iter().map(|(p, h)| (p, h.owned));
+        for (p, owned) in std::mem::take(&mut self.owned).into_iter().chain(handing) {
             self.drop_partition(p, Some(owned)).await;
         }
         if !abandon.is_cancelled() && self.settings.owns {
@@ -210,9 +236,24 @@ impl Round {
                     let owned = self.owned.remove(&p);
                     self.drop_partition(p, owned).await;
                 }
+                for p in change.released {
+                    tracing::info!(partition = p, "released the partition; handing it over");
+                    match self.owned.remove(&p) {
+                        Some(owned) => {
+                            let seen_ready = 0;
+                            self.handing.insert(p, HandOver { owned, seen_ready });
+                        }
+                        None => self.drop_partition(p, None).await,
+                    }
+                }
                 for p in change.gained {
                     tracing::info!(partition = p, "took the partition's lease");
-                    self.start_partition(p);
+                    match self.handing.remove(&p) {
+                        Some(handing) => {
+                            self.owned.insert(p, handing.owned);
+                        }
+                        None => self.start_partition(p),
+                    }
                 }
             }
             Err(error) => tracing::warn!(%error, "lease round failed; again next round"),
@@ -237,7 +278,9 @@ impl Round {
             }
         }
         *self.routes.held.write().expect("routes lock") = held;
-        self.route().await;
+        let (owners, members) = self.cluster().await;
+        self.hand_over(&owners, &members).await;
+        self.route_by(&owners, &members).await;
     }
 
     fn start_partition(&mut self, p: u32) {
@@ -291,24 +334,54 @@ impl Round {
         }
     }
 
-    /// Each partition's reader: this node's ready pipeline, else its
-    /// owner's service, else none.
+    /// Each partition's reader: this node's ready pipeline (owned or
+    /// handed over), else the owner's service when it is ready, else
+    /// another node's that is ready for it, else the owner's anyway, else
+    /// none. An owning node then heartbeats when what it answers for
+    /// changed.
     async fn route(&mut self) {
+        let (owners, members) = self.cluster().await;
+        self.route_by(&owners, &members).await;
+    }
+
+    /// Every partition's owner and every live node, as the bucket says now
+    /// (nothing when it cannot be read).
+    async fn cluster(&self) -> (BTreeMap<u32, String>, BTreeMap<String, Member>) {
         let owners = self.leases.owners().await.unwrap_or_default();
-        let addresses = self.leases.addresses().await.unwrap_or_default();
+        let members = self.leases.members().await.unwrap_or_default();
+        (owners, members)
+    }
+
+    /// [`Round::route`] by what the bucket said.
+    async fn route_by(
+        &mut self,
+        owners: &BTreeMap<u32, String>,
+        members: &BTreeMap<String, Member>,
+    ) {
         let me = self.leases.node().to_owned();
         let mut readers = Vec::with_capacity(self.settings.layout.partitions as usize);
         let mut local = BTreeMap::new();
         for p in 0..self.settings.layout.partitions {
-            if let Some(owned) = self.owned.get(&p) {
+            let here = self
+                .owned
+                .get(&p)
+                .or(self.handing.get(&p).map(|h| &h.owned));
+            if let Some(owned) = here {
                 local.insert(p, owned.searcher());
                 readers.push(Some(owned.reader()));
                 continue;
             }
-            let remote = owners
-                .get(&p)
-                .filter(|node| **node != me)
-                .and_then(|node| addresses.get(node))
+            let ready = |node: &String| {
+                *node != me && members.get(node).is_some_and(|m| m.ready.contains(&p))
+            };
+            let owner = owners.get(&p).filter(|node| **node != me);
+            let node = owner
+                .filter(|node| ready(node))
+                .or_else(|| members.keys().find(|node| ready(node)))
+                .or(owner);
+            let remote = node
+                .and_then(|node| members.get(node))
+                .map(|member| member.address.as_str())
                 .filter(|address| !address.is_empty())
                 .and_then(|address| self.channel(address))
                 .and_then(|channel| {
@@ -316,8 +389,43 @@ impl Round {
                 });
             readers.push(remote.map(|r| Arc::new(r) as Reader));
         }
+        let ready: BTreeSet<u32> = local.keys().copied().collect();
         *self.routes.local.write().expect("routes lock") = local;
         *self.routes.readers.write().expect("routes lock") = readers;
+        let said = members.get(&me).map(|m| &m.ready);
+        if self.settings.owns && said != Some(&ready) {
+            self.leases.set_ready(ready);
+            if let Err(error) = self.leases.heartbeat().await {
+                tracing::warn!(%error, "could not say which partitions are ready; again next round");
+            }
+        }
+    }
+
+    /// Ends each hand-over whose new owner was seen ready
+    /// [`HAND_OVER_ROUNDS`] rounds in a row.
+    async fn hand_over(
+        &mut self,
+        owners: &BTreeMap<u32, String>,
+        members: &BTreeMap<String, Member>,
+    ) {
+        let me = self.leases.node();
+        let mut done = Vec::new();
+        for (p, handing) in self.handing.iter_mut() {
+            let taken = owners
+                .get(p)
+                .filter(|node| *node != me)
+                .and_then(|node| members.get(node))
+                .is_some_and(|member| member.ready.contains(p));
+            handing.seen_ready = if taken { handing.seen_ready + 1 } else { 0 };
+            if handing.seen_ready >= HAND_OVER_ROUNDS {
+                done.push(*p);
+            }
+        }
+        for p in done {
+            tracing::info!(partition = p, "handed the partition over");
+            let handing = self.handing.remove(&p).map(|h| h.owned);
+            self.drop_partition(p, handing).await;
+        }
     }
 
     /// The channel to `address`, made (lazily: it connects on first use)

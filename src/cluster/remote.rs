@@ -21,7 +21,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::fanout::{FanOutError, PartitionReader};
+use super::fanout::{FanOutError, PartitionReader, SNAPSHOT_WAIT};
 use crate::auth::ReadScope;
 use crate::proto::partitions_client::PartitionsClient;
 use crate::proto::partitions_server::Partitions;
@@ -405,6 +405,7 @@ async fn blocking<T: Send + 'static>(
                 Status::invalid_argument(format!("{field}: {reason}"))
             }
             SearchError::TooLarge(reason) => Status::resource_exhausted(reason),
+            behind @ SearchError::Behind { .. } => Status::unavailable(behind.to_string()),
             other => Status::internal(other.to_string()),
         })
 }
@@ -423,6 +424,10 @@ impl Partitions for Arc<PartitionsService> {
             after: call.has_after.then_some((call.after_time, call.after_seq)),
             snapshot: call.snapshot,
         };
+        let reached = searcher.reach(at.snapshot, SNAPSHOT_WAIT).await;
+        reached.map_err(|behind| {
+            Status::unavailable(format!("partition {}: {behind}", call.partition))
+        })?;
         let page = blocking(searcher, move |s| s.search_at(&search, &scope, at)).await?;
         Ok(Response::new(PartitionSearchResponse {
             events: page.events,

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -65,6 +66,10 @@ pub enum SearchError {
     /// says which limit and what to narrow.
     #[error("{0}")]
     TooLarge(String),
+    /// A page's snapshot is past what this index holds yet (a partition
+    /// that moved to a node still catching up): retry.
+    #[error("the page's snapshot, seq {snapshot}, is past this index's {searchable}")]
+    Behind { snapshot: u64, searchable: u64 },
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SearchError {
@@ -348,6 +353,25 @@ impl Searcher {
             counted: page.total.min(count_up_to),
             snapshot: page.snapshot,
         })
+    }
+
+    /// Waits until the index holds `snapshot` (a page's, from another
+    /// node's index of the same partition), at most `within`; `None` (a
+    /// first page) holds at once. A page past the index would leave out
+    /// events the first page counted.
+    pub async fn reach(&self, snapshot: Option<u64>, within: Duration) -> Result<(), SearchError> {
+        let Some(snapshot) = snapshot else {
+            return Ok(());
+        };
+        let mut searchable = self.searchable.clone();
+        let reached = tokio::time::timeout(within, searchable.wait_for(|s| *s >= snapshot)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(SearchError::Behind {
+                snapshot,
+                searchable: *self.searchable.borrow(),
+            }),
+        }
     }
 
     /// A page's size: the request's limit, the default for none, the
