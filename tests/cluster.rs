@@ -800,6 +800,35 @@ async fn another_node_answers_for_its_partition(
     let b: Reader = Arc::new(RemotePartition::new(0, channel(), &secret).unwrap());
     let readers = [Some(b)];
     let mut a = nodes[0].client().await;
+    // a and b follow the partition: wait until both hold the last node's
+    // marker (every event and one marker a node), so that they compare
+    // equal copies.
+    let everything = SearchRequest {
+        exact_total: true,
+        ..Default::default()
+    };
+    let want = (events.len() + nodes.len()) as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let all = Bounds {
+        limit: 1,
+        count_up_to: u64::MAX,
+    };
+    loop {
+        let at_a = a.search(everything.clone()).await.unwrap().into_inner();
+        let at_b = fanout::search(&readers, &everything, &ReadScope::All, all)
+            .await
+            .unwrap();
+        if (at_a.total_hits, at_b.total_hits) == (want, want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a {} and b {} of {want}",
+            at_a.total_hits,
+            at_b.total_hits
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
     for _ in 0..20 {
         let mut request = oracle::search_request(oracle::random_filter(&mut rng, events));
