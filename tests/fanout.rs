@@ -9,6 +9,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use auditd::auth::ReadScope;
 use auditd::cluster::fanout::{self, Bounds, FanOutError, LocalPartition};
@@ -395,4 +396,48 @@ async fn a_partition_without_owner_fails_the_search_naming_it_unless_not_needed(
         }) => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// A partition that moved to a node still catching up (issue 21): a
+/// later page whose snapshot is past that index waits for it, and is
+/// refused UNAVAILABLE naming the partition when it does not come within
+/// `SNAPSHOT_WAIT`, never answered short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_past_a_partitions_index_waits_for_it_then_is_refused_naming_it() {
+    let cluster = Cluster::new();
+    let request = SearchRequest {
+        limit: 100,
+        ..Default::default()
+    };
+    let readers = cluster.readers();
+    let bounds = cluster.bounds(&request);
+    let first = fanout::search(&readers, &request, &ReadScope::All, bounds)
+        .await
+        .unwrap();
+    let mut rest = request.clone();
+    rest.page_token = first.next_page_token.clone();
+    // Partition 1's index falls behind the first page's snapshot.
+    let held = *cluster.parts[1].searchable.borrow();
+    cluster.parts[1].searchable.send_replace(held / 2);
+    let page = fanout::search(&readers, &rest, &ReadScope::All, bounds);
+    let mut page = std::pin::pin!(page);
+    let waiting = tokio::time::timeout(Duration::from_millis(200), &mut page).await;
+    assert!(waiting.is_err(), "answered while behind");
+    // It catches up: the page answers, as if it had never been behind.
+    cluster.parts[1].searchable.send_replace(held);
+    let second = page.await.unwrap();
+    let expected = cluster.expected(&request, &ReadScope::All);
+    let ids: Vec<String> = second.events.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, expected[100..200]);
+    // It does not: refused, naming the partition, after the wait.
+    cluster.parts[1].searchable.send_replace(held / 2);
+    let asked = std::time::Instant::now();
+    match fanout::search(&readers, &rest, &ReadScope::All, bounds).await {
+        Err(FanOutError::Unavailable {
+            partition: 1,
+            reason,
+        }) => assert!(reason.contains("snapshot"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(asked.elapsed() >= fanout::SNAPSHOT_WAIT);
 }
