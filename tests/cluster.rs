@@ -1816,6 +1816,10 @@ async fn daemons_of_several_partitions_answer_through_the_owners() {
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("no node owns it"), "{refused:?}");
     assert!(refused.message().starts_with("partition "), "{refused:?}");
+    // Nor can it say an event is not there.
+    let get = |id: &str| auditd::proto::GetEventRequest { id: id.into() };
+    let refused = query.get_event(get("no-such-id")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 
     let a = TestServer::start(on_partitions(dir.path(), &nats, "a", Role::All)).await;
     let b = TestServer::start(on_partitions(dir.path(), &nats, "b", Role::All)).await;
@@ -1892,20 +1896,13 @@ async fn daemons_of_several_partitions_answer_through_the_owners() {
     let retried = writers[2].ingest(again).await.unwrap().into_inner();
     let first: Vec<u64> = stored[200..400].iter().map(|(_, (_, _, s))| *s).collect();
     assert_eq!(retried.seqs, first);
-    // SEARCHABLE is the owners' to say; GetEvent does not fan out yet.
+    // SEARCHABLE is the owners' to say.
     let searchable = IngestRequest {
         events: events[..1].to_vec(),
         wait_for: WaitFor::Searchable as i32,
         ..Default::default()
     };
     let status = writers[0].ingest(searchable).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    let status = query
-        .get_event(auditd::proto::GetEventRequest {
-            id: stored[0].0.id.clone(),
-        })
-        .await
-        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     // So are the other reads that do not fan out yet: never a short answer.
     let mut integrity = integrity_client(&q.url(), &admin).await;
@@ -1941,6 +1938,28 @@ async fn daemons_of_several_partitions_answer_through_the_owners() {
         assert_eq!(ids.len(), stored.len(), "every event once");
     };
     found_all(&mut query).await;
+
+    // GetEvent asks every partition: each event found by its id, at its
+    // seq; an unknown id is NOT_FOUND; a token of one subject finds only
+    // that subject's events (the others exactly as absent).
+    for (event, (_, _, seq)) in stored.iter().step_by(97) {
+        let got = query.get_event(get(&event.id)).await.unwrap().into_inner();
+        assert_eq!((&got.id, got.seq), (&event.id, *seq));
+        assert_eq!(got.subject, event.subject);
+    }
+    let missing = query.get_event(get("no-such-id")).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let subject = stored[0].0.subject.clone();
+    let kind = auditd::proto::TokenKind::Personal;
+    let (_, secret) = common::create(&q, kind, &subject, "").await;
+    let mut scoped = q.client_with(&secret).await;
+    for (event, _) in stored.iter().step_by(101) {
+        let got = scoped.get_event(get(&event.id)).await;
+        match event.subject == subject {
+            true => assert_eq!(got.unwrap().into_inner().id, event.id),
+            false => assert_eq!(got.unwrap_err().code(), tonic::Code::NotFound),
+        }
+    }
 
     let plain: Vec<AuditEvent> = stored.iter().map(|(e, _)| e.clone()).collect();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(52);

@@ -441,3 +441,44 @@ async fn a_page_past_a_partitions_index_waits_for_it_then_is_refused_naming_it()
     }
     assert!(asked.elapsed() >= fanout::SNAPSHOT_WAIT);
 }
+
+/// GetEvent over partitions: every event found by its id at its place,
+/// inside a scope only its subject's; an unknown id is `None` only when
+/// every partition answered: one without owner makes it an error naming
+/// the partition, while an event elsewhere is still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_got_by_id_from_whichever_partition_holds_it() {
+    let cluster = Cluster::new();
+    let mut readers = cluster.readers();
+    for (event, place) in cluster.events.iter().zip(&cluster.places).step_by(53) {
+        let got = fanout::get(&readers, &event.id, &ReadScope::All).await;
+        let got = got.unwrap().expect("found");
+        assert_eq!((got.id.as_str(), got.seq), (event.id.as_str(), place.2));
+        let own = ReadScope::Subject(event.subject.clone());
+        assert!(fanout::get(&readers, &event.id, &own)
+            .await
+            .unwrap()
+            .is_some());
+        let other = ReadScope::Subject(format!("not-{}", event.subject));
+        assert!(fanout::get(&readers, &event.id, &other)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    assert!(fanout::get(&readers, "no-such-id", &ReadScope::All)
+        .await
+        .unwrap()
+        .is_none());
+    readers[2] = None;
+    match fanout::get(&readers, "no-such-id", &ReadScope::All).await {
+        Err(FanOutError::Unavailable { partition: 2, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let elsewhere = cluster
+        .events
+        .iter()
+        .find(|e| partition_of(&e.subject, PARTITIONS) != 2)
+        .unwrap();
+    let got = fanout::get(&readers, &elsewhere.id, &ReadScope::All).await;
+    assert_eq!(got.unwrap().unwrap().id, elsewhere.id);
+}

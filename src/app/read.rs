@@ -80,8 +80,8 @@ impl ReadService {
         match self.partitioned {
             true => Err(AppError::NotInCluster(
                 what,
-                "with cluster.partitions > 1 only Search and Aggregate fan out to the \
-                 partitions' owners yet (docs/cluster.md)",
+                "with cluster.partitions > 1 only Search, Aggregate and GetEvent fan out \
+                 to the partitions' owners yet (docs/cluster.md)",
             )),
             false => Ok(()),
         }
@@ -172,17 +172,21 @@ impl ReadService {
         let query = BTreeMap::from([("id".to_owned(), id.clone())]);
         let result = async {
             let scope = caller.read_scope("read events")?;
-            self.not_partitioned("GetEvent")?;
+            let readers = self.fanning_out()?;
             if id.is_empty() {
                 return Err(AppError::Invalid {
                     field: "id",
                     reason: "required".into(),
                 });
             }
-            let lookup = id.clone();
-            self.blocking(move |s| s.get(&lookup, &scope))
-                .await?
-                .ok_or(AppError::EventNotFound(id))
+            let found = match readers {
+                Some(readers) => fanout::get(&readers, &id, &scope).await?,
+                None => {
+                    let lookup = id.clone();
+                    self.blocking(move |s| s.get(&lookup, &scope)).await?
+                }
+            };
+            found.ok_or(AppError::EventNotFound(id))
         }
         .await;
         self.trail

@@ -50,6 +50,14 @@ pub trait PartitionReader: Send + Sync {
         at: PageAt,
     ) -> BoxFuture<'static, Result<SnapshotPage, FanOutError>>;
 
+    /// The event with `id` inside `scope`, if this partition holds it
+    /// (`Searcher::get`).
+    fn get(
+        &self,
+        id: String,
+        scope: ReadScope,
+    ) -> BoxFuture<'static, Result<Option<AuditEvent>, FanOutError>>;
+
     /// The first pass of `request` inside `scope` (`Searcher::aggregate_first`).
     fn aggregate_first(
         &self,
@@ -114,6 +122,14 @@ impl PartitionReader for LocalPartition {
             reached.map_err(|behind| FanOutError::of(behind, partition))?;
             page.await
         })
+    }
+
+    fn get(
+        &self,
+        id: String,
+        scope: ReadScope,
+    ) -> BoxFuture<'static, Result<Option<AuditEvent>, FanOutError>> {
+        self.blocking(move |searcher| searcher.get(&id, &scope))
     }
 
     fn aggregate_first(
@@ -201,6 +217,43 @@ pub fn partitions_for(subjects: &[String], scope: &ReadScope, partitions: u32) -
     named.dedup();
     named.retain(|p| scoped.is_none_or(|s| s == *p));
     named
+}
+
+/// The event with `id` inside `scope`, asked of every partition the scope
+/// allows (an id says nothing of its partition) at once. Found anywhere,
+/// it is the answer; `None` only when every partition asked said it holds
+/// no such event, so a partition without owner, or one that failed, makes
+/// a miss an error naming it, never a false "not found".
+pub async fn get(
+    readers: &[Option<Reader>],
+    id: &str,
+    scope: &ReadScope,
+) -> Result<Option<AuditEvent>, FanOutError> {
+    let started = Instant::now();
+    let partitions = partitions_for(&[], scope, readers.len() as u32);
+    let mut missing = None;
+    let mut asked = Vec::new();
+    for p in partitions {
+        match readers[p as usize].clone() {
+            Some(reader) => asked.push(reader.get(id.to_owned(), scope.clone())),
+            None => missing = missing.or(Some(unowned(p))),
+        }
+    }
+    let answers = futures::future::join_all(asked).await;
+    metrics::histogram!(crate::metrics::CLUSTER_FANOUT_SECONDS, "call" => "get")
+        .record(started.elapsed().as_secs_f64());
+    let mut failed = missing;
+    for answer in answers {
+        match answer {
+            Ok(Some(event)) => return Ok(Some(event)),
+            Ok(None) => {}
+            Err(error) => failed = failed.or(Some(error)),
+        }
+    }
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(None),
+    }
 }
 
 /// One merged page of `request` over `readers` (index = partition; `None`
@@ -298,12 +351,16 @@ fn owners(
         .iter()
         .map(|&p| match &readers[p as usize] {
             Some(reader) => Ok((p, reader.clone())),
-            None => Err(FanOutError::Unavailable {
-                partition: p,
-                reason: "no node owns it".into(),
-            }),
+            None => Err(unowned(p)),
         })
         .collect()
+}
+
+fn unowned(partition: u32) -> FanOutError {
+    FanOutError::Unavailable {
+        partition,
+        reason: "no node owns it".into(),
+    }
 }
 
 /// The first `bounds.limit` events of the partitions' pages in the merged

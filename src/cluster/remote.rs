@@ -26,9 +26,10 @@ use crate::auth::ReadScope;
 use crate::proto::partitions_client::PartitionsClient;
 use crate::proto::partitions_server::Partitions;
 use crate::proto::{
-    AggregateRequest, BucketCounts, Counts as ProtoCounts, PartitionAggregateRequest,
-    PartitionFirstPass, PartitionScope, PartitionSearchRequest, PartitionSearchResponse,
-    PartitionSecondPass, SearchRequest, Selection, SubPasses,
+    AggregateRequest, AuditEvent, BucketCounts, Counts as ProtoCounts, PartitionAggregateRequest,
+    PartitionFirstPass, PartitionGetRequest, PartitionGetResponse, PartitionScope,
+    PartitionSearchRequest, PartitionSearchResponse, PartitionSecondPass, SearchRequest, Selection,
+    SubPasses,
 };
 use crate::search::aggregate::{Counts, FirstPass, SecondPass, Selected, Selections};
 use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
@@ -304,6 +305,26 @@ impl PartitionReader for RemotePartition {
         })
     }
 
+    fn get(
+        &self,
+        id: String,
+        scope: ReadScope,
+    ) -> BoxFuture<'static, Result<Option<AuditEvent>, FanOutError>> {
+        let (partition, mut client) = (self.partition, self.client.clone());
+        let call = self.request(PartitionGetRequest {
+            partition,
+            id,
+            scope: Some(scope_to_proto(&scope)),
+        });
+        Box::pin(async move {
+            let got = client
+                .get_event(call)
+                .await
+                .map_err(|s| Self::error(partition, s))?;
+            Ok(got.into_inner().event)
+        })
+    }
+
     fn aggregate_first(
         &self,
         request: AggregateRequest,
@@ -463,6 +484,17 @@ impl Partitions for Arc<PartitionsService> {
         })
         .await?;
         Ok(Response::new(second_to_proto(second)))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<PartitionGetRequest>,
+    ) -> Result<Response<PartitionGetResponse>, Status> {
+        let searcher = self.searcher(&request, request.get_ref().partition)?;
+        let call = request.into_inner();
+        let scope = scope_from_proto(call.scope)?;
+        let event = blocking(searcher, move |s| s.get(&call.id, &scope)).await?;
+        Ok(Response::new(PartitionGetResponse { event }))
     }
 }
 
