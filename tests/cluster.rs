@@ -1706,6 +1706,59 @@ async fn an_indexers_partitions_move_to_another_after_the_lease() {
     b.owner.stop().await;
 }
 
+/// The lease bucket unreadable (here: deleted, so that every read fails
+/// at once), for less than the lease: a node keeps routing each
+/// partition where it did, so its searches are still answered by the
+/// owners' indexes all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_stay_while_the_lease_bucket_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 8 << 20);
+    let mut layout = layout(&nats, "BLIP", PARTITIONS);
+    // A failed read of the bucket takes at most this long.
+    layout.jetstream.timeout_ms = 500;
+    std::fs::create_dir(dir.path().join("tokens")).unwrap();
+    let (tokens, _) = auditd::auth::TokenStore::open(&dir.path().join("tokens")).unwrap();
+    let tokens = Arc::new(tokens);
+    let lease = Duration::from_secs(9);
+    let a = owner_node(&layout, &dir.path().join("a"), "a", lease, tokens.clone()).await;
+    let b = owner_node(&layout, &dir.path().join("b"), "b", lease, tokens.clone()).await;
+    // b reads two partitions itself, the others at a.
+    until(
+        Duration::from_secs(30),
+        "b ready for two, routed to all",
+        || b.owner.ready().len() == 2 && b.owner.readers().iter().all(Option::is_some),
+    )
+    .await;
+    let publisher = Publisher::open(layout.clone()).await.unwrap();
+    let mut stored = Vec::new();
+    publish_placed(&publisher, 0, &generated(1_000, 45, 500), &mut stored).await;
+    found_once(&b.owner, &stored).await;
+    let everything = SearchRequest {
+        limit: 250,
+        ..Default::default()
+    };
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    context.delete_key_value("handover-leases").await.unwrap();
+    // At least one round (every third of the lease, 3 s; each read
+    // failing after at most 500 ms) fails to read the bucket, inside the
+    // lease (held until at least 9 s × 0.95 − 3 s after the deletion).
+    let deleted = Instant::now();
+    let mut searches = 0;
+    while deleted.elapsed() < Duration::from_millis(4_500) {
+        let (ids, total) = merged_ids(&b.owner.readers(), everything.clone()).await;
+        assert_eq!((ids.len(), total as usize), (stored.len(), stored.len()));
+        searches += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(searches > 5, "{searches} searches");
+    for node in [a, b] {
+        node.server.abort();
+        node.owner.abandon().await;
+    }
+}
+
 /// A node joining (issue 21): a owns all four partitions; b joins and
 /// takes its share, rebuilding two from the stream while events are
 /// published. a hands them over: it answers for them until b is ready,

@@ -21,9 +21,10 @@
 //! over, or not renewed before its deadline) stops the partition's
 //! pipeline at once; a node that stops releases everything and hands
 //! nothing over: its partitions are unreadable until their new owners
-//! are ready. Routes are as fresh as the last round: a search that
-//! reaches a node which no longer answers for the partition is refused,
-//! UNAVAILABLE naming it, and may be retried.
+//! are ready. Routes are as fresh as the last round that could read the
+//! lease bucket (a round that cannot keeps the routes to other nodes as
+//! they were): a search that reaches a node which no longer answers for
+//! the partition is refused, UNAVAILABLE naming it, and may be retried.
 //!
 //! Bounds: at most `N` pipelines, one a partition held or handed over;
 //! one gRPC channel a remote node ([`MAX_NODE_CHANNELS`] at most, the
@@ -278,9 +279,13 @@ impl Round {
             }
         }
         *self.routes.held.write().expect("routes lock") = held;
-        let (owners, members) = self.cluster().await;
-        self.hand_over(&owners, &members).await;
-        self.route_by(&owners, &members).await;
+        match self.cluster().await {
+            Some((owners, members)) => {
+                self.hand_over(&owners, &members).await;
+                self.route_by(&owners, &members).await;
+            }
+            None => self.route_here(),
+        }
     }
 
     fn start_partition(&mut self, p: u32) {
@@ -340,16 +345,44 @@ impl Round {
     /// none. An owning node then heartbeats when what it answers for
     /// changed.
     async fn route(&mut self) {
-        let (owners, members) = self.cluster().await;
-        self.route_by(&owners, &members).await;
+        match self.cluster().await {
+            Some((owners, members)) => self.route_by(&owners, &members).await,
+            None => self.route_here(),
+        }
     }
 
-    /// Every partition's owner and every live node, as the bucket says now
-    /// (nothing when it cannot be read).
-    async fn cluster(&self) -> (BTreeMap<u32, String>, BTreeMap<String, Member>) {
-        let owners = self.leases.owners().await.unwrap_or_default();
-        let members = self.leases.members().await.unwrap_or_default();
-        (owners, members)
+    /// Every partition's owner and every live node, as the bucket says now;
+    /// `None` when it cannot be read.
+    async fn cluster(&self) -> Option<(BTreeMap<u32, String>, BTreeMap<String, Member>)> {
+        let read = async {
+            Ok::<_, ClusterError>((self.leases.owners().await?, self.leases.members().await?))
+        };
+        match read.await {
+            Ok(cluster) => Some(cluster),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the lease bucket; routes to other nodes kept as they were");
+                None
+            }
+        }
+    }
+
+    /// The routes when the bucket cannot be read: this node's own
+    /// pipelines as they are now, every other partition where it was
+    /// routed last (a bucket that does not answer for a moment is no
+    /// reason to refuse reads its owners can still answer).
+    fn route_here(&mut self) {
+        let mut local = BTreeMap::new();
+        let mut readers = self.routes.readers.read().expect("routes lock").clone();
+        let here = self
+            .owned
+            .iter()
+            .chain(self.handing.iter().map(|(p, h)| (p, &h.owned)));
+        for (p, owned) in here {
+            local.insert(*p, owned.searcher());
+            readers[*p as usize] = Some(owned.reader());
+        }
+        *self.routes.local.write().expect("routes lock") = local;
+        *self.routes.readers.write().expect("routes lock") = readers;
     }
 
     /// [`Round::route`] by what the bucket said.

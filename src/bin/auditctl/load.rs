@@ -465,8 +465,8 @@ async fn probe(
                 return Ok(());
             }
             Err(status) if status.code() == tonic::Code::NotFound => {}
-            // A node that cannot look events up by id (a cluster of
-            // several partitions): the marker goes unmeasured.
+            // A node that cannot look events up by id (one of an older
+            // cluster of several partitions): the marker goes unmeasured.
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 samples.lock().expect("samples lock").missing_markers += 1;
                 return Ok(());
