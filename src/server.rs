@@ -364,6 +364,7 @@ async fn start_owner(
     };
     let owner = Owner::start(settings).await?;
     pipeline.app().reads.route_through(owner.routes());
+    pipeline.app().writes.route_through(owner.routes());
     Ok(owner)
 }
 

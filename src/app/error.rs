@@ -51,6 +51,14 @@ pub enum AppError {
     },
     #[error("{0} tail subscribers are open, the limit (limits.max_tail_subscribers)")]
     TooManySubscribers(usize),
+    /// A batch stored (durable) that did not become searchable in time on
+    /// a cluster of several partitions (`wait_for = SEARCHABLE`).
+    #[error(
+        "stored (durable, ids and seqs as a retry with the same batch_id gets them), but not \
+         searchable within {} ms: {reason}",
+        waited.as_millis()
+    )]
+    StoredNotSearchable { waited: Duration, reason: String },
     /// What a cluster node does not do yet (docs/cluster.md): what, and why.
     #[error("{0} is not available on a cluster node yet: {1}")]
     NotInCluster(&'static str, &'static str),
@@ -200,7 +208,7 @@ impl AppError {
             AppError::Invalid { .. } => InvalidArgument,
             AppError::EventNotFound(_) => NotFound,
             AppError::Starting | AppError::NotAudited(_) | AppError::ShuttingDown => Unavailable,
-            AppError::StreamIdle(_) => DeadlineExceeded,
+            AppError::StreamIdle(_) | AppError::StoredNotSearchable { .. } => DeadlineExceeded,
             AppError::ShuttingDownResume { .. } => Unavailable,
             AppError::ReaderStalled { .. } => Aborted,
             AppError::TooManySubscribers(_) => ResourceExhausted,

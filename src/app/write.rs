@@ -1,15 +1,17 @@
 //! Writes: one batch, or a long-lived stream of them, within what the
 //! caller's token may write.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::AppError;
+use super::{AppError, Routes};
 use crate::auth::Caller;
+use crate::cluster::{fanout, partition_of};
 use crate::ingest::IngestService;
 use crate::proto::{IngestRequest, IngestResponse, WaitFor};
 
@@ -28,14 +30,32 @@ pub struct StreamSettings {
     pub tasks: TaskTracker,
 }
 
+/// How long `wait_for = SEARCHABLE` waits for the partitions' owners on
+/// a cluster of several partitions; past it the batch (stored) is
+/// answered DEADLINE_EXCEEDED.
+pub const SEARCHABLE_WAIT: Duration = Duration::from_secs(30);
+
 pub struct WriteService {
     ingest: Arc<IngestService>,
     streams: StreamSettings,
+    /// How a node of several partitions reaches each partition's owner.
+    routes: Arc<OnceLock<Routes>>,
 }
 
 impl WriteService {
     pub fn new(ingest: Arc<IngestService>, streams: StreamSettings) -> Self {
-        WriteService { ingest, streams }
+        let routes = Arc::new(OnceLock::new());
+        WriteService {
+            ingest,
+            streams,
+            routes,
+        }
+    }
+
+    /// Waits for searchability through `routes` (a node of several
+    /// partitions; set once).
+    pub fn route_through(&self, routes: Routes) {
+        let _ = self.routes.set(routes);
     }
 
     /// Stores one batch, all or nothing, once the caller may write every
@@ -48,13 +68,41 @@ impl WriteService {
         caller.check_write(&request.events)?;
         self.takes_ingest()?;
         if self.ingest.partitioned() && request.wait_for == WaitFor::Searchable as i32 {
-            return Err(AppError::NotInCluster(
-                "wait_for = SEARCHABLE",
-                "with cluster.partitions > 1 the partitions' owners index the events; \
-                 ask for DURABLE",
-            ));
+            return self.ingest_searchable(request).await;
         }
         Ok(self.ingest.ingest(request).await?)
+    }
+
+    /// SEARCHABLE on a node of several partitions: the batch stored as
+    /// DURABLE, then each partition it went to waited for at its owner,
+    /// up to the batch's highest seq there, at most [`SEARCHABLE_WAIT`].
+    async fn ingest_searchable(
+        &self,
+        mut request: IngestRequest,
+    ) -> Result<IngestResponse, AppError> {
+        let readers = match self.routes.get() {
+            Some(routes) => routes(),
+            None => return Err(AppError::Starting),
+        };
+        let partitions = readers.len() as u32;
+        let placed: Vec<u32> = request
+            .events
+            .iter()
+            .map(|e| partition_of(&e.subject, partitions))
+            .collect();
+        request.wait_for = WaitFor::Durable as i32;
+        let stored = self.ingest.ingest(request).await?;
+        let mut highest = BTreeMap::new();
+        for (p, seq) in placed.into_iter().zip(&stored.seqs) {
+            let top = highest.entry(p).or_insert(*seq);
+            *top = (*top).max(*seq);
+        }
+        let reached = fanout::reach(&readers, &highest, SEARCHABLE_WAIT).await;
+        reached.map_err(|error| AppError::StoredNotSearchable {
+            waited: SEARCHABLE_WAIT,
+            reason: error.to_string(),
+        })?;
+        Ok(stored)
     }
 
     /// Refuses Ingest on a node whose role takes none.
@@ -83,6 +131,7 @@ impl WriteService {
         let writes = WriteService {
             ingest: self.ingest.clone(),
             streams: self.streams.clone(),
+            routes: self.routes.clone(),
         };
         let StreamSettings {
             idle_timeout, stop, ..

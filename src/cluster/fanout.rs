@@ -58,6 +58,10 @@ pub trait PartitionReader: Send + Sync {
         scope: ReadScope,
     ) -> BoxFuture<'static, Result<Option<AuditEvent>, FanOutError>>;
 
+    /// Returns once events up to `seq` are searchable (`Searcher::reach`
+    /// of `seq + 1`), waiting at most `within`.
+    fn reach(&self, seq: u64, within: Duration) -> BoxFuture<'static, Result<(), FanOutError>>;
+
     /// The first pass of `request` inside `scope` (`Searcher::aggregate_first`).
     fn aggregate_first(
         &self,
@@ -130,6 +134,14 @@ impl PartitionReader for LocalPartition {
         scope: ReadScope,
     ) -> BoxFuture<'static, Result<Option<AuditEvent>, FanOutError>> {
         self.blocking(move |searcher| searcher.get(&id, &scope))
+    }
+
+    fn reach(&self, seq: u64, within: Duration) -> BoxFuture<'static, Result<(), FanOutError>> {
+        let (partition, searcher) = (self.partition, self.searcher.clone());
+        Box::pin(async move {
+            let reached = searcher.reach(Some(seq + 1), within).await;
+            reached.map_err(|behind| FanOutError::of(behind, partition))
+        })
     }
 
     fn aggregate_first(
@@ -254,6 +266,22 @@ pub async fn get(
         Some(error) => Err(error),
         None => Ok(None),
     }
+}
+
+/// Returns once each partition's owner has made its events up to the
+/// seq given for it searchable, waiting at most `within` for all of them
+/// together (`wait_for = SEARCHABLE` on a cluster of several partitions).
+pub async fn reach(
+    readers: &[Option<Reader>],
+    highest: &BTreeMap<u32, u64>,
+    within: Duration,
+) -> Result<(), FanOutError> {
+    let partitions: Vec<u32> = highest.keys().copied().collect();
+    let asked = owners(readers, &partitions)?;
+    let waits = asked
+        .into_iter()
+        .map(|(p, reader)| reader.reach(highest[&p], within));
+    try_join_all(waits).await.map(|_| ())
 }
 
 /// One merged page of `request` over `readers` (index = partition; `None`

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
@@ -27,9 +28,9 @@ use crate::proto::partitions_client::PartitionsClient;
 use crate::proto::partitions_server::Partitions;
 use crate::proto::{
     AggregateRequest, AuditEvent, BucketCounts, Counts as ProtoCounts, PartitionAggregateRequest,
-    PartitionFirstPass, PartitionGetRequest, PartitionGetResponse, PartitionScope,
-    PartitionSearchRequest, PartitionSearchResponse, PartitionSecondPass, SearchRequest, Selection,
-    SubPasses,
+    PartitionFirstPass, PartitionGetRequest, PartitionGetResponse, PartitionReachRequest,
+    PartitionReachResponse, PartitionScope, PartitionSearchRequest, PartitionSearchResponse,
+    PartitionSecondPass, SearchRequest, Selection, SubPasses,
 };
 use crate::search::aggregate::{Counts, FirstPass, SecondPass, Selected, Selections};
 use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
@@ -38,6 +39,9 @@ use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
 /// one partition's counts (an aggregate over a million distinct values,
 /// `aggregate::MAX_DISTINCT`, fits in it).
 pub const MAX_PARTITION_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The longest a `Reach` call waits on the owner, whatever it asks.
+pub const MAX_REACH_WAIT: Duration = Duration::from_secs(60);
 
 /// The scheme of the node secret in `authorization`.
 const SCHEME: &str = "Node ";
@@ -325,6 +329,24 @@ impl PartitionReader for RemotePartition {
         })
     }
 
+    fn reach(&self, seq: u64, within: Duration) -> BoxFuture<'static, Result<(), FanOutError>> {
+        let (partition, mut client) = (self.partition, self.client.clone());
+        let mut call = self.request(PartitionReachRequest {
+            partition,
+            seq,
+            within_ms: within.as_millis() as u64,
+        });
+        // The owner's wait, and a moment for the answer to come back.
+        call.set_timeout(within + Duration::from_secs(2));
+        Box::pin(async move {
+            client
+                .reach(call)
+                .await
+                .map_err(|s| Self::error(partition, s))?;
+            Ok(())
+        })
+    }
+
     fn aggregate_first(
         &self,
         request: AggregateRequest,
@@ -484,6 +506,20 @@ impl Partitions for Arc<PartitionsService> {
         })
         .await?;
         Ok(Response::new(second_to_proto(second)))
+    }
+
+    async fn reach(
+        &self,
+        request: Request<PartitionReachRequest>,
+    ) -> Result<Response<PartitionReachResponse>, Status> {
+        let searcher = self.searcher(&request, request.get_ref().partition)?;
+        let call = request.into_inner();
+        let within = Duration::from_millis(call.within_ms).min(MAX_REACH_WAIT);
+        let reached = searcher.reach(Some(call.seq + 1), within).await;
+        reached.map_err(|behind| {
+            Status::unavailable(format!("partition {}: {behind}", call.partition))
+        })?;
+        Ok(Response::new(PartitionReachResponse {}))
     }
 
     async fn get_event(

@@ -710,7 +710,7 @@ async fn ingest(client: Client, args: IngestArgs) -> anyhow::Result<()> {
 
 /// What `load` and `ingest` say when the node cannot wait for searchability.
 pub(crate) const NO_SEARCHABLE_WAIT: &str = "durable; this node does not wait until events are \
-    searchable (a cluster of several partitions: each partition's owner indexes its events)";
+    searchable (a node of an older cluster of several partitions)";
 
 /// Sends `last` (a batch already stored) again with WAIT_FOR_SEARCHABLE:
 /// it stores nothing and returns once everything durable is searchable
