@@ -1844,6 +1844,94 @@ fn on_partitions(
     config
 }
 
+/// Tail through a node of several partitions: every new event once,
+/// each partition's in seq order, while batches go in through two
+/// nodes; the stream cut halfway resumes from its token (one cursor a
+/// partition) without a gap or a repeat.
+async fn tail_follows_every_partition(query: &mut Client, writers: &mut [Client]) {
+    use auditd::proto::{TailRequest, TailResponse};
+    let open = async |client: &mut Client, token: String| {
+        let request = TailRequest {
+            filter: None,
+            resume_token: token,
+        };
+        client.tail(request).await.unwrap().into_inner()
+    };
+    let read_until = async |stream: &mut tonic::Streaming<TailResponse>,
+                            want: usize,
+                            got: &mut Vec<AuditEvent>| {
+        let mut token = String::new();
+        let read = async {
+            while got.len() < want {
+                let response = stream.message().await.unwrap().expect("open");
+                got.extend(
+                    response
+                        .events
+                        .into_iter()
+                        .filter(|e| e.id.starts_with("tail-")),
+                );
+                token = response.resume_token;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("every event tailed in time");
+        token
+    };
+    let mut fresh = generated(600, 53, 600);
+    for (n, event) in fresh.iter_mut().enumerate() {
+        event.id = format!("tail-{n}");
+    }
+    let mut stream = open(query, String::new()).await;
+    let mut got = Vec::new();
+    for (n, chunk) in fresh[..300].chunks(100).enumerate() {
+        ingest_batch(
+            &mut writers[0],
+            chunk,
+            &format!("tail-a-{n}"),
+            WaitFor::Durable,
+        )
+        .await;
+    }
+    let token = read_until(&mut stream, 300, &mut got).await;
+    drop(stream);
+    for (n, chunk) in fresh[300..].chunks(100).enumerate() {
+        ingest_batch(
+            &mut writers[2],
+            chunk,
+            &format!("tail-i-{n}"),
+            WaitFor::Durable,
+        )
+        .await;
+    }
+    let mut stream = open(query, token).await;
+    read_until(&mut stream, 600, &mut got).await;
+    let ids: HashSet<&str> = got.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!((ids.len(), got.len()), (600, 600), "each event once");
+    for p in 0..PARTITIONS {
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter(|e| partition_of(&e.subject, PARTITIONS) == p)
+            .map(|e| e.seq)
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: {seqs:?}"
+        );
+    }
+    // A one-node token, or one of other partitions, names the field.
+    let status = query
+        .tail(TailRequest {
+            filter: None,
+            resume_token: "dDE6NQ".into(),
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("resume_token"), "{status:?}");
+}
+
 /// Daemons on a cluster of four partitions (issue 21's first test): a
 /// `query` node alone answers UNAVAILABLE naming a partition (no owner
 /// yet); two `all` nodes and an `ingest` node join; batches through the
@@ -2065,6 +2153,7 @@ async fn daemons_of_several_partitions_answer_through_the_owners() {
         let got = query.get_event(get(id)).await.unwrap().into_inner();
         assert_eq!(got.seq, *seq);
     }
+    tail_follows_every_partition(&mut query, &mut writers).await;
     for node in [q, a, i] {
         node.stop().await.unwrap();
     }

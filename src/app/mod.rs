@@ -17,6 +17,7 @@ mod retention;
 pub mod self_audit;
 mod subject;
 mod tail;
+mod tail_partitions;
 mod tokens;
 pub mod trail;
 mod write;

@@ -28,8 +28,8 @@ pub struct ReadService {
     /// On a node of a cluster of several partitions: how each partition is
     /// read now (`cluster::owner`), set once the node's owner runs;
     /// Search and Aggregate fan out through it.
-    routes: Arc<OnceLock<Routes>>,
-    partitioned: bool,
+    pub(super) routes: Arc<OnceLock<Routes>>,
+    pub(super) partitioned: bool,
 }
 
 /// Each partition's reader now (index = partition; `None`: no owner).
@@ -199,7 +199,7 @@ impl ReadService {
     }
 
     /// Reads wait for replay; they go on while writes are degraded.
-    fn check_health(&self) -> Result<(), AppError> {
+    pub(super) fn check_health(&self) -> Result<(), AppError> {
         match self.status.health() {
             Health::Starting => Err(AppError::Starting),
             Health::Serving | Health::Degraded(_) | Health::Failed(_) => Ok(()),

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use futures::Stream;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -69,7 +70,7 @@ impl ReadService {
         caller: Caller,
         origin: Origin,
         request: TailRequest,
-    ) -> Result<impl Stream<Item = Result<TailResponse, E>> + Send + 'static, AppError>
+    ) -> Result<BoxStream<'static, Result<TailResponse, E>>, AppError>
     where
         E: From<AppError> + Send + 'static,
     {
@@ -78,9 +79,13 @@ impl ReadService {
         if !request.resume_token.is_empty() {
             query.insert("resume".into(), "true".into());
         }
+        if self.partitioned {
+            let token = request.resume_token;
+            let stream = self.tail_partitions(caller, origin, filter, token, query);
+            return Ok(stream.await?.boxed());
+        }
         let started = async {
             let scope = caller.read_scope("tail")?;
-            self.not_partitioned("Tail")?;
             let permit = self
                 .subscribers
                 .clone()
@@ -119,7 +124,7 @@ impl ReadService {
                 .err();
             outbox.finish(end);
         });
-        Ok(stream)
+        Ok(stream.boxed())
     }
 
     /// Sends what becomes searchable from `cursor` on, until the reader
@@ -178,7 +183,7 @@ impl ReadService {
 /// The events read for seqs below `to`, in seq order, cut into responses
 /// of about `TAIL_RESPONSE_BYTES`; each with the seq its resume token
 /// names (past its last event; `to` for the last one).
-fn responses(events: Vec<AuditEvent>, to: u64) -> Vec<(Vec<AuditEvent>, u64)> {
+pub(super) fn responses(events: Vec<AuditEvent>, to: u64) -> Vec<(Vec<AuditEvent>, u64)> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;

@@ -32,7 +32,7 @@ use futures::future::{try_join_all, BoxFuture};
 use super::partition_of;
 use crate::auth::ReadScope;
 use crate::proto::{
-    AggregateRequest, AggregateResponse, AuditEvent, SearchRequest, SearchResponse,
+    AggregateRequest, AggregateResponse, AuditEvent, EventFilter, SearchRequest, SearchResponse,
 };
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::aggregate::{self, FirstPass, Planned, SecondPass, Selections};
@@ -62,6 +62,21 @@ pub trait PartitionReader: Send + Sync {
     /// of `seq + 1`), waiting at most `within`.
     fn reach(&self, seq: u64, within: Duration) -> BoxFuture<'static, Result<(), FanOutError>>;
 
+    /// A Tail's next events on this partition: those `filter` matches
+    /// inside `scope` with seqs in `[from, to)`, in seq order, where `to`
+    /// is where the partition is searchable once it passes `from`
+    /// (waited for at most `wait`; then no events and `to == from`), and
+    /// at most `max_seqs` past `from`. `from = None`: no events, `to` =
+    /// where it is searchable now.
+    fn log_page(
+        &self,
+        filter: EventFilter,
+        scope: ReadScope,
+        from: Option<u64>,
+        max_seqs: u64,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<LogPage, FanOutError>>;
+
     /// The first pass of `request` inside `scope` (`Searcher::aggregate_first`).
     fn aggregate_first(
         &self,
@@ -82,6 +97,13 @@ pub trait PartitionReader: Send + Sync {
 /// past it (the partition moved to a node still catching up) before the
 /// page is refused, UNAVAILABLE naming the partition.
 pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
+/// What [`PartitionReader::log_page`] read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogPage {
+    pub events: Vec<AuditEvent>,
+    pub to: u64,
+}
 
 /// A partition's reader, shared by the searches that ask it.
 pub type Reader = Arc<dyn PartitionReader>;
@@ -141,6 +163,46 @@ impl PartitionReader for LocalPartition {
         Box::pin(async move {
             let reached = searcher.reach(Some(seq + 1), within).await;
             reached.map_err(|behind| FanOutError::of(behind, partition))
+        })
+    }
+
+    fn log_page(
+        &self,
+        filter: EventFilter,
+        scope: ReadScope,
+        from: Option<u64>,
+        max_seqs: u64,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<LogPage, FanOutError>> {
+        let (partition, searcher) = (self.partition, self.searcher.clone());
+        Box::pin(async move {
+            let mut searchable = searcher.searchable();
+            let Some(from) = from else {
+                let to = *searchable.borrow();
+                return Ok(LogPage {
+                    events: Vec::new(),
+                    to,
+                });
+            };
+            let _ = tokio::time::timeout(wait, searchable.wait_for(|s| *s > from)).await;
+            let upto = *searchable.borrow();
+            if upto <= from {
+                return Ok(LogPage {
+                    events: Vec::new(),
+                    to: from,
+                });
+            }
+            let to = upto.min(from.saturating_add(max_seqs));
+            let events = tokio::task::spawn_blocking(move || {
+                searcher.in_log_order(&filter, &scope, from, to)
+            })
+            .await
+            .map_err(|e| FanOutError::Failed {
+                partition,
+                reason: e.to_string(),
+            })?
+            .map_err(|e| FanOutError::of(e, partition))?;
+            Ok(LogPage { events, to })
         })
     }
 

@@ -22,15 +22,16 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::fanout::{FanOutError, PartitionReader, SNAPSHOT_WAIT};
+use super::fanout::{FanOutError, LocalPartition, LogPage, PartitionReader, SNAPSHOT_WAIT};
 use crate::auth::ReadScope;
 use crate::proto::partitions_client::PartitionsClient;
 use crate::proto::partitions_server::Partitions;
 use crate::proto::{
-    AggregateRequest, AuditEvent, BucketCounts, Counts as ProtoCounts, PartitionAggregateRequest,
-    PartitionFirstPass, PartitionGetRequest, PartitionGetResponse, PartitionReachRequest,
-    PartitionReachResponse, PartitionScope, PartitionSearchRequest, PartitionSearchResponse,
-    PartitionSecondPass, SearchRequest, Selection, SubPasses,
+    AggregateRequest, AuditEvent, BucketCounts, Counts as ProtoCounts, EventFilter,
+    PartitionAggregateRequest, PartitionFirstPass, PartitionGetRequest, PartitionGetResponse,
+    PartitionLogRequest, PartitionLogResponse, PartitionReachRequest, PartitionReachResponse,
+    PartitionScope, PartitionSearchRequest, PartitionSearchResponse, PartitionSecondPass,
+    SearchRequest, Selection, SubPasses,
 };
 use crate::search::aggregate::{Counts, FirstPass, SecondPass, Selected, Selections};
 use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
@@ -42,6 +43,9 @@ pub const MAX_PARTITION_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The longest a `Reach` call waits on the owner, whatever it asks.
 pub const MAX_REACH_WAIT: Duration = Duration::from_secs(60);
+
+/// The most seqs one `LogPage` call reads, whatever it asks.
+pub const MAX_LOG_PAGE_SEQS: u64 = 10_000;
 
 /// The scheme of the node secret in `authorization`.
 const SCHEME: &str = "Node ";
@@ -347,6 +351,37 @@ impl PartitionReader for RemotePartition {
         })
     }
 
+    fn log_page(
+        &self,
+        filter: EventFilter,
+        scope: ReadScope,
+        from: Option<u64>,
+        max_seqs: u64,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<LogPage, FanOutError>> {
+        let (partition, mut client) = (self.partition, self.client.clone());
+        let mut call = self.request(PartitionLogRequest {
+            partition,
+            filter: Some(filter),
+            scope: Some(scope_to_proto(&scope)),
+            from,
+            max_seqs,
+            wait_ms: wait.as_millis() as u64,
+        });
+        call.set_timeout(wait + Duration::from_secs(10));
+        Box::pin(async move {
+            let page = client
+                .log_page(call)
+                .await
+                .map_err(|s| Self::error(partition, s))?
+                .into_inner();
+            Ok(LogPage {
+                events: page.events,
+                to: page.to,
+            })
+        })
+    }
+
     fn aggregate_first(
         &self,
         request: AggregateRequest,
@@ -520,6 +555,35 @@ impl Partitions for Arc<PartitionsService> {
             Status::unavailable(format!("partition {}: {behind}", call.partition))
         })?;
         Ok(Response::new(PartitionReachResponse {}))
+    }
+
+    async fn log_page(
+        &self,
+        request: Request<PartitionLogRequest>,
+    ) -> Result<Response<PartitionLogResponse>, Status> {
+        let searcher = self.searcher(&request, request.get_ref().partition)?;
+        let call = request.into_inner();
+        let scope = scope_from_proto(call.scope)?;
+        let local = LocalPartition {
+            partition: call.partition,
+            searcher,
+        };
+        let max_seqs = call.max_seqs.clamp(1, MAX_LOG_PAGE_SEQS);
+        let wait = Duration::from_millis(call.wait_ms).min(MAX_REACH_WAIT);
+        let filter = call.filter.unwrap_or_default();
+        let page = local
+            .log_page(filter, scope, call.from, max_seqs, wait)
+            .await;
+        let page = page.map_err(|error| match error {
+            FanOutError::Invalid { field, reason } => {
+                Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok(Response::new(PartitionLogResponse {
+            events: page.events,
+            to: page.to,
+        }))
     }
 
     async fn get_event(
