@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::outbox::{Outbox, Sent};
@@ -86,11 +86,7 @@ impl ReadService {
         }
         let started = async {
             let scope = caller.read_scope("tail")?;
-            let permit = self
-                .subscribers
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| AppError::TooManySubscribers(self.max_subscribers))?;
+            let permit = self.subscribe(&filter, &scope).await?;
             let searchable = self.searcher().searchable();
             let now = *searchable.borrow();
             let start = match request.resume_token.as_str() {
@@ -103,10 +99,6 @@ impl ReadService {
                     reason: "it is ahead of the log".into(),
                 });
             }
-            // Checks the filter, reading nothing.
-            let (f, s) = (filter.clone(), scope.clone());
-            self.blocking(move |searcher| searcher.in_log_order(&f, &s, start, start))
-                .await?;
             Ok((scope, permit, start, searchable))
         }
         .await;
@@ -125,6 +117,24 @@ impl ReadService {
             outbox.finish(end);
         });
         Ok(stream.boxed())
+    }
+
+    /// A subscriber's slot (`limits.max_tail_subscribers`), once the
+    /// filter is checked (reading nothing).
+    pub(super) async fn subscribe(
+        &self,
+        filter: &EventFilter,
+        scope: &ReadScope,
+    ) -> Result<OwnedSemaphorePermit, AppError> {
+        let permit = self
+            .subscribers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AppError::TooManySubscribers(self.max_subscribers))?;
+        let (f, s) = (filter.clone(), scope.clone());
+        self.blocking(move |searcher| searcher.in_log_order(&f, &s, 0, 0))
+            .await?;
+        Ok(permit)
     }
 
     /// Sends what becomes searchable from `cursor` on, until the reader

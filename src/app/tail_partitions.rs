@@ -94,15 +94,7 @@ impl ReadService {
             let scope = caller.read_scope("tail")?;
             self.check_health()?;
             let routes = self.routes.get().cloned().ok_or(AppError::Starting)?;
-            let permit = self
-                .subscribers
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| AppError::TooManySubscribers(self.max_subscribers))?;
-            // Checks the filter, reading nothing.
-            let (f, s) = (filter.clone(), scope.clone());
-            self.blocking(move |searcher| searcher.in_log_order(&f, &s, 0, 0))
-                .await?;
+            let permit = self.subscribe(&filter, &scope).await?;
             let n = routes().len() as u32;
             let partitions = partitions_for(&filter.subjects, &scope, n);
             let cursors = match token.as_str() {

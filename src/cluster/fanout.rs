@@ -174,35 +174,33 @@ impl PartitionReader for LocalPartition {
         max_seqs: u64,
         wait: Duration,
     ) -> BoxFuture<'static, Result<LogPage, FanOutError>> {
-        let (partition, searcher) = (self.partition, self.searcher.clone());
+        let local = LocalPartition {
+            partition: self.partition,
+            searcher: self.searcher.clone(),
+        };
         Box::pin(async move {
-            let mut searchable = searcher.searchable();
+            let searchable = || *local.searcher.searchable().borrow();
             let Some(from) = from else {
-                let to = *searchable.borrow();
+                let to = searchable();
                 return Ok(LogPage {
                     events: Vec::new(),
                     to,
                 });
             };
-            let _ = tokio::time::timeout(wait, searchable.wait_for(|s| *s > from)).await;
-            let upto = *searchable.borrow();
-            if upto <= from {
+            // Not there within `wait`: an empty page, no error.
+            let _ = local.searcher.reach(Some(from + 1), wait).await;
+            let to = searchable().min(from.saturating_add(max_seqs));
+            if to <= from {
                 return Ok(LogPage {
                     events: Vec::new(),
                     to: from,
                 });
             }
-            let to = upto.min(from.saturating_add(max_seqs));
-            let events = tokio::task::spawn_blocking(move || {
-                searcher.in_log_order(&filter, &scope, from, to)
+            let read = local.blocking(move |s| s.in_log_order(&filter, &scope, from, to));
+            Ok(LogPage {
+                events: read.await?,
+                to,
             })
-            .await
-            .map_err(|e| FanOutError::Failed {
-                partition,
-                reason: e.to_string(),
-            })?
-            .map_err(|e| FanOutError::of(e, partition))?;
-            Ok(LogPage { events, to })
         })
     }
 
