@@ -6,17 +6,23 @@
 //! export running while ingest goes on neither misses nor repeats an
 //! event, and a resumed one continues the same snapshot. Memory is one
 //! page and a few chunks, whatever the size of the result.
+//!
+//! On a node of several partitions the events come from the partitions'
+//! owners, merged in the order of a fan-out search (`cluster::scan`): the
+//! same order and the same snapshot promise, a page of each partition in
+//! memory.
 
 use std::sync::Arc;
 
 use futures::Stream;
 
 use super::outbox::{Outbox, Sent};
-use super::read::ReadService;
+use super::read::{ReadService, Routes};
 use super::trail;
 use super::{AppError, Origin};
 use crate::auth::Caller;
 use crate::auth::ReadScope;
+use crate::cluster::scan::MergedScan;
 use crate::formats::Format;
 use crate::proto::{AuditEvent, EventFilter, ExportChunk, ExportFormat, ExportRequest};
 use crate::search::{HitPage, PageRequest};
@@ -59,21 +65,39 @@ impl ReadService {
         }
         let first = async {
             let scope = caller.read_scope("export")?;
-            self.not_partitioned("Export")?;
             let format = format?;
-            let mut reader = PageReader {
+            let source = match self.partitioned {
+                false => Source::Index(IndexPages {
+                    filter: filter.clone(),
+                    scope,
+                    ascending: request.ascending,
+                    token: request.resume_token.clone(),
+                    page: None,
+                    next: 0,
+                }),
+                true => {
+                    let routes = self.partition_routes()?;
+                    let n = routes().len() as u32;
+                    let (ascending, token) = (request.ascending, &request.resume_token);
+                    let scan = MergedScan::new(
+                        filter.clone(),
+                        ascending,
+                        scope,
+                        n,
+                        token,
+                        "resume_token",
+                    )?;
+                    Source::Partitions { routes, scan }
+                }
+            };
+            let mut reader = Slices {
                 reads: self.clone(),
-                filter: filter.clone(),
-                scope,
-                ascending: request.ascending,
                 format,
                 header: match request.resume_token.is_empty() {
                     true => format.header(),
                     false => &[][..],
                 },
-                token: request.resume_token.clone(),
-                page: None,
-                next: 0,
+                source,
             };
             // A bad filter or token fails here, before the stream starts.
             let first = reader.next_chunks().await?;
@@ -135,17 +159,68 @@ impl ReadService {
     }
 }
 
-/// Reads an export a slice at a time: a page of `EXPORT_PAGE_HITS` hits,
-/// then its events `EXPORT_SLICE_EVENTS` at a time, read and formatted on
-/// the blocking pool.
-struct PageReader {
+/// Reads an export a slice of `EXPORT_SLICE_EVENTS` events at a time,
+/// formatted on the blocking pool.
+struct Slices {
     reads: ReadService,
-    filter: EventFilter,
-    scope: ReadScope,
-    ascending: bool,
     format: Format,
     /// What goes before the next chunk (the CSV header, once).
     header: &'static [u8],
+    source: Source,
+}
+
+/// Where an export's events come from.
+enum Source {
+    /// This node's index.
+    Index(IndexPages),
+    /// The owners of the partitions (a node of several partitions): a
+    /// page of each partition at a time, merged (`cluster::scan`).
+    Partitions { routes: Routes, scan: MergedScan },
+}
+
+impl Slices {
+    /// The next slice's chunks, or `None` past the last event.
+    async fn next_chunks(&mut self) -> Result<Option<Vec<ExportChunk>>, AppError> {
+        let (format, header) = (self.format, self.header);
+        let chunks = match &mut self.source {
+            Source::Index(pages) => pages.next_chunks(&self.reads, format, header).await?,
+            Source::Partitions { routes, scan } => {
+                let slice = scan.next(&routes(), EXPORT_SLICE_EVENTS).await?;
+                match slice.events.is_empty() {
+                    true => None,
+                    false => Some(
+                        tokio::task::spawn_blocking(move || {
+                            chunks(&slice.events, |i| slice.token_after(i), format, header)
+                        })
+                        .await
+                        .map_err(|e| AppError::Internal(format!("export task: {e}")))?,
+                    ),
+                }
+            }
+        };
+        if chunks.is_some() {
+            self.header = &[][..];
+            return Ok(chunks);
+        }
+        // At the end: a last chunk holding only a header not sent yet (an
+        // empty CSV export), else nothing.
+        let header = std::mem::take(&mut self.header);
+        Ok((!header.is_empty()).then(|| {
+            vec![ExportChunk {
+                data: header.to_vec(),
+                events: 0,
+                resume_token: String::new(),
+            }]
+        }))
+    }
+}
+
+/// An export from this node's index: a page of `EXPORT_PAGE_HITS` hits,
+/// then its events a slice at a time.
+struct IndexPages {
+    filter: EventFilter,
+    scope: ReadScope,
+    ascending: bool,
     /// Where the next page starts.
     token: String,
     page: Option<Arc<HitPage>>,
@@ -153,28 +228,36 @@ struct PageReader {
     next: usize,
 }
 
-impl PageReader {
-    /// The next slice's chunks, or `None` past the last event.
-    async fn next_chunks(&mut self) -> Result<Option<Vec<ExportChunk>>, AppError> {
+impl IndexPages {
+    /// The next slice's chunks, `header` first, or `None` past the last
+    /// event.
+    async fn next_chunks(
+        &mut self,
+        reads: &ReadService,
+        format: Format,
+        header: &'static [u8],
+    ) -> Result<Option<Vec<ExportChunk>>, AppError> {
         let page = match self.page.take() {
             Some(page) if self.next < page.len() => page,
-            Some(page) if !page.more => return Ok(self.header_only()),
+            Some(page) if !page.more => return Ok(None),
             _ => {
-                let page = Arc::new(self.read_page().await?);
+                let page = Arc::new(self.read_page(reads).await?);
                 self.next = 0;
                 if page.len() == 0 {
-                    return Ok(self.header_only());
+                    return Ok(None);
                 }
                 page
             }
         };
         let range = self.next..page.len().min(self.next + EXPORT_SLICE_EVENTS);
         self.next = range.end;
-        let (format, header) = (self.format, std::mem::take(&mut self.header));
         let slice = page.clone();
-        let chunks = self
-            .reads
-            .blocking(move |s| Ok(chunks(&slice, &s.events(&slice, range)?, format, header)))
+        let chunks = reads
+            .blocking(move |s| {
+                let events = s.events(&slice, range)?;
+                let token_after = |i: usize| slice.token_after(&events[i]);
+                Ok(chunks(&events, token_after, format, header))
+            })
             .await?;
         if let Some(token) = chunks.iter().rev().find(|c| !c.resume_token.is_empty()) {
             self.token = token.resume_token.clone();
@@ -183,10 +266,10 @@ impl PageReader {
         Ok(Some(chunks))
     }
 
-    async fn read_page(&self) -> Result<HitPage, AppError> {
+    async fn read_page(&self, reads: &ReadService) -> Result<HitPage, AppError> {
         let (filter, scope) = (self.filter.clone(), self.scope.clone());
         let (ascending, token) = (self.ascending, self.token.clone());
-        self.reads
+        reads
             .blocking(move |s| {
                 s.page(
                     &filter,
@@ -201,19 +284,6 @@ impl PageReader {
                 )
             })
             .await
-    }
-
-    /// At the end: a last chunk holding only a header not sent yet (an
-    /// empty CSV export), else nothing.
-    fn header_only(&mut self) -> Option<Vec<ExportChunk>> {
-        let header = std::mem::take(&mut self.header);
-        (!header.is_empty()).then(|| {
-            vec![ExportChunk {
-                data: header.to_vec(),
-                events: 0,
-                resume_token: String::new(),
-            }]
-        })
     }
 }
 
@@ -232,11 +302,12 @@ pub(super) fn format_of(value: i32) -> Result<Format, AppError> {
     }
 }
 
-/// `events` (a slice of `page`) as chunks of whole lines, `header` first;
-/// each chunk carries the token that resumes right after its last event.
+/// `events` as chunks of whole lines, `header` first; each chunk carries
+/// the token that resumes right after its last event (`token_after` its
+/// index).
 fn chunks(
-    page: &HitPage,
     events: &[AuditEvent],
+    token_after: impl Fn(usize) -> String,
     format: Format,
     header: &[u8],
 ) -> Vec<ExportChunk> {
@@ -250,7 +321,7 @@ fn chunks(
             out.push(ExportChunk {
                 data: std::mem::take(&mut data),
                 events: std::mem::take(&mut count),
-                resume_token: page.token_after(event),
+                resume_token: token_after(i),
             });
         }
     }

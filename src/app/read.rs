@@ -68,11 +68,14 @@ impl ReadService {
         if !self.partitioned {
             return Ok(None);
         }
+        Ok(Some(self.partition_routes()?()))
+    }
+
+    /// How each partition is read now, on a node of several partitions;
+    /// `Starting` until its owner runs.
+    pub(super) fn partition_routes(&self) -> Result<Routes, AppError> {
         self.check_health()?;
-        match self.routes.get() {
-            Some(routes) => Ok(Some(routes())),
-            None => Err(AppError::Starting),
-        }
+        self.routes.get().cloned().ok_or(AppError::Starting)
     }
 
     /// Refuses what does not fan out yet on a node of several partitions.
@@ -80,8 +83,8 @@ impl ReadService {
         match self.partitioned {
             true => Err(AppError::NotInCluster(
                 what,
-                "with cluster.partitions > 1 only Search, Aggregate and GetEvent fan out \
-                 to the partitions' owners yet (docs/cluster.md)",
+                "with cluster.partitions > 1 only Search, Aggregate, GetEvent, Tail and \
+                 Export fan out to the partitions' owners yet (docs/cluster.md)",
             )),
             false => Ok(()),
         }

@@ -30,7 +30,7 @@ use super::tail::{responses, TAIL_BUFFER_RESPONSES, TAIL_HEARTBEAT, TAIL_PAGE_SE
 use super::trail;
 use super::{AppError, Origin};
 use crate::auth::{Caller, ReadScope};
-use crate::cluster::fanout::{partitions_for, FanOutError, LogPage};
+use crate::cluster::fanout::{partitions_for, unowned, LogPage};
 use crate::proto::{EventFilter, TailResponse};
 
 /// How long a partition whose owner is missing or failed waits before it
@@ -92,8 +92,7 @@ impl ReadService {
     {
         let started = async {
             let scope = caller.read_scope("tail")?;
-            self.check_health()?;
-            let routes = self.routes.get().cloned().ok_or(AppError::Starting)?;
+            let routes = self.partition_routes()?;
             let permit = self.subscribe(&filter, &scope).await?;
             let n = routes().len() as u32;
             let partitions = partitions_for(&filter.subjects, &scope, n);
@@ -131,12 +130,7 @@ async fn starting_cursors(
     let readers = routes();
     let mut cursors = Cursors::new();
     for &p in partitions {
-        let reader = readers[p as usize]
-            .clone()
-            .ok_or_else(|| FanOutError::Unavailable {
-                partition: p,
-                reason: "no node owns it".into(),
-            })?;
+        let reader = readers[p as usize].clone().ok_or_else(|| unowned(p))?;
         let now = reader.log_page(filter.clone(), scope.clone(), None, 0, Duration::ZERO);
         cursors.insert(p, now.await?.to);
     }
@@ -230,10 +224,7 @@ async fn poll_partition(
                     .log_page(f, s, Some(from), TAIL_PAGE_SEQS, TAIL_HEARTBEAT)
                     .await
             }
-            None => Err(FanOutError::Unavailable {
-                partition: p,
-                reason: "no node owns it".into(),
-            }),
+            None => Err(unowned(p)),
         };
         match page {
             Ok(page) if page.to == from => {}

@@ -356,7 +356,12 @@ pub async fn search(
     let partitions = partitions_for(&request.subjects, scope, readers.len() as u32);
     let cursor = match request.page_token.as_str() {
         "" => None,
-        token => Some(MergedCursor::decode(token, request.ascending, &partitions)?),
+        token => Some(MergedCursor::decode(
+            token,
+            request.ascending,
+            &partitions,
+            "page_token",
+        )?),
     };
     let asked = owners(readers, &partitions)?;
     let mut inner = request.clone();
@@ -444,7 +449,8 @@ fn owners(
         .collect()
 }
 
-fn unowned(partition: u32) -> FanOutError {
+/// UNAVAILABLE: `partition` has no owner.
+pub fn unowned(partition: u32) -> FanOutError {
     FanOutError::Unavailable {
         partition,
         reason: "no node owns it".into(),
@@ -488,14 +494,14 @@ fn merge(pages: Vec<(u32, SnapshotPage)>, ascending: bool, bounds: Bounds) -> Se
 
 /// An event's place in the merged order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Place {
-    time: i64,
-    partition: u32,
-    seq: u64,
+pub(super) struct Place {
+    pub(super) time: i64,
+    pub(super) partition: u32,
+    pub(super) seq: u64,
 }
 
 impl Place {
-    fn of(event: &AuditEvent, partition: u32) -> Place {
+    pub(super) fn of(event: &AuditEvent, partition: u32) -> Place {
         Place {
             time: timestamp_micros(event.time.as_ref()),
             partition,
@@ -506,10 +512,10 @@ impl Place {
 
 /// Where a merged page ended, and what each partition's first page saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct MergedCursor {
-    last: Place,
-    snapshots: BTreeMap<u32, u64>,
-    ascending: bool,
+pub(super) struct MergedCursor {
+    pub(super) last: Place,
+    pub(super) snapshots: BTreeMap<u32, u64>,
+    pub(super) ascending: bool,
 }
 
 /// `f1`: a fan-out's page token (one node's are `p3`).
@@ -521,7 +527,7 @@ impl MergedCursor {
     /// `u64::MAX`, and times are whole microseconds, so each case is one
     /// pair: a partition before `last`'s takes its events at `last.time`
     /// only in the direction's past, one after it all of them.
-    fn after_in(&self, p: u32, ascending: bool) -> (i64, u64) {
+    pub(super) fn after_in(&self, p: u32, ascending: bool) -> (i64, u64) {
         let Place {
             time,
             partition,
@@ -538,7 +544,7 @@ impl MergedCursor {
         }
     }
 
-    fn encode(&self) -> String {
+    pub(super) fn encode(&self) -> String {
         let snapshots: Vec<String> = self
             .snapshots
             .iter()
@@ -558,10 +564,16 @@ impl MergedCursor {
     }
 
     /// The cursor of `token`, which must come from a page of the same
-    /// search: the same order and the same partitions `asked`.
-    fn decode(token: &str, ascending: bool, asked: &[u32]) -> Result<MergedCursor, FanOutError> {
+    /// search: the same order and the same partitions `asked`; else
+    /// INVALID_ARGUMENT naming `field`.
+    pub(super) fn decode(
+        token: &str,
+        ascending: bool,
+        asked: &[u32],
+        field: &'static str,
+    ) -> Result<MergedCursor, FanOutError> {
         let bad = |reason: &str| FanOutError::Invalid {
-            field: "page_token",
+            field,
             reason: reason.into(),
         };
         let not_ours = || bad("not a token from a previous response");
@@ -653,7 +665,7 @@ mod tests {
     fn tokens_round_trip_and_garbage_or_another_search_is_refused() {
         let c = cursor(-1 + 2, 3, 7, true);
         assert_eq!(
-            MergedCursor::decode(&c.encode(), true, &[1, 2, 3]).unwrap(),
+            MergedCursor::decode(&c.encode(), true, &[1, 2, 3], "page_token").unwrap(),
             c
         );
         let field_of = |r: Result<MergedCursor, FanOutError>| match r {
@@ -661,12 +673,22 @@ mod tests {
             other => panic!("{other:?}"),
         };
         for bad in ["", "x", &URL_SAFE_NO_PAD.encode("p3:1:2:3:0")] {
-            let (field, _) = field_of(MergedCursor::decode(bad, true, &[1, 2, 3]));
+            let (field, _) = field_of(MergedCursor::decode(bad, true, &[1, 2, 3], "page_token"));
             assert_eq!(field, "page_token");
         }
-        let (_, reason) = field_of(MergedCursor::decode(&c.encode(), false, &[1, 2, 3]));
+        let (_, reason) = field_of(MergedCursor::decode(
+            &c.encode(),
+            false,
+            &[1, 2, 3],
+            "page_token",
+        ));
         assert!(reason.contains("other sort order"), "{reason}");
-        let (_, reason) = field_of(MergedCursor::decode(&c.encode(), true, &[1, 2]));
+        let (_, reason) = field_of(MergedCursor::decode(
+            &c.encode(),
+            true,
+            &[1, 2],
+            "page_token",
+        ));
         assert!(reason.contains("another search"), "{reason}");
     }
 

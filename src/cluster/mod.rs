@@ -31,6 +31,7 @@ pub mod owned;
 pub mod owner;
 pub mod publish;
 pub mod remote;
+pub mod scan;
 pub mod settings;
 pub mod tokens;
 
