@@ -1985,6 +1985,31 @@ async fn daemons_of_several_partitions_answer_through_the_owners() {
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("no node owns it"), "{refused:?}");
     assert!(refused.message().starts_with("partition "), "{refused:?}");
+    // A bad filter is named before any owner is asked.
+    let bad = EventFilter {
+        query: "action:(".into(),
+        ..Default::default()
+    };
+    let aggregate = AggregateRequest {
+        filter: Some(bad.clone()),
+        aggregations: vec![common::aggregate_oracle::random_aggregation(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1),
+            "x",
+            0,
+        )],
+    };
+    let export = auditd::proto::ExportRequest {
+        filter: Some(bad),
+        ..Default::default()
+    };
+    let refused = [
+        query.aggregate(aggregate).await.unwrap_err(),
+        query.export(export).await.map(|_| ()).unwrap_err(),
+    ];
+    for status in refused {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with("query:"), "{status:?}");
+    }
     // Nor can it say an event is not there.
     let get = |id: &str| auditd::proto::GetEventRequest { id: id.into() };
     let refused = query.get_event(get("no-such-id")).await.unwrap_err();

@@ -76,6 +76,7 @@ impl ReadService {
                     next: 0,
                 }),
                 true => {
+                    self.check_filter(Some(&filter), &scope)?;
                     let routes = self.partition_routes()?;
                     let n = routes().len() as u32;
                     let (ascending, token) = (request.ascending, &request.resume_token);

@@ -7,12 +7,12 @@ use std::sync::{Arc, OnceLock};
 
 use super::trail::{self, Trail};
 use super::{AppError, Origin, StreamSettings};
-use crate::auth::Caller;
+use crate::auth::{Caller, ReadScope};
 use crate::cluster::fanout::{self, Bounds, Reader};
 use crate::proto::{
-    AggregateRequest, AggregateResponse, AuditEvent, SearchRequest, SearchResponse,
+    AggregateRequest, AggregateResponse, AuditEvent, EventFilter, SearchRequest, SearchResponse,
 };
-use crate::search::{SearchError, Searcher};
+use crate::search::{request_of, SearchError, Searcher};
 use crate::status::{Health, PipelineStatus};
 
 #[derive(Clone)]
@@ -76,6 +76,17 @@ impl ReadService {
     pub(super) fn partition_routes(&self) -> Result<Routes, AppError> {
         self.check_health()?;
         self.routes.get().cloned().ok_or(AppError::Starting)
+    }
+
+    /// Checks `filter` here, before a fan-out asks any owner: a bad field
+    /// is named as one node names it.
+    pub(super) fn check_filter(
+        &self,
+        filter: Option<&EventFilter>,
+        scope: &ReadScope,
+    ) -> Result<(), AppError> {
+        let request = request_of(filter.cloned().unwrap_or_default());
+        Ok(self.searcher.check(&request, scope)?)
     }
 
     /// Refuses what does not fan out yet on a node of several partitions.
@@ -154,7 +165,10 @@ impl ReadService {
         let result = async {
             let scope = caller.read_scope("aggregate")?;
             match self.fanning_out()? {
-                Some(readers) => Ok(fanout::aggregate(&readers, &request, &scope).await?),
+                Some(readers) => {
+                    self.check_filter(request.filter.as_ref(), &scope)?;
+                    Ok(fanout::aggregate(&readers, &request, &scope).await?)
+                }
                 None => self.blocking(move |s| s.aggregate(&request, &scope)).await,
             }
         }

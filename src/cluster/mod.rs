@@ -15,12 +15,13 @@
 //!   promises checked.
 //! - [`node`]: a daemon's WAL thread when `[cluster] enabled`: its writes
 //!   published, the partition followed into its tree and index. With one
-//!   partition (all that is accepted yet) every node indexes everything.
-//! - [`lease::Leases`]: one owner per partition at a time, for the
-//!   partition pipelines of more than one partition (not run yet).
-//! - [`fanout`]: a search or an aggregate merged over partitions, each
-//!   read by its owner, in this process or on another node ([`remote`]);
-//!   not run by the daemon yet (the owners' pipelines come first).
+//!   partition every node indexes everything.
+//! - [`lease::Leases`] and [`owner`]: with several partitions, one owner
+//!   per partition at a time, each running [`owned::OwnedPartition`]'s
+//!   pipeline, handed over without a read gap when a node joins.
+//! - [`fanout`] and [`scan`]: a search, an aggregate, a get, an export
+//!   merged over partitions, each read by its owner, in this process or
+//!   on another node ([`remote`]).
 
 pub mod fanout;
 pub mod follow;
