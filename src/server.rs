@@ -22,6 +22,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::app::{App, StreamSettings};
 use crate::auth::{AuthError, StoredToken, TokenStore};
+use crate::cluster::fanout::LocalPartition;
 use crate::cluster::lease::LeaseSettings;
 use crate::cluster::owner::{Owner, OwnerSettings};
 use crate::cluster::remote::{Held, PartitionsService, MAX_PARTITION_MESSAGE_BYTES};
@@ -360,6 +361,7 @@ async fn start_owner(
         },
         node_secret: secret.to_owned(),
         tokens: pipeline.tokens.clone(),
+        trail: Some(pipeline.app().trail()),
         owns: config.cluster.role.owns_partitions(),
     };
     let owner = Owner::start(settings).await?;
@@ -472,11 +474,15 @@ pub async fn run_on(
     };
     let partitions_service = node_secret.map(|secret| {
         let held: Held = match &owner {
-            Some(owner) => owner.held_searchers(),
+            Some(owner) => owner.held_here(),
             // One partition: this node's own index is partition 0.
             None => {
-                let searcher = pipeline.app().reads.searcher().clone();
-                Arc::new(move |p| (p == 0).then(|| searcher.clone()))
+                let here = LocalPartition {
+                    partition: 0,
+                    searcher: pipeline.app().reads.searcher().clone(),
+                    retention: None,
+                };
+                Arc::new(move |p| (p == 0).then(|| here.clone()))
             }
         };
         (secret, held)
@@ -530,13 +536,16 @@ pub async fn run_on(
                 .self_audit(integrity, pipeline.status.clone(), rate, background_stop);
         background.spawn(audit.run());
     }
-    if pipeline
-        .app()
-        .retention
-        .retention()
-        .policy()
-        .shortest()
-        .is_some()
+    // With several partitions each owner sweeps its own (`cluster::owned`).
+    let partitioned = config.cluster.enabled && config.cluster.partitions > 1;
+    if !partitioned
+        && pipeline
+            .app()
+            .retention
+            .retention()
+            .policy()
+            .shortest()
+            .is_some()
     {
         let retention = pipeline.app().retention.clone();
         let every = Duration::from_millis(config.retention.sweep_interval_ms);

@@ -153,6 +153,7 @@ impl Cluster {
                 let reader: fanout::Reader = Arc::new(LocalPartition {
                     partition: p as u32,
                     searcher: store.searcher.clone(),
+                    retention: None,
                 });
                 Some(reader)
             })

@@ -14,6 +14,7 @@ mod outbox;
 mod read;
 pub use read::Routes;
 mod retention;
+mod retention_partitions;
 pub mod self_audit;
 mod subject;
 mod tail;
@@ -89,18 +90,19 @@ impl App {
         integrity: (Option<Arc<Integrity>>, Duration),
     ) -> Self {
         let trail = trail::Trail::new(ingest.clone());
-        let retention = Arc::new(RetentionService::new(
-            ingest.retention().clone(),
-            ingest.clone(),
-            searcher.clone(),
-            trail.clone(),
-        ));
         let reads = Arc::new(ReadService::new(
-            searcher,
+            searcher.clone(),
             status,
             trail.clone(),
             streams.clone(),
             max_subscribers,
+        ));
+        let retention = Arc::new(RetentionService::new(
+            ingest.retention().clone(),
+            ingest.clone(),
+            searcher,
+            trail.clone(),
+            reads.routes.clone(),
         ));
         let (integrity, checkpoint_interval) = integrity;
         let subjects = Arc::new(SubjectService::new(
@@ -122,6 +124,11 @@ impl App {
             retention,
             store,
         }
+    }
+
+    /// The trail of this node's reads and changes.
+    pub fn trail(&self) -> trail::Trail {
+        self.reads.trail.clone()
     }
 
     /// The background self-audit over `integrity`, stopped by `stop`.

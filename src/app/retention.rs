@@ -4,9 +4,11 @@
 //! with what was applied.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::read::Routes;
+use super::retention_partitions::State;
 use super::self_audit::system_caller;
 use super::trail::{self, Trail};
 use super::{AppError, Origin};
@@ -29,11 +31,16 @@ pub const MAX_HOLDS: usize = 1000;
 /// The longest subject, query or reason of a hold, in bytes.
 pub const MAX_HOLD_FIELD_BYTES: usize = 4096;
 
+#[derive(Clone)]
 pub struct RetentionService {
     retention: Arc<Retention>,
     ingest: Arc<IngestService>,
-    searcher: Searcher,
+    pub(super) searcher: Searcher,
     trail: Trail,
+    /// On a node of several partitions: each partition's owner, where
+    /// every change and sweep goes (`retention_partitions`); the read
+    /// service's, set once the node's owner runs.
+    pub(super) routes: Arc<OnceLock<Routes>>,
 }
 
 impl RetentionService {
@@ -42,12 +49,37 @@ impl RetentionService {
         ingest: Arc<IngestService>,
         searcher: Searcher,
         trail: Trail,
+        routes: Arc<OnceLock<Routes>>,
     ) -> Self {
         RetentionService {
             retention,
             ingest,
             searcher,
             trail,
+            routes,
+        }
+    }
+
+    /// The same partition's retention, its drops on `trail` (an owned
+    /// partition's, on its node's trail: its events go to the partition
+    /// of their subject, never straight into this one's log).
+    pub fn with_trail(&self, trail: Trail) -> RetentionService {
+        RetentionService {
+            trail,
+            ..self.clone()
+        }
+    }
+
+    /// Whether changes, sweeps and the state go to the partitions' owners.
+    fn partitioned(&self) -> bool {
+        self.ingest.partitioned()
+    }
+
+    /// The retention state: this node's, or every partition's merged.
+    async fn state(&self) -> Result<State, AppError> {
+        match self.partitioned() {
+            true => self.merged_state().await,
+            false => Ok(self.local_state()),
         }
     }
 
@@ -60,10 +92,11 @@ impl RetentionService {
         caller: &Caller,
         origin: &Origin,
     ) -> Result<RetentionStatus, AppError> {
-        let result = caller
-            .require_admin("read the retention settings")
-            .map(|()| self.current())
-            .map_err(AppError::from);
+        let result = async {
+            caller.require_admin("read the retention settings")?;
+            Ok(self.status_of(self.state().await?))
+        }
+        .await;
         self.trail
             .audited(
                 caller,
@@ -91,7 +124,7 @@ impl RetentionService {
                     reason: "at least 1 day".into(),
                 });
             }
-            if let Some(floor) = self.retention.floor().filter(|f| *f > min_days) {
+            if let Some(floor) = self.state().await?.floor_days.filter(|f| *f > min_days) {
                 return Err(AppError::BelowFloor(format!(
                     "the compliance floor is {floor} days and can only be raised"
                 )));
@@ -102,7 +135,7 @@ impl RetentionService {
                 )));
             }
             self.change(Change::Lock(min_days)).await?;
-            Ok(self.current())
+            Ok(self.status_of(self.state().await?))
         }
         .await;
         self.trail
@@ -124,7 +157,7 @@ impl RetentionService {
         }
         let result = async {
             caller.require_admin("place legal holds")?;
-            self.check_hold(&request)?;
+            self.check_hold(&request).await?;
             let change = Change::Hold(crate::retention::HoldRequest {
                 subject: request.subject,
                 query: request.query,
@@ -145,7 +178,7 @@ impl RetentionService {
             .await
     }
 
-    fn check_hold(&self, request: &AddHoldRequest) -> Result<(), AppError> {
+    async fn check_hold(&self, request: &AddHoldRequest) -> Result<(), AppError> {
         let invalid = |field, reason: &str| {
             Err(AppError::Invalid {
                 field,
@@ -180,7 +213,8 @@ impl RetentionService {
             };
             self.searcher.matching(&filter, &ReadScope::All)?;
         }
-        if self.retention.holds().len() >= MAX_HOLDS {
+        let state = self.state().await?;
+        if state.holds.iter().filter(|h| h.released.is_none()).count() >= MAX_HOLDS {
             return Err(AppError::TooManyHolds(MAX_HOLDS));
         }
         Ok(())
@@ -192,17 +226,16 @@ impl RetentionService {
         origin: &Origin,
         include_released: bool,
     ) -> Result<Vec<proto::Hold>, AppError> {
-        let result = caller
-            .require_admin("list legal holds")
-            .map(|()| {
-                let state = self.retention.state();
-                let holds = state.holds.iter();
-                holds
-                    .filter(|h| include_released || h.released.is_none())
-                    .map(hold_to_proto)
-                    .collect()
-            })
-            .map_err(AppError::from);
+        let result = async {
+            caller.require_admin("list legal holds")?;
+            let state = self.state().await?;
+            let holds = state.holds.iter();
+            Ok(holds
+                .filter(|h| include_released || h.released.is_none())
+                .map(hold_to_proto)
+                .collect())
+        }
+        .await;
         self.trail
             .audited(caller, trail::HOLD_LIST, origin, BTreeMap::new(), result)
             .await
@@ -217,7 +250,7 @@ impl RetentionService {
         let query = BTreeMap::from([("hold_id".to_owned(), id.clone())]);
         let result = async {
             caller.require_admin("release legal holds")?;
-            if !self.retention.state().holds.iter().any(|h| h.id == id) {
+            if !self.state().await?.holds.iter().any(|h| h.id == id) {
                 return Err(AppError::HoldNotFound(id));
             }
             match self.change(Change::Release(id)).await? {
@@ -234,11 +267,7 @@ impl RetentionService {
     /// Drops now every partition that is due.
     pub async fn sweep(&self, caller: &Caller, origin: &Origin) -> Result<SweepResponse, AppError> {
         let result = match caller.require_admin("run retention") {
-            Ok(()) if self.ingest.partitioned() => Err(AppError::NotInCluster(
-                "a retention sweep",
-                "with cluster.partitions > 1 each partition's owner would sweep its own, which \
-                 is not built yet (docs/cluster.md)",
-            )),
+            Ok(()) if self.partitioned() => self.sweep_everywhere().await,
             Ok(()) => self.sweep_now().await,
             Err(error) => Err(error.into()),
         };
@@ -266,7 +295,7 @@ impl RetentionService {
 
     /// Judges every partition old enough to be due, and drops those that
     /// are through the log; each drop is an event on the trail.
-    async fn sweep_now(&self) -> Result<SweepResponse, AppError> {
+    pub(super) async fn sweep_now(&self) -> Result<SweepResponse, AppError> {
         let now = now_micros();
         let (searcher, retention) = (self.searcher.clone(), self.retention.clone());
         let verdicts = tokio::task::spawn_blocking(move || judge_due(&searcher, &retention, now))
@@ -288,7 +317,7 @@ impl RetentionService {
                 at_micros: now,
                 change: Some(Change::Drop(day)),
             };
-            match self.ingest.change_retention(record).await?.0 {
+            match self.apply_here(record).await? {
                 Applied::Dropped(dropped) => {
                     self.trail_drop(&dropped).await;
                     swept.dropped.push(dropped_to_proto(&dropped));
@@ -329,24 +358,26 @@ impl RetentionService {
         }
     }
 
+    /// A lock, a hold or a release, as one record: through this node's
+    /// log, or every partition's.
     async fn change(&self, change: Change) -> Result<Applied, AppError> {
-        if self.ingest.partitioned() {
-            return Err(AppError::NotInCluster(
-                "changing retention (a lock, a hold, a sweep)",
-                "with cluster.partitions > 1 a change would have to reach every partition's \
-                 owner, which is not built yet (docs/cluster.md)",
-            ));
-        }
         let record = RetentionRecord {
             id: ulid::Ulid::new().to_string(),
             at_micros: now_micros(),
             change: Some(change),
         };
+        match self.partitioned() {
+            true => self.apply_everywhere(record).await,
+            false => self.apply_here(record).await,
+        }
+    }
+
+    /// `record` through this pipeline's own log, once applied.
+    pub(super) async fn apply_here(&self, record: RetentionRecord) -> Result<Applied, AppError> {
         Ok(self.ingest.change_retention(record).await?.0)
     }
 
-    fn current(&self) -> RetentionStatus {
-        let state = self.retention.state();
+    fn status_of(&self, state: State) -> RetentionStatus {
         let policy = self.retention.policy();
         RetentionStatus {
             floor_days: state.floor_days,
@@ -368,9 +399,7 @@ impl RetentionService {
                 .map(hold_to_proto)
                 .collect(),
             dropped: state.drops.iter().map(dropped_to_proto).collect(),
-            oldest_day: note_oldest(&self.searcher)
-                .map(format_day)
-                .unwrap_or_default(),
+            oldest_day: state.oldest_day.map(format_day).unwrap_or_default(),
         }
     }
 }
@@ -401,7 +430,7 @@ fn judge_due(
 }
 
 /// The oldest day still held, also as a gauge.
-fn note_oldest(searcher: &Searcher) -> Option<Day> {
+pub(super) fn note_oldest(searcher: &Searcher) -> Option<Day> {
     let oldest = searcher
         .partitions()
         .overlapping(None, None)
@@ -438,6 +467,6 @@ fn dropped_to_proto(dropped: &Dropped) -> DroppedDay {
     }
 }
 
-fn unexpected(applied: Applied) -> AppError {
+pub(super) fn unexpected(applied: Applied) -> AppError {
     AppError::Internal(format!("retention: unexpected outcome {applied:?}"))
 }

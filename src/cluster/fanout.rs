@@ -22,7 +22,7 @@
 //! answer.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -30,7 +30,10 @@ use base64::Engine;
 use futures::future::{try_join_all, BoxFuture};
 
 use super::partition_of;
+use crate::app::{AppError, RetentionService};
 use crate::auth::ReadScope;
+pub use crate::proto::partition_retention_request::Op as RetentionOp;
+pub use crate::proto::partition_retention_response::Answer as RetentionAnswer;
 use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, EventFilter, SearchRequest, SearchResponse,
 };
@@ -91,6 +94,13 @@ pub trait PartitionReader: Send + Sync {
         scope: ReadScope,
         selections: Selections,
     ) -> BoxFuture<'static, Result<SecondPass, FanOutError>>;
+
+    /// The partition's part of a retention call (`app::retention_partitions`):
+    /// a change applied through its log, a sweep, or its state.
+    fn retention(
+        &self,
+        op: RetentionOp,
+    ) -> BoxFuture<'static, Result<RetentionAnswer, FanOutError>>;
 }
 
 /// How long a partition's index is waited for when a page's snapshot is
@@ -110,9 +120,15 @@ pub type Reader = Arc<dyn PartitionReader>;
 
 /// A partition whose index is in this process, read on the blocking
 /// pool.
+#[derive(Clone)]
 pub struct LocalPartition {
     pub partition: u32,
     pub searcher: Searcher,
+    /// Its retention, on its node's trail (`None`: retention calls are
+    /// refused, as for a one-partition node's partition 0). Weak: the
+    /// owned partition holds it, and with it its WAL queue's sender, which
+    /// must go before its pipeline can stop.
+    pub retention: Option<Weak<RetentionService>>,
 }
 
 impl LocalPartition {
@@ -174,10 +190,7 @@ impl PartitionReader for LocalPartition {
         max_seqs: u64,
         wait: Duration,
     ) -> BoxFuture<'static, Result<LogPage, FanOutError>> {
-        let local = LocalPartition {
-            partition: self.partition,
-            searcher: self.searcher.clone(),
-        };
+        let local = self.clone();
         Box::pin(async move {
             let searchable = || *local.searcher.searchable().borrow();
             let Some(from) = from else {
@@ -219,6 +232,39 @@ impl PartitionReader for LocalPartition {
         selections: Selections,
     ) -> BoxFuture<'static, Result<SecondPass, FanOutError>> {
         self.blocking(move |searcher| searcher.aggregate_second(&request, &scope, &selections))
+    }
+
+    fn retention(
+        &self,
+        op: RetentionOp,
+    ) -> BoxFuture<'static, Result<RetentionAnswer, FanOutError>> {
+        let (partition, retention) = (self.partition, self.retention.clone());
+        Box::pin(async move {
+            let retention = retention.ok_or_else(|| FanOutError::Failed {
+                partition,
+                reason: "its retention is not kept by partition".into(),
+            })?;
+            let retention = retention
+                .upgrade()
+                .ok_or_else(|| FanOutError::Unavailable {
+                    partition,
+                    reason: "no longer held by this node".into(),
+                })?;
+            retention.at_partition(op).await.map_err(|error| {
+                use crate::app::ErrorKind::{DeadlineExceeded, ResourceExhausted, Unavailable};
+                let reason = error.to_string();
+                match error {
+                    AppError::Invalid { field, reason } => FanOutError::Invalid { field, reason },
+                    AppError::FanOut(error) => error,
+                    error => match error.kind() {
+                        Unavailable | ResourceExhausted | DeadlineExceeded => {
+                            FanOutError::Unavailable { partition, reason }
+                        }
+                        _ => FanOutError::Failed { partition, reason },
+                    },
+                }
+            })
+        })
     }
 }
 

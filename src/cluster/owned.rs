@@ -20,7 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use super::fanout::{LocalPartition, Reader};
 use super::Layout;
-use crate::app::StreamSettings;
+use crate::app::trail::Trail;
+use crate::app::{RetentionService, StreamSettings};
 use crate::auth::TokenStore;
 use crate::search::Searcher;
 use crate::server::{LogChoice, Pipeline, ServerError, Tokens};
@@ -36,17 +37,24 @@ pub struct OwnedPartition {
     partition: u32,
     pipeline: Pipeline,
     streams: StreamSettings,
+    /// Its retention: changes through its log, sweeps of its days, drops
+    /// on the node's trail.
+    retention: Arc<RetentionService>,
 }
 
 impl OwnedPartition {
     /// Opens partition `partition`'s directory under `config.data_dir`,
     /// replays the partition from its checkpoint and follows it. Returns
-    /// once what the stream held at start is searchable.
+    /// once what the stream held at start is searchable. Given the
+    /// node's `trail` and retention rules, it sweeps the partition every
+    /// `retention.sweep_interval_ms` from then on, each drop on that
+    /// trail (`None`: never, for a pipeline run alone).
     pub async fn start(
         config: &Config,
         layout: Layout,
         partition: u32,
         tokens: Arc<TokenStore>,
+        trail: Option<Trail>,
     ) -> Result<OwnedPartition, ServerError> {
         let mut config = config.clone();
         config.data_dir = partition_dir(&config.data_dir, partition);
@@ -65,10 +73,22 @@ impl OwnedPartition {
         }
         pipeline.status.set_ready();
         tracing::info!(partition, "following the partition");
+        let retention = match &trail {
+            Some(trail) => Arc::new(pipeline.app().retention.with_trail(trail.clone())),
+            None => pipeline.app().retention.clone(),
+        };
+        if trail.is_some() && retention.retention().policy().shortest().is_some() {
+            let (sweeper, stop) = (retention.clone(), streams.stop.clone());
+            let every = Duration::from_millis(config.retention.sweep_interval_ms);
+            streams
+                .tasks
+                .spawn(async move { sweeper.run_sweeper(every, stop).await });
+        }
         Ok(OwnedPartition {
             partition,
             pipeline,
             streams,
+            retention,
         })
     }
 
@@ -83,10 +103,16 @@ impl OwnedPartition {
 
     /// The partition, as a fan-out in this process reads it.
     pub fn reader(&self) -> Reader {
-        Arc::new(LocalPartition {
+        Arc::new(self.local())
+    }
+
+    /// The partition, as this node's `Partitions` service answers for it.
+    pub fn local(&self) -> LocalPartition {
+        LocalPartition {
             partition: self.partition,
             searcher: self.searcher(),
-        })
+            retention: Some(Arc::downgrade(&self.retention)),
+        }
     }
 
     /// Stops following, after the indexer's last commit.
@@ -94,6 +120,9 @@ impl OwnedPartition {
         self.streams.stop.cancel();
         self.streams.tasks.close();
         self.streams.tasks.wait().await;
+        // Its ingest's WAL sender goes with it: the WAL thread ends once
+        // every sender is gone (readers hold it weakly).
+        drop(self.retention);
         self.pipeline.stop().await
     }
 }

@@ -38,13 +38,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::fanout::Reader;
+use super::fanout::{LocalPartition, Reader};
 use super::lease::{LeaseSettings, Leases, Member};
 use super::owned::OwnedPartition;
 use super::remote::{Held, RemotePartition};
 use super::{ClusterError, Layout};
+use crate::app::trail::Trail;
 use crate::auth::TokenStore;
-use crate::search::Searcher;
 use crate::Config;
 
 /// Channels to other nodes kept at once: one a node; past it the oldest
@@ -61,6 +61,9 @@ pub struct OwnerSettings {
     /// What the node shows other nodes' `Partitions` services.
     pub node_secret: String,
     pub tokens: Arc<TokenStore>,
+    /// The node's trail: where an owned partition's sweeps put their
+    /// drops (`None`: owned partitions are not swept).
+    pub trail: Option<Trail>,
     /// Whether this node takes leases (roles `all` and `index`); one that
     /// does not only routes its reads to the owners.
     pub owns: bool,
@@ -68,8 +71,8 @@ pub struct OwnerSettings {
 
 /// What the round and the readers share.
 struct Routes {
-    /// Ready partitions of this node, by their searchers.
-    local: RwLock<BTreeMap<u32, Searcher>>,
+    /// Ready partitions of this node.
+    local: RwLock<BTreeMap<u32, LocalPartition>>,
     /// How each partition is read: here, at another node, or not at all.
     readers: RwLock<Vec<Option<Reader>>>,
     /// Partitions this node holds a lease on (ready or not).
@@ -145,7 +148,7 @@ impl Owner {
     }
 
     /// What this node's `Partitions` service answers for.
-    pub fn held_searchers(&self) -> Held {
+    pub fn held_here(&self) -> Held {
         let routes = self.routes.clone();
         Arc::new(move |p| routes.local.read().expect("routes lock").get(&p).cloned())
     }
@@ -163,6 +166,13 @@ impl Owner {
     pub async fn abandon(self) {
         self.abandon.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// Stops partition `p`'s pipeline here, after its last commit.
+async fn stop_pipeline(p: u32, owned: OwnedPartition) {
+    if let Err(error) = owned.stop().await {
+        tracing::error!(partition = p, %error, "stopping the partition's pipeline");
     }
 }
 
@@ -281,8 +291,13 @@ impl Round {
         *self.routes.held.write().expect("routes lock") = held;
         match self.cluster().await {
             Some((owners, members)) => {
-                self.hand_over(&owners, &members).await;
+                // Routed to the new owners first, then stopped: no read
+                // finds a handed-over partition without a reader.
+                let handed = self.hand_over(&owners, &members);
                 self.route_by(&owners, &members).await;
+                for (p, owned) in handed {
+                    stop_pipeline(p, owned).await;
+                }
             }
             None => self.route_here(),
         }
@@ -291,13 +306,12 @@ impl Round {
     fn start_partition(&mut self, p: u32) {
         self.opening.insert(p);
         let settings = &self.settings;
-        let (config, layout, tokens) = (
-            settings.config.clone(),
-            settings.layout.clone(),
-            settings.tokens.clone(),
-        );
-        self.starting
-            .spawn(async move { (p, OwnedPartition::start(&config, layout, p, tokens).await) });
+        let (config, layout) = (settings.config.clone(), settings.layout.clone());
+        let (tokens, trail) = (settings.tokens.clone(), settings.trail.clone());
+        self.starting.spawn(async move {
+            let started = OwnedPartition::start(&config, layout, p, tokens, trail).await;
+            (p, started)
+        });
     }
 
     /// A pipeline done starting: kept if the lease is still ours.
@@ -333,9 +347,7 @@ impl Round {
             *reader = None;
         }
         if let Some(owned) = owned {
-            if let Err(error) = owned.stop().await {
-                tracing::error!(partition = p, %error, "stopping the partition's pipeline");
-            }
+            stop_pipeline(p, owned).await;
         }
     }
 
@@ -378,7 +390,7 @@ impl Round {
             .iter()
             .chain(self.handing.iter().map(|(p, h)| (p, &h.owned)));
         for (p, owned) in here {
-            local.insert(*p, owned.searcher());
+            local.insert(*p, owned.local());
             readers[*p as usize] = Some(owned.reader());
         }
         *self.routes.local.write().expect("routes lock") = local;
@@ -400,7 +412,7 @@ impl Round {
                 .get(&p)
                 .or(self.handing.get(&p).map(|h| &h.owned));
             if let Some(owned) = here {
-                local.insert(p, owned.searcher());
+                local.insert(p, owned.local());
                 readers.push(Some(owned.reader()));
                 continue;
             }
@@ -435,12 +447,13 @@ impl Round {
     }
 
     /// Ends each hand-over whose new owner was seen ready
-    /// [`HAND_OVER_ROUNDS`] rounds in a row.
-    async fn hand_over(
+    /// [`HAND_OVER_ROUNDS`] rounds in a row: its pipeline, to stop once
+    /// the partition is routed to the new owner.
+    fn hand_over(
         &mut self,
         owners: &BTreeMap<u32, String>,
         members: &BTreeMap<String, Member>,
-    ) {
+    ) -> Vec<(u32, OwnedPartition)> {
         let me = self.leases.node();
         let mut done = Vec::new();
         for (p, handing) in self.handing.iter_mut() {
@@ -454,11 +467,12 @@ impl Round {
                 done.push(*p);
             }
         }
+        let mut handed = Vec::new();
         for p in done {
             tracing::info!(partition = p, "handed the partition over");
-            let handing = self.handing.remove(&p).map(|h| h.owned);
-            self.drop_partition(p, handing).await;
+            handed.extend(self.handing.remove(&p).map(|h| (p, h.owned)));
         }
+        handed
     }
 
     /// The channel to `address`, made (lazily: it connects on first use)

@@ -22,7 +22,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::fanout::{FanOutError, LocalPartition, LogPage, PartitionReader, SNAPSHOT_WAIT};
+use super::fanout::{
+    FanOutError, LocalPartition, LogPage, PartitionReader, RetentionAnswer, RetentionOp,
+    SNAPSHOT_WAIT,
+};
 use crate::auth::ReadScope;
 use crate::proto::partitions_client::PartitionsClient;
 use crate::proto::partitions_server::Partitions;
@@ -30,8 +33,8 @@ use crate::proto::{
     AggregateRequest, AuditEvent, BucketCounts, Counts as ProtoCounts, EventFilter,
     PartitionAggregateRequest, PartitionFirstPass, PartitionGetRequest, PartitionGetResponse,
     PartitionLogRequest, PartitionLogResponse, PartitionReachRequest, PartitionReachResponse,
-    PartitionScope, PartitionSearchRequest, PartitionSearchResponse, PartitionSecondPass,
-    SearchRequest, Selection, SubPasses,
+    PartitionRetentionRequest, PartitionRetentionResponse, PartitionScope, PartitionSearchRequest,
+    PartitionSearchResponse, PartitionSecondPass, SearchRequest, Selection, SubPasses,
 };
 use crate::search::aggregate::{Counts, FirstPass, SecondPass, Selected, Selections};
 use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
@@ -40,6 +43,11 @@ use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
 /// one partition's counts (an aggregate over a million distinct values,
 /// `aggregate::MAX_DISTINCT`, fits in it).
 pub const MAX_PARTITION_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long a `Retention` call may take (a change waits for the owner's
+/// log; a sweep drops whole days) before the asking node gives up on
+/// that partition: UNAVAILABLE naming it.
+pub const RETENTION_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest a `Reach` call waits on the owner, whatever it asks.
 pub const MAX_REACH_WAIT: Duration = Duration::from_secs(60);
@@ -382,6 +390,31 @@ impl PartitionReader for RemotePartition {
         })
     }
 
+    fn retention(
+        &self,
+        op: RetentionOp,
+    ) -> BoxFuture<'static, Result<RetentionAnswer, FanOutError>> {
+        let (partition, mut client) = (self.partition, self.client.clone());
+        let mut call = self.request(PartitionRetentionRequest {
+            partition,
+            op: Some(op),
+        });
+        // A change waits for the owner's log; a sweep drops whole days.
+        call.set_timeout(RETENTION_CALL_TIMEOUT);
+        Box::pin(async move {
+            let answer = client
+                .retention(call)
+                .await
+                .map_err(|s| Self::error(partition, s))?
+                .into_inner()
+                .answer;
+            answer.ok_or_else(|| FanOutError::Failed {
+                partition,
+                reason: "its owner answered nothing".into(),
+            })
+        })
+    }
+
     fn aggregate_first(
         &self,
         request: AggregateRequest,
@@ -434,7 +467,7 @@ impl PartitionReader for RemotePartition {
 // ---- The answering side ----
 
 /// The searcher of a partition this node holds now, if it does.
-pub type Held = Arc<dyn Fn(u32) -> Option<Searcher> + Send + Sync>;
+pub type Held = Arc<dyn Fn(u32) -> Option<LocalPartition> + Send + Sync>;
 
 /// The `Partitions` service of a node: the partitions whose index it
 /// holds, each by its searcher.
@@ -454,6 +487,12 @@ impl PartitionsService {
 
     /// The searcher of `partition`, once the call has shown the secret.
     fn searcher<T>(&self, request: &Request<T>, partition: u32) -> Result<Searcher, Status> {
+        Ok(self.here(request, partition)?.searcher)
+    }
+
+    /// Partition `partition` as this node holds it, once the call has
+    /// shown the secret.
+    fn here<T>(&self, request: &Request<T>, partition: u32) -> Result<LocalPartition, Status> {
         let shown = request
             .metadata()
             .get("authorization")
@@ -561,13 +600,9 @@ impl Partitions for Arc<PartitionsService> {
         &self,
         request: Request<PartitionLogRequest>,
     ) -> Result<Response<PartitionLogResponse>, Status> {
-        let searcher = self.searcher(&request, request.get_ref().partition)?;
+        let local = self.here(&request, request.get_ref().partition)?;
         let call = request.into_inner();
         let scope = scope_from_proto(call.scope)?;
-        let local = LocalPartition {
-            partition: call.partition,
-            searcher,
-        };
         let max_seqs = call.max_seqs.clamp(1, MAX_LOG_PAGE_SEQS);
         let wait = Duration::from_millis(call.wait_ms).min(MAX_REACH_WAIT);
         let filter = call.filter.unwrap_or_default();
@@ -583,6 +618,25 @@ impl Partitions for Arc<PartitionsService> {
         Ok(Response::new(PartitionLogResponse {
             events: page.events,
             to: page.to,
+        }))
+    }
+
+    async fn retention(
+        &self,
+        request: Request<PartitionRetentionRequest>,
+    ) -> Result<Response<PartitionRetentionResponse>, Status> {
+        let local = self.here(&request, request.get_ref().partition)?;
+        let op = request.into_inner().op;
+        let op = op.ok_or_else(|| Status::invalid_argument("op: required"))?;
+        let answer = local.retention(op).await.map_err(|error| match error {
+            FanOutError::Invalid { field, reason } => {
+                Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            FanOutError::Unavailable { .. } => Status::unavailable(error.to_string()),
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok(Response::new(PartitionRetentionResponse {
+            answer: Some(answer),
         }))
     }
 
