@@ -2233,6 +2233,16 @@ async fn settled(client: &mut Client, request: &SearchRequest, want: usize) {
     }
 }
 
+/// The retention state a node answers, and the events of its drops.
+async fn dropped_events(
+    client: &mut auditd::client::RetentionClient,
+) -> (auditd::proto::RetentionStatus, usize) {
+    let request = auditd::proto::GetRetentionRequest {};
+    let status = client.get_retention(request).await.unwrap().into_inner();
+    let dropped: u64 = status.dropped.iter().map(|d| d.events).sum();
+    (status, dropped as usize)
+}
+
 /// An event of `days_ago` days before today (noon UTC), of `subject`.
 fn aged(days_ago: i64, subject: &str, n: usize) -> AuditEvent {
     const DAY: i64 = 86_400;
@@ -2372,13 +2382,8 @@ async fn retention_reaches_every_partition_and_each_owner_sweeps_its_own() {
         kept_while_held > 2,
         "the held partition holds only {kept_while_held}"
     );
-    let status = at_q
-        .get_retention(GetRetentionRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let dropped: u64 = status.dropped.iter().map(|d| d.events).sum();
-    assert_eq!(dropped as usize, 2 * subjects.len() - kept_while_held);
+    let (status, dropped) = dropped_events(&mut at_q).await;
+    assert_eq!(dropped, 2 * subjects.len() - kept_while_held);
     assert_eq!(status.dropped.len(), 2, "{:?}", status.dropped);
     // Released through another node: the held partition's days go too.
     let released = at_a
@@ -2392,13 +2397,8 @@ async fn retention_reaches_every_partition_and_each_owner_sweeps_its_own() {
     settled(&mut query, &of_type, recent).await;
     let swept = at_q.sweep(SweepRequest {}).await.unwrap().into_inner();
     assert!(swept.dropped.is_empty(), "{swept:?}");
-    let status = at_q
-        .get_retention(GetRetentionRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let dropped: u64 = status.dropped.iter().map(|d| d.events).sum();
-    assert_eq!(dropped as usize, 2 * subjects.len());
+    let (status, dropped) = dropped_events(&mut at_q).await;
+    assert_eq!(dropped, 2 * subjects.len());
     assert!(status.holds.is_empty());
     // Each drop is on the trail, once a partition and a day.
     let drops = trail_events(&mut query, "audit.retention.drop", 2).await;

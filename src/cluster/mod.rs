@@ -23,6 +23,7 @@
 //!   merged over partitions, each read by its owner, in this process or
 //!   on another node ([`remote`]).
 
+pub mod channels;
 pub mod fanout;
 pub mod follow;
 pub mod front;

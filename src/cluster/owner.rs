@@ -32,12 +32,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
+use super::channels::NodeChannels;
 use super::fanout::{LocalPartition, Reader};
 use super::lease::{LeaseSettings, Leases, Member};
 use super::owned::OwnedPartition;
@@ -47,8 +47,9 @@ use crate::app::trail::Trail;
 use crate::auth::TokenStore;
 use crate::Config;
 
-/// Channels to other nodes kept at once: one a node; past it the oldest
-/// is dropped (and made again when next needed).
+/// Channels to other nodes kept at once: one a node; past it the least
+/// recently used is dropped, and made again when next needed
+/// ([`NodeChannels`]).
 pub const MAX_NODE_CHANNELS: usize = 256;
 
 /// What a node needs to own partitions.
@@ -114,7 +115,7 @@ impl Owner {
             handing: BTreeMap::new(),
             starting: JoinSet::new(),
             opening: BTreeSet::new(),
-            channels: BTreeMap::new(),
+            channels: NodeChannels::new(MAX_NODE_CHANNELS),
         };
         let task = tokio::spawn(round.run(stop.clone(), abandon.clone()));
         Ok(Owner {
@@ -198,8 +199,8 @@ struct Round {
     starting: JoinSet<(u32, Result<OwnedPartition, crate::server::ServerError>)>,
     /// Their partitions.
     opening: BTreeSet<u32>,
-    /// A channel per remote address, with when it was last used.
-    channels: BTreeMap<String, (Channel, Instant)>,
+    /// A channel per remote address.
+    channels: NodeChannels,
 }
 
 impl Round {
@@ -428,7 +429,7 @@ impl Round {
                 .and_then(|node| members.get(node))
                 .map(|member| member.address.as_str())
                 .filter(|address| !address.is_empty())
-                .and_then(|address| self.channel(address))
+                .and_then(|address| self.channels.get(address))
                 .and_then(|channel| {
                     RemotePartition::new(p, channel, &self.settings.node_secret).ok()
                 });
@@ -473,33 +474,5 @@ impl Round {
             handed.extend(self.handing.remove(&p).map(|h| (p, h.owned)));
         }
         handed
-    }
-
-    /// The channel to `address`, made (lazily: it connects on first use)
-    /// when there is none.
-    fn channel(&mut self, address: &str) -> Option<Channel> {
-        let now = Instant::now();
-        if let Some((channel, used)) = self.channels.get_mut(address) {
-            *used = now;
-            return Some(channel.clone());
-        }
-        let endpoint = Channel::from_shared(address.to_owned())
-            .map_err(|error| tracing::warn!(address, %error, "a node's address is not a URL"))
-            .ok()?
-            .connect_timeout(Duration::from_secs(2));
-        let channel = endpoint.connect_lazy();
-        if self.channels.len() >= MAX_NODE_CHANNELS {
-            let oldest = self
-                .channels
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(a, _)| a.clone());
-            if let Some(oldest) = oldest {
-                self.channels.remove(&oldest);
-            }
-        }
-        self.channels
-            .insert(address.to_owned(), (channel.clone(), now));
-        Some(channel)
     }
 }

@@ -1,0 +1,87 @@
+//! The gRPC channels a node keeps to the other nodes it reads from: one
+//! an address, at most a bound of them, the least recently used dropped
+//! past it (and made again, lazily, when next needed).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+/// How long a node's channel waits to connect before a call on it fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The channels, by address, with when each was last used (a counter).
+pub struct NodeChannels {
+    channels: BTreeMap<String, (Channel, u64)>,
+    max: usize,
+    uses: u64,
+}
+
+impl NodeChannels {
+    /// An empty cache of at most `max` channels (at least one).
+    pub fn new(max: usize) -> NodeChannels {
+        NodeChannels {
+            channels: BTreeMap::new(),
+            max: max.max(1),
+            uses: 0,
+        }
+    }
+
+    /// The channel to `address`, made (lazily: it connects on first use)
+    /// when there is none; `None` when `address` is not a URL. Must run
+    /// inside a Tokio runtime.
+    pub fn get(&mut self, address: &str) -> Option<Channel> {
+        self.uses += 1;
+        if let Some((channel, used)) = self.channels.get_mut(address) {
+            *used = self.uses;
+            return Some(channel.clone());
+        }
+        let endpoint = Channel::from_shared(address.to_owned())
+            .map_err(|error| tracing::warn!(address, %error, "a node's address is not a URL"))
+            .ok()?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint.connect_lazy();
+        if self.channels.len() >= self.max {
+            let oldest = self
+                .channels
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(a, _)| a.clone());
+            if let Some(oldest) = oldest {
+                self.channels.remove(&oldest);
+            }
+        }
+        self.channels
+            .insert(address.to_owned(), (channel.clone(), self.uses));
+        Some(channel)
+    }
+
+    /// The addresses kept, in order.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.channels.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn at_the_bound_the_least_recently_used_channel_goes() {
+        let mut channels = NodeChannels::new(3);
+        let address = |i: u32| format!("http://127.0.0.1:{}", 7000 + i);
+        for i in 0..3 {
+            assert!(channels.get(&address(i)).is_some());
+        }
+        // 0 used again: 1 is now the least recently used.
+        channels.get(&address(0)).unwrap();
+        channels.get(&address(3)).unwrap();
+        assert_eq!(channels.addresses(), [address(0), address(2), address(3)]);
+        for i in 4..20 {
+            channels.get(&address(i)).unwrap();
+            assert_eq!(channels.addresses().len(), 3);
+        }
+        assert!(channels.get("not a url").is_none());
+        assert_eq!(channels.addresses().len(), 3);
+    }
+}
