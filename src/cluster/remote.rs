@@ -509,6 +509,19 @@ impl PartitionsService {
     }
 }
 
+/// What an owner's in-process answer failed with, as the asking node
+/// reads it back (`RemotePartition::error`).
+fn status_of(error: FanOutError) -> Status {
+    match error {
+        FanOutError::Invalid { field, reason } => {
+            Status::invalid_argument(format!("{field}: {reason}"))
+        }
+        FanOutError::Unavailable { .. } => Status::unavailable(error.to_string()),
+        FanOutError::TooLarge(reason) => Status::resource_exhausted(reason),
+        FanOutError::Failed { .. } => Status::internal(error.to_string()),
+    }
+}
+
 /// Runs `read` on the blocking pool.
 async fn blocking<T: Send + 'static>(
     searcher: Searcher,
@@ -609,12 +622,7 @@ impl Partitions for Arc<PartitionsService> {
         let page = local
             .log_page(filter, scope, call.from, max_seqs, wait)
             .await;
-        let page = page.map_err(|error| match error {
-            FanOutError::Invalid { field, reason } => {
-                Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            other => Status::internal(other.to_string()),
-        })?;
+        let page = page.map_err(status_of)?;
         Ok(Response::new(PartitionLogResponse {
             events: page.events,
             to: page.to,
@@ -628,13 +636,7 @@ impl Partitions for Arc<PartitionsService> {
         let local = self.here(&request, request.get_ref().partition)?;
         let op = request.into_inner().op;
         let op = op.ok_or_else(|| Status::invalid_argument("op: required"))?;
-        let answer = local.retention(op).await.map_err(|error| match error {
-            FanOutError::Invalid { field, reason } => {
-                Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            FanOutError::Unavailable { .. } => Status::unavailable(error.to_string()),
-            other => Status::internal(other.to_string()),
-        })?;
+        let answer = local.retention(op).await.map_err(status_of)?;
         Ok(Response::new(PartitionRetentionResponse {
             answer: Some(answer),
         }))
