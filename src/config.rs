@@ -253,6 +253,7 @@ impl Config {
             jetstream: self.log.jetstream.clone(),
             partitions: self.cluster.partitions,
             duplicate_window: Duration::from_secs(self.ingest.idempotency_window_secs.max(1)),
+            signer: None,
         })
     }
 }

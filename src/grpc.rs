@@ -165,8 +165,11 @@ impl Integrity for IntegrityGrpc {
         request: Request<GetCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
         let (caller, origin) = caller(&request)?;
-        let size = request.into_inner().size;
-        let reply = self.0.integrity.checkpoint(&caller, &origin, size).await?;
+        let reply = self
+            .0
+            .integrity
+            .checkpoint(&caller, &origin, request.into_inner())
+            .await?;
         Ok(Response::new(reply))
     }
 

@@ -324,12 +324,25 @@ async fn open_shared(
         replicas,
     )
     .await?;
+    let signer = match config.integrity.enabled {
+        true => Some(
+            crate::cluster::settings::integrity_key(
+                &context,
+                &crate::cluster::settings::bucket_name(stream),
+                replicas,
+                &config.integrity.origin,
+            )
+            .await?,
+        ),
+        false => None,
+    };
     let stale_after = Duration::from_millis(config.cluster.token_staleness_ms);
     let bucket = crate::cluster::tokens::bucket_name(stream);
     let tokens = TokenBucket::open(client, &context, &bucket, replicas, stale_after).await?;
     Ok(Shared {
         tokens,
         node_secret,
+        signer,
     })
 }
 
@@ -375,6 +388,8 @@ struct Shared {
     tokens: Loaded,
     /// What nodes show one another (`cluster::remote`).
     node_secret: String,
+    /// The cluster's checkpoint key (`integrity.enabled`).
+    signer: Option<crate::integrity::note::NoteSigner>,
 }
 
 /// How long HTTPS connections may finish their requests at shutdown.
@@ -429,9 +444,14 @@ pub async fn run_on(
     let tls = TlsMaterial::load(&config.tls)?;
     // A cluster node checks its settings against the cluster's and reads
     // the shared tokens bucket in full before it serves.
-    let shared = match &log {
+    let mut log = log;
+    let shared = match &mut log {
         LogChoice::Cluster(layout, _) | LogChoice::Front(layout) => {
-            Some(open_shared_waiting(layout, &config).await?)
+            let shared = open_shared_waiting(layout, &config).await?;
+            // Every tree of the cluster, this node's and its partitions',
+            // is signed with the cluster's key.
+            layout.signer = shared.signer.clone();
+            Some(shared)
         }
         _ => None,
     };
@@ -481,6 +501,7 @@ pub async fn run_on(
                     partition: 0,
                     searcher: pipeline.app().reads.searcher().clone(),
                     retention: None,
+                    integrity: None,
                 };
                 Arc::new(move |p| (p == 0).then(|| here.clone()))
             }
@@ -677,7 +698,7 @@ impl Pipeline {
         let positions = Arc::new(WalPositions::default());
         positions.set_checkpoint(checkpoint.wal_position);
         let integrity = if config.integrity.enabled {
-            let integrity = open_integrity(config)?;
+            let integrity = open_integrity(config, &log)?;
             positions.tree_durable.store(
                 integrity.tree.durable().log.get(),
                 std::sync::atomic::Ordering::Release,
@@ -1266,10 +1287,28 @@ type Checkpointer = (
 
 /// Opens the tree, the signing key (made on first start, its verifier key
 /// printed) and the kept checkpoints.
-fn open_integrity(config: &Config) -> Result<Integrity, ServerError> {
+/// On a cluster node the key is the cluster's (its verifier key written
+/// to `integrity.pub`), and a partition's checkpoints of a cluster of
+/// several partitions have the origin `<name>/partition/<p>`.
+fn open_integrity(config: &Config, log: &LogChoice) -> Result<Integrity, ServerError> {
     let data_dir = &config.data_dir;
     let tree = Arc::new(TreeStore::open(data_dir)?);
-    let (signer, new) = checkpointer::load_or_create_key(data_dir, &config.integrity.origin)?;
+    let (layout, partition) = match log {
+        LogChoice::Cluster(layout, p) => (Some(layout), (layout.partitions > 1).then_some(*p)),
+        LogChoice::Front(layout) => (Some(layout), None),
+        _ => (None, None),
+    };
+    let (signer, new) = match layout.and_then(|l| l.signer.clone()) {
+        Some(signer) => {
+            checkpointer::write_verifier_key(data_dir, &signer)?;
+            (signer, false)
+        }
+        None => checkpointer::load_or_create_key(data_dir, &config.integrity.origin)?,
+    };
+    let origin = match partition {
+        Some(p) => crate::integrity::combined::partition_origin(signer.name(), p),
+        None => signer.name().to_owned(),
+    };
     if new {
         println!(
             "first start: checkpoints are signed by the note verifier key\n{}\n(also in {})",
@@ -1280,6 +1319,7 @@ fn open_integrity(config: &Config) -> Result<Integrity, ServerError> {
     }
     Ok(Integrity {
         tree,
+        origin,
         signer,
         checkpoints: Checkpoints::open(data_dir)?,
         publish_file: config.integrity.publish_file.clone(),

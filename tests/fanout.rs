@@ -154,6 +154,7 @@ impl Cluster {
                     partition: p as u32,
                     searcher: store.searcher.clone(),
                     retention: None,
+                    integrity: None,
                 });
                 Some(reader)
             })

@@ -41,7 +41,11 @@ fn root_of(checkpoint: &Checkpoint) -> Hash {
 /// The consistency proof from `first` to `second` leaves.
 async fn consistency(client: &mut IntegrityClient, first: u64, second: u64) -> Vec<Hash> {
     client
-        .get_consistency_proof(GetConsistencyProofRequest { first, second })
+        .get_consistency_proof(GetConsistencyProofRequest {
+            first,
+            second,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -137,6 +141,7 @@ async fn a_receipt_verifies_offline_and_still_after_ten_thousand_more_events() {
     let kept = proofs
         .get_checkpoint(GetCheckpointRequest {
             size: proof.tree_size,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -189,12 +194,16 @@ async fn proofs_follow_read_scope_and_bad_requests_name_their_field() {
     let outside = mine.get_inclusion_proof(ask(&other)).await.unwrap_err();
     assert_eq!(outside.code(), Code::NotFound, "{outside}");
     // Checkpoints and consistency proofs are open to every read token.
-    mine.get_checkpoint(GetCheckpointRequest { size: 0 })
-        .await
-        .unwrap();
+    mine.get_checkpoint(GetCheckpointRequest {
+        size: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     mine.get_consistency_proof(GetConsistencyProofRequest {
         first: 1,
         second: 0,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -207,7 +216,10 @@ async fn proofs_follow_read_scope_and_bad_requests_name_their_field() {
     let (_, writer) = create(&server, TokenKind::Ingest, "", "").await;
     let mut ingest_only = integrity(&server, &writer).await;
     let refused = ingest_only
-        .get_checkpoint(GetCheckpointRequest { size: 0 })
+        .get_checkpoint(GetCheckpointRequest {
+            size: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
@@ -222,13 +234,17 @@ async fn proofs_follow_read_scope_and_bad_requests_name_their_field() {
         .get_consistency_proof(GetConsistencyProofRequest {
             first: 0,
             second: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("first"), "{bad}");
     let absent = admin
-        .get_checkpoint(GetCheckpointRequest { size: 1 << 40 })
+        .get_checkpoint(GetCheckpointRequest {
+            size: 1 << 40,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(absent.code(), Code::NotFound);
@@ -579,7 +595,10 @@ async fn the_auditctl_tour_receipt_verify_receipt_and_verify() {
     ingest(&mut client, generated(30, 22, 30), WaitFor::Searchable).await;
     let mut proofs = integrity(&server, &server.admin_token()).await;
     let before = proofs
-        .get_checkpoint(GetCheckpointRequest { size: 0 })
+        .get_checkpoint(GetCheckpointRequest {
+            size: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -19,6 +19,14 @@ pub enum AppError {
     /// A read merged over a cluster's partitions (`cluster::fanout`).
     #[error(transparent)]
     FanOut(#[from] crate::cluster::fanout::FanOutError),
+    /// A partition's owner refused or failed a call the asking node
+    /// passed on (an integrity call on a cluster), its kind kept.
+    #[error("partition {partition}: {message}")]
+    Owner {
+        partition: u32,
+        kind: ErrorKind,
+        message: String,
+    },
     /// A request field the service itself checks (the search's own fields
     /// come as `Search(SearchError::Invalid)`).
     #[error("{field}: {reason}")]
@@ -205,6 +213,7 @@ impl AppError {
                     FanOutError::TooLarge(_) => ResourceExhausted,
                 }
             }
+            AppError::Owner { kind, .. } => *kind,
             AppError::Invalid { .. } => InvalidArgument,
             AppError::EventNotFound(_) => NotFound,
             AppError::Starting | AppError::NotAudited(_) | AppError::ShuttingDown => Unavailable,

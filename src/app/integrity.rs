@@ -22,7 +22,8 @@ use crate::integrity::store::{SnapshotError, TreeSnapshot};
 use crate::integrity::tiles::{TileError, TileId};
 use crate::proto::{
     AuditEvent, AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof,
-    GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof, LeafProblem,
+    GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof,
+    LeafProblem,
 };
 use crate::retention::Retention;
 use crate::schema::micros_to_timestamp;
@@ -35,9 +36,9 @@ const AUDIT_PROGRESS_BUFFER: usize = 4;
 pub struct IntegrityService {
     /// `None` when `integrity.enabled` is off.
     integrity: Option<Arc<Integrity>>,
-    reads: Arc<ReadService>,
+    pub(super) reads: Arc<ReadService>,
     /// How soon a new event is in a checkpoint (`integrity.checkpoint_interval_ms`).
-    checkpoint_interval: Duration,
+    pub(super) checkpoint_interval: Duration,
     /// What retention dropped: the audit reports it `expired`.
     retention: Arc<Retention>,
 }
@@ -57,13 +58,19 @@ impl IntegrityService {
         }
     }
 
-    fn enabled(&self) -> Result<&Arc<Integrity>, AppError> {
-        self.reads.not_partitioned("the Integrity service")?;
+    pub(super) fn enabled(&self) -> Result<&Arc<Integrity>, AppError> {
         self.integrity.as_ref().ok_or(AppError::IntegrityOff)
     }
 
+    /// What reads this node's own tree only: refused on a node of several
+    /// partitions, whose trees are at their owners.
+    fn one_tree(&self, what: &'static str) -> Result<&Arc<Integrity>, AppError> {
+        self.reads.not_partitioned(what)?;
+        self.enabled()
+    }
+
     /// The checkpoint kept of exactly `size` leaves, or the latest for 0.
-    fn kept(&self, size: u64) -> Result<SignedCheckpoint, AppError> {
+    pub(super) fn kept(&self, size: u64) -> Result<SignedCheckpoint, AppError> {
         let checkpoints = &self.enabled()?.checkpoints;
         match size {
             0 => checkpoints.latest().ok_or(AppError::NoCheckpointYet {
@@ -89,23 +96,72 @@ impl IntegrityService {
             .await
     }
 
-    /// The latest signed checkpoint (`size` 0), or the kept one of that size.
+    /// The latest signed checkpoint (`size` 0), or the kept one of that
+    /// size; on a node of several partitions, a partition's (`partition`)
+    /// or, for size 0, the combined checkpoint of them all.
     pub async fn checkpoint(
         &self,
         caller: &Caller,
         origin: &Origin,
-        size: u64,
+        request: GetCheckpointRequest,
     ) -> Result<Checkpoint, AppError> {
-        let query = BTreeMap::from([("size".to_owned(), size.to_string())]);
-        let result = caller
-            .read_scope("read checkpoints")
-            .map_err(AppError::from)
-            .and_then(|_| self.kept(size))
-            .map(to_proto);
+        self.checkpoint_as(caller, origin, request, None).await
+    }
+
+    /// The latest checkpoint as the `tlog-tiles` path serves it: a C2SP
+    /// checkpoint of one tree, so refused on a node of several
+    /// partitions (no combined note there).
+    pub async fn tlog_checkpoint(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+    ) -> Result<Checkpoint, AppError> {
+        let request = GetCheckpointRequest::default();
+        let tiles = Some("the tlog-tiles paths");
+        self.checkpoint_as(caller, origin, request, tiles).await
+    }
+
+    async fn checkpoint_as(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        request: GetCheckpointRequest,
+        one_tree: Option<&'static str>,
+    ) -> Result<Checkpoint, AppError> {
+        let mut query = BTreeMap::from([("size".to_owned(), request.size.to_string())]);
+        if let Some(p) = request.partition {
+            query.insert("partition".to_owned(), p.to_string());
+        }
+        let result = async {
+            caller.read_scope("read checkpoints")?;
+            if let Some(what) = one_tree {
+                self.one_tree(what)?;
+            }
+            match self.reads.partitioned {
+                true => self.partitioned_checkpoint(request).await,
+                false => {
+                    self.no_partition(request.partition)?;
+                    self.kept(request.size).map(to_proto)
+                }
+            }
+        }
+        .await;
         self.reads
             .trail
             .audited(caller, trail::CHECKPOINT, origin, query, result)
             .await
+    }
+
+    /// A node of one partition holds its only tree: `partition`, if
+    /// given, must be 0.
+    fn no_partition(&self, partition: Option<u32>) -> Result<(), AppError> {
+        match partition {
+            None | Some(0) => Ok(()),
+            Some(p) => Err(AppError::Invalid {
+                field: "partition",
+                reason: format!("{p}: this node's log has one partition, 0"),
+            }),
+        }
     }
 
     /// An event's receipt: its leaf, its audit path to a signed checkpoint
@@ -128,7 +184,21 @@ impl IntegrityService {
         }
         query.insert("tree_size".to_owned(), request.tree_size.to_string());
         let trail = &self.reads.trail;
-        match self.inclusion_call(caller, &request) {
+        if self.reads.partitioned {
+            let result = async {
+                let scope = caller.read_scope("read events")?;
+                self.partitioned_inclusion(scope, request).await
+            }
+            .await;
+            return trail
+                .audited(caller, trail::INCLUSION_PROOF, origin, query, result)
+                .await;
+        }
+        let call = caller
+            .read_scope("read events")
+            .map_err(AppError::from)
+            .and_then(|scope| self.inclusion_call(scope, &request));
+        match call {
             Ok(call) => {
                 let proof = self.prove_inclusion(call);
                 trail
@@ -145,12 +215,11 @@ impl IntegrityService {
 
     /// What an inclusion proof request asks for, once it is known to be
     /// allowed and well formed.
-    fn inclusion_call(
+    pub(super) fn inclusion_call(
         &self,
-        caller: &Caller,
+        scope: ReadScope,
         request: &GetInclusionProofRequest,
     ) -> Result<InclusionCall, AppError> {
-        let scope = caller.read_scope("read events")?;
         let by = match (request.seq, request.id.is_empty()) {
             (Some(seq), _) => EventRef::Seq(seq),
             (None, false) => EventRef::Id(request.id.clone()),
@@ -170,7 +239,10 @@ impl IntegrityService {
         })
     }
 
-    async fn prove_inclusion(&self, call: InclusionCall) -> Result<InclusionProof, AppError> {
+    pub(super) async fn prove_inclusion(
+        &self,
+        call: InclusionCall,
+    ) -> Result<InclusionProof, AppError> {
         let InclusionCall {
             integrity,
             checkpoint,
@@ -230,35 +302,53 @@ impl IntegrityService {
         origin: &Origin,
         request: GetConsistencyProofRequest,
     ) -> Result<ConsistencyProof, AppError> {
-        let query = BTreeMap::from([
+        let mut query = BTreeMap::from([
             ("first".to_owned(), request.first.to_string()),
             ("second".to_owned(), request.second.to_string()),
         ]);
+        if let Some(p) = request.partition {
+            query.insert("partition".to_owned(), p.to_string());
+        }
         let result = async {
             caller.read_scope("read checkpoints")?;
-            let integrity = self.enabled()?.clone();
-            let second = match request.second {
-                0 => self.kept(0)?.size,
-                second => second,
-            };
-            check_sizes(request.first, second, integrity.tree.size())?;
-            let tree = integrity.tree.clone();
-            let first = request.first;
-            let hashes: Vec<Hash> = tokio::task::spawn_blocking(move || {
-                tree.snapshot().consistency_proof(first, second)
-            })
-            .await
-            .map_err(|e| AppError::Internal(format!("proof task failed: {e}")))?
-            .map_err(tree_error)?;
-            Ok(ConsistencyProof {
-                hashes: hashes.iter().map(|h| h.to_vec()).collect(),
-            })
+            match self.reads.partitioned {
+                true => self.partitioned_consistency(request).await,
+                false => {
+                    self.no_partition(request.partition)?;
+                    self.consistency_here(request).await
+                }
+            }
         }
         .await;
         self.reads
             .trail
             .audited(caller, trail::CONSISTENCY_PROOF, origin, query, result)
             .await
+    }
+}
+
+impl IntegrityService {
+    /// The consistency proof of this node's own tree.
+    pub(super) async fn consistency_here(
+        &self,
+        request: GetConsistencyProofRequest,
+    ) -> Result<ConsistencyProof, AppError> {
+        let integrity = self.enabled()?.clone();
+        let second = match request.second {
+            0 => self.kept(0)?.size,
+            second => second,
+        };
+        check_sizes(request.first, second, integrity.tree.size())?;
+        let tree = integrity.tree.clone();
+        let first = request.first;
+        let hashes: Vec<Hash> =
+            tokio::task::spawn_blocking(move || tree.snapshot().consistency_proof(first, second))
+                .await
+                .map_err(|e| AppError::Internal(format!("proof task failed: {e}")))?
+                .map_err(tree_error)?;
+        Ok(ConsistencyProof {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        })
     }
 }
 
@@ -288,7 +378,7 @@ impl IntegrityService {
                     reason: format!("below from_seq ({})", request.from_seq),
                 });
             }
-            let integrity = self.enabled()?.clone();
+            let integrity = self.one_tree("the full audit")?.clone();
             let checkpoint = self.kept(0)?;
             Ok((integrity, checkpoint))
         }
@@ -329,7 +419,7 @@ impl IntegrityService {
 }
 
 /// A checked inclusion proof request.
-struct InclusionCall {
+pub(super) struct InclusionCall {
     integrity: Arc<Integrity>,
     /// The checkpoint the proof leads to.
     checkpoint: SignedCheckpoint,
@@ -403,7 +493,7 @@ impl IntegrityService {
         let query = BTreeMap::from([("tile".to_owned(), path.to_owned())]);
         let result = async {
             caller.read_scope("read checkpoints")?;
-            let integrity = self.enabled()?.clone();
+            let integrity = self.one_tree("the tlog-tiles paths")?.clone();
             let id = TileId::parse(path).map_err(|e| AppError::Invalid {
                 field: "tile",
                 reason: e.to_string(),

@@ -10,6 +10,7 @@
 mod error;
 mod export;
 mod integrity;
+mod integrity_partitions;
 mod outbox;
 mod read;
 pub use read::Routes;

@@ -94,8 +94,8 @@ impl ReadService {
         match self.partitioned {
             true => Err(AppError::NotInCluster(
                 what,
-                "with cluster.partitions > 1 only Search, Aggregate, GetEvent, Tail and \
-                 Export fan out to the partitions' owners yet (docs/cluster.md)",
+                "with cluster.partitions > 1 it does not reach the partitions' owners yet \
+                 (docs/cluster.md)",
             )),
             false => Ok(()),
         }

@@ -30,8 +30,10 @@ use base64::Engine;
 use futures::future::{try_join_all, BoxFuture};
 
 use super::partition_of;
-use crate::app::{AppError, RetentionService};
+use crate::app::{AppError, IntegrityService, RetentionService};
 use crate::auth::ReadScope;
+pub use crate::proto::partition_integrity_request::Op as IntegrityOp;
+pub use crate::proto::partition_integrity_response::Answer as IntegrityAnswer;
 pub use crate::proto::partition_retention_request::Op as RetentionOp;
 pub use crate::proto::partition_retention_response::Answer as RetentionAnswer;
 use crate::proto::{
@@ -101,6 +103,16 @@ pub trait PartitionReader: Send + Sync {
         &self,
         op: RetentionOp,
     ) -> BoxFuture<'static, Result<RetentionAnswer, FanOutError>>;
+
+    /// The partition's tree at its owner (`app::integrity_partitions`):
+    /// a checkpoint, an inclusion proof inside `scope`, or a consistency
+    /// proof. Its errors keep the owner's kind (a checkpoint not kept is
+    /// NOT_FOUND, a changed event DATA_LOSS).
+    fn integrity(
+        &self,
+        scope: ReadScope,
+        op: IntegrityOp,
+    ) -> BoxFuture<'static, Result<IntegrityAnswer, AppError>>;
 }
 
 /// How long a partition's index is waited for when a page's snapshot is
@@ -129,6 +141,9 @@ pub struct LocalPartition {
     /// owned partition holds it, and with it its WAL queue's sender, which
     /// must go before its pipeline can stop.
     pub retention: Option<Weak<RetentionService>>,
+    /// Its tree, checkpoints and proofs (`None`: integrity calls are
+    /// refused). Weak, as `retention`.
+    pub integrity: Option<Weak<IntegrityService>>,
 }
 
 impl LocalPartition {
@@ -264,6 +279,27 @@ impl PartitionReader for LocalPartition {
                     },
                 }
             })
+        })
+    }
+
+    fn integrity(
+        &self,
+        scope: ReadScope,
+        op: IntegrityOp,
+    ) -> BoxFuture<'static, Result<IntegrityAnswer, AppError>> {
+        let (partition, integrity) = (self.partition, self.integrity.clone());
+        Box::pin(async move {
+            let integrity = integrity.ok_or_else(|| FanOutError::Failed {
+                partition,
+                reason: "its tree is not kept by partition".into(),
+            })?;
+            let integrity = integrity
+                .upgrade()
+                .ok_or_else(|| FanOutError::Unavailable {
+                    partition,
+                    reason: "no longer held by this node".into(),
+                })?;
+            integrity.at_partition(scope, op).await
         })
     }
 }

@@ -71,6 +71,11 @@ pub struct Layout {
     /// JetStream's duplicate window (`Nats-Msg-Id`): a batch retried
     /// within it, on any node, is stored once. The idempotency window.
     pub duplicate_window: Duration,
+    /// The cluster's checkpoint key (`settings::integrity_key`), set once
+    /// the node has read the cluster's settings: every tree of the
+    /// cluster is signed with it. `None`: each data directory's own key
+    /// (a pipeline run alone, in tests).
+    pub signer: Option<crate::integrity::note::NoteSigner>,
 }
 
 /// Why the partitioned stream cannot be used.
@@ -270,6 +275,7 @@ mod tests {
             jetstream: JetStreamConfig::default(),
             partitions,
             duplicate_window: Duration::from_secs(window),
+            signer: None,
         };
         let field = |layout: Layout| match layout.check() {
             Err(ClusterError::Config { field, .. }) => field,

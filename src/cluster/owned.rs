@@ -112,6 +112,7 @@ impl OwnedPartition {
             partition: self.partition,
             searcher: self.searcher(),
             retention: Some(Arc::downgrade(&self.retention)),
+            integrity: Some(Arc::downgrade(&self.pipeline.app().integrity)),
         }
     }
 

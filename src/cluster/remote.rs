@@ -23,18 +23,20 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::fanout::{
-    FanOutError, LocalPartition, LogPage, PartitionReader, RetentionAnswer, RetentionOp,
-    SNAPSHOT_WAIT,
+    FanOutError, IntegrityAnswer, IntegrityOp, LocalPartition, LogPage, PartitionReader,
+    RetentionAnswer, RetentionOp, SNAPSHOT_WAIT,
 };
+use crate::app::{AppError, ErrorKind};
 use crate::auth::ReadScope;
 use crate::proto::partitions_client::PartitionsClient;
 use crate::proto::partitions_server::Partitions;
 use crate::proto::{
     AggregateRequest, AuditEvent, BucketCounts, Counts as ProtoCounts, EventFilter,
     PartitionAggregateRequest, PartitionFirstPass, PartitionGetRequest, PartitionGetResponse,
-    PartitionLogRequest, PartitionLogResponse, PartitionReachRequest, PartitionReachResponse,
-    PartitionRetentionRequest, PartitionRetentionResponse, PartitionScope, PartitionSearchRequest,
-    PartitionSearchResponse, PartitionSecondPass, SearchRequest, Selection, SubPasses,
+    PartitionIntegrityRequest, PartitionIntegrityResponse, PartitionLogRequest,
+    PartitionLogResponse, PartitionReachRequest, PartitionReachResponse, PartitionRetentionRequest,
+    PartitionRetentionResponse, PartitionScope, PartitionSearchRequest, PartitionSearchResponse,
+    PartitionSecondPass, SearchRequest, Selection, SubPasses,
 };
 use crate::search::aggregate::{Counts, FirstPass, SecondPass, Selected, Selections};
 use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
@@ -48,6 +50,11 @@ pub const MAX_PARTITION_MESSAGE_BYTES: usize = 64 << 20;
 /// log; a sweep drops whole days) before the asking node gives up on
 /// that partition: UNAVAILABLE naming it.
 pub const RETENTION_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an `Integrity` call may take (an inclusion proof reads the
+/// event and a path of tiles) before the asking node gives up on that
+/// partition: UNAVAILABLE naming it.
+pub const INTEGRITY_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The longest a `Reach` call waits on the owner, whatever it asks.
 pub const MAX_REACH_WAIT: Duration = Duration::from_secs(60);
@@ -280,6 +287,9 @@ fn field_of(message: &str) -> &'static str {
         "status_min",
         "status_max",
         "scope",
+        "tree_size",
+        "first",
+        "second",
     ];
     let named = message.split(':').next().unwrap_or_default();
     FIELDS
@@ -415,6 +425,33 @@ impl PartitionReader for RemotePartition {
         })
     }
 
+    fn integrity(
+        &self,
+        scope: ReadScope,
+        op: IntegrityOp,
+    ) -> BoxFuture<'static, Result<IntegrityAnswer, AppError>> {
+        let (partition, mut client) = (self.partition, self.client.clone());
+        let mut call = self.request(PartitionIntegrityRequest {
+            partition,
+            scope: Some(scope_to_proto(&scope)),
+            op: Some(op),
+        });
+        call.set_timeout(INTEGRITY_CALL_TIMEOUT);
+        Box::pin(async move {
+            let answer = client
+                .integrity(call)
+                .await
+                .map_err(|s| owner_error(partition, s))?
+                .into_inner()
+                .answer;
+            answer.ok_or_else(|| AppError::Owner {
+                partition,
+                kind: ErrorKind::Internal,
+                message: "its owner answered nothing".into(),
+            })
+        })
+    }
+
     fn aggregate_first(
         &self,
         request: AggregateRequest,
@@ -519,6 +556,30 @@ fn status_of(error: FanOutError) -> Status {
         FanOutError::Unavailable { .. } => Status::unavailable(error.to_string()),
         FanOutError::TooLarge(reason) => Status::resource_exhausted(reason),
         FanOutError::Failed { .. } => Status::internal(error.to_string()),
+    }
+}
+
+/// A status from an owner's integrity answer, its kind kept (NOT_FOUND,
+/// DATA_LOSS, FAILED_PRECONDITION mean there what they mean on one
+/// node); a bad field keeps its name; no answer is UNAVAILABLE.
+fn owner_error(partition: u32, status: Status) -> AppError {
+    use tonic::Code;
+    let kind = match status.code() {
+        Code::InvalidArgument => return RemotePartition::error(partition, status).into(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            ErrorKind::Unavailable
+        }
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::DataLoss => ErrorKind::DataLoss,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Internal,
+    };
+    AppError::Owner {
+        partition,
+        kind,
+        message: status.message().to_owned(),
     }
 }
 
@@ -638,6 +699,22 @@ impl Partitions for Arc<PartitionsService> {
         let op = op.ok_or_else(|| Status::invalid_argument("op: required"))?;
         let answer = local.retention(op).await.map_err(status_of)?;
         Ok(Response::new(PartitionRetentionResponse {
+            answer: Some(answer),
+        }))
+    }
+
+    async fn integrity(
+        &self,
+        request: Request<PartitionIntegrityRequest>,
+    ) -> Result<Response<PartitionIntegrityResponse>, Status> {
+        let local = self.here(&request, request.get_ref().partition)?;
+        let call = request.into_inner();
+        let scope = scope_from_proto(call.scope)?;
+        let op = call
+            .op
+            .ok_or_else(|| Status::invalid_argument("op: required"))?;
+        let answer = local.integrity(scope, op).await?;
+        Ok(Response::new(PartitionIntegrityResponse {
             answer: Some(answer),
         }))
     }

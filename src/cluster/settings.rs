@@ -3,7 +3,8 @@
 //! by the first node to start. `node-secret` is what nodes show one
 //! another (`cluster::remote`): 32 random bytes, base64url, made by the
 //! first node to start; whoever may read the bucket may read the stream
-//! itself, so it guards nothing the stream does not. `retention` holds the
+//! itself, so it guards nothing the stream does not. `integrity-key` is
+//! the cluster's checkpoint signing key, likewise made by the first node. `retention` holds the
 //! rules of `[retention]` (not how often the sweep runs). Each node judges every
 //! drop by its own rules, so nodes with different rules would keep
 //! different days; a node whose rules are not the cluster's is refused at
@@ -20,6 +21,8 @@ use async_nats::jetstream::{self, kv};
 
 use super::ClusterError;
 use crate::config::RetentionConfig;
+use crate::integrity::checkpointer::new_key;
+use crate::integrity::note::NoteSigner;
 
 /// The settings bucket of the cluster on `stream`.
 pub fn bucket_name(stream: &str) -> String {
@@ -57,6 +60,54 @@ pub async fn node_secret(
 
 /// The node secret's key.
 const NODE_SECRET: &str = "node-secret";
+
+/// The cluster's checkpoint signing key's key.
+const INTEGRITY_KEY: &str = "integrity-key";
+
+/// The cluster's checkpoint signing key (docs/cluster.md, "Integrity over
+/// partitions"): read, or made, named `origin` (`integrity.origin`; empty:
+/// `auditd/<8 random hex>`), when no node has yet. Every tree of the
+/// cluster is signed with it, whichever node owns it, so that one
+/// verifier key checks every checkpoint and receipt, across hand-overs.
+/// Whoever may read the bucket may sign as the cluster: it is guarded as
+/// the stream is.
+pub async fn integrity_key(
+    context: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    origin: &str,
+) -> Result<NoteSigner, ClusterError> {
+    let remote = |reason: String| remote(bucket, reason);
+    let kv = open(context, bucket, replicas).await?;
+    let made = new_key(origin).map_err(|e| remote(format!("making a key: {e}")))?;
+    match kv.create(INTEGRITY_KEY, made.to_text().into()).await {
+        Ok(_) => return Ok(made),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(remote(format!("writing {INTEGRITY_KEY}: {e}"))),
+    }
+    let stored = kv
+        .get(INTEGRITY_KEY)
+        .await
+        .map_err(|e| remote(format!("reading {INTEGRITY_KEY}: {e}")))?
+        .ok_or_else(|| remote(format!("{INTEGRITY_KEY}: the key went away")))?;
+    let corrupt = |reason: String| ClusterError::Corrupt {
+        stream: format!("KV_{bucket}"),
+        reason: format!("{INTEGRITY_KEY}: {reason}"),
+    };
+    let text = String::from_utf8(stored.to_vec()).map_err(|e| corrupt(e.to_string()))?;
+    let signer = NoteSigner::from_text(&text).map_err(|e| corrupt(e.to_string()))?;
+    if !origin.is_empty() && signer.name() != origin {
+        return Err(ClusterError::Config {
+            field: "integrity.origin",
+            reason: format!(
+                "this node names its log {origin}, the cluster {} (its key, in KV_{bucket}, \
+                 was made by the first node to start): give every node the same origin",
+                signer.name()
+            ),
+        });
+    }
+    Ok(signer)
+}
 
 /// The settings bucket, opened or made.
 async fn open(

@@ -22,7 +22,7 @@ pub async fn checkpoint(State(api): State<Api>, auth: Authed) -> Result<Response
     let checkpoint = api
         .app
         .integrity
-        .checkpoint(&auth.caller, &auth.origin, 0)
+        .tlog_checkpoint(&auth.caller, &auth.origin)
         .await?;
     Ok((
         [(CONTENT_TYPE, TEXT), (CACHE_CONTROL, "no-cache")],

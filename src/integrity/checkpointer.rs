@@ -59,6 +59,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
+/// A new signing key named `origin` (or `auditd/<8 random hex>`).
+pub fn new_key(origin: &str) -> Result<NoteSigner, super::note::NoteError> {
+    let name = if origin.is_empty() {
+        format!("auditd/{:08x}", rand::random::<u32>())
+    } else {
+        origin.to_owned()
+    };
+    NoteSigner::generate(&name, rand::random())
+}
+
+/// Writes `signer`'s verifier key to `<data_dir>/integrity.pub` (where
+/// `auditctl verify` looks by default) unless it is there already.
+pub fn write_verifier_key(data_dir: &Path, signer: &NoteSigner) -> Result<(), CheckpointError> {
+    let public = data_dir.join(PUBLIC_KEY_FILE);
+    let line = format!("{}\n", signer.verifier_key());
+    if std::fs::read_to_string(&public).is_ok_and(|held| held == line) {
+        return Ok(());
+    }
+    write_atomically(&public, line.as_bytes(), false).map_err(io(&public))
+}
+
 /// The signing key: read from `integrity.key`, or made and written there
 /// (owner-only) on first start, named `origin` (or `auditd/<8 random
 /// hex>`). Returns the signer and whether it is new.
@@ -77,21 +98,10 @@ pub fn load_or_create_key(
             false,
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let name = if origin.is_empty() {
-                format!("auditd/{:08x}", rand::random::<u32>())
-            } else {
-                origin.to_owned()
-            };
-            let signer = NoteSigner::generate(&name, rand::random()).map_err(key_error)?;
+            let signer = new_key(origin).map_err(key_error)?;
             write_atomically(&path, format!("{}\n", signer.to_text()).as_bytes(), true)
                 .map_err(io(&path))?;
-            let public = data_dir.join(PUBLIC_KEY_FILE);
-            write_atomically(
-                &public,
-                format!("{}\n", signer.verifier_key()).as_bytes(),
-                false,
-            )
-            .map_err(io(&public))?;
+            write_verifier_key(data_dir, &signer)?;
             Ok((signer, true))
         }
         Err(e) => Err(io(&path)(e)),
@@ -221,6 +231,9 @@ fn append_line(path: &Path, line: &str) -> Result<(), CheckpointError> {
 /// What the checkpointer works with.
 pub struct Integrity {
     pub tree: Arc<TreeStore>,
+    /// The checkpoints' origin line: the key's name, or a partition's
+    /// origin under it (`combined::partition_origin`).
+    pub origin: String,
     pub signer: NoteSigner,
     pub checkpoints: Checkpoints,
     pub publish_file: Option<PathBuf>,
@@ -236,7 +249,7 @@ impl Integrity {
         if latest == Some(head.size) {
             return Ok(head);
         }
-        let body = checkpoint_body(self.signer.name(), head.size, &head.root);
+        let body = checkpoint_body(&self.origin, head.size, &head.root);
         let note = self
             .signer
             .sign(&body)
@@ -356,6 +369,7 @@ mod tests {
         let tree = Arc::new(TreeStore::open(dir.path()).unwrap());
         let integrity = Integrity {
             tree: tree.clone(),
+            origin: signer.name().to_owned(),
             signer,
             checkpoints: Checkpoints::open(dir.path()).unwrap(),
             publish_file: Some(published.clone()),

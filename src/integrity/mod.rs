@@ -3,10 +3,12 @@
 //! per-part commitments, `docs/integrity.md`), the tree's arithmetic
 //! ([`merkle`]), signed checkpoints ([`note`]) and the `tlog-tiles`
 //! layout ([`tiles`]); the tile store on disk and the `Integrity` service
-//! build on them.
+//! build on them. A cluster of several partitions keeps one tree a
+//! partition and signs a combined checkpoint over them ([`combined`]).
 
 pub mod audit;
 pub mod checkpointer;
+pub mod combined;
 pub mod compact;
 pub mod leaf;
 pub mod merkle;

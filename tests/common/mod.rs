@@ -187,7 +187,10 @@ pub async fn checkpoint_of_at_least(
 ) -> auditd::proto::Checkpoint {
     let started = std::time::Instant::now();
     loop {
-        let request = auditd::proto::GetCheckpointRequest { size: 0 };
+        let request = auditd::proto::GetCheckpointRequest {
+            size: 0,
+            ..Default::default()
+        };
         match client.get_checkpoint(request).await {
             Ok(c) if c.get_ref().size >= size => return c.into_inner(),
             Ok(_) => {}

@@ -33,6 +33,23 @@ pub fn on_cluster(data_dir: &Path, nats: &NatsServer, stream: &str) -> Config {
     config
 }
 
+/// Node `node` of role `role` of a cluster of `partitions` partitions on
+/// `nats` (stream `PARTS`, leases of 2 s), in `dir/<node>`.
+pub fn on_partitions(
+    dir: &Path,
+    nats: &NatsServer,
+    partitions: u32,
+    node: &str,
+    role: auditd::config::Role,
+) -> Config {
+    let mut config = on_cluster(&dir.join(node), nats, "PARTS");
+    config.cluster.partitions = partitions;
+    config.cluster.node = node.into();
+    config.cluster.lease_ms = 2_000;
+    config.cluster.role = role;
+    config
+}
+
 /// The environment that puts a daemon in a child process on `nats`, on
 /// the default stream (`AUDITD`, subject `auditd.log`): what
 /// `on_jetstream(dir, nats, "AUDITD")` configures in-process.

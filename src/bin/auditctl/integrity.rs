@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use auditd::client::IntegrityClient;
 use auditd::integrity::audit::LAWFUL;
+use auditd::integrity::combined::{is_combined, parse_combined};
 use auditd::integrity::merkle::{verify_consistency, Hash};
 use auditd::integrity::note::{parse_checkpoint, verify};
 use auditd::integrity::receipt::{verify_receipt, Receipt};
@@ -86,7 +87,10 @@ pub struct BenchProofArgs {
 pub async fn bench_proof(mut client: IntegrityClient, args: BenchProofArgs) -> anyhow::Result<()> {
     use rand::{Rng, SeedableRng};
     let size = client
-        .get_checkpoint(GetCheckpointRequest { size: 0 })
+        .get_checkpoint(GetCheckpointRequest {
+            size: 0,
+            ..Default::default()
+        })
         .await
         .map_err(status_error)?
         .into_inner()
@@ -226,21 +230,23 @@ pub async fn verify_log(
 }
 
 /// The latest checkpoint must be signed, and consistent with the saved
-/// one; it then replaces it.
+/// one; it then replaces it. On a cluster of several partitions both are
+/// combined checkpoints, and each partition's tree must extend its saved
+/// head.
 async fn since(client: &mut IntegrityClient, saved: &Path, key: &str) -> anyhow::Result<()> {
     let latest: Checkpoint = client
-        .get_checkpoint(GetCheckpointRequest { size: 0 })
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .map_err(status_error)?
         .into_inner();
     let body = verify(&latest.note, key).context("the latest checkpoint")?;
-    let (_, size, root) = parse_checkpoint(body)?;
     let old = match std::fs::read_to_string(saved) {
         Ok(old) => old,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             save(saved, &latest.note)?;
             println!(
-                "first use: saved the checkpoint of {size} leaves to {}",
+                "first use: saved the checkpoint of {} leaves to {}",
+                latest.size,
                 saved.display()
             );
             return Ok(());
@@ -248,20 +254,86 @@ async fn since(client: &mut IntegrityClient, saved: &Path, key: &str) -> anyhow:
         Err(e) => return Err(e).with_context(|| format!("reading {}", saved.display())),
     };
     let old_body = verify(&old, key).context("the saved checkpoint")?;
+    let (old_size, size) = match (is_combined(old_body), is_combined(body)) {
+        (false, false) => one_tree_since(client, old_body, body).await?,
+        (true, true) => partitions_since(client, old_body, body).await?,
+        _ => bail!(
+            "the saved checkpoint and the log's latest are not of the same kind (one tree, or a \
+             cluster's combined checkpoint)"
+        ),
+    };
+    save(saved, &latest.note)?;
+    println!("ok: {old_size} → {size} leaves, consistent; saved the newer checkpoint");
+    Ok(())
+}
+
+/// One tree: the latest extends the saved one. Returns both sizes.
+async fn one_tree_since(
+    client: &mut IntegrityClient,
+    old_body: &str,
+    body: &str,
+) -> anyhow::Result<(u64, u64)> {
     let (old_origin, old_size, old_root) = parse_checkpoint(old_body)?;
-    let (origin, _, _) = parse_checkpoint(body)?;
+    let (origin, size, root) = parse_checkpoint(body)?;
     if origin != old_origin {
         bail!("the log's origin is {origin}, the saved checkpoint's {old_origin}");
     }
+    extends(client, None, (old_size, old_root), (size, root)).await?;
+    Ok((old_size, size))
+}
+
+/// A cluster's combined checkpoints: every partition's tree extends its
+/// saved head. Returns the total sizes.
+async fn partitions_since(
+    client: &mut IntegrityClient,
+    old_body: &str,
+    body: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let (old, new) = (parse_combined(old_body)?, parse_combined(body)?);
+    if old.origin != new.origin {
+        bail!(
+            "the log's origin is {}, the saved checkpoint's {}",
+            new.origin,
+            old.origin
+        );
+    }
+    if old.heads.len() != new.heads.len() {
+        bail!(
+            "the log has {} partitions, the saved checkpoint {}",
+            new.heads.len(),
+            old.heads.len()
+        );
+    }
+    for (p, (old_head, head)) in old.heads.iter().zip(&new.heads).enumerate() {
+        extends(client, Some(p as u32), *old_head, *head)
+            .await
+            .with_context(|| format!("partition {p}"))?;
+    }
+    let total = |heads: &[(u64, Hash)]| heads.iter().map(|(size, _)| size).sum::<u64>();
+    Ok((total(&old.heads), total(&new.heads)))
+}
+
+/// The tree of `new` (size, root) extends that of `old`, by a consistency
+/// proof from the log (of `partition`'s tree on a cluster).
+async fn extends(
+    client: &mut IntegrityClient,
+    partition: Option<u32>,
+    (old_size, old_root): (u64, Hash),
+    (size, root): (u64, Hash),
+) -> anyhow::Result<()> {
     if size < old_size {
         bail!(
             "ROLLED BACK: the log holds {size} leaves, fewer than the {old_size} of the saved checkpoint"
         );
     }
+    if old_size == 0 {
+        return Ok(());
+    }
     let proof = client
         .get_consistency_proof(GetConsistencyProofRequest {
             first: old_size,
             second: size,
+            partition,
         })
         .await
         .map_err(status_error)?
@@ -274,13 +346,10 @@ async fn since(client: &mut IntegrityClient, saved: &Path, key: &str) -> anyhow:
         .context("a proof hash is not 32 bytes")?;
     if verify_consistency(old_size, size, &old_root, &root, &hashes).is_err() {
         bail!(
-            "FORKED OR ROLLED BACK: the log of {size} leaves does not extend the saved one of {old_size} \
-             (the saved checkpoint is kept in {})",
-            saved.display()
+            "FORKED OR ROLLED BACK: the log of {size} leaves does not extend the saved one of \
+             {old_size} (the saved checkpoint is kept)"
         );
     }
-    save(saved, &latest.note)?;
-    println!("ok: {old_size} → {size} leaves, consistent; saved the newer checkpoint");
     Ok(())
 }
 

@@ -1,0 +1,258 @@
+//! Integrity on a node of several partitions (docs/cluster.md,
+//! "Integrity over partitions"). Each partition's owner keeps its tree
+//! (leaf index = the partition's seq) and signs its checkpoints, origin
+//! `<name>/partition/<p>`, with the cluster's key; the node a client asks
+//! passes each call on to the owner of the partition it is about
+//! (`Partitions.Integrity`) and keeps the trail itself:
+//!
+//! - a checkpoint: a partition's (`partition` set), or, for the latest
+//!   without one, the combined checkpoint: every partition's head read
+//!   from its owner at once, checked against the cluster's key, and
+//!   listed in one note this node signs ([`crate::integrity::combined`]);
+//! - an inclusion proof: the event found by id inside the caller's scope
+//!   (every partition asked, as GetEvent does), then proven by the owner
+//!   of its subject's partition, which checks the stored event against
+//!   its leaf first, as one node does;
+//! - a consistency proof: of one partition's tree (`partition` required).
+//!
+//! The full audit and the `tlog-tiles` paths read one tree and stay
+//! refused here (FAILED_PRECONDITION): ask the partition's owner's data
+//! directory with `auditd` tools, or a later change.
+
+use futures::future::join_all;
+
+use super::integrity::to_proto;
+use super::{AppError, IntegrityService};
+use crate::auth::ReadScope;
+use crate::cluster::fanout::{self, unowned, IntegrityAnswer, IntegrityOp, Reader};
+use crate::cluster::partition_of;
+use crate::integrity::combined::{combined_body, partition_origin};
+use crate::integrity::merkle::{empty_root, Hash};
+use crate::integrity::note::{parse_checkpoint, verify};
+use crate::proto::{
+    Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest,
+    GetInclusionProofRequest, InclusionProof,
+};
+use crate::schema::micros_to_timestamp;
+
+impl IntegrityService {
+    /// What a partition's owner answers for it (`Partitions.Integrity`),
+    /// on its own tree and with no trail event: the asking node stored it.
+    /// A latest checkpoint asked of a partition with none yet is size 0
+    /// with no note (the combined checkpoint lists it so).
+    pub async fn at_partition(
+        &self,
+        scope: ReadScope,
+        op: IntegrityOp,
+    ) -> Result<IntegrityAnswer, AppError> {
+        match op {
+            IntegrityOp::Checkpoint(request) => {
+                let latest = request.size == 0;
+                match self.kept(request.size) {
+                    Ok(kept) => Ok(IntegrityAnswer::Checkpoint(to_proto(kept))),
+                    Err(AppError::NoCheckpointYet { .. }) if latest => {
+                        Ok(IntegrityAnswer::Checkpoint(Checkpoint {
+                            size: 0,
+                            root_hash: empty_root().to_vec(),
+                            ..Default::default()
+                        }))
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            IntegrityOp::Inclusion(request) => {
+                let call = self.inclusion_call(scope, &request)?;
+                let proof = self.prove_inclusion(call).await?;
+                Ok(IntegrityAnswer::Inclusion(proof))
+            }
+            IntegrityOp::Consistency(request) => {
+                let proof = self.consistency_here(request).await?;
+                Ok(IntegrityAnswer::Consistency(proof))
+            }
+        }
+    }
+
+    /// A partition's checkpoint, or the combined one.
+    pub(super) async fn partitioned_checkpoint(
+        &self,
+        request: GetCheckpointRequest,
+    ) -> Result<Checkpoint, AppError> {
+        let readers = self.readers()?;
+        match (request.partition, request.size) {
+            (Some(p), _) => {
+                let reader = reader_of(&readers, p)?;
+                let size = request.size;
+                let op = IntegrityOp::Checkpoint(request);
+                match reader.integrity(ReadScope::All, op).await? {
+                    IntegrityAnswer::Checkpoint(c) if c.note.is_empty() => {
+                        Err(AppError::NoCheckpointYet {
+                            retry_after: self.checkpoint_interval,
+                        })
+                    }
+                    IntegrityAnswer::Checkpoint(c) if size == 0 || c.size == size => Ok(c),
+                    other => Err(unexpected(p, &other)),
+                }
+            }
+            (None, 0) => self.combined(&readers).await,
+            (None, size) => Err(AppError::Invalid {
+                field: "partition",
+                reason: format!(
+                    "required for a kept checkpoint (size {size}): on a cluster of {} \
+                     partitions each partition's tree has its own sizes",
+                    readers.len()
+                ),
+            }),
+        }
+    }
+
+    /// Every partition's latest head, each checked against the cluster's
+    /// key and its origin, listed in one note signed here.
+    async fn combined(&self, readers: &[Option<Reader>]) -> Result<Checkpoint, AppError> {
+        let integrity = self.enabled()?;
+        let (name, key) = (integrity.signer.name(), integrity.signer.verifier_key());
+        let asked = readers.iter().enumerate().map(|(p, reader)| {
+            let (p, reader) = (p as u32, reader.clone());
+            async move {
+                let reader = reader.ok_or_else(|| AppError::from(unowned(p)))?;
+                let op = IntegrityOp::Checkpoint(GetCheckpointRequest::default());
+                match reader.integrity(ReadScope::All, op).await? {
+                    IntegrityAnswer::Checkpoint(c) => Ok::<_, AppError>((p, c)),
+                    other => Err(unexpected(p, &other)),
+                }
+            }
+        });
+        let mut heads: Vec<(u64, Hash)> = Vec::with_capacity(readers.len());
+        for answer in join_all(asked).await {
+            let (p, checkpoint) = answer?;
+            heads.push(head_of(p, &checkpoint, name, &key)?);
+        }
+        let body = combined_body(name, &heads);
+        let note = integrity
+            .signer
+            .sign(&body)
+            .map_err(|e| AppError::Internal(format!("signing the combined checkpoint: {e}")))?;
+        Ok(Checkpoint {
+            note,
+            size: heads.iter().map(|(size, _)| size).sum(),
+            // One root a partition, in the note: no single root.
+            root_hash: Vec::new(),
+            time: Some(micros_to_timestamp(crate::ingest::now_micros())),
+        })
+    }
+
+    /// The inclusion proof of the event `request.id`, by the owner of its
+    /// partition. A seq names an event only inside its partition, so it
+    /// is refused here.
+    pub(super) async fn partitioned_inclusion(
+        &self,
+        scope: ReadScope,
+        request: GetInclusionProofRequest,
+    ) -> Result<InclusionProof, AppError> {
+        let readers = self.readers()?;
+        if request.seq.is_some() {
+            return Err(AppError::Invalid {
+                field: "seq",
+                reason: format!(
+                    "a seq names an event only inside its partition: ask by id on a cluster \
+                     of {} partitions",
+                    readers.len()
+                ),
+            });
+        }
+        if request.id.is_empty() {
+            return Err(AppError::Invalid {
+                field: "id",
+                reason: "required".into(),
+            });
+        }
+        let event = fanout::get(&readers, &request.id, &scope)
+            .await?
+            .ok_or_else(|| AppError::EventNotFound(request.id.clone()))?;
+        let p = partition_of(&event.subject, readers.len() as u32);
+        let reader = reader_of(&readers, p)?;
+        match reader
+            .integrity(scope, IntegrityOp::Inclusion(request))
+            .await?
+        {
+            IntegrityAnswer::Inclusion(proof) => Ok(proof),
+            other => Err(unexpected(p, &other)),
+        }
+    }
+
+    /// A consistency proof of one partition's tree.
+    pub(super) async fn partitioned_consistency(
+        &self,
+        request: GetConsistencyProofRequest,
+    ) -> Result<ConsistencyProof, AppError> {
+        let readers = self.readers()?;
+        let p = request.partition.ok_or_else(|| AppError::Invalid {
+            field: "partition",
+            reason: format!(
+                "required on a cluster of {} partitions: each has its own tree",
+                readers.len()
+            ),
+        })?;
+        let reader = reader_of(&readers, p)?;
+        let op = IntegrityOp::Consistency(request);
+        match reader.integrity(ReadScope::All, op).await? {
+            IntegrityAnswer::Consistency(proof) => Ok(proof),
+            other => Err(unexpected(p, &other)),
+        }
+    }
+
+    /// The partitions' readers now.
+    fn readers(&self) -> Result<Vec<Option<Reader>>, AppError> {
+        self.enabled()?;
+        Ok(self.reads.partition_routes()?())
+    }
+}
+
+/// Partition `p`'s reader: INVALID_ARGUMENT past the last partition,
+/// UNAVAILABLE naming it without an owner.
+fn reader_of(readers: &[Option<Reader>], p: u32) -> Result<Reader, AppError> {
+    match readers.get(p as usize) {
+        None => Err(AppError::Invalid {
+            field: "partition",
+            reason: format!("{p}: the cluster has partitions 0 to {}", readers.len() - 1),
+        }),
+        Some(None) => Err(unowned(p).into()),
+        Some(Some(reader)) => Ok(reader.clone()),
+    }
+}
+
+/// Partition `p`'s head in `checkpoint`, once its note is known to be
+/// signed by the cluster's key (`key`, named `name`) for that partition:
+/// a node that signs otherwise (a data directory from before the
+/// cluster's key) is an error, never listed.
+fn head_of(
+    p: u32,
+    checkpoint: &Checkpoint,
+    name: &str,
+    key: &str,
+) -> Result<(u64, Hash), AppError> {
+    if checkpoint.note.is_empty() && checkpoint.size == 0 {
+        return Ok((0, empty_root()));
+    }
+    let wrong = |reason: String| AppError::Owner {
+        partition: p,
+        kind: crate::app::ErrorKind::Internal,
+        message: format!("its checkpoint cannot be combined: {reason}"),
+    };
+    let body = verify(&checkpoint.note, key)
+        .map_err(|e| wrong(format!("{e} (the cluster's key is {key})")))?;
+    let (origin, size, root) = parse_checkpoint(body).map_err(|e| wrong(e.to_string()))?;
+    let expected = partition_origin(name, p);
+    if origin != expected {
+        return Err(wrong(format!("its origin is {origin}, not {expected}")));
+    }
+    Ok((size, root))
+}
+
+/// An owner's answer of another kind than asked.
+fn unexpected(partition: u32, answer: &IntegrityAnswer) -> AppError {
+    AppError::Owner {
+        partition,
+        kind: crate::app::ErrorKind::Internal,
+        message: format!("its owner answered another call: {answer:?}"),
+    }
+}
