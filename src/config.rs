@@ -106,7 +106,8 @@ pub struct ClusterConfig {
     pub lease_ms: u64,
     /// The URL at which the other nodes reach this node's gRPC port
     /// (`partitions > 1`), e.g. `http://10.0.0.7:50051`. Empty: `http://`
-    /// and `grpc_addr`, which must then not be a wildcard address.
+    /// (`https://` with `tls.cert`) and `grpc_addr`, which must then not
+    /// be a wildcard address.
     pub advertise: String,
     /// What this node does (`auditd --role`): `all` takes Ingest, indexes
     /// and answers queries; `query` answers queries but takes no Ingest
@@ -129,6 +130,12 @@ pub struct ClusterConfig {
     /// or a new JetStream cluster still electing its leader) tries again,
     /// once a second, before it gives up.
     pub start_wait_ms: u64,
+    /// PEM CA certificate that signed the nodes' `tls.cert` (several
+    /// partitions with `tls.cert`, required then): nodes read each other
+    /// over TLS, checking the other node's certificate against it, and
+    /// present their own `tls.cert` as client certificate (so `tls.client_ca`
+    /// may require one). Their `advertise` URLs are then `https://`.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -143,6 +150,7 @@ impl Default for ClusterConfig {
             token_staleness_ms: 10_000,
             adopt_settings: false,
             start_wait_ms: 30_000,
+            tls_ca: None,
         }
     }
 }
@@ -217,12 +225,21 @@ impl Config {
         if c.lease_ms < 1_000 {
             return Err(("cluster.lease_ms", "at least 1000".into()));
         }
-        if self.tls.cert.is_some() {
+        if self.tls.enabled() && c.tls_ca.is_none() {
             return Err((
-                "cluster.partitions",
-                "nodes of several partitions read each other over plain gRPC only yet: not \
-                 with tls.cert (docs/cluster.md)"
+                "cluster.tls_ca",
+                "nodes of several partitions with tls.cert read each other over TLS: give the \
+                 CA that signed the nodes' certificates (docs/cluster.md)"
                     .into(),
+            ));
+        }
+        if c.advertise.starts_with("http://") && self.tls.enabled() {
+            return Err((
+                "cluster.advertise",
+                format!(
+                    "{}: this node serves TLS (tls.cert), so the other nodes reach it at https://",
+                    c.advertise
+                ),
             ));
         }
         if c.advertise.is_empty() && self.grpc_addr.ip().is_unspecified() {
@@ -242,8 +259,12 @@ impl Config {
     /// Where the other nodes reach this node's gRPC port, bound at
     /// `bound`.
     pub fn advertised(&self, bound: std::net::SocketAddr) -> String {
+        let scheme = match self.tls.enabled() {
+            true => "https",
+            false => "http",
+        };
         match self.cluster.advertise.as_str() {
-            "" => format!("http://{bound}"),
+            "" => format!("{scheme}://{bound}"),
             given => given.to_owned(),
         }
     }
@@ -1002,8 +1023,17 @@ mod tests {
         config.check().unwrap();
         config.tls.cert = Some("cert.pem".into());
         config.tls.key = Some("key.pem".into());
-        assert_eq!(field(config.clone()), "cluster.partitions");
+        assert_eq!(field(config.clone()), "cluster.tls_ca");
+        config.cluster.tls_ca = Some("ca.pem".into());
+        assert_eq!(field(config.clone()), "cluster.advertise");
+        config.cluster.advertise = "https://10.0.0.7:50051".into();
+        config.check().unwrap();
+        config.cluster.advertise = String::new();
+        let bound = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(config.advertised(bound), "https://127.0.0.1:7000");
         config.tls = TlsConfig::default();
+        assert_eq!(config.advertised(bound), "http://127.0.0.1:7000");
+        config.cluster.tls_ca = None;
         config.cluster.partitions = 1;
         config.cluster.role = Role::All;
         // Off, the section is not looked at but for a role.

@@ -1,11 +1,45 @@
 //! The gRPC channels a node keeps to the other nodes it reads from: one
 //! an address, at most a bound of them, the least recently used dropped
-//! past it (and made again, lazily, when next needed).
+//! past it (and made again, lazily, when next needed). With `tls.cert`
+//! they are TLS channels ([`client_tls`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use super::ClusterError;
+use crate::Config;
+
+/// How a node reaches the others under TLS (`tls.cert` set): trusting
+/// `cluster.tls_ca` only, presenting its own `tls.cert` and `tls.key`
+/// as client certificate. `None` without TLS.
+pub fn client_tls(config: &Config) -> Result<Option<ClientTlsConfig>, ClusterError> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Ok(None);
+    };
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ClusterError::Config {
+            field,
+            reason: format!("{}: {e}", path.display()),
+        })
+    };
+    let ca = config
+        .cluster
+        .tls_ca
+        .as_deref()
+        .ok_or(ClusterError::Config {
+            field: "cluster.tls_ca",
+            reason: "required with tls.cert on several partitions".into(),
+        })?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("cluster.tls_ca", ca)?))
+        .identity(Identity::from_pem(
+            read("tls.cert", cert)?,
+            read("tls.key", key)?,
+        ));
+    Ok(Some(tls))
+}
 
 /// How long a node's channel waits to connect before a call on it fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -15,15 +49,19 @@ pub struct NodeChannels {
     channels: BTreeMap<String, (Channel, u64)>,
     max: usize,
     uses: u64,
+    /// Under TLS: how every channel is made.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl NodeChannels {
-    /// An empty cache of at most `max` channels (at least one).
-    pub fn new(max: usize) -> NodeChannels {
+    /// An empty cache of at most `max` channels (at least one), each a
+    /// TLS channel under `tls`.
+    pub fn new(max: usize, tls: Option<ClientTlsConfig>) -> NodeChannels {
         NodeChannels {
             channels: BTreeMap::new(),
             max: max.max(1),
             uses: 0,
+            tls,
         }
     }
 
@@ -36,10 +74,16 @@ impl NodeChannels {
             *used = self.uses;
             return Some(channel.clone());
         }
-        let endpoint = Channel::from_shared(address.to_owned())
+        let mut endpoint = Channel::from_shared(address.to_owned())
             .map_err(|error| tracing::warn!(address, %error, "a node's address is not a URL"))
             .ok()?
             .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|error| tracing::warn!(address, %error, "no TLS channel to a node"))
+                .ok()?;
+        }
         let channel = endpoint.connect_lazy();
         if self.channels.len() >= self.max {
             let oldest = self
@@ -68,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_bound_the_least_recently_used_channel_goes() {
-        let mut channels = NodeChannels::new(3);
+        let mut channels = NodeChannels::new(3, None);
         let address = |i: u32| format!("http://127.0.0.1:{}", 7000 + i);
         for i in 0..3 {
             assert!(channels.get(&address(i)).is_some());

@@ -99,6 +99,7 @@ impl Owner {
                 stream: settings.leases.bucket.clone(),
                 reason,
             })?;
+        let tls = super::channels::client_tls(&settings.config)?;
         let leases = Leases::open(&context, settings.leases.clone()).await?;
         let partitions = settings.layout.partitions as usize;
         let routes = Arc::new(Routes {
@@ -115,7 +116,7 @@ impl Owner {
             handing: BTreeMap::new(),
             starting: JoinSet::new(),
             opening: BTreeSet::new(),
-            channels: NodeChannels::new(MAX_NODE_CHANNELS),
+            channels: NodeChannels::new(MAX_NODE_CHANNELS, tls),
         };
         let task = tokio::spawn(round.run(stop.clone(), abandon.clone()));
         Ok(Owner {
