@@ -20,9 +20,9 @@ use auditd::integrity::note::verify;
 use auditd::integrity::receipt::{verify_receipt, Receipt};
 use auditd::proto::{
     AuditEvent, AuditLogRequest, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest,
-    GetEventRequest, GetInclusionProofRequest, IngestRequest, WaitFor,
+    GetEventRequest, GetInclusionProofRequest,
 };
-use common::nats::{on_partitions, NatsServer};
+use common::nats::{ingest_searchable, on_partitions, NatsServer};
 use common::*;
 
 const PARTITIONS: u32 = 4;
@@ -60,15 +60,14 @@ async fn combined_covering(
 
 /// Ingests `events` through `client` (searchable), and returns each
 /// event as stored (id and seq) with its partition.
-async fn ingested(client: &mut Client, events: &[AuditEvent]) -> Vec<(u32, AuditEvent)> {
+async fn ingested(
+    client: &mut Client,
+    events: &[AuditEvent],
+    name: &str,
+) -> Vec<(u32, AuditEvent)> {
     let mut stored = Vec::new();
-    for chunk in events.chunks(100) {
-        let request = IngestRequest {
-            events: chunk.to_vec(),
-            wait_for: WaitFor::Searchable as i32,
-            ..Default::default()
-        };
-        let reply = client.ingest(request).await.unwrap().into_inner();
+    for (n, chunk) in events.chunks(100).enumerate() {
+        let reply = ingest_searchable(client, chunk, &format!("{name}-{n}")).await;
         for ((event, id), seq) in chunk.iter().zip(reply.ids).zip(reply.seqs) {
             let p = partition_of(&event.subject, PARTITIONS);
             stored.push((
@@ -113,7 +112,7 @@ async fn partitions_trees_are_signed_by_one_key_combined_and_proven_through_any_
 
     let admin = q.admin_token();
     let mut writer = a.client_with(&admin).await;
-    let stored = ingested(&mut writer, &generated(400, 61, 200)).await;
+    let stored = ingested(&mut writer, &generated(400, 61, 200), "first").await;
     let mut proofs = integrity_client(&q.url(), &admin).await;
     let (first, heads) = combined_covering(&mut proofs, &key, &needed(&stored)).await;
     assert!(
@@ -222,6 +221,77 @@ async fn partitions_trees_are_signed_by_one_key_combined_and_proven_through_any_
         }
     }
 
+    // The subject's access package through the query node: its
+    // partition's checkpoint, every event of the subject with a receipt
+    // made by the owner, and a report naming the read that named it.
+    let p = partition_of(&subject, PARTITIONS);
+    let named = auditd::proto::SearchRequest {
+        subjects: vec![subject.clone()],
+        ..Default::default()
+    };
+    query.search(named).await.unwrap();
+    // Its trail event is in some partition: searchable there soon.
+    let trail = auditd::proto::SearchRequest {
+        types: vec![auditd::app::trail::TRAIL_TYPE.into()],
+        query: format!("query.subjects:\"{subject}\""),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query
+        .search(trail.clone())
+        .await
+        .unwrap()
+        .get_ref()
+        .total_hits
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the search's trail event is not searchable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let request = auditd::proto::ExportSubjectRequest {
+        subject: subject.clone(),
+        format: auditd::proto::ExportFormat::Ndjson as i32,
+    };
+    let mut package = subjects_client(&q, &admin).await;
+    let mut chunks = package.export_subject(request).await.unwrap().into_inner();
+    let first = chunks.message().await.unwrap().unwrap();
+    let checkpoint = first.checkpoint.expect("the partition's checkpoint").note;
+    assert!(checkpoint.starts_with(&format!("{}\n", partition_origin(&name, p))));
+    verify(&checkpoint, &key).unwrap();
+    let (mut sent, mut report) = (Vec::new(), String::new());
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        assert_eq!(chunk.proofs.len() as u64, chunk.events);
+        sent.extend(chunk.proofs);
+        report.push_str(&chunk.report_html);
+    }
+    let mut expected: Vec<&str> = stored
+        .iter()
+        .filter(|(_, e)| e.subject == subject)
+        .map(|(_, e)| e.id.as_str())
+        .collect();
+    let mut got: Vec<&str> = sent.iter().map(|proof| proof.id.as_str()).collect();
+    expected.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, expected);
+    for proof in &sent {
+        let receipt = Receipt::parse(&proof.tlog_proof).unwrap();
+        assert_eq!(receipt.checkpoint, checkpoint, "one checkpoint for all");
+        let event = GetEventRequest {
+            id: proof.id.clone(),
+        };
+        let event = query.get_event(event).await.unwrap().into_inner();
+        verify_receipt(&receipt, &key, Some(&event)).unwrap();
+    }
+    let count = format!("{} event(s) whose subject is", expected.len());
+    assert!(report.contains(&count), "{report}");
+    assert!(
+        report.contains("audit.search"),
+        "the read is listed: {report}"
+    );
+
     // auditctl saves the combined checkpoint through the query node.
     let saved = dir.path().join("saved.checkpoint");
     let key_file = q.data_dir.join("integrity.pub");
@@ -238,7 +308,7 @@ async fn partitions_trees_are_signed_by_one_key_combined_and_proven_through_any_
     // b stops: a rebuilds its partitions from the stream and signs them
     // with the same key; every tree extends what was signed before.
     b.stop().await.unwrap();
-    let more = ingested(&mut writer, &generated(200, 62, 200)).await;
+    let more = ingested(&mut writer, &generated(200, 62, 200), "more").await;
     let (_, later) = combined_covering(&mut proofs, &key, &needed(&more)).await;
     for p in 0..PARTITIONS {
         let ((old_size, old_root), (size, root)) = (heads[p as usize], later[p as usize]);

@@ -25,15 +25,6 @@ async fn search_for(client: &mut Client, subject: &str) {
     trail_events(client, "audit.search", 1).await;
 }
 
-async fn subjects_client(server: &TestServer, token: &str) -> auditd::client::SubjectsClient {
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    auditd::client::subjects(channel, auditd::client::BearerToken::new(token).unwrap())
-}
-
 #[tokio::test]
 async fn a_subject_export_is_exactly_the_subjects_events_each_with_a_receipt_that_verifies() {
     let dir = tempfile::tempdir().unwrap();

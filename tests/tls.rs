@@ -259,7 +259,6 @@ async fn the_http_side_speaks_tls_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_of_several_partitions_read_each_other_over_mutual_tls() {
     use auditd::config::Role;
-    use auditd::proto::{IngestRequest, WaitFor};
     let dir = tempfile::tempdir().unwrap();
     let certs = tempfile::tempdir().unwrap();
     let pki = pki();
@@ -288,26 +287,7 @@ async fn nodes_of_several_partitions_read_each_other_over_mutual_tls() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    loop {
-        let request = IngestRequest {
-            events: events.clone(),
-            wait_for: WaitFor::Searchable as i32,
-            batch_id: "over-tls".into(),
-        };
-        match writer.ingest(request).await {
-            Ok(_) => break,
-            // Starting, or stored while a holds no partition yet: the
-            // retry with the batch id is the same batch.
-            Err(s)
-                if [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded]
-                    .contains(&s.code()) =>
-            {
-                assert!(std::time::Instant::now() < deadline, "a: {s:?}")
-            }
-            Err(s) => panic!("{s:?}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    common::nats::ingest_searchable(&mut writer, &events, "over-tls").await;
     let mut reader = tls_client(&q, &admin, Some(&pki.ca), Some(&pki.client))
         .await
         .unwrap();

@@ -21,7 +21,7 @@
 
 use futures::future::join_all;
 
-use super::integrity::to_proto;
+use super::integrity::{receipt_in, to_proto};
 use super::{AppError, IntegrityService};
 use crate::auth::ReadScope;
 use crate::cluster::fanout::{self, unowned, IntegrityAnswer, IntegrityOp, Reader};
@@ -31,8 +31,13 @@ use crate::integrity::merkle::{empty_root, Hash};
 use crate::integrity::note::{parse_checkpoint, verify};
 use crate::proto::{
     Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest,
-    GetInclusionProofRequest, InclusionProof,
+    GetInclusionProofRequest, InclusionProof, PartitionReceipts, PartitionReceiptsRequest,
 };
+use crate::search::EventRef;
+
+/// The most receipts one `Partitions.Integrity` call asks for: a subject
+/// export's slice.
+pub const MAX_RECEIPTS_PER_CALL: usize = super::subject::SUBJECT_SLICE_EVENTS;
 use crate::schema::micros_to_timestamp;
 
 impl IntegrityService {
@@ -69,7 +74,50 @@ impl IntegrityService {
                 let proof = self.consistency_here(request).await?;
                 Ok(IntegrityAnswer::Consistency(proof))
             }
+            IntegrityOp::Receipts(request) => {
+                let tlog_proofs = self.receipts(request).await?;
+                Ok(IntegrityAnswer::Receipts(PartitionReceipts { tlog_proofs }))
+            }
         }
+    }
+
+    /// The receipts of this node's events at `request.seqs` against its
+    /// kept checkpoint of `request.tree_size`, each stored event checked
+    /// against its leaf (DATA_LOSS when it differs).
+    async fn receipts(&self, request: PartitionReceiptsRequest) -> Result<Vec<String>, AppError> {
+        if request.seqs.len() > MAX_RECEIPTS_PER_CALL {
+            return Err(AppError::Invalid {
+                field: "seqs",
+                reason: format!("at most {MAX_RECEIPTS_PER_CALL} a call"),
+            });
+        }
+        let integrity = self.enabled()?.clone();
+        let checkpoint = self.kept(request.tree_size)?;
+        let seqs = request.seqs;
+        let stored = self
+            .reads
+            .blocking(move |s| {
+                let mut stored = Vec::with_capacity(seqs.len());
+                for seq in seqs {
+                    let event = s.stored_event(&EventRef::Seq(seq), &ReadScope::All)?;
+                    stored.push((seq, event));
+                }
+                Ok(stored)
+            })
+            .await?;
+        tokio::task::spawn_blocking(move || {
+            let snapshot = integrity.tree.snapshot();
+            stored
+                .into_iter()
+                .map(|(seq, event)| {
+                    let (event, opening) =
+                        event.ok_or_else(|| AppError::EventNotFound(format!("seq {seq}")))?;
+                    Ok(receipt_in(&snapshot, &checkpoint, &event, opening)?.to_text())
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("receipts task: {e}")))?
     }
 
     /// A partition's checkpoint, or the combined one.

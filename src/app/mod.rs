@@ -18,6 +18,7 @@ mod retention;
 mod retention_partitions;
 pub mod self_audit;
 mod subject;
+mod subject_partitions;
 mod tail;
 mod tail_partitions;
 mod tokens;

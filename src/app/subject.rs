@@ -39,7 +39,7 @@ pub const SUBJECT_BUFFER_CHUNKS: usize = 4;
 /// Rows of each table of the report at most (the rest is summed up).
 pub const MAX_REPORT_ROWS: usize = 1_000;
 /// How long an export waits for a checkpoint that covers every event.
-const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
+pub(super) const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long an erasure waits for what it needs of the pipeline: every
 /// acknowledged event searchable before it looks, and the log trimmed
@@ -47,8 +47,8 @@ const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
 const ERASURE_WAIT: Duration = Duration::from_secs(60);
 
 pub struct SubjectService {
-    reads: Arc<ReadService>,
-    integrity: Option<Arc<Integrity>>,
+    pub(super) reads: Arc<ReadService>,
+    pub(super) integrity: Option<Arc<Integrity>>,
     ingest: Arc<IngestService>,
 }
 
@@ -235,14 +235,23 @@ impl SubjectService {
             if !own {
                 caller.require_admin("export another subject's events")?;
             }
-            self.reads.not_partitioned("a subject's export")?;
             let format = super::export::format_of(request.format)?;
             query.insert("format".into(), format.name().into());
-            let checkpoint = self.checkpoint_covering_all().await?;
-            Ok((format, checkpoint))
+            match self.reads.partitioned {
+                true => Ok(Packing::Spread(Box::new(
+                    self.spread(&subject, format).await?,
+                ))),
+                false => Ok(Packing::Here(Package {
+                    reads: self.reads.clone(),
+                    integrity: self.integrity.clone(),
+                    checkpoint: self.checkpoint_covering_all().await?,
+                    subject: subject.clone(),
+                    format,
+                })),
+            }
         }
         .await;
-        let (format, checkpoint) = match first {
+        let packing = match first {
             Ok(ok) => ok,
             Err(error) => {
                 return Err(self
@@ -254,16 +263,12 @@ impl SubjectService {
             }
         };
         let (outbox, stream) = Outbox::new(SUBJECT_BUFFER_CHUNKS, &self.reads.streams);
-        let package = Package {
-            reads: self.reads.clone(),
-            integrity: self.integrity.clone(),
-            checkpoint,
-            subject,
-            format,
-        };
         let trail = self.reads.trail.clone();
         self.reads.streams.tasks.spawn(async move {
-            let outcome = package.send(&outbox).await;
+            let outcome = match packing {
+                Packing::Here(package) => package.send(&outbox).await,
+                Packing::Spread(spread) => spread.send(&outbox).await,
+            };
             if let Ok(events) = &outcome {
                 query.insert("events".into(), events.to_string());
             }
@@ -300,6 +305,13 @@ impl SubjectService {
     }
 }
 
+/// How a package is made: from this node's index and tree, or from the
+/// owner of the subject's partition (`subject_partitions`).
+enum Packing {
+    Here(Package),
+    Spread(Box<super::subject_partitions::Spread>),
+}
+
 /// One export under way.
 struct Package {
     reads: Arc<ReadService>,
@@ -311,8 +323,8 @@ struct Package {
 
 /// What the report counts as the events go by.
 #[derive(Default)]
-struct Tally {
-    events: u64,
+pub(super) struct Tally {
+    pub(super) events: u64,
     first: Option<i64>,
     last: Option<i64>,
     by_action: BTreeMap<String, u64>,
@@ -320,7 +332,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, event: &AuditEvent) {
+    pub(super) fn add(&mut self, event: &AuditEvent) {
         let time = timestamp_micros(event.time.as_ref());
         self.events += 1;
         self.first = Some(self.first.map_or(time, |t| t.min(time)));
@@ -468,7 +480,7 @@ impl Package {
 
 /// The trail events whose `query` names `subject`: searches and exports
 /// for it, holds on it.
-fn naming(subject: &str) -> EventFilter {
+pub(super) fn naming(subject: &str) -> EventFilter {
     let quoted = subject.replace('\\', "\\\\").replace('"', "\\\"");
     EventFilter {
         types: vec![TRAIL_TYPE.to_owned()],
@@ -538,7 +550,7 @@ fn count_files(path: &std::path::Path) -> std::io::Result<u64> {
 
 /// The report: the period, counts by action and by access, who read the
 /// data, as one self-contained HTML page (no script, no outside resource).
-fn report(
+pub(super) fn report(
     subject: &str,
     tally: &Tally,
     checkpoint: Option<&SignedCheckpoint>,

@@ -357,6 +357,16 @@ impl Daemon {
     }
 }
 
+/// A Subjects client of `server` with `token`.
+pub async fn subjects_client(server: &TestServer, token: &str) -> auditd::client::SubjectsClient {
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    auditd::client::subjects(channel, auditd::client::BearerToken::new(token).unwrap())
+}
+
 /// `auditctl` against `server`, with its data directory (so the admin
 /// token file) and none of the caller's AUDITCTL_* settings.
 pub fn auditctl(server: &TestServer, args: &[&str]) -> Command {

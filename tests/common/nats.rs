@@ -249,6 +249,37 @@ pub async fn ingest_retrying(
     }
 }
 
+/// Ingests `events` as batch `batch_id`, waiting until searchable, and
+/// retries while a cluster is not ready for it: UNAVAILABLE (starting),
+/// or DEADLINE_EXCEEDED (stored, but a partition's owner not known or
+/// not answering yet; the retry is the same batch). Returns the answer.
+#[allow(dead_code)]
+pub async fn ingest_searchable(
+    client: &mut super::Client,
+    events: &[AuditEvent],
+    batch_id: &str,
+) -> auditd::proto::IngestResponse {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let request = IngestRequest {
+            events: events.to_vec(),
+            batch_id: batch_id.into(),
+            wait_for: WaitFor::Searchable as i32,
+        };
+        match client.ingest(request).await {
+            Ok(stored) => return stored.into_inner(),
+            Err(s)
+                if [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded]
+                    .contains(&s.code()) =>
+            {
+                assert!(std::time::Instant::now() < deadline, "still {s:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("ingest: {s:?}"),
+        }
+    }
+}
+
 /// Which of `servers` (named `n<i>`) leads `stream`'s replicas.
 #[allow(dead_code)]
 pub async fn stream_leader(servers: &[NatsServer], stream: &str) -> usize {
