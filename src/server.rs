@@ -818,6 +818,27 @@ impl Pipeline {
         self.app.clone().expect("the app lives until stop")
     }
 
+    /// Waits, at most `within`, until a signed checkpoint covers the tree
+    /// as it stands now (a partition's new owner, after its rebuild, so
+    /// that it gives proofs as soon as it answers); whether one does.
+    pub(crate) async fn signed_so_far(&self, within: Duration) -> bool {
+        let Some(integrity) = &self.integrity else {
+            return true;
+        };
+        let size = integrity.tree.size();
+        let deadline = Instant::now() + within;
+        loop {
+            let signed = integrity.checkpoints.latest().map_or(0, |c| c.size);
+            if signed >= size {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Replays the WAL from the checkpoint (every record goes to the
     /// indexer again, and its batch id back into the idempotency window),
     /// waits until the replayed events are searchable, then starts the WAL

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::StreamExt;
 
 use super::trail;
 use super::{AppError, Origin, ReadService};
 use crate::auth::{Caller, ReadScope};
+use crate::cluster::fanout::AuditProgress;
 use crate::integrity::audit;
 use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
 use crate::integrity::merkle::{leaf_hash, Hash};
@@ -31,7 +32,7 @@ use crate::search::EventRef;
 
 /// Progress messages of a full audit waiting for a slow reader: while
 /// they wait, the audit waits too.
-const AUDIT_PROGRESS_BUFFER: usize = 4;
+pub(super) const AUDIT_PROGRESS_BUFFER: usize = 4;
 
 pub struct IntegrityService {
     /// `None` when `integrity.enabled` is off.
@@ -364,12 +365,14 @@ impl IntegrityService {
         caller: &Caller,
         origin: &Origin,
         request: AuditLogRequest,
-    ) -> Result<impl Stream<Item = Result<AuditLogProgress, AppError>> + Send + 'static, AppError>
-    {
-        let query = BTreeMap::from([
+    ) -> Result<AuditProgress, AppError> {
+        let mut query = BTreeMap::from([
             ("from_seq".to_owned(), request.from_seq.to_string()),
             ("to_seq".to_owned(), request.to_seq.to_string()),
         ]);
+        if let Some(p) = request.partition {
+            query.insert("partition".to_owned(), p.to_string());
+        }
         let started = async {
             caller.require_admin("audit the log")?;
             if request.to_seq != 0 && request.to_seq < request.from_seq {
@@ -378,16 +381,44 @@ impl IntegrityService {
                     reason: format!("below from_seq ({})", request.from_seq),
                 });
             }
-            let integrity = self.one_tree("the full audit")?.clone();
-            let checkpoint = self.kept(0)?;
-            Ok((integrity, checkpoint))
+            match self.reads.partitioned {
+                true => self.audit_plan(request.partition),
+                false => {
+                    self.no_partition(request.partition)?;
+                    Ok(AuditPlan::Here(self.enabled()?.clone(), self.kept(0)?))
+                }
+            }
         }
         .await;
-        let (integrity, checkpoint) = self
+        let plan = self
             .reads
             .trail
             .audited(caller, trail::AUDIT, origin, query, started)
             .await?;
+        Ok(match plan {
+            AuditPlan::Here(integrity, checkpoint) => {
+                self.audit_here(integrity, checkpoint, request)
+            }
+            AuditPlan::Partitions(routes, partitions) => {
+                self.audit_partitions(routes, partitions, request)
+            }
+        })
+    }
+
+    /// The full audit of this node's own tree, with no trail event (a
+    /// partition's owner, asked by the node that stored it).
+    pub fn audit_stream(&self, request: AuditLogRequest) -> Result<AuditProgress, AppError> {
+        let (integrity, checkpoint) = (self.enabled()?.clone(), self.kept(0)?);
+        Ok(self.audit_here(integrity, checkpoint, request))
+    }
+
+    /// Audits this node's tree against `checkpoint` on the blocking pool.
+    fn audit_here(
+        &self,
+        integrity: Arc<Integrity>,
+        checkpoint: SignedCheckpoint,
+        request: AuditLogRequest,
+    ) -> AuditProgress {
         let searcher = self.reads.searcher().clone();
         let stop = self.reads.streams.stop.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_PROGRESS_BUFFER);
@@ -414,8 +445,15 @@ impl IntegrityService {
                 let _ = tx.blocking_send(Err(AppError::Internal(format!("the audit: {error}"))));
             }
         });
-        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
+}
+
+/// Where a full audit reads: this node's tree against its latest
+/// checkpoint, or these partitions' at their owners, one after another.
+pub(super) enum AuditPlan {
+    Here(Arc<Integrity>, SignedCheckpoint),
+    Partitions(super::read::Routes, Vec<u32>),
 }
 
 /// A checked inclusion proof request.
@@ -441,6 +479,7 @@ fn progress_to_proto(p: audit::Progress) -> AuditLogProgress {
                 seq: p.seq,
                 kind: p.kind.to_owned(),
                 detail: p.detail,
+                partition: None,
             })
             .collect(),
     }

@@ -13,25 +13,31 @@
 //!   (every partition asked, as GetEvent does), then proven by the owner
 //!   of its subject's partition, which checks the stored event against
 //!   its leaf first, as one node does;
-//! - a consistency proof: of one partition's tree (`partition` required).
+//! - a consistency proof: of one partition's tree (`partition` required);
+//! - the full audit: each partition's (or the one asked) at its owner,
+//!   one after another, its progress passed on as it comes, with
+//!   `checked` and `total` counted over the partitions audited so far
+//!   and each problem naming its partition.
 //!
-//! The full audit and the `tlog-tiles` paths read one tree and stay
-//! refused here (FAILED_PRECONDITION): ask the partition's owner's data
-//! directory with `auditd` tools, or a later change.
+//! The `tlog-tiles` paths serve one tree and stay refused here
+//! (FAILED_PRECONDITION).
 
 use futures::future::join_all;
+use futures::StreamExt;
 
-use super::integrity::{receipt_in, to_proto};
+use super::integrity::{receipt_in, to_proto, AuditPlan};
+use super::read::Routes;
 use super::{AppError, IntegrityService};
 use crate::auth::ReadScope;
-use crate::cluster::fanout::{self, unowned, IntegrityAnswer, IntegrityOp, Reader};
+use crate::cluster::fanout::{self, unowned, AuditProgress, IntegrityAnswer, IntegrityOp, Reader};
 use crate::cluster::partition_of;
 use crate::integrity::combined::{combined_body, partition_origin};
 use crate::integrity::merkle::{empty_root, Hash};
 use crate::integrity::note::{parse_checkpoint, verify};
 use crate::proto::{
-    Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest,
-    GetInclusionProofRequest, InclusionProof, PartitionReceipts, PartitionReceiptsRequest,
+    AuditLogProgress, AuditLogRequest, Checkpoint, ConsistencyProof, GetCheckpointRequest,
+    GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof, PartitionReceipts,
+    PartitionReceiptsRequest,
 };
 use crate::search::EventRef;
 
@@ -248,11 +254,108 @@ impl IntegrityService {
         }
     }
 
+    /// The partitions a full audit reads: `partition`, or all of them.
+    pub(super) fn audit_plan(&self, partition: Option<u32>) -> Result<AuditPlan, AppError> {
+        let readers = self.readers()?;
+        let partitions = match partition {
+            Some(p) => {
+                reader_of(&readers, p)?;
+                vec![p]
+            }
+            None => (0..readers.len() as u32).collect(),
+        };
+        Ok(AuditPlan::Partitions(
+            self.reads.partition_routes()?,
+            partitions,
+        ))
+    }
+
+    /// The full audit of `partitions`, one after another, each at its
+    /// owner as `request` says (its seqs being the partition's), in one
+    /// stream: `checked` and `total` summed over the partitions reached
+    /// so far, `done` once the last one is, each problem naming its
+    /// partition. A partition without owner, or whose audit fails or ends
+    /// unfinished, ends the stream with its error.
+    pub(super) fn audit_partitions(
+        &self,
+        routes: Routes,
+        partitions: Vec<u32>,
+        request: AuditLogRequest,
+    ) -> AuditProgress {
+        let (tx, rx) = tokio::sync::mpsc::channel(super::integrity::AUDIT_PROGRESS_BUFFER);
+        let stop = self.reads.streams.stop.clone();
+        self.reads.streams.tasks.spawn(async move {
+            let last = partitions.last().copied();
+            let mut before = (0, 0);
+            for p in partitions {
+                let audited = tokio::select! {
+                    _ = stop.cancelled() => Err(AppError::ShuttingDown),
+                    audited = audit_one(&routes, p, &request, before, Some(p) == last, &tx) => audited,
+                };
+                match audited {
+                    Ok(Some(counts)) => before = counts,
+                    // The reader hung up.
+                    Ok(None) => return,
+                    Err(error) => {
+                        let _ = tx.send(Err(error)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+
     /// The partitions' readers now.
     fn readers(&self) -> Result<Vec<Option<Reader>>, AppError> {
         self.enabled()?;
         Ok(self.reads.partition_routes()?())
     }
+}
+
+/// Partition `p`'s full audit at its owner, sent on `tx` with the
+/// (checked, total) of the partitions `before` it added; returns the
+/// sums after it, or `None` once the reader is gone.
+async fn audit_one(
+    routes: &Routes,
+    p: u32,
+    request: &AuditLogRequest,
+    before: (u64, u64),
+    last: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<AuditLogProgress, AppError>>,
+) -> Result<Option<(u64, u64)>, AppError> {
+    let reader = reader_of(&routes(), p)?;
+    let asked = AuditLogRequest {
+        partition: None,
+        ..*request
+    };
+    let mut progress = reader.audit(asked).await?;
+    let mut here = (0, 0);
+    while let Some(next) = progress.next().await {
+        let mut next = next?;
+        here = (next.checked, next.total);
+        let done = next.done;
+        next.checked += before.0;
+        next.total += before.1;
+        next.done = done && last;
+        for problem in &mut next.problems {
+            problem.partition = Some(p);
+        }
+        if tx.send(Ok(next)).await.is_err() {
+            return Ok(None);
+        }
+        if done {
+            return Ok(Some((before.0 + here.0, before.1 + here.1)));
+        }
+    }
+    Err(AppError::Owner {
+        partition: p,
+        kind: crate::app::ErrorKind::Unavailable,
+        message: format!(
+            "its audit ended after {} of {} events, unfinished",
+            here.0, here.1
+        ),
+    })
 }
 
 /// Partition `p`'s reader: INVALID_ARGUMENT past the last partition,

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::future::{try_join_all, BoxFuture};
+use futures::stream::BoxStream;
 
 use super::partition_of;
 use crate::app::{AppError, IntegrityService, RetentionService};
@@ -37,7 +38,8 @@ pub use crate::proto::partition_integrity_response::Answer as IntegrityAnswer;
 pub use crate::proto::partition_retention_request::Op as RetentionOp;
 pub use crate::proto::partition_retention_response::Answer as RetentionAnswer;
 use crate::proto::{
-    AggregateRequest, AggregateResponse, AuditEvent, EventFilter, SearchRequest, SearchResponse,
+    AggregateRequest, AggregateResponse, AuditEvent, AuditLogProgress, AuditLogRequest,
+    EventFilter, SearchRequest, SearchResponse,
 };
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::aggregate::{self, FirstPass, Planned, SecondPass, Selections};
@@ -113,7 +115,17 @@ pub trait PartitionReader: Send + Sync {
         scope: ReadScope,
         op: IntegrityOp,
     ) -> BoxFuture<'static, Result<IntegrityAnswer, AppError>>;
+
+    /// The full audit of the partition's tree at its owner, its progress
+    /// as it goes (`IntegrityService::audit_stream`).
+    fn audit(
+        &self,
+        request: AuditLogRequest,
+    ) -> BoxFuture<'static, Result<AuditProgress, AppError>>;
 }
+
+/// A full audit's progress, as an owner reports it.
+pub type AuditProgress = BoxStream<'static, Result<AuditLogProgress, AppError>>;
 
 /// How long a partition's index is waited for when a page's snapshot is
 /// past it (the partition moved to a node still catching up) before the
@@ -287,19 +299,33 @@ impl PartitionReader for LocalPartition {
         scope: ReadScope,
         op: IntegrityOp,
     ) -> BoxFuture<'static, Result<IntegrityAnswer, AppError>> {
-        let (partition, integrity) = (self.partition, self.integrity.clone());
-        Box::pin(async move {
-            let integrity = integrity.ok_or_else(|| FanOutError::Failed {
+        let integrity = self.integrity_here();
+        Box::pin(async move { integrity?.at_partition(scope, op).await })
+    }
+
+    fn audit(
+        &self,
+        request: AuditLogRequest,
+    ) -> BoxFuture<'static, Result<AuditProgress, AppError>> {
+        let integrity = self.integrity_here();
+        Box::pin(async move { integrity?.audit_stream(request) })
+    }
+}
+
+impl LocalPartition {
+    /// Its integrity service, while this node holds the partition.
+    fn integrity_here(&self) -> Result<Arc<IntegrityService>, AppError> {
+        let partition = self.partition;
+        let integrity = self.integrity.clone().ok_or_else(|| FanOutError::Failed {
+            partition,
+            reason: "its tree is not kept by partition".into(),
+        })?;
+        integrity.upgrade().ok_or_else(|| {
+            FanOutError::Unavailable {
                 partition,
-                reason: "its tree is not kept by partition".into(),
-            })?;
-            let integrity = integrity
-                .upgrade()
-                .ok_or_else(|| FanOutError::Unavailable {
-                    partition,
-                    reason: "no longer held by this node".into(),
-                })?;
-            integrity.at_partition(scope, op).await
+                reason: "no longer held by this node".into(),
+            }
+            .into()
         })
     }
 }

@@ -71,6 +71,15 @@ impl OwnedPartition {
             }
             return Err(error);
         }
+        // Its proofs need a checkpoint of what it rebuilt: the checkpointer
+        // signs one within an interval of replay's end.
+        let interval = Duration::from_millis(config.integrity.checkpoint_interval_ms);
+        if !pipeline.signed_so_far(interval * 3).await {
+            tracing::warn!(
+                partition,
+                "no checkpoint of the rebuilt tree yet; answering anyway"
+            );
+        }
         pipeline.status.set_ready();
         tracing::info!(partition, "following the partition");
         let retention = match &trail {

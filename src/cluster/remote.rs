@@ -23,20 +23,21 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::fanout::{
-    FanOutError, IntegrityAnswer, IntegrityOp, LocalPartition, LogPage, PartitionReader,
-    RetentionAnswer, RetentionOp, SNAPSHOT_WAIT,
+    AuditProgress, FanOutError, IntegrityAnswer, IntegrityOp, LocalPartition, LogPage,
+    PartitionReader, RetentionAnswer, RetentionOp, SNAPSHOT_WAIT,
 };
 use crate::app::{AppError, ErrorKind};
 use crate::auth::ReadScope;
 use crate::proto::partitions_client::PartitionsClient;
 use crate::proto::partitions_server::Partitions;
 use crate::proto::{
-    AggregateRequest, AuditEvent, BucketCounts, Counts as ProtoCounts, EventFilter,
-    PartitionAggregateRequest, PartitionFirstPass, PartitionGetRequest, PartitionGetResponse,
-    PartitionIntegrityRequest, PartitionIntegrityResponse, PartitionLogRequest,
-    PartitionLogResponse, PartitionReachRequest, PartitionReachResponse, PartitionRetentionRequest,
-    PartitionRetentionResponse, PartitionScope, PartitionSearchRequest, PartitionSearchResponse,
-    PartitionSecondPass, SearchRequest, Selection, SubPasses,
+    AggregateRequest, AuditEvent, AuditLogProgress, AuditLogRequest, BucketCounts,
+    Counts as ProtoCounts, EventFilter, PartitionAggregateRequest, PartitionAuditRequest,
+    PartitionFirstPass, PartitionGetRequest, PartitionGetResponse, PartitionIntegrityRequest,
+    PartitionIntegrityResponse, PartitionLogRequest, PartitionLogResponse, PartitionReachRequest,
+    PartitionReachResponse, PartitionRetentionRequest, PartitionRetentionResponse, PartitionScope,
+    PartitionSearchRequest, PartitionSearchResponse, PartitionSecondPass, SearchRequest, Selection,
+    SubPasses,
 };
 use crate::search::aggregate::{Counts, FirstPass, SecondPass, Selected, Selections};
 use crate::search::{PageAt, SearchError, Searcher, SnapshotPage};
@@ -425,6 +426,28 @@ impl PartitionReader for RemotePartition {
         })
     }
 
+    fn audit(
+        &self,
+        request: AuditLogRequest,
+    ) -> BoxFuture<'static, Result<AuditProgress, AppError>> {
+        use futures::StreamExt;
+        let (partition, mut client) = (self.partition, self.client.clone());
+        // No deadline: a partition's audit takes as long as its events.
+        let call = self.request(PartitionAuditRequest {
+            partition,
+            request: Some(request),
+        });
+        Box::pin(async move {
+            let progress = client
+                .audit_log(call)
+                .await
+                .map_err(|s| owner_error(partition, s))?
+                .into_inner();
+            let progress = progress.map(move |p| p.map_err(|s| owner_error(partition, s)));
+            Ok(progress.boxed())
+        })
+    }
+
     fn integrity(
         &self,
         scope: ReadScope,
@@ -717,6 +740,22 @@ impl Partitions for Arc<PartitionsService> {
         Ok(Response::new(PartitionIntegrityResponse {
             answer: Some(answer),
         }))
+    }
+
+    type AuditLogStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<AuditLogProgress, Status>> + Send>>;
+
+    async fn audit_log(
+        &self,
+        request: Request<PartitionAuditRequest>,
+    ) -> Result<Response<Self::AuditLogStream>, Status> {
+        use futures::StreamExt;
+        let local = self.here(&request, request.get_ref().partition)?;
+        let audit = request.into_inner().request.unwrap_or_default();
+        let progress = local.audit(audit).await?;
+        Ok(Response::new(Box::pin(
+            progress.map(|p| p.map_err(Status::from)),
+        )))
     }
 
     async fn get_event(

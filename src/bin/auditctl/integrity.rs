@@ -389,7 +389,11 @@ async fn full(client: &mut IntegrityClient) -> anyhow::Result<()> {
                 problems += 1;
             }
             // Printed whether or not the bar shows (a pipe hides it).
-            bar.suspend(|| println!("seq {}: {}: {}", p.seq, p.kind, p.detail));
+            let at = match p.partition {
+                Some(partition) => format!("partition {partition} seq {}", p.seq),
+                None => format!("seq {}", p.seq),
+            };
+            bar.suspend(|| println!("{at}: {}: {}", p.kind, p.detail));
         }
         done = progress.done;
     }
