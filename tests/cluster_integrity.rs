@@ -5,7 +5,8 @@
 //! asked through a node that holds no index and checked offline, and the
 //! trees rebuilt by a new owner after a hand-over still extending what was
 //! signed before (`auditctl verify --since` across it), a subject's
-//! access package, and the full audit of every partition at its owner.
+//! access package, a partition's `tlog-tiles` paths, and the full audit
+//! of every partition at its owner.
 
 mod common;
 
@@ -16,9 +17,12 @@ use auditd::client::IntegrityClient;
 use auditd::cluster::partition_of;
 use auditd::config::Role;
 use auditd::integrity::combined::{parse_combined, partition_origin};
-use auditd::integrity::merkle::{verify_consistency, Hash};
-use auditd::integrity::note::verify;
+use auditd::integrity::merkle::{
+    inclusion_proof, leaf_hash, verify_consistency, verify_inclusion, Hash,
+};
+use auditd::integrity::note::{parse_checkpoint, verify};
 use auditd::integrity::receipt::{verify_receipt, Receipt};
+use auditd::integrity::tiles::{tiles_for, TileError, TileNodes};
 use auditd::proto::{
     AuditEvent, AuditLogRequest, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest,
     GetEventRequest, GetInclusionProofRequest,
@@ -318,6 +322,46 @@ async fn partitions_trees_are_signed_by_one_key_combined_and_proven_through_any_
         report.contains("audit.search"),
         "the read is listed: {report}"
     );
+
+    // The tlog-tiles paths of the subject's partition, through the query
+    // node: a tlog client proves the first receipt's event from them
+    // alone; the paths of one tree are refused.
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, url) = (http.clone(), format!("http://{}{path}", q.http));
+        let token = admin.trim().to_owned();
+        async move {
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (status, note) = get(format!("/tlog/partition/{p}/checkpoint")).await;
+    assert_eq!(status, 200);
+    let note = String::from_utf8(note).unwrap();
+    let (origin, size, root) = parse_checkpoint(verify(&note, &key).unwrap()).unwrap();
+    assert_eq!(origin, partition_origin(&name, p));
+    let mut fetched = std::collections::HashMap::new();
+    for id in tiles_for(size) {
+        let (status, bytes) = get(format!("/tlog/partition/{p}/{}", id.path())).await;
+        assert_eq!(status, 200, "{}", id.path());
+        fetched.insert(id, bytes);
+    }
+    let nodes = TileNodes::new(size, |id| {
+        fetched.get(&id).cloned().ok_or(TileError::Absent {
+            size,
+            level: id.level,
+            index: id.index,
+            width: id.width,
+        })
+    });
+    let receipt = Receipt::parse(&sent[0].tlog_proof).unwrap();
+    let path = inclusion_proof(&nodes, receipt.index, size).unwrap();
+    verify_inclusion(&leaf_hash(&receipt.leaf), receipt.index, size, &path, &root).unwrap();
+    for one_tree in ["/tlog/checkpoint", "/tlog/tile/0/000.p/1"] {
+        let (status, _) = get(one_tree.into()).await;
+        assert_eq!(status, 409, "{one_tree}");
+    }
 
     // auditctl saves the combined checkpoint through the query node.
     let saved = dir.path().join("saved.checkpoint");

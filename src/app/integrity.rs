@@ -110,16 +110,17 @@ impl IntegrityService {
     }
 
     /// The latest checkpoint as the `tlog-tiles` path serves it: a C2SP
-    /// checkpoint of one tree, so refused on a node of several
-    /// partitions (no combined note there).
+    /// checkpoint of one tree. On a node of several partitions, the
+    /// tree of `partition` (required there: no combined note).
     pub async fn tlog_checkpoint(
         &self,
         caller: &Caller,
         origin: &Origin,
+        partition: Option<u32>,
     ) -> Result<Checkpoint, AppError> {
-        let request = GetCheckpointRequest::default();
-        let tiles = Some("the tlog-tiles paths");
-        self.checkpoint_as(caller, origin, request, tiles).await
+        let request = GetCheckpointRequest { size: 0, partition };
+        let one_tree = partition.is_none().then_some("the tlog-tiles paths");
+        self.checkpoint_as(caller, origin, request, one_tree).await
     }
 
     async fn checkpoint_as(
@@ -527,29 +528,45 @@ impl IntegrityService {
         &self,
         caller: &Caller,
         origin: &Origin,
+        partition: Option<u32>,
         path: &str,
     ) -> Result<Vec<u8>, AppError> {
-        let query = BTreeMap::from([("tile".to_owned(), path.to_owned())]);
+        let mut query = BTreeMap::from([("tile".to_owned(), path.to_owned())]);
+        if let Some(p) = partition {
+            query.insert("partition".to_owned(), p.to_string());
+        }
         let result = async {
             caller.read_scope("read checkpoints")?;
-            let integrity = self.one_tree("the tlog-tiles paths")?.clone();
-            let id = TileId::parse(path).map_err(|e| AppError::Invalid {
-                field: "tile",
-                reason: e.to_string(),
-            })?;
-            tokio::task::spawn_blocking(move || integrity.tree.snapshot().tile(id))
-                .await
-                .map_err(|e| AppError::Internal(format!("tile task failed: {e}")))?
-                .map_err(|e| match e {
-                    TileError::Absent { .. } => AppError::TileNotFound(e.to_string()),
-                    other => tree_error(SnapshotError::Tile(other)),
-                })
+            match (self.reads.partitioned, partition) {
+                (true, Some(p)) => self.partition_tile(p, path).await,
+                _ => {
+                    self.one_tree("the tlog-tiles paths")?;
+                    self.no_partition(partition)?;
+                    self.tile_here(path).await
+                }
+            }
         }
         .await;
         self.reads
             .trail
             .audited(caller, trail::TILE, origin, query, result)
             .await
+    }
+
+    /// A tile of this node's own tree.
+    pub(super) async fn tile_here(&self, path: &str) -> Result<Vec<u8>, AppError> {
+        let integrity = self.enabled()?.clone();
+        let id = TileId::parse(path).map_err(|e| AppError::Invalid {
+            field: "tile",
+            reason: e.to_string(),
+        })?;
+        tokio::task::spawn_blocking(move || integrity.tree.snapshot().tile(id))
+            .await
+            .map_err(|e| AppError::Internal(format!("tile task failed: {e}")))?
+            .map_err(|e| match e {
+                TileError::Absent { .. } => AppError::TileNotFound(e.to_string()),
+                other => tree_error(SnapshotError::Tile(other)),
+            })
     }
 }
 

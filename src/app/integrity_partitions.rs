@@ -19,8 +19,9 @@
 //!   `checked` and `total` counted over the partitions audited so far
 //!   and each problem naming its partition.
 //!
-//! The `tlog-tiles` paths serve one tree and stay refused here
-//! (FAILED_PRECONDITION).
+//! - the `tlog-tiles` paths of one partition (`/tlog/partition/<p>/…`):
+//!   its checkpoint and its tiles, from its owner. The paths without a
+//!   partition serve one tree and are refused here (FAILED_PRECONDITION).
 
 use futures::future::join_all;
 use futures::StreamExt;
@@ -84,6 +85,17 @@ impl IntegrityService {
                 let tlog_proofs = self.receipts(request).await?;
                 Ok(IntegrityAnswer::Receipts(PartitionReceipts { tlog_proofs }))
             }
+            IntegrityOp::Tile(path) => Ok(IntegrityAnswer::Tile(self.tile_here(&path).await?)),
+        }
+    }
+
+    /// A tile of partition `p`'s tree, from its owner.
+    pub(super) async fn partition_tile(&self, p: u32, path: &str) -> Result<Vec<u8>, AppError> {
+        let reader = reader_of(&self.readers()?, p)?;
+        let op = IntegrityOp::Tile(path.to_owned());
+        match reader.integrity(ReadScope::All, op).await? {
+            IntegrityAnswer::Tile(bytes) => Ok(bytes),
+            other => Err(unexpected(p, &other)),
         }
     }
 

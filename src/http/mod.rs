@@ -116,6 +116,14 @@ pub fn router(
         .route("/tlog/checkpoint", get(tlog::checkpoint))
         .route("/tlog/key", get(tlog::key))
         .route("/tlog/tile/{*rest}", get(tlog::tile))
+        .route(
+            "/tlog/partition/{p}/checkpoint",
+            get(tlog::partition_checkpoint),
+        )
+        .route(
+            "/tlog/partition/{p}/tile/{*rest}",
+            get(tlog::partition_tile),
+        )
         .route("/v1/aggregate", post(api::aggregate))
         .route("/v1/tail", get(streams::tail))
         .route("/v1/export", get(streams::export))

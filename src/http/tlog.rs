@@ -1,6 +1,7 @@
 //! The Merkle log over HTTP: the C2SP `tlog-tiles` read paths
-//! (`/tlog/checkpoint`, `/tlog/tile/…`), so that an existing tlog client
-//! can fetch proofs, the verifier key (`/tlog/key`), and an event's receipt
+//! (`/tlog/checkpoint`, `/tlog/tile/…`; on a cluster of several
+//! partitions each partition's under `/tlog/partition/<p>/`), so that an
+//! existing tlog client can fetch proofs, the verifier key (`/tlog/key`), and an event's receipt
 //! (`/v1/events/{id}/receipt`), a C2SP `tlog-proof` for curl. The same
 //! rules as gRPC's `Integrity` (the application layer's): checkpoints and
 //! tiles to every read token, receipts inside read scope, every call on
@@ -19,10 +20,28 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 /// `GET /tlog/checkpoint`: the latest signed checkpoint note.
 pub async fn checkpoint(State(api): State<Api>, auth: Authed) -> Result<Response, Problem> {
+    checkpoint_of(api, auth, None).await
+}
+
+/// `GET /tlog/partition/{p}/checkpoint`: partition `p`'s latest signed
+/// checkpoint note, on a cluster of several partitions.
+pub async fn partition_checkpoint(
+    State(api): State<Api>,
+    auth: Authed,
+    Path(partition): Path<u32>,
+) -> Result<Response, Problem> {
+    checkpoint_of(api, auth, Some(partition)).await
+}
+
+async fn checkpoint_of(
+    api: Api,
+    auth: Authed,
+    partition: Option<u32>,
+) -> Result<Response, Problem> {
     let checkpoint = api
         .app
         .integrity
-        .tlog_checkpoint(&auth.caller, &auth.origin)
+        .tlog_checkpoint(&auth.caller, &auth.origin, partition)
         .await?;
     Ok((
         [(CONTENT_TYPE, TEXT), (CACHE_CONTROL, "no-cache")],
@@ -48,11 +67,30 @@ pub async fn tile(
     auth: Authed,
     Path(rest): Path<String>,
 ) -> Result<Response, Problem> {
+    tile_of(api, auth, None, rest).await
+}
+
+/// `GET /tlog/partition/{p}/tile/<L>/<N>[.p/<W>]`: a tile of partition
+/// `p`'s tree, on a cluster of several partitions.
+pub async fn partition_tile(
+    State(api): State<Api>,
+    auth: Authed,
+    Path((partition, rest)): Path<(u32, String)>,
+) -> Result<Response, Problem> {
+    tile_of(api, auth, Some(partition), rest).await
+}
+
+async fn tile_of(
+    api: Api,
+    auth: Authed,
+    partition: Option<u32>,
+    rest: String,
+) -> Result<Response, Problem> {
     let path = format!("tile/{rest}");
     let bytes = api
         .app
         .integrity
-        .tile(&auth.caller, &auth.origin, &path)
+        .tile(&auth.caller, &auth.origin, partition, &path)
         .await?;
     let cache = if path.contains(".p/") {
         "no-cache"
