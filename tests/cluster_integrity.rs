@@ -22,7 +22,6 @@ use auditd::integrity::merkle::{
 };
 use auditd::integrity::note::{parse_checkpoint, verify};
 use auditd::integrity::receipt::{verify_receipt, Receipt};
-use auditd::integrity::tiles::{tiles_for, TileError, TileNodes};
 use auditd::proto::{
     AuditEvent, AuditLogRequest, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest,
     GetEventRequest, GetInclusionProofRequest,
@@ -341,20 +340,8 @@ async fn partitions_trees_are_signed_by_one_key_combined_and_proven_through_any_
     let note = String::from_utf8(note).unwrap();
     let (origin, size, root) = parse_checkpoint(verify(&note, &key).unwrap()).unwrap();
     assert_eq!(origin, partition_origin(&name, p));
-    let mut fetched = std::collections::HashMap::new();
-    for id in tiles_for(size) {
-        let (status, bytes) = get(format!("/tlog/partition/{p}/{}", id.path())).await;
-        assert_eq!(status, 200, "{}", id.path());
-        fetched.insert(id, bytes);
-    }
-    let nodes = TileNodes::new(size, |id| {
-        fetched.get(&id).cloned().ok_or(TileError::Absent {
-            size,
-            level: id.level,
-            index: id.index,
-            width: id.width,
-        })
-    });
+    let fetched = fetch_tiles(size, |path| get(format!("/tlog/partition/{p}/{path}"))).await;
+    let nodes = tile_nodes(size, &fetched);
     let receipt = Receipt::parse(&sent[0].tlog_proof).unwrap();
     let path = inclusion_proof(&nodes, receipt.index, size).unwrap();
     verify_inclusion(&leaf_hash(&receipt.leaf), receipt.index, size, &path, &root).unwrap();

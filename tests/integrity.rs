@@ -636,7 +636,6 @@ async fn the_auditctl_tour_receipt_verify_receipt_and_verify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tlog_tiles_paths_serve_what_a_client_needs_for_proofs() {
     use auditd::integrity::merkle::{inclusion_proof, leaf_hash, verify_inclusion};
-    use auditd::integrity::tiles::{tiles_for, TileError, TileNodes};
 
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
@@ -672,20 +671,8 @@ async fn the_tlog_tiles_paths_serve_what_a_client_needs_for_proofs() {
     let body = note::verify(&note, &verifier_key(dir.path())).unwrap();
     let (_, size, root) = note::parse_checkpoint(body).unwrap();
     // Every tile of that size, fetched over HTTP.
-    let mut fetched = HashMap::new();
-    for id in tiles_for(size) {
-        let (status, bytes) = get(format!("/tlog/{}", id.path())).await;
-        assert_eq!(status, 200, "{}", id.path());
-        fetched.insert(id, bytes);
-    }
-    let nodes = TileNodes::new(size, |id| {
-        fetched.get(&id).cloned().ok_or(TileError::Absent {
-            size,
-            level: id.level,
-            index: id.index,
-            width: id.width,
-        })
-    });
+    let fetched = fetch_tiles(size, |path| get(format!("/tlog/{path}"))).await;
+    let nodes = tile_nodes(size, &fetched);
     let seq = seqs[300];
     let proof = inclusion_proof(&nodes, seq, size).unwrap();
     let receipt = admin

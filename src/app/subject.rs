@@ -342,6 +342,32 @@ impl Tally {
     }
 }
 
+/// A package's first chunk: the checkpoint its receipts are against,
+/// and the format's header.
+pub(super) fn opening_chunk(
+    checkpoint: Option<&SignedCheckpoint>,
+    format: Format,
+) -> SubjectExportChunk {
+    SubjectExportChunk {
+        checkpoint: checkpoint.cloned().map(to_proto),
+        data: format.header().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A package's last chunk: the report.
+pub(super) fn report_chunk(
+    subject: &str,
+    tally: &Tally,
+    checkpoint: Option<&SignedCheckpoint>,
+    readers: &(Vec<AuditEvent>, u64),
+) -> SubjectExportChunk {
+    SubjectExportChunk {
+        report_html: report(subject, tally, checkpoint, readers),
+        ..Default::default()
+    }
+}
+
 /// Counts `key`, or under "(others)" once the table is full.
 fn count(table: &mut BTreeMap<String, u64>, key: &str) {
     let key = match table.contains_key(key) || table.len() < MAX_REPORT_ROWS {
@@ -358,11 +384,7 @@ impl Package {
         outbox: &Outbox<SubjectExportChunk, E>,
     ) -> Result<u64, AppError> {
         let mut tally = Tally::default();
-        let first = SubjectExportChunk {
-            checkpoint: self.checkpoint.clone().map(to_proto),
-            data: self.format.header().to_vec(),
-            ..Default::default()
-        };
+        let first = opening_chunk(self.checkpoint.as_ref(), self.format);
         if let Sent::Gone = outbox.send(first, "").await? {
             return Ok(0);
         }
@@ -408,11 +430,8 @@ impl Package {
             }
         }
         let readers = self.readers().await?;
-        let report = SubjectExportChunk {
-            report_html: report(&self.subject, &tally, self.checkpoint.as_ref(), &readers),
-            ..Default::default()
-        };
-        outbox.send(report, "").await?;
+        let last = report_chunk(&self.subject, &tally, self.checkpoint.as_ref(), &readers);
+        outbox.send(last, "").await?;
         Ok(tally.events)
     }
 
@@ -550,7 +569,7 @@ fn count_files(path: &std::path::Path) -> std::io::Result<u64> {
 
 /// The report: the period, counts by action and by access, who read the
 /// data, as one self-contained HTML page (no script, no outside resource).
-pub(super) fn report(
+fn report(
     subject: &str,
     tally: &Tally,
     checkpoint: Option<&SignedCheckpoint>,

@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
-use super::integrity::to_proto;
 use super::outbox::{Outbox, Sent};
 use super::read::Routes;
 use super::subject::{
-    naming, report, Tally, CHECKPOINT_WAIT, MAX_REPORT_ROWS, SUBJECT_SLICE_EVENTS,
+    naming, opening_chunk, report_chunk, Tally, CHECKPOINT_WAIT, MAX_REPORT_ROWS,
+    SUBJECT_SLICE_EVENTS,
 };
 use super::{AppError, ReadService, SubjectService};
 use crate::auth::ReadScope;
@@ -79,11 +79,7 @@ impl Spread {
         outbox: &Outbox<SubjectExportChunk, E>,
     ) -> Result<u64, AppError> {
         let mut tally = Tally::default();
-        let first = SubjectExportChunk {
-            checkpoint: self.checkpoint.clone().map(to_proto),
-            data: self.format.header().to_vec(),
-            ..Default::default()
-        };
+        let first = opening_chunk(self.checkpoint.as_ref(), self.format);
         if let Sent::Gone = outbox.send(first, "").await? {
             return Ok(0);
         }
@@ -114,12 +110,8 @@ impl Spread {
             }
         }
         let readers = self.readers().await?;
-        let html = report(&self.subject, &tally, self.checkpoint.as_ref(), &readers);
-        let report = SubjectExportChunk {
-            report_html: html,
-            ..Default::default()
-        };
-        outbox.send(report, "").await?;
+        let last = report_chunk(&self.subject, &tally, self.checkpoint.as_ref(), &readers);
+        outbox.send(last, "").await?;
         Ok(tally.events)
     }
 

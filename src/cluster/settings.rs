@@ -36,20 +36,10 @@ pub async fn node_secret(
     replicas: usize,
 ) -> Result<String, ClusterError> {
     use base64::Engine;
-    let remote = |reason: String| remote(bucket, reason);
     let kv = open(context, bucket, replicas).await?;
     let made = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    match kv.create(NODE_SECRET, made.clone().into()).await {
-        Ok(_) => return Ok(made),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(remote(format!("writing {NODE_SECRET}: {e}"))),
-    }
-    let stored = kv
-        .get(NODE_SECRET)
-        .await
-        .map_err(|e| remote(format!("reading {NODE_SECRET}: {e}")))?
-        .ok_or_else(|| remote(format!("{NODE_SECRET}: the key went away")))?;
-    match String::from_utf8(stored.to_vec()) {
+    let stored = made_or_stored(&kv, bucket, NODE_SECRET, made.into_bytes()).await?;
+    match String::from_utf8(stored) {
         Ok(secret) if secret.len() >= 32 && secret.is_ascii() => Ok(secret),
         _ => Err(ClusterError::Corrupt {
             stream: format!("KV_{bucket}"),
@@ -60,6 +50,27 @@ pub async fn node_secret(
 
 /// The node secret's key.
 const NODE_SECRET: &str = "node-secret";
+
+/// `key`'s value: `made`, written now if no node wrote one yet, or the
+/// one stored first (the first node to start makes each setting).
+async fn made_or_stored(
+    kv: &kv::Store,
+    bucket: &str,
+    key: &str,
+    made: Vec<u8>,
+) -> Result<Vec<u8>, ClusterError> {
+    let remote = |reason: String| remote(bucket, reason);
+    match kv.create(key, made.clone().into()).await {
+        Ok(_) => return Ok(made),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(remote(format!("writing {key}: {e}"))),
+    }
+    kv.get(key)
+        .await
+        .map_err(|e| remote(format!("reading {key}: {e}")))?
+        .map(|stored| stored.to_vec())
+        .ok_or_else(|| remote(format!("{key}: the key went away")))
+}
 
 /// The cluster's checkpoint signing key's key.
 const INTEGRITY_KEY: &str = "integrity-key";
@@ -77,24 +88,14 @@ pub async fn integrity_key(
     replicas: usize,
     origin: &str,
 ) -> Result<NoteSigner, ClusterError> {
-    let remote = |reason: String| remote(bucket, reason);
     let kv = open(context, bucket, replicas).await?;
-    let made = new_key(origin).map_err(|e| remote(format!("making a key: {e}")))?;
-    match kv.create(INTEGRITY_KEY, made.to_text().into()).await {
-        Ok(_) => return Ok(made),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(remote(format!("writing {INTEGRITY_KEY}: {e}"))),
-    }
-    let stored = kv
-        .get(INTEGRITY_KEY)
-        .await
-        .map_err(|e| remote(format!("reading {INTEGRITY_KEY}: {e}")))?
-        .ok_or_else(|| remote(format!("{INTEGRITY_KEY}: the key went away")))?;
+    let made = new_key(origin).map_err(|e| remote(bucket, format!("making a key: {e}")))?;
+    let stored = made_or_stored(&kv, bucket, INTEGRITY_KEY, made.to_text().into_bytes()).await?;
     let corrupt = |reason: String| ClusterError::Corrupt {
         stream: format!("KV_{bucket}"),
         reason: format!("{INTEGRITY_KEY}: {reason}"),
     };
-    let text = String::from_utf8(stored.to_vec()).map_err(|e| corrupt(e.to_string()))?;
+    let text = String::from_utf8(stored).map_err(|e| corrupt(e.to_string()))?;
     let signer = NoteSigner::from_text(&text).map_err(|e| corrupt(e.to_string()))?;
     if !origin.is_empty() && signer.name() != origin {
         return Err(ClusterError::Config {

@@ -417,6 +417,42 @@ pub async fn ingest_when_ready(client: &mut Client, events: Vec<AuditEvent>) -> 
     }
 }
 
+/// What a tlog-tiles client holds of a tree of `size` leaves: every tile
+/// it needs, fetched with `get` (its path, `tile/<L>/<N>[.p/<W>]`, to a
+/// status and bytes), each of which must answer 200.
+pub async fn fetch_tiles<F, Fut>(
+    size: u64,
+    mut get: F,
+) -> std::collections::HashMap<auditd::integrity::tiles::TileId, Vec<u8>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = (u16, Vec<u8>)>,
+{
+    let mut fetched = std::collections::HashMap::new();
+    for id in auditd::integrity::tiles::tiles_for(size) {
+        let (status, bytes) = get(id.path()).await;
+        assert_eq!(status, 200, "{}", id.path());
+        fetched.insert(id, bytes);
+    }
+    fetched
+}
+
+/// The tree of `size` leaves as `fetched` tiles give it.
+pub fn tile_nodes(
+    size: u64,
+    fetched: &std::collections::HashMap<auditd::integrity::tiles::TileId, Vec<u8>>,
+) -> impl auditd::integrity::merkle::Nodes + '_ {
+    use auditd::integrity::tiles::{TileError, TileNodes};
+    TileNodes::new(size, move |id| {
+        fetched.get(&id).cloned().ok_or(TileError::Absent {
+            size,
+            level: id.level,
+            index: id.index,
+            width: id.width,
+        })
+    })
+}
+
 /// A plain HTTP/1.1 GET: status code and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http_get_with(addr, path, None).await

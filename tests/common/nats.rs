@@ -229,24 +229,9 @@ pub async fn ingest_retrying(
     events: &[AuditEvent],
     batch_id: &str,
 ) -> (Vec<String>, usize) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let mut refusals = 0;
-    loop {
-        let request = IngestRequest {
-            events: events.to_vec(),
-            batch_id: batch_id.into(),
-            wait_for: WaitFor::Searchable as i32,
-        };
-        match client.ingest(request).await {
-            Ok(stored) => return (stored.into_inner().ids, refusals),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                refusals += 1;
-                assert!(std::time::Instant::now() < deadline, "still {s:?}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(s) => panic!("ingest: {s:?}"),
-        }
-    }
+    let (stored, refusals) =
+        ingest_until(client, events, batch_id, &[tonic::Code::Unavailable]).await;
+    (stored.ids, refusals)
 }
 
 /// Ingests `events` as batch `batch_id`, waiting until searchable, and
@@ -259,7 +244,22 @@ pub async fn ingest_searchable(
     events: &[AuditEvent],
     batch_id: &str,
 ) -> auditd::proto::IngestResponse {
+    use tonic::Code::{DeadlineExceeded, Unavailable};
+    ingest_until(client, events, batch_id, &[Unavailable, DeadlineExceeded])
+        .await
+        .0
+}
+
+/// Ingests until stored and searchable, retrying on the codes `retry`:
+/// the answer and how many refusals came before it.
+async fn ingest_until(
+    client: &mut super::Client,
+    events: &[AuditEvent],
+    batch_id: &str,
+    retry: &[tonic::Code],
+) -> (auditd::proto::IngestResponse, usize) {
     let deadline = std::time::Instant::now() + DEADLINE;
+    let mut refusals = 0;
     loop {
         let request = IngestRequest {
             events: events.to_vec(),
@@ -267,11 +267,9 @@ pub async fn ingest_searchable(
             wait_for: WaitFor::Searchable as i32,
         };
         match client.ingest(request).await {
-            Ok(stored) => return stored.into_inner(),
-            Err(s)
-                if [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded]
-                    .contains(&s.code()) =>
-            {
+            Ok(stored) => return (stored.into_inner(), refusals),
+            Err(s) if retry.contains(&s.code()) => {
+                refusals += 1;
                 assert!(std::time::Instant::now() < deadline, "still {s:?}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
