@@ -268,18 +268,16 @@ impl IntegrityService {
 
     /// The partitions a full audit reads: `partition`, or all of them.
     pub(super) fn audit_plan(&self, partition: Option<u32>) -> Result<AuditPlan, AppError> {
-        let readers = self.readers()?;
+        self.enabled()?;
+        let routes = self.reads.partition_routes()?;
         let partitions = match partition {
             Some(p) => {
-                reader_of(&readers, p)?;
+                reader_of(&routes(), p)?;
                 vec![p]
             }
-            None => (0..readers.len() as u32).collect(),
+            None => (0..routes().len() as u32).collect(),
         };
-        Ok(AuditPlan::Partitions(
-            self.reads.partition_routes()?,
-            partitions,
-        ))
+        Ok(AuditPlan::Partitions(routes, partitions))
     }
 
     /// The full audit of `partitions`, one after another, each at its
@@ -372,7 +370,7 @@ async fn audit_one(
 
 /// Partition `p`'s reader: INVALID_ARGUMENT past the last partition,
 /// UNAVAILABLE naming it without an owner.
-fn reader_of(readers: &[Option<Reader>], p: u32) -> Result<Reader, AppError> {
+pub(super) fn reader_of(readers: &[Option<Reader>], p: u32) -> Result<Reader, AppError> {
     match readers.get(p as usize) {
         None => Err(AppError::Invalid {
             field: "partition",
@@ -412,7 +410,7 @@ fn head_of(
 }
 
 /// An owner's answer of another kind than asked.
-fn unexpected(partition: u32, answer: &IntegrityAnswer) -> AppError {
+pub(super) fn unexpected(partition: u32, answer: &IntegrityAnswer) -> AppError {
     AppError::Owner {
         partition,
         kind: crate::app::ErrorKind::Internal,

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use super::integrity_partitions::{reader_of, unexpected};
 use super::outbox::{Outbox, Sent};
 use super::read::Routes;
 use super::subject::{
@@ -19,7 +20,7 @@ use super::subject::{
 };
 use super::{AppError, ReadService, SubjectService};
 use crate::auth::ReadScope;
-use crate::cluster::fanout::{self, unowned, Bounds, IntegrityAnswer, IntegrityOp, Reader};
+use crate::cluster::fanout::{self, Bounds, IntegrityAnswer, IntegrityOp, Reader};
 use crate::cluster::partition_of;
 use crate::cluster::scan::MergedScan;
 use crate::formats::Format;
@@ -138,10 +139,7 @@ impl Spread {
             .integrity(ReadScope::All, IntegrityOp::Receipts(request))
             .await?;
         let IntegrityAnswer::Receipts(receipts) = answer else {
-            return Err(AppError::Internal(format!(
-                "partition {}: its owner answered another call",
-                self.partition
-            )));
+            return Err(unexpected(self.partition, &answer));
         };
         if receipts.tlog_proofs.len() != proven.len() {
             return Err(AppError::Internal(format!(
@@ -175,9 +173,7 @@ impl Spread {
 
 /// Partition `p`'s reader now, or UNAVAILABLE naming it.
 fn owner(routes: &Routes, p: u32) -> Result<Reader, AppError> {
-    let readers = routes();
-    let reader = readers.get(p as usize).cloned().flatten();
-    reader.ok_or_else(|| unowned(p).into())
+    reader_of(&routes(), p)
 }
 
 /// Partition `p`'s latest checkpoint once it holds every event its owner
@@ -198,11 +194,7 @@ async fn covering_checkpoint(
         let latest = IntegrityOp::Checkpoint(GetCheckpointRequest::default());
         let checkpoint = match reader.integrity(ReadScope::All, latest).await? {
             IntegrityAnswer::Checkpoint(checkpoint) => checkpoint,
-            _ => {
-                return Err(AppError::Internal(format!(
-                    "partition {p}: its owner answered another call"
-                )))
-            }
+            other => return Err(unexpected(p, &other)),
         };
         if checkpoint.size >= searchable {
             return signed(p, checkpoint);
