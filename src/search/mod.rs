@@ -35,9 +35,10 @@ use crate::proto::{
 use crate::schema::{decode_stored, id_key, timestamp_micros, to_v6, AuditSchema};
 
 pub mod aggregate;
+mod exclude;
 mod log_order;
-mod prefix;
 pub mod recent;
+mod term_union;
 
 use recent::{RecentEvents, StoredEvent};
 
@@ -880,9 +881,8 @@ impl Searcher {
             must.push(one_of(any));
         }
         if let Some((lo, hi)) = status_range(r)? {
-            must.push(Box::new(RangeQuery::new(
-                Bound::Included(Term::from_field_i64(s.status, lo)),
-                Bound::Included(Term::from_field_i64(s.status, hi)),
+            must.push(Box::new(term_union::StatusRangeQuery::new(
+                s.status, lo, hi,
             )));
         }
         if !r.text.is_empty() {
@@ -913,12 +913,19 @@ impl Searcher {
         if must.is_empty() {
             must.push(Box::new(AllQuery));
         }
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> =
-            must.into_iter().map(|q| (Occur::Must, q)).collect();
-        if !wants_trail {
-            clauses.push((Occur::MustNot, term(s.type_, TRAIL_TYPE)));
-        }
-        Ok(Box::new(BooleanQuery::new(clauses)))
+        let query: Box<dyn Query> = match must.len() {
+            1 => must.remove(0),
+            _ => Box::new(BooleanQuery::new(
+                must.into_iter().map(|q| (Occur::Must, q)).collect(),
+            )),
+        };
+        Ok(match wants_trail {
+            true => query,
+            false => Box::new(exclude::ExcludeTerm::new(
+                query,
+                Term::from_field_text(s.type_, TRAIL_TYPE),
+            )),
+        })
     }
 
     /// `text` split the way the index splits it.
@@ -953,7 +960,7 @@ pub(crate) fn prefix_query(
     prefix: &str,
 ) -> Result<Box<dyn Query>, String> {
     Ok(Box::new(
-        prefix::PrefixQuery::new(field, prefix).map_err(|e| e.to_string())?,
+        term_union::PrefixQuery::new(field, prefix).map_err(|e| e.to_string())?,
     ))
 }
 

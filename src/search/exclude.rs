@@ -1,0 +1,149 @@
+//! A query without the events of one term (the trail of reads, left out
+//! of every search that does not ask for it), counted by subtraction.
+//!
+//! As a `MustNot` clause the term made every count walk the query's
+//! matches one by one, seeking the excluded term at each: an exact total
+//! of one access id over 10 M events took up to 10 ms at p99. Here the
+//! count is the query's own count, which a single term answers from its
+//! dictionary entry, less the count of the query joined with the term,
+//! which the term's few postings lead. The matches themselves are read as
+//! before, through the `MustNot` clause.
+
+use tantivy::query::{BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, Weight};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{DocId, Score, SegmentReader, Term};
+
+/// `inner` without the events that hold `term`.
+#[derive(Debug)]
+pub struct ExcludeTerm {
+    inner: Box<dyn Query>,
+    term: Term,
+}
+
+impl Clone for ExcludeTerm {
+    fn clone(&self) -> Self {
+        ExcludeTerm {
+            inner: self.inner.box_clone(),
+            term: self.term.clone(),
+        }
+    }
+}
+
+impl ExcludeTerm {
+    pub fn new(inner: Box<dyn Query>, term: Term) -> ExcludeTerm {
+        ExcludeTerm { inner, term }
+    }
+
+    fn joined(&self, occur: Occur) -> BooleanQuery {
+        let term = tantivy::query::TermQuery::new(self.term.clone(), IndexRecordOption::Basic);
+        BooleanQuery::new(vec![
+            (Occur::Must, self.inner.box_clone()),
+            (occur, Box::new(term)),
+        ])
+    }
+}
+
+impl Query for ExcludeTerm {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(ExcludeTermWeight {
+            without: self.joined(Occur::MustNot).weight(scoring)?,
+            inner: self.inner.weight(scoring)?,
+            with: self.joined(Occur::Must).weight(scoring)?,
+        }))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        self.inner.query_terms(visitor);
+    }
+}
+
+struct ExcludeTermWeight {
+    /// inner AND NOT term: what scores.
+    without: Box<dyn Weight>,
+    /// inner, and inner AND term: what counts.
+    inner: Box<dyn Weight>,
+    with: Box<dyn Weight>,
+}
+
+impl Weight for ExcludeTermWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        self.without.scorer(reader, boost)
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.without.explain(reader, doc)
+    }
+
+    fn count(&self, reader: &SegmentReader) -> tantivy::Result<u32> {
+        let all = self.inner.count(reader)?;
+        let excluded = self.with.count(reader)?;
+        match all.checked_sub(excluded) {
+            Some(count) => Ok(count),
+            // Never, as both count the same live documents; if it were,
+            // the walk is still right.
+            None => self.without.count(reader),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tantivy::collector::{Count, DocSetCollector};
+    use tantivy::query::{AllQuery, TermQuery};
+    use tantivy::schema::{Schema, STRING};
+    use tantivy::{doc, Index};
+
+    /// Counts and matches equal the `MustNot` form's, over segments with
+    /// and without the excluded term and with deleted documents.
+    #[test]
+    fn counts_and_matches_equal_the_must_not_form() {
+        let mut schema = Schema::builder();
+        let kind = schema.add_text_field("kind", STRING);
+        let who = schema.add_text_field("who", STRING);
+        let index = Index::create_in_ram(schema.build());
+        let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for segment in 0..3 {
+            for i in 0..300 {
+                let trail = segment != 1 && i % 7 == 0;
+                let kind_value = if trail { "trail" } else { "event" };
+                let who_value = ["ann", "bob", "cy"][i % 3];
+                writer
+                    .add_document(doc!(kind => kind_value, who => who_value))
+                    .unwrap();
+            }
+            writer.commit().unwrap();
+        }
+        writer.delete_term(Term::from_field_text(who, "cy"));
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let trail = Term::from_field_text(kind, "trail");
+        let inners: Vec<Box<dyn Query>> = vec![
+            Box::new(AllQuery),
+            Box::new(TermQuery::new(
+                Term::from_field_text(who, "ann"),
+                IndexRecordOption::Basic,
+            )),
+            Box::new(TermQuery::new(
+                Term::from_field_text(who, "cy"),
+                IndexRecordOption::Basic,
+            )),
+        ];
+        for inner in inners {
+            let ours = ExcludeTerm::new(inner.box_clone(), trail.clone());
+            let theirs = ours.joined(Occur::MustNot);
+            let want = searcher.search(&theirs, &DocSetCollector).unwrap();
+            assert_eq!(searcher.search(&ours, &DocSetCollector).unwrap(), want);
+            assert_eq!(searcher.search(&ours, &Count).unwrap(), want.len());
+        }
+        // ann: 100 a segment; 15 of them trail events in segments 0 and 2.
+        let ann = ExcludeTerm::new(
+            Box::new(TermQuery::new(
+                Term::from_field_text(who, "ann"),
+                IndexRecordOption::Basic,
+            )),
+            trail,
+        );
+        assert_eq!(searcher.search(&ann, &Count).unwrap(), 300 - 2 * 15);
+    }
+}
