@@ -436,6 +436,7 @@ impl Searcher {
             after: at.after,
             snapshot,
             count_up_to,
+            times: (from, to),
         };
         let views = Self::views(&self.partitions.overlapping(from, to))?;
         let page = time_order::collect(&views, &*query, &order)?;
@@ -623,6 +624,7 @@ impl Searcher {
             after: None,
             snapshot: u64::MAX,
             count_up_to: 0,
+            times: (None, None),
         };
         let views = Self::views(&partitions)?;
         let mut page = time_order::collect(&views, &query, &order)?;
@@ -743,6 +745,7 @@ impl Searcher {
                     after: None,
                     snapshot: u64::MAX,
                     count_up_to: 0,
+                    times: (None, None),
                 };
                 time_order::collect(&views, &query, &order)?.hits
             }

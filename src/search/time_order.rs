@@ -87,6 +87,12 @@ pub(super) struct TimeOrder {
     /// Counting may stop once this many matches are seen (`u64::MAX`:
     /// count them all).
     pub count_up_to: u64,
+    /// A promise about the query: every match's time is in `from..to`
+    /// (the request's own time range; `None` is unbounded). A segment is
+    /// then entered at the first stretch of rows whose time bounds can
+    /// hold a match, rather than read from its end until the query's
+    /// scorer finds one.
+    pub times: (Option<i64>, Option<i64>),
 }
 
 /// Larger is better, whatever the direction. Times are never negative
@@ -244,7 +250,7 @@ impl State<'_> {
             return self.offer_sparse(segment, scorer, check_seq);
         }
         drop(scorer);
-        let mut rest = 0..segment.reader.max_doc();
+        let mut rest = self.rows_in_times(segment);
         let mut chunk = self.tuning.first_chunk;
         while !rest.is_empty() {
             if self.top.threshold().is_some() {
@@ -261,7 +267,14 @@ impl State<'_> {
                 rest.end -= len;
                 rest.end..rest.end + len
             };
-            self.offer_block(segment, weight, block, check_seq)?;
+            let next = self.offer_block(segment, weight, block, check_seq)?;
+            if self.order.ascending {
+                // The scorer found no match before `next`: the chunks
+                // up to it would each have sought there again (a time
+                // range starting mid-segment, oldest first, rescanned the
+                // column to its start once a chunk: ~29 ms on 10 M events).
+                rest.start = rest.start.max(next.min(rest.end));
+            }
             // A page's worth kept sets the threshold now rather than at
             // twice that (`TopN::push`).
             self.top.settle();
@@ -269,6 +282,34 @@ impl State<'_> {
         }
         self.top.settle();
         Ok(())
+    }
+
+    /// The segment's rows from the first to the last stretch whose time
+    /// bounds meet `order.times`: no match lies outside them. A time range
+    /// from an instant mid-segment, oldest first, had each chunk's scorer
+    /// scan the time column from the segment's start to the instant.
+    fn rows_in_times(&self, segment: &Segment) -> Range<DocId> {
+        let all = 0..segment.reader.max_doc();
+        let (from, to) = self.order.times;
+        if from.is_none() && to.is_none() {
+            return all;
+        }
+        let rows = self.tuning.time_bounds;
+        let Some(bounds) = segment.columns.time_bounds(rows) else {
+            return all;
+        };
+        let meets = |&(min, max): &(i64, i64)| {
+            from.is_none_or(|from| max >= from) && to.is_none_or(|to| min < to)
+        };
+        let (Some(first), Some(last)) = (
+            bounds.iter().position(meets),
+            bounds.iter().rposition(meets),
+        ) else {
+            return all.start..all.start; // no stretch can hold a match
+        };
+        let start = (first as DocId).saturating_mul(rows).min(all.end);
+        let end = (last as DocId + 1).saturating_mul(rows).min(all.end);
+        start..end
     }
 
     /// Offers every match of a segment where the query is sparse: read in
@@ -306,13 +347,14 @@ impl State<'_> {
     }
 
     /// Offers each match in `block`, reading its time (and seq if needed).
+    /// Returns the first match past the block (`TERMINATED` if none).
     fn offer_block(
         &mut self,
         segment: &Segment,
         weight: &dyn Weight,
         block: Range<DocId>,
         check_seq: bool,
-    ) -> tantivy::Result<()> {
+    ) -> tantivy::Result<DocId> {
         let alive = segment.reader.alive_bitset();
         let (mut scorer, mut doc) = scorer_at(segment, weight, block.start)?;
         // TERMINATED is past every segment's end.
@@ -322,7 +364,7 @@ impl State<'_> {
             }
             doc = scorer.advance();
         }
-        Ok(())
+        Ok(doc)
     }
 
     /// The rest of a segment once the page is full: `scan_block` over
@@ -696,9 +738,11 @@ mod tests {
 /// deleted documents, a snapshot, a count that stops, page tokens.
 #[cfg(test)]
 mod brute_force {
+    use std::ops::Bound;
+
     use proptest::prelude::*;
-    use tantivy::query::{AllQuery, BooleanQuery, Occur, TermQuery};
-    use tantivy::schema::{IndexRecordOption, Schema, FAST, INDEXED, STRING};
+    use tantivy::query::{AllQuery, BooleanQuery, Occur, RangeQuery, TermQuery};
+    use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STRING};
     use tantivy::{doc, Index, IndexWriter, Term};
 
     use super::*;
@@ -802,6 +846,24 @@ mod brute_force {
         }
     }
 
+    /// `query` joined with a range on time, as `Searcher::matching` makes.
+    fn within(query: Box<dyn Query>, from: Option<i64>, to: Option<i64>) -> Box<dyn Query> {
+        if from.is_none() && to.is_none() {
+            return query;
+        }
+        let field = Field::from_field_id(0); // `names::TIME`, the first field of `build`
+        let lower = from.map_or(Bound::Unbounded, |t| {
+            Bound::Included(Term::from_field_i64(field, t))
+        });
+        let upper = to.map_or(Bound::Unbounded, |t| {
+            Bound::Excluded(Term::from_field_i64(field, t))
+        });
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Must, query),
+            (Occur::Must, Box::new(RangeQuery::new(lower, upper))),
+        ]))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -819,18 +881,24 @@ mod brute_force {
             scan_block in 1u32..50,
             time_bounds in prop_oneof![1u32..40, Just(TIME_BOUNDS_DOCS)],
             sparse_matches in prop_oneof![Just(0u32), 0u32..400, Just(u32::MAX)],
+            from in prop::option::of(400i64..4_700),
+            span in prop::option::of(0i64..2_000),
         ) {
             let mut events = events;
             if one_partition {
                 events.iter_mut().for_each(|e| e.partition = 0);
             }
             let searchers = build(&events, segment);
-            let query = query(which, searchers[0].searcher.schema());
-            let matching = |e: &&Event| match which {
-                0 => true,
-                1 => e.tag == TAGS[0],
-                2 => e.tag == TAGS[1],
-                _ => e.tag != TAGS[0],
+            let to = span.map(|span| from.unwrap_or(400) + span);
+            let query = within(query(which, searchers[0].searcher.schema()), from, to);
+            let matching = |e: &&Event| {
+                let tagged = match which {
+                    0 => true,
+                    1 => e.tag == TAGS[0],
+                    2 => e.tag == TAGS[1],
+                    _ => e.tag != TAGS[0],
+                };
+                tagged && from.is_none_or(|f| e.time >= f) && to.is_none_or(|t| e.time < t)
             };
             let snapshot = snapshot_at.unwrap_or(u64::MAX);
             let mut expected: Vec<(i64, u64)> = events
@@ -849,7 +917,8 @@ mod brute_force {
             let mut seen = 0;
             // Thirty pages at most: enough to cross many segments.
             for _ in 0..30 {
-                let order = TimeOrder { limit, ascending, after, snapshot, count_up_to };
+                let times = (from, to);
+                let order = TimeOrder { limit, ascending, after, snapshot, count_up_to, times };
                 let page = collect_tuned(&searchers, &*query, &order, tuning).unwrap();
                 let total = expected.len() as u64;
                 prop_assert_eq!(page.total.min(count_up_to), total.min(count_up_to), "total");
@@ -862,6 +931,52 @@ mod brute_force {
                     Some(last) if page.more => after = Some((last.time, last.seq)),
                     _ => break,
                 }
+            }
+        }
+    }
+
+    /// A time range whose ends fall on the edges of the time bounds
+    /// stretches: the rows `rows_in_times` keeps hold all its matches.
+    #[test]
+    fn time_ranges_at_stretch_edges() {
+        let events: Vec<Event> = (0..40)
+            .map(|i| Event {
+                time: i,
+                seq: i as u64 + 1,
+                tag: TAGS[0],
+                partition: 0,
+                deleted: false,
+            })
+            .collect();
+        let searchers = build(&events, 40);
+        let tuning = Tuning {
+            first_chunk: 2,
+            scan_block: 4,
+            sparse_matches: 0,
+            time_bounds: 4,
+        };
+        // Stretches of 4 rows: times 4..=7, 8..=11, ...
+        for (from, to) in [(7, 9), (8, 12), (4, 8), (7, 8), (12, 12), (0, 40), (39, 41)] {
+            for ascending in [true, false] {
+                let query = within(
+                    query(0, searchers[0].searcher.schema()),
+                    Some(from),
+                    Some(to),
+                );
+                let order = TimeOrder {
+                    limit: 50,
+                    ascending,
+                    after: None,
+                    snapshot: u64::MAX,
+                    count_up_to: u64::MAX,
+                    times: (Some(from), Some(to)),
+                };
+                let page = collect_tuned(&searchers, &*query, &order, tuning).unwrap();
+                let mut got: Vec<i64> = page.hits.iter().map(|h| h.time).collect();
+                got.sort_unstable();
+                let want: Vec<i64> = (from..to.min(40)).collect();
+                assert_eq!(got, want, "{from}..{to}, ascending {ascending}");
+                assert_eq!(page.total, want.len() as u64);
             }
         }
     }
@@ -898,6 +1013,7 @@ mod brute_force {
                 after: None,
                 snapshot: u64::MAX,
                 count_up_to,
+                times: (None, None),
             };
             let page = collect_tuned(&searchers, &*query, &order, tuning).unwrap();
             let times: Vec<i64> = page.hits.iter().map(|h| h.time).collect();
