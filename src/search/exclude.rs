@@ -9,6 +9,8 @@
 //! which the term's few postings lead. The matches themselves are read as
 //! before, through the `MustNot` clause.
 
+use std::sync::OnceLock;
+
 use tantivy::query::{BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, Weight};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, Score, SegmentReader, Term};
@@ -47,8 +49,8 @@ impl Query for ExcludeTerm {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
         Ok(Box::new(ExcludeTermWeight {
             without: self.joined(Occur::MustNot).weight(scoring)?,
-            inner: self.inner.weight(scoring)?,
-            with: self.joined(Occur::Must).weight(scoring)?,
+            query: self.clone(),
+            counting: OnceLock::new(),
         }))
     }
 
@@ -60,9 +62,28 @@ impl Query for ExcludeTerm {
 struct ExcludeTermWeight {
     /// inner AND NOT term: what scores.
     without: Box<dyn Weight>,
-    /// inner, and inner AND term: what counts.
-    inner: Box<dyn Weight>,
-    with: Box<dyn Weight>,
+    query: ExcludeTerm,
+    /// inner, and inner AND term: what counts, made at the first count
+    /// (most searches never count this way).
+    counting: OnceLock<CountingWeights>,
+}
+
+/// The weights of inner, and of inner AND term.
+type CountingWeights = (Box<dyn Weight>, Box<dyn Weight>);
+
+impl ExcludeTermWeight {
+    fn counting(&self, reader: &SegmentReader) -> tantivy::Result<&CountingWeights> {
+        if let Some(weights) = self.counting.get() {
+            return Ok(weights);
+        }
+        // Counts do not score.
+        let scoring = EnableScoring::disabled_from_schema(reader.schema());
+        let weights = (
+            self.query.inner.weight(scoring)?,
+            self.query.joined(Occur::Must).weight(scoring)?,
+        );
+        Ok(self.counting.get_or_init(|| weights))
+    }
 }
 
 impl Weight for ExcludeTermWeight {
@@ -75,8 +96,9 @@ impl Weight for ExcludeTermWeight {
     }
 
     fn count(&self, reader: &SegmentReader) -> tantivy::Result<u32> {
-        let all = self.inner.count(reader)?;
-        let excluded = self.with.count(reader)?;
+        let (inner, with) = self.counting(reader)?;
+        let all = inner.count(reader)?;
+        let excluded = with.count(reader)?;
         match all.checked_sub(excluded) {
             Some(count) => Ok(count),
             // Never, as both count the same live documents; if it were,
