@@ -515,8 +515,10 @@ pub struct IndexConfig {
     /// memory, where Tail reads what a commit just made searchable
     /// instead of the doc store (`search/recent.rs`). Past it the oldest
     /// go, and a follower that far behind reads them from the index. The
-    /// indexer's events awaiting a commit are held under the same budget,
-    /// so at most twice this. 0 keeps none.
+    /// indexer's events awaiting a commit, which a follower whose filter
+    /// has a live form takes before they are searchable, are held under
+    /// the same budget, so at most twice this. 0 keeps none (every
+    /// follower then waits for commits).
     pub recent_events_bytes: usize,
 }
 

@@ -26,7 +26,7 @@ use crate::retention::{
     runs, Applied, Change, Dropped, Retention, RetentionError, RetentionRecord, Verdict,
 };
 use crate::schema::{timestamp_micros, AuditSchema};
-use crate::search::recent::{RecentEvents, RecentRun, StoredEvent};
+use crate::search::recent::{RecentEvents, StoredEvent};
 use crate::status::{PipelineStatus, WorkerGuard};
 use crate::wal::group_commit::WalPositions;
 use crate::wal::{LogReader, Span, WalError};
@@ -119,9 +119,8 @@ pub struct Indexer {
     searchable: watch::Sender<u64>,
     body: Vec<u8>,
     pending: Pending,
-    /// What the writers took since the last commit, as stored; handed to
-    /// `recent` when the commit makes it searchable.
-    uncommitted: RecentRun,
+    /// The newest events as stored: live (added since the last commit,
+    /// what a live follower reads) and committed.
     recent: Arc<RecentEvents>,
     /// Applies retention changes as their records come, in log order.
     retention: Arc<Retention>,
@@ -179,7 +178,6 @@ impl Indexer {
             positions,
             searchable,
             body: Vec::new(),
-            uncommitted: RecentRun::default(),
             recent,
             retention,
         }
@@ -295,7 +293,7 @@ impl Indexer {
         status.set_fault("index", Some(error.to_string()));
         // Dropping an IndexWriter discards what it did not commit.
         self.writers.clear();
-        self.uncommitted.clear();
+        self.recent.clear_live();
         self.rebuild = true;
     }
 
@@ -333,7 +331,7 @@ impl Indexer {
         };
         if result.is_err() {
             self.writers.clear();
-            self.uncommitted.clear();
+            self.recent.clear_live();
             self.rebuild = true;
             self.indexed = to;
         }
@@ -385,6 +383,7 @@ impl Indexer {
         let openings: Vec<Option<Vec<u8>>> = (0..batch.events.len())
             .map(|i| batch.opening(i).map(|opening| opening.to_bytes()))
             .collect();
+        let mut live = Vec::new();
         for (i, event) in batch.events.iter_mut().enumerate() {
             let time = timestamp_micros(event.time.as_ref());
             let day = day_of(time);
@@ -414,19 +413,20 @@ impl Indexer {
                     source,
                 })?;
             if self.recent.budget() > 0 {
-                let stored = StoredEvent {
+                let stored = StoredEvent::new(
                     seq,
                     time,
-                    received: timestamp_micros(event.received.as_ref()),
-                    body: Arc::from(body.as_slice()),
-                };
-                self.uncommitted.push(stored, self.recent.budget());
+                    timestamp_micros(event.received.as_ref()),
+                    Arc::from(body.as_slice()),
+                );
+                live.push(stored);
             }
             writer.dirty = true;
             writer.last_batch = self.batches;
             writer.last_write = Instant::now();
             writer.compacted = false;
         }
+        self.recent.add(live);
         Ok(())
     }
 
@@ -462,7 +462,7 @@ impl Indexer {
         self.committed = position;
         self.pending = Pending::Nothing;
         self.positions.set_checkpoint(position.log);
-        self.recent.extend(&mut self.uncommitted);
+        self.recent.commit();
         self.searchable.send_replace(position.seq);
         metrics::counter!(m::COMMITS).increment(1);
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
@@ -495,7 +495,6 @@ impl Indexer {
         if let Some(Change::Drop(_) | Change::Erase(_)) = &record.change {
             // Before the index changes: what is cached must not outlive
             // what the change removes.
-            self.uncommitted.clear();
             self.recent.clear();
         }
         let applied = match (&record.change, self.rebuild) {

@@ -21,7 +21,8 @@ pub const COMPACTIONS: &str = "auditd_index_compactions_total";
 pub const COMMIT_SECONDS: &str = "auditd_index_commit_duration_seconds";
 pub const INDEXED_POSITION: &str = "auditd_index_committed_position";
 pub const INDEX_DOCS: &str = "auditd_index_docs";
-/// Bytes of committed events held in memory for Tail (`search/recent.rs`).
+/// Bytes of events held in memory for Tail, committed and live
+/// (`search/recent.rs`).
 pub const RECENT_EVENTS_BYTES: &str = "auditd_index_recent_events_bytes";
 pub const PARTITIONS: &str = "auditd_index_partitions";
 pub const SEARCH_SECONDS: &str = "auditd_search_duration_seconds";

@@ -1,11 +1,13 @@
-//! Tail: every matching event that becomes searchable after the call
-//! starts (or after a resume token), in the log's order, until the caller
-//! hangs up.
+//! Tail: every matching event not yet searchable when the call starts
+//! (or after a resume token), in the log's order, until the caller hangs
+//! up.
 //!
-//! A subscriber holds no events of its own: after each commit it reads
-//! the new seqs from the index, a page at a time, at its own pace. A slow
-//! reader therefore never slows ingest and never grows memory past its
-//! outbox; it catches up from the index, and one that takes nothing for
+//! A subscriber holds no events of its own. It reads new seqs, a page at
+//! a time and at its own pace, from the indexer's live entries as soon as
+//! they are added (`search::recent`), when its filter can be matched in
+//! memory, and otherwise from the index after each commit. A slow reader
+//! therefore never slows ingest and never grows memory past its outbox;
+//! it catches up from the index, and one that takes nothing for
 //! `limits.stream_idle_timeout_ms` is ended with its resume token. The
 //! token is a seq: "every event below this one was considered".
 
@@ -23,6 +25,7 @@ use super::read::ReadService;
 use super::trail;
 use super::{AppError, Origin};
 use crate::auth::{Caller, ReadScope};
+use crate::search::live::LiveFilter;
 use prost::Message;
 
 use crate::proto::{AuditEvent, EventFilter, TailRequest, TailResponse};
@@ -93,7 +96,9 @@ impl ReadService {
                 "" => now,
                 token => decode_token(token)?,
             };
-            if start > now {
+            // A live follower's token may be past what is searchable, not
+            // past what the indexer has taken.
+            if start > now.max(*self.searcher().live_added().borrow()) {
                 return Err(AppError::Invalid {
                     field: "resume_token",
                     reason: "it is ahead of the log".into(),
@@ -137,8 +142,13 @@ impl ReadService {
         Ok(permit)
     }
 
-    /// Sends what becomes searchable from `cursor` on, until the reader
+    /// Sends what the indexer takes from `cursor` on, until the reader
     /// hangs up (`Ok`) or the stream must end (`Err`, with the token).
+    ///
+    /// Seqs below `searchable` are read from the index. Past it, a filter
+    /// with a live form (`search::live`) is matched against the indexer's
+    /// live entries as they come; one without (free text, a query string)
+    /// waits for the next commit.
     async fn follow<E: From<AppError> + Send + 'static>(
         &self,
         filter: &EventFilter,
@@ -147,27 +157,38 @@ impl ReadService {
         mut searchable: watch::Receiver<u64>,
         outbox: &Outbox<TailResponse, E>,
     ) -> Result<(), AppError> {
+        let live = LiveFilter::new(filter, scope)?;
+        let mut added = self.searcher().live_added();
         let mut last_sent = Instant::now();
         loop {
             let upto = *searchable.borrow_and_update();
             while cursor < upto {
                 let to = upto.min(cursor.saturating_add(TAIL_PAGE_SEQS));
-                let (f, s) = (filter.clone(), scope.clone());
-                let mut from = cursor;
+                let (f, s, from) = (filter.clone(), scope.clone(), cursor);
                 let events = self
                     .blocking(move |searcher| searcher.in_log_order(&f, &s, from, to))
                     .await?;
                 cursor = to;
-                for (events, next) in responses(events, to) {
-                    let response = TailResponse {
-                        events,
-                        resume_token: resume_token(next),
-                    };
-                    if let Sent::Gone = outbox.send(response, &resume_token(from)).await? {
+                if let Sent::Gone = send(outbox, events, from, to, &mut last_sent).await? {
+                    return Ok(());
+                }
+            }
+            if let Some(live) = &live {
+                // Marked seen before the read: an entry added after it
+                // wakes the wait below.
+                added.borrow_and_update();
+                let (l, from) = (live.clone(), cursor);
+                let taken = self
+                    .blocking(move |searcher| {
+                        Ok(searcher.live_in_log_order(&l, from, TAIL_PAGE_SEQS as usize))
+                    })
+                    .await?;
+                if let Some((events, to)) = taken.filter(|(_, to)| *to > from) {
+                    cursor = to;
+                    if let Sent::Gone = send(outbox, events, from, to, &mut last_sent).await? {
                         return Ok(());
                     }
-                    from = next;
-                    last_sent = Instant::now();
+                    continue;
                 }
             }
             let token = resume_token(cursor);
@@ -177,6 +198,7 @@ impl ReadService {
                         return Err(AppError::ShuttingDownResume { resume_token: token });
                     }
                 }
+                Ok(()) = added.changed(), if live.is_some() => {}
                 _ = tokio::time::sleep_until(last_sent + TAIL_HEARTBEAT) => {
                     let heartbeat = TailResponse { events: Vec::new(), resume_token: token.clone() };
                     if let Sent::Gone = outbox.send(heartbeat, &token).await? {
@@ -188,6 +210,29 @@ impl ReadService {
             }
         }
     }
+}
+
+/// Sends the events read for seqs `[from, to)` as responses
+/// (`responses`); nothing when there are none.
+async fn send<E: From<AppError> + Send + 'static>(
+    outbox: &Outbox<TailResponse, E>,
+    events: Vec<AuditEvent>,
+    mut from: u64,
+    to: u64,
+    last_sent: &mut Instant,
+) -> Result<Sent, AppError> {
+    for (events, next) in responses(events, to) {
+        let response = TailResponse {
+            events,
+            resume_token: resume_token(next),
+        };
+        if let Sent::Gone = outbox.send(response, &resume_token(from)).await? {
+            return Ok(Sent::Gone);
+        }
+        from = next;
+        *last_sent = Instant::now();
+    }
+    Ok(Sent::Queued)
 }
 
 /// The events read for seqs below `to`, in seq order, cut into responses

@@ -36,6 +36,7 @@ use crate::schema::{decode_stored, id_key, timestamp_micros, to_v6, AuditSchema}
 
 pub mod aggregate;
 mod exclude;
+pub mod live;
 mod log_order;
 pub mod recent;
 mod term_union;
@@ -591,6 +592,35 @@ impl Searcher {
     /// The seq below which every event is searchable, as it moves.
     pub fn searchable(&self) -> watch::Receiver<u64> {
         self.searchable.clone()
+    }
+
+    /// The events `filter` matches among the indexer's live entries
+    /// (`recent.rs`) from seq `from` on, at most `max` seqs of them, with
+    /// the seq after the last one considered; `None` if the live run does
+    /// not hold `from` (then the index has it, or will after a commit).
+    /// An entry that does not decode is left to the index as well, whose
+    /// read names the document.
+    pub fn live_in_log_order(
+        &self,
+        filter: &live::LiveFilter,
+        from: u64,
+        max: usize,
+    ) -> Option<(Vec<AuditEvent>, u64)> {
+        let entries = self.recent.live_from(from, max)?;
+        let to = entries.last().map_or(from, |last| last.seq + 1);
+        let mut events = Vec::new();
+        for stored in &entries {
+            let event = stored.shared()?;
+            if filter.matches(event, stored.time) {
+                events.push(event.clone());
+            }
+        }
+        Some((events, to))
+    }
+
+    /// Changes whenever the indexer adds live entries.
+    pub fn live_added(&self) -> watch::Receiver<u64> {
+        self.recent.added()
     }
 
     /// The newest event with this id inside `scope`, if any: an event

@@ -80,8 +80,8 @@ enum Command {
     /// events per time bucket (--histogram), distinct values
     /// (--cardinality), and the same inside each bucket (--sub).
     Aggregate(Box<analysis::AggregateArgs>),
-    /// Follow the events a filter matches as they become searchable, one a
-    /// line, until Ctrl-C; a dropped stream resumes where it ended.
+    /// Follow the events a filter matches as they are stored, one a line,
+    /// until Ctrl-C; a dropped stream resumes where it ended.
     Tail(Box<streams::TailArgs>),
     /// Write every event a filter matches in a format a SIEM reads (OCSF,
     /// ECS, CEF, CSV, NDJSON), resuming after a dropped connection.

@@ -172,7 +172,7 @@ async fn follow(mut client: Client, filter: EventFilter, format: Format) -> anyh
             Err(status) => Ended::Status(status),
             Ok(response) => {
                 // The daemon fixed where the tail starts before it answered:
-                // anything that becomes searchable from now on comes.
+                // anything not yet searchable now comes.
                 if following {
                     eprintln!("auditctl: tail resumed");
                 } else {
