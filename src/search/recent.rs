@@ -38,7 +38,8 @@ pub struct StoredEvent {
     /// matches it without decoding it again. Not counted in the budget:
     /// only live entries a follower read have one, dropped when a commit
     /// moves the entry (so at most one per live entry).
-    decoded: Arc<OnceLock<Option<AuditEvent>>>,
+    /// Boxed, so that the cell every entry carries stays small.
+    decoded: Arc<OnceLock<Option<Box<AuditEvent>>>>,
 }
 
 impl StoredEvent {
@@ -64,7 +65,9 @@ impl StoredEvent {
 
     /// The event, decoded once for every reader of this entry.
     pub fn shared(&self) -> Option<&AuditEvent> {
-        self.decoded.get_or_init(|| self.event().ok()).as_ref()
+        self.decoded
+            .get_or_init(|| self.event().ok().map(Box::new))
+            .as_deref()
     }
 }
 
