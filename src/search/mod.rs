@@ -38,7 +38,6 @@ pub mod aggregate;
 mod exclude;
 pub mod live;
 mod log_order;
-mod query_string;
 pub mod recent;
 mod term_union;
 
@@ -930,7 +929,8 @@ impl Searcher {
         }
         if !r.query.trim().is_empty() {
             let parser = QueryParser::for_index(&self.parsing, vec![s.text]);
-            let parsed = query_string::parse(&parser, &r.query, s.status)
+            let parsed = parser
+                .parse_query(&r.query)
                 .map_err(|e| invalid("query", e.to_string()))?;
             // Some queries parse but name what the schema lacks (`x:*` is
             // an exists-query on field `x`): building the weight finds
