@@ -37,8 +37,8 @@ pub struct StoredEvent {
     /// with the others (`None`: it does not decode): each follower then
     /// matches it without decoding it again. Not counted in the budget:
     /// only live entries a follower read have one, dropped when a commit
-    /// moves the entry (so at most one per live entry).
-    /// Boxed, so that the cell every entry carries stays small.
+    /// moves the entry (so at most one per live entry). Boxed, so that
+    /// the cell every entry carries stays small.
     decoded: Arc<OnceLock<Option<Box<AuditEvent>>>>,
 }
 
