@@ -59,7 +59,7 @@ impl LiveFilter {
             ips,
             status: status_range(filter)?,
             scope: scope.clone(),
-            trail: filter.types.iter().any(|t| t == TRAIL_TYPE),
+            trail: super::wants_trail(filter),
         }))
     }
 

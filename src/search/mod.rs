@@ -942,7 +942,7 @@ impl Searcher {
         }
         // The trail of reads (`audit-log/auditd`) would otherwise grow with
         // every search; it shows only when asked for by type.
-        let wants_trail = r.types.iter().any(|t| t == TRAIL_TYPE) || r.query.contains(TRAIL_TYPE);
+        let wants_trail = wants_trail(r);
         if must.is_empty() {
             must.push(Box::new(AllQuery));
         }
@@ -973,6 +973,12 @@ impl Searcher {
         }
         words
     }
+}
+
+/// Whether `r` asks for the trail of reads (`audit-log/auditd`), which
+/// every other filter leaves out.
+pub(crate) fn wants_trail(r: &EventFilter) -> bool {
+    r.types.iter().any(|t| t == TRAIL_TYPE) || r.query.contains(TRAIL_TYPE)
 }
 
 /// Events whose action is one of `actions` (`auth.*` is a prefix).
