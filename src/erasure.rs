@@ -25,6 +25,7 @@ use tantivy::{DocAddress, IndexWriter, Term};
 
 use crate::integrity::leaf::PERSONAL;
 use crate::integrity::opening::{Erase, Opening, Replace};
+use crate::integrity::seeds::SaltSeeds;
 use crate::messages::CommitPayload;
 use crate::partition::Partition;
 use crate::proto::AuditEvent;
@@ -156,7 +157,10 @@ impl Replace for Pseudonymise<'_> {
 /// The erasure `id` as `request` says, applied to one partition with
 /// `writer` (a writer of its own, no merge policy): rewrites the events it
 /// names, commits with `payload`, then merges away every segment holding a
-/// deleted document and collects the files no longer used.
+/// deleted document and collects the files no longer used. The salts of
+/// seeded batches come from `seeds`; the seqs of the events whose salt
+/// must now be forgotten (erased now or before) go to `forget`.
+#[allow(clippy::too_many_arguments)]
 pub fn rewrite_partition(
     partition: &Partition,
     writer: &mut IndexWriter,
@@ -164,7 +168,9 @@ pub fn rewrite_partition(
     id: &str,
     request: &EraseRequest,
     key: Option<&PseudonymKey>,
+    seeds: Option<&SaltSeeds>,
     payload: CommitPayload,
+    forget: &mut Vec<u64>,
 ) -> tantivy::Result<Erasure> {
     // What to take from each event it names.
     let mut take: HashMap<u64, u16> = expand(&request.reference_runs)
@@ -210,13 +216,12 @@ pub fn rewrite_partition(
             let time = columns.time.first(doc).unwrap_or_default();
             let received = columns.received.first(doc).unwrap_or_default();
             restore_times(&mut event, time, received);
-            let opening = stored
-                .salt
-                .as_deref()
-                .and_then(Opening::from_bytes)
-                .ok_or_else(|| corrupt("a document without a salt (data format 2)"))?;
+            let opening = Opening::stored(stored.salt.as_deref(), seq, seeds).ok_or_else(|| {
+                corrupt("a document without a salt (data format 2), or whose seed is gone")
+            })?;
             if opening.erased_by() == Some(id) {
                 outcome.already += 1;
+                forget.push(seq);
                 continue;
             }
             if let Some(prefix) = request
@@ -239,6 +244,7 @@ pub fn rewrite_partition(
         return Ok(outcome);
     }
     let mut gone: Vec<u64> = rewritten.iter().map(|(seq, _, _)| *seq).collect();
+    forget.extend(&gone);
     writer.delete_query(seqs_query(schema, &crate::retention::runs(&mut gone)))?;
     let mut body = Vec::new();
     for (seq, mut event, opening) in rewritten {

@@ -16,6 +16,9 @@ use tokio::sync::watch;
 use crate::app::trail::TRAIL_TYPE;
 use crate::datadir::DataDir;
 use crate::erasure::PseudonymKey;
+use crate::integrity::opening::SEEDED_FORM;
+use crate::integrity::seeds::SaltSeeds;
+use crate::integrity::store::TreeStore;
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
 use crate::messages::{Checkpoint, CommitPayload, IndexBatch, PartitionLedger, ToIndexer};
 use crate::metrics as m;
@@ -49,6 +52,8 @@ pub enum IndexError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Retention(#[from] RetentionError),
+    #[error("the Merkle tree's salt seeds: {0}")]
+    Seeds(#[from] crate::integrity::store::StoreError),
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +117,9 @@ pub struct Indexer {
     /// The same for the last record covered by a commit.
     committed: CommitPayload,
     batches: u64,
+    /// See [`Indexer::with_integrity`].
+    tree: Option<Arc<TreeStore>>,
+    seeds: Option<Arc<SaltSeeds>>,
     positions: Arc<WalPositions>,
     /// The seq after the last searchable event, published after each
     /// commit: what Search takes as its snapshot and `WAIT_FOR_SEARCHABLE`
@@ -180,7 +188,23 @@ impl Indexer {
             body: Vec::new(),
             recent,
             retention,
+            tree: None,
+            seeds: None,
         }
+    }
+
+    /// The same, with the Merkle tree (`None` with integrity off), and
+    /// the salt seeds (`integrity::seeds`; those a former run kept, with
+    /// integrity off): they make the salts of seeded batches, and erasure
+    /// cuts them. Only with the tree are new batches stored seeded.
+    pub fn with_integrity(
+        mut self,
+        tree: Option<Arc<TreeStore>>,
+        seeds: Option<Arc<SaltSeeds>>,
+    ) -> Indexer {
+        self.tree = tree;
+        self.seeds = seeds;
+        self
     }
 
     /// Runs on a thread named `auditd-indexer` until every sender of
@@ -379,15 +403,23 @@ impl Indexer {
             log: span.start,
             seq: first_seq,
         };
-        // What each event's leaf is rebuilt from, as the index keeps it.
-        let openings: Vec<Option<Vec<u8>>> = (0..batch.events.len())
-            .map(|i| batch.opening(i).map(|opening| opening.to_bytes()))
-            .collect();
+        // What each event's leaf is rebuilt from, as the index keeps it: a
+        // seeded batch's seed is in the tree, its events' salts nowhere.
+        let seeded = batch.seed().is_some() && self.tree.is_some();
+        let openings: Vec<Option<Vec<u8>>> = match seeded {
+            true => Vec::new(),
+            false => (0..batch.events.len())
+                .map(|i| batch.opening(i).map(|opening| opening.to_bytes()))
+                .collect(),
+        };
         let mut live = Vec::new();
         for (i, event) in batch.events.iter_mut().enumerate() {
             let time = timestamp_micros(event.time.as_ref());
             let day = day_of(time);
-            let salt = openings[i].as_deref();
+            let salt = match seeded {
+                true => Some(&[SEEDED_FORM][..]),
+                false => openings[i].as_deref(),
+            };
             let body = &mut self.body;
             let writer = writer_for(
                 &mut self.writers,
@@ -590,6 +622,8 @@ impl Indexer {
             _ => None,
         };
         let mut done = Vec::new();
+        let mut forget = Vec::new();
+        let seeds = self.seeds.as_deref();
         for &day in &request.days {
             let Some(partition) = self.partitions.get(day) else {
                 continue;
@@ -616,12 +650,22 @@ impl Indexer {
                 &record.id,
                 request,
                 key.as_ref(),
+                seeds,
                 self.committed,
+                &mut forget,
             )
             .map_err(tantivy)?;
             writer.wait_merging_threads().map_err(tantivy)?;
             crate::failpoint::crash("erasure::partition_done");
             done.push(outcome);
+        }
+        // The rewritten events no longer need their seeds' salts: cut them
+        // out, and sync the tree so that no replay brings a seed back.
+        if let Some(seeds) = &self.seeds {
+            seeds.cut(&forget)?;
+        }
+        if let Some(tree) = &self.tree {
+            tree.sync()?;
         }
         self.retention.scrub_holds(&request.scrub_holds)?;
         Ok(Applied::Erased(crate::erasure::total(done)))

@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::Limits;
 use crate::idempotency::{Begin, Idempotency, Stored};
+use crate::integrity::seeds;
 use crate::messages::{AppendRequest, Refused, RetentionChange, WalBatch};
 use crate::metrics as m;
 use crate::partition::day_of;
@@ -198,7 +199,12 @@ impl IngestService {
 
         self.wait_for_room().await?;
         let permit = self.wal_slot().await?;
-        let batch = WalBatch::salted(batch_id.clone(), request.events);
+        // With the tree on, a batch big enough keeps one seed there in
+        // place of a salt an event in the index (`integrity::seeds`).
+        let batch = match self.settings.leaves && request.events.len() >= seeds::MIN_EVENTS {
+            true => WalBatch::seeded(batch_id.clone(), request.events),
+            false => WalBatch::salted(batch_id.clone(), request.events),
+        };
         let leaves = if self.settings.leaves {
             batch.leaf_hashes().expect("a salted batch")
         } else {

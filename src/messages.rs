@@ -7,9 +7,10 @@
 
 use tokio::sync::oneshot;
 
-use crate::integrity::leaf::{event_leaf_hash, salt_from_bytes, Salt, Version, SALT_LEN};
+use crate::integrity::leaf::{event_leaf_hash, new_salt, salt_from_bytes, Salt, Version, SALT_LEN};
 use crate::integrity::merkle::Hash;
 use crate::integrity::opening::Opening;
+use crate::integrity::seeds;
 use crate::proto::AuditEvent;
 use crate::retention::{Applied, RetentionRecord};
 use crate::wal::{LogPosition, Span};
@@ -31,6 +32,10 @@ pub struct WalBatch {
     /// in records written before version 2, whose leaves are version 1.
     #[prost(uint32, tag = "4")]
     pub leaf_version: u32,
+    /// The seed its salts were made from (`integrity::seeds`), 16 bytes;
+    /// empty when each salt was drawn alone. `salts` holds them as well.
+    #[prost(bytes = "vec", tag = "5")]
+    pub salt_seed: Vec<u8>,
 }
 
 impl WalBatch {
@@ -43,7 +48,27 @@ impl WalBatch {
             events,
             salts,
             leaf_version: Version::CURRENT.byte().into(),
+            salt_seed: Vec::new(),
         }
+    }
+
+    /// A batch of `events` whose salts are made from one fresh seed
+    /// (`integrity::seeds`): the tree keeps the seed, and the index no
+    /// salt of its own an event.
+    pub fn seeded(batch_id: String, events: Vec<AuditEvent>) -> WalBatch {
+        let seed = new_salt();
+        WalBatch {
+            batch_id,
+            salts: seeds::expand(&seed, events.len()).concat(),
+            events,
+            leaf_version: Version::CURRENT.byte().into(),
+            salt_seed: seed.to_vec(),
+        }
+    }
+
+    /// The seed its salts were made from, if they were.
+    pub fn seed(&self) -> Option<Salt> {
+        salt_from_bytes(&self.salt_seed)
     }
 
     /// Its leaves' version; `None` for one this binary does not know.

@@ -38,6 +38,7 @@ use crate::indexer::{read_checkpoint, IndexError, Indexer, IndexerSettings};
 use crate::ingest::{IngestService, IngestSettings};
 use crate::integrity::checkpointer::{self, CheckpointError, Checkpoints, Integrity};
 use crate::integrity::leaf::lost_leaf_hash;
+use crate::integrity::seeds::SaltSeeds;
 use crate::integrity::store::{StoreError, TreeStore};
 use crate::messages::{AppendRequest, CommitPayload, IndexBatch, RetentionChange, ToIndexer};
 use crate::partition::{PartitionError, Partitions};
@@ -717,12 +718,22 @@ impl Pipeline {
             .fold(checkpoint.next_seq, u64::max);
         let (searchable_tx, searchable) = tokio::sync::watch::channel(indexed_seq);
         let recent = Arc::new(RecentEvents::new(config.index.recent_events_bytes));
-        let searcher = Searcher::new(
+        let mut searcher = Searcher::new(
             partitions.clone(),
             config.limits.clone(),
             searchable.clone(),
             recent.clone(),
         );
+        // The seeds of seeded batches' salts: the tree's; with integrity
+        // off, those a former run kept, which erasure still needs.
+        let seeds = match &integrity {
+            Some(integrity) => integrity.tree.seeds().clone(),
+            None => Arc::new(SaltSeeds::open(
+                &data_dir.join(crate::integrity::store::TLOG_DIR),
+                u64::MAX,
+            )?),
+        };
+        searcher = searcher.with_seeds(seeds.clone());
         if let Some(integrity) = &integrity {
             let leaves = crate::integrity::audit::IndexLeaves(searcher.clone());
             integrity.tree.set_leaf_source(Arc::new(leaves));
@@ -794,6 +805,7 @@ impl Pipeline {
             retention,
             recent,
         )
+        .with_integrity(integrity.as_ref().map(|i| i.tree.clone()), Some(seeds))
         .spawn(index_rx, status.clone())?;
         Ok(Pipeline {
             _lock: lock,
@@ -1385,6 +1397,9 @@ pub(crate) fn grow_tree(
              auditd does not know"
             .to_owned()
     })?;
+    if let Some(seed) = batch.batch.seed() {
+        tree.seeds().add(batch.first_seq, leaves.len(), seed);
+    }
     tree.append(&leaves[(size - batch.first_seq) as usize..], batch.span.end);
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use auditd::client::IntegrityClient;
 use auditd::integrity::merkle::{verify_consistency, Hash};
 use auditd::integrity::note;
+use auditd::integrity::opening::SEEDED_FORM;
 use auditd::integrity::receipt::{verify_receipt, Receipt};
 use auditd::partition::{parse_day, Partition};
 use auditd::proto::{
@@ -325,6 +326,9 @@ fn tamper_with_events(data_dir: &Path, seqs: &[u64]) -> (Vec<(u64, &'static str)
     let day = event_day(data_dir);
     assert!(day.exists(), "the generated events' partition");
     let stored = stored_by_seq(&day);
+    // A seeded batch's events keep no salt of their own in the index: the
+    // tree keeps their batch's seed (`integrity::seeds`).
+    assert_eq!(stored[&seqs[40]].1, [SEEDED_FORM]);
     let (changed, deleted, forged_at, swap_a, swap_b) =
         (seqs[10], seqs[20], seqs[30], seqs[40], seqs[41]);
     let mut modified = stored[&changed].0.clone();

@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use auditd::integrity::receipt::{verify_receipt, Receipt};
+use auditd::integrity::seeds::SaltSeeds;
 use auditd::json::JsonEvent;
 use auditd::proto::{
     AuditEvent, ExportFormat, ExportSubjectRequest, SearchRequest, TokenKind, WaitFor,
@@ -349,6 +350,20 @@ async fn erasure_leaves_no_marker_under_the_data_directory_and_every_proof_still
     assert_eq!(trail[0].query["erased"], "5");
     assert!(!trail[0].query.values().any(|v| v.contains(subject)));
     server.stop().await.unwrap();
+
+    // The batch's salts came from one seed the tree keeps; erasure cut it,
+    // so no kept byte makes an erased event's salt again, and the others'
+    // still come.
+    let salts = seeded_salts(dir.path(), &stored.seqs);
+    assert_eq!(salts[..5], [false; 5]);
+    assert!(salts[5..].iter().all(|s| *s), "{salts:?}");
+}
+
+/// Whether the tree's seeds (`integrity::seeds`) of a stopped daemon's
+/// data directory still give each of `seqs` its salt.
+fn seeded_salts(data_dir: &std::path::Path, seqs: &[u64]) -> Vec<bool> {
+    let seeds = SaltSeeds::open(&data_dir.join("tlog"), u64::MAX).unwrap();
+    seqs.iter().map(|seq| seeds.salt(*seq).is_some()).collect()
 }
 
 #[tokio::test]
@@ -459,7 +474,7 @@ async fn an_erasure_cut_short_by_a_crash_is_finished_by_replay() {
     );
     daemon.wait_serving().await;
     let mut client = daemon.client(dir.path()).await;
-    let events: Vec<AuditEvent> = (0..6)
+    let mut events: Vec<AuditEvent> = (0..6)
         .map(|i| {
             marked(
                 "CrashSubj",
@@ -469,6 +484,8 @@ async fn an_erasure_cut_short_by_a_crash_is_finished_by_replay() {
             )
         })
         .collect();
+    // Enough others for a seeded batch (`integrity::seeds::MIN_EVENTS`).
+    events.extend(generated(40, 5, 20));
     let stored = ingest(&mut client, events, WaitFor::Searchable).await;
     let token = admin_token(dir.path());
     let channel = tonic::transport::Endpoint::from_shared(daemon.url.clone())
@@ -497,7 +514,7 @@ async fn an_erasure_cut_short_by_a_crash_is_finished_by_replay() {
     let daemon = Daemon::start_with(dir.path(), &[fast]);
     daemon.wait_serving().await;
     let mut client = daemon.client(dir.path()).await;
-    for id in &stored.ids {
+    for id in &stored.ids[..6] {
         let event = get(&mut client, id).await;
         assert!(event.subject.is_empty(), "{event:?}");
         assert!(event.attributes.is_empty(), "{event:?}");
@@ -509,6 +526,10 @@ async fn an_erasure_cut_short_by_a_crash_is_finished_by_replay() {
     let mut child = daemon.child;
     child.kill().unwrap();
     child.wait().unwrap();
+    // The replay cut the seed for the events of both days.
+    let salts = seeded_salts(dir.path(), &stored.seqs);
+    assert_eq!(salts[..6], [false; 6]);
+    assert!(salts[6..].iter().all(|s| *s), "{salts:?}");
 }
 
 /// The same over HTTP: the subject in the body, errors naming the field.

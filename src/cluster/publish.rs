@@ -192,6 +192,9 @@ impl Publisher {
                         events: Vec::new(),
                         salts: Vec::new(),
                         leaf_version: batch.leaf_version,
+                        // Its events are not one run of the seed's
+                        // leaves: each keeps its salt.
+                        salt_seed: Vec::new(),
                     },
                 )
             });

@@ -26,6 +26,7 @@ use super::compact::{fingerprint, pick_leaves, Fingerprint, LeafSource};
 use super::leaf::lost_leaf_hash;
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::opening::Opening;
+use super::seeds::SaltSeeds;
 use super::store::{tile_root, HeldTile, SnapshotError, TreeSnapshot};
 use super::tiles::{TileId, TILE_HEIGHT, TILE_WIDTH};
 use crate::partition::Day;
@@ -136,13 +137,30 @@ pub fn audit(
         let tiles_hi = hi.div_ceil(TILE_WIDTH).saturating_mul(TILE_WIDTH).min(end);
         let stored = searcher.stored_range(tiles_lo, tiles_hi)?;
         let computed = computed_leaves(&stored);
-        let held = held_leaves(snapshot, start, end, &computed, signed_size, &mut frontier)?;
+        let seeds = searcher.seeds();
+        let held = held_leaves(
+            snapshot,
+            start,
+            end,
+            &computed,
+            signed_size,
+            &mut frontier,
+            seeds,
+        )?;
         // Tile findings first: for the same seq, theirs is the detail kept.
         let mut problems = check_tiles(snapshot, start, &held, &computed)?;
         problems.extend(held.problems);
         tiles_damaged |= !problems.is_empty();
         let inside = seqs_within(&computed, lo, hi);
-        problems.extend(check_window(start, &held.leaves, lo, hi, inside, expired));
+        problems.extend(check_window(
+            start,
+            &held.leaves,
+            lo,
+            hi,
+            inside,
+            expired,
+            seeds,
+        ));
         problems.sort_by_key(|p| p.seq);
         problems.dedup_by(|a, b| a.seq == b.seq && a.kind == b.kind);
         checked += hi - lo;
@@ -206,6 +224,7 @@ fn held_leaves(
     computed: &[Computed],
     signed_size: u64,
     frontier: &mut Option<Frontier>,
+    seeds: Option<&SaltSeeds>,
 ) -> Result<HeldLeaves, AuditError> {
     let mut held = HeldLeaves {
         leaves: Vec::with_capacity((end - start) as usize),
@@ -217,7 +236,7 @@ fn held_leaves(
         let (leaves, above) = match snapshot.held(index)? {
             HeldTile::Hashes(hashes) => (hashes, None),
             HeldTile::Compacted { above, prints } => {
-                let (leaves, problem) = compacted_leaves(first, &above, &prints, computed);
+                let (leaves, problem) = compacted_leaves(first, &above, &prints, computed, seeds);
                 let intact = problem.is_none() && tile_root(&leaves) == above;
                 held.problems.extend(problem);
                 (leaves, Some((above, intact)))
@@ -246,6 +265,57 @@ struct Computed<'a> {
     seq: u64,
     leaf: Option<Hash>,
     erased_by: Option<&'a str>,
+    event: &'a AuditEvent,
+    opening: Option<&'a Opening>,
+}
+
+/// How many seqs, nearest first, the audit tries as the one a seeded
+/// event was moved from ([`leaf_at`]); farther, it is called modified.
+const MOVED_CANDIDATES: usize = 64;
+
+/// The leaf `c`'s event gives at seq `at` when its salt is the seed's
+/// salt of the seq it is stored at (`integrity::seeds`): an event of a
+/// seeded batch moved here from `at` gives `at`'s leaf. `None` for any
+/// other event. Only asked of an event whose own leaf did not match.
+fn leaf_at(c: &Computed, at: u64, seeds: Option<&SaltSeeds>) -> Option<Hash> {
+    let seeds = seeds?;
+    let Some(Opening::Salt(version, salt)) = c.opening else {
+        return None;
+    };
+    if seeds.salt(c.seq) != Some(*salt) {
+        return None;
+    }
+    let moved = Opening::Salt(*version, seeds.salt(at)?);
+    Some(leaf_of(c.event, &moved, &mut Vec::new()))
+}
+
+/// The seq among `unmatched` (sorted; seqs whose held leaf no stored
+/// event gives) that `c`, stored at another seq, is the event of.
+fn moved_from(
+    c: &Computed,
+    unmatched: &[u64],
+    leaf_held: impl Fn(u64) -> Hash,
+    seeds: Option<&SaltSeeds>,
+) -> Option<u64> {
+    seeds?;
+    let at = unmatched.partition_point(|t| *t < c.seq);
+    let (mut below, mut above) = (unmatched[..at].iter().rev(), unmatched[at..].iter());
+    let mut tried = 0;
+    while tried < MOVED_CANDIDATES {
+        let (a, b) = (below.next(), above.next());
+        if a.is_none() && b.is_none() {
+            return None;
+        }
+        for &t in a.into_iter().chain(b) {
+            if t != c.seq {
+                tried += 1;
+                if leaf_at(c, t, seeds) == Some(leaf_held(t)) {
+                    return Some(t);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Each stored event's leaf, computed once for every check (in seq
@@ -257,6 +327,8 @@ fn computed_leaves(stored: &[(AuditEvent, Option<Opening>)]) -> Vec<Computed<'_>
             seq: event.seq,
             leaf: opening.as_ref().map(|o| leaf_of(event, o, scratch)),
             erased_by: opening.as_ref().and_then(Opening::erased_by),
+            event,
+            opening: opening.as_ref(),
         })
         .collect()
 }
@@ -287,6 +359,7 @@ fn compacted_leaves(
     above: &Hash,
     prints: &[Fingerprint],
     computed: &[Computed],
+    seeds: Option<&SaltSeeds>,
 ) -> (Vec<Hash>, Option<Problem>) {
     let end = first + TILE_WIDTH;
     let leaves: Vec<(u64, Option<Hash>)> = seqs_within(computed, first, end)
@@ -306,17 +379,27 @@ fn compacted_leaves(
             _ => unknown_leaf(first + at as u64),
         })
         .collect();
-    for (seq, leaf) in &leaves {
-        let (at, Some(leaf)) = ((seq - first) as usize, leaf) else {
+    for c in seqs_within(computed, first, end) {
+        let (at, Some(leaf)) = ((c.seq - first) as usize, c.leaf) else {
             continue;
         };
-        if fits(at, leaf) {
+        if fits(at, &leaf) {
             continue;
         }
-        let moved_from = (0..held.len())
-            .find(|&j| j != at && fits(j, leaf) && held[j] == unknown_leaf(first + j as u64));
-        if let Some(j) = moved_from {
-            held[j] = *leaf;
+        let unknown = |j: usize| j != at && held[j] == unknown_leaf(first + j as u64);
+        // Moved here from `j`: its leaf, or for a seeded event the leaf
+        // it gives with `j`'s salt, carries `j`'s fingerprint.
+        let moved = (0..held.len())
+            .find(|&j| unknown(j) && fits(j, &leaf))
+            .map(|j| (j, leaf))
+            .or_else(|| {
+                (0..held.len()).filter(|&j| unknown(j)).find_map(|j| {
+                    let moved = leaf_at(c, first + j as u64, seeds)?;
+                    fits(j, &moved).then_some((j, moved))
+                })
+            });
+        if let Some((j, leaf)) = moved {
+            held[j] = leaf;
         }
     }
     let blamed = (0..held.len()).any(|at| held[at] == unknown_leaf(first + at as u64));
@@ -348,12 +431,23 @@ fn check_window(
     hi: u64,
     computed: &[Computed],
     expired: &[Expired],
+    seeds: Option<&SaltSeeds>,
 ) -> Vec<Problem> {
     let owner: HashMap<Hash, u64> = held
         .iter()
         .enumerate()
         .map(|(i, h)| (*h, start + i as u64))
         .collect();
+    let leaf_held = |seq: u64| held[(seq - start) as usize];
+    // The seqs no stored event gives the held leaf of: where a moved
+    // seeded event may come from.
+    let mut matched = vec![false; (hi - lo) as usize];
+    for c in computed {
+        if (lo..hi).contains(&c.seq) && c.leaf == Some(leaf_held(c.seq)) {
+            matched[(c.seq - lo) as usize] = true;
+        }
+    }
+    let unmatched: Vec<u64> = (lo..hi).filter(|t| !matched[(t - lo) as usize]).collect();
     let mut problems = Vec::new();
     // Lawfully gone: dropped by retention, or erased on request.
     let mut gone: Vec<(u64, &str)> = Vec::new();
@@ -364,11 +458,13 @@ fn check_window(
         // The stored events of seq `next` (computed is in seq order).
         let mut found = Vec::new();
         let mut erased_by = Vec::new();
+        let here = i;
         while i < computed.len() && computed[i].seq == next {
             found.push(computed[i].leaf);
             erased_by.push(computed[i].erased_by);
             i += 1;
         }
+        let docs = &computed[here..i];
         if next >= hi {
             break;
         }
@@ -396,7 +492,12 @@ fn check_window(
             }
             (false, None) => {
                 let first = found[0];
-                let (kind, detail) = match first.and_then(|h| owner.get(&h)) {
+                let moved = || {
+                    docs.iter()
+                        .find_map(|c| moved_from(c, &unmatched, leaf_held, seeds))
+                };
+                let (kind, detail) = match first.and_then(|h| owner.get(&h).copied()).or_else(moved)
+                {
                     Some(other) => (
                         "reordered",
                         format!("the stored event here is the one of seq {other}"),
@@ -573,7 +674,8 @@ mod tests {
     fn a_compacted_tile_names_the_changed_and_the_swapped_seqs_by_their_fingerprints() {
         let first = 512;
         let (stored, above, prints) = tile_of_events(first);
-        let (held, problem) = compacted_leaves(first, &above, &prints, &computed_leaves(&stored));
+        let (held, problem) =
+            compacted_leaves(first, &above, &prints, &computed_leaves(&stored), None);
         assert_eq!((tile_root(&held), problem), (above, None), "intact");
 
         // One changed, two swapped, one gone.
@@ -584,10 +686,18 @@ mod tests {
         tampered.remove(20);
         tampered.sort_by_key(|(e, _)| e.seq);
         let tampered = computed_leaves(&tampered);
-        let (held, problem) = compacted_leaves(first, &above, &prints, &tampered);
+        let (held, problem) = compacted_leaves(first, &above, &prints, &tampered, None);
         assert_eq!(problem, None, "every mismatch is named by a seq");
         assert_eq!(blamed(first, &held), vec![first + 5, first + 20]);
-        let window = check_window(first, &held, first, first + TILE_WIDTH, &tampered, &[]);
+        let window = check_window(
+            first,
+            &held,
+            first,
+            first + TILE_WIDTH,
+            &tampered,
+            &[],
+            None,
+        );
         let kinds: Vec<(u64, &str)> = window.iter().map(|p| (p.seq - first, p.kind)).collect();
         assert_eq!(
             kinds,
@@ -600,7 +710,7 @@ mod tests {
         );
 
         // Nothing stored: the window check says missing (or expired).
-        let (held, problem) = compacted_leaves(first, &above, &prints, &[]);
+        let (held, problem) = compacted_leaves(first, &above, &prints, &[], None);
         assert_eq!(
             (blamed(first, &held).len(), problem),
             (TILE_WIDTH as usize, None)
@@ -611,7 +721,8 @@ mod tests {
     fn a_node_above_that_its_intact_events_do_not_give_is_the_tiles_problem() {
         let first = 0;
         let (stored, _, prints) = tile_of_events(first);
-        let (held, problem) = compacted_leaves(first, &[7; 32], &prints, &computed_leaves(&stored));
+        let (held, problem) =
+            compacted_leaves(first, &[7; 32], &prints, &computed_leaves(&stored), None);
         assert!(blamed(first, &held).is_empty());
         let problem = problem.expect("a problem at the tile");
         assert_eq!((problem.seq, problem.kind), (0, "modified"));

@@ -16,5 +16,6 @@ pub mod note;
 pub mod opening;
 pub mod publish;
 pub mod receipt;
+pub mod seeds;
 pub mod store;
 pub mod tiles;

@@ -12,6 +12,8 @@
 //! ```text
 //! salt, leaf version 1: the 16 salt bytes
 //! salt, leaf version 2: 0x03 || the 16 salt bytes
+//! seeded, leaf version 2: 0x04 (the index's form only: the salt is made
+//!         from the batch's seed, `integrity::seeds`)
 //! erased: 0x02 || flags (bit 0: pseudonymised; bit 1: leaf version 2)
 //!         || id length (u8) || erasure request id
 //!         || mask (u16, big-endian; the parts the event had at ingest)
@@ -24,6 +26,7 @@ use super::leaf::{
     commit, core_bytes, personal_bytes, PartSalt, PartSalts, Salt, Version, PERSONAL, SALT_LEN,
 };
 use super::merkle::Hash;
+use super::seeds::SaltSeeds;
 use crate::proto::AuditEvent;
 
 /// The first byte of the erased form.
@@ -31,6 +34,10 @@ pub const ERASED_FORM: u8 = 2;
 /// The first byte of a version 2 leaf's salt (a version 1 leaf's is the
 /// bare 16 bytes).
 pub const SALT_V2_FORM: u8 = 3;
+/// What the index keeps of an event of a seeded batch, whose salt
+/// (for a version 2 leaf) is made from the seed the tree keeps
+/// (`integrity::seeds`); never in a receipt, which carries the salt.
+pub const SEEDED_FORM: u8 = 4;
 /// The erased form's flags.
 const PSEUDONYMISED: u8 = 1;
 const LEAF_V2: u8 = 2;
@@ -121,6 +128,16 @@ pub fn replace_part(event: &mut AuditEvent, part: u8, how: &dyn Replace) {
 }
 
 impl Opening {
+    /// What the index keeps for event `seq`, read: the seeded form's salt
+    /// is made from its batch's seed in `seeds` (`None` without one: the
+    /// seed was cut, or there is no tree).
+    pub fn stored(bytes: Option<&[u8]>, seq: u64, seeds: Option<&SaltSeeds>) -> Option<Opening> {
+        match bytes? {
+            [SEEDED_FORM] => Some(Opening::Salt(Version::V2, seeds?.salt(seq)?)),
+            bytes => Opening::from_bytes(bytes),
+        }
+    }
+
     /// `None` for bytes that are neither form.
     pub fn from_bytes(bytes: &[u8]) -> Option<Opening> {
         if bytes.len() == SALT_LEN {

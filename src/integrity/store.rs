@@ -11,6 +11,7 @@
 //!   tile/<L>/<N>.p/<W>   the partial last tile of level L, as of tree.json
 //!   fingerprints/<b>     a compacted block's leaf fingerprints (`compact`)
 //!   compacted.json       how many blocks were compacted
+//!   seeds, seeds.cut     the salt seeds of seeded batches (`seeds`)
 //! ```
 //!
 //! The WAL thread, which gives out seqs, appends each acknowledged
@@ -35,6 +36,7 @@ use std::cell::RefCell;
 
 use super::compact::{self, full_tile, pick_leaves, Fingerprint, LeafSource, BLOCK_LEAVES};
 use super::merkle::{self, node_hash, root, Hash, Nodes, ProofError};
+use super::seeds::SaltSeeds;
 use super::tiles::{TileError, TileId, TileNodes, TILE_HEIGHT, TILE_WIDTH};
 use crate::datadir::write_atomically;
 use crate::wal::LogPosition;
@@ -111,6 +113,10 @@ pub struct TreeStore {
     leaves: OnceLock<Arc<dyn LeafSource>>,
     /// Blocks compacted so far; held while compacting.
     compacted: Mutex<u64>,
+    /// The seeds of seeded batches' salts, written with the tiles.
+    seeds: Arc<SaltSeeds>,
+    /// Held while syncing: the checkpointer and an erasure may both.
+    syncing: Mutex<()>,
 }
 
 impl TreeStore {
@@ -154,7 +160,10 @@ impl TreeStore {
             edge.push(hashes_of(&bytes));
         }
         let compacted = compact::compacted_blocks(&dir)?;
+        let seeds = Arc::new(SaltSeeds::open(&dir, head.size)?);
         let store = TreeStore {
+            seeds,
+            syncing: Mutex::new(()),
             dir,
             leaves: OnceLock::new(),
             compacted: Mutex::new(compacted),
@@ -208,6 +217,11 @@ impl TreeStore {
         inner.log_end = log_end;
     }
 
+    /// The seeds of the seeded batches' salts.
+    pub fn seeds(&self) -> &Arc<SaltSeeds> {
+        &self.seeds
+    }
+
     /// A consistent view of the tree as it is now.
     pub fn snapshot(&self) -> TreeSnapshot {
         let inner = self.lock();
@@ -240,6 +254,7 @@ impl TreeStore {
 
     /// Writes what is new, makes it durable, and moves `tree.json` to it.
     pub fn sync(&self) -> Result<TreeHead, StoreError> {
+        let _syncing = self.syncing.lock().expect("sync lock");
         let (size, log, edge, unwritten) = {
             let inner = self.lock();
             if inner.durable.size == inner.size {
@@ -276,6 +291,7 @@ impl TreeStore {
             write_tile(&self.dir, id, hashes)?;
             partials.push(id);
         }
+        self.seeds.write_new()?;
         sync_filesystem(&self.dir)?;
         let snapshot = TreeSnapshot::new(TileSource {
             dir: self.dir.clone(),

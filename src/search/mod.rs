@@ -27,6 +27,7 @@ use crate::auth::ReadScope;
 use crate::config::Limits;
 use crate::idempotency::Stored;
 use crate::integrity::opening::Opening;
+use crate::integrity::seeds::SaltSeeds;
 use crate::partition::{Day, Partition, Partitions};
 use crate::proto::{
     AggregateRequest, AggregateResponse, AuditEvent, EventFilter, Outcome, SearchRequest,
@@ -95,6 +96,9 @@ pub struct Searcher {
     /// strings and tokenizing `text` when no partition exists yet.
     parsing: Index,
     text_analyzer: TextAnalyzer,
+    /// The Merkle tree's seeds, which make the salts of seeded batches
+    /// (`integrity::seeds`); `None` with integrity off.
+    seeds: Option<Arc<SaltSeeds>>,
 }
 
 /// Where a page ends: the last event's (time, seq), and the snapshot the
@@ -272,7 +276,20 @@ impl Searcher {
             recent,
             parsing,
             text_analyzer,
+            seeds: None,
         }
+    }
+
+    /// The same, reading the salts of seeded batches from the tree's
+    /// `seeds`.
+    pub fn with_seeds(mut self, seeds: Arc<SaltSeeds>) -> Searcher {
+        self.seeds = Some(seeds);
+        self
+    }
+
+    /// The tree's seeds it reads the salts of seeded batches from.
+    pub fn seeds(&self) -> Option<&SaltSeeds> {
+        self.seeds.as_deref()
     }
 
     /// `Err(Invalid)` naming the field if `search` would refuse `request`;
@@ -731,7 +748,7 @@ impl Searcher {
             reason,
         };
         let stored = view.stored(hit.address, &self.schema)?;
-        let salt = stored.salt.as_deref().and_then(Opening::from_bytes);
+        let salt = Opening::stored(stored.salt.as_deref(), hit.seq, self.seeds.as_deref());
         if stored.body.is_empty() {
             return Err(corrupt("no body".into()));
         }

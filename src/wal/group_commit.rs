@@ -290,6 +290,10 @@ fn run(
                     metrics::counter!(m::WAL_BYTES).increment(bytes as u64);
                     // In the tree before it is acknowledged.
                     if let Some(tree) = tree {
+                        if let Some(seed) = request.batch.seed() {
+                            tree.seeds()
+                                .add(first_seq, request.batch.events.len(), seed);
+                        }
                         tree.append(&request.leaves, span.end);
                     }
                     let _ = request.reply.send(Ok(appended));
