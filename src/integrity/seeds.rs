@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -217,7 +217,9 @@ struct Inner {
 /// The seeds of the tree's seeded batches (see the module).
 pub struct SaltSeeds {
     dir: PathBuf,
-    inner: Mutex<Inner>,
+    /// Read by every fetch that needs a salt; written by the WAL thread,
+    /// the tree's sync and erasure.
+    inner: RwLock<Inner>,
 }
 
 impl SaltSeeds {
@@ -250,7 +252,7 @@ impl SaltSeeds {
         let cuts = read_cuts(&dir.join(CUTS_FILE))?;
         let seeds = SaltSeeds {
             dir: dir.to_owned(),
-            inner: Mutex::new(Inner {
+            inner: RwLock::new(Inner {
                 written: records.len(),
                 records: std::mem::take(&mut records),
                 cuts,
@@ -259,7 +261,7 @@ impl SaltSeeds {
         // A cut made but not yet marked in `seeds` (a crash between the
         // two writes): finish it.
         let unmarked: Vec<u64> = {
-            let inner = seeds.lock();
+            let inner = seeds.read();
             inner
                 .records
                 .iter()
@@ -274,39 +276,49 @@ impl SaltSeeds {
         Ok(seeds)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("seeds lock")
+    fn lock(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("seeds lock")
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().expect("seeds lock")
     }
 
     /// Adds the seed of the batch of `count` events from seq `first`,
-    /// unless that batch is there already (a replay).
+    /// unless that batch is there already (a replay). A batch replayed
+    /// after its key was cut stays cut.
     pub fn add(&self, first: u64, count: usize, seed: Salt) {
         let mut inner = self.lock();
         if inner.records.last().is_some_and(|r| r.first >= first) {
             return;
         }
+        let cut = inner.cuts.contains_key(&first);
         inner.records.push(Record {
             first,
             count: count as u32,
-            cut: false,
-            seed,
+            cut,
+            seed: if cut { [0; SALT_LEN] } else { seed },
         });
     }
 
     /// The salt of the event of `seq`: `None` when its batch has no seed,
     /// or when erasure cut it out.
     pub fn salt(&self, seq: u64) -> Option<Salt> {
-        let inner = self.lock();
-        let at = inner.records.partition_point(|r| r.first <= seq);
-        let record = inner.records.get(at.checked_sub(1)?)?;
-        if !record.holds(seq) {
-            return None;
-        }
-        let position = seq - record.first;
-        match record.cut {
-            false => derive(&[Node::root(record.seed)], position),
-            true => derive(inner.cuts.get(&record.first)?, position),
-        }
+        // The key is copied out: the hashing is done without the lock.
+        let (first, key) = {
+            let inner = self.read();
+            let at = inner.records.partition_point(|r| r.first <= seq);
+            let record = inner.records.get(at.checked_sub(1)?)?;
+            if !record.holds(seq) {
+                return None;
+            }
+            let key = match record.cut {
+                false => vec![Node::root(record.seed)],
+                true => inner.cuts.get(&record.first)?.clone(),
+            };
+            (record.first, key)
+        };
+        derive(&key, seq - first)
     }
 
     /// Appends the records added since the last call to `tlog/seeds`
@@ -378,7 +390,7 @@ impl SaltSeeds {
         let mut file = None;
         for first in firsts {
             let i = inner.records.partition_point(|r| r.first < *first);
-            let Some(record) = inner.records.get_mut(i) else {
+            let Some(record) = inner.records.get_mut(i).filter(|r| r.first == *first) else {
                 continue;
             };
             record.cut = true;
@@ -407,9 +419,10 @@ impl SaltSeeds {
 fn encode_cuts(records: &[Record], cuts: &BTreeMap<u64, Vec<Node>>) -> Vec<u8> {
     let mut out = Vec::new();
     for (first, nodes) in cuts {
+        let at = records.partition_point(|r| r.first < *first);
         let count = records
-            .iter()
-            .find(|r| r.first == *first)
+            .get(at)
+            .filter(|r| r.first == *first)
             .map_or(0, |r| r.count);
         out.extend_from_slice(&first.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
@@ -481,6 +494,22 @@ mod tests {
     }
 
     #[test]
+    fn the_vectors_of_docs_integrity_md() {
+        let seed = *b"auditd-vector-01";
+        let salts = expand(&seed, 1 << 16);
+        let want = [
+            (0, "4f9554b8a70f629219a62a6013016ce8"),
+            (1, "c37e6f9ec52279fdd47eafaceec8751d"),
+            (2, "54445984c46ed49c6c667d559eab2c53"),
+            (999, "8f5c10ae8932639f47cd917b9f59ca21"),
+            (65535, "14f88cab5e413317374e394bbfbc01c9"),
+        ];
+        for (position, salt) in want {
+            assert_eq!(hex::encode(salts[position]), salt, "position {position}");
+        }
+    }
+
+    #[test]
     fn a_cut_key_gives_every_salt_but_the_cut_ones() {
         let count = 1000u64;
         let salts = expand(&seed(3), count as usize);
@@ -545,6 +574,20 @@ mod tests {
                 .len(),
             2 * RECORD_LEN as u64
         );
+    }
+
+    #[test]
+    fn a_batch_replayed_after_its_cut_stays_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let seeds = SaltSeeds::open(dir.path(), 0).unwrap();
+        seeds.add(0, 64, seed(5));
+        // Cut before the tree's sync wrote it; then a crash.
+        seeds.cut(&[3]).unwrap();
+        drop(seeds);
+        let seeds = SaltSeeds::open(dir.path(), 0).unwrap();
+        seeds.add(0, 64, seed(5)); // the replay
+        assert_eq!(seeds.salt(3), None);
+        assert_eq!(seeds.salt(4), Some(expand(&seed(5), 5)[4]));
     }
 
     #[test]
