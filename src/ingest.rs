@@ -200,8 +200,11 @@ impl IngestService {
         self.wait_for_room().await?;
         let permit = self.wal_slot().await?;
         // With the tree on, a batch big enough keeps one seed there in
-        // place of a salt an event in the index (`integrity::seeds`).
-        let batch = match self.settings.leaves && request.events.len() >= seeds::MIN_EVENTS {
+        // place of a salt an event in the index (`integrity::seeds`). A
+        // cluster node's batch goes to the stream as it is and comes back
+        // to every node's tree by another path: it keeps a salt an event.
+        let seeded = self.settings.leaves && !self.settings.in_cluster;
+        let batch = match seeded && request.events.len() >= seeds::MIN_EVENTS {
             true => WalBatch::seeded(batch_id.clone(), request.events),
             false => WalBatch::salted(batch_id.clone(), request.events),
         };

@@ -273,49 +273,60 @@ struct Computed<'a> {
 /// event was moved from ([`leaf_at`]); farther, it is called modified.
 const MOVED_CANDIDATES: usize = 64;
 
-/// The leaf `c`'s event gives at seq `at` when its salt is the seed's
-/// salt of the seq it is stored at (`integrity::seeds`): an event of a
-/// seeded batch moved here from `at` gives `at`'s leaf. `None` for any
-/// other event. Only asked of an event whose own leaf did not match.
-fn leaf_at(c: &Computed, at: u64, seeds: Option<&SaltSeeds>) -> Option<Hash> {
+/// What gives the leaf `c`'s event would have at another seq, when its
+/// salt is the seed's salt of the seq it is stored at
+/// (`integrity::seeds`): an event of a seeded batch moved here from `at`
+/// gives `at`'s leaf with `at`'s salt. `None` for any other event. Only
+/// asked of an event whose own leaf did not match.
+fn moved_leaves<'a>(
+    c: &'a Computed,
+    seeds: Option<&'a SaltSeeds>,
+) -> Option<impl Fn(u64) -> Option<Hash> + 'a> {
     let seeds = seeds?;
     let Some(Opening::Salt(version, salt)) = c.opening else {
         return None;
     };
-    if seeds.salt(c.seq) != Some(*salt) {
-        return None;
-    }
-    let moved = Opening::Salt(*version, seeds.salt(at)?);
-    Some(leaf_of(c.event, &moved, &mut Vec::new()))
+    (seeds.salt(c.seq) == Some(*salt)).then_some(move |at: u64| {
+        let moved = Opening::Salt(*version, seeds.salt(at)?);
+        Some(leaf_of(c.event, &moved, &mut Vec::new()))
+    })
 }
 
 /// The seq among `unmatched` (sorted; seqs whose held leaf no stored
-/// event gives) that `c`, stored at another seq, is the event of.
+/// event gives) that `c`, stored at another seq, is the event of: the
+/// [`MOVED_CANDIDATES`] nearest are tried.
 fn moved_from(
     c: &Computed,
     unmatched: &[u64],
     leaf_held: impl Fn(u64) -> Hash,
     seeds: Option<&SaltSeeds>,
 ) -> Option<u64> {
-    seeds?;
+    let leaf_at = moved_leaves(c, seeds)?;
     let at = unmatched.partition_point(|t| *t < c.seq);
-    let (mut below, mut above) = (unmatched[..at].iter().rev(), unmatched[at..].iter());
-    let mut tried = 0;
-    while tried < MOVED_CANDIDATES {
-        let (a, b) = (below.next(), above.next());
-        if a.is_none() && b.is_none() {
-            return None;
-        }
-        for &t in a.into_iter().chain(b) {
-            if t != c.seq {
-                tried += 1;
-                if leaf_at(c, t, seeds) == Some(leaf_held(t)) {
-                    return Some(t);
-                }
-            }
-        }
-    }
-    None
+    let below = unmatched[..at]
+        .iter()
+        .rev()
+        .map(Some)
+        .chain(std::iter::repeat(None));
+    let above = unmatched[at..]
+        .iter()
+        .map(Some)
+        .chain(std::iter::repeat(None));
+    below
+        .zip(above)
+        .take_while(|(a, b)| a.is_some() || b.is_some())
+        .flat_map(|(a, b)| a.into_iter().chain(b))
+        .copied()
+        .filter(|t| *t != c.seq)
+        .take(MOVED_CANDIDATES)
+        .find(|t| leaf_at(*t) == Some(leaf_held(*t)))
+}
+
+/// `0..len` but `at`, nearest to `at` first.
+fn nearest(at: usize, len: usize) -> impl Iterator<Item = usize> {
+    (1..len)
+        .flat_map(move |d| [at.checked_sub(d), Some(at + d).filter(|j| *j < len)])
+        .flatten()
 }
 
 /// Each stored event's leaf, computed once for every check (in seq
@@ -393,10 +404,14 @@ fn compacted_leaves(
             .find(|&j| unknown(j) && fits(j, &leaf))
             .map(|j| (j, leaf))
             .or_else(|| {
-                (0..held.len()).filter(|&j| unknown(j)).find_map(|j| {
-                    let moved = leaf_at(c, first + j as u64, seeds)?;
-                    fits(j, &moved).then_some((j, moved))
-                })
+                let leaf_at = moved_leaves(c, seeds)?;
+                nearest(at, held.len())
+                    .filter(|&j| unknown(j))
+                    .take(MOVED_CANDIDATES)
+                    .find_map(|j| {
+                        let moved = leaf_at(first + j as u64)?;
+                        fits(j, &moved).then_some((j, moved))
+                    })
             });
         if let Some((j, leaf)) = moved {
             held[j] = leaf;
@@ -715,6 +730,13 @@ mod tests {
             (blamed(first, &held).len(), problem),
             (TILE_WIDTH as usize, None)
         );
+    }
+
+    #[test]
+    fn the_seqs_tried_for_a_moved_event_go_out_from_it() {
+        assert_eq!(nearest(2, 5).collect::<Vec<_>>(), vec![1, 3, 0, 4]);
+        assert_eq!(nearest(0, 3).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(nearest(0, 1).count(), 0);
     }
 
     #[test]
