@@ -442,6 +442,9 @@ async fn compacted_tiles_still_give_receipts_and_the_audit_still_names_each_tamp
     let mut admin = integrity(&server, &server.admin_token()).await;
     checkpoint_of_at_least(&mut admin, seqs.iter().max().unwrap() + 1).await;
     first_block_compacted(dir.path()).await;
+    // 12 bits a leaf (docs/integrity.md §4).
+    let prints = std::fs::metadata(dir.path().join("tlog/fingerprints/0")).unwrap();
+    assert_eq!(prints.len(), 4 + block * 3 / 2);
     let tlog = dir.path().join("tlog/tile/0");
     let level0 = walk_files(&tlog);
     assert!(level0 < 10, "{level0} level-0 tile files are left");

@@ -424,7 +424,7 @@ fn compacted_leaves(
         detail: format!(
             "the stored events of seqs {first} to {} carry their leaves' fingerprints but do \
              not hash up to the node above them (level-1 tile {}): that node, or an event \
-             together with its 16-bit fingerprint, was changed",
+             together with its 12-bit fingerprint, was changed",
             end - 1,
             TileId {
                 level: 1,
@@ -652,10 +652,12 @@ fn check_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integrity::leaf::{new_salt, Version};
+    use crate::integrity::leaf::{Salt, Version};
 
     /// A compacted tile's 256 stored events (seqs from `first`), its node
-    /// above and its fingerprints.
+    /// above and its fingerprints. The salts are fixed, so that a 12-bit
+    /// fingerprint that happens to match another seq's (1 in 4,096) is
+    /// either always there or never.
     type Stored = Vec<(AuditEvent, Option<Opening>)>;
 
     fn tile_of_events(first: u64) -> (Stored, Hash, Vec<Fingerprint>) {
@@ -667,7 +669,8 @@ mod tests {
                     action: "events.get".into(),
                     ..Default::default()
                 };
-                (event, Some(Opening::Salt(Version::CURRENT, new_salt())))
+                let salt: Salt = [seq as u8; 16];
+                (event, Some(Opening::Salt(Version::CURRENT, salt)))
             })
             .collect();
         let leaves: Vec<Hash> = stored

@@ -6,9 +6,9 @@
 //! up. So once the index has committed a whole level-1 tile's span of
 //! leaves ([`BLOCK_LEAVES`]), the auditd-tlog thread *compacts* it:
 //!
-//! 1. It writes the block's *fingerprints*, the first two bytes of each
+//! 1. It writes the block's *fingerprints*, the first 12 bits of each
 //!    leaf hash, read from its level-0 tiles, to
-//!    `tlog/fingerprints/<block>` (2 bytes a leaf, made durable).
+//!    `tlog/fingerprints/<block>` (1.5 bytes a leaf, made durable).
 //! 2. It lets go of each level-0 tile whose 256 seqs each have exactly
 //!    one stored event, all in the same day partition. Retention drops
 //!    whole days, so such a tile's events go together or not at all; a
@@ -39,18 +39,28 @@ use crate::partition::Day;
 pub const BLOCK_LEAVES: u64 = TILE_WIDTH * TILE_WIDTH;
 /// Under `tlog/`.
 pub const FINGERPRINT_DIR: &str = "fingerprints";
-/// The first bytes of a fingerprint file: its format, version 1.
-const FINGERPRINT_MAGIC: &[u8; 4] = b"afp1";
-/// A fingerprint file's length: the magic, then 2 bytes a leaf.
-const FINGERPRINT_FILE_BYTES: u64 = 4 + BLOCK_LEAVES * 2;
+/// The first bytes of a fingerprint file: its format and version. A
+/// version 2 file packs two 12-bit fingerprints into 3 bytes; version 1
+/// (data formats 3 to 6) held the first 16 bits of each leaf hash in 2
+/// bytes, of which the first 12 are read.
+const FINGERPRINT_MAGIC: &[u8; 4] = b"afp2";
+const FINGERPRINT_MAGIC_V1: &[u8; 4] = b"afp1";
+/// A fingerprint file's length: the magic, then 1.5 bytes a leaf (2 in
+/// version 1).
+const FINGERPRINT_FILE_BYTES: u64 = 4 + BLOCK_LEAVES * 3 / 2;
+const FINGERPRINT_FILE_BYTES_V1: u64 = 4 + BLOCK_LEAVES * 2;
 /// How many blocks were compacted, so a restart resumes after them.
 const DONE_FILE: &str = "compacted.json";
 
-/// A leaf hash's first two bytes, big-endian.
+/// A leaf hash's first 12 bits, big-endian: enough to locate a changed
+/// event in its tile but for 1 in 4,096 (the node above, not the
+/// fingerprint, is what detects the change).
 pub type Fingerprint = u16;
+/// The bits of a leaf hash a fingerprint keeps.
+pub const FINGERPRINT_BITS: u32 = 12;
 
 pub fn fingerprint(hash: &Hash) -> Fingerprint {
-    u16::from_be_bytes([hash[0], hash[1]])
+    u16::from_be_bytes([hash[0], hash[1]]) >> (16 - FINGERPRINT_BITS)
 }
 
 /// What the tree reads its compacted tiles back from: the index.
@@ -87,33 +97,62 @@ pub fn tile_fingerprints(dir: &Path, index: u64) -> Result<Option<Vec<Fingerprin
     let length = file.metadata().map_err(io(&path))?.len();
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic).map_err(io(&path))?;
-    if &magic != FINGERPRINT_MAGIC || length != FINGERPRINT_FILE_BYTES {
-        return Err(damaged(format!(
-            "not a fingerprint file: {length} bytes starting {magic:?}, not \
-             {FINGERPRINT_FILE_BYTES} starting {FINGERPRINT_MAGIC:?}"
-        )));
-    }
-    let mut bytes = vec![0u8; TILE_WIDTH as usize * 2];
-    let offset = FINGERPRINT_MAGIC.len() as u64 + index % TILE_WIDTH * TILE_WIDTH * 2;
+    let version_1 = match (&magic, length) {
+        (FINGERPRINT_MAGIC, FINGERPRINT_FILE_BYTES) => false,
+        (FINGERPRINT_MAGIC_V1, FINGERPRINT_FILE_BYTES_V1) => true,
+        _ => {
+            return Err(damaged(format!(
+                "not a fingerprint file: {length} bytes starting {magic:?}, not \
+                 {FINGERPRINT_FILE_BYTES} starting {FINGERPRINT_MAGIC:?} (or \
+                 {FINGERPRINT_FILE_BYTES_V1} starting {FINGERPRINT_MAGIC_V1:?})"
+            )))
+        }
+    };
+    // A tile's 256 leaves are a whole number of bytes in both versions.
+    let tile_bytes = match version_1 {
+        true => TILE_WIDTH * 2,
+        false => TILE_WIDTH * 3 / 2,
+    };
+    let mut bytes = vec![0u8; tile_bytes as usize];
+    let offset = FINGERPRINT_MAGIC.len() as u64 + index % TILE_WIDTH * tile_bytes;
     file.seek(SeekFrom::Start(offset))
         .and_then(|_| file.read_exact(&mut bytes))
         .map_err(io(&path))?;
-    Ok(Some(
-        bytes
+    Ok(Some(match version_1 {
+        true => bytes
             .chunks(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .map(|c| u16::from_be_bytes([c[0], c[1]]) >> (16 - FINGERPRINT_BITS))
             .collect(),
-    ))
+        false => unpack(&bytes),
+    }))
+}
+
+/// Two 12-bit fingerprints to 3 bytes, big-endian.
+fn pack(prints: &[Fingerprint]) -> Vec<u8> {
+    prints
+        .chunks(2)
+        .flat_map(|pair| {
+            let (a, b) = (pair[0], pair.get(1).copied().unwrap_or(0));
+            [(a >> 4) as u8, ((a & 0xf) << 4 | b >> 8) as u8, b as u8]
+        })
+        .collect()
+}
+
+fn unpack(bytes: &[u8]) -> Vec<Fingerprint> {
+    bytes
+        .chunks(3)
+        .flat_map(|c| {
+            let (x, y, z) = (u16::from(c[0]), u16::from(c[1]), u16::from(c[2]));
+            [x << 4 | y >> 4, (y & 0xf) << 8 | z]
+        })
+        .collect()
 }
 
 fn write_fingerprints(dir: &Path, block: u64, prints: &[Fingerprint]) -> Result<(), StoreError> {
     let folder = dir.join(FINGERPRINT_DIR);
     std::fs::create_dir_all(&folder).map_err(io(&folder))?;
-    let mut bytes = Vec::with_capacity(FINGERPRINT_MAGIC.len() + prints.len() * 2);
-    bytes.extend_from_slice(FINGERPRINT_MAGIC);
-    for print in prints {
-        bytes.extend_from_slice(&print.to_be_bytes());
-    }
+    let mut bytes = FINGERPRINT_MAGIC.to_vec();
+    bytes.extend(pack(prints));
     let path = fingerprint_path(dir, block);
     write_atomically(&path, &bytes, false).map_err(io(&path))
 }
@@ -290,6 +329,33 @@ mod tests {
         found.insert((3 * TILE_WIDTH) as usize, (3 * TILE_WIDTH, day));
         found.extend((4 * TILE_WIDTH..5 * TILE_WIDTH).map(|s| (s, other)));
         assert_eq!(replaceable(&found), vec![0, 4]);
+    }
+
+    #[test]
+    fn a_fingerprint_file_of_either_version_gives_each_leafs_first_12_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let hashes: Vec<Hash> = (0..BLOCK_LEAVES)
+            .map(|i| leaf_hash(&i.to_be_bytes()))
+            .collect();
+        let prints: Vec<Fingerprint> = hashes.iter().map(fingerprint).collect();
+        assert_eq!(fingerprint(&[0xab; 32]), 0xaba);
+        write_fingerprints(dir.path(), 0, &prints).unwrap();
+        let written = std::fs::metadata(fingerprint_path(dir.path(), 0)).unwrap();
+        assert_eq!(written.len(), 98_308);
+        // Block 1 in version 1, as data formats 3 to 6 wrote it.
+        let mut v1 = FINGERPRINT_MAGIC_V1.to_vec();
+        v1.extend(hashes.iter().flat_map(|h| [h[0], h[1]]));
+        std::fs::write(fingerprint_path(dir.path(), 1), v1).unwrap();
+        for tile in [0, 3, 255] {
+            let want = &prints[(tile * TILE_WIDTH) as usize..][..TILE_WIDTH as usize];
+            for block in [0, 1] {
+                let read = tile_fingerprints(dir.path(), block * TILE_WIDTH + tile).unwrap();
+                assert_eq!(read.as_deref(), Some(want), "block {block}, tile {tile}");
+            }
+        }
+        assert_eq!(tile_fingerprints(dir.path(), 2 * TILE_WIDTH).unwrap(), None);
+        std::fs::write(fingerprint_path(dir.path(), 2), b"afp2").unwrap();
+        assert!(tile_fingerprints(dir.path(), 2 * TILE_WIDTH).is_err());
     }
 
     #[test]
