@@ -6,11 +6,14 @@
 //! `integrity.violation` event on the trail; a pass that finds nothing
 //! clears the fault.
 //!
-//! It is low-priority work in the CPU's eyes too: its windows run on
-//! threads of their own at nice 19, so that on a saturated machine it
-//! yields to ingest and search (about 0.37 CPU s a million events
-//! ingested at full speed, when it ran at normal priority: run set T in
-//! docs/benchmarks-history.md) and keeps its pace only with CPU to spare.
+//! It is low-priority work in the CPU's eyes too: its windows run on one
+//! thread of its own, in `SCHED_IDLE` at nice 19, so that on a saturated
+//! machine it yields to ingest and search (about 0.37 CPU s a million
+//! events ingested at full speed, when it ran at normal priority: run set
+//! T in docs/benchmarks-history.md) and keeps its pace only with CPU to
+//! spare. One thread is some twenty times the default pace; with one a
+//! core, its windows still put searches of a 10 M-event index over 5 ms
+//! at p99 (BENCHMARKS.md, issue 17).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -164,19 +167,30 @@ impl SelfAudit {
     }
 }
 
-/// The self-audit's threads, as many as the machine has cores, each at
-/// the lowest CPU priority: the window's reads and leaves run on them
-/// (`install`), not on the pool searches share.
+/// The self-audit's thread, at the lowest CPU priority: the window's
+/// reads and leaves run on it (`install`), not on the pool searches
+/// share, and never on more than one core.
 fn low_priority_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
         .thread_name(|i| format!("auditd-audit-{i}"))
         .start_handler(|_| lower_this_threads_priority())
         .build()
 }
 
+/// Puts the calling thread in `SCHED_IDLE`, at nice 19: the policy
+/// meant for work that runs only on a core nothing else wants. Linux
+/// keeps both per thread (`0`: the calling one), and lowering either
+/// needs no privilege. (`perf sched` on this VM, 2026-12-05: at nice 19
+/// alone the audit threads ran slices of 4 to 14 ms while normal threads
+/// waited; `SCHED_IDLE` did not measurably shorten those waits. What
+/// took the search p99 back under 5 ms was one thread instead of two.)
 fn lower_this_threads_priority() {
-    // Linux keeps a nice value per thread; `who = 0` is the calling one.
-    // Raising it needs no privilege.
+    let idle = libc::sched_param { sched_priority: 0 };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "a self-audit thread is not in SCHED_IDLE");
+    }
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
         let error = std::io::Error::last_os_error();
         tracing::warn!(%error, "a self-audit thread runs at normal priority");
@@ -198,9 +212,17 @@ pub(super) fn system_caller() -> Caller {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn every_self_audit_thread_runs_at_nice_19() {
+    fn every_self_audit_thread_runs_idle_at_nice_19() {
         let pool = super::low_priority_pool().unwrap();
-        let nices = pool.broadcast(|_| unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) });
-        assert_eq!(nices, vec![19; pool.current_num_threads()]);
+        let found = pool.broadcast(|_| unsafe {
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, 0),
+            )
+        });
+        assert_eq!(
+            found,
+            vec![(libc::SCHED_IDLE, 19); pool.current_num_threads()]
+        );
     }
 }
