@@ -29,6 +29,9 @@ pub const SEARCH_SECONDS: &str = "auditd_search_duration_seconds";
 pub const REPLAY_SECONDS: &str = "auditd_replay_duration_seconds";
 /// Events the background self-audit held against their leaves.
 pub const SELF_AUDITED_EVENTS: &str = "auditd_integrity_self_audited_events_total";
+/// Self-audit windows started while reads went on, after waiting the
+/// longest for a quiet moment (`app::self_audit::QUIET`).
+pub const SELF_AUDIT_BUSY_WINDOWS: &str = "auditd_integrity_self_audit_busy_windows_total";
 /// Stored events (or hash tiles) that did not match the Merkle tree,
 /// labelled by `kind` (modified, missing, unexpected, reordered).
 pub const INTEGRITY_VIOLATIONS: &str = "auditd_integrity_violations_total";

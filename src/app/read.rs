@@ -231,6 +231,7 @@ impl ReadService {
     ) -> Result<T, AppError> {
         self.check_health()?;
         let searcher = self.searcher.clone();
+        searcher.reads().note();
         let result = tokio::task::spawn_blocking(move || work(searcher))
             .await
             .map_err(|e| AppError::Internal(format!("search task failed: {e}")))?;

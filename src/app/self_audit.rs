@@ -11,9 +11,15 @@
 //! machine it yields to ingest and search (about 0.37 CPU s a million
 //! events ingested at full speed, when it ran at normal priority: run set
 //! T in docs/benchmarks-history.md) and keeps its pace only with CPU to
-//! spare. One thread is some twenty times the default pace; with one a
-//! core, its windows still put searches of a 10 M-event index over 5 ms
-//! at p99 (BENCHMARKS.md, issue 17).
+//! spare. One thread is some twenty times the default pace.
+//!
+//! Priority was not enough: whatever the thread's policy, a window read
+//! beside a search slowed the search (the 10 M search mix had 5 to 9
+//! shapes over 5 ms at p99 with the self-audit on, 1 to 4 with it off;
+//! BENCHMARKS.md, issue 17). So a window starts only at a quiet moment,
+//! when no read has started for [`QUIET`]; under reads that never pause,
+//! it waits at most [`MAX_QUIET_WAIT_PAUSES`] pauses, so the audit goes on
+//! at a tenth of its pace or more.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +34,7 @@ use crate::integrity::audit::{self, Problem, AUDIT_WINDOW};
 use crate::integrity::checkpointer::Integrity;
 use crate::metrics as m;
 use crate::retention::Retention;
-use crate::search::Searcher;
+use crate::search::{ReadActivity, Searcher};
 use crate::status::PipelineStatus;
 
 /// The trail action of a problem the self-audit found.
@@ -37,6 +43,45 @@ pub const VIOLATION: &str = "integrity.violation";
 /// Problems written to the trail per window at most: a wholesale
 /// tampering is counted in full, but does not flood the log.
 const MAX_VIOLATION_EVENTS_PER_WINDOW: usize = 100;
+
+/// A window starts once no read has started for this long ...
+pub const QUIET: Duration = Duration::from_millis(250);
+/// ... or once it has waited this many pauses between windows for that.
+pub const MAX_QUIET_WAIT_PAUSES: u32 = 10;
+
+/// How a wait for a quiet moment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    Quiet,
+    /// Reads went on for the longest wait.
+    GaveUp,
+    Stopped,
+}
+
+/// Waits until no read has started for `quiet`, or `longest` has passed.
+async fn quiet_moment(
+    reads: &ReadActivity,
+    quiet: Duration,
+    longest: Duration,
+    stop: &CancellationToken,
+) -> Waited {
+    let deadline = tokio::time::Instant::now() + longest;
+    loop {
+        let since = reads.since_last();
+        let left = match since {
+            Some(since) if since < quiet => quiet - since,
+            _ => return Waited::Quiet,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Waited::GaveUp;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Waited::Stopped,
+            _ = tokio::time::sleep(left.min(deadline - now)) => {}
+        }
+    }
+}
 
 /// What the background audit needs.
 pub struct SelfAudit {
@@ -73,6 +118,12 @@ impl SelfAudit {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+            }
+            let longest = pause * MAX_QUIET_WAIT_PAUSES;
+            match quiet_moment(self.searcher.reads(), QUIET, longest, &self.stop).await {
+                Waited::Stopped => return,
+                Waited::GaveUp => metrics::counter!(m::SELF_AUDIT_BUSY_WINDOWS).increment(1),
+                Waited::Quiet => {}
             }
             let searchable = *self.searcher.searchable().borrow();
             let Some(checkpoint) = self.integrity.checkpoints.latest() else {
@@ -211,6 +262,61 @@ pub(super) fn system_caller() -> Caller {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Notes a read every 10 ms until `until` is cancelled.
+    fn reading(reads: Arc<ReadActivity>, until: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while !until.is_cancelled() {
+                reads.note();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_window_waits_for_reads_to_pause_but_not_longer_than_its_bound() {
+        let stop = CancellationToken::new();
+        let reads = Arc::new(ReadActivity::default());
+        let second = Duration::from_secs(1);
+        // No read yet: at once.
+        let waited = quiet_moment(&reads, second, 60 * second, &stop).await;
+        assert_eq!(waited, Waited::Quiet);
+
+        // Reads that never pause: it gives up at the bound.
+        let until = CancellationToken::new();
+        reads.note();
+        let reader = reading(reads.clone(), until.clone());
+        let started = std::time::Instant::now();
+        let longest = Duration::from_millis(300);
+        let waited = quiet_moment(&reads, second, longest, &stop).await;
+        assert_eq!(waited, Waited::GaveUp);
+        let took = started.elapsed();
+        assert!(took >= longest && took < 5 * second, "{took:?}");
+
+        // Reads that stop: it goes on once they have been quiet.
+        let stopper = {
+            let until = until.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                until.cancel();
+            })
+        };
+        let quiet = Duration::from_millis(300);
+        let waited = quiet_moment(&reads, quiet, 60 * second, &stop).await;
+        assert_eq!(waited, Waited::Quiet);
+        assert!(until.is_cancelled(), "it went on while reads were running");
+        assert!(reads.since_last().unwrap() >= quiet);
+        stopper.await.unwrap();
+        reader.await.unwrap();
+
+        // Stopping the daemon ends the wait.
+        reads.note();
+        stop.cancel();
+        let waited = quiet_moment(&reads, second, 60 * second, &stop).await;
+        assert_eq!(waited, Waited::Stopped);
+    }
+
     #[test]
     fn every_self_audit_thread_runs_idle_at_nice_19() {
         let pool = super::low_priority_pool().unwrap();

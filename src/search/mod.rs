@@ -99,6 +99,47 @@ pub struct Searcher {
     /// The Merkle tree's seeds, which make the salts of seeded batches
     /// (`integrity::seeds`); `None` with integrity off.
     seeds: Option<Arc<SaltSeeds>>,
+    /// When a caller's read last started, shared by every clone.
+    reads: Arc<ReadActivity>,
+}
+
+/// When a caller's read last started: background readers of the index
+/// (the self-audit) wait for a quiet moment rather than run beside
+/// searches, whose p99 they doubled (BENCHMARKS.md, issue 17).
+#[derive(Debug)]
+pub struct ReadActivity {
+    origin: std::time::Instant,
+    /// Milliseconds after `origin`, plus one; 0: none yet.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ReadActivity {
+    fn default() -> Self {
+        ReadActivity {
+            origin: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl ReadActivity {
+    /// A read starts now.
+    pub fn note(&self) {
+        let now = self.origin.elapsed().as_millis() as u64 + 1;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the last read started (`None`: no read yet).
+    pub fn since_last(&self) -> Option<Duration> {
+        match self.last.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            last => Some(
+                self.origin
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last - 1)),
+            ),
+        }
+    }
 }
 
 /// Where a page ends: the last event's (time, seq), and the snapshot the
@@ -277,7 +318,13 @@ impl Searcher {
             parsing,
             text_analyzer,
             seeds: None,
+            reads: Arc::default(),
         }
+    }
+
+    /// When a caller's read last started (`note` it at each one).
+    pub fn reads(&self) -> &ReadActivity {
+        &self.reads
     }
 
     /// The same, reading the salts of seeded batches from the tree's
