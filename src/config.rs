@@ -591,7 +591,7 @@ pub struct IntegrityConfig {
     /// effort: one at a time, 5 s each, failures counted).
     pub publish_url: Option<String>,
     /// The background self-audit's pace: stored events held against their
-    /// leaves per second, over and over (0: off). Each window of 65,536
+    /// leaves per second, over and over (0: off). Each window of 4,096
     /// waits for a moment with no read for 250 ms, for ten windows' time
     /// at most, so under reads that never pause the pace is a tenth of
     /// this (`auditd_integrity_self_audit_busy_windows_total` counts those

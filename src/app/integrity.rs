@@ -14,7 +14,7 @@ use super::trail;
 use super::{AppError, Origin, ReadService};
 use crate::auth::{Caller, ReadScope};
 use crate::cluster::fanout::AuditProgress;
-use crate::integrity::audit;
+use crate::integrity::audit::{self, AUDIT_WINDOW};
 use crate::integrity::checkpointer::{Integrity, SignedCheckpoint};
 use crate::integrity::merkle::{leaf_hash, Hash};
 use crate::integrity::opening::Opening;
@@ -434,14 +434,22 @@ impl IntegrityService {
         tokio::task::spawn_blocking(move || {
             let snapshot = integrity.tree.snapshot();
             let signed = (checkpoint.size, checkpoint.root);
-            let (from, expired) = (request.from_seq, &expired[..]);
-            let sent = audit::audit(&searcher, &snapshot, signed, expired, from, to, |p| {
-                if stop.is_cancelled() {
-                    let _ = tx.blocking_send(Err(AppError::ShuttingDown));
-                    return false;
-                }
-                tx.blocking_send(Ok(progress_to_proto(p))).is_ok()
-            });
+            let (seqs, expired) = (request.from_seq..to, &expired[..]);
+            let sent = audit::audit(
+                &searcher,
+                &snapshot,
+                signed,
+                expired,
+                seqs,
+                AUDIT_WINDOW,
+                |p| {
+                    if stop.is_cancelled() {
+                        let _ = tx.blocking_send(Err(AppError::ShuttingDown));
+                        return false;
+                    }
+                    tx.blocking_send(Ok(progress_to_proto(p))).is_ok()
+                },
+            );
             if let Err(error) = sent {
                 let _ = tx.blocking_send(Err(AppError::Internal(format!("the audit: {error}"))));
             }

@@ -19,6 +19,7 @@
 //! `modified` at its seq, the detail naming the tile.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -65,8 +66,10 @@ fn leaf_of(event: &AuditEvent, opening: &Opening, scratch: &mut Vec<u8>) -> Hash
     leaf_hash(&opening.leaf_bytes(event, scratch))
 }
 
-/// Seqs read and checked at once: bounds the events held in memory (a
-/// multiple of the tile width, so no tile straddles two windows).
+/// Seqs read and checked at once by a full audit: bounds the events held
+/// in memory (about 100 MB of decoded events), and how far apart two
+/// swapped events can be and still be named `reordered`. A window is a
+/// multiple of the tile width, so no tile straddles two.
 pub const AUDIT_WINDOW: u64 = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,22 +107,27 @@ pub struct Progress {
     pub done: bool,
 }
 
-/// Audits seqs `[from, to)` of the tree in `snapshot`, whose first
-/// `signed.0` leaves a checkpoint signed with root `signed.1`. `report`
-/// gets the progress after each window and may stop the audit by
-/// answering `false`.
+/// Audits `seqs` of the tree in `snapshot`, whose first `signed.0`
+/// leaves a checkpoint signed with root `signed.1`, `window` seqs at a
+/// time (a multiple of the tile width; [`AUDIT_WINDOW`] for a full
+/// audit). `report` gets the progress after each window and may stop the
+/// audit by answering `false`.
 pub fn audit(
     searcher: &Searcher,
     snapshot: &TreeSnapshot,
     signed: (u64, Hash),
     expired: &[Expired],
-    from: u64,
-    to: u64,
+    seqs: Range<u64>,
+    window: u64,
     mut report: impl FnMut(Progress) -> bool,
 ) -> Result<(), AuditError> {
+    assert!(
+        window > 0 && window.is_multiple_of(TILE_WIDTH),
+        "an audit window is whole tiles"
+    );
     let (signed_size, signed_root) = signed;
-    let to = to.min(snapshot.size());
-    let from = from.min(to);
+    let to = seqs.end.min(snapshot.size());
+    let from = seqs.start.min(to);
     let total = to - from;
     // The root is rebuilt from the tiles' leaves when the audit starts at
     // 0 and covers the signed size.
@@ -128,9 +136,9 @@ pub fn audit(
     // A changed level-0 tile also changes the root its leaves give: that
     // is reported once, at the tile.
     let mut tiles_damaged = false;
-    let mut start = from - from % AUDIT_WINDOW;
+    let mut start = from - from % window;
     while start < to {
-        let end = (start + AUDIT_WINDOW).min(snapshot.size());
+        let end = (start + window).min(snapshot.size());
         let (lo, hi) = (start.max(from), end.min(to));
         // Whole tiles' events: a compacted tile is checked as a whole.
         let tiles_lo = lo - lo % TILE_WIDTH;
