@@ -10,6 +10,7 @@
 #   COUNT=1000000 PER_SHAPE=500 SEED=7 scripts/bench_search.sh
 #   REUSE=1 FSYNC_DELAY_MS=2 scripts/bench_search.sh  # a disk whose fsync takes 2 ms
 #   COUNT=100000000 STREAM=1 scripts/bench_search.sh  # 100 M, no NDJSON file
+#   REUSE=1 ONLY="free text" SLOWEST=5 scripts/bench_search.sh  # one shape, its 5 slowest queries
 #
 # STREAM=1 pipes `auditctl gen` into `auditctl ingest -` instead of
 # writing the NDJSON first (100 M events are about 30 GB of it, and the
@@ -73,6 +74,9 @@ fi
 echo "== merges settled after $(wait_settled "$DATA/index") s" >&2
 if [ "${STREAM:-0}" = 1 ]; then BYTES=$(cat "$OUT/streamed-bytes"); else BYTES=$(stat -c %s "$NDJSON"); fi
 echo "== index: $(du -sb "$DATA/index" | cut -f1) bytes for $BYTES bytes of NDJSON" >&2
+MIX=(--per-shape "$PER_SHAPE" --seed "$SEED")
+if [ -n "${ONLY:-}" ]; then MIX+=(--only "$ONLY"); fi
+if [ -n "${SLOWEST:-}" ]; then MIX+=(--slowest "$SLOWEST"); fi
 echo "== search mix, $PER_SHAPE queries a shape, seed $SEED, two passes" >&2
-ctl bench-search --per-shape "$PER_SHAPE" --seed "$SEED" --json > "$OUT/search.json"
-ctl bench-search --per-shape "$PER_SHAPE" --seed "$SEED"
+ctl bench-search "${MIX[@]}" --json > "$OUT/search.json"
+ctl bench-search "${MIX[@]}"

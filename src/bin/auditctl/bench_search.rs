@@ -43,6 +43,10 @@ pub struct BenchSearchArgs {
     /// Run only the shapes whose name contains this (to profile one).
     #[arg(long)]
     only: Option<String>,
+    /// Also print the N slowest queries of each shape, with their time
+    /// and filter (to find what a tail is made of).
+    #[arg(long, default_value_t = 0)]
+    slowest: usize,
 }
 
 /// The shapes of the mix, by name.
@@ -129,6 +133,7 @@ pub async fn bench_search(
     for shape in shapes {
         let mut samples = Vec::with_capacity(args.per_shape);
         let mut hits = Vec::with_capacity(args.per_shape);
+        let mut timed = Vec::with_capacity(args.per_shape);
         for i in 0..=args.per_shape {
             let Some(query) = build(shape, &pool, &mut rng, scoped.len()) else {
                 break;
@@ -141,10 +146,17 @@ pub async fn bench_search(
             if i > 0 {
                 samples.push(seconds * 1e3);
                 hits.push((total, lower_bound));
+                if args.slowest > 0 {
+                    timed.push((seconds * 1e3, total, describe(&query.request)));
+                }
             }
         }
         if samples.is_empty() {
             continue;
+        }
+        timed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (ms, total, filter) in timed.iter().take(args.slowest) {
+            eprintln!("slow: {shape}: {ms:.2} ms, {total} hits: {filter}");
         }
         samples.sort_by(f64::total_cmp);
         hits.sort();
@@ -389,6 +401,39 @@ fn cidr(pool: &[AuditEvent], rng: &mut StdRng, bits: u8, v6: bool) -> Option<Str
 /// Runs one query (following `skip_pages` first, untimed) and returns the
 /// time of the last page, its total hits, and whether that is a lower
 /// bound.
+/// The filter of `request`, in a line: its fields that are set.
+fn describe(request: &SearchRequest) -> String {
+    let lists = [
+        ("actions", &request.actions),
+        ("access_ids", &request.access_ids),
+        ("subjects", &request.subjects),
+        ("ips", &request.ips),
+        ("types", &request.types),
+        ("source_names", &request.source_names),
+    ];
+    let mut parts: Vec<String> = lists
+        .iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(name, values)| format!("{name}={values:?}"))
+        .collect();
+    for (name, value) in [("text", &request.text), ("query", &request.query)] {
+        if !value.is_empty() {
+            parts.push(format!("{name}={value:?}"));
+        }
+    }
+    if request.from_time.is_some() || request.to_time.is_some() {
+        parts.push("a time range".into());
+    }
+    if request.status_min.is_some() || request.status_max.is_some() {
+        parts.push(format!(
+            "status {:?}..={:?}",
+            request.status_min, request.status_max
+        ));
+    }
+    parts.push(format!("limit {}", request.limit));
+    parts.join(", ")
+}
+
 async fn run(client: &mut Client, query: &Query) -> anyhow::Result<(f64, u64, bool)> {
     let mut request = query.request.clone();
     for _ in 0..query.skip_pages {
