@@ -203,6 +203,11 @@ impl View {
         View::open(searcher, None, None)
     }
 
+    /// Which reload of its partition's reader this is a view of.
+    fn generation(&self) -> u64 {
+        self.searcher.generation().generation_id()
+    }
+
     /// The view of `searcher`, reusing the columns `previous` already
     /// opened for the segments both hold.
     fn open(
@@ -256,6 +261,11 @@ impl View {
 
 /// The current view of one partition's reader: rebuilt when the reader
 /// has been reloaded since, shared until then.
+///
+/// A view is opened outside the lock: every read of the partition asks
+/// for its view, and one held up while opening it (the self-audit's
+/// thread runs at the lowest CPU priority, and waits whenever anything
+/// else can run) would hold up every search of the partition with it.
 #[derive(Default)]
 pub struct Views {
     current: Mutex<Option<Arc<View>>>,
@@ -268,14 +278,14 @@ impl Views {
         events: Option<&PartitionDictionary>,
     ) -> tantivy::Result<Arc<View>> {
         let searcher = reader.searcher();
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let generation = searcher.generation().generation_id();
-        if let Some(view) = current.as_ref() {
-            if view.searcher.generation().generation_id() == generation {
+        let last = self.last();
+        if let Some(view) = last.as_ref() {
+            if view.generation() == generation {
                 return Ok(view.clone());
             }
         }
-        let view = match View::open(searcher, events, current.as_deref()) {
+        let view = match View::open(searcher, events, last.as_deref()) {
             Ok(view) => view,
             // The events file of a segment this searcher holds is gone:
             // Tantivy deletes a merge's inputs as soon as it ends, before
@@ -283,13 +293,28 @@ impl Views {
             // The reloaded searcher names the merged segment instead.
             Err(error) if reload_moved(reader, generation) => {
                 tracing::debug!(%error, "a merged-away segment: taking the reloaded searcher");
-                View::open(reader.searcher(), events, current.as_deref())?
+                View::open(reader.searcher(), events, last.as_deref())?
             }
             Err(error) => return Err(error),
         };
         let view = Arc::new(view);
-        *current = Some(view.clone());
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        // Another read may have opened a newer one meanwhile.
+        if current
+            .as_ref()
+            .is_none_or(|c| c.generation() < view.generation())
+        {
+            *current = Some(view.clone());
+        }
         Ok(view)
+    }
+
+    /// The view kept last, if any.
+    fn last(&self) -> Option<Arc<View>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
