@@ -41,8 +41,8 @@ const SCAN_BLOCK_DOCS: u32 = 65_536;
 /// frequent words estimate few matches but read a term of 200,000
 /// postings a segment, all of them in one pass, where the chunks from the
 /// newest end stop once the page is full and the count done (free text
-/// `streams create`, 195,389 matches in 10 M events: 4.35 → 1.94 ms at
-/// p50). Also `scan_block`'s buffer size, so the one buffer serves both.
+/// of two frequent words: BENCHMARKS.md, issue 17). Also `scan_block`'s
+/// buffer size, so the one buffer serves both.
 const SPARSE_MATCHES: u32 = SCAN_BLOCK_DOCS;
 
 /// The constants above, as one value, so tests can make them small.
