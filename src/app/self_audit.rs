@@ -48,9 +48,9 @@ const MAX_VIOLATION_EVENTS_PER_WINDOW: usize = 100;
 /// Seqs checked at once: 16 tiles, whose decoded events take a few MB.
 /// A full audit's `AUDIT_WINDOW` (65,536) held so many at once that the
 /// overload test's memory bound failed (docs/benchmarks-history.md,
-/// "2026-12-05 (2)"). Swapped
-/// events farther apart than a window are called `modified`, not
-/// `reordered`: the self-audit only has to notice, the full audit names.
+/// "2026-12-05 (2)"). Swapped events farther apart than a window are
+/// called `modified`, not `reordered`: the self-audit only has to
+/// notice, the full audit names.
 pub const WINDOW: u64 = 16 * TILE_WIDTH;
 
 /// A window starts once no read has started for this long ...

@@ -67,7 +67,7 @@ fn leaf_of(event: &AuditEvent, opening: &Opening, scratch: &mut Vec<u8>) -> Hash
 }
 
 /// Seqs read and checked at once by a full audit: bounds the events held
-/// in memory (about 100 MB of decoded events), and how far apart two
+/// in memory (tens of megabytes of decoded events), and how far apart two
 /// swapped events can be and still be named `reordered`. A window is a
 /// multiple of the tile width, so no tile straddles two.
 pub const AUDIT_WINDOW: u64 = 1 << 16;

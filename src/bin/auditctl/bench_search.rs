@@ -398,9 +398,6 @@ fn cidr(pool: &[AuditEvent], rng: &mut StdRng, bits: u8, v6: bool) -> Option<Str
     Some(ipnet::IpNet::new(addr, bits).ok()?.trunc().to_string())
 }
 
-/// Runs one query (following `skip_pages` first, untimed) and returns the
-/// time of the last page, its total hits, and whether that is a lower
-/// bound.
 /// The filter of `request`, in a line: its fields that are set.
 fn describe(request: &SearchRequest) -> String {
     let lists = [
@@ -434,6 +431,9 @@ fn describe(request: &SearchRequest) -> String {
     parts.join(", ")
 }
 
+/// Runs one query (following `skip_pages` first, untimed) and returns the
+/// time of the last page, its total hits, and whether that is a lower
+/// bound.
 async fn run(client: &mut Client, query: &Query) -> anyhow::Result<(f64, u64, bool)> {
     let mut request = query.request.clone();
     for _ in 0..query.skip_pages {
