@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 
 use tantivy::query::{
-    BooleanQuery, EnableScoring, Exclude, Explanation, Occur, Query, Scorer, Weight,
+    BooleanQuery, EmptyScorer, EnableScoring, Exclude, Explanation, Occur, Query, Scorer, Weight,
 };
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
@@ -60,7 +60,7 @@ impl Query for ExcludeTerm {
             excluded: self
                 .term_query()
                 .weight(EnableScoring::disabled_from_schema(scoring.schema()))?,
-            without: self.joined(Occur::MustNot).weight(scoring)?,
+            without: OnceLock::new(),
             query: self.clone(),
             counting: OnceLock::new(),
         }))
@@ -75,8 +75,8 @@ struct ExcludeTermWeight {
     /// inner, and term: what the matches are made of.
     inner: Box<dyn Weight>,
     excluded: Box<dyn Weight>,
-    /// inner AND NOT term: what explains.
-    without: Box<dyn Weight>,
+    /// inner AND NOT term: what explains, made when first asked.
+    without: OnceLock<Box<dyn Weight>>,
     query: ExcludeTerm,
     /// inner, and inner AND term: what counts, made at the first count
     /// (most searches never count this way).
@@ -99,10 +99,33 @@ impl ExcludeTermWeight {
         );
         Ok(self.counting.get_or_init(|| weights))
     }
+
+    fn without(&self, reader: &SegmentReader) -> tantivy::Result<&dyn Weight> {
+        if let Some(weight) = self.without.get() {
+            return Ok(weight.as_ref());
+        }
+        let scoring = EnableScoring::disabled_from_schema(reader.schema());
+        let weight = self.query.joined(Occur::MustNot).weight(scoring)?;
+        Ok(self.without.get_or_init(|| weight).as_ref())
+    }
+
+    /// Whether every document of the segment holds the term: a segment
+    /// of the trail alone, which a commit in a spell of reads makes.
+    /// Reading it would go through every match of the inner query in it
+    /// (all of the trail, for a filter its events share, such as
+    /// `success`) to find none.
+    fn all_excluded(&self, reader: &SegmentReader) -> tantivy::Result<bool> {
+        let term = &self.query.term;
+        let doc_freq = reader.inverted_index(term.field())?.doc_freq(term)?;
+        Ok(doc_freq >= reader.max_doc())
+    }
 }
 
 impl Weight for ExcludeTermWeight {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        if self.all_excluded(reader)? {
+            return Ok(Box::new(EmptyScorer));
+        }
         let inner = self.inner.scorer(reader, boost)?;
         let excluded = self.excluded.scorer(reader, 1.0)?;
         if excluded.doc() == TERMINATED {
@@ -116,10 +139,13 @@ impl Weight for ExcludeTermWeight {
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        self.without.explain(reader, doc)
+        self.without(reader)?.explain(reader, doc)
     }
 
     fn count(&self, reader: &SegmentReader) -> tantivy::Result<u32> {
+        if self.all_excluded(reader)? {
+            return Ok(0);
+        }
         let (inner, with) = self.counting(reader)?;
         let all = inner.count(reader)?;
         let excluded = with.count(reader)?;
@@ -127,7 +153,7 @@ impl Weight for ExcludeTermWeight {
             Some(count) => Ok(count),
             // Never, as both count the same live documents; if it were,
             // the walk is still right.
-            None => self.without.count(reader),
+            None => self.without(reader)?.count(reader),
         }
     }
 }
@@ -176,7 +202,8 @@ mod tests {
     use tantivy::{doc, Index};
 
     /// Counts and matches equal the `MustNot` form's, over segments with
-    /// and without the excluded term and with deleted documents.
+    /// and without the excluded term, of it alone, and with deleted
+    /// documents.
     #[test]
     fn counts_and_matches_equal_the_must_not_form() {
         let mut schema = Schema::builder();
@@ -184,9 +211,9 @@ mod tests {
         let who = schema.add_text_field("who", STRING);
         let index = Index::create_in_ram(schema.build());
         let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
-        for segment in 0..3 {
+        for segment in 0..4 {
             for i in 0..300 {
-                let trail = segment != 1 && i % 7 == 0;
+                let trail = segment == 3 || (segment != 1 && i % 7 == 0);
                 let kind_value = if trail { "trail" } else { "event" };
                 let who_value = ["ann", "bob", "cy"][i % 3];
                 writer
@@ -217,7 +244,8 @@ mod tests {
             assert_eq!(searcher.search(&ours, &DocSetCollector).unwrap(), want);
             assert_eq!(searcher.search(&ours, &Count).unwrap(), want.len());
         }
-        // ann: 100 a segment; 15 of them trail events in segments 0 and 2.
+        // ann: 100 a segment; 15 of them trail events in segments 0 and 2,
+        // all of them in segment 3.
         let ann = ExcludeTerm::new(
             Box::new(TermQuery::new(
                 Term::from_field_text(who, "ann"),
@@ -226,6 +254,19 @@ mod tests {
             trail,
         );
         assert_eq!(searcher.search(&ann, &Count).unwrap(), 300 - 2 * 15);
+        // The segment of the trail alone is not read at all.
+        let weight = ann
+            .weight(EnableScoring::disabled_from_searcher(&searcher))
+            .unwrap();
+        let mut alone = 0;
+        for reader in searcher.segment_readers() {
+            let index = reader.inverted_index(kind).unwrap();
+            let trail_only = index.doc_freq(&ann.term).unwrap() == reader.max_doc();
+            let scorer = weight.scorer(reader, 1.0).unwrap();
+            assert_eq!(scorer.cost() == 0, trail_only, "{:?}", reader.segment_id());
+            alone += usize::from(trail_only);
+        }
+        assert_eq!(alone, 1);
     }
 
     /// The scorer tells what reading the query's matches costs (for two
