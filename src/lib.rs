@@ -9,8 +9,8 @@
 //! `client` is the client side (bearer token, channels, sample events,
 //! CPU readings) that `auditctl`, the tests and the benches share; the
 //! daemon does not use it. Stages no caller outside the daemon needs
-//! (`conn`, `http`, `idempotency`, `ingest`, `merge`, `metrics`, `status`,
-//! `tls`) are private. See ARCHITECTURE.md.
+//! (`conn`, `http`, `idempotency`, `ingest`, `merge`, `metrics`,
+//! `priority`, `status`, `tls`) are private. See ARCHITECTURE.md.
 
 pub mod app;
 pub mod auth;
@@ -35,6 +35,7 @@ pub mod messages;
 pub(crate) mod metrics;
 pub mod migrate;
 pub mod partition;
+pub(crate) mod priority;
 pub mod record;
 pub mod recover;
 pub mod retention;

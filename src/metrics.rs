@@ -24,6 +24,12 @@ pub const INDEX_DOCS: &str = "auditd_index_docs";
 /// Bytes of events held in memory for Tail, committed and live
 /// (`search/recent.rs`).
 pub const RECENT_EVENTS_BYTES: &str = "auditd_index_recent_events_bytes";
+/// Bytes of dense terms' bit sets kept (`search/dense.rs`).
+pub const DENSE_TERM_BYTES: &str = "auditd_search_dense_term_bytes";
+/// Dense terms' bit sets made.
+pub const DENSE_TERM_BUILDS: &str = "auditd_search_dense_term_builds_total";
+/// Bit sets not asked for because the builder's queue was full.
+pub const DENSE_TERM_BUILDS_DROPPED: &str = "auditd_search_dense_term_builds_dropped_total";
 pub const PARTITIONS: &str = "auditd_index_partitions";
 pub const SEARCH_SECONDS: &str = "auditd_search_duration_seconds";
 pub const REPLAY_SECONDS: &str = "auditd_replay_duration_seconds";

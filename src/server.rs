@@ -733,7 +733,9 @@ impl Pipeline {
                 u64::MAX,
             )?),
         };
-        searcher = searcher.with_seeds(seeds.clone());
+        searcher = searcher
+            .with_seeds(seeds.clone())
+            .with_dense_terms(config.index.dense_terms_bytes);
         if let Some(integrity) = &integrity {
             let leaves = crate::integrity::audit::IndexLeaves(searcher.clone());
             integrity.tree.set_leaf_source(Arc::new(leaves));

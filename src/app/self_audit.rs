@@ -234,27 +234,8 @@ fn low_priority_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError>
     rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .thread_name(|i| format!("auditd-audit-{i}"))
-        .start_handler(|_| lower_this_threads_priority())
+        .start_handler(|_| crate::priority::lower_this_threads_priority("the self-audit"))
         .build()
-}
-
-/// Puts the calling thread in `SCHED_IDLE`, at nice 19: the policy
-/// meant for work that runs only on a core nothing else wants. Linux
-/// keeps both per thread (`0`: the calling one), and lowering either
-/// needs no privilege. (`perf sched` on this VM, 2026-12-05: at nice 19
-/// alone the audit threads ran slices of 4 to 14 ms while normal threads
-/// waited; `SCHED_IDLE` did not measurably shorten those waits. What
-/// took the search p99 back under 5 ms was one thread instead of two.)
-fn lower_this_threads_priority() {
-    let idle = libc::sched_param { sched_priority: 0 };
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::warn!(%error, "a self-audit thread is not in SCHED_IDLE");
-    }
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::warn!(%error, "a self-audit thread runs at normal priority");
-    }
 }
 
 /// Who the daemon's own events are written as.

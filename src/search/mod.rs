@@ -36,6 +36,7 @@ use crate::proto::{
 use crate::schema::{decode_stored, id_key, timestamp_micros, to_v6, AuditSchema};
 
 pub mod aggregate;
+mod dense;
 mod exclude;
 pub mod live;
 mod log_order;
@@ -101,6 +102,8 @@ pub struct Searcher {
     seeds: Option<Arc<SaltSeeds>>,
     /// When a caller's read last started, shared by every clone.
     reads: Arc<ReadActivity>,
+    /// The bit sets of terms most events of a big segment hold (`dense.rs`).
+    dense: Arc<dense::DenseTerms>,
 }
 
 /// When a caller's read last started: background readers of the index
@@ -319,6 +322,9 @@ impl Searcher {
             text_analyzer,
             seeds: None,
             reads: Arc::default(),
+            dense: Arc::new(dense::DenseTerms::new(
+                crate::config::IndexConfig::default().dense_terms_bytes,
+            )),
         }
     }
 
@@ -331,6 +337,13 @@ impl Searcher {
     /// `seeds`.
     pub fn with_seeds(mut self, seeds: Arc<SaltSeeds>) -> Searcher {
         self.seeds = Some(seeds);
+        self
+    }
+
+    /// Keeps up to `budget` bytes of dense terms' bit sets
+    /// (`index.dense_terms_bytes`); 0 keeps none.
+    pub fn with_dense_terms(mut self, budget: u64) -> Searcher {
+        self.dense = Arc::new(dense::DenseTerms::new(budget));
         self
     }
 
@@ -914,13 +927,21 @@ impl Searcher {
     }
 
     fn add_scope(&self, scope: &ReadScope, must: &mut Vec<Box<dyn Query>>) {
+        for term in self.scope_terms(scope) {
+            must.push(Box::new(TermQuery::new(term, IndexRecordOption::Basic)));
+        }
+    }
+
+    /// The terms every event `scope` may read holds.
+    fn scope_terms(&self, scope: &ReadScope) -> Vec<Term> {
+        let s = &self.schema;
         match scope {
-            ReadScope::All => {}
-            ReadScope::Subject(subject) => must.push(term(self.schema.subject, subject)),
-            ReadScope::SubjectAndAccess { subject, access_id } => {
-                must.push(term(self.schema.subject, subject));
-                must.push(term(self.schema.access_id, access_id));
-            }
+            ReadScope::All => Vec::new(),
+            ReadScope::Subject(subject) => vec![Term::from_field_text(s.subject, subject)],
+            ReadScope::SubjectAndAccess { subject, access_id } => vec![
+                Term::from_field_text(s.subject, subject),
+                Term::from_field_text(s.access_id, access_id),
+            ],
         }
     }
 
@@ -945,9 +966,10 @@ impl Searcher {
     ) -> Result<Box<dyn Query>, SearchError> {
         let s = &self.schema;
         // The caller's scope comes first and is AND-ed with everything
-        // else: the request's own filters can only narrow it.
+        // else: the request's own filters can only narrow it. Single terms
+        // go apart from the other filters, for `AllOf` to join.
+        let mut terms = self.scope_terms(scope);
         let mut must: Vec<Box<dyn Query>> = Vec::new();
-        self.add_scope(scope, &mut must);
         if from.is_some() || to.is_some() {
             let lower = from.map_or(Bound::Unbounded, |t| {
                 Bound::Included(Term::from_field_i64(s.time, t))
@@ -957,8 +979,14 @@ impl Searcher {
             });
             must.push(Box::new(RangeQuery::new(lower, upper)));
         }
-        if !r.actions.is_empty() {
-            must.push(actions_query(s, &r.actions).map_err(|e| invalid("actions", e))?);
+        match r.actions.as_slice() {
+            [] => {}
+            [action] if !action.ends_with('*') => {
+                terms.push(Term::from_field_text(s.action, action));
+            }
+            actions => {
+                must.push(actions_query(s, actions).map_err(|e| invalid("actions", e))?);
+            }
         }
         for (field, values) in [
             (s.access_id, &r.access_ids),
@@ -966,8 +994,10 @@ impl Searcher {
             (s.type_, &r.types),
             (s.source_name, &r.source_names),
         ] {
-            if !values.is_empty() {
-                must.push(one_of(values.iter().map(|v| term(field, v)).collect()));
+            match values.as_slice() {
+                [] => {}
+                [value] => terms.push(Term::from_field_text(field, value)),
+                values => must.push(one_of(values.iter().map(|v| term(field, v)).collect())),
             }
         }
         if !r.ips.is_empty() {
@@ -1002,9 +1032,7 @@ impl Searcher {
             if words.is_empty() {
                 return Err(invalid("text", "no searchable words (letters or digits)"));
             }
-            for word in words {
-                must.push(term(s.text, &word));
-            }
+            terms.extend(words.iter().map(|word| Term::from_field_text(s.text, word)));
         }
         if !r.query.trim().is_empty() {
             let parser = QueryParser::for_index(&self.parsing, vec![s.text]);
@@ -1022,14 +1050,10 @@ impl Searcher {
         // The trail of reads (`audit-log/auditd`) would otherwise grow with
         // every search; it shows only when asked for by type.
         let wants_trail = wants_trail(r);
-        if must.is_empty() {
-            must.push(Box::new(AllQuery));
-        }
-        let query: Box<dyn Query> = match must.len() {
-            1 => must.remove(0),
-            _ => Box::new(BooleanQuery::new(
-                must.into_iter().map(|q| (Occur::Must, q)).collect(),
-            )),
+        let query: Box<dyn Query> = match (terms.is_empty(), must.len()) {
+            (true, 0) => Box::new(AllQuery),
+            (true, 1) => must.remove(0),
+            _ => Box::new(dense::AllOf::new(terms, must, self.dense.clone())),
         };
         Ok(match wants_trail {
             true => query,

@@ -1,0 +1,728 @@
+//! Terms that a large share of a segment's events hold, read from a bit
+//! set of the segment's documents instead of their postings, and the
+//! filters of a search joined with them ([`AllOf`]).
+//!
+//! A search's words and filters must all match. Tantivy joins them by
+//! leapfrog: each match of the rarest is sought in the postings of the
+//! others. When every one of them is frequent (the most frequent subject
+//! and two action words: `chloe0001 accesses create`), that is a seek a
+//! posting of the rarest, hundreds of thousands over 10 M events, and the
+//! exact count up to `limits.exact_total_hits` has to go through all of
+//! them: free text's slowest queries were 6 ms, 59 % of it that count
+//! (docs/benchmarks-history.md, "2026-12-05 (3)"). Here a term held by at
+//! least one event in [`DENSE_SHARE`] of a big segment is read from a bit
+//! set, the bit sets of a search's dense terms are joined a 64-bit word at
+//! a time, and the rest of the search seeks in the result.
+//!
+//! The bit sets are made off the search's path, on a thread of their own
+//! at the lowest CPU priority, the first time a search meets a dense term
+//! in a segment (until then it reads the postings), and kept under a byte
+//! budget
+//! (`index.dense_terms_bytes`), the least recently used going first.
+//! Postings hold deleted documents too, and so do the bit sets: deletes
+//! are the caller's to skip, as with any scorer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use lru::LruCache;
+use tantivy::index::SegmentId;
+use tantivy::query::{
+    intersect_scorers, BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, TermQuery,
+    Weight,
+};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
+
+use crate::metrics as m;
+
+/// A term is dense in a segment when at least one of this many of its
+/// documents holds it. Its bit set then takes at most 64 bits a posting,
+/// where its postings take some 8 to 10 bits each.
+pub const DENSE_SHARE: u32 = 64;
+
+/// Segments smaller than this are read from their postings: a small
+/// segment's postings are read quickly enough, and there are many of
+/// them.
+pub const MIN_SEGMENT_DOCS: u32 = 1 << 16;
+
+/// Bit sets waiting to be made, at most; a search that meets a dense term
+/// with the queue full reads its postings, and a later one asks again.
+pub const BUILD_QUEUE: usize = 64;
+
+/// The documents of one segment that hold one term.
+pub struct Bits {
+    words: Box<[u64]>,
+    /// Documents in the set.
+    len: u32,
+}
+
+impl Bits {
+    /// The documents of `term`'s postings in the segment.
+    fn of_term(reader: &SegmentReader, term: &Term) -> tantivy::Result<Bits> {
+        let mut words = vec![0u64; (reader.max_doc() as usize).div_ceil(64)].into_boxed_slice();
+        let mut len = 0;
+        let index = reader.inverted_index(term.field())?;
+        if let Some(mut postings) = index.read_block_postings(term, IndexRecordOption::Basic)? {
+            while !postings.docs().is_empty() {
+                for &doc in postings.docs() {
+                    words[(doc / 64) as usize] |= 1 << (doc % 64);
+                }
+                len += postings.docs().len() as u32;
+                postings.advance();
+            }
+        }
+        Ok(Bits { words, len })
+    }
+
+    /// The documents in every one of `sets` (all of one segment).
+    fn all_of(sets: &[Arc<Bits>]) -> Bits {
+        let (first, rest) = sets.split_first().expect("at least one set");
+        let mut words = first.words.clone();
+        let mut len = 0;
+        for (i, word) in words.iter_mut().enumerate() {
+            for other in rest {
+                *word &= other.words[i];
+            }
+            len += word.count_ones();
+        }
+        Bits { words, len }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.words.len() as u64 * 8
+    }
+}
+
+/// What the cache holds: a segment's bit set of a term.
+type Key = (SegmentId, Term);
+
+struct Build {
+    key: Key,
+    reader: SegmentReader,
+}
+
+struct Cache {
+    sets: LruCache<Key, Arc<Bits>>,
+    bytes: u64,
+    /// Asked for and not yet made.
+    pending: HashSet<Key>,
+}
+
+struct Shared {
+    cache: Mutex<Cache>,
+    /// Notified each time the pending set shrinks.
+    built: Condvar,
+    budget: u64,
+}
+
+/// The bit sets of dense terms, shared by every search of a daemon.
+pub struct DenseTerms {
+    shared: Arc<Shared>,
+    min_docs: u32,
+    queue: usize,
+    /// The builder's queue, its thread started on the first request.
+    builds: OnceLock<crossbeam_channel::Sender<Build>>,
+}
+
+impl std::fmt::Debug for DenseTerms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseTerms")
+            .field("budget", &self.shared.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DenseTerms {
+    /// Bit sets of up to `budget` bytes in all; 0 keeps none, and every
+    /// term is read from its postings.
+    pub fn new(budget: u64) -> DenseTerms {
+        DenseTerms::with_limits(budget, MIN_SEGMENT_DOCS, BUILD_QUEUE)
+    }
+
+    fn with_limits(budget: u64, min_docs: u32, queue: usize) -> DenseTerms {
+        DenseTerms {
+            shared: Arc::new(Shared {
+                cache: Mutex::new(Cache {
+                    sets: LruCache::unbounded(),
+                    bytes: 0,
+                    pending: HashSet::new(),
+                }),
+                built: Condvar::new(),
+                budget,
+            }),
+            min_docs,
+            queue,
+            builds: OnceLock::new(),
+        }
+    }
+
+    /// `term`'s bit set in the segment, if the term is dense there and
+    /// the set is made; a dense term's first look asks for it.
+    fn bits(&self, reader: &SegmentReader, term: &Term) -> tantivy::Result<Option<Arc<Bits>>> {
+        if self.shared.budget == 0 || reader.max_doc() < self.min_docs {
+            return Ok(None);
+        }
+        let doc_freq = reader.inverted_index(term.field())?.doc_freq(term)?;
+        if u64::from(doc_freq) * u64::from(DENSE_SHARE) < u64::from(reader.max_doc()) {
+            return Ok(None);
+        }
+        let key = (reader.segment_id(), term.clone());
+        let mut cache = self.shared.cache.lock().expect("the dense term cache");
+        if let Some(bits) = cache.sets.get(&key) {
+            return Ok(Some(bits.clone()));
+        }
+        if cache.pending.insert(key.clone()) {
+            let sent = self.builder().try_send(Build {
+                key: key.clone(),
+                reader: reader.clone(),
+            });
+            if sent.is_err() {
+                cache.pending.remove(&key);
+                metrics::counter!(m::DENSE_TERM_BUILDS_DROPPED).increment(1);
+            }
+        }
+        Ok(None)
+    }
+
+    fn builder(&self) -> &crossbeam_channel::Sender<Build> {
+        self.builds.get_or_init(|| {
+            let (sender, receiver) = crossbeam_channel::bounded(self.queue);
+            let shared = self.shared.clone();
+            let started = std::thread::Builder::new()
+                .name("auditd-dense".into())
+                .spawn(move || {
+                    crate::priority::lower_this_threads_priority("the dense term builder");
+                    build_all(&shared, &receiver)
+                });
+            if let Err(error) = started {
+                // The receiver is gone with the closure: every request is
+                // then dropped, and searches read postings.
+                tracing::error!(%error, "the dense term builder could not start");
+            }
+            sender
+        })
+    }
+
+    /// Waits until every bit set asked for is made (or dropped).
+    #[cfg(test)]
+    fn wait_for_builds(&self) {
+        let cache = self.shared.cache.lock().expect("the dense term cache");
+        let _idle = self
+            .shared
+            .built
+            .wait_while(cache, |cache| !cache.pending.is_empty())
+            .expect("the dense term cache");
+    }
+
+    /// Bytes of the bit sets kept.
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
+        self.shared
+            .cache
+            .lock()
+            .expect("the dense term cache")
+            .bytes
+    }
+
+    /// Bit sets kept.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.shared.cache.lock().unwrap().sets.len()
+    }
+
+    /// One whose builder is not started: its queue is the caller's.
+    #[cfg(test)]
+    fn unstarted(
+        budget: u64,
+        min_docs: u32,
+        queue: usize,
+    ) -> (DenseTerms, crossbeam_channel::Receiver<Build>) {
+        let dense = DenseTerms::with_limits(budget, min_docs, queue);
+        let (sender, receiver) = crossbeam_channel::bounded(queue);
+        dense.builds.set(sender).expect("not started");
+        (dense, receiver)
+    }
+}
+
+/// The builder's loop: until the last `DenseTerms` is dropped.
+fn build_all(shared: &Shared, receiver: &crossbeam_channel::Receiver<Build>) {
+    for Build { key, reader } in receiver {
+        let made = Bits::of_term(&reader, &key.1);
+        drop(reader);
+        let mut cache = shared.cache.lock().expect("the dense term cache");
+        cache.pending.remove(&key);
+        match made {
+            Ok(bits) if bits.bytes() <= shared.budget => {
+                metrics::counter!(m::DENSE_TERM_BUILDS).increment(1);
+                cache.bytes += bits.bytes();
+                if let Some(old) = cache.sets.put(key, Arc::new(bits)) {
+                    cache.bytes -= old.bytes();
+                }
+                while cache.bytes > shared.budget {
+                    let Some((_, evicted)) = cache.sets.pop_lru() else {
+                        break;
+                    };
+                    cache.bytes -= evicted.bytes();
+                }
+                metrics::gauge!(m::DENSE_TERM_BYTES).set(cache.bytes as f64);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "a dense term's bit set could not be made"),
+        }
+        shared.built.notify_all();
+    }
+}
+
+/// Every one of `terms` and of `others` must match.
+#[derive(Debug)]
+pub struct AllOf {
+    terms: Vec<Term>,
+    others: Vec<Box<dyn Query>>,
+    dense: Arc<DenseTerms>,
+}
+
+impl Clone for AllOf {
+    fn clone(&self) -> Self {
+        AllOf {
+            terms: self.terms.clone(),
+            others: self.others.iter().map(|q| q.box_clone()).collect(),
+            dense: self.dense.clone(),
+        }
+    }
+}
+
+impl AllOf {
+    /// At least one term or other query.
+    pub fn new(terms: Vec<Term>, others: Vec<Box<dyn Query>>, dense: Arc<DenseTerms>) -> AllOf {
+        assert!(!terms.is_empty() || !others.is_empty(), "AllOf of nothing");
+        AllOf {
+            terms,
+            others,
+            dense,
+        }
+    }
+
+    /// The same as one Boolean query: what explains.
+    fn as_boolean(&self) -> BooleanQuery {
+        let terms = self.terms.iter().map(|term| {
+            let query = TermQuery::new(term.clone(), IndexRecordOption::Basic);
+            (Occur::Must, Box::new(query) as Box<dyn Query>)
+        });
+        let others = self.others.iter().map(|q| (Occur::Must, q.box_clone()));
+        BooleanQuery::new(terms.chain(others).collect())
+    }
+}
+
+impl Query for AllOf {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        let terms = self
+            .terms
+            .iter()
+            .map(|term| {
+                let query = TermQuery::new(term.clone(), IndexRecordOption::Basic);
+                Ok((term.clone(), query.weight(scoring)?))
+            })
+            .collect::<tantivy::Result<_>>()?;
+        let others = self
+            .others
+            .iter()
+            .map(|q| q.weight(scoring))
+            .collect::<tantivy::Result<_>>()?;
+        Ok(Box::new(AllOfWeight {
+            query: self.clone(),
+            terms,
+            others,
+            joined: Mutex::default(),
+        }))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        for term in &self.terms {
+            visitor(term, false);
+        }
+        for query in &self.others {
+            query.query_terms(visitor);
+        }
+    }
+}
+
+struct AllOfWeight {
+    query: AllOf,
+    terms: Vec<(Term, Box<dyn Weight>)>,
+    others: Vec<Box<dyn Weight>>,
+    /// The join of a segment's dense terms (which ones: a bit each), kept
+    /// for the search: it makes a scorer for each stretch it reads.
+    joined: Mutex<HashMap<(SegmentId, u64), Arc<Bits>>>,
+}
+
+impl AllOfWeight {
+    /// One set of the dense terms' sets, or none if none is dense.
+    fn join(&self, reader: &SegmentReader, sets: Vec<(usize, Arc<Bits>)>) -> Option<Arc<Bits>> {
+        match sets.len() {
+            0 => None,
+            1 => sets.into_iter().next().map(|(_, bits)| bits),
+            _ => {
+                let which = sets.iter().fold(0u64, |mask, (i, _)| mask | 1 << i);
+                let key = (reader.segment_id(), which);
+                let mut joined = self.joined.lock().expect("the joined sets");
+                let bits = joined.entry(key).or_insert_with(|| {
+                    let sets: Vec<_> = sets.into_iter().map(|(_, bits)| bits).collect();
+                    Arc::new(Bits::all_of(&sets))
+                });
+                Some(bits.clone())
+            }
+        }
+    }
+}
+
+impl Weight for AllOfWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
+        let mut dense = Vec::new();
+        // A join is kept by which terms it holds, a bit each.
+        let joinable = self.terms.len() <= 64;
+        for (i, (term, weight)) in self.terms.iter().enumerate() {
+            match joinable.then(|| self.query.dense.bits(reader, term)) {
+                Some(Ok(Some(bits))) => dense.push((i, bits)),
+                Some(Err(error)) => return Err(error),
+                _ => scorers.push(weight.scorer(reader, boost)?),
+            }
+        }
+        if let Some(bits) = self.join(reader, dense) {
+            scorers.push(Box::new(BitsScorer::new(bits)));
+        }
+        for weight in &self.others {
+            scorers.push(weight.scorer(reader, boost)?);
+        }
+        Ok(intersect_scorers(scorers, reader.max_doc()))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        let scoring = EnableScoring::disabled_from_schema(reader.schema());
+        self.query
+            .as_boolean()
+            .weight(scoring)?
+            .explain(reader, doc)
+    }
+
+    fn count(&self, reader: &SegmentReader) -> tantivy::Result<u32> {
+        if let ([(_, term)], []) = (self.terms.as_slice(), self.others.as_slice()) {
+            // One term: its dictionary entry, without deletes.
+            return term.count(reader);
+        }
+        let mut scorer = self.scorer(reader, 1.0)?;
+        Ok(match reader.alive_bitset() {
+            Some(alive) => scorer.count(alive),
+            None => scorer.count_including_deleted(),
+        })
+    }
+}
+
+/// The documents of a [`Bits`], in order.
+struct BitsScorer {
+    bits: Arc<Bits>,
+    doc: DocId,
+}
+
+impl BitsScorer {
+    fn new(bits: Arc<Bits>) -> BitsScorer {
+        let doc = first_at_or_after(&bits.words, 0);
+        BitsScorer { bits, doc }
+    }
+}
+
+/// The first document at or after `target` in `words`, or `TERMINATED`.
+#[inline]
+fn first_at_or_after(words: &[u64], target: DocId) -> DocId {
+    let mut i = (target / 64) as usize;
+    let Some(&first) = words.get(i) else {
+        return TERMINATED;
+    };
+    let mut word = first & (u64::MAX << (target % 64));
+    loop {
+        if word != 0 {
+            return i as u32 * 64 + word.trailing_zeros();
+        }
+        i += 1;
+        match words.get(i) {
+            Some(&next) => word = next,
+            None => return TERMINATED,
+        }
+    }
+}
+
+impl DocSet for BitsScorer {
+    fn advance(&mut self) -> DocId {
+        if self.doc != TERMINATED {
+            self.doc = first_at_or_after(&self.bits.words, self.doc + 1);
+        }
+        self.doc
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        if target > self.doc {
+            self.doc = first_at_or_after(&self.bits.words, target);
+        }
+        self.doc
+    }
+
+    fn doc(&self) -> DocId {
+        self.doc
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.bits.len
+    }
+
+    fn count_including_deleted(&mut self) -> u32 {
+        if self.doc == TERMINATED {
+            return 0;
+        }
+        let i = (self.doc / 64) as usize;
+        let words = &self.bits.words;
+        let first = (words[i] & (u64::MAX << (self.doc % 64))).count_ones();
+        let count = first + words[i + 1..].iter().map(|w| w.count_ones()).sum::<u32>();
+        self.doc = TERMINATED;
+        count
+    }
+}
+
+impl Scorer for BitsScorer {
+    fn score(&mut self) -> Score {
+        1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tantivy::collector::{Count, DocSetCollector};
+    use tantivy::query::RangeQuery;
+    use tantivy::schema::{Field, Schema, FAST, INDEXED, STRING};
+    use tantivy::{doc, Index, IndexWriter};
+
+    /// Segments of 3,000 documents (dense from 1,000 up in these tests):
+    /// `a` in half of them, `b` in a third, `c` in a fifth, `rare` in
+    /// one in 100, `n` their number; the third segment has deletes.
+    struct Fixture {
+        index: Index,
+        a: Field,
+        b: Field,
+        c: Field,
+        n: Field,
+    }
+
+    fn fixture() -> Fixture {
+        let mut schema = Schema::builder();
+        let a = schema.add_text_field("a", STRING);
+        let b = schema.add_text_field("b", STRING);
+        let c = schema.add_text_field("c", STRING);
+        let n = schema.add_u64_field("n", INDEXED | FAST);
+        let index = Index::create_in_ram(schema.build());
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for segment in 0..3u64 {
+            for i in 0..3000u64 {
+                let number = segment * 3000 + i;
+                let value = |every: u64| if number % every == 0 { "x" } else { "-" };
+                let rare = if number % 100 == 7 { "rare" } else { value(5) };
+                writer
+                    .add_document(doc!(a => value(2), b => value(3), c => rare, n => number))
+                    .unwrap();
+            }
+            writer.commit().unwrap();
+        }
+        writer.delete_term(Term::from_field_u64(n, 6030));
+        writer.delete_term(Term::from_field_u64(n, 6060));
+        writer.commit().unwrap();
+        Fixture { index, a, b, c, n }
+    }
+
+    fn x(field: Field) -> Term {
+        Term::from_field_text(field, "x")
+    }
+
+    /// The Boolean form of `query`: what it must equal.
+    fn boolean(query: &AllOf) -> BooleanQuery {
+        query.as_boolean()
+    }
+
+    fn assert_same_as_boolean(searcher: &tantivy::Searcher, query: &AllOf) {
+        let want = searcher.search(&boolean(query), &DocSetCollector).unwrap();
+        assert_eq!(searcher.search(query, &DocSetCollector).unwrap(), want);
+        assert_eq!(searcher.search(query, &Count).unwrap(), want.len());
+        // Counting segment by segment, deletes left to the caller.
+        let weight = query
+            .weight(EnableScoring::disabled_from_searcher(searcher))
+            .unwrap();
+        let theirs = boolean(query)
+            .weight(EnableScoring::disabled_from_searcher(searcher))
+            .unwrap();
+        for reader in searcher.segment_readers() {
+            assert_eq!(weight.count(reader).unwrap(), theirs.count(reader).unwrap());
+            let ours = weight
+                .scorer(reader, 1.0)
+                .unwrap()
+                .count_including_deleted();
+            let want = theirs
+                .scorer(reader, 1.0)
+                .unwrap()
+                .count_including_deleted();
+            assert_eq!(ours, want);
+        }
+    }
+
+    /// Matches and counts equal the Boolean form's, before the bit sets
+    /// are made (postings) and after (bit sets, joined), with a sparse
+    /// term, another kind of query, and deletes.
+    #[test]
+    fn matches_and_counts_equal_the_boolean_form() {
+        let f = fixture();
+        let searcher = f.index.reader().unwrap().searcher();
+        let dense = Arc::new(DenseTerms::with_limits(1 << 20, 1000, BUILD_QUEUE));
+        let range = || -> Box<dyn Query> {
+            Box::new(RangeQuery::new(
+                std::ops::Bound::Included(Term::from_field_u64(f.n, 2000)),
+                std::ops::Bound::Excluded(Term::from_field_u64(f.n, 7000)),
+            ))
+        };
+        let queries = [
+            AllOf::new(vec![x(f.a)], Vec::new(), dense.clone()),
+            AllOf::new(vec![x(f.a), x(f.b)], Vec::new(), dense.clone()),
+            AllOf::new(vec![x(f.a), x(f.b), x(f.c)], Vec::new(), dense.clone()),
+            AllOf::new(
+                vec![x(f.b), Term::from_field_text(f.c, "rare")],
+                Vec::new(),
+                dense.clone(),
+            ),
+            AllOf::new(vec![x(f.a), x(f.c)], vec![range()], dense.clone()),
+            AllOf::new(Vec::new(), vec![range()], dense.clone()),
+        ];
+        for query in &queries {
+            assert_same_as_boolean(&searcher, query);
+        }
+        dense.wait_for_builds();
+        // a, b and c in each of the three segments; `rare` is not dense.
+        assert_eq!(dense.kept(), 9);
+        assert_eq!(dense.bytes(), 9 * 3000u64.div_ceil(64) * 8);
+        for query in &queries {
+            assert_same_as_boolean(&searcher, query);
+        }
+        let weight = queries[2]
+            .weight(EnableScoring::disabled_from_searcher(&searcher))
+            .unwrap();
+        for reader in searcher.segment_readers() {
+            // One bit set for the three terms, a thirtieth of the segment.
+            assert_eq!(weight.scorer(reader, 1.0).unwrap().size_hint(), 100);
+        }
+    }
+
+    /// Past the budget the least recently used set goes; a segment below
+    /// the least size has none.
+    #[test]
+    fn the_budget_bounds_the_sets_kept() {
+        let f = fixture();
+        let searcher = f.index.reader().unwrap().searcher();
+        let one_set = 3000u64.div_ceil(64) * 8;
+        let dense = Arc::new(DenseTerms::with_limits(2 * one_set, 1000, BUILD_QUEUE));
+        let reader = &searcher.segment_readers()[0];
+        for field in [f.a, f.b, f.c] {
+            assert!(dense.bits(reader, &x(field)).unwrap().is_none());
+            dense.wait_for_builds();
+            assert!(dense.bits(reader, &x(field)).unwrap().is_some());
+            assert!(dense.bytes() <= 2 * one_set);
+        }
+        assert_eq!(dense.kept(), 2);
+        // a went first.
+        assert!(dense.bits(reader, &x(f.a)).unwrap().is_none());
+        dense.wait_for_builds();
+        assert_eq!(dense.kept(), 2);
+
+        let small = Arc::new(DenseTerms::with_limits(1 << 20, 3001, BUILD_QUEUE));
+        assert!(small.bits(reader, &x(f.a)).unwrap().is_none());
+        small.wait_for_builds();
+        assert_eq!(small.kept(), 0);
+        let none = Arc::new(DenseTerms::with_limits(0, 1000, BUILD_QUEUE));
+        assert!(none.bits(reader, &x(f.a)).unwrap().is_none());
+        assert_eq!(none.kept(), 0);
+    }
+
+    /// With the builder's queue full a request is dropped (and asked
+    /// again by a later search); the search reads postings meanwhile.
+    #[test]
+    fn a_full_queue_drops_the_request() {
+        let f = fixture();
+        let searcher = f.index.reader().unwrap().searcher();
+        let (dense, receiver) = DenseTerms::unstarted(1 << 20, 1000, 1);
+        let dense = Arc::new(dense);
+        let query = AllOf::new(vec![x(f.a), x(f.b)], Vec::new(), dense.clone());
+        let reader = &searcher.segment_readers()[0];
+        let weight = query
+            .weight(EnableScoring::disabled_from_searcher(&searcher))
+            .unwrap();
+        let want = boolean(&query)
+            .weight(EnableScoring::disabled_from_searcher(&searcher))
+            .unwrap()
+            .count(reader)
+            .unwrap();
+        assert!(want > 0);
+        let count = weight.count(reader).unwrap();
+        // a went in the queue, b did not fit.
+        assert_eq!(receiver.len(), 1);
+        assert_eq!(dense.shared.cache.lock().unwrap().pending.len(), 1);
+        assert_eq!(count, want);
+        let shared = dense.shared.clone();
+        let builder = std::thread::spawn(move || build_all(&shared, &receiver));
+        dense.wait_for_builds();
+        assert_eq!(dense.kept(), 1);
+        // b is asked for again.
+        assert_eq!(weight.count(reader).unwrap(), want);
+        dense.wait_for_builds();
+        assert_eq!(dense.kept(), 2);
+        drop(weight);
+        drop(query);
+        drop(dense);
+        builder.join().unwrap();
+    }
+
+    proptest! {
+        /// A bit set's scorer goes through its documents as a list of them
+        /// does, by advance, seek and count.
+        #[test]
+        fn the_bits_scorer_walks_its_documents(
+            docs in proptest::collection::btree_set(0u32..700, 0..120),
+            targets in proptest::collection::vec(0u32..760, 0..20),
+        ) {
+            let max_doc = 700;
+            let mut words = vec![0u64; (max_doc as usize).div_ceil(64)].into_boxed_slice();
+            for &doc in &docs {
+                words[(doc / 64) as usize] |= 1 << (doc % 64);
+            }
+            let bits = Arc::new(Bits { words, len: docs.len() as u32 });
+            let docs: Vec<u32> = docs.into_iter().collect();
+            let mut walked = Vec::new();
+            let mut scorer = BitsScorer::new(bits.clone());
+            while scorer.doc() != TERMINATED {
+                walked.push(scorer.doc());
+                scorer.advance();
+            }
+            prop_assert_eq!(&walked, &docs);
+            let mut targets = targets;
+            targets.sort_unstable();
+            let mut scorer = BitsScorer::new(bits.clone());
+            for target in targets {
+                let want = docs
+                    .iter()
+                    .copied()
+                    .find(|&d| d >= target.max(scorer.doc()))
+                    .unwrap_or(TERMINATED);
+                let want = if scorer.doc() >= target { scorer.doc() } else { want };
+                prop_assert_eq!(scorer.seek(target), want);
+                let left = docs.iter().filter(|&&d| d >= scorer.doc()).count() as u32;
+                let mut counting = BitsScorer { bits: bits.clone(), doc: scorer.doc() };
+                prop_assert_eq!(counting.count_including_deleted(), left);
+            }
+        }
+    }
+}
