@@ -8,7 +8,7 @@
 //! and two action words: `chloe0001 accesses create`), that is a seek a
 //! posting of the rarest, hundreds of thousands over 10 M events, and the
 //! exact count up to `limits.exact_total_hits` has to go through all of
-//! them: free text's slowest queries were 6 ms, 59 % of it that count
+//! them: most of free text's slowest queries was that count
 //! (docs/benchmarks-history.md, "2026-12-05 (3)"). Here a term held by at
 //! least one event in [`DENSE_SHARE`] of a big segment is read from a bit
 //! set, the bit sets of a search's dense terms are joined a 64-bit word at
@@ -22,7 +22,7 @@
 //! Postings hold deleted documents too, and so do the bit sets: deletes
 //! are the caller's to skip, as with any scorer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use lru::LruCache;
@@ -73,20 +73,6 @@ impl Bits {
             }
         }
         Ok(Bits { words, len })
-    }
-
-    /// The documents in every one of `sets` (all of one segment).
-    fn all_of(sets: &[Arc<Bits>]) -> Bits {
-        let (first, rest) = sets.split_first().expect("at least one set");
-        let mut words = first.words.clone();
-        let mut len = 0;
-        for (i, word) in words.iter_mut().enumerate() {
-            for other in rest {
-                *word &= other.words[i];
-            }
-            len += word.count_ones();
-        }
-        Bits { words, len }
     }
 
     fn bytes(&self) -> u64 {
@@ -333,7 +319,6 @@ impl Query for AllOf {
             query: self.clone(),
             terms,
             others,
-            joined: Mutex::default(),
         }))
     }
 
@@ -351,46 +336,20 @@ struct AllOfWeight {
     query: AllOf,
     terms: Vec<(Term, Box<dyn Weight>)>,
     others: Vec<Box<dyn Weight>>,
-    /// The join of a segment's dense terms (which ones: a bit each), kept
-    /// for the search: it makes a scorer for each stretch it reads.
-    joined: Mutex<HashMap<(SegmentId, u64), Arc<Bits>>>,
-}
-
-impl AllOfWeight {
-    /// One set of the dense terms' sets, or none if none is dense.
-    fn join(&self, reader: &SegmentReader, sets: Vec<(usize, Arc<Bits>)>) -> Option<Arc<Bits>> {
-        match sets.len() {
-            0 => None,
-            1 => sets.into_iter().next().map(|(_, bits)| bits),
-            _ => {
-                let which = sets.iter().fold(0u64, |mask, (i, _)| mask | 1 << i);
-                let key = (reader.segment_id(), which);
-                let mut joined = self.joined.lock().expect("the joined sets");
-                let bits = joined.entry(key).or_insert_with(|| {
-                    let sets: Vec<_> = sets.into_iter().map(|(_, bits)| bits).collect();
-                    Arc::new(Bits::all_of(&sets))
-                });
-                Some(bits.clone())
-            }
-        }
-    }
 }
 
 impl Weight for AllOfWeight {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
         let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
         let mut dense = Vec::new();
-        // A join is kept by which terms it holds, a bit each.
-        let joinable = self.terms.len() <= 64;
-        for (i, (term, weight)) in self.terms.iter().enumerate() {
-            match joinable.then(|| self.query.dense.bits(reader, term)) {
-                Some(Ok(Some(bits))) => dense.push((i, bits)),
-                Some(Err(error)) => return Err(error),
-                _ => scorers.push(weight.scorer(reader, boost)?),
+        for (term, weight) in &self.terms {
+            match self.query.dense.bits(reader, term)? {
+                Some(bits) => dense.push(bits),
+                None => scorers.push(weight.scorer(reader, boost)?),
             }
         }
-        if let Some(bits) = self.join(reader, dense) {
-            scorers.push(Box::new(BitsScorer::new(bits)));
+        if !dense.is_empty() {
+            scorers.push(Box::new(Joined::new(dense)));
         }
         for weight in &self.others {
             scorers.push(weight.scorer(reader, boost)?);
@@ -419,50 +378,69 @@ impl Weight for AllOfWeight {
     }
 }
 
-/// The documents of a [`Bits`], in order.
-struct BitsScorer {
-    bits: Arc<Bits>,
+/// The documents in every one of some bit sets of a segment, in order:
+/// their words joined as they are read, so that a search that needs only
+/// the newest end of a segment reads no more of it than that.
+struct Joined {
+    sets: Vec<Arc<Bits>>,
     doc: DocId,
+    /// Words in each set.
+    words: usize,
 }
 
-impl BitsScorer {
-    fn new(bits: Arc<Bits>) -> BitsScorer {
-        let doc = first_at_or_after(&bits.words, 0);
-        BitsScorer { bits, doc }
+impl Joined {
+    fn new(sets: Vec<Arc<Bits>>) -> Joined {
+        let words = sets.first().map_or(0, |set| set.words.len());
+        debug_assert!(sets.iter().all(|set| set.words.len() == words));
+        let mut joined = Joined {
+            sets,
+            doc: 0,
+            words,
+        };
+        joined.doc = joined.first_at_or_after(0);
+        joined
+    }
+
+    /// Word `i` of the join.
+    #[inline]
+    fn word(&self, i: usize) -> u64 {
+        self.sets
+            .iter()
+            .fold(u64::MAX, |word, set| word & set.words[i])
+    }
+
+    /// The first document at or after `target`, or `TERMINATED`.
+    #[inline]
+    fn first_at_or_after(&self, target: DocId) -> DocId {
+        let mut i = (target / 64) as usize;
+        if i >= self.words {
+            return TERMINATED;
+        }
+        let mut word = self.word(i) & (u64::MAX << (target % 64));
+        loop {
+            if word != 0 {
+                return i as u32 * 64 + word.trailing_zeros();
+            }
+            i += 1;
+            if i >= self.words {
+                return TERMINATED;
+            }
+            word = self.word(i);
+        }
     }
 }
 
-/// The first document at or after `target` in `words`, or `TERMINATED`.
-#[inline]
-fn first_at_or_after(words: &[u64], target: DocId) -> DocId {
-    let mut i = (target / 64) as usize;
-    let Some(&first) = words.get(i) else {
-        return TERMINATED;
-    };
-    let mut word = first & (u64::MAX << (target % 64));
-    loop {
-        if word != 0 {
-            return i as u32 * 64 + word.trailing_zeros();
-        }
-        i += 1;
-        match words.get(i) {
-            Some(&next) => word = next,
-            None => return TERMINATED,
-        }
-    }
-}
-
-impl DocSet for BitsScorer {
+impl DocSet for Joined {
     fn advance(&mut self) -> DocId {
         if self.doc != TERMINATED {
-            self.doc = first_at_or_after(&self.bits.words, self.doc + 1);
+            self.doc = self.first_at_or_after(self.doc + 1);
         }
         self.doc
     }
 
     fn seek(&mut self, target: DocId) -> DocId {
         if target > self.doc {
-            self.doc = first_at_or_after(&self.bits.words, target);
+            self.doc = self.first_at_or_after(target);
         }
         self.doc
     }
@@ -471,8 +449,9 @@ impl DocSet for BitsScorer {
         self.doc
     }
 
+    /// The smallest set's size: what the join holds at most.
     fn size_hint(&self) -> u32 {
-        self.bits.len
+        self.sets.iter().map(|set| set.len).min().unwrap_or(0)
     }
 
     fn count_including_deleted(&mut self) -> u32 {
@@ -480,15 +459,14 @@ impl DocSet for BitsScorer {
             return 0;
         }
         let i = (self.doc / 64) as usize;
-        let words = &self.bits.words;
-        let first = (words[i] & (u64::MAX << (self.doc % 64))).count_ones();
-        let count = first + words[i + 1..].iter().map(|w| w.count_ones()).sum::<u32>();
+        let first = (self.word(i) & (u64::MAX << (self.doc % 64))).count_ones();
+        let rest: u32 = (i + 1..self.words).map(|j| self.word(j).count_ones()).sum();
         self.doc = TERMINATED;
-        count
+        first + rest
     }
 }
 
-impl Scorer for BitsScorer {
+impl Scorer for Joined {
     fn score(&mut self) -> Score {
         1.0
     }
@@ -613,8 +591,10 @@ mod tests {
             .weight(EnableScoring::disabled_from_searcher(&searcher))
             .unwrap();
         for reader in searcher.segment_readers() {
-            // One bit set for the three terms, a thirtieth of the segment.
-            assert_eq!(weight.scorer(reader, 1.0).unwrap().size_hint(), 100);
+            // The three terms' sets joined: what it holds at most is the
+            // smallest, c's fifth of the segment (Tantivy's estimate for
+            // the three intersected would be a thirtieth).
+            assert_eq!(weight.scorer(reader, 1.0).unwrap().size_hint(), 600);
         }
     }
 
@@ -686,23 +666,35 @@ mod tests {
         builder.join().unwrap();
     }
 
+    fn bits_of(docs: &std::collections::BTreeSet<u32>, max_doc: u32) -> Arc<Bits> {
+        let mut words = vec![0u64; (max_doc as usize).div_ceil(64)].into_boxed_slice();
+        for &doc in docs {
+            words[(doc / 64) as usize] |= 1 << (doc % 64);
+        }
+        Arc::new(Bits {
+            words,
+            len: docs.len() as u32,
+        })
+    }
+
     proptest! {
-        /// A bit set's scorer goes through its documents as a list of them
-        /// does, by advance, seek and count.
+        /// A join of bit sets goes through the documents in all of them as
+        /// a list of those does, by advance, seek and count.
         #[test]
-        fn the_bits_scorer_walks_its_documents(
-            docs in proptest::collection::btree_set(0u32..700, 0..120),
+        fn the_join_walks_the_documents_in_every_set(
+            sets in proptest::collection::vec(
+                proptest::collection::btree_set(0u32..700, 0..400),
+                1..4,
+            ),
             targets in proptest::collection::vec(0u32..760, 0..20),
         ) {
             let max_doc = 700;
-            let mut words = vec![0u64; (max_doc as usize).div_ceil(64)].into_boxed_slice();
-            for &doc in &docs {
-                words[(doc / 64) as usize] |= 1 << (doc % 64);
-            }
-            let bits = Arc::new(Bits { words, len: docs.len() as u32 });
-            let docs: Vec<u32> = docs.into_iter().collect();
+            let bits: Vec<_> = sets.iter().map(|docs| bits_of(docs, max_doc)).collect();
+            let docs: Vec<u32> = (0..max_doc)
+                .filter(|doc| sets.iter().all(|set| set.contains(doc)))
+                .collect();
             let mut walked = Vec::new();
-            let mut scorer = BitsScorer::new(bits.clone());
+            let mut scorer = Joined::new(bits.clone());
             while scorer.doc() != TERMINATED {
                 walked.push(scorer.doc());
                 scorer.advance();
@@ -710,17 +702,18 @@ mod tests {
             prop_assert_eq!(&walked, &docs);
             let mut targets = targets;
             targets.sort_unstable();
-            let mut scorer = BitsScorer::new(bits.clone());
+            let mut scorer = Joined::new(bits.clone());
             for target in targets {
-                let want = docs
-                    .iter()
-                    .copied()
-                    .find(|&d| d >= target.max(scorer.doc()))
-                    .unwrap_or(TERMINATED);
-                let want = if scorer.doc() >= target { scorer.doc() } else { want };
+                let at = scorer.doc();
+                let want = if at >= target {
+                    at
+                } else {
+                    docs.iter().copied().find(|&d| d >= target).unwrap_or(TERMINATED)
+                };
                 prop_assert_eq!(scorer.seek(target), want);
                 let left = docs.iter().filter(|&&d| d >= scorer.doc()).count() as u32;
-                let mut counting = BitsScorer { bits: bits.clone(), doc: scorer.doc() };
+                let mut counting = Joined::new(bits.clone());
+                counting.seek(scorer.doc());
                 prop_assert_eq!(counting.count_including_deleted(), left);
             }
         }
