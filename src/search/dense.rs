@@ -17,8 +17,8 @@
 //! The bit sets are made off the search's path, on a thread of their own
 //! at the lowest CPU priority, the first time a search meets a dense term
 //! in a segment (until then it reads the postings), and kept under a byte
-//! budget
-//! (`index.dense_terms_bytes`), the least recently used going first.
+//! budget (`index.dense_terms_bytes`), the least recently used going
+//! first.
 //! Postings hold deleted documents too, and so do the bit sets: deletes
 //! are the caller's to skip, as with any scorer.
 
@@ -36,9 +36,9 @@ use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
 
 use crate::metrics as m;
 
-/// A term is dense in a segment when at least one of this many of its
-/// documents holds it. Its bit set then takes at most 64 bits a posting,
-/// where its postings take some 8 to 10 bits each.
+/// A term is dense in a segment when at least one of this many of the
+/// segment's documents holds it: its bit set then takes at most 64 bits
+/// a posting.
 pub const DENSE_SHARE: u32 = 64;
 
 /// Segments smaller than this are read from their postings: a small
@@ -146,7 +146,10 @@ impl DenseTerms {
     /// `term`'s bit set in the segment, if the term is dense there and
     /// the set is made; a dense term's first look asks for it.
     fn bits(&self, reader: &SegmentReader, term: &Term) -> tantivy::Result<Option<Arc<Bits>>> {
-        if self.shared.budget == 0 || reader.max_doc() < self.min_docs {
+        // A set the budget cannot hold is not asked for: it would be made
+        // and thrown away at every search.
+        let set_bytes = (u64::from(reader.max_doc())).div_ceil(64) * 8;
+        if set_bytes > self.shared.budget || reader.max_doc() < self.min_docs {
             return Ok(None);
         }
         let doc_freq = reader.inverted_index(term.field())?.doc_freq(term)?;
@@ -623,9 +626,13 @@ mod tests {
         assert!(small.bits(reader, &x(f.a)).unwrap().is_none());
         small.wait_for_builds();
         assert_eq!(small.kept(), 0);
-        let none = Arc::new(DenseTerms::with_limits(0, 1000, BUILD_QUEUE));
-        assert!(none.bits(reader, &x(f.a)).unwrap().is_none());
-        assert_eq!(none.kept(), 0);
+        // A budget of none, or of less than one set: nothing asked for.
+        for budget in [0, one_set - 1] {
+            let none = Arc::new(DenseTerms::with_limits(budget, 1000, BUILD_QUEUE));
+            assert!(none.bits(reader, &x(f.a)).unwrap().is_none());
+            assert!(none.shared.cache.lock().unwrap().pending.is_empty());
+            assert_eq!(none.kept(), 0);
+        }
     }
 
     /// With the builder's queue full a request is dropped (and asked
