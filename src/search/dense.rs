@@ -28,12 +28,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use lru::LruCache;
 use tantivy::index::SegmentId;
 use tantivy::query::{
-    intersect_scorers, BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, TermQuery,
-    Weight,
+    intersect_scorers, BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, Weight,
 };
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
 
+use super::term_query;
 use crate::metrics as m;
 
 /// A term is dense in a segment when at least one of this many of the
@@ -294,10 +294,10 @@ impl AllOf {
 
     /// The same as one Boolean query: what explains.
     fn as_boolean(&self) -> BooleanQuery {
-        let terms = self.terms.iter().map(|term| {
-            let query = TermQuery::new(term.clone(), IndexRecordOption::Basic);
-            (Occur::Must, Box::new(query) as Box<dyn Query>)
-        });
+        let terms = self
+            .terms
+            .iter()
+            .map(|term| (Occur::Must, term_query(term.clone())));
         let others = self.others.iter().map(|q| (Occur::Must, q.box_clone()));
         BooleanQuery::new(terms.chain(others).collect())
     }
@@ -308,10 +308,7 @@ impl Query for AllOf {
         let terms = self
             .terms
             .iter()
-            .map(|term| {
-                let query = TermQuery::new(term.clone(), IndexRecordOption::Basic);
-                Ok((term.clone(), query.weight(scoring)?))
-            })
+            .map(|term| Ok((term.clone(), term_query(term.clone()).weight(scoring)?)))
             .collect::<tantivy::Result<_>>()?;
         let others = self
             .others

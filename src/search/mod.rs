@@ -928,7 +928,7 @@ impl Searcher {
 
     fn add_scope(&self, scope: &ReadScope, must: &mut Vec<Box<dyn Query>>) {
         for term in self.scope_terms(scope) {
-            must.push(Box::new(TermQuery::new(term, IndexRecordOption::Basic)));
+            must.push(term_query(term));
         }
     }
 
@@ -1107,10 +1107,12 @@ pub(crate) fn prefix_query(
 }
 
 pub(crate) fn term(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
-    Box::new(TermQuery::new(
-        Term::from_field_text(field, value),
-        IndexRecordOption::Basic,
-    ))
+    term_query(Term::from_field_text(field, value))
+}
+
+/// The events that hold `term`.
+pub(crate) fn term_query(term: Term) -> Box<dyn Query> {
+    Box::new(TermQuery::new(term, IndexRecordOption::Basic))
 }
 
 fn one_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
