@@ -35,6 +35,8 @@ const WRITER_THREADS: usize = 2;
 const WRITER_HEAP_BYTES: usize = 128 << 20;
 
 fn main() {
+    // Without huge pages, as the daemon.
+    auditd::allocator::keep_huge_pages_off();
     let Some(path) = std::env::var_os("BENCH_NDJSON") else {
         eprintln!("raw_engine: set BENCH_NDJSON=<file.ndjson> to run (skipped)");
         return;

@@ -8,10 +8,13 @@
 //! `messages` holds what passes between stages; `server::run` wires them.
 //! `client` is the client side (bearer token, channels, sample events,
 //! CPU readings) that `auditctl`, the tests and the benches share; the
-//! daemon does not use it. Stages no caller outside the daemon needs
-//! (`conn`, `http`, `idempotency`, `ingest`, `merge`, `metrics`,
-//! `priority`, `status`, `tls`) are private. See ARCHITECTURE.md.
+//! daemon does not use it. `allocator` is what the binaries' `main`
+//! calls first (transparent huge pages off). Stages no caller outside
+//! the daemon needs (`conn`, `http`, `idempotency`, `ingest`, `merge`,
+//! `metrics`, `priority`, `status`, `tls`) are private. See
+//! ARCHITECTURE.md.
 
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod client;

@@ -66,6 +66,13 @@ async fn overload_is_refused_with_a_hint_memory_stays_flat_and_it_recovers() {
     );
     let pid = daemon.child.id();
     daemon.wait_serving().await;
+    if std::env::var_os(auditd::allocator::ALLOW_THP).is_none() {
+        assert_ne!(
+            auditd::allocator::huge_pages_enabled(pid),
+            Some(true),
+            "the daemon keeps transparent huge pages off (auditd::allocator)"
+        );
+    }
     let template = generated(BATCH, 3, BATCH);
     let batch_bytes = IngestRequest {
         events: template.clone(),

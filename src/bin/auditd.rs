@@ -9,7 +9,8 @@ use clap::Parser;
 /// mimalloc rather than the system allocator: the write path allocates
 /// per field of every event (protobuf strings, Tantivy documents) on many
 /// threads, where glibc's per-thread arenas cost time and keep freed
-/// memory. See docs/benchmarks-history.md for what it changed.
+/// memory. See docs/benchmarks-history.md for what it changed. Without
+/// transparent huge pages (`main`, `auditd::allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -65,6 +66,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    auditd::allocator::keep_huge_pages_off();
     match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

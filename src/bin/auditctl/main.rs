@@ -324,6 +324,7 @@ struct GenArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    auditd::allocator::keep_huge_pages_off();
     let cli = parse_cli();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
