@@ -5,12 +5,10 @@
 //! (`madvise(MADV_HUGEPAGE)`), and returns memory it no longer uses to
 //! the system after a short delay. The next allocation there touches a
 //! fresh 2 MiB page, which the kernel zeroes whole before the touch goes
-//! on. A search that grows a buffer into such memory stopped for 25 to
-//! 60 ms, and so did `auditctl bench-search` decoding a page: most of the
-//! search mix's p99 spikes (BENCHMARKS.md, issue 17: `perf` found
-//! `clear_page_erms` under `do_huge_pmd_anonymous_page` in a quarter of
-//! the client's samples; with huge pages off, no search of the 10 M mix
-//! at limit 100 took more than 6.6 ms, against 20 to 60 before).
+//! on: a search that grew a buffer into such memory stopped for tens of
+//! milliseconds, and so did `auditctl bench-search` taking in an answer.
+//! Those were most of the search mix's outliers (issue 17; the profile
+//! and the runs are in docs/benchmarks-history.md, "2026-12-05 (4)").
 
 /// The environment variable of mimalloc's own switch: set, it decides.
 pub const ALLOW_THP: &str = "MIMALLOC_ALLOW_THP";
