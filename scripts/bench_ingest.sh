@@ -65,7 +65,7 @@ stop_daemon() {
     wait "$PID"
     local tlog=0
     if [ -d "$DATA/tlog" ]; then tlog=$(du -sb "$DATA/tlog" | cut -f1); fi
-    echo "{\"peak_rss_kib\":$hwm,\"settle_seconds\":$settled,\"index_bytes\":$(du -sb "$DATA/index" | cut -f1),\"wal_bytes\":$(du -sb "$DATA/wal" | cut -f1),\"tlog_bytes\":$tlog,\"ndjson_bytes\":$(stat -c %s "$NDJSON")}" \
+    echo "{\"peak_rss_kib\":$hwm,\"settle_seconds\":$settled,\"index_bytes\":$(du -sb "$DATA/index" | cut -f1),\"wal_bytes\":$(du -sb "$DATA/wal" | cut -f1),\"tlog_bytes\":$tlog,\"ndjson_bytes\":$(stat -L -c %s "$NDJSON")}" \
         > "$OUT/$name-daemon.json"
     rm -rf "$DATA"
 }

@@ -72,7 +72,7 @@ if [ "${REUSE:-0}" != 1 ]; then
     echo "== ingested in $(python3 -c "print(round($(date +%s.%N) - $STARTED, 1))") s" >&2
 fi
 echo "== merges settled after $(wait_settled "$DATA/index") s" >&2
-if [ "${STREAM:-0}" = 1 ]; then BYTES=$(cat "$OUT/streamed-bytes"); else BYTES=$(stat -c %s "$NDJSON"); fi
+if [ "${STREAM:-0}" = 1 ]; then BYTES=$(cat "$OUT/streamed-bytes"); else BYTES=$(stat -L -c %s "$NDJSON"); fi
 echo "== index: $(du -sb "$DATA/index" | cut -f1) bytes for $BYTES bytes of NDJSON" >&2
 MIX=(--per-shape "$PER_SHAPE" --seed "$SEED")
 if [ -n "${ONLY:-}" ]; then MIX+=(--only "$ONLY"); fi
