@@ -40,6 +40,7 @@ mod dense;
 mod exclude;
 pub mod live;
 mod log_order;
+mod query_string;
 pub mod recent;
 mod term_union;
 
@@ -1035,17 +1036,12 @@ impl Searcher {
             terms.extend(words.iter().map(|word| Term::from_field_text(s.text, word)));
         }
         if !r.query.trim().is_empty() {
-            let parser = QueryParser::for_index(&self.parsing, vec![s.text]);
-            let parsed = parser
-                .parse_query(&r.query)
-                .map_err(|e| invalid("query", e.to_string()))?;
-            // Some queries parse but name what the schema lacks (`x:*` is
-            // an exists-query on field `x`): building the weight finds
-            // those now, rather than as an index error mid-search.
-            parsed
-                .weight(EnableScoring::disabled_from_schema(&s.schema))
-                .map_err(|e| invalid("query", e.to_string()))?;
-            must.push(parsed);
+            if let Some(filters) = query_string::as_filters(&r.query, s, |t| self.words(t)) {
+                terms.extend(filters.terms);
+                must.extend(filters.must);
+            } else {
+                must.push(self.parse_query(&r.query)?);
+            }
         }
         // The trail of reads (`audit-log/auditd`) would otherwise grow with
         // every search; it shows only when asked for by type.
@@ -1062,6 +1058,22 @@ impl Searcher {
                 Term::from_field_text(s.type_, TRAIL_TYPE),
             )),
         })
+    }
+
+    /// `query` read by Tantivy's `QueryParser`, free text going to `text`.
+    fn parse_query(&self, query: &str) -> Result<Box<dyn Query>, SearchError> {
+        let s = &self.schema;
+        let parser = QueryParser::for_index(&self.parsing, vec![s.text]);
+        let parsed = parser
+            .parse_query(query)
+            .map_err(|e| invalid("query", e.to_string()))?;
+        // Some queries parse but name what the schema lacks (`x:*` is an
+        // exists-query on field `x`): building the weight finds those now,
+        // rather than as an index error mid-search.
+        parsed
+            .weight(EnableScoring::disabled_from_schema(&s.schema))
+            .map_err(|e| invalid("query", e.to_string()))?;
+        Ok(parsed)
     }
 
     /// `text` split the way the index splits it.
