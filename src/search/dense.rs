@@ -14,6 +14,13 @@
 //! set, the bit sets of a search's dense terms are joined a 64-bit word at
 //! a time, and the rest of the search seeks in the result.
 //!
+//! A status range (`outcome`, `status_min`/`max`, `status:[400 TO 499]`)
+//! is a union of a few status terms; when they are dense together, the
+//! union's bit set joins the others. Otherwise each seek into the status
+//! fast column refilled a window of thousands of documents, and counting
+//! the matches of `action + 4xx` went through the column over millions of
+//! events (docs/benchmarks-history.md, "2026-12-05 (5)").
+//!
 //! The bit sets are made off the search's path, on a thread of their own
 //! at the lowest CPU priority, the first time a search meets a dense term
 //! in a segment (until then it reads the postings), and kept under a byte
@@ -34,6 +41,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
 
 use super::term_query;
+use super::term_union::StatusRangeQuery;
 use crate::metrics as m;
 
 /// A term is dense in a segment when at least one of this many of the
@@ -58,20 +66,21 @@ pub struct Bits {
 }
 
 impl Bits {
-    /// The documents of `term`'s postings in the segment.
-    fn of_term(reader: &SegmentReader, term: &Term) -> tantivy::Result<Bits> {
+    /// The documents of the postings of any of `terms` in the segment.
+    fn of_terms(reader: &SegmentReader, terms: &[Term]) -> tantivy::Result<Bits> {
         let mut words = vec![0u64; (reader.max_doc() as usize).div_ceil(64)].into_boxed_slice();
-        let mut len = 0;
-        let index = reader.inverted_index(term.field())?;
-        if let Some(mut postings) = index.read_block_postings(term, IndexRecordOption::Basic)? {
-            while !postings.docs().is_empty() {
-                for &doc in postings.docs() {
-                    words[(doc / 64) as usize] |= 1 << (doc % 64);
+        for term in terms {
+            let index = reader.inverted_index(term.field())?;
+            if let Some(mut postings) = index.read_block_postings(term, IndexRecordOption::Basic)? {
+                while !postings.docs().is_empty() {
+                    for &doc in postings.docs() {
+                        words[(doc / 64) as usize] |= 1 << (doc % 64);
+                    }
+                    postings.advance();
                 }
-                len += postings.docs().len() as u32;
-                postings.advance();
             }
         }
+        let len = words.iter().map(|word| word.count_ones()).sum();
         Ok(Bits { words, len })
     }
 
@@ -80,8 +89,9 @@ impl Bits {
     }
 }
 
-/// What the cache holds: a segment's bit set of a term.
-type Key = (SegmentId, Term);
+/// What the cache holds: a segment's bit set of a term, or of a union of
+/// terms (the statuses of a range).
+type Key = (SegmentId, Box<[Term]>);
 
 struct Build {
     key: Key,
@@ -143,20 +153,24 @@ impl DenseTerms {
         }
     }
 
-    /// `term`'s bit set in the segment, if the term is dense there and
-    /// the set is made; a dense term's first look asks for it.
-    fn bits(&self, reader: &SegmentReader, term: &Term) -> tantivy::Result<Option<Arc<Bits>>> {
+    /// The bit set of the documents holding any of `terms` in the segment,
+    /// if they are dense there together and the set is made; their first
+    /// look asks for it.
+    fn bits(&self, reader: &SegmentReader, terms: &[Term]) -> tantivy::Result<Option<Arc<Bits>>> {
         // A set the budget cannot hold is not asked for: it would be made
         // and thrown away at every search.
         let set_bytes = (u64::from(reader.max_doc())).div_ceil(64) * 8;
         if set_bytes > self.shared.budget || reader.max_doc() < self.min_docs {
             return Ok(None);
         }
-        let doc_freq = reader.inverted_index(term.field())?.doc_freq(term)?;
-        if u64::from(doc_freq) * u64::from(DENSE_SHARE) < u64::from(reader.max_doc()) {
+        let mut doc_freq = 0u64;
+        for term in terms {
+            doc_freq += u64::from(reader.inverted_index(term.field())?.doc_freq(term)?);
+        }
+        if doc_freq * u64::from(DENSE_SHARE) < u64::from(reader.max_doc()) {
             return Ok(None);
         }
-        let key = (reader.segment_id(), term.clone());
+        let key = (reader.segment_id(), Box::from(terms));
         let mut cache = self.shared.cache.lock().expect("the dense term cache");
         if let Some(bits) = cache.sets.get(&key) {
             return Ok(Some(bits.clone()));
@@ -237,7 +251,7 @@ impl DenseTerms {
 /// The builder's loop: until the last `DenseTerms` is dropped.
 fn build_all(shared: &Shared, receiver: &crossbeam_channel::Receiver<Build>) {
     for Build { key, reader } in receiver {
-        let made = Bits::of_term(&reader, &key.1);
+        let made = Bits::of_terms(&reader, &key.1);
         drop(reader);
         let mut cache = shared.cache.lock().expect("the dense term cache");
         cache.pending.remove(&key);
@@ -263,10 +277,13 @@ fn build_all(shared: &Shared, receiver: &crossbeam_channel::Receiver<Build>) {
     }
 }
 
-/// Every one of `terms` and of `others` must match.
+/// Every one of `terms`, `statuses` and `others` must match.
 #[derive(Debug)]
 pub struct AllOf {
     terms: Vec<Term>,
+    /// Status ranges: where a range's statuses are dense together in a
+    /// segment, their union's bit set joins the dense terms'.
+    statuses: Vec<StatusRangeQuery>,
     others: Vec<Box<dyn Query>>,
     dense: Arc<DenseTerms>,
 }
@@ -275,6 +292,7 @@ impl Clone for AllOf {
     fn clone(&self) -> Self {
         AllOf {
             terms: self.terms.clone(),
+            statuses: self.statuses.clone(),
             others: self.others.iter().map(|q| q.box_clone()).collect(),
             dense: self.dense.clone(),
         }
@@ -282,11 +300,18 @@ impl Clone for AllOf {
 }
 
 impl AllOf {
-    /// At least one term or other query.
-    pub fn new(terms: Vec<Term>, others: Vec<Box<dyn Query>>, dense: Arc<DenseTerms>) -> AllOf {
-        assert!(!terms.is_empty() || !others.is_empty(), "AllOf of nothing");
+    /// At least one term, status range or other query.
+    pub fn new(
+        terms: Vec<Term>,
+        statuses: Vec<StatusRangeQuery>,
+        others: Vec<Box<dyn Query>>,
+        dense: Arc<DenseTerms>,
+    ) -> AllOf {
+        let nothing = terms.is_empty() && statuses.is_empty() && others.is_empty();
+        assert!(!nothing, "AllOf of nothing");
         AllOf {
             terms,
+            statuses,
             others,
             dense,
         }
@@ -298,8 +323,12 @@ impl AllOf {
             .terms
             .iter()
             .map(|term| (Occur::Must, term_query(term.clone())));
+        let statuses = self.statuses.iter().map(|q| {
+            let query: Box<dyn Query> = Box::new(q.clone());
+            (Occur::Must, query)
+        });
         let others = self.others.iter().map(|q| (Occur::Must, q.box_clone()));
-        BooleanQuery::new(terms.chain(others).collect())
+        BooleanQuery::new(terms.chain(statuses).chain(others).collect())
     }
 }
 
@@ -310,6 +339,11 @@ impl Query for AllOf {
             .iter()
             .map(|term| Ok((term.clone(), term_query(term.clone()).weight(scoring)?)))
             .collect::<tantivy::Result<_>>()?;
+        let statuses = self
+            .statuses
+            .iter()
+            .map(|q| q.weight(scoring))
+            .collect::<tantivy::Result<_>>()?;
         let others = self
             .others
             .iter()
@@ -318,6 +352,7 @@ impl Query for AllOf {
         Ok(Box::new(AllOfWeight {
             query: self.clone(),
             terms,
+            statuses,
             others,
         }))
     }
@@ -335,6 +370,8 @@ impl Query for AllOf {
 struct AllOfWeight {
     query: AllOf,
     terms: Vec<(Term, Box<dyn Weight>)>,
+    /// One for each of the query's `statuses`, in order.
+    statuses: Vec<Box<dyn Weight>>,
     others: Vec<Box<dyn Weight>>,
 }
 
@@ -343,7 +380,17 @@ impl Weight for AllOfWeight {
         let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
         let mut dense = Vec::new();
         for (term, weight) in &self.terms {
-            match self.query.dense.bits(reader, term)? {
+            match self.query.dense.bits(reader, std::slice::from_ref(term))? {
+                Some(bits) => dense.push(bits),
+                None => scorers.push(weight.scorer(reader, boost)?),
+            }
+        }
+        for (range, weight) in self.query.statuses.iter().zip(&self.statuses) {
+            let bits = match range.segment_terms(reader)? {
+                Some(terms) if !terms.is_empty() => self.query.dense.bits(reader, &terms)?,
+                _ => None,
+            };
+            match bits {
                 Some(bits) => dense.push(bits),
                 None => scorers.push(weight.scorer(reader, boost)?),
             }
@@ -366,7 +413,8 @@ impl Weight for AllOfWeight {
     }
 
     fn count(&self, reader: &SegmentReader) -> tantivy::Result<u32> {
-        if let ([(_, term)], []) = (self.terms.as_slice(), self.others.as_slice()) {
+        let alone = self.statuses.is_empty() && self.others.is_empty();
+        if let ([(_, term)], true) = (self.terms.as_slice(), alone) {
             // One term: its dictionary entry, without deletes.
             return term.count(reader);
         }
@@ -490,6 +538,8 @@ mod tests {
         b: Field,
         c: Field,
         n: Field,
+        /// 200 (70 %), 404, 500 and 503 (10 % each), and 401 (1 in 300).
+        s: Field,
     }
 
     fn fixture() -> Fixture {
@@ -498,6 +548,7 @@ mod tests {
         let b = schema.add_text_field("b", STRING);
         let c = schema.add_text_field("c", STRING);
         let n = schema.add_u64_field("n", INDEXED | FAST);
+        let s = schema.add_i64_field("s", INDEXED | FAST);
         let index = Index::create_in_ram(schema.build());
         let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
         for segment in 0..3u64 {
@@ -505,20 +556,41 @@ mod tests {
                 let number = segment * 3000 + i;
                 let value = |every: u64| if number % every == 0 { "x" } else { "-" };
                 let rare = if number % 100 == 7 { "rare" } else { value(5) };
-                writer
-                    .add_document(doc!(a => value(2), b => value(3), c => rare, n => number))
-                    .unwrap();
+                let status: i64 = match (number % 300, number % 10) {
+                    (1, _) => 401,
+                    (_, 0..=6) => 200,
+                    (_, 7) => 404,
+                    (_, 8) => 500,
+                    _ => 503,
+                };
+                let doc = doc!(a => value(2), b => value(3), c => rare, n => number, s => status);
+                writer.add_document(doc).unwrap();
             }
             writer.commit().unwrap();
         }
         writer.delete_term(Term::from_field_u64(n, 6030));
         writer.delete_term(Term::from_field_u64(n, 6060));
         writer.commit().unwrap();
-        Fixture { index, a, b, c, n }
+        Fixture {
+            index,
+            a,
+            b,
+            c,
+            n,
+            s,
+        }
     }
 
     fn x(field: Field) -> Term {
         Term::from_field_text(field, "x")
+    }
+
+    fn no() -> Vec<StatusRangeQuery> {
+        Vec::new()
+    }
+
+    fn status_of(f: &Fixture) -> impl Fn(i64, i64) -> Vec<StatusRangeQuery> + '_ {
+        |lo, hi| vec![StatusRangeQuery::new(f.s, lo, hi)]
     }
 
     /// The Boolean form of `query`: what it must equal.
@@ -565,25 +637,44 @@ mod tests {
                 std::ops::Bound::Excluded(Term::from_field_u64(f.n, 7000)),
             ))
         };
+        let status = status_of(&f);
         let queries = [
-            AllOf::new(vec![x(f.a)], Vec::new(), dense.clone()),
-            AllOf::new(vec![x(f.a), x(f.b)], Vec::new(), dense.clone()),
-            AllOf::new(vec![x(f.a), x(f.b), x(f.c)], Vec::new(), dense.clone()),
+            AllOf::new(vec![x(f.a)], no(), Vec::new(), dense.clone()),
+            AllOf::new(vec![x(f.a), x(f.b)], no(), Vec::new(), dense.clone()),
             AllOf::new(
-                vec![x(f.b), Term::from_field_text(f.c, "rare")],
+                vec![x(f.a), x(f.b), x(f.c)],
+                no(),
                 Vec::new(),
                 dense.clone(),
             ),
-            AllOf::new(vec![x(f.a), x(f.c)], vec![range()], dense.clone()),
-            AllOf::new(Vec::new(), vec![range()], dense.clone()),
+            AllOf::new(
+                vec![x(f.b), Term::from_field_text(f.c, "rare")],
+                no(),
+                Vec::new(),
+                dense.clone(),
+            ),
+            AllOf::new(vec![x(f.a), x(f.c)], no(), vec![range()], dense.clone()),
+            AllOf::new(Vec::new(), no(), vec![range()], dense.clone()),
+            // 4xx: 404 dense, with a rare 401.
+            AllOf::new(vec![x(f.a)], status(400, 499), Vec::new(), dense.clone()),
+            AllOf::new(Vec::new(), status(400, 499), Vec::new(), dense.clone()),
+            AllOf::new(vec![x(f.b)], status(401, 401), Vec::new(), dense.clone()),
+            AllOf::new(vec![x(f.a)], status(300, 399), Vec::new(), dense.clone()),
+            AllOf::new(
+                Vec::new(),
+                [status(500, 599), status(503, 600)].concat(),
+                vec![range()],
+                dense.clone(),
+            ),
         ];
         for query in &queries {
             assert_same_as_boolean(&searcher, query);
         }
         dense.wait_for_builds();
-        // a, b and c in each of the three segments; `rare` is not dense.
-        assert_eq!(dense.kept(), 9);
-        assert_eq!(dense.bytes(), 9 * 3000u64.div_ceil(64) * 8);
+        // In each of the three segments: a, b and c; 400..=499, 500..=599
+        // and 503..=600. Neither `rare` nor 401 alone is dense.
+        assert_eq!(dense.kept(), 18);
+        assert_eq!(dense.bytes(), 18 * 3000u64.div_ceil(64) * 8);
         for query in &queries {
             assert_same_as_boolean(&searcher, query);
         }
@@ -608,25 +699,25 @@ mod tests {
         let dense = Arc::new(DenseTerms::with_limits(2 * one_set, 1000, BUILD_QUEUE));
         let reader = &searcher.segment_readers()[0];
         for field in [f.a, f.b, f.c] {
-            assert!(dense.bits(reader, &x(field)).unwrap().is_none());
+            assert!(dense.bits(reader, &[x(field)]).unwrap().is_none());
             dense.wait_for_builds();
-            assert!(dense.bits(reader, &x(field)).unwrap().is_some());
+            assert!(dense.bits(reader, &[x(field)]).unwrap().is_some());
             assert!(dense.bytes() <= 2 * one_set);
         }
         assert_eq!(dense.kept(), 2);
         // a went first.
-        assert!(dense.bits(reader, &x(f.a)).unwrap().is_none());
+        assert!(dense.bits(reader, &[x(f.a)]).unwrap().is_none());
         dense.wait_for_builds();
         assert_eq!(dense.kept(), 2);
 
         let small = Arc::new(DenseTerms::with_limits(1 << 20, 3001, BUILD_QUEUE));
-        assert!(small.bits(reader, &x(f.a)).unwrap().is_none());
+        assert!(small.bits(reader, &[x(f.a)]).unwrap().is_none());
         small.wait_for_builds();
         assert_eq!(small.kept(), 0);
         // A budget of none, or of less than one set: nothing asked for.
         for budget in [0, one_set - 1] {
             let none = Arc::new(DenseTerms::with_limits(budget, 1000, BUILD_QUEUE));
-            assert!(none.bits(reader, &x(f.a)).unwrap().is_none());
+            assert!(none.bits(reader, &[x(f.a)]).unwrap().is_none());
             assert!(none.shared.cache.lock().unwrap().pending.is_empty());
             assert_eq!(none.kept(), 0);
         }
@@ -640,7 +731,7 @@ mod tests {
         let searcher = f.index.reader().unwrap().searcher();
         let (dense, receiver) = DenseTerms::unstarted(1 << 20, 1000, 1);
         let dense = Arc::new(dense);
-        let query = AllOf::new(vec![x(f.a), x(f.b)], Vec::new(), dense.clone());
+        let query = AllOf::new(vec![x(f.a), x(f.b)], no(), Vec::new(), dense.clone());
         let reader = &searcher.segment_readers()[0];
         let weight = query
             .weight(EnableScoring::disabled_from_searcher(&searcher))

@@ -970,6 +970,7 @@ impl Searcher {
         // else: the request's own filters can only narrow it. Single terms
         // go apart from the other filters, for `AllOf` to join.
         let mut terms = self.scope_terms(scope);
+        let mut statuses = Vec::new();
         let mut must: Vec<Box<dyn Query>> = Vec::new();
         if from.is_some() || to.is_some() {
             let lower = from.map_or(Bound::Unbounded, |t| {
@@ -1024,9 +1025,7 @@ impl Searcher {
             must.push(one_of(any));
         }
         if let Some((lo, hi)) = status_range(r)? {
-            must.push(Box::new(term_union::StatusRangeQuery::new(
-                s.status, lo, hi,
-            )));
+            statuses.push(term_union::StatusRangeQuery::new(s.status, lo, hi));
         }
         if !r.text.is_empty() {
             let words = self.words(&r.text);
@@ -1038,7 +1037,7 @@ impl Searcher {
         if !r.query.trim().is_empty() {
             if let Some(filters) = query_string::as_filters(&r.query, s, |t| self.words(t)) {
                 terms.extend(filters.terms);
-                must.extend(filters.must);
+                statuses.extend(filters.statuses);
             } else {
                 must.push(self.parse_query(&r.query)?);
             }
@@ -1046,10 +1045,10 @@ impl Searcher {
         // The trail of reads (`audit-log/auditd`) would otherwise grow with
         // every search; it shows only when asked for by type.
         let wants_trail = wants_trail(r);
-        let query: Box<dyn Query> = match (terms.is_empty(), must.len()) {
+        let query: Box<dyn Query> = match (terms.is_empty() && statuses.is_empty(), must.len()) {
             (true, 0) => Box::new(AllQuery),
             (true, 1) => must.remove(0),
-            _ => Box::new(dense::AllOf::new(terms, must, self.dense.clone())),
+            _ => Box::new(dense::AllOf::new(terms, statuses, must, self.dense.clone())),
         };
         Ok(match wants_trail {
             true => query,

@@ -22,7 +22,6 @@
 //! (`OR`, `NOT`, phrases, phrase prefixes, other ranges, boosts, sets) goes to `QueryParser` whole, which also gives the errors. The
 //! matches are the same either way: the tests compare the two.
 
-use tantivy::query::Query;
 use tantivy::query_grammar::{
     self, Occur, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral,
 };
@@ -36,8 +35,8 @@ use crate::schema::{names, AuditSchema};
 pub(crate) struct Filters {
     /// Single terms, for `AllOf` to join.
     pub terms: Vec<Term>,
-    /// Everything else that must match.
-    pub must: Vec<Box<dyn Query>>,
+    /// Status ranges.
+    pub statuses: Vec<StatusRangeQuery>,
 }
 
 /// `query` as structured filters, or `None` if it says more than they can.
@@ -51,7 +50,7 @@ pub(crate) fn as_filters(
     let mut filters = Filters::default();
     let reader = Reader { schema, words };
     reader.required(&ast, &mut filters)?;
-    (!filters.terms.is_empty() || !filters.must.is_empty()).then_some(filters)
+    (!filters.terms.is_empty() || !filters.statuses.is_empty()).then_some(filters)
 }
 
 struct Reader<'a, W> {
@@ -89,7 +88,7 @@ impl<W: Fn(&str) -> Vec<String>> Reader<'_, W> {
             {
                 let status = literal.phrase.parse().ok()?;
                 let range = StatusRangeQuery::new(self.schema.status, status, status);
-                filters.must.push(Box::new(range));
+                filters.statuses.push(range);
                 Some(())
             }
             UserInputLeaf::Literal(literal) => {
@@ -107,7 +106,7 @@ impl<W: Fn(&str) -> Vec<String>> Reader<'_, W> {
                 let lo = bound(lower, i64::MIN, 1)?;
                 let hi = bound(upper, i64::MAX, -1)?;
                 let range = StatusRangeQuery::new(self.schema.status, lo, hi);
-                filters.must.push(Box::new(range));
+                filters.statuses.push(range);
                 Some(())
             }
             _ => None,
@@ -153,7 +152,7 @@ mod tests {
     use std::collections::HashSet;
 
     use tantivy::collector::DocSetCollector;
-    use tantivy::query::{BooleanQuery, Occur, QueryParser, TermQuery};
+    use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
     use tantivy::schema::IndexRecordOption;
     use tantivy::{DocAddress, Index, Searcher};
 
@@ -231,7 +230,10 @@ mod tests {
                     Box::new(TermQuery::new(term, IndexRecordOption::Basic));
                 (Occur::Must, query)
             });
-            let must = filters.must.into_iter().map(|q| (Occur::Must, q));
+            let must = filters.statuses.into_iter().map(|q| {
+                let query: Box<dyn Query> = Box::new(q);
+                (Occur::Must, query)
+            });
             let joined = BooleanQuery::new(terms.chain(must).collect());
             (self.matches(&*parsed), self.matches(&joined))
         }

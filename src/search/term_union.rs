@@ -120,6 +120,12 @@ impl StatusRangeQuery {
         StatusRangeQuery { field, lo, hi }
     }
 
+    /// The statuses of the range that the segment holds, as terms; `None`
+    /// past `MAX_UNION_TERMS` of them.
+    pub fn segment_terms(&self, reader: &SegmentReader) -> tantivy::Result<Option<Vec<Term>>> {
+        Ok(segment_terms(self, reader)?.map(|terms| terms.into_iter().map(|(t, _)| t).collect()))
+    }
+
     fn key(&self, value: i64) -> Vec<u8> {
         Term::from_field_i64(self.field, value)
             .serialized_value_bytes()
@@ -177,33 +183,50 @@ impl<R: TermRun> UnionWeight<R> {
     /// the fallback when they are too many.
     fn segment_weight(&self, reader: &SegmentReader) -> tantivy::Result<Box<dyn Weight>> {
         let scoring = EnableScoring::disabled_from_schema(reader.schema());
-        let index = reader.inverted_index(self.run.field())?;
-        let mut keys = index.terms().range().ge(self.run.start()).into_stream()?;
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        let mut matches = 0u64;
-        while keys.advance() {
-            let Ok(term) = self.run.term(keys.key()) else {
-                break;
-            };
-            let Some(term) = term else {
-                continue;
-            };
-            matches += u64::from(keys.value().doc_freq);
-            let dense =
-                R::FALLBACK_WHEN_DENSE && matches * DENSE_SHARE > u64::from(reader.max_doc());
-            if clauses.len() == MAX_UNION_TERMS || dense {
-                return self.run.fallback()?.weight(scoring);
-            }
-            clauses.push((
-                Occur::Should,
-                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-            ));
+        let Some(terms) = segment_terms(&self.run, reader)? else {
+            return self.run.fallback()?.weight(scoring);
+        };
+        let matches: u64 = terms.iter().map(|(_, docs)| u64::from(*docs)).sum();
+        if R::FALLBACK_WHEN_DENSE && matches * DENSE_SHARE > u64::from(reader.max_doc()) {
+            return self.run.fallback()?.weight(scoring);
         }
+        let clauses: Vec<(Occur, Box<dyn Query>)> = terms
+            .into_iter()
+            .map(|(term, _)| {
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                (Occur::Should, query)
+            })
+            .collect();
         match clauses.is_empty() {
             true => EmptyQuery.weight(scoring),
             false => BooleanQuery::new(clauses).weight(scoring),
         }
     }
+}
+
+/// The run's terms in the segment, each with the documents that hold it;
+/// `None` past `MAX_UNION_TERMS` of them.
+fn segment_terms<R: TermRun>(
+    run: &R,
+    reader: &SegmentReader,
+) -> tantivy::Result<Option<Vec<(Term, u32)>>> {
+    let index = reader.inverted_index(run.field())?;
+    let mut keys = index.terms().range().ge(run.start()).into_stream()?;
+    let mut terms = Vec::new();
+    while keys.advance() {
+        let Ok(term) = run.term(keys.key()) else {
+            break;
+        };
+        let Some(term) = term else {
+            continue;
+        };
+        if terms.len() == MAX_UNION_TERMS {
+            return Ok(None);
+        }
+        terms.push((term, keys.value().doc_freq));
+    }
+    Ok(Some(terms))
 }
 
 impl<R: TermRun> Weight for UnionWeight<R> {
