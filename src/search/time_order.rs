@@ -45,12 +45,22 @@ const SCAN_BLOCK_DOCS: u32 = 65_536;
 /// buffer size, so the one buffer serves both.
 const SPARSE_MATCHES: u32 = SCAN_BLOCK_DOCS;
 
+/// A block of `scan_block` whose times could reach the page and that
+/// holds at most this many matches has each match's time read, not the
+/// whole block's times scanned: one read costs a few times a row of the
+/// scan, and a sparse filter (an app token's subject and access) holds a
+/// few hundred matches in a block of 65,536 events, where the scans were
+/// a fifth of its search's CPU (docs/benchmarks-history.md, "2026-12-05
+/// (5)"). Past this many, the rest of the block is scanned.
+const SPARSE_BLOCK_MATCHES: u32 = SCAN_BLOCK_DOCS / 32;
+
 /// The constants above, as one value, so tests can make them small.
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
     first_chunk: u32,
     scan_block: u32,
     sparse_matches: u32,
+    sparse_block: u32,
     time_bounds: u32,
 }
 
@@ -58,6 +68,7 @@ const TUNING: Tuning = Tuning {
     first_chunk: FIRST_CHUNK_DOCS,
     scan_block: SCAN_BLOCK_DOCS,
     sparse_matches: SPARSE_MATCHES,
+    sparse_block: SPARSE_BLOCK_MATCHES,
     time_bounds: TIME_BOUNDS_DOCS,
 };
 
@@ -435,7 +446,8 @@ impl State<'_> {
     /// Only matches in `block` whose time could reach the (full) page are
     /// offered, found by one bulk scan of the block's time column (what
     /// Tantivy's own range queries use), several times cheaper than a
-    /// column read per match. The other matches are only counted, and only
+    /// column read per match; but a block of at most `sparse_block`
+    /// matches has each one's time read instead (`SPARSE_BLOCK_MATCHES`). The other matches are only counted, and only
     /// until `counted_enough`. `scorer` stands on `doc`, at or past the
     /// block's start, and is left on the returned doc: the first match not
     /// looked at, or one past `block` (every match before it was seen).
@@ -462,15 +474,35 @@ impl State<'_> {
             true => i64::MIN..=-worst,
             false => worst..=i64::MAX,
         };
+        let alive = segment.reader.alive_bitset();
+        if enter {
+            // The scorer can lag behind the block only on a match already
+            // looked at, once the count is done.
+            if doc < block.start {
+                doc = scorer.seek(block.start);
+            }
+            // The first `sparse_block` matches are offered one by one: if
+            // they are all the block holds, its times are never scanned.
+            let mut read = 0;
+            while doc < block.end && read < self.tuning.sparse_block {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    self.offer(segment, doc, check_seq)?;
+                }
+                read += 1;
+                doc = scorer.advance();
+            }
+            if doc >= block.end {
+                return Ok(doc);
+            }
+        }
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         if enter {
             segment
                 .columns
                 .time
-                .get_docids_for_value_range(times, block.clone(), &mut candidates);
+                .get_docids_for_value_range(times, doc..block.end, &mut candidates);
         }
-        let alive = segment.reader.alive_bitset();
         let mut next = 0;
         // Every match, while the count is still wanted. The ones not
         // among the candidates rank below the page's worst, so they are
@@ -885,6 +917,7 @@ mod brute_force {
             scan_block in 1u32..50,
             time_bounds in prop_oneof![1u32..40, Just(TIME_BOUNDS_DOCS)],
             sparse_matches in prop_oneof![Just(0u32), 0u32..400, Just(u32::MAX)],
+            sparse_block in prop_oneof![Just(0u32), 0u32..20, Just(u32::MAX)],
             from in prop::option::of(400i64..4_700),
             span in prop::option::of(0i64..2_000),
         ) {
@@ -916,7 +949,7 @@ mod brute_force {
                 expected.reverse();
             }
             let count_up_to = count_up_to.unwrap_or(u64::MAX);
-            let tuning = Tuning { first_chunk, scan_block, sparse_matches, time_bounds };
+            let tuning = Tuning { first_chunk, scan_block, sparse_matches, sparse_block, time_bounds };
             let mut after = None;
             let mut seen = 0;
             // Thirty pages at most: enough to cross many segments.
@@ -957,6 +990,7 @@ mod brute_force {
             first_chunk: 2,
             scan_block: 4,
             sparse_matches: 0,
+            sparse_block: 0,
             time_bounds: 4,
         };
         // Stretches of 4 rows: times 4..=7, 8..=11, ...
@@ -1008,6 +1042,7 @@ mod brute_force {
             first_chunk: 4,
             scan_block: 4,
             sparse_matches: 0,
+            sparse_block: 0,
             time_bounds: 4,
         };
         for count_up_to in [1, 15, u64::MAX] {
