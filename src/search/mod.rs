@@ -15,7 +15,7 @@ use base64::Engine;
 use rayon::prelude::*;
 use tantivy::query::{
     AllQuery, BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, Query, QueryParser,
-    RangeQuery, TermQuery,
+    TermQuery,
 };
 use tantivy::schema::{IndexRecordOption, Term};
 use tantivy::tokenizer::TextAnalyzer;
@@ -43,6 +43,7 @@ mod log_order;
 mod query_string;
 pub mod recent;
 mod term_union;
+mod time_range;
 
 use recent::{RecentEvents, StoredEvent};
 
@@ -973,13 +974,7 @@ impl Searcher {
         let mut statuses = Vec::new();
         let mut must: Vec<Box<dyn Query>> = Vec::new();
         if from.is_some() || to.is_some() {
-            let lower = from.map_or(Bound::Unbounded, |t| {
-                Bound::Included(Term::from_field_i64(s.time, t))
-            });
-            let upper = to.map_or(Bound::Unbounded, |t| {
-                Bound::Excluded(Term::from_field_i64(s.time, t))
-            });
-            must.push(Box::new(RangeQuery::new(lower, upper)));
+            must.push(Box::new(time_range::TimeRange::new(from, to)));
         }
         match r.actions.as_slice() {
             [] => {}

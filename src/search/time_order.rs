@@ -774,11 +774,10 @@ mod tests {
 /// deleted documents, a snapshot, a count that stops, page tokens.
 #[cfg(test)]
 mod brute_force {
-    use std::ops::Bound;
 
     use proptest::prelude::*;
-    use tantivy::query::{AllQuery, BooleanQuery, Occur, RangeQuery, TermQuery};
-    use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STRING};
+    use tantivy::query::{AllQuery, BooleanQuery, Occur, TermQuery};
+    use tantivy::schema::{IndexRecordOption, Schema, FAST, INDEXED, STRING};
     use tantivy::{doc, Index, IndexWriter, Term};
 
     use super::*;
@@ -887,16 +886,10 @@ mod brute_force {
         if from.is_none() && to.is_none() {
             return query;
         }
-        let field = Field::from_field_id(0); // `names::TIME`, the first field of `build`
-        let lower = from.map_or(Bound::Unbounded, |t| {
-            Bound::Included(Term::from_field_i64(field, t))
-        });
-        let upper = to.map_or(Bound::Unbounded, |t| {
-            Bound::Excluded(Term::from_field_i64(field, t))
-        });
+        let range = crate::search::time_range::TimeRange::new(from, to);
         Box::new(BooleanQuery::new(vec![
             (Occur::Must, query),
-            (Occur::Must, Box::new(RangeQuery::new(lower, upper))),
+            (Occur::Must, Box::new(range)),
         ]))
     }
 

@@ -10,7 +10,7 @@
 //! and carried over when the searcher is reloaded after a commit.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
 use tantivy::columnar::{Cardinality, Column};
 use tantivy::index::SegmentId;
@@ -33,8 +33,53 @@ pub struct Columns {
     /// look-up by seq; `None` where there are too many to be worth it.
     seq_runs: Arc<OnceLock<Option<Vec<SeqRun>>>>,
     /// The least and greatest time of each `TIME_BOUNDS_DOCS` rows, found
-    /// on first use.
-    time_bounds: Arc<OnceLock<Option<TimeBounds>>>,
+    /// on first use, shared with every view and time range of the segment.
+    times: Arc<SegmentTimes>,
+}
+
+/// A segment's time column and its `TIME_BOUNDS_DOCS` bounds, one a
+/// segment open in any view, found by segment id ([`segment_times`]): a
+/// time range's scorer sees only the segment reader, and starts where
+/// the bounds say the range can match (`time_range.rs`).
+pub struct SegmentTimes {
+    pub column: Column<i64>,
+    bounds: OnceLock<Option<TimeBounds>>,
+}
+
+impl SegmentTimes {
+    /// The bounds of each `TIME_BOUNDS_DOCS` rows (`Columns::time_bounds`).
+    pub fn bounds(&self) -> Option<TimeBounds> {
+        self.bounds
+            .get_or_init(|| time_bounds(&self.column, TIME_BOUNDS_DOCS))
+            .clone()
+    }
+}
+
+/// The segments some view holds, weakly: an entry outlives its views
+/// only until the next segment is opened.
+static OPEN_SEGMENTS: LazyLock<Mutex<HashMap<SegmentId, Weak<SegmentTimes>>>> =
+    LazyLock::new(Mutex::default);
+
+/// The times of segment `id`, if a view holds it.
+pub fn segment_times(id: SegmentId) -> Option<Arc<SegmentTimes>> {
+    let open = OPEN_SEGMENTS.lock().expect("open segments lock");
+    open.get(&id).and_then(Weak::upgrade)
+}
+
+/// The times of segment `id` as the views share them, its `column` kept
+/// when no view holds it yet.
+fn open_segment_times(id: SegmentId, column: &Column<i64>) -> Arc<SegmentTimes> {
+    let mut open = OPEN_SEGMENTS.lock().expect("open segments lock");
+    if let Some(times) = open.get(&id).and_then(Weak::upgrade) {
+        return times;
+    }
+    open.retain(|_, times| times.strong_count() > 0);
+    let times = Arc::new(SegmentTimes {
+        column: column.clone(),
+        bounds: OnceLock::new(),
+    });
+    open.insert(id, Arc::downgrade(&times));
+    times
 }
 
 /// The least and greatest time of each stretch of rows (`Columns::time_bounds`).
@@ -50,15 +95,16 @@ impl Columns {
         events: Option<&PartitionDictionary>,
     ) -> tantivy::Result<Columns> {
         let fast = reader.fast_fields();
+        let time = fast.i64(names::TIME)?;
         Ok(Columns {
-            time: fast.i64(names::TIME)?,
+            times: open_segment_times(reader.segment_id(), &time),
+            time,
             seq: fast.u64(names::SEQ)?,
             received: fast.i64(names::RECEIVED)?,
             events: events
                 .map(|dictionary| docstore::open(reader, dictionary))
                 .transpose()?,
             seq_runs: Arc::default(),
-            time_bounds: Arc::default(),
         })
     }
 
@@ -69,10 +115,7 @@ impl Columns {
     /// for `TIME_BOUNDS_DOCS`; other sizes (tests) are computed each time.
     pub fn time_bounds(&self, rows: u32) -> Option<TimeBounds> {
         if rows == TIME_BOUNDS_DOCS {
-            return self
-                .time_bounds
-                .get_or_init(|| time_bounds(&self.time, rows))
-                .clone();
+            return self.times.bounds();
         }
         time_bounds(&self.time, rows)
     }

@@ -69,6 +69,7 @@ const SHAPES: &[&str] = &[
     "free text, 1-3 words",
     "query string",
     "access id, ascending",
+    "from an instant, oldest first",
     "everything, page 10",
     "access id, limit 10",
     "access id, limit 1000",
@@ -357,6 +358,11 @@ fn build(shape: &str, pool: &[AuditEvent], rng: &mut StdRng, scoped: usize) -> O
         "access id, ascending" => query(SearchRequest {
             ascending: true,
             ..by_access
+        }),
+        "from an instant, oldest first" => query(SearchRequest {
+            from_time: e.time,
+            ascending: true,
+            ..base
         }),
         "everything, page 10" => Query {
             request: base,
