@@ -7,7 +7,10 @@
 //!
 //! A pipeline starts on a task of its own, so that a long rebuild never
 //! delays a renewal; the partition is routed here once it is ready (its
-//! replay done). Each node's heartbeat says which partitions it is ready
+//! replay done). It stops on a task of its own too, so that a slow last
+//! commit never delays one either: a renewal late past the lease would
+//! lose every partition of the node. A partition started again here
+//! waits for its pipeline's stop first. Each node's heartbeat says which partitions it is ready
 //! for, and a partition is read at its owner when the owner is ready,
 //! else at another node still ready for it, else at its owner anyway
 //! (which refuses, UNAVAILABLE naming the partition).
@@ -26,7 +29,8 @@
 //! they were): a search that reaches a node which no longer answers for
 //! the partition is refused, UNAVAILABLE naming it, and may be retried.
 //!
-//! Bounds: at most `N` pipelines, one a partition held or handed over;
+//! Bounds: at most `N` pipelines, one a partition held, handed over or
+//! stopping (a partition's next pipeline starts once the last has stopped);
 //! one gRPC channel a remote node ([`MAX_NODE_CHANNELS`] at most, the
 //! least recently used dropped past it).
 
@@ -34,8 +38,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::channels::NodeChannels;
 use super::fanout::{LocalPartition, Reader};
@@ -116,6 +121,8 @@ impl Owner {
             handing: BTreeMap::new(),
             starting: JoinSet::new(),
             opening: BTreeSet::new(),
+            stops: TaskTracker::new(),
+            stopping: BTreeMap::new(),
             channels: NodeChannels::new(MAX_NODE_CHANNELS, tls),
         };
         let task = tokio::spawn(round.run(stop.clone(), abandon.clone()));
@@ -171,13 +178,6 @@ impl Owner {
     }
 }
 
-/// Stops partition `p`'s pipeline here, after its last commit.
-async fn stop_pipeline(p: u32, owned: OwnedPartition) {
-    if let Err(error) = owned.stop().await {
-        tracing::error!(partition = p, %error, "stopping the partition's pipeline");
-    }
-}
-
 /// Rounds a new owner must be seen ready before a hand-over ends.
 const HAND_OVER_ROUNDS: u32 = 3;
 
@@ -200,6 +200,10 @@ struct Round {
     starting: JoinSet<(u32, Result<OwnedPartition, crate::server::ServerError>)>,
     /// Their partitions.
     opening: BTreeSet<u32>,
+    /// Every pipeline's stop, waited for before the round ends.
+    stops: TaskTracker,
+    /// The last stop of each partition, for its next start to wait for.
+    stopping: BTreeMap<u32, JoinHandle<()>>,
     /// A channel per remote address.
     channels: NodeChannels,
 }
@@ -227,8 +231,10 @@ impl Round {
         let handing = std::mem::take(&mut self.handing);
         let handing = handing.into_iter().map(|(p, h)| (p, h.owned));
         for (p, owned) in std::mem::take(&mut self.owned).into_iter().chain(handing) {
-            self.drop_partition(p, Some(owned)).await;
+            self.drop_partition(p, Some(owned));
         }
+        self.stops.close();
+        self.stops.wait().await;
         if !abandon.is_cancelled() && self.settings.owns {
             if let Err(error) = self.leases.release_all().await {
                 tracing::warn!(%error, "could not release the leases; they expire on their own");
@@ -247,7 +253,7 @@ impl Round {
                 for p in change.lost {
                     tracing::info!(partition = p, "lost the partition's lease");
                     let owned = self.owned.remove(&p);
-                    self.drop_partition(p, owned).await;
+                    self.drop_partition(p, owned);
                 }
                 for p in change.released {
                     tracing::info!(partition = p, "released the partition; handing it over");
@@ -256,7 +262,7 @@ impl Round {
                             let seen_ready = 0;
                             self.handing.insert(p, HandOver { owned, seen_ready });
                         }
-                        None => self.drop_partition(p, None).await,
+                        None => self.drop_partition(p, None),
                     }
                 }
                 for p in change.gained {
@@ -282,7 +288,7 @@ impl Round {
             .collect();
         for p in gone {
             let owned = self.owned.remove(&p);
-            self.drop_partition(p, owned).await;
+            self.drop_partition(p, owned);
         }
         // A partition held whose pipeline failed to start: again.
         for p in held.iter().copied() {
@@ -298,7 +304,7 @@ impl Round {
                 let handed = self.hand_over(&owners, &members);
                 self.route_by(&owners, &members).await;
                 for (p, owned) in handed {
-                    stop_pipeline(p, owned).await;
+                    self.stop_pipeline(p, owned);
                 }
             }
             None => self.route_here(),
@@ -310,7 +316,12 @@ impl Round {
         let settings = &self.settings;
         let (config, layout) = (settings.config.clone(), settings.layout.clone());
         let (tokens, trail) = (settings.tokens.clone(), settings.trail.clone());
+        let stopped = self.stopping.remove(&p);
         self.starting.spawn(async move {
+            // The directory is the old pipeline's until it has stopped.
+            if let Some(stopped) = stopped {
+                let _ = stopped.await;
+            }
             let started = OwnedPartition::start(&config, layout, p, tokens, trail).await;
             (p, started)
         });
@@ -326,10 +337,10 @@ impl Round {
         match started {
             Ok(owned) if self.leases.held(Instant::now()).contains(&p) => {
                 if let Some(before) = self.owned.insert(p, owned) {
-                    self.drop_partition(p, Some(before)).await;
+                    self.drop_partition(p, Some(before));
                 }
             }
-            Ok(owned) => self.drop_partition(p, Some(owned)).await,
+            Ok(owned) => self.drop_partition(p, Some(owned)),
             Err(error) => {
                 tracing::error!(partition = p, %error, "the partition's pipeline did not start; again next round")
             }
@@ -337,7 +348,7 @@ impl Round {
     }
 
     /// Stops routing to `p` here, and its pipeline if it runs.
-    async fn drop_partition(&mut self, p: u32, owned: Option<OwnedPartition>) {
+    fn drop_partition(&mut self, p: u32, owned: Option<OwnedPartition>) {
         self.routes.local.write().expect("routes lock").remove(&p);
         if let Some(reader) = self
             .routes
@@ -349,8 +360,24 @@ impl Round {
             *reader = None;
         }
         if let Some(owned) = owned {
-            stop_pipeline(p, owned).await;
+            self.stop_pipeline(p, owned);
         }
+    }
+
+    /// Stops partition `p`'s pipeline after its last commit, on a task of
+    /// its own, after any earlier stop of `p`.
+    fn stop_pipeline(&mut self, p: u32, owned: OwnedPartition) {
+        self.stopping.retain(|_, stop| !stop.is_finished());
+        let before = self.stopping.remove(&p);
+        let stop = self.stops.spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            if let Err(error) = owned.stop().await {
+                tracing::error!(partition = p, %error, "stopping the partition's pipeline");
+            }
+        });
+        self.stopping.insert(p, stop);
     }
 
     /// Each partition's reader: this node's ready pipeline (owned or
