@@ -10,10 +10,10 @@
 //! replay done). It stops on a task of its own too, so that a slow last
 //! commit never delays one either: a renewal late past the lease would
 //! lose every partition of the node. A partition started again here
-//! waits for its pipeline's stop first. Each node's heartbeat says which partitions it is ready
-//! for, and a partition is read at its owner when the owner is ready,
-//! else at another node still ready for it, else at its owner anyway
-//! (which refuses, UNAVAILABLE naming the partition).
+//! waits for its pipeline's stop first. Each node's heartbeat says which
+//! partitions it is ready for, and a partition is read at its owner when
+//! the owner is ready, else at another node still ready for it, else at
+//! its owner anyway (which refuses, UNAVAILABLE naming the partition).
 //!
 //! **Hand-over.** A partition released above the share (a node joined)
 //! keeps its pipeline here, answering and following the stream, until

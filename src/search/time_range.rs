@@ -35,21 +35,19 @@ impl TimeRange {
             times: first..=last,
         }
     }
-}
 
-impl Query for TimeRange {
-    fn weight(&self, _scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl TimeRange {
     /// The segment's time column, and its bounds when a view holds it.
     fn column(&self, reader: &SegmentReader) -> tantivy::Result<(Column<i64>, Option<TimeBounds>)> {
         Ok(match view::segment_times(reader.segment_id()) {
             Some(times) => (times.column.clone(), times.bounds()),
             None => (reader.fast_fields().i64(names::TIME)?, None),
         })
+    }
+}
+
+impl Query for TimeRange {
+    fn weight(&self, _scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(self.clone()))
     }
 }
 
