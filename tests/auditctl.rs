@@ -139,8 +139,8 @@ async fn bench_search_times_every_shape_of_a_seeded_random_mix() {
         .iter()
         .filter(|(_, v)| v.get("p99_ms").is_some())
         .collect();
-    // 23 shapes; the generated addresses include IPv6, so none is skipped.
-    assert_eq!(shapes.len(), 23, "{report}");
+    // 24 shapes; the generated addresses include IPv6, so none is skipped.
+    assert_eq!(shapes.len(), 24, "{report}");
     for (name, figures) in &shapes {
         assert_eq!(figures["queries"], 3, "{name}: {report}");
         let (p50, p99, max) = (
@@ -162,6 +162,7 @@ async fn bench_search_times_every_shape_of_a_seeded_random_mix() {
         "source name",
         "access id + subject",
         "action + subject",
+        "from an instant, oldest first",
         "everything, page 10",
         "scoped: app token",
     ] {
