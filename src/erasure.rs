@@ -213,7 +213,7 @@ pub fn rewrite_partition(
             }
             let mut event =
                 AuditEvent::decode(stored.body.as_slice()).map_err(|e| corrupt(&e.to_string()))?;
-            let time = columns.time.first(doc).unwrap_or_default();
+            let time = columns.time().first(doc).unwrap_or_default();
             let received = columns.received.first(doc).unwrap_or_default();
             restore_times(&mut event, time, received);
             let opening = Opening::stored(stored.salt.as_deref(), seq, seeds).ok_or_else(|| {

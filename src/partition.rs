@@ -73,6 +73,21 @@ impl Partition {
         self.views.current(&self.reader, self.events.as_deref())
     }
 
+    /// Opens its view now, with its segments' time bounds, so that the
+    /// next search need not (`Views::warm`): after each reload of the
+    /// indexer, and at start. A view that cannot be opened now is opened
+    /// by the next search, which reports why.
+    pub fn warm(&self) {
+        if let Err(error) = self.views.warm(&self.reader, self.events.as_deref()) {
+            tracing::debug!(%error, path = %self.path.display(), "warming the partition's view");
+        }
+    }
+
+    #[cfg(test)]
+    pub fn is_warm(&self) -> bool {
+        self.views.is_warm(&self.reader)
+    }
+
     /// The seqs of every event its searcher holds, and the bytes of its
     /// files.
     pub fn seqs_and_bytes(&self) -> Result<(Vec<u64>, u64), PartitionError> {
@@ -233,6 +248,34 @@ impl Partitions {
             .range(lo..=hi)
             .map(|(_, p)| p.clone())
             .collect()
+    }
+
+    /// Warms every partition (`Partition::warm`), the newest day first,
+    /// on a thread of its own at the lowest priority: the first searches
+    /// after a start would otherwise find each segment's time bounds
+    /// themselves. A partition removed meanwhile is passed over.
+    pub fn warm_in_background(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let days: Vec<Day> = self
+            .map
+            .read()
+            .expect("partition map lock")
+            .keys()
+            .copied()
+            .collect();
+        let partitions = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("auditd-warm".into())
+            .spawn(move || {
+                crate::priority::lower_this_threads_priority("the start's warming");
+                for day in days.into_iter().rev() {
+                    let Some(partitions) = partitions.upgrade() else {
+                        return;
+                    };
+                    if let Some(partition) = partitions.get(day) {
+                        partition.warm();
+                    }
+                }
+            })
     }
 
     /// The latest `received` (µs) of any event in the index, from each
@@ -463,6 +506,40 @@ pub fn parse_day(name: &str) -> Option<Day> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_warms_every_partition_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let days = [20_362, 20_363, 20_365];
+        {
+            let partitions = Partitions::open(dir.path(), AuditSchema::new(), false).unwrap();
+            for day in days {
+                let partition = partitions.get_or_create(day).unwrap();
+                let mut writer = partition
+                    .index
+                    .writer_with_num_threads(1, 15_000_000)
+                    .unwrap();
+                for seq in 0..3 {
+                    let mut event = crate::proto::AuditEvent {
+                        id: format!("e{seq}"),
+                        time: Some(crate::schema::micros_to_timestamp(day * PARTITION_MICROS)),
+                        ..Default::default()
+                    };
+                    let schema = partitions.schema();
+                    writer
+                        .add_document(schema.document(&mut event, seq, "b", None, &mut Vec::new()))
+                        .unwrap();
+                }
+                writer.commit().unwrap();
+            }
+        }
+        let partitions = Arc::new(Partitions::open(dir.path(), AuditSchema::new(), false).unwrap());
+        let all = partitions.overlapping(None, None);
+        assert_eq!(all.len(), days.len());
+        assert!(all.iter().all(|p| !p.is_warm()));
+        partitions.warm_in_background().unwrap().join().unwrap();
+        assert!(all.iter().all(|p| p.is_warm()));
+    }
 
     #[test]
     fn day_names_round_trip() {

@@ -685,6 +685,9 @@ impl Pipeline {
             )
             .map_err(damaged)?,
         );
+        if let Err(error) = partitions.warm_in_background() {
+            tracing::warn!(%error, "no thread to warm the partitions: the first searches will");
+        }
         let checkpoint = read_checkpoint(&data_dir)?;
         let memo = Arc::new(Idempotency::new(
             config.ingest.idempotency_window_secs,

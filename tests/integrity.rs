@@ -276,7 +276,7 @@ fn stored_by_seq(day: &Path) -> HashMap<u64, (AuditEvent, Vec<u8>)> {
             let mut event = <AuditEvent as prost::Message>::decode(stored.body.as_slice()).unwrap();
             restore_times(
                 &mut event,
-                columns.time.first(doc).unwrap(),
+                columns.time().first(doc).unwrap(),
                 columns.received.first(doc).unwrap(),
             );
             out.insert(

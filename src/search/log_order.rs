@@ -29,7 +29,7 @@ pub(super) fn collect(
         let searcher = &view.searcher;
         let mut weight = None;
         for (ord, reader) in searcher.segment_readers().iter().enumerate() {
-            let (seq, time) = (&view.columns[ord].seq, &view.columns[ord].time);
+            let (seq, time) = (&view.columns[ord].seq, view.columns[ord].time());
             if seq.max_value() < from || seq.min_value() >= to {
                 continue;
             }
@@ -101,7 +101,7 @@ pub(super) fn in_seqs(
                     }
                 }
                 hits.push(Hit {
-                    time: columns.time.first(doc).unwrap_or(0),
+                    time: columns.time().first(doc).unwrap_or(0),
                     seq: columns.seq.first(doc).unwrap_or(first),
                     address: DocAddress::new(ord as SegmentOrdinal, doc),
                     partition,

@@ -18,7 +18,7 @@ use std::ops::Range;
 use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::{DocAddress, DocId, DocSet, SegmentOrdinal, SegmentReader, TERMINATED};
 
-use super::view::{Columns, View, TIME_BOUNDS_DOCS};
+use super::view::{meets, Columns, View, TIME_BOUNDS_DOCS};
 
 /// The first chunk a search visits at the best end of a segment
 /// (`State::collect_all`); each next one is four times as long, until the
@@ -160,9 +160,9 @@ fn collect_tuned<V: AsRef<View>>(
     }
     // Best first. The column bounds are read from its header.
     if order.ascending {
-        segments.sort_by_key(|s| s.columns.time.min_value());
+        segments.sort_by_key(|s| s.columns.time().min_value());
     } else {
-        segments.sort_by_key(|s| Reverse(s.columns.time.max_value()));
+        segments.sort_by_key(|s| Reverse(s.columns.time().max_value()));
     }
     let mut state = State {
         order,
@@ -224,8 +224,8 @@ impl State<'_> {
 
     fn visit(&mut self, segment: &Segment, weight: &dyn Weight) -> tantivy::Result<()> {
         let (min, max) = (
-            segment.columns.time.min_value(),
-            segment.columns.time.max_value(),
+            segment.columns.time().min_value(),
+            segment.columns.time().max_value(),
         );
         // The best rank any event of this segment could have, on time.
         let best = if self.order.ascending { -min } else { max };
@@ -313,12 +313,12 @@ impl State<'_> {
         let Some(bounds) = segment.columns.time_bounds(rows) else {
             return all;
         };
-        let meets = |&(min, max): &(i64, i64)| {
-            from.is_none_or(|from| max >= from) && to.is_none_or(|to| min < to)
-        };
+        // `to` is exclusive: an event at to - 1 µs is the last that counts.
+        let times = from.unwrap_or(i64::MIN)..=to.map_or(i64::MAX, |to| to.saturating_sub(1));
+        let can_hold = |&stretch: &(i64, i64)| meets(stretch, &times);
         let (Some(first), Some(last)) = (
-            bounds.iter().position(meets),
-            bounds.iter().rposition(meets),
+            bounds.iter().position(can_hold),
+            bounds.iter().rposition(can_hold),
         ) else {
             return all.start..all.start; // no stretch can hold a match
         };
@@ -498,10 +498,11 @@ impl State<'_> {
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         if enter {
-            segment
-                .columns
-                .time
-                .get_docids_for_value_range(times, doc..block.end, &mut candidates);
+            segment.columns.time().get_docids_for_value_range(
+                times,
+                doc..block.end,
+                &mut candidates,
+            );
         }
         let mut next = 0;
         // Every match, while the count is still wanted. The ones not
@@ -553,7 +554,7 @@ impl State<'_> {
 
     fn offer(&mut self, segment: &Segment, doc: DocId, check_seq: bool) -> tantivy::Result<()> {
         let missing = || tantivy::TantivyError::InternalError(format!("doc {doc} has no time/seq"));
-        let time = segment.columns.time.first(doc).ok_or_else(missing)?;
+        let time = segment.columns.time().first(doc).ok_or_else(missing)?;
         let read_seq = || segment.columns.seq.first(doc).ok_or_else(missing);
         // The seq is read only when it decides something: the snapshot
         // (new segments only), a time equal to the cursor's, or a place on
@@ -774,7 +775,6 @@ mod tests {
 /// deleted documents, a snapshot, a count that stops, page tokens.
 #[cfg(test)]
 mod brute_force {
-
     use proptest::prelude::*;
     use tantivy::query::{AllQuery, BooleanQuery, Occur, TermQuery};
     use tantivy::schema::{IndexRecordOption, Schema, FAST, INDEXED, STRING};

@@ -18,7 +18,7 @@ use tantivy::columnar::Column;
 use tantivy::query::{ConstScorer, EmptyScorer, EnableScoring, Explanation, Query, Scorer, Weight};
 use tantivy::{DocId, DocSet, Score, SeekDangerResult, SegmentReader, TantivyError, TERMINATED};
 
-use super::view::{self, TimeBounds, TIME_BOUNDS_DOCS};
+use super::view::{self, meets, TimeBounds, TIME_BOUNDS_DOCS};
 use crate::schema::names;
 
 /// Events with `from ≤ time < to` (micros; `None`: unbounded).
@@ -148,11 +148,6 @@ impl TimeRangeDocSet {
 fn stretch_rows(i: usize, rows: u32) -> std::ops::Range<u32> {
     let start = (i as u32).saturating_mul(TIME_BOUNDS_DOCS).min(rows);
     start..start.saturating_add(TIME_BOUNDS_DOCS).min(rows)
-}
-
-/// Whether times between `min` and `max` can fall in `times`.
-fn meets((min, max): (i64, i64), times: &RangeInclusive<i64>) -> bool {
-    max >= *times.start() && min <= *times.end()
 }
 
 impl DocSet for TimeRangeDocSet {

@@ -23,7 +23,6 @@ use crate::schema::{names, AuditSchema};
 /// The columns of one segment.
 #[derive(Clone)]
 pub struct Columns {
-    pub time: Column<i64>,
     pub seq: Column<u64>,
     pub received: Column<i64>,
     /// The segment's events file; `None` in a partition created before
@@ -32,8 +31,9 @@ pub struct Columns {
     /// The stretches of rows over which `seq` ascends, found on the first
     /// look-up by seq; `None` where there are too many to be worth it.
     seq_runs: Arc<OnceLock<Option<Vec<SeqRun>>>>,
-    /// The least and greatest time of each `TIME_BOUNDS_DOCS` rows, found
-    /// on first use, shared with every view and time range of the segment.
+    /// The time column, and the least and greatest time of each
+    /// `TIME_BOUNDS_DOCS` rows, shared with every view and time range of
+    /// the segment.
     times: Arc<SegmentTimes>,
 }
 
@@ -47,11 +47,16 @@ pub struct SegmentTimes {
 }
 
 impl SegmentTimes {
-    /// The bounds of each `TIME_BOUNDS_DOCS` rows (`Columns::time_bounds`).
+    /// The bounds of each `TIME_BOUNDS_DOCS` rows (`Columns::time_bounds`),
+    /// found by the first to ask. Two that ask at once each find them
+    /// rather than one waiting for the other: the first may be a warming
+    /// thread at the lowest priority (`Partitions::warm_in_background`).
     pub fn bounds(&self) -> Option<TimeBounds> {
-        self.bounds
-            .get_or_init(|| time_bounds(&self.column, TIME_BOUNDS_DOCS))
-            .clone()
+        if let Some(bounds) = self.bounds.get() {
+            return bounds.clone();
+        }
+        let bounds = time_bounds(&self.column, TIME_BOUNDS_DOCS);
+        self.bounds.get_or_init(|| bounds).clone()
     }
 }
 
@@ -85,6 +90,12 @@ fn open_segment_times(id: SegmentId, column: &Column<i64>) -> Arc<SegmentTimes> 
 /// The least and greatest time of each stretch of rows (`Columns::time_bounds`).
 pub type TimeBounds = Arc<[(i64, i64)]>;
 
+/// Whether a stretch whose times lie between `min` and `max` can hold a
+/// time of `times`.
+pub fn meets((min, max): (i64, i64), times: &std::ops::RangeInclusive<i64>) -> bool {
+    max >= *times.start() && min <= *times.end()
+}
+
 /// Rows a `Columns::time_bounds` entry covers: 512 entries (8 KiB) for a
 /// segment of 2 M events.
 pub const TIME_BOUNDS_DOCS: u32 = 4096;
@@ -98,7 +109,6 @@ impl Columns {
         let time = fast.i64(names::TIME)?;
         Ok(Columns {
             times: open_segment_times(reader.segment_id(), &time),
-            time,
             seq: fast.u64(names::SEQ)?,
             received: fast.i64(names::RECEIVED)?,
             events: events
@@ -106,6 +116,10 @@ impl Columns {
                 .transpose()?,
             seq_runs: Arc::default(),
         })
+    }
+
+    pub fn time(&self) -> &Column<i64> {
+        &self.times.column
     }
 
     /// The least and greatest time of rows `[i × rows, (i + 1) × rows)`
@@ -117,7 +131,7 @@ impl Columns {
         if rows == TIME_BOUNDS_DOCS {
             return self.times.bounds();
         }
-        time_bounds(&self.time, rows)
+        time_bounds(self.time(), rows)
     }
 
     /// The documents whose seq is `seq`, deleted ones included.
@@ -352,6 +366,32 @@ impl Views {
         Ok(view)
     }
 
+    /// Opens the current view now, with the time bounds of each of its
+    /// segments, so that the next search finds them made: a 2 M-event
+    /// segment's bounds are a scan of its time column.
+    pub fn warm(
+        &self,
+        reader: &IndexReader,
+        events: Option<&PartitionDictionary>,
+    ) -> tantivy::Result<()> {
+        let view = self.current(reader, events)?;
+        for columns in &view.columns {
+            columns.times.bounds();
+        }
+        Ok(())
+    }
+
+    /// Whether a view of `reader`'s searcher is kept, and knows every
+    /// segment's time bounds.
+    #[cfg(test)]
+    pub fn is_warm(&self, reader: &IndexReader) -> bool {
+        let generation = reader.searcher().generation().generation_id();
+        self.last().is_some_and(|view| {
+            let known = |c: &Columns| c.times.bounds.get().is_some();
+            view.generation() == generation && view.columns.iter().all(known)
+        })
+    }
+
     /// The view kept last, if any.
     fn last(&self) -> Option<Arc<View>> {
         self.current
@@ -411,6 +451,48 @@ mod tests {
                 "seqs {first}..={last}"
             );
         }
+    }
+
+    #[test]
+    fn a_warmed_view_is_the_next_searchs_with_its_time_bounds() {
+        let schema = AuditSchema::new();
+        let index = Index::create_in_ram(schema.schema.clone());
+        crate::schema::register_tokenizers(&index);
+        let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let reader = index.reader().unwrap();
+        let views = Views::default();
+        for times in [0..5_000i64, 3_000..9_000] {
+            for time in times {
+                let row =
+                    doc!(schema.seq => time as u64, schema.time => time, schema.received => 0i64);
+                writer.add_document(row).unwrap();
+            }
+            writer.commit().unwrap();
+            reader.reload().unwrap();
+            assert!(!views.is_warm(&reader));
+            views.warm(&reader, None).unwrap();
+            assert!(views.is_warm(&reader));
+            let warmed = views.last().unwrap();
+            assert_eq!(
+                warmed.generation(),
+                reader.searcher().generation().generation_id()
+            );
+            assert!(Arc::ptr_eq(&views.current(&reader, None).unwrap(), &warmed));
+        }
+        let view = views.last().unwrap();
+        let bounds: Vec<_> = view
+            .columns
+            .iter()
+            .map(|c| c.time_bounds(TIME_BOUNDS_DOCS).unwrap())
+            .collect();
+        let mut expected = [
+            vec![(0, 4095), (4096, 4999)],
+            vec![(3_000, 7_095), (7_096, 8_999)],
+        ];
+        let mut found: Vec<Vec<(i64, i64)>> = bounds.iter().map(|b| b.to_vec()).collect();
+        found.sort();
+        expected.sort();
+        assert_eq!(found, expected);
     }
 
     #[test]
