@@ -949,21 +949,8 @@ mod tests {
         let partitions = Partitions::open(dir.path(), AuditSchema::new(), false).unwrap();
         let partition = partitions.get_or_create(20_362).unwrap();
         let times = SegmentTimes::default();
-        let mut writer = partition
-            .index
-            .writer_with_num_threads(1, 15_000_000)
-            .unwrap();
         for seq in 0..3 {
-            let mut event = crate::proto::AuditEvent {
-                id: format!("e{seq}"),
-                ..Default::default()
-            };
-            let doc = partitions
-                .schema()
-                .document(&mut event, seq, "b", None, &mut Vec::new());
-            writer.add_document(doc).unwrap();
-            writer.commit().unwrap();
-            partition.reader.reload().unwrap();
+            partition.commit_events(partitions.schema(), seq..seq + 1);
             assert!(!partition.is_warm());
             after_reload(&partition, &times);
             assert!(partition.is_warm());

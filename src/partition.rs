@@ -88,6 +88,26 @@ impl Partition {
         self.views.is_warm(&self.reader)
     }
 
+    /// Commits events of seqs `seqs`, at the start of its day, as one
+    /// segment, and reloads its reader.
+    #[cfg(test)]
+    pub fn commit_events(&self, schema: &AuditSchema, seqs: std::ops::Range<u64>) {
+        let mut writer = self.index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for seq in seqs {
+            let mut event = crate::proto::AuditEvent {
+                id: format!("e{seq}"),
+                time: Some(crate::schema::micros_to_timestamp(
+                    self.day * PARTITION_MICROS,
+                )),
+                ..Default::default()
+            };
+            let doc = schema.document(&mut event, seq, "b", None, &mut Vec::new());
+            writer.add_document(doc).unwrap();
+        }
+        writer.commit().unwrap();
+        self.reader.reload().unwrap();
+    }
+
     /// The seqs of every event its searcher holds, and the bytes of its
     /// files.
     pub fn seqs_and_bytes(&self) -> Result<(Vec<u64>, u64), PartitionError> {
@@ -515,22 +535,7 @@ mod tests {
             let partitions = Partitions::open(dir.path(), AuditSchema::new(), false).unwrap();
             for day in days {
                 let partition = partitions.get_or_create(day).unwrap();
-                let mut writer = partition
-                    .index
-                    .writer_with_num_threads(1, 15_000_000)
-                    .unwrap();
-                for seq in 0..3 {
-                    let mut event = crate::proto::AuditEvent {
-                        id: format!("e{seq}"),
-                        time: Some(crate::schema::micros_to_timestamp(day * PARTITION_MICROS)),
-                        ..Default::default()
-                    };
-                    let schema = partitions.schema();
-                    writer
-                        .add_document(schema.document(&mut event, seq, "b", None, &mut Vec::new()))
-                        .unwrap();
-                }
-                writer.commit().unwrap();
+                partition.commit_events(partitions.schema(), 0..3);
             }
         }
         let partitions = Arc::new(Partitions::open(dir.path(), AuditSchema::new(), false).unwrap());
