@@ -529,6 +529,14 @@ pub struct IndexConfig {
     /// event of the segment (250 KB for 2 M events); past the budget the
     /// least recently used go. 0 keeps none.
     pub dense_terms_bytes: u64,
+    /// At start, a thread at the lowest priority opens the newest
+    /// partitions' views with each segment's time bounds (a read of their
+    /// time columns, 1–8 bytes an event), newest day first, until it has
+    /// warmed this many events, so that the first searches after a start
+    /// need not (`Partitions::warm_in_background`). The day that crosses
+    /// it is warmed whole; older days are warmed by the first search that
+    /// reads them. 0 warms none.
+    pub warm_on_start_events: u64,
 }
 
 impl Default for IndexConfig {
@@ -546,6 +554,7 @@ impl Default for IndexConfig {
             verify_on_start: true,
             recent_events_bytes: 32 * 1024 * 1024,
             dense_terms_bytes: 64 * 1024 * 1024,
+            warm_on_start_events: 100_000_000,
         }
     }
 }

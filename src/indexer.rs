@@ -696,7 +696,7 @@ impl Indexer {
                 if let Err(error) = open.partition.reader.reload() {
                     tracing::warn!(%error, path = %open.partition.path.display(), "compaction: reloading the searcher");
                 }
-                after_reload(&open.partition, &open.segment_times);
+                note_segment_times(&open.partition, &open.segment_times);
                 open.compacted = true;
                 metrics::counter!(m::COMPACTIONS).increment(1);
             }
@@ -844,7 +844,7 @@ fn writer_for<'a>(
                 source,
             })?;
         let segment_times = SegmentTimes::default();
-        after_reload(&partition, &segment_times);
+        note_segment_times(&partition, &segment_times);
         writer.set_merge_policy(Box::new(TimeOrderedMergePolicy::new(
             settings.max_segment_docs,
             segment_times.clone(),
@@ -884,7 +884,7 @@ fn commit_writer(
     prepared.set_payload(&position.encode());
     prepared.commit().map_err(tantivy_err)?;
     open.partition.reader.reload().map_err(tantivy_err)?;
-    after_reload(&open.partition, &open.segment_times);
+    note_segment_times(&open.partition, &open.segment_times);
     open.dirty = false;
     ledger.insert(
         open.partition.day,
@@ -896,16 +896,18 @@ fn commit_writer(
     Ok(())
 }
 
-/// What follows each reload of a partition's reader, and the opening of
-/// its writer: its segments noted, as its reader now sees them, for its
-/// writer's merge policy, and its view warmed for the next search
-/// (`Partition::warm`). A segment that cannot be read here is left out
+/// Notes the partition's segments, as its reader now sees them, for its
+/// writer's merge policy. A segment that cannot be read here is left out
 /// of merges, not made an indexing fault: searches will report it.
-fn after_reload(partition: &Partition, times: &SegmentTimes) {
+///
+/// The partition's view is not warmed here (`Partition::warm`): the
+/// indexer thread is what a flood of ingest waits on, and what warming
+/// after each reload would cost it is not measured
+/// (docs/benchmarks-history.md, "2026-12-06").
+fn note_segment_times(partition: &Partition, times: &SegmentTimes) {
     if let Err(error) = times.note(&partition.reader.searcher()) {
         tracing::warn!(%error, path = %partition.path.display(), "merge policy: reading segment times");
     }
-    partition.warm();
 }
 
 fn wait_merging(open: OpenWriter) -> Result<(), IndexError> {
@@ -942,20 +944,6 @@ pub fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<(), Inde
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn after_a_reload_the_next_search_finds_the_view_open_and_its_time_bounds_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let partitions = Partitions::open(dir.path(), AuditSchema::new(), false).unwrap();
-        let partition = partitions.get_or_create(20_362).unwrap();
-        let times = SegmentTimes::default();
-        for seq in 0..3 {
-            partition.commit_events(partitions.schema(), seq..seq + 1);
-            assert!(!partition.is_warm());
-            after_reload(&partition, &times);
-            assert!(partition.is_warm());
-        }
-    }
 
     #[test]
     fn slow_commits_space_the_next_ones_out_but_one_slow_commit_does_not() {

@@ -74,9 +74,9 @@ impl Partition {
     }
 
     /// Opens its view now, with its segments' time bounds, so that the
-    /// next search need not (`Views::warm`): after each reload of the
-    /// indexer, and at start. A view that cannot be opened now is opened
-    /// by the next search, which reports why.
+    /// next search need not (`Views::warm`): at start
+    /// (`Partitions::warm_in_background`). A view that cannot be opened
+    /// now is opened by the next search, which reports why.
     pub fn warm(&self) {
         if let Err(error) = self.views.warm(&self.reader, self.events.as_deref()) {
             tracing::debug!(%error, path = %self.path.display(), "warming the partition's view");
@@ -270,11 +270,16 @@ impl Partitions {
             .collect()
     }
 
-    /// Warms every partition (`Partition::warm`), the newest day first,
-    /// on a thread of its own at the lowest priority: the first searches
-    /// after a start would otherwise find each segment's time bounds
-    /// themselves. A partition removed meanwhile is passed over.
-    pub fn warm_in_background(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Warms the newest partitions (`Partition::warm`), the newest day
+    /// first, until `events` events are warmed (the day that crosses it
+    /// whole), on a thread of its own at the lowest priority: the first
+    /// searches after a start would otherwise find each segment's time
+    /// bounds themselves (`index.warm_on_start_events`). A partition
+    /// removed meanwhile is passed over.
+    pub fn warm_in_background(
+        self: &Arc<Self>,
+        events: u64,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let days: Vec<Day> = self
             .map
             .read()
@@ -287,14 +292,25 @@ impl Partitions {
             .name("auditd-warm".into())
             .spawn(move || {
                 crate::priority::lower_this_threads_priority("the start's warming");
+                let started = std::time::Instant::now();
+                let (mut warmed, mut days_warmed) = (0u64, 0usize);
                 for day in days.into_iter().rev() {
-                    let Some(partitions) = partitions.upgrade() else {
-                        return;
+                    let Some(partitions) = partitions.upgrade().filter(|_| warmed < events) else {
+                        break;
                     };
                     if let Some(partition) = partitions.get(day) {
                         partition.warm();
+                        warmed += partition.reader.searcher().num_docs();
+                        days_warmed += 1;
                     }
                 }
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    days = days_warmed,
+                    events = warmed,
+                    seconds,
+                    "the newest partitions' views are warm"
+                );
             })
     }
 
@@ -528,7 +544,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_start_warms_every_partition_in_the_background() {
+    fn a_start_warms_the_newest_partitions_up_to_its_limit_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let days = [20_362, 20_363, 20_365];
         {
@@ -538,12 +554,29 @@ mod tests {
                 partition.commit_events(partitions.schema(), 0..3);
             }
         }
-        let partitions = Arc::new(Partitions::open(dir.path(), AuditSchema::new(), false).unwrap());
-        let all = partitions.overlapping(None, None);
-        assert_eq!(all.len(), days.len());
-        assert!(all.iter().all(|p| !p.is_warm()));
-        partitions.warm_in_background().unwrap().join().unwrap();
-        assert!(all.iter().all(|p| p.is_warm()));
+        // Past the limit, the older days are left to the first search;
+        // the day that crosses it is warmed whole; 0 warms none.
+        let open = || Arc::new(Partitions::open(dir.path(), AuditSchema::new(), false).unwrap());
+        for (limit, warm) in [
+            (0, [false, false, false]),
+            (1, [false, false, true]),
+            (3, [false, false, true]),
+            (4, [false, true, true]),
+            (9, [true, true, true]),
+            (u64::MAX, [true, true, true]),
+        ] {
+            let partitions = open();
+            let all = partitions.overlapping(None, None);
+            assert_eq!(all.len(), days.len());
+            assert!(all.iter().all(|p| !p.is_warm()));
+            partitions
+                .warm_in_background(limit)
+                .unwrap()
+                .join()
+                .unwrap();
+            let warmed: Vec<bool> = all.iter().map(|p| p.is_warm()).collect();
+            assert_eq!(warmed, warm, "limit {limit}");
+        }
     }
 
     #[test]

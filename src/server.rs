@@ -685,7 +685,7 @@ impl Pipeline {
             )
             .map_err(damaged)?,
         );
-        if let Err(error) = partitions.warm_in_background() {
+        if let Err(error) = partitions.warm_in_background(config.index.warm_on_start_events) {
             tracing::warn!(%error, "no thread to warm the partitions: the first searches will");
         }
         let checkpoint = read_checkpoint(&data_dir)?;
