@@ -101,6 +101,10 @@ serving() {
     esac
 }
 
+# The last lines of log $1, to quote when a process fails (a test's
+# directory, and the log in it, are gone by the time anyone reads why).
+log_tail() { printf '\n--- its last lines:\n%s' "$(tail -n 15 "$1" 2> /dev/null)"; }
+
 # wait_for PID LOG COMMAND…: until COMMAND succeeds, or process PID
 # exits, or WAIT_SECONDS pass.
 wait_for() {
@@ -108,10 +112,10 @@ wait_for() {
     shift 2
     for _ in $(seq $((WAIT_SECONDS * 10))); do
         "$@" && return 0
-        kill -0 "$pid" 2> /dev/null || die "process $pid exited; its log: $log"
+        kill -0 "$pid" 2> /dev/null || die "process $pid exited; its log: $log$(log_tail "$log")"
         sleep 0.1
     done
-    die "not ready after ${WAIT_SECONDS}s: $* (log: $log)"
+    die "not ready after ${WAIT_SECONDS}s: $* (log: $log)$(log_tail "$log")"
 }
 
 pids_in() { grep -o '"pid": [0-9]*' "$1" | grep -o '[0-9]*$' || true; }

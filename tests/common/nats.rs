@@ -293,11 +293,39 @@ pub async fn stream_leader(servers: &[NatsServer], stream: &str) -> usize {
     leader.trim_start_matches('n').parse().unwrap()
 }
 
-/// A loopback port nothing listens on (for cluster routes, which must be
-/// known before the servers start).
+/// A loopback port nothing listens on, for ports that must be known
+/// before their server starts (cluster routes, `scripts/cluster.sh`).
+///
+/// Drawn from below the kernel's ephemeral range, never from it: every
+/// `bind(127.0.0.1:0)` of the tests running beside this one (their
+/// daemons, their `nats-server -1`s) takes a port from that range, and
+/// one of them could take a port handed out here before its server binds
+/// it. Below the range only this function hands out ports, and never the
+/// same one twice in a process.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST).max(1);
+    // Each process starts at its own place, so that test binaries run
+    // one after another do not reuse a port a slow server still holds.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + rand::random::<u16>() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOWEST}..{ephemeral}");
 }
 
 /// `nats-server` on the PATH, or where Debian puts it.
