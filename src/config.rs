@@ -527,7 +527,9 @@ pub struct IndexConfig {
     /// postings (`search/dense.rs`). A set is made in the background the
     /// first time a search meets its term in a segment, and takes a bit an
     /// event of the segment (250 KB for 2 M events); past the budget the
-    /// least recently used go. 0 keeps none.
+    /// least recently used go. 0 keeps none. Which terms' sets were kept
+    /// is saved at a clean stop (`<data_dir>/dense-terms.json`) and their
+    /// sets made again by the start's warming (`warm_on_start_events`).
     pub dense_terms_bytes: u64,
     /// At start, a thread at the lowest priority opens the newest
     /// partitions' views with each segment's time bounds (a read of their
@@ -535,7 +537,9 @@ pub struct IndexConfig {
     /// warmed this many events, so that the first searches after a start
     /// need not (`Partitions::warm_in_background`). The day that crosses
     /// it is warmed whole; older days are warmed by the first search that
-    /// reads them. 0 warms none.
+    /// reads them. In each day it warms it also makes the bit sets of the
+    /// terms the last run's searches were using (`dense_terms_bytes`),
+    /// until their budget is full. 0 warms none.
     pub warm_on_start_events: u64,
 }
 

@@ -21,6 +21,8 @@
 //!                      (`retention`)
 //!   pseudonym.key      the key of erasure's pseudonyms, owner-only,
 //!                      made at the first `pseudonymise` (`erasure`)
+//!   dense-terms.json   which terms' bit sets searches were using at the
+//!                      last stop, made again at start (`search::dense`)
 //! ```
 
 use std::io::Write;
@@ -130,6 +132,12 @@ impl DataDir {
 
     pub fn index(&self) -> PathBuf {
         self.root.join("index")
+    }
+
+    /// Which terms' bit sets searches were using when the daemon last
+    /// stopped (`search/dense/remembered.rs`): a hint, never data.
+    pub fn dense_terms(&self) -> PathBuf {
+        self.root.join("dense-terms.json")
     }
 
     pub fn retention(&self) -> PathBuf {

@@ -275,10 +275,15 @@ impl Partitions {
     /// whole), on a thread of its own at the lowest priority: the first
     /// searches after a start would otherwise find each segment's time
     /// bounds themselves (`index.warm_on_start_events`). A partition
-    /// removed meanwhile is passed over.
+    /// removed meanwhile is passed over. Each warmed partition's searcher
+    /// is then handed to `and_then`, on the same thread: the search layer
+    /// makes the bit sets the last run used there
+    /// (`DenseTerms::make_remembered`), and what it returns is logged as
+    /// `bit_sets`.
     pub fn warm_in_background(
         self: &Arc<Self>,
         events: u64,
+        and_then: impl Fn(&tantivy::Searcher) -> usize + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let days: Vec<Day> = self
             .map
@@ -293,21 +298,24 @@ impl Partitions {
             .spawn(move || {
                 crate::priority::lower_this_threads_priority("the start's warming");
                 let started = std::time::Instant::now();
-                let (mut warmed, mut days_warmed) = (0u64, 0usize);
+                let (mut warmed, mut days_warmed, mut bit_sets) = (0u64, 0usize, 0usize);
                 for day in days.into_iter().rev() {
                     let Some(partitions) = partitions.upgrade().filter(|_| warmed < events) else {
                         break;
                     };
                     if let Some(partition) = partitions.get(day) {
                         partition.warm();
-                        warmed += partition.reader.searcher().num_docs();
+                        let searcher = partition.reader.searcher();
+                        warmed += searcher.num_docs();
                         days_warmed += 1;
+                        bit_sets += and_then(&searcher);
                     }
                 }
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(
                     days = days_warmed,
                     events = warmed,
+                    bit_sets,
                     seconds,
                     "the newest partitions' views are warm"
                 );
@@ -569,13 +577,25 @@ mod tests {
             let all = partitions.overlapping(None, None);
             assert_eq!(all.len(), days.len());
             assert!(all.iter().all(|p| !p.is_warm()));
+            // Each warmed day is handed on.
+            let handed = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let record = handed.clone();
             partitions
-                .warm_in_background(limit)
+                .warm_in_background(limit, move |searcher| {
+                    record.lock().unwrap().push(searcher.num_docs());
+                    0
+                })
                 .unwrap()
                 .join()
                 .unwrap();
             let warmed: Vec<bool> = all.iter().map(|p| p.is_warm()).collect();
             assert_eq!(warmed, warm, "limit {limit}");
+            let days_warmed = warm.iter().filter(|w| **w).count();
+            assert_eq!(
+                *handed.lock().unwrap(),
+                vec![3; days_warmed],
+                "limit {limit}"
+            );
         }
     }
 

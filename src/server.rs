@@ -52,7 +52,7 @@ use crate::record::LogRecord;
 use crate::retention::{Retention, RetentionError};
 use crate::schema::{timestamp_micros, AuditSchema};
 use crate::search::recent::RecentEvents;
-use crate::search::Searcher;
+use crate::search::{DenseTerms, Searcher};
 use crate::status::{Health, PipelineStatus};
 use crate::tls::{TlsError, TlsMaterial};
 use crate::wal::group_commit::{self, WalPositions};
@@ -623,6 +623,8 @@ pub(crate) struct Pipeline {
     /// `auditd-tlog`, once replay has run: dropping the sender stops it.
     checkpointer: Option<Checkpointer>,
     tokens: Arc<TokenStore>,
+    /// Which terms' bit sets it keeps is saved at stop, for the next start.
+    dense: Arc<DenseTerms>,
 }
 
 impl Pipeline {
@@ -685,9 +687,6 @@ impl Pipeline {
             )
             .map_err(damaged)?,
         );
-        if let Err(error) = partitions.warm_in_background(config.index.warm_on_start_events) {
-            tracing::warn!(%error, "no thread to warm the partitions: the first searches will");
-        }
         let checkpoint = read_checkpoint(&data_dir)?;
         let memo = Arc::new(Idempotency::new(
             config.ingest.idempotency_window_secs,
@@ -738,7 +737,15 @@ impl Pipeline {
         };
         searcher = searcher
             .with_seeds(seeds.clone())
-            .with_dense_terms(config.index.dense_terms_bytes);
+            .with_dense_terms(config.index.dense_terms_bytes, Some(&layout.dense_terms()));
+        let dense = searcher.dense_terms().clone();
+        let remembered = dense.clone();
+        let warming = partitions.warm_in_background(config.index.warm_on_start_events, move |s| {
+            remembered.make_remembered(s)
+        });
+        if let Err(error) = warming {
+            tracing::warn!(%error, "no thread to warm the partitions: the first searches will");
+        }
         if let Some(integrity) = &integrity {
             let leaves = crate::integrity::audit::IndexLeaves(searcher.clone());
             integrity.tree.set_leaf_source(Arc::new(leaves));
@@ -828,6 +835,7 @@ impl Pipeline {
             integrity,
             checkpointer: None,
             tokens,
+            dense,
         })
     }
 
@@ -1023,6 +1031,10 @@ impl Pipeline {
     /// stop leaves no indexed records behind.
     pub(crate) async fn stop(mut self) -> Result<(), ServerError> {
         drop(self.app.take());
+        // No search runs now. Not fatal: the next start makes fewer sets.
+        if let Err(error) = self.dense.save() {
+            tracing::warn!(%error, "could not save which dense terms were in use");
+        }
         drop(self.wal_rx.take());
         drop(self.index_tx.take());
         let wal = match self.wal_thread.take() {

@@ -25,11 +25,15 @@
 //! at the lowest CPU priority, the first time a search meets a dense term
 //! in a segment (until then it reads the postings), and kept under a byte
 //! budget (`index.dense_terms_bytes`), the least recently used going
-//! first.
+//! first. Which terms they were is saved when the daemon stops and their
+//! sets made again at the next start ([`remembered`]).
 //! Postings hold deleted documents too, and so do the bit sets: deletes
 //! are the caller's to skip, as with any scorer.
 
+mod remembered;
+
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use lru::LruCache;
@@ -37,7 +41,7 @@ use tantivy::index::SegmentId;
 use tantivy::query::{
     intersect_scorers, BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, Weight,
 };
-use tantivy::schema::IndexRecordOption;
+use tantivy::schema::{IndexRecordOption, Schema};
 use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
 
 use super::term_query;
@@ -119,6 +123,8 @@ pub struct DenseTerms {
     queue: usize,
     /// The builder's queue, its thread started on the first request.
     builds: OnceLock<crossbeam_channel::Sender<Build>>,
+    /// Where the terms of the sets kept are saved, and what was saved.
+    remembered: Option<remembered::Remembered>,
 }
 
 impl std::fmt::Debug for DenseTerms {
@@ -150,13 +156,75 @@ impl DenseTerms {
             min_docs,
             queue,
             builds: OnceLock::new(),
+            remembered: None,
         }
     }
 
-    /// The bit set of the documents holding any of `terms` in the segment,
-    /// if they are dense there together and the set is made; their first
-    /// look asks for it.
-    fn bits(&self, reader: &SegmentReader, terms: &[Term]) -> tantivy::Result<Option<Arc<Bits>>> {
+    /// The same, saving which terms' sets it keeps at `path` when asked
+    /// ([`DenseTerms::save`]), and knowing which the last run saved there
+    /// ([`DenseTerms::make_remembered`]).
+    pub fn remembering(mut self, path: &Path, schema: Schema) -> DenseTerms {
+        self.remembered = Some(remembered::Remembered::load(path, schema));
+        self
+    }
+
+    /// Saves the terms of every set kept, the most recently used first
+    /// (nothing when not remembering).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(remembered) = &self.remembered else {
+            return Ok(());
+        };
+        let sets: Vec<Box<[Term]>> = {
+            let cache = self.shared.cache.lock().expect("the dense term cache");
+            let mut seen = HashSet::new();
+            cache
+                .sets
+                .iter()
+                .filter(|((_, terms), _)| seen.insert(terms.clone()))
+                .map(|((_, terms), _)| terms.clone())
+                .collect()
+        };
+        remembered.save(sets.iter().map(|set| &set[..]))
+    }
+
+    /// Makes, on the caller's thread, the sets of the terms the last run
+    /// saved in the segments of `searcher` where they are dense and not
+    /// made yet, the most recently used first, until the budget is full:
+    /// how many it made. What it would evict, it does not make.
+    pub fn make_remembered(&self, searcher: &tantivy::Searcher) -> usize {
+        let Some(remembered) = &self.remembered else {
+            return 0;
+        };
+        let mut made = 0;
+        for terms in remembered.previous() {
+            for reader in searcher.segment_readers() {
+                let Ok(Some((key, bytes))) = self.dense_key(reader, terms) else {
+                    continue;
+                };
+                {
+                    let cache = self.shared.cache.lock().expect("the dense term cache");
+                    if cache.bytes + bytes > self.shared.budget {
+                        return made;
+                    }
+                    if cache.sets.contains(&key) || cache.pending.contains(&key) {
+                        continue;
+                    }
+                }
+                keep(&self.shared, key, Bits::of_terms(reader, terms));
+                made += 1;
+            }
+        }
+        made
+    }
+
+    /// The cache's key of `terms` in the segment and the bytes of their
+    /// set, if they are dense there together and the budget could hold
+    /// the set.
+    fn dense_key(
+        &self,
+        reader: &SegmentReader,
+        terms: &[Term],
+    ) -> tantivy::Result<Option<(Key, u64)>> {
         // A set the budget cannot hold is not asked for: it would be made
         // and thrown away at every search.
         let set_bytes = (u64::from(reader.max_doc())).div_ceil(64) * 8;
@@ -170,7 +238,16 @@ impl DenseTerms {
         if doc_freq * u64::from(DENSE_SHARE) < u64::from(reader.max_doc()) {
             return Ok(None);
         }
-        let key = (reader.segment_id(), Box::from(terms));
+        Ok(Some(((reader.segment_id(), Box::from(terms)), set_bytes)))
+    }
+
+    /// The bit set of the documents holding any of `terms` in the segment,
+    /// if they are dense there together and the set is made; their first
+    /// look asks for it.
+    fn bits(&self, reader: &SegmentReader, terms: &[Term]) -> tantivy::Result<Option<Arc<Bits>>> {
+        let Some((key, _)) = self.dense_key(reader, terms)? else {
+            return Ok(None);
+        };
         let mut cache = self.shared.cache.lock().expect("the dense term cache");
         if let Some(bits) = cache.sets.get(&key) {
             return Ok(Some(bits.clone()));
@@ -253,28 +330,34 @@ fn build_all(shared: &Shared, receiver: &crossbeam_channel::Receiver<Build>) {
     for Build { key, reader } in receiver {
         let made = Bits::of_terms(&reader, &key.1);
         drop(reader);
-        let mut cache = shared.cache.lock().expect("the dense term cache");
-        cache.pending.remove(&key);
-        match made {
-            Ok(bits) if bits.bytes() <= shared.budget => {
-                metrics::counter!(m::DENSE_TERM_BUILDS).increment(1);
-                cache.bytes += bits.bytes();
-                if let Some(old) = cache.sets.put(key, Arc::new(bits)) {
-                    cache.bytes -= old.bytes();
-                }
-                while cache.bytes > shared.budget {
-                    let Some((_, evicted)) = cache.sets.pop_lru() else {
-                        break;
-                    };
-                    cache.bytes -= evicted.bytes();
-                }
-                metrics::gauge!(m::DENSE_TERM_BYTES).set(cache.bytes as f64);
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "a dense term's bit set could not be made"),
-        }
-        shared.built.notify_all();
+        keep(shared, key, made);
     }
+}
+
+/// Keeps a set made (no longer pending), the least recently used going
+/// while the budget is passed.
+fn keep(shared: &Shared, key: Key, made: tantivy::Result<Bits>) {
+    let mut cache = shared.cache.lock().expect("the dense term cache");
+    cache.pending.remove(&key);
+    match made {
+        Ok(bits) if bits.bytes() <= shared.budget => {
+            metrics::counter!(m::DENSE_TERM_BUILDS).increment(1);
+            cache.bytes += bits.bytes();
+            if let Some(old) = cache.sets.put(key, Arc::new(bits)) {
+                cache.bytes -= old.bytes();
+            }
+            while cache.bytes > shared.budget {
+                let Some((_, evicted)) = cache.sets.pop_lru() else {
+                    break;
+                };
+                cache.bytes -= evicted.bytes();
+            }
+            metrics::gauge!(m::DENSE_TERM_BYTES).set(cache.bytes as f64);
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "a dense term's bit set could not be made"),
+    }
+    shared.built.notify_all();
 }
 
 /// Every one of `terms`, `statuses` and `others` must match.
@@ -721,6 +804,63 @@ mod tests {
             assert!(none.shared.cache.lock().unwrap().pending.is_empty());
             assert_eq!(none.kept(), 0);
         }
+    }
+
+    /// The terms of the sets kept are saved when asked, and the next run
+    /// makes their sets before any search asks, the most recently used
+    /// first, within its budget and only once.
+    #[test]
+    fn the_sets_kept_are_made_again_at_the_next_start_from_what_was_saved() {
+        let f = fixture();
+        let searcher = f.index.reader().unwrap().searcher();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dense-terms.json");
+        let run = |budget| {
+            Arc::new(
+                DenseTerms::with_limits(budget, 1000, BUILD_QUEUE)
+                    .remembering(&path, f.index.schema()),
+            )
+        };
+        let first = run(1 << 20);
+        let status = status_of(&f);
+        for (terms, statuses) in [
+            (vec![x(f.a)], no()),
+            (vec![x(f.b)], no()),
+            (vec![], status(400, 499)),
+        ] {
+            let query = AllOf::new(terms, statuses, Vec::new(), first.clone());
+            searcher.search(&query, &DocSetCollector).unwrap();
+            first.wait_for_builds();
+        }
+        assert_eq!(first.kept(), 9);
+        first.save().unwrap();
+
+        let next = run(1 << 20);
+        assert_eq!(next.kept(), 0);
+        assert_eq!(next.make_remembered(&searcher), 9);
+        assert_eq!(next.kept(), 9);
+        for reader in searcher.segment_readers() {
+            assert!(next.bits(reader, &[x(f.a)]).unwrap().is_some());
+        }
+        assert_eq!(next.make_remembered(&searcher), 0, "made once");
+
+        // Room for four: the status range's three, then b's first.
+        let one_set = 3000u64.div_ceil(64) * 8;
+        let small = run(4 * one_set);
+        assert_eq!(small.make_remembered(&searcher), 4);
+        let readers = searcher.segment_readers();
+        let has = |reader: &SegmentReader, term: Term| {
+            let key = (reader.segment_id(), Box::from([term]));
+            small.shared.cache.lock().unwrap().sets.peek(&key).is_some()
+        };
+        assert!(has(&readers[0], x(f.b)));
+        assert!(!has(&readers[1], x(f.b)));
+        assert!(!has(&readers[0], x(f.a)));
+        assert_eq!(small.kept(), 4, "nothing made past the budget");
+        // Not remembering: none made, nothing saved.
+        let forgetful = Arc::new(DenseTerms::with_limits(1 << 20, 1000, BUILD_QUEUE));
+        assert_eq!(forgetful.make_remembered(&searcher), 0);
+        forgetful.save().unwrap();
     }
 
     /// With the builder's queue full a request is dropped (and asked

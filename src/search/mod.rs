@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 use std::ops::Bound;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub mod recent;
 mod term_union;
 mod time_range;
 
+pub use dense::DenseTerms;
 use recent::{RecentEvents, StoredEvent};
 
 /// One event, named by its id or its seq.
@@ -343,10 +345,21 @@ impl Searcher {
     }
 
     /// Keeps up to `budget` bytes of dense terms' bit sets
-    /// (`index.dense_terms_bytes`); 0 keeps none.
-    pub fn with_dense_terms(mut self, budget: u64) -> Searcher {
-        self.dense = Arc::new(dense::DenseTerms::new(budget));
+    /// (`index.dense_terms_bytes`); 0 keeps none. With `saved_at`, which
+    /// terms' sets it keeps is saved there at stop
+    /// (`DenseTerms::save`) and the last run's are read from there.
+    pub fn with_dense_terms(mut self, budget: u64, saved_at: Option<&Path>) -> Searcher {
+        let dense = dense::DenseTerms::new(budget);
+        self.dense = Arc::new(match saved_at {
+            Some(path) => dense.remembering(path, self.schema.schema.clone()),
+            None => dense,
+        });
         self
+    }
+
+    /// The bit sets of dense terms its searches share.
+    pub fn dense_terms(&self) -> &Arc<DenseTerms> {
+        &self.dense
     }
 
     /// The tree's seeds it reads the salts of seeded batches from.
