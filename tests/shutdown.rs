@@ -157,3 +157,17 @@ async fn sigterm_under_load_answers_every_batch_and_exits_zero() {
     stored_once_with_all_of(&mut client, &acknowledged).await;
     server.stop().await.unwrap();
 }
+
+/// A test that fails while its daemon runs drops the handle: the daemon
+/// goes with it, not left to slow the test binaries after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_daemon_handle_takes_its_process_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let pid = daemon.child.id();
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    drop(daemon);
+    // Killed and reaped: no process, not even a zombie.
+    assert!(!proc_dir.exists(), "auditd {pid} outlived its handle");
+}

@@ -304,8 +304,34 @@ pub async fn search_all(client: &mut Client, mut request: SearchRequest) -> (Vec
 
 /// A daemon in a child process, so it can be killed for real.
 pub struct Daemon {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub url: String,
+}
+
+/// A child process killed (and reaped) when dropped, unless it was
+/// waited for: a test that fails part way leaves no daemon behind to
+/// slow the test binaries after it.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Once waited for, std knows its status and signals nothing.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Daemon {
@@ -341,7 +367,10 @@ impl Daemon {
         };
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Daemon { child, url }
+        Daemon {
+            child: KillOnDrop(child),
+            url,
+        }
     }
 
     /// Follows gRPC health until the daemon serves: `start` returns once it
