@@ -625,3 +625,45 @@ async fn the_subject_routes_over_http() {
     assert!(event.subject.starts_with("ps-"), "{event:?}");
     server.stop().await.unwrap();
 }
+
+/// The dense terms a former run saved (`<data_dir>/dense-terms.json`) may
+/// name the subject, hex-encoded: erasure rewrites the file without it.
+#[tokio::test]
+async fn erasure_leaves_the_subjects_name_in_no_saved_dense_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject = "DenseSubjectQz4";
+    let term = |field: &str, value: &str| serde_json::json!([{"field": field, "type": "s", "value": hex::encode(value)}]);
+    let path = dir.path().join("dense-terms.json");
+    let saved = serde_json::json!({"version": 1, "sets": [
+        term("subject", subject),
+        term("text", &subject.to_lowercase()),
+        term("action", "events.get"),
+    ]});
+    std::fs::write(&path, saved.to_string()).unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = server.client().await;
+    let events = vec![marked(subject, "DenseMk", 1, "audit-log/pryv-api")];
+    ingest(&mut client, events, WaitFor::Searchable).await;
+    subjects_client(&server, &server.admin_token())
+        .await
+        .erase_subject(auditd::proto::EraseSubjectRequest {
+            subject: subject.into(),
+            mode: auditd::proto::ErasureMode::Erase as i32,
+            reason: "request 14".into(),
+        })
+        .await
+        .unwrap();
+    let names = |json: &str| {
+        [subject.to_owned(), subject.to_lowercase()]
+            .iter()
+            .any(|name| json.contains(&hex::encode(name)))
+    };
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(!names(&after), "{after}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&after).unwrap()["version"],
+        1
+    );
+    server.stop().await.unwrap();
+    assert!(!names(&std::fs::read_to_string(&path).unwrap()));
+}

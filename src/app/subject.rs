@@ -174,10 +174,15 @@ impl SubjectService {
                 scrub_holds,
             })),
         };
+        // The saved dense terms (`<data_dir>/dense-terms.json`) may name
+        // the subject: rewritten without it before the erasure, and again
+        // after, for a set a search made meanwhile.
+        self.forget_dense_terms_of(&subject)?;
         let (applied, span) = self.ingest.change_retention(record).await?;
         let Applied::Erased(done) = applied else {
             return Err(AppError::Internal(format!("erasure: {applied:?}")));
         };
+        self.forget_dense_terms_of(&subject)?;
         // Every record before the erasure's goes from the log: the WAL
         // thread started a new segment for it.
         let positions = self.ingest.positions().clone();
@@ -208,6 +213,13 @@ impl SubjectService {
                 .collect(),
             damaged_files_removed: damaged,
         })
+    }
+
+    fn forget_dense_terms_of(&self, subject: &str) -> Result<(), AppError> {
+        let searcher = self.reads.searcher();
+        searcher
+            .forget_dense_terms_of(subject)
+            .map_err(|e| AppError::Internal(format!("dense-terms.json: {e}")))
     }
 
     /// Streams the access package of `request.subject`: the checkpoint,

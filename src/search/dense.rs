@@ -198,7 +198,7 @@ impl DenseTerms {
         let mut made = 0;
         for terms in remembered.previous() {
             for reader in searcher.segment_readers() {
-                let Ok(Some((key, bytes))) = self.dense_key(reader, terms) else {
+                let Ok(Some((key, bytes))) = self.dense_key(reader, &terms) else {
                     continue;
                 };
                 {
@@ -210,11 +210,40 @@ impl DenseTerms {
                         continue;
                     }
                 }
-                keep(&self.shared, key, Bits::of_terms(reader, terms));
+                keep(&self.shared, key, Bits::of_terms(reader, &terms));
                 made += 1;
             }
         }
         made
+    }
+
+    /// Drops every set one of whose terms is among `names`, kept or saved
+    /// by the last run, and rewrites the saved file now: erasing a
+    /// subject leaves no copy of its name here (`app/subject.rs`).
+    pub fn forget(&self, names: &[Term]) -> std::io::Result<()> {
+        let named = |set: &[Term]| set.iter().any(|term| names.contains(term));
+        {
+            let mut cache = self.shared.cache.lock().expect("the dense term cache");
+            let gone: Vec<Key> = cache
+                .sets
+                .iter()
+                .filter(|((_, terms), _)| named(terms))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in gone {
+                if let Some(bits) = cache.sets.pop(&key) {
+                    cache.bytes -= bits.bytes();
+                }
+            }
+            metrics::gauge!(m::DENSE_TERM_BYTES).set(cache.bytes as f64);
+        }
+        match &self.remembered {
+            Some(remembered) => {
+                remembered.forget(named);
+                self.save()
+            }
+            None => Ok(()),
+        }
     }
 
     /// The cache's key of `terms` in the segment and the bytes of their
@@ -861,6 +890,46 @@ mod tests {
         let forgetful = Arc::new(DenseTerms::with_limits(1 << 20, 1000, BUILD_QUEUE));
         assert_eq!(forgetful.make_remembered(&searcher), 0);
         forgetful.save().unwrap();
+    }
+
+    /// Forgetting a term drops its sets from memory and from the last
+    /// run's list, and rewrites the saved file at once without it; the
+    /// other sets stay.
+    #[test]
+    fn a_forgotten_term_leaves_no_set_and_no_saved_copy() {
+        let f = fixture();
+        let searcher = f.index.reader().unwrap().searcher();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dense-terms.json");
+        let run = || {
+            Arc::new(
+                DenseTerms::with_limits(1 << 20, 1000, BUILD_QUEUE)
+                    .remembering(&path, f.index.schema()),
+            )
+        };
+        let first = run();
+        for term in [x(f.a), x(f.b)] {
+            let query = AllOf::new(vec![term], no(), Vec::new(), first.clone());
+            searcher.search(&query, &DocSetCollector).unwrap();
+            first.wait_for_builds();
+        }
+        assert_eq!(first.kept(), 6);
+        first.save().unwrap();
+
+        // A run that has not made the saved sets yet never makes a's.
+        let next = run();
+        next.forget(&[x(f.a)]).unwrap();
+        assert_eq!(next.make_remembered(&searcher), 3);
+        assert!(next
+            .bits(&searcher.segment_readers()[0], &[x(f.b)])
+            .unwrap()
+            .is_some());
+
+        // One that holds them drops them, and the file names b alone.
+        first.forget(&[x(f.a)]).unwrap();
+        assert_eq!(first.kept(), 3);
+        let saved = run().remembered.as_ref().unwrap().previous();
+        assert_eq!(saved, vec![Box::from([x(f.b)])]);
     }
 
     /// With the builder's queue full a request is dropped (and asked

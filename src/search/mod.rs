@@ -362,6 +362,20 @@ impl Searcher {
         &self.dense
     }
 
+    /// Forgets `subject`'s name in the dense terms' bit sets, kept and
+    /// saved: the subject's term and the words of the name in free text
+    /// (`DenseTerms::forget`). Erasure calls it.
+    pub fn forget_dense_terms_of(&self, subject: &str) -> std::io::Result<()> {
+        let s = &self.schema;
+        let mut names = vec![Term::from_field_text(s.subject, subject)];
+        names.extend(
+            self.words(subject)
+                .iter()
+                .map(|word| Term::from_field_text(s.text, word)),
+        );
+        self.dense.forget(&names)
+    }
+
     /// The tree's seeds it reads the salts of seeded batches from.
     pub fn seeds(&self) -> Option<&SaltSeeds> {
         self.seeds.as_deref()

@@ -17,9 +17,12 @@
 //! segments: the sets are made in whatever segments hold the terms then.
 //! A set whose field is gone or of another type is skipped; an unreadable
 //! file or another version is warned about and read as empty (it is a
-//! hint, never data).
+//! hint, never data). Terms can be personal data (a subject, a word of
+//! a name): erasing a subject rewrites the file without its name at once
+//! (`DenseTerms::forget`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tantivy::schema::{Schema, Type};
@@ -46,7 +49,7 @@ struct SavedTerm {
 pub(super) struct Remembered {
     path: PathBuf,
     schema: Schema,
-    previous: Vec<Box<[Term]>>,
+    previous: Mutex<Vec<Box<[Term]>>>,
 }
 
 impl Remembered {
@@ -80,13 +83,20 @@ impl Remembered {
         Remembered {
             path: path.to_owned(),
             schema,
-            previous,
+            previous: Mutex::new(previous),
         }
     }
 
     /// The sets the last run kept, the most recently used first.
-    pub(super) fn previous(&self) -> &[Box<[Term]>] {
-        &self.previous
+    pub(super) fn previous(&self) -> Vec<Box<[Term]>> {
+        self.previous.lock().expect("the saved dense terms").clone()
+    }
+
+    /// Drops the sets of the last run that `names` says name something
+    /// forgotten.
+    pub(super) fn forget(&self, names: impl Fn(&[Term]) -> bool) {
+        let mut previous = self.previous.lock().expect("the saved dense terms");
+        previous.retain(|set| !names(set));
     }
 
     /// Saves `sets` (the most recently used first) in place of the file.
@@ -152,7 +162,7 @@ mod tests {
         let remembered = Remembered::load(&path, schema.clone());
         assert!(remembered.previous().is_empty(), "no file, nothing");
         remembered.save(sets.iter().map(|set| &set[..])).unwrap();
-        assert_eq!(Remembered::load(&path, schema).previous(), &sets[..]);
+        assert_eq!(Remembered::load(&path, schema).previous(), sets);
 
         // Another schema: `a` now a number, `s` gone.
         let mut other = Schema::builder();
