@@ -835,6 +835,13 @@ mod tests {
         }
     }
 
+    /// A run over the fixture that saves its terms at `path`.
+    fn remembering(f: &Fixture, path: &Path, budget: u64) -> Arc<DenseTerms> {
+        Arc::new(
+            DenseTerms::with_limits(budget, 1000, BUILD_QUEUE).remembering(path, f.index.schema()),
+        )
+    }
+
     /// The terms of the sets kept are saved when asked, and the next run
     /// makes their sets before any search asks, the most recently used
     /// first, within its budget and only once.
@@ -844,12 +851,7 @@ mod tests {
         let searcher = f.index.reader().unwrap().searcher();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dense-terms.json");
-        let run = |budget| {
-            Arc::new(
-                DenseTerms::with_limits(budget, 1000, BUILD_QUEUE)
-                    .remembering(&path, f.index.schema()),
-            )
-        };
+        let run = |budget| remembering(&f, &path, budget);
         let first = run(1 << 20);
         let status = status_of(&f);
         for (terms, statuses) in [
@@ -901,12 +903,7 @@ mod tests {
         let searcher = f.index.reader().unwrap().searcher();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dense-terms.json");
-        let run = || {
-            Arc::new(
-                DenseTerms::with_limits(1 << 20, 1000, BUILD_QUEUE)
-                    .remembering(&path, f.index.schema()),
-            )
-        };
+        let run = || remembering(&f, &path, 1 << 20);
         let first = run();
         for term in [x(f.a), x(f.b)] {
             let query = AllOf::new(vec![term], no(), Vec::new(), first.clone());
