@@ -12,7 +12,9 @@
 //! (docs/benchmarks-history.md, "2026-12-05 (3)"). Here a term held by at
 //! least one event in [`DENSE_SHARE`] of a big segment is read from a bit
 //! set, the bit sets of a search's dense terms are joined a 64-bit word at
-//! a time, and the rest of the search seeks in the result.
+//! a time, and the rest of the search seeks in the result, or, where the
+//! rest is the sparser, has each of its matches looked up in it
+//! ([`Filtered`]).
 //!
 //! A status range (`outcome`, `status_min`/`max`, `status:[400 TO 499]`)
 //! is a union of a few status terms; when they are dense together, the
@@ -507,12 +509,19 @@ impl Weight for AllOfWeight {
                 None => scorers.push(weight.scorer(reader, boost)?),
             }
         }
-        if !dense.is_empty() {
-            scorers.push(Box::new(Joined::new(dense)));
-        }
         for weight in &self.others {
             scorers.push(weight.scorer(reader, boost)?);
         }
+        if dense.is_empty() {
+            return Ok(intersect_scorers(scorers, reader.max_doc()));
+        }
+        let joined = Joined::new(dense);
+        let rest_cost = scorers.iter().map(|scorer| scorer.cost()).min();
+        if rest_cost.is_some_and(|cost| cost < u64::from(joined.size_hint())) {
+            let rest = intersect_scorers(scorers, reader.max_doc());
+            return Ok(Box::new(Filtered::new(rest, joined)));
+        }
+        scorers.push(Box::new(joined));
         Ok(intersect_scorers(scorers, reader.max_doc()))
     }
 
@@ -567,6 +576,13 @@ impl Joined {
         self.sets
             .iter()
             .fold(u64::MAX, |word, set| word & set.words[i])
+    }
+
+    /// Whether every set holds `doc`.
+    #[inline]
+    fn holds(&self, doc: DocId) -> bool {
+        let i = (doc / 64) as usize;
+        i < self.words && self.word(i) & 1 << (doc % 64) != 0
     }
 
     /// The first document at or after `target`, or `TERMINATED`.
@@ -627,6 +643,67 @@ impl DocSet for Joined {
 }
 
 impl Scorer for Joined {
+    fn score(&mut self) -> Score {
+        1.0
+    }
+}
+
+/// The matches of the rest of a search that are also in a join of bit
+/// sets, for when the rest reads fewer postings than the join holds (a
+/// sparse subject with a dense action): each match of the rest is looked
+/// up in the join, one word read, as the rest advances. Tantivy's
+/// intersection would leapfrog: seek the join to its next document, then
+/// the rest's postings to that one, two seeks a step where this does one
+/// advance (about half the CPU of an action with a subject of some
+/// 150,000 events, counted in full: BENCHMARKS.md, issue 17).
+struct Filtered {
+    rest: Box<dyn Scorer>,
+    join: Joined,
+}
+
+impl Filtered {
+    fn new(rest: Box<dyn Scorer>, join: Joined) -> Filtered {
+        let mut filtered = Filtered { rest, join };
+        filtered.skip_to_a_match();
+        filtered
+    }
+
+    /// Moves the rest on until the join holds its document.
+    fn skip_to_a_match(&mut self) -> DocId {
+        let mut doc = self.rest.doc();
+        while doc != TERMINATED && !self.join.holds(doc) {
+            doc = self.rest.advance();
+        }
+        doc
+    }
+}
+
+impl DocSet for Filtered {
+    fn advance(&mut self) -> DocId {
+        self.rest.advance();
+        self.skip_to_a_match()
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        self.rest.seek(target);
+        self.skip_to_a_match()
+    }
+
+    fn doc(&self) -> DocId {
+        self.rest.doc()
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.rest.size_hint().min(self.join.size_hint())
+    }
+
+    /// The rest's: what reading it all takes.
+    fn cost(&self) -> u64 {
+        self.rest.cost()
+    }
+}
+
+impl Scorer for Filtered {
     fn score(&mut self) -> Score {
         1.0
     }
@@ -1018,5 +1095,47 @@ mod tests {
                 prop_assert_eq!(counting.count_including_deleted(), left);
             }
         }
+
+        /// The rest filtered by a join holds the documents in both, by
+        /// advance and by seek.
+        #[test]
+        fn a_filtered_rest_walks_the_documents_in_it_and_the_join(
+            sets in proptest::collection::vec(
+                proptest::collection::btree_set(0u32..700, 0..400),
+                1..3,
+            ),
+            rest in proptest::collection::btree_set(0u32..700, 0..200),
+            targets in proptest::collection::btree_set(0u32..760, 0..20),
+        ) {
+            let bits: Vec<_> = sets.iter().map(|docs| bits_of(docs, 700)).collect();
+            let docs: Vec<u32> = rest
+                .iter()
+                .copied()
+                .filter(|doc| sets.iter().all(|set| set.contains(doc)))
+                .collect();
+            // Any scorer will do for the rest: a join of one set.
+            let filtered = || {
+                let rest = Joined::new(vec![bits_of(&rest, 700)]);
+                Filtered::new(Box::new(rest), Joined::new(bits.clone()))
+            };
+            let mut walked = Vec::new();
+            let mut scorer = filtered();
+            while scorer.doc() != TERMINATED {
+                walked.push(scorer.doc());
+                scorer.advance();
+            }
+            prop_assert_eq!(&walked, &docs);
+            let mut scorer = filtered();
+            for target in targets {
+                let at = scorer.doc();
+                let want = if at >= target {
+                    at
+                } else {
+                    docs.iter().copied().find(|&d| d >= target).unwrap_or(TERMINATED)
+                };
+                prop_assert_eq!(scorer.seek(target.max(at)), want);
+            }
+        }
+
     }
 }
