@@ -516,12 +516,26 @@ impl Weight for AllOfWeight {
             return Ok(intersect_scorers(scorers, reader.max_doc()));
         }
         let joined = Joined::new(dense);
-        let rest_cost = scorers.iter().map(|scorer| scorer.cost()).min();
-        if rest_cost.is_some_and(|cost| cost < u64::from(joined.size_hint())) {
-            let rest = intersect_scorers(scorers, reader.max_doc());
-            return Ok(Box::new(Filtered::new(rest, joined)));
+        // Tantivy's intersection leads with the cheapest scorer and
+        // leapfrogs it with the next. Where the join would be that next
+        // one, it filters the lead instead. Further back, as with a lead
+        // and a second sparse term, it is left to check what those two
+        // agree on: the two terms keep Tantivy's intersection of term
+        // scorers, and a join of `success` alone would pass nearly every
+        // document of the lead to them (100 M events, BENCHMARKS.md).
+        scorers.sort_by_key(|scorer| scorer.cost());
+        let size = u64::from(joined.size_hint());
+        let filters_the_lead = match scorers.as_slice() {
+            [lead] => lead.cost() < size,
+            [lead, next, ..] => lead.cost() < size && size <= next.cost(),
+            [] => false,
+        };
+        if filters_the_lead {
+            let lead = scorers.remove(0);
+            scorers.insert(0, Box::new(Filtered::new(lead, joined)));
+        } else {
+            scorers.push(Box::new(joined));
         }
-        scorers.push(Box::new(joined));
         Ok(intersect_scorers(scorers, reader.max_doc()))
     }
 
@@ -648,14 +662,15 @@ impl Scorer for Joined {
     }
 }
 
-/// The matches of the rest of a search that are also in a join of bit
-/// sets, for when the rest reads fewer postings than the join holds (a
-/// sparse subject with a dense action): each match of the rest is looked
-/// up in the join, one word read, as the rest advances. Tantivy's
+/// The matches of a search's cheapest scorer that are also in a join of
+/// bit sets, for when that scorer reads fewer postings than the join
+/// holds (a sparse subject with a dense action): each of its matches is
+/// looked up in the join, one word read, as it advances. Tantivy's
 /// intersection would leapfrog: seek the join to its next document, then
-/// the rest's postings to that one, two seeks a step where this does one
-/// advance (about half the CPU of an action with a subject of some
-/// 150,000 events, counted in full: BENCHMARKS.md, issue 17).
+/// the scorer's postings to that one, two seeks a step where this does
+/// one advance (about half the CPU of an action with a subject of some
+/// 150,000 events, counted in full: BENCHMARKS.md, issue 17). The other
+/// scorers then seek to what passes, as in any intersection.
 struct Filtered {
     rest: Box<dyn Scorer>,
     join: Joined,
@@ -843,6 +858,13 @@ mod tests {
                 dense.clone(),
             ),
             AllOf::new(vec![x(f.a), x(f.c)], no(), vec![range()], dense.clone()),
+            // The sparse term leads, filtered by b's set; the range seeks.
+            AllOf::new(
+                vec![x(f.b), Term::from_field_text(f.c, "rare")],
+                no(),
+                vec![range()],
+                dense.clone(),
+            ),
             AllOf::new(Vec::new(), no(), vec![range()], dense.clone()),
             // 4xx: 404 dense, with a rare 401.
             AllOf::new(vec![x(f.a)], status(400, 499), Vec::new(), dense.clone()),
