@@ -5,7 +5,7 @@
 # time to searchable. Each run also loads the same events over HTTP
 # (NDJSON to POST /v1/events) into a fresh daemon, and over gRPC again
 # with the Merkle tree off (integrity.enabled = false), for what integrity
-# costs in the same run. Each auditd run starts on an empty data directory
+# costs in the same run (on first in odd runs, off first in even ones). Each auditd run starts on an empty data directory
 # with the embedded defaults (sync = always).
 #
 #   scripts/bench_ingest.sh                  # 1,000,000 events, 3 runs
@@ -95,26 +95,29 @@ for run in $(seq "$RUNS"); do
     echo "== run $run/$RUNS: raw engine" >&2
     BENCH_NDJSON="$NDJSON" BENCH_RUNS=1 cargo bench --bench raw_engine -q 2>/dev/null \
         | grep '"run"' > "$OUT/raw-$run.json"
-    echo "== run $run/$RUNS: auditd, closed loop" >&2
-    start_daemon
-    cpu_snapshot "$OUT/e2e-$run-cpu-before.txt"
-    load > "$OUT/e2e-$run.json"
-    cpu_snapshot "$OUT/e2e-$run-cpu-after.txt"
-    stop_daemon "e2e-$run"
+    # Integrity on and off take turns going first, so that neither
+    # always follows the raw engine's run or the other's clean-up.
+    if [ $((run % 2)) = 1 ]; then ORDER="e2e off"; else ORDER="off e2e"; fi
+    for name in $ORDER; do
+        if [ "$name" = off ]; then
+            echo "== run $run/$RUNS: auditd, closed loop, integrity off" >&2
+            export AUDITD_INTEGRITY__ENABLED=false
+        else
+            echo "== run $run/$RUNS: auditd, closed loop" >&2
+        fi
+        start_daemon
+        unset AUDITD_INTEGRITY__ENABLED
+        cpu_snapshot "$OUT/$name-$run-cpu-before.txt"
+        load > "$OUT/$name-$run.json"
+        cpu_snapshot "$OUT/$name-$run-cpu-after.txt"
+        stop_daemon "$name-$run"
+    done
     if [ "${HTTP:-1}" != 0 ]; then
         echo "== run $run/$RUNS: auditd, closed loop, over HTTP (NDJSON to POST /v1/events)" >&2
         start_daemon
         load --http "http://127.0.0.1:$HTTP_PORT" > "$OUT/http-$run.json"
         stop_daemon "http-$run"
     fi
-    echo "== run $run/$RUNS: auditd, closed loop, integrity off" >&2
-    export AUDITD_INTEGRITY__ENABLED=false
-    start_daemon
-    unset AUDITD_INTEGRITY__ENABLED
-    cpu_snapshot "$OUT/off-$run-cpu-before.txt"
-    load > "$OUT/off-$run.json"
-    cpu_snapshot "$OUT/off-$run-cpu-after.txt"
-    stop_daemon "off-$run"
 done
 
 HALF=$(python3 -c "
