@@ -13,8 +13,8 @@
 //! least one event in [`DENSE_SHARE`] of a big segment is read from a bit
 //! set, the bit sets of a search's dense terms are joined a 64-bit word at
 //! a time, and the rest of the search seeks in the result, or, where the
-//! rest is the sparser, has each of its matches looked up in it
-//! ([`Filtered`]).
+//! rest's cheapest scorer is the sparser, has each of that scorer's
+//! matches looked up in it ([`Filtered`]).
 //!
 //! A status range (`outcome`, `status_min`/`max`, `status:[400 TO 499]`)
 //! is a union of a few status terms; when they are dense together, the
@@ -662,32 +662,32 @@ impl Scorer for Joined {
     }
 }
 
-/// The matches of a search's cheapest scorer that are also in a join of
-/// bit sets, for when that scorer reads fewer postings than the join
-/// holds (a sparse subject with a dense action): each of its matches is
-/// looked up in the join, one word read, as it advances. Tantivy's
+/// The matches of a search's cheapest scorer (`lead`) that are also in a
+/// join of bit sets, for when that scorer reads fewer postings than the
+/// join holds (a sparse subject with a dense action): each of its matches
+/// is looked up in the join, one word read, as it advances. Tantivy's
 /// intersection would leapfrog: seek the join to its next document, then
 /// the scorer's postings to that one, two seeks a step where this does
 /// one advance (about half the CPU of an action with a subject of some
 /// 150,000 events, counted in full: BENCHMARKS.md, issue 17). The other
 /// scorers then seek to what passes, as in any intersection.
 struct Filtered {
-    rest: Box<dyn Scorer>,
+    lead: Box<dyn Scorer>,
     join: Joined,
 }
 
 impl Filtered {
-    fn new(rest: Box<dyn Scorer>, join: Joined) -> Filtered {
-        let mut filtered = Filtered { rest, join };
+    fn new(lead: Box<dyn Scorer>, join: Joined) -> Filtered {
+        let mut filtered = Filtered { lead, join };
         filtered.skip_to_a_match();
         filtered
     }
 
-    /// Moves the rest on until the join holds its document.
+    /// Moves the lead on until the join holds its document.
     fn skip_to_a_match(&mut self) -> DocId {
-        let mut doc = self.rest.doc();
+        let mut doc = self.lead.doc();
         while doc != TERMINATED && !self.join.holds(doc) {
-            doc = self.rest.advance();
+            doc = self.lead.advance();
         }
         doc
     }
@@ -695,26 +695,26 @@ impl Filtered {
 
 impl DocSet for Filtered {
     fn advance(&mut self) -> DocId {
-        self.rest.advance();
+        self.lead.advance();
         self.skip_to_a_match()
     }
 
     fn seek(&mut self, target: DocId) -> DocId {
-        self.rest.seek(target);
+        self.lead.seek(target);
         self.skip_to_a_match()
     }
 
     fn doc(&self) -> DocId {
-        self.rest.doc()
+        self.lead.doc()
     }
 
     fn size_hint(&self) -> u32 {
-        self.rest.size_hint().min(self.join.size_hint())
+        self.lead.size_hint().min(self.join.size_hint())
     }
 
-    /// The rest's: what reading it all takes.
+    /// The lead's: what reading it all takes.
     fn cost(&self) -> u64 {
-        self.rest.cost()
+        self.lead.cost()
     }
 }
 
@@ -1093,24 +1093,13 @@ mod tests {
             let docs: Vec<u32> = (0..max_doc)
                 .filter(|doc| sets.iter().all(|set| set.contains(doc)))
                 .collect();
-            let mut walked = Vec::new();
-            let mut scorer = Joined::new(bits.clone());
-            while scorer.doc() != TERMINATED {
-                walked.push(scorer.doc());
-                scorer.advance();
-            }
-            prop_assert_eq!(&walked, &docs);
+            prop_assert_eq!(walk(&mut Joined::new(bits.clone())), docs.clone());
             let mut targets = targets;
             targets.sort_unstable();
             let mut scorer = Joined::new(bits.clone());
             for target in targets {
                 let at = scorer.doc();
-                let want = if at >= target {
-                    at
-                } else {
-                    docs.iter().copied().find(|&d| d >= target).unwrap_or(TERMINATED)
-                };
-                prop_assert_eq!(scorer.seek(target), want);
+                prop_assert_eq!(scorer.seek(target), sought(&docs, at, target));
                 let left = docs.iter().filter(|&&d| d >= scorer.doc()).count() as u32;
                 let mut counting = Joined::new(bits.clone());
                 counting.seek(scorer.doc());
@@ -1118,46 +1107,55 @@ mod tests {
             }
         }
 
-        /// The rest filtered by a join holds the documents in both, by
+        /// A lead filtered by a join holds the documents in both, by
         /// advance and by seek.
         #[test]
-        fn a_filtered_rest_walks_the_documents_in_it_and_the_join(
+        fn a_filtered_lead_walks_the_documents_in_it_and_the_join(
             sets in proptest::collection::vec(
                 proptest::collection::btree_set(0u32..700, 0..400),
                 1..3,
             ),
-            rest in proptest::collection::btree_set(0u32..700, 0..200),
+            lead in proptest::collection::btree_set(0u32..700, 0..200),
             targets in proptest::collection::btree_set(0u32..760, 0..20),
         ) {
             let bits: Vec<_> = sets.iter().map(|docs| bits_of(docs, 700)).collect();
-            let docs: Vec<u32> = rest
+            let docs: Vec<u32> = lead
                 .iter()
                 .copied()
                 .filter(|doc| sets.iter().all(|set| set.contains(doc)))
                 .collect();
-            // Any scorer will do for the rest: a join of one set.
+            // Any scorer will do for the lead: a join of one set.
             let filtered = || {
-                let rest = Joined::new(vec![bits_of(&rest, 700)]);
-                Filtered::new(Box::new(rest), Joined::new(bits.clone()))
+                let lead = Joined::new(vec![bits_of(&lead, 700)]);
+                Filtered::new(Box::new(lead), Joined::new(bits.clone()))
             };
-            let mut walked = Vec::new();
-            let mut scorer = filtered();
-            while scorer.doc() != TERMINATED {
-                walked.push(scorer.doc());
-                scorer.advance();
-            }
-            prop_assert_eq!(&walked, &docs);
+            prop_assert_eq!(walk(&mut filtered()), docs.clone());
             let mut scorer = filtered();
             for target in targets {
                 let at = scorer.doc();
-                let want = if at >= target {
-                    at
-                } else {
-                    docs.iter().copied().find(|&d| d >= target).unwrap_or(TERMINATED)
-                };
-                prop_assert_eq!(scorer.seek(target.max(at)), want);
+                prop_assert_eq!(scorer.seek(target.max(at)), sought(&docs, at, target));
             }
         }
+    }
 
+    /// Every document of `scorer`, by advance.
+    fn walk(scorer: &mut dyn DocSet) -> Vec<DocId> {
+        let mut walked = Vec::new();
+        while scorer.doc() != TERMINATED {
+            walked.push(scorer.doc());
+            scorer.advance();
+        }
+        walked
+    }
+
+    /// Where a seek to `target` from `at` must land among `docs`.
+    fn sought(docs: &[DocId], at: DocId, target: DocId) -> DocId {
+        if at >= target {
+            return at;
+        }
+        docs.iter()
+            .copied()
+            .find(|&d| d >= target)
+            .unwrap_or(TERMINATED)
     }
 }
