@@ -541,6 +541,16 @@ pub struct IndexConfig {
     /// terms the last run's searches were using (`dense_terms_bytes`),
     /// until their budget is full. 0 warms none.
     pub warm_on_start_events: u64,
+    /// Bytes of index files a thread at the lowest priority asks the
+    /// kernel to read into the page cache, at start and once the big
+    /// segments have changed and settled (after an ingest or a merge):
+    /// the term dictionaries, postings and columns of every day first,
+    /// newest first, then the events pages are read from
+    /// (`preload.rs`). Never more than half the machine's memory. A
+    /// search over pages not in the cache waits for the disk: on 100 M
+    /// events with a cold cache, free text's p99 was 63.7 ms instead of
+    /// 14.8. 0 reads nothing ahead.
+    pub preload_bytes: u64,
 }
 
 impl Default for IndexConfig {
@@ -559,6 +569,7 @@ impl Default for IndexConfig {
             recent_events_bytes: 32 * 1024 * 1024,
             dense_terms_bytes: 64 * 1024 * 1024,
             warm_on_start_events: 100_000_000,
+            preload_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod messages;
 pub(crate) mod metrics;
 pub mod migrate;
 pub mod partition;
+pub mod preload;
 pub(crate) mod priority;
 pub mod record;
 pub mod recover;

@@ -26,6 +26,9 @@ pub const INDEX_DOCS: &str = "auditd_index_docs";
 pub const RECENT_EVENTS_BYTES: &str = "auditd_index_recent_events_bytes";
 /// Bytes of dense terms' bit sets kept (`search/dense.rs`).
 pub const DENSE_TERM_BYTES: &str = "auditd_search_dense_term_bytes";
+/// Bytes of index files asked to be read ahead into the page cache
+/// (`preload.rs`).
+pub const PRELOADED_BYTES: &str = "auditd_index_preloaded_bytes_total";
 /// Dense terms' bit sets made.
 pub const DENSE_TERM_BUILDS: &str = "auditd_search_dense_term_builds_total";
 /// Bit sets not asked for because the builder's queue was full.

@@ -746,6 +746,11 @@ impl Pipeline {
         if let Err(error) = warming {
             tracing::warn!(%error, "no thread to warm the partitions: the first searches will");
         }
+        if config.index.preload_bytes > 0 {
+            if let Err(error) = partitions.preload_in_background(config.index.preload_bytes) {
+                tracing::warn!(%error, "no thread to read the index ahead");
+            }
+        }
         if let Some(integrity) = &integrity {
             let leaves = crate::integrity::audit::IndexLeaves(searcher.clone());
             integrity.tree.set_leaf_source(Arc::new(leaves));
