@@ -48,7 +48,7 @@ const ADVICE_BYTES: u64 = 128 * 1024;
 
 /// A partition's directory and its segments (id, documents), as its
 /// searcher holds them now.
-pub struct Segments {
+pub struct DaySegments {
     pub day: Day,
     pub dir: PathBuf,
     pub segments: Vec<(SegmentId, u32)>,
@@ -58,7 +58,7 @@ pub struct Segments {
 /// newest first, their [`SEARCH_FILES`] and then their [`BODY_FILES`],
 /// until the next file would pass `budget`. A file that is not there (a
 /// segment merged away meanwhile) is passed over.
-pub fn plan(partitions: &[Segments], budget: u64) -> Vec<(PathBuf, u64)> {
+pub fn plan(partitions: &[DaySegments], budget: u64) -> Vec<(PathBuf, u64)> {
     let mut files = Vec::new();
     let mut total = 0;
     for kinds in [&SEARCH_FILES[..], &BODY_FILES[..]] {
@@ -144,10 +144,10 @@ impl Trigger {
 
 impl Partitions {
     /// Each partition's segments, newest day first.
-    pub fn segments(&self) -> Vec<Segments> {
+    pub fn segments(&self) -> Vec<DaySegments> {
         let newest_first = self.overlapping(None, None).into_iter().rev();
         newest_first
-            .map(|partition| Segments {
+            .map(|partition| DaySegments {
                 day: partition.day,
                 dir: partition.path.clone(),
                 segments: (partition.reader.searcher().segment_readers().iter())
@@ -183,7 +183,7 @@ impl Partitions {
 }
 
 /// The segments of [`BIG_SEGMENT_DOCS`] or more.
-fn big_segments(partitions: &[Segments]) -> BTreeSet<(Day, SegmentId)> {
+fn big_segments(partitions: &[DaySegments]) -> BTreeSet<(Day, SegmentId)> {
     let mut big = BTreeSet::new();
     for partition in partitions {
         for (id, docs) in &partition.segments {
@@ -195,7 +195,7 @@ fn big_segments(partitions: &[Segments]) -> BTreeSet<(Day, SegmentId)> {
     big
 }
 
-fn preload(segments: &[Segments], budget: u64) {
+fn preload(segments: &[DaySegments], budget: u64) {
     let started = Instant::now();
     let files = plan(segments, budget);
     let mut bytes = 0;
@@ -224,7 +224,13 @@ mod tests {
 
     /// A partition directory with one file of `bytes` bytes for each of
     /// `kinds` of each of `segments` new segments.
-    fn partition(root: &Path, day: Day, segments: usize, kinds: &[&str], bytes: usize) -> Segments {
+    fn partition(
+        root: &Path,
+        day: Day,
+        segments: usize,
+        kinds: &[&str],
+        bytes: usize,
+    ) -> DaySegments {
         let dir = root.join(day.to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let segments: Vec<_> = (0..segments)
@@ -236,7 +242,7 @@ mod tests {
                 std::fs::write(path, vec![7u8; bytes]).unwrap();
             }
         }
-        Segments { day, dir, segments }
+        DaySegments { day, dir, segments }
     }
 
     fn named(files: &[(PathBuf, u64)]) -> Vec<String> {
