@@ -86,10 +86,11 @@ fn leaf_hashes(c: &mut Criterion) {
     use auditd::integrity::leaf;
     let batch = events(BATCH);
     let salts: Vec<leaf::Salt> = batch.iter().map(|_| leaf::new_salt()).collect();
-    let mut scratch = Vec::new();
+    let mut scratch = leaf::LeafScratch::default();
     let mut group = c.benchmark_group("integrity");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, version) in [
+        ("leaf hashes of 1000 events, version 3", leaf::Version::V3),
         ("leaf hashes of 1000 events, version 2", leaf::Version::V2),
         ("leaf hashes of 1000 events, version 1", leaf::Version::V1),
     ] {

@@ -4,7 +4,9 @@
 #   - schemathesis (PyPI, pinned) into target/test-tools/venv, for
 #     tests/openapi_fuzz.rs;
 #   - Debian's chromium and chromium-driver (apt-get), for tests/web.rs;
-#   - Debian's nats-server (apt-get), for tests/jetstream.rs.
+#   - Debian's nats-server (apt-get), for tests/jetstream.rs;
+#   - Debian's python3-cryptography (apt-get), for the AES in
+#     docs/integrity.md's verifier, which a unit test runs.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,9 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     apt_install nats-server
+fi
+if ! python3 -c "import cryptography" 2>/dev/null; then
+    apt_install python3-cryptography
 fi
 
 exec cargo test --all-features "$@"

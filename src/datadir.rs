@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   FORMAT             the data format version ("7")
+//!   FORMAT             the data format version ("8")
 //!   LOCK               held (flock) while a daemon or a tool works here
 //!   admin.token        the first admin token, owner-only
 //!   tokens.json        token hashes, owner-only
@@ -28,8 +28,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The data format this binary writes and reads. Formats 3 to 6 are
-/// read as they are and called format 7 from the first start on:
+/// The data format this binary writes and reads. Formats 3 to 7 are
+/// read as they are and called format 8 from the first start on:
 /// - format 3's events keep their version 1 leaves, which this binary
 ///   still rebuilds (format 4 brought version 2 leaves);
 /// - the partitions of formats 3 and 4 keep their events in Tantivy's doc
@@ -41,15 +41,18 @@ use std::path::{Path, PathBuf};
 /// - blocks compacted before format 7 keep 16-bit fingerprints
 ///   (`tlog/fingerprints/<b>`, `afp1`), read as 12-bit ones; blocks
 ///   compacted since keep 12 bits a leaf (`afp2`, which an older binary
-///   calls damaged).
+///   calls damaged);
+/// - events stored before format 8 keep their version 2 (or 1) leaves;
+///   since, new events get version 3 leaves (`integrity::leaf`), whose
+///   openings an older binary cannot read.
 ///
 /// Older ones are migrated by `auditd migrate`: format 1 (before typed
 /// records and dense seqs, no `FORMAT` file) and format 2 (no salts, no
 /// Merkle tree). A newer one is refused.
-pub const FORMAT: u32 = 7;
+pub const FORMAT: u32 = 8;
 
 /// The older formats read as they are (see [`FORMAT`]).
-pub const OPENS_IN_PLACE: [u32; 4] = [3, 4, 5, 6];
+pub const OPENS_IN_PLACE: [u32; 5] = [3, 4, 5, 6, 7];
 
 /// The layout of one data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

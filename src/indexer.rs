@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::app::trail::TRAIL_TYPE;
 use crate::datadir::DataDir;
 use crate::erasure::PseudonymKey;
-use crate::integrity::opening::SEEDED_FORM;
+use crate::integrity::opening::seeded_form;
 use crate::integrity::seeds::SaltSeeds;
 use crate::integrity::store::TreeStore;
 use crate::merge::{compaction_runs, SegmentTimes, TimeOrderedMergePolicy};
@@ -405,10 +405,13 @@ impl Indexer {
         };
         // What each event's leaf is rebuilt from, as the index keeps it: a
         // seeded batch's seed is in the tree, its events' salts nowhere.
-        let seeded = batch.seed().is_some() && self.tree.is_some();
+        let seeded = match batch.version() {
+            Some(version) if batch.seed().is_some() && self.tree.is_some() => seeded_form(version),
+            _ => None,
+        };
         let openings: Vec<Option<Vec<u8>>> = match seeded {
-            true => Vec::new(),
-            false => (0..batch.events.len())
+            Some(_) => Vec::new(),
+            None => (0..batch.events.len())
                 .map(|i| batch.opening(i).map(|opening| opening.to_bytes()))
                 .collect(),
         };
@@ -416,9 +419,13 @@ impl Indexer {
         for (i, event) in batch.events.iter_mut().enumerate() {
             let time = timestamp_micros(event.time.as_ref());
             let day = day_of(time);
+            let one_byte;
             let salt = match seeded {
-                true => Some(&[SEEDED_FORM][..]),
-                false => openings[i].as_deref(),
+                Some(form) => {
+                    one_byte = [form];
+                    Some(&one_byte[..])
+                }
+                None => openings[i].as_deref(),
             };
             let body = &mut self.body;
             let writer = writer_for(

@@ -7,7 +7,9 @@
 
 use tokio::sync::oneshot;
 
-use crate::integrity::leaf::{event_leaf_hash, new_salt, salt_from_bytes, Salt, Version, SALT_LEN};
+use crate::integrity::leaf::{
+    event_leaf_hash, new_salt, salt_from_bytes, LeafScratch, Salt, Version, SALT_LEN,
+};
 use crate::integrity::merkle::Hash;
 use crate::integrity::opening::Opening;
 use crate::integrity::seeds;
@@ -103,7 +105,7 @@ impl WalBatch {
         if !self.is_salted() {
             return None;
         }
-        let mut scratch = Vec::new();
+        let mut scratch = LeafScratch::default();
         Some(
             self.events
                 .iter()

@@ -12,7 +12,7 @@ use std::path::Path;
 use auditd::client::IntegrityClient;
 use auditd::integrity::merkle::{verify_consistency, Hash};
 use auditd::integrity::note;
-use auditd::integrity::opening::SEEDED_FORM;
+use auditd::integrity::opening::SEEDED_V3_FORM;
 use auditd::integrity::receipt::{verify_receipt, Receipt};
 use auditd::partition::{parse_day, Partition};
 use auditd::proto::{
@@ -328,7 +328,7 @@ fn tamper_with_events(data_dir: &Path, seqs: &[u64]) -> (Vec<(u64, &'static str)
     let stored = stored_by_seq(&day);
     // A seeded batch's events keep no salt of their own in the index: the
     // tree keeps their batch's seed (`integrity::seeds`).
-    assert_eq!(stored[&seqs[40]].1, [SEEDED_FORM]);
+    assert_eq!(stored[&seqs[40]].1, [SEEDED_V3_FORM]);
     let (changed, deleted, forged_at, swap_a, swap_b) =
         (seqs[10], seqs[20], seqs[30], seqs[40], seqs[41]);
     let mut modified = stored[&changed].0.clone();
@@ -855,7 +855,7 @@ async fn checkpoints_are_published_to_a_file_and_a_url() {
 /// A directory of data format 3, written by the auditd before version 2
 /// leaves (`scripts/make_old_format_fixture.sh 3`), opens as it is: its
 /// events keep their version 1 leaves, those replayed from its log
-/// included, new events get version 2 ones, receipts of both verify
+/// included, new events get version 3 ones, receipts of both verify
 /// offline, and the full audit finds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_format_3_directory_opens_as_it_is_and_its_version_1_leaves_still_verify() {
@@ -881,7 +881,7 @@ async fn a_format_3_directory_opens_as_it_is_and_its_version_1_leaves_still_veri
     for (id, version) in [
         (first_id("indexed.ndjson"), 1),
         (first_id("log-only.ndjson"), 1),
-        (reply.ids[3].clone(), 2),
+        (reply.ids[3].clone(), 3),
     ] {
         let proof = proof_by_id(&mut proofs, &id).await;
         assert_eq!(proof.leaf[0], version, "the leaf version of {id}");

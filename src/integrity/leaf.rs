@@ -2,17 +2,19 @@
 //! commitments, so that erasing personal fields later (the retention and
 //! erasure issue) leaves every leaf, and so every proof, as it was.
 //!
-//! Every event gets a random 16-byte salt at ingest, stored with it in the
-//! log and the index. Its fields fall into parts: part 0, the *core*
-//! (`id`, `time`, `received`, `type`, `action`, `source.name`, `status`,
-//! `error_id`), which erasure never touches, and parts 1 to 10, one field
-//! each, the fields erasure may remove ([`PERSONAL`]). Each part `k` has
-//! its own salt `salt_k`, from which nobody learns the event salt or any
-//! other part's, and is committed as `c_k = SHA-256(salt_k || value_k)`
-//! (`value_k`: the part's bytes). The leaf bytes are
+//! Every event gets a random 16-byte salt at ingest (`integrity::seeds`
+//! makes a batch's from one seed). Its fields fall into parts: part 0,
+//! the *core* (`id`, `time`, `received`, `type`, `action`, `source.name`,
+//! `status`, `error_id`), which erasure never touches, and parts 1 to 10,
+//! one field each, the fields erasure may remove ([`PERSONAL`]). Each
+//! personal part `k` has its own salt `salt_k`, from which nobody learns
+//! the event salt or any other part's, and is committed as
+//! `c_k = SHA-256(salt_k || value_k)` (`value_k`: the part's bytes). The
+//! leaf bytes are
 //!
 //! ```text
-//! version || mask (u16, big-endian) || c_0 || c_k for each bit k set in mask
+//! 3:    version || mask (u16, big-endian) || c_k for each bit k set in mask || value_0
+//! 1, 2: version || mask (u16, big-endian) || c_0 || c_k for each bit k set in mask
 //! ```
 //!
 //! where bit `k` (1 ≤ k ≤ 10, bit 0 unused) is set when field `k` is not
@@ -21,17 +23,21 @@
 //! keeping the other parts' `salt_j`: the leaf can still be rebuilt, and
 //! nobody can test a guess at the erased value.
 //!
-//! Two versions, which differ only in how `salt_k` is made ([`Version`]):
+//! The versions differ in how `salt_k` is made ([`Version`]), and in
+//! whether the core is committed (`c_0`, salted like a personal part) or
+//! written out:
 //!
 //! ```text
-//! 1: salt_k = SHA-256(salt || k)                      32 bytes
-//! 2: salt_k = half k mod 2 of SHA-256(0x02 || salt || k / 2)   16 bytes
+//! 1: salt_k = SHA-256(salt || k)                                32 bytes
+//! 2: salt_k = half k mod 2 of SHA-256(0x02 || salt || k / 2)    16 bytes
+//! 3: salt_k = AES-128 of the block (k || 15 zero bytes) under the key salt
 //! ```
 //!
-//! Version 2 is what new events get: one SHA-256 block makes two part
-//! salts, and a 16-byte salt leaves room in `c_k`'s first block for a
-//! 39-byte value, so a leaf takes about a third fewer blocks. Version 1
-//! leaves, of events stored before it, stay as they are.
+//! Version 3 is what new events get: with AES-NI its part salts cost less
+//! than one SHA-256 block together, and the core, which erasure never
+//! takes, needs neither a salt nor a commitment of its own. A leaf costs
+//! about a third fewer SHA-256 blocks than in version 2, which had cut a
+//! third from version 1. Leaves of events stored before stay as they are.
 //!
 //! The value encodings: a string is its length (u32, big-endian) and its
 //! UTF-8 bytes; a time is microseconds since the epoch (i64, big-endian);
@@ -43,6 +49,8 @@
 
 use std::collections::BTreeMap;
 
+use aes::cipher::{BlockEncrypt, KeyInit};
+use aes::Aes128Enc;
 use sha2::{Digest, Sha256};
 
 use super::merkle::{leaf_hash, Hash};
@@ -62,11 +70,14 @@ pub enum Version {
     V1 = 1,
     /// `salt_k` = one half of `SHA-256(0x02 || salt || k / 2)`.
     V2 = 2,
+    /// `salt_k` = AES-128 of `k || 0^15` under the event salt; the core
+    /// written out in the leaf, not committed.
+    V3 = 3,
 }
 
 impl Version {
     /// What new events get.
-    pub const CURRENT: Version = Version::V2;
+    pub const CURRENT: Version = Version::V3;
 
     pub fn byte(self) -> u8 {
         self as u8
@@ -76,6 +87,7 @@ impl Version {
         match byte {
             1 => Some(Version::V1),
             2 => Some(Version::V2),
+            3 => Some(Version::V3),
             _ => None,
         }
     }
@@ -84,8 +96,14 @@ impl Version {
     pub fn part_salt_len(self) -> usize {
         match self {
             Version::V1 => 32,
-            Version::V2 => 16,
+            Version::V2 | Version::V3 => 16,
         }
+    }
+
+    /// Whether the core is part 0 with a salt and a commitment `c_0`
+    /// (versions 1 and 2), rather than written out in the leaf (3).
+    pub fn commits_core(self) -> bool {
+        self != Version::V3
     }
 }
 
@@ -109,36 +127,39 @@ pub fn new_salt() -> Salt {
     rand::random()
 }
 
-/// `salt_k`, one part's salt: 32 bytes in version 1, 16 in version 2.
+/// `salt_k`, one part's salt: 32 bytes in version 1, 16 in versions 2
+/// and 3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartSalt {
-    V1(Hash),
-    V2([u8; 16]),
+    Long(Hash),
+    Short([u8; 16]),
 }
 
 impl PartSalt {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            PartSalt::V1(salt) => salt,
-            PartSalt::V2(salt) => salt,
+            PartSalt::Long(salt) => salt,
+            PartSalt::Short(salt) => salt,
         }
     }
 
     /// The salt of `version` in `bytes`, which must be exactly its length.
     pub fn from_bytes(version: Version, bytes: &[u8]) -> Option<PartSalt> {
-        match version {
-            Version::V1 => bytes.try_into().ok().map(PartSalt::V1),
-            Version::V2 => bytes.try_into().ok().map(PartSalt::V2),
+        match version.part_salt_len() {
+            32 => bytes.try_into().ok().map(PartSalt::Long),
+            _ => bytes.try_into().ok().map(PartSalt::Short),
         }
     }
 }
 
 /// An event's part salts, made as asked: in version 2 one hash makes two,
-/// so the last one made is kept for its sibling.
+/// so the last one made is kept for its sibling; in version 3 the first
+/// one asked for makes them all, in one pass of AES over eleven blocks.
 pub struct PartSalts<'a> {
     version: Version,
     salt: &'a Salt,
     pair: Option<(u8, Hash)>,
+    all: Option<[aes::Block; PERSONAL.len() + 1]>,
 }
 
 impl<'a> PartSalts<'a> {
@@ -147,13 +168,14 @@ impl<'a> PartSalts<'a> {
             version,
             salt,
             pair: None,
+            all: None,
         }
     }
 
     /// `salt_k`.
     pub fn get(&mut self, part: u8) -> PartSalt {
         match self.version {
-            Version::V1 => PartSalt::V1(
+            Version::V1 => PartSalt::Long(
                 Sha256::new()
                     .chain_update(self.salt)
                     .chain_update([part])
@@ -176,7 +198,19 @@ impl<'a> PartSalts<'a> {
                     }
                 };
                 let half = 16 * usize::from(part % 2);
-                PartSalt::V2(pair[half..half + 16].try_into().expect("16 bytes"))
+                PartSalt::Short(pair[half..half + 16].try_into().expect("16 bytes"))
+            }
+            Version::V3 => {
+                let salt = self.salt;
+                let all = self.all.get_or_insert_with(|| {
+                    let mut blocks = [aes::Block::default(); PERSONAL.len() + 1];
+                    for (k, block) in blocks.iter_mut().enumerate() {
+                        block[0] = k as u8;
+                    }
+                    Aes128Enc::new(salt.into()).encrypt_blocks(&mut blocks);
+                    blocks
+                });
+                PartSalt::Short(all[usize::from(part)].into())
             }
         }
     }
@@ -258,23 +292,48 @@ pub fn leaf_bytes(
     salt: &Salt,
     scratch: &mut Vec<u8>,
 ) -> Vec<u8> {
+    let mut leaf = Vec::with_capacity(3 + 32 * 6 + 128);
+    write_leaf(version, event, salt, scratch, &mut leaf);
+    leaf
+}
+
+/// The leaf bytes of `event`, appended to `leaf`; `value` holds each
+/// part's bytes in turn.
+fn write_leaf(
+    version: Version,
+    event: &AuditEvent,
+    salt: &Salt,
+    value: &mut Vec<u8>,
+    leaf: &mut Vec<u8>,
+) {
     let mut salts = PartSalts::new(version, salt);
-    let mut leaf = Vec::with_capacity(3 + 32 * 6);
+    let start = leaf.len();
     leaf.push(version.byte());
     leaf.extend_from_slice(&[0, 0]);
-    scratch.clear();
-    core_bytes(event, scratch);
-    leaf.extend_from_slice(&commit(&salts.get(0), scratch));
+    if version.commits_core() {
+        value.clear();
+        core_bytes(event, value);
+        leaf.extend_from_slice(&commit(&salts.get(0), value));
+    }
     let mut mask = 0u16;
     for part in 1..=PERSONAL.len() as u8 {
-        scratch.clear();
-        if personal_bytes(event, part, scratch) {
+        value.clear();
+        if personal_bytes(event, part, value) {
             mask |= 1 << part;
-            leaf.extend_from_slice(&commit(&salts.get(part), scratch));
+            leaf.extend_from_slice(&commit(&salts.get(part), value));
         }
     }
-    leaf[1..3].copy_from_slice(&mask.to_be_bytes());
-    leaf
+    if !version.commits_core() {
+        core_bytes(event, leaf);
+    }
+    leaf[start + 1..start + 3].copy_from_slice(&mask.to_be_bytes());
+}
+
+/// Buffers reused from one event's leaf hash to the next.
+#[derive(Debug, Default)]
+pub struct LeafScratch {
+    value: Vec<u8>,
+    leaf: Vec<u8>,
 }
 
 /// The hash the tree holds for `event`: `SHA-256(0x00 || leaf bytes)`.
@@ -282,9 +341,12 @@ pub fn event_leaf_hash(
     version: Version,
     event: &AuditEvent,
     salt: &Salt,
-    scratch: &mut Vec<u8>,
+    scratch: &mut LeafScratch,
 ) -> Hash {
-    leaf_hash(&leaf_bytes(version, event, salt, scratch))
+    scratch.leaf.clear();
+    scratch.leaf.push(0x00);
+    write_leaf(version, event, salt, &mut scratch.value, &mut scratch.leaf);
+    Sha256::digest(&scratch.leaf).into()
 }
 
 /// The leaf bytes of an event lost to damaged log bytes before its leaf
@@ -345,11 +407,17 @@ pub(crate) mod tests {
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/integrity.md"))
                 .expect("docs/integrity.md");
-        for version in [Version::V2, Version::V1] {
+        let mut core = Vec::new();
+        core_bytes(&event, &mut core);
+        for version in [Version::V3, Version::V2, Version::V1] {
             let leaf = leaf_bytes(version, &event, &VECTOR_SALT, &mut scratch);
-            // Core + access id, subject, source.ip, resource, query.
+            // Access id, subject, source.ip, resource, query; and the core,
+            // committed (c_0) or written out.
             assert_eq!(leaf[..3], [version.byte(), 0b0000_0000, 0b0110_1110]);
-            assert_eq!(leaf.len(), 3 + 32 * 6);
+            match version.commits_core() {
+                true => assert_eq!(leaf.len(), 3 + 32 * 6),
+                false => assert_eq!(leaf[3 + 32 * 5..], core[..]),
+            }
             for (what, value) in [
                 ("leaf bytes", hex(&leaf)),
                 ("leaf hash", hex(&leaf_hash(&leaf))),
@@ -360,10 +428,15 @@ pub(crate) mod tests {
                 );
             }
         }
-        let mut salts = PartSalts::new(Version::V2, &VECTOR_SALT);
-        for k in [0, 1, 2, 3, 5, 6] {
-            let line = format!("salt_{k}   {}", hex(salts.get(k).bytes()));
-            assert!(doc.contains(&line), "docs/integrity.md lacks {line}");
+        for (version, parts) in [
+            (Version::V3, &[1, 2, 3, 5, 6][..]),
+            (Version::V2, &[0, 1, 2, 3, 5, 6][..]),
+        ] {
+            let mut salts = PartSalts::new(version, &VECTOR_SALT);
+            for &k in parts {
+                let line = format!("salt_{k}   {}", hex(salts.get(k).bytes()));
+                assert!(doc.contains(&line), "docs/integrity.md lacks {line}");
+            }
         }
     }
 
@@ -387,7 +460,7 @@ pub(crate) mod tests {
         );
         let mut scratch = Vec::new();
         let mut expected = String::new();
-        for version in [Version::V2, Version::V1] {
+        for version in [Version::V3, Version::V2, Version::V1] {
             let leaf = leaf_bytes(version, &vector_event(), &VECTOR_SALT, &mut scratch);
             expected += &format!("{}\n{}\n", hex(&leaf), hex(&leaf_hash(&leaf)));
         }
@@ -414,20 +487,27 @@ pub(crate) mod tests {
 
     #[test]
     fn every_field_moves_the_leaf_and_empty_fields_have_no_part() {
-        for version in [Version::V1, Version::V2] {
+        for version in [Version::V1, Version::V2, Version::V3] {
             every_field_moves_the_leaf_in(version);
         }
-        let mut scratch = Vec::new();
-        let v1 = event_leaf_hash(Version::V1, &vector_event(), &VECTOR_SALT, &mut scratch);
-        let v2 = event_leaf_hash(Version::V2, &vector_event(), &VECTOR_SALT, &mut scratch);
-        assert_ne!(v1, v2);
+        let mut scratch = LeafScratch::default();
+        let hashes: Vec<Hash> = [Version::V1, Version::V2, Version::V3]
+            .into_iter()
+            .map(|v| event_leaf_hash(v, &vector_event(), &VECTOR_SALT, &mut scratch))
+            .collect();
+        assert!(hashes[0] != hashes[1] && hashes[1] != hashes[2] && hashes[0] != hashes[2]);
     }
 
     fn every_field_moves_the_leaf_in(version: Version) {
         let base = vector_event();
-        let mut scratch = Vec::new();
-        let hash = |e: &AuditEvent, scratch: &mut Vec<u8>| {
-            event_leaf_hash(version, e, &VECTOR_SALT, scratch)
+        let mut scratch = LeafScratch::default();
+        // The tree's hash, made in one buffer, is the hash of the leaf
+        // bytes a proof carries.
+        let hash = |e: &AuditEvent, scratch: &mut LeafScratch| {
+            let hash = event_leaf_hash(version, e, &VECTOR_SALT, scratch);
+            let leaf = leaf_bytes(version, e, &VECTOR_SALT, &mut Vec::new());
+            assert_eq!(hash, leaf_hash(&leaf));
+            hash
         };
         let before = hash(&base, &mut scratch);
         type Change = Box<dyn Fn(&mut AuditEvent)>;

@@ -12,13 +12,15 @@
 //! ```text
 //! salt, leaf version 1: the 16 salt bytes
 //! salt, leaf version 2: 0x03 || the 16 salt bytes
-//! seeded, leaf version 2: 0x04 (the index's form only: the salt is made
-//!         from the batch's seed, `integrity::seeds`)
-//! erased: 0x02 || flags (bit 0: pseudonymised; bit 1: leaf version 2)
-//!         || id length (u8) || erasure request id
+//! salt, leaf version 3: 0x05 || the 16 salt bytes
+//! seeded, leaf version 2: 0x04, version 3: 0x06 (the index's form only:
+//!         the salt is made from the batch's seed, `integrity::seeds`)
+//! erased: 0x02 || flags (bit 0: pseudonymised; bit 1: leaf version 2;
+//!         bit 2: leaf version 3) || id length (u8) || erasure request id
 //!         || mask (u16, big-endian; the parts the event had at ingest)
-//!         || for part 0, then each part in mask (ascending):
-//!            0x00 || salt_k (32 bytes in version 1, 16 in 2)   the value is there
+//!         || for part 0 (not in version 3, whose leaf has the core
+//!            itself), then each part in mask (ascending):
+//!            0x00 || salt_k (32 bytes in version 1, 16 in 2 and 3)   the value is there
 //!            0x01 || c_k (32 bytes)    the value was erased or pseudonymised
 //! ```
 
@@ -34,13 +36,37 @@ pub const ERASED_FORM: u8 = 2;
 /// The first byte of a version 2 leaf's salt (a version 1 leaf's is the
 /// bare 16 bytes).
 pub const SALT_V2_FORM: u8 = 3;
+/// The first byte of a version 3 leaf's salt.
+pub const SALT_V3_FORM: u8 = 5;
 /// What the index keeps of an event of a seeded batch, whose salt
 /// (for a version 2 leaf) is made from the seed the tree keeps
 /// (`integrity::seeds`); never in a receipt, which carries the salt.
 pub const SEEDED_FORM: u8 = 4;
+/// The same for a version 3 leaf.
+pub const SEEDED_V3_FORM: u8 = 6;
 /// The erased form's flags.
 const PSEUDONYMISED: u8 = 1;
 const LEAF_V2: u8 = 2;
+const LEAF_V3: u8 = 4;
+
+/// What the index keeps of an event of a seeded batch of leaf `version`
+/// (`None` for version 1, which no seeded batch has).
+pub fn seeded_form(version: Version) -> Option<u8> {
+    match version {
+        Version::V1 => None,
+        Version::V2 => Some(SEEDED_FORM),
+        Version::V3 => Some(SEEDED_V3_FORM),
+    }
+}
+
+/// The first byte of a salt form of leaf `version` (version 1 has none).
+fn salt_form(version: Version) -> Option<u8> {
+    match version {
+        Version::V1 => None,
+        Version::V2 => Some(SALT_V2_FORM),
+        Version::V3 => Some(SALT_V3_FORM),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opening {
@@ -58,7 +84,8 @@ pub struct Erased {
     pub version: Version,
     /// The parts the event had at ingest (bit `k` for part `k`).
     pub mask: u16,
-    /// Part 0, then each part of `mask` in ascending order.
+    /// Part 0 (unless the version writes the core out), then each part of
+    /// `mask` in ascending order.
     pub parts: Vec<Part>,
 }
 
@@ -134,6 +161,7 @@ impl Opening {
     pub fn stored(bytes: Option<&[u8]>, seq: u64, seeds: Option<&SaltSeeds>) -> Option<Opening> {
         match bytes? {
             [SEEDED_FORM] => Some(Opening::Salt(Version::V2, seeds?.salt(seq)?)),
+            [SEEDED_V3_FORM] => Some(Opening::Salt(Version::V3, seeds?.salt(seq)?)),
             bytes => Opening::from_bytes(bytes),
         }
     }
@@ -144,16 +172,20 @@ impl Opening {
             return bytes.try_into().ok().map(|s| Opening::Salt(Version::V1, s));
         }
         let (&form, rest) = bytes.split_first()?;
-        if form == SALT_V2_FORM {
-            return rest.try_into().ok().map(|s| Opening::Salt(Version::V2, s));
+        for version in [Version::V2, Version::V3] {
+            if salt_form(version) == Some(form) {
+                return rest.try_into().ok().map(|s| Opening::Salt(version, s));
+            }
         }
         if form != ERASED_FORM {
             return None;
         }
         let (&flags, rest) = rest.split_first()?;
-        let version = match flags & LEAF_V2 {
+        let version = match flags & (LEAF_V2 | LEAF_V3) {
             0 => Version::V1,
-            _ => Version::V2,
+            LEAF_V2 => Version::V2,
+            LEAF_V3 => Version::V3,
+            _ => return None,
         };
         let (&id_len, rest) = rest.split_first()?;
         let id = rest.get(..id_len as usize)?;
@@ -161,7 +193,7 @@ impl Opening {
         let mask = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
         let mut rest = &rest[2..];
         let mut parts = Vec::new();
-        for _ in 0..=mask.count_ones() {
+        for _ in parts_of(version, mask) {
             let (&tag, tail) = rest.split_first()?;
             let len = match tag {
                 0 => version.part_salt_len(),
@@ -189,21 +221,25 @@ impl Opening {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
-            Opening::Salt(Version::V1, salt) => salt.to_vec(),
-            Opening::Salt(Version::V2, salt) => {
-                let mut out = vec![SALT_V2_FORM];
-                out.extend_from_slice(salt);
-                out
-            }
+            Opening::Salt(version, salt) => match salt_form(*version) {
+                None => salt.to_vec(),
+                Some(form) => {
+                    let mut out = vec![form];
+                    out.extend_from_slice(salt);
+                    out
+                }
+            },
             Opening::Erased(e) => {
                 let id = &e.request.as_bytes()[..e.request.len().min(255)];
                 let mut flags = 0;
                 if e.pseudonymised {
                     flags |= PSEUDONYMISED;
                 }
-                if e.version == Version::V2 {
-                    flags |= LEAF_V2;
-                }
+                flags |= match e.version {
+                    Version::V1 => 0,
+                    Version::V2 => LEAF_V2,
+                    Version::V3 => LEAF_V3,
+                };
                 let mut out = vec![ERASED_FORM, flags, id.len() as u8];
                 out.extend_from_slice(id);
                 out.extend_from_slice(&e.mask.to_be_bytes());
@@ -237,10 +273,14 @@ impl Opening {
             }
             Opening::Erased(erased) => erased,
         };
-        let mut leaf = Vec::with_capacity(3 + 32 * erased.parts.len());
+        let mut leaf = Vec::with_capacity(3 + 32 * erased.parts.len() + 128);
         leaf.push(erased.version.byte());
         leaf.extend_from_slice(&erased.mask.to_be_bytes());
-        for (part, k) in erased.parts.iter().zip(parts_of(erased.mask)) {
+        for (part, k) in erased
+            .parts
+            .iter()
+            .zip(parts_of(erased.version, erased.mask))
+        {
             let c = match part {
                 Part::Committed(c) => *c,
                 Part::Open(salt) => {
@@ -255,6 +295,9 @@ impl Opening {
                 }
             };
             leaf.extend_from_slice(&c);
+        }
+        if !erased.version.commits_core() {
+            core_bytes(event, &mut leaf);
         }
         leaf
     }
@@ -276,7 +319,11 @@ impl Opening {
             Opening::Salt(version, salt) => open_parts(*version, event, salt),
         };
         let mut parts = Vec::with_capacity(erased.parts.len());
-        for (part, k) in erased.parts.iter().zip(parts_of(erased.mask)) {
+        for (part, k) in erased
+            .parts
+            .iter()
+            .zip(parts_of(erased.version, erased.mask))
+        {
             parts.push(match part {
                 Part::Open(salt) if k != 0 && fields & (1 << k) != 0 => {
                     scratch.clear();
@@ -303,7 +350,10 @@ fn open_parts(version: Version, event: &AuditEvent, salt: &Salt) -> Erased {
     let mut mask = 0u16;
     let mut scratch = Vec::new();
     let mut salts = PartSalts::new(version, salt);
-    let mut parts = vec![Part::Open(salts.get(0))];
+    let mut parts = Vec::new();
+    if version.commits_core() {
+        parts.push(Part::Open(salts.get(0)));
+    }
     for k in 1..=PERSONAL.len() as u8 {
         scratch.clear();
         if personal_bytes(event, k, &mut scratch) {
@@ -320,9 +370,12 @@ fn open_parts(version: Version, event: &AuditEvent, salt: &Salt) -> Erased {
     }
 }
 
-/// Part 0, then the parts of `mask` in ascending order.
-fn parts_of(mask: u16) -> impl Iterator<Item = u8> {
-    std::iter::once(0).chain((1..=PERSONAL.len() as u8).filter(move |k| mask & (1 << k) != 0))
+/// Part 0 (when `version` commits the core), then the parts of `mask` in
+/// ascending order.
+fn parts_of(version: Version, mask: u16) -> impl Iterator<Item = u8> {
+    let core = version.commits_core().then_some(0);
+    core.into_iter()
+        .chain((1..=PERSONAL.len() as u8).filter(move |k| mask & (1 << k) != 0))
 }
 
 #[cfg(test)]
@@ -333,7 +386,7 @@ mod tests {
 
     #[test]
     fn an_erased_event_still_rebuilds_its_leaf_and_the_opening_round_trips() {
-        for version in [Version::V1, Version::V2] {
+        for version in [Version::V1, Version::V2, Version::V3] {
             erased_rebuilds_its_leaf_in(version);
         }
     }
@@ -370,8 +423,32 @@ mod tests {
         assert_eq!(Opening::from_bytes(&bytes[..bytes.len() - 1]), None);
     }
 
+    /// The index's one-byte seeded forms name their leaf version: events
+    /// stored before version 3 keep `0x04`, and still rebuild version 2.
     #[test]
-    fn a_bare_salt_is_a_version_1_leaf_and_a_tagged_one_version_2() {
+    fn a_seeded_form_names_its_leaf_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let seeds = SaltSeeds::open(dir.path(), 0).unwrap();
+        seeds.add(100, 40, VECTOR_SALT);
+        let salt = seeds.salt(105).unwrap();
+        for (version, form) in [(Version::V2, SEEDED_FORM), (Version::V3, SEEDED_V3_FORM)] {
+            assert_eq!(seeded_form(version), Some(form));
+            assert_eq!(
+                Opening::stored(Some(&[form]), 105, Some(&seeds)),
+                Some(Opening::Salt(version, salt))
+            );
+        }
+        assert_eq!(seeded_form(Version::V1), None);
+        // No seed for that seq, or no seeds at all: nothing to rebuild from.
+        assert_eq!(
+            Opening::stored(Some(&[SEEDED_V3_FORM]), 99, Some(&seeds)),
+            None
+        );
+        assert_eq!(Opening::stored(Some(&[SEEDED_V3_FORM]), 105, None), None);
+    }
+
+    #[test]
+    fn a_bare_salt_is_a_version_1_leaf_and_a_tagged_one_version_2_or_3() {
         assert_eq!(
             Opening::from_bytes(&VECTOR_SALT),
             Some(Opening::Salt(Version::V1, VECTOR_SALT))
@@ -381,6 +458,11 @@ mod tests {
         assert_eq!(
             Opening::from_bytes(&tagged),
             Some(Opening::Salt(Version::V2, VECTOR_SALT))
+        );
+        tagged[0] = SALT_V3_FORM;
+        assert_eq!(
+            Opening::from_bytes(&tagged),
+            Some(Opening::Salt(Version::V3, VECTOR_SALT))
         );
         tagged.push(0);
         assert_eq!(Opening::from_bytes(&tagged), None);

@@ -12,7 +12,7 @@
 //!
 //! `extra` (opaque to other tlog-proof readers) carries what the leaf is
 //! made of: for a version 1 leaf, form byte `0x01`, the event's 16-byte
-//! salt, then the leaf bytes; otherwise (a version 2 leaf, or an event
+//! salt, then the leaf bytes; otherwise (a version 2 or 3 leaf, or an event
 //! erasure took fields from) form byte `0x02`, the length of its opening
 //! (u16, big-endian), the opening (`integrity::opening`), then the leaf
 //! bytes. The leaf bytes alone prove that the log holds this leaf; with
@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_receipt_round_trips_as_text_and_verifies_with_and_without_its_event() {
-        for version in [Version::V1, Version::V2] {
+        for version in [Version::V1, Version::V2, Version::V3] {
             round_trips_and_verifies_in(version);
         }
     }
