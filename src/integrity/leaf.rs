@@ -297,30 +297,38 @@ pub fn leaf_bytes(
     leaf
 }
 
-/// The leaf bytes of `event`, appended to `leaf`; `value` holds each
-/// part's bytes in turn.
+/// The leaf bytes of `event`, appended to `leaf`. `input` holds each
+/// commitment's input in turn, `salt_k || value_k`: the value is written
+/// after room for the salt, and the salt made only for a part present.
 fn write_leaf(
     version: Version,
     event: &AuditEvent,
     salt: &Salt,
-    value: &mut Vec<u8>,
+    input: &mut Vec<u8>,
     leaf: &mut Vec<u8>,
 ) {
     let mut salts = PartSalts::new(version, salt);
+    let salt_len = version.part_salt_len();
+    let mut commit_part = |part: u8, input: &mut Vec<u8>, leaf: &mut Vec<u8>| {
+        input[..salt_len].copy_from_slice(salts.get(part).bytes());
+        leaf.extend_from_slice(&Sha256::digest(&input[..]));
+    };
     let start = leaf.len();
     leaf.push(version.byte());
     leaf.extend_from_slice(&[0, 0]);
     if version.commits_core() {
-        value.clear();
-        core_bytes(event, value);
-        leaf.extend_from_slice(&commit(&salts.get(0), value));
+        input.clear();
+        input.resize(salt_len, 0);
+        core_bytes(event, input);
+        commit_part(0, input, leaf);
     }
     let mut mask = 0u16;
     for part in 1..=PERSONAL.len() as u8 {
-        value.clear();
-        if personal_bytes(event, part, value) {
+        input.clear();
+        input.resize(salt_len, 0);
+        if personal_bytes(event, part, input) {
             mask |= 1 << part;
-            leaf.extend_from_slice(&commit(&salts.get(part), value));
+            commit_part(part, input, leaf);
         }
     }
     if !version.commits_core() {
