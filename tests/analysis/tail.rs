@@ -144,7 +144,11 @@ async fn follow_and_resume(recent_events_bytes: usize) {
         wanted(&events).len(),
         "only what the filter matches"
     );
-    // Each as the index stores it (GetEvent reads the doc store).
+    // Each as the index stores it (GetEvent reads the doc store). A
+    // follower gets an event as the indexer adds it, before the commit
+    // that makes it searchable: one more batch, waited for until
+    // searchable, puts every event of a lower seq in the index too.
+    ingest(&mut reader, generated(1, 32, 1), WaitFor::Searchable).await;
     for delivered in got.iter().step_by(25) {
         let stored = reader
             .get_event(GetEventRequest {
