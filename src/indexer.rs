@@ -419,12 +419,8 @@ impl Indexer {
         for (i, event) in batch.events.iter_mut().enumerate() {
             let time = timestamp_micros(event.time.as_ref());
             let day = day_of(time);
-            let one_byte;
             let salt = match seeded {
-                Some(form) => {
-                    one_byte = [form];
-                    Some(&one_byte[..])
-                }
+                Some(form) => Some(form),
                 None => openings[i].as_deref(),
             };
             let body = &mut self.body;

@@ -51,11 +51,11 @@ const LEAF_V3: u8 = 4;
 
 /// What the index keeps of an event of a seeded batch of leaf `version`
 /// (`None` for version 1, which no seeded batch has).
-pub fn seeded_form(version: Version) -> Option<u8> {
+pub fn seeded_form(version: Version) -> Option<&'static [u8]> {
     match version {
         Version::V1 => None,
-        Version::V2 => Some(SEEDED_FORM),
-        Version::V3 => Some(SEEDED_V3_FORM),
+        Version::V2 => Some(&[SEEDED_FORM]),
+        Version::V3 => Some(&[SEEDED_V3_FORM]),
     }
 }
 
@@ -421,6 +421,10 @@ mod tests {
         let bytes = again.to_bytes();
         assert!(!bytes.windows(SALT_LEN).any(|w| w == VECTOR_SALT));
         assert_eq!(Opening::from_bytes(&bytes[..bytes.len() - 1]), None);
+        // Flags naming two leaf versions are no form.
+        let mut both = bytes.clone();
+        both[1] |= LEAF_V2 | LEAF_V3;
+        assert_eq!(Opening::from_bytes(&both), None);
     }
 
     /// The index's one-byte seeded forms name their leaf version: events
@@ -432,7 +436,7 @@ mod tests {
         seeds.add(100, 40, VECTOR_SALT);
         let salt = seeds.salt(105).unwrap();
         for (version, form) in [(Version::V2, SEEDED_FORM), (Version::V3, SEEDED_V3_FORM)] {
-            assert_eq!(seeded_form(version), Some(form));
+            assert_eq!(seeded_form(version), Some(&[form][..]));
             assert_eq!(
                 Opening::stored(Some(&[form]), 105, Some(&seeds)),
                 Some(Opening::Salt(version, salt))
