@@ -216,14 +216,6 @@ impl<'a> PartSalts<'a> {
     }
 }
 
-/// `c_k = SHA-256(salt_k || value)`.
-pub fn commit(part_salt: &PartSalt, value: &[u8]) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update(part_salt.bytes());
-    hasher.update(value);
-    hasher.finalize().into()
-}
-
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -251,36 +243,92 @@ pub fn core_bytes(event: &AuditEvent, out: &mut Vec<u8>) {
     put_str(out, &event.error_id);
 }
 
-/// Personal part `k`'s bytes into `out`, or `false` when the field is
-/// empty (and has no part).
-pub fn personal_bytes(event: &AuditEvent, part: u8, out: &mut Vec<u8>) -> bool {
-    let text = |s: &str, out: &mut Vec<u8>| {
-        if s.is_empty() {
-            return false;
+/// A personal part's field.
+enum Field<'a> {
+    Text(&'a str),
+    Map(&'a BTreeMap<String, String>),
+}
+
+impl Field<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Field::Text(s) => s.is_empty(),
+            Field::Map(m) => m.is_empty(),
         }
-        put_str(out, s);
-        true
-    };
-    let map = |m: &BTreeMap<String, String>, out: &mut Vec<u8>| {
-        if m.is_empty() {
-            return false;
-        }
-        put_map(out, m);
-        true
-    };
-    let source_ip = event.source.as_ref().map_or("", |s| s.ip.as_str());
+    }
+}
+
+/// Personal part `k`'s field (1 ≤ k ≤ 10).
+fn personal_field(event: &AuditEvent, part: u8) -> Field<'_> {
     match part {
-        1 => text(&event.access_id, out),
-        2 => text(&event.subject, out),
-        3 => text(source_ip, out),
-        4 => text(&event.forwarded_for, out),
-        5 => text(&event.resource, out),
-        6 => map(&event.query, out),
-        7 => text(&event.error_message, out),
-        8 => text(&event.before, out),
-        9 => text(&event.after, out),
-        10 => map(&event.attributes, out),
-        _ => false,
+        1 => Field::Text(&event.access_id),
+        2 => Field::Text(&event.subject),
+        3 => Field::Text(event.source.as_ref().map_or("", |s| s.ip.as_str())),
+        4 => Field::Text(&event.forwarded_for),
+        5 => Field::Text(&event.resource),
+        6 => Field::Map(&event.query),
+        7 => Field::Text(&event.error_message),
+        8 => Field::Text(&event.before),
+        9 => Field::Text(&event.after),
+        10 => Field::Map(&event.attributes),
+        _ => unreachable!("personal parts are 1 to {}", PERSONAL.len()),
+    }
+}
+
+/// The mask of the personal parts `event` has: bit `k` for each field
+/// `k` that is not empty.
+pub fn present_parts(event: &AuditEvent) -> u16 {
+    (1..=PERSONAL.len() as u8)
+        .filter(|&k| !personal_field(event, k).is_empty())
+        .fold(0, |mask, k| mask | 1 << k)
+}
+
+/// The parts a leaf of `version` commits to, in its order: part 0 when
+/// the version commits the core, then the parts of `mask`, ascending.
+pub fn parts_of(version: Version, mask: u16) -> impl Iterator<Item = u8> {
+    let core = version.commits_core().then_some(0);
+    core.into_iter()
+        .chain((1..=PERSONAL.len() as u8).filter(move |k| mask & (1 << k) != 0))
+}
+
+/// Part `k`'s bytes into `out`: the core for 0, else the field's value.
+fn part_bytes(event: &AuditEvent, part: u8, out: &mut Vec<u8>) {
+    match part {
+        0 => core_bytes(event, out),
+        k => match personal_field(event, k) {
+            Field::Text(s) => put_str(out, s),
+            Field::Map(m) => put_map(out, m),
+        },
+    }
+}
+
+/// `c_k = SHA-256(salt_k || value_k)` of `event`'s part `k`, hashed in
+/// one call from `input` (reused between calls).
+pub fn commit_part(salt_k: &PartSalt, event: &AuditEvent, part: u8, input: &mut Vec<u8>) -> Hash {
+    input.clear();
+    input.extend_from_slice(salt_k.bytes());
+    part_bytes(event, part, input);
+    Sha256::digest(&input[..]).into()
+}
+
+/// The leaf bytes (see the module) appended to `leaf`, with
+/// `commitment(k)` giving `c_k` for each part of [`parts_of`]`(version,
+/// mask)` in turn: the one place the layout is written, for an event as
+/// ingested and for one whose erased parts left only their commitment.
+pub fn write_layout(
+    version: Version,
+    mask: u16,
+    event: &AuditEvent,
+    leaf: &mut Vec<u8>,
+    mut commitment: impl FnMut(u8) -> Hash,
+) {
+    leaf.push(version.byte());
+    leaf.extend_from_slice(&mask.to_be_bytes());
+    for k in parts_of(version, mask) {
+        leaf.extend_from_slice(&commitment(k));
+    }
+    if !version.commits_core() {
+        core_bytes(event, leaf);
     }
 }
 
@@ -297,9 +345,9 @@ pub fn leaf_bytes(
     leaf
 }
 
-/// The leaf bytes of `event`, appended to `leaf`. `input` holds each
-/// commitment's input in turn, `salt_k || value_k`: the value is written
-/// after room for the salt, and the salt made only for a part present.
+/// The leaf bytes of `event`, appended to `leaf`; `input` holds each
+/// commitment's input in turn. A part salt is made only for a part
+/// present.
 fn write_leaf(
     version: Version,
     event: &AuditEvent,
@@ -308,33 +356,9 @@ fn write_leaf(
     leaf: &mut Vec<u8>,
 ) {
     let mut salts = PartSalts::new(version, salt);
-    let salt_len = version.part_salt_len();
-    let mut commit_part = |part: u8, input: &mut Vec<u8>, leaf: &mut Vec<u8>| {
-        input[..salt_len].copy_from_slice(salts.get(part).bytes());
-        leaf.extend_from_slice(&Sha256::digest(&input[..]));
-    };
-    let start = leaf.len();
-    leaf.push(version.byte());
-    leaf.extend_from_slice(&[0, 0]);
-    if version.commits_core() {
-        input.clear();
-        input.resize(salt_len, 0);
-        core_bytes(event, input);
-        commit_part(0, input, leaf);
-    }
-    let mut mask = 0u16;
-    for part in 1..=PERSONAL.len() as u8 {
-        input.clear();
-        input.resize(salt_len, 0);
-        if personal_bytes(event, part, input) {
-            mask |= 1 << part;
-            commit_part(part, input, leaf);
-        }
-    }
-    if !version.commits_core() {
-        core_bytes(event, leaf);
-    }
-    leaf[start + 1..start + 3].copy_from_slice(&mask.to_be_bytes());
+    write_layout(version, present_parts(event), event, leaf, |k| {
+        commit_part(&salts.get(k), event, k, input)
+    });
 }
 
 /// Buffers reused from one event's leaf hash to the next.

@@ -25,7 +25,8 @@
 //! ```
 
 use super::leaf::{
-    commit, core_bytes, personal_bytes, PartSalt, PartSalts, Salt, Version, PERSONAL, SALT_LEN,
+    commit_part, parts_of, present_parts, write_layout, PartSalt, PartSalts, Salt, Version,
+    SALT_LEN,
 };
 use super::merkle::Hash;
 use super::seeds::SaltSeeds;
@@ -274,31 +275,18 @@ impl Opening {
             Opening::Erased(erased) => erased,
         };
         let mut leaf = Vec::with_capacity(3 + 32 * erased.parts.len() + 128);
-        leaf.push(erased.version.byte());
-        leaf.extend_from_slice(&erased.mask.to_be_bytes());
-        for (part, k) in erased
-            .parts
-            .iter()
-            .zip(parts_of(erased.version, erased.mask))
-        {
-            let c = match part {
+        // `from_bytes` and `erase` give a part for each of `parts_of`.
+        let mut parts = erased.parts.iter();
+        write_layout(
+            erased.version,
+            erased.mask,
+            event,
+            &mut leaf,
+            |k| match parts.next().expect("a part for each part of the mask") {
                 Part::Committed(c) => *c,
-                Part::Open(salt) => {
-                    scratch.clear();
-                    match k {
-                        0 => core_bytes(event, scratch),
-                        k => {
-                            personal_bytes(event, k, scratch);
-                        }
-                    }
-                    commit(salt, scratch)
-                }
-            };
-            leaf.extend_from_slice(&c);
-        }
-        if !erased.version.commits_core() {
-            core_bytes(event, &mut leaf);
-        }
+                Part::Open(salt) => commit_part(salt, event, k, scratch),
+            },
+        );
         leaf
     }
 
@@ -326,9 +314,7 @@ impl Opening {
         {
             parts.push(match part {
                 Part::Open(salt) if k != 0 && fields & (1 << k) != 0 => {
-                    scratch.clear();
-                    personal_bytes(event, k, &mut scratch);
-                    let c = commit(salt, &scratch);
+                    let c = commit_part(salt, event, k, &mut scratch);
                     replace_part(event, k, how);
                     Part::Committed(c)
                 }
@@ -347,35 +333,17 @@ impl Opening {
 
 /// Every part of an event as it was stored, each with its own salt.
 fn open_parts(version: Version, event: &AuditEvent, salt: &Salt) -> Erased {
-    let mut mask = 0u16;
-    let mut scratch = Vec::new();
+    let mask = present_parts(event);
     let mut salts = PartSalts::new(version, salt);
-    let mut parts = Vec::new();
-    if version.commits_core() {
-        parts.push(Part::Open(salts.get(0)));
-    }
-    for k in 1..=PERSONAL.len() as u8 {
-        scratch.clear();
-        if personal_bytes(event, k, &mut scratch) {
-            mask |= 1 << k;
-            parts.push(Part::Open(salts.get(k)));
-        }
-    }
     Erased {
         request: String::new(),
         pseudonymised: false,
         version,
         mask,
-        parts,
+        parts: parts_of(version, mask)
+            .map(|k| Part::Open(salts.get(k)))
+            .collect(),
     }
-}
-
-/// Part 0 (when `version` commits the core), then the parts of `mask` in
-/// ascending order.
-fn parts_of(version: Version, mask: u16) -> impl Iterator<Item = u8> {
-    let core = version.commits_core().then_some(0);
-    core.into_iter()
-        .chain((1..=PERSONAL.len() as u8).filter(move |k| mask & (1 << k) != 0))
 }
 
 #[cfg(test)]
