@@ -216,9 +216,10 @@ pub fn rewrite_partition(
             let time = columns.time().first(doc).unwrap_or_default();
             let received = columns.received.first(doc).unwrap_or_default();
             restore_times(&mut event, time, received);
-            let opening = Opening::stored(stored.salt.as_deref(), seq, seeds).ok_or_else(|| {
-                corrupt("a document without a salt (data format 2), or whose seed is gone")
-            })?;
+            let opening =
+                Opening::stored(stored.salt.as_deref(), || seeds?.salt(seq)).ok_or_else(|| {
+                    corrupt("a document without a salt (data format 2), or whose seed is gone")
+                })?;
             if opening.erased_by() == Some(id) {
                 outcome.already += 1;
                 forget.push(seq);

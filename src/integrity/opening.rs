@@ -29,7 +29,6 @@ use super::leaf::{
     SALT_LEN,
 };
 use super::merkle::Hash;
-use super::seeds::SaltSeeds;
 use crate::proto::AuditEvent;
 
 /// The first byte of the erased form.
@@ -156,13 +155,13 @@ pub fn replace_part(event: &mut AuditEvent, part: u8, how: &dyn Replace) {
 }
 
 impl Opening {
-    /// What the index keeps for event `seq`, read: the seeded form's salt
-    /// is made from its batch's seed in `seeds` (`None` without one: the
+    /// What the index keeps for an event, read: the seeded form's salt is
+    /// `seeded()`, made from its batch's seed (`None` without one: the
     /// seed was cut, or there is no tree).
-    pub fn stored(bytes: Option<&[u8]>, seq: u64, seeds: Option<&SaltSeeds>) -> Option<Opening> {
+    pub fn stored(bytes: Option<&[u8]>, seeded: impl FnOnce() -> Option<Salt>) -> Option<Opening> {
         match bytes? {
-            [SEEDED_FORM] => Some(Opening::Salt(Version::V2, seeds?.salt(seq)?)),
-            [SEEDED_V3_FORM] => Some(Opening::Salt(Version::V3, seeds?.salt(seq)?)),
+            [SEEDED_FORM] => Some(Opening::Salt(Version::V2, seeded()?)),
+            [SEEDED_V3_FORM] => Some(Opening::Salt(Version::V3, seeded()?)),
             bytes => Opening::from_bytes(bytes),
         }
     }
@@ -351,6 +350,7 @@ mod tests {
     use super::*;
     use crate::integrity::leaf::leaf_bytes;
     use crate::integrity::leaf::tests::{vector_event, VECTOR_SALT};
+    use crate::integrity::seeds::SaltSeeds;
 
     #[test]
     fn an_erased_event_still_rebuilds_its_leaf_and_the_opening_round_trips() {
@@ -406,17 +406,17 @@ mod tests {
         for (version, form) in [(Version::V2, SEEDED_FORM), (Version::V3, SEEDED_V3_FORM)] {
             assert_eq!(seeded_form(version), Some(&[form][..]));
             assert_eq!(
-                Opening::stored(Some(&[form]), 105, Some(&seeds)),
+                Opening::stored(Some(&[form]), || seeds.salt(105)),
                 Some(Opening::Salt(version, salt))
             );
         }
         assert_eq!(seeded_form(Version::V1), None);
         // No seed for that seq, or no seeds at all: nothing to rebuild from.
         assert_eq!(
-            Opening::stored(Some(&[SEEDED_V3_FORM]), 99, Some(&seeds)),
+            Opening::stored(Some(&[SEEDED_V3_FORM]), || seeds.salt(99)),
             None
         );
-        assert_eq!(Opening::stored(Some(&[SEEDED_V3_FORM]), 105, None), None);
+        assert_eq!(Opening::stored(Some(&[SEEDED_V3_FORM]), || None), None);
     }
 
     #[test]

@@ -145,6 +145,28 @@ pub fn derive(nodes: &[Node], position: u64) -> Option<Salt> {
     Some(value)
 }
 
+/// Each salt below `nodes` at a leaf of `[lo, hi)`, with its position,
+/// in order: one walk down to the range, about one SHA-256 block a salt
+/// where [`derive`] costs [`DEPTH`].
+fn derive_range(nodes: &[Node], lo: u64, hi: u64, each: &mut impl FnMut(u64, Salt)) {
+    fn walk(node: Node, lo: u64, hi: u64, each: &mut impl FnMut(u64, Salt)) {
+        let (start, end) = node.leaves();
+        if end <= lo || start >= hi {
+            return;
+        }
+        if node.depth == DEPTH {
+            each(start, node.value);
+            return;
+        }
+        for child in node.children() {
+            walk(child, lo, hi, each);
+        }
+    }
+    for node in nodes {
+        walk(*node, lo, hi, each);
+    }
+}
+
 /// `nodes` (covering leaves `0..count`) with the leaves of `positions`
 /// cut out: the fewest nodes that cover every other leaf below `count`.
 pub fn cut(nodes: &[Node], positions: &BTreeSet<u64>, count: u64) -> Vec<Node> {
@@ -203,6 +225,22 @@ impl Record {
 
     fn holds(&self, seq: u64) -> bool {
         (self.first..self.first + u64::from(self.count)).contains(&seq)
+    }
+}
+
+/// The salts of a range of seqs, from [`SaltSeeds::salts`].
+pub struct RangeSalts {
+    from: u64,
+    salts: Vec<Option<Salt>>,
+}
+
+impl RangeSalts {
+    /// The salt of `seq`: `None` outside the range, or where
+    /// [`SaltSeeds::salt`] would give none.
+    pub fn get(&self, seq: u64) -> Option<Salt> {
+        *self
+            .salts
+            .get(usize::try_from(seq.checked_sub(self.from)?).ok()?)?
     }
 }
 
@@ -319,6 +357,44 @@ impl SaltSeeds {
             (record.first, key)
         };
         derive(&key, seq - first)
+    }
+
+    /// The salts of the seeded events of seqs `[from, to)`, made at once:
+    /// what reading a range back (the full audit) asks for, at about one
+    /// SHA-256 block an event where [`SaltSeeds::salt`] costs [`DEPTH`].
+    pub fn salts(&self, from: u64, to: u64) -> RangeSalts {
+        let mut salts = RangeSalts {
+            from,
+            salts: vec![None; to.saturating_sub(from) as usize],
+        };
+        // The keys are copied out: the hashing is done without the lock.
+        let keys: Vec<(u64, u32, Vec<Node>)> = {
+            let inner = self.read();
+            let at = inner
+                .records
+                .partition_point(|r| r.first + u64::from(r.count) <= from);
+            inner.records[at..]
+                .iter()
+                .take_while(|r| r.first < to)
+                .filter_map(|r| match r.cut {
+                    false => Some((r.first, r.count, vec![Node::root(r.seed)])),
+                    true => inner
+                        .cuts
+                        .get(&r.first)
+                        .map(|key| (r.first, r.count, key.clone())),
+                })
+                .collect()
+        };
+        for (first, count, key) in keys {
+            let (lo, hi) = (
+                from.saturating_sub(first),
+                (to - first).min(u64::from(count)),
+            );
+            derive_range(&key, lo, hi, &mut |position, salt| {
+                salts.salts[(first + position - from) as usize] = Some(salt);
+            });
+        }
+        salts
     }
 
     /// Appends the records added since the last call to `tlog/seeds`
@@ -574,6 +650,34 @@ mod tests {
                 .len(),
             2 * RECORD_LEN as u64
         );
+    }
+
+    #[test]
+    fn a_range_s_salts_are_each_seq_s_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let seeds = SaltSeeds::open(dir.path(), 0).unwrap();
+        // Seqs 0..10 and 150..160 have no seed; 110 and 40..42 are cut.
+        seeds.add(10, 40, seed(1));
+        seeds.add(50, 100, seed(2));
+        seeds.add(160, 1000, seed(3));
+        assert_eq!(seeds.cut(&[40, 41, 110]).unwrap(), 3);
+        for (from, to) in [
+            (0, 1200),
+            (5, 12),
+            (45, 55),
+            (100, 170),
+            (161, 162),
+            (900, 2000),
+        ] {
+            let salts = seeds.salts(from, to);
+            for seq in from.saturating_sub(3)..to + 3 {
+                let expected = (from..to).contains(&seq).then(|| seeds.salt(seq)).flatten();
+                assert_eq!(salts.get(seq), expected, "seq {seq} of {from}..{to}");
+            }
+        }
+        assert_eq!(seeds.salts(0, 1200).get(110), None);
+        assert!(seeds.salts(0, 1200).get(111).is_some());
+        assert!(seeds.salts(7, 7).get(7).is_none());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::app::trail::TRAIL_TYPE;
 use crate::auth::ReadScope;
 use crate::config::Limits;
 use crate::idempotency::Stored;
+use crate::integrity::leaf::Salt;
 use crate::integrity::opening::Opening;
 use crate::integrity::seeds::SaltSeeds;
 use crate::partition::{Day, Partition, Partitions};
@@ -822,7 +823,7 @@ impl Searcher {
     }
 
     fn fetch_one(&self, views: &[Arc<View>], hit: &Hit) -> Result<AuditEvent, SearchError> {
-        self.fetch_hit(views, hit, false).map(|(event, _)| event)
+        self.fetch_hit(views, hit, None).map(|(event, _)| event)
     }
 
     /// A hit's event and its salt (`None` in a document without one).
@@ -831,17 +832,18 @@ impl Searcher {
         views: &[Arc<View>],
         hit: &Hit,
     ) -> Result<(AuditEvent, Option<Opening>), SearchError> {
-        self.fetch_hit(views, hit, true)
+        let seeded = |seq| self.seeds.as_deref()?.salt(seq);
+        self.fetch_hit(views, hit, Some(&seeded))
     }
 
-    /// A hit's event, and its salt when `opening` asks for it (a seeded
-    /// batch's costs 16 SHA-256 blocks to make, which a search, an
-    /// export or a tail does not need).
+    /// A hit's event, and its salt when `seeded` is given: the salt of an
+    /// event of a seeded batch is `seeded(seq)`. A search, an export or a
+    /// tail does not ask (one seeded salt alone costs 16 SHA-256 blocks).
     fn fetch_hit(
         &self,
         views: &[Arc<View>],
         hit: &Hit,
-        opening: bool,
+        seeded: Option<&dyn Fn(u64) -> Option<Salt>>,
     ) -> Result<(AuditEvent, Option<Opening>), SearchError> {
         let view = &views[hit.partition];
         let corrupt = |reason: String| SearchError::Corrupt {
@@ -849,10 +851,8 @@ impl Searcher {
             reason,
         };
         let stored = view.stored(hit.address, &self.schema)?;
-        let salt = match opening {
-            true => Opening::stored(stored.salt.as_deref(), hit.seq, self.seeds.as_deref()),
-            false => None,
-        };
+        let salt =
+            seeded.and_then(|seeded| Opening::stored(stored.salt.as_deref(), || seeded(hit.seq)));
         if stored.body.is_empty() {
             return Err(corrupt("no body".into()));
         }
@@ -946,10 +946,13 @@ impl Searcher {
     ) -> Result<Vec<T>, SearchError> {
         let views = Self::views(&self.partitions.overlapping(None, None))?;
         let hits = log_order::in_seqs(&views, None, from..to)?;
+        // The seeded salts of the range, made in one walk a batch.
+        let salts = self.seeds.as_deref().map(|seeds| seeds.salts(from, to));
+        let seeded = |seq| salts.as_ref()?.get(seq);
         hits.par_iter()
             .with_min_len(run.max(1))
             .map(|hit| {
-                let (event, opening) = self.fetch_stored(&views, hit)?;
+                let (event, opening) = self.fetch_hit(&views, hit, Some(&seeded))?;
                 Ok(each(event, opening))
             })
             .collect()
