@@ -6,7 +6,10 @@
 #             byte-derived seqs, plain-number commit payloads);
 #   format 2: commit f880949 (typed records and dense seqs, no salts and
 #             no Merkle tree);
-#   format 3: commit 4544b2c (salts, the Merkle tree, version 1 leaves).
+#   format 3: commit 4544b2c (salts, the Merkle tree, version 1 leaves);
+#   format 7: commit 965de81 (version 2 leaves, a batch's salts from one
+#             seed the tree keeps, compacted tiles), the last before
+#             version 3 leaves.
 #
 # It builds that commit in a scratch git worktree (a debug build, in its
 # own target directory: minutes), then runs
@@ -19,14 +22,15 @@
 # The events' NDJSON goes beside the data directory, so the test can check
 # every field of every event after `auditd migrate`.
 #
-# Usage: scripts/make_old_format_fixture.sh 1|2|3   (from anywhere; needs git)
+# Usage: scripts/make_old_format_fixture.sh 1|2|3|7   (from anywhere; needs git)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FORMAT=${1:?usage: $0 1|2|3}
+FORMAT=${1:?usage: $0 1|2|3|7}
 case "$FORMAT" in
   1) OLD_COMMIT=53d9c9c ;;
   2) OLD_COMMIT=f880949 ;;
   3) OLD_COMMIT=4544b2c ;;
+  7) OLD_COMMIT=965de81 ;;
   *) echo "no fixture for format $FORMAT" >&2; exit 2 ;;
 esac
 SRC=target/format-$FORMAT-src
