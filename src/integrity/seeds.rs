@@ -133,16 +133,11 @@ pub fn expand(seed: &Salt, n: usize) -> Vec<Salt> {
 /// The salt of leaf `position` from `nodes` (a seed, or a cut key);
 /// `None` when no node covers it (it was cut out).
 pub fn derive(nodes: &[Node], position: u64) -> Option<Salt> {
-    let node = nodes.iter().find(|node| {
-        let (start, end) = node.leaves();
-        (start..end).contains(&position)
-    })?;
-    let mut value = node.value;
-    for depth in node.depth..DEPTH {
-        let bit = (position >> (DEPTH - 1 - depth)) & 1;
-        value = children(&value)[bit as usize];
-    }
-    Some(value)
+    let mut salt = None;
+    derive_range(nodes, position, position.saturating_add(1), &mut |_, s| {
+        salt = Some(s)
+    });
+    salt
 }
 
 /// Each salt below `nodes` at a leaf of `[lo, hi)`, with its position,
@@ -340,23 +335,9 @@ impl SaltSeeds {
     }
 
     /// The salt of the event of `seq`: `None` when its batch has no seed,
-    /// or when erasure cut it out.
+    /// or when erasure cut it out. [`DEPTH`] SHA-256 blocks.
     pub fn salt(&self, seq: u64) -> Option<Salt> {
-        // The key is copied out: the hashing is done without the lock.
-        let (first, key) = {
-            let inner = self.read();
-            let at = inner.records.partition_point(|r| r.first <= seq);
-            let record = inner.records.get(at.checked_sub(1)?)?;
-            if !record.holds(seq) {
-                return None;
-            }
-            let key = match record.cut {
-                false => vec![Node::root(record.seed)],
-                true => inner.cuts.get(&record.first)?.clone(),
-            };
-            (record.first, key)
-        };
-        derive(&key, seq - first)
+        self.salts(seq, seq.saturating_add(1)).get(seq)
     }
 
     /// The salts of the seeded events of seqs `[from, to)`, made at once:
@@ -657,22 +638,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seeds = SaltSeeds::open(dir.path(), 0).unwrap();
         // Seqs 0..10 and 150..160 have no seed; 110 and 40..42 are cut.
-        seeds.add(10, 40, seed(1));
-        seeds.add(50, 100, seed(2));
-        seeds.add(160, 1000, seed(3));
-        assert_eq!(seeds.cut(&[40, 41, 110]).unwrap(), 3);
-        for (from, to) in [
+        let batches = [
+            (10u64, 40usize, seed(1)),
+            (50, 100, seed(2)),
+            (160, 1000, seed(3)),
+        ];
+        for (first, count, seed) in batches {
+            seeds.add(first, count, seed);
+        }
+        let cut = [40, 41, 110];
+        assert_eq!(seeds.cut(&cut).unwrap(), 3);
+        // Each salt as the whole batch's expansion gives it.
+        let expanded: Vec<Vec<Salt>> = batches.iter().map(|(_, n, s)| expand(s, *n)).collect();
+        let expected = |seq: u64| {
+            let at = batches
+                .iter()
+                .position(|(first, count, _)| (*first..first + *count as u64).contains(&seq))?;
+            (!cut.contains(&seq)).then(|| expanded[at][(seq - batches[at].0) as usize])
+        };
+        let ranges = [
             (0, 1200),
             (5, 12),
             (45, 55),
             (100, 170),
             (161, 162),
             (900, 2000),
-        ] {
+        ];
+        for (from, to) in ranges {
             let salts = seeds.salts(from, to);
             for seq in from.saturating_sub(3)..to + 3 {
-                let expected = (from..to).contains(&seq).then(|| seeds.salt(seq)).flatten();
-                assert_eq!(salts.get(seq), expected, "seq {seq} of {from}..{to}");
+                let want = (from..to).contains(&seq).then(|| expected(seq)).flatten();
+                assert_eq!(salts.get(seq), want, "seq {seq} of {from}..{to}");
+                assert_eq!(seeds.salt(seq), expected(seq), "seq {seq} alone");
             }
         }
         assert_eq!(seeds.salts(0, 1200).get(110), None);
